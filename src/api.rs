@@ -1,0 +1,850 @@
+//! The gRPC services: conversions between `runware.v1` messages and Runware
+//! task JSON, and between task outcomes and gRPC statuses. Nothing else:
+//! tasks live in [`Dispatch`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::dispatch::{Dispatch, FailureKind, PreparedTask, SubmitError, TaskEvent, TaskFailure, TaskHandle};
+use crate::pb;
+use crate::protocol::{self, ErrorClass, TaskUuid};
+use crate::upstream::ConnectionState;
+
+/// Most results a `Run` client may ask to wait for.
+pub const MAX_EXPECTED_RESULTS: u32 = 10_000;
+
+/// Ends our deadline just before the client's, so the client receives our
+/// DEADLINE_EXCEEDED (after partial results) rather than a bare cancel.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
+
+/// Task types the daemon manages itself and a client may not send.
+const RESERVED_TASK_TYPES: &[&str] = &["authentication", "ping", "getResponse"];
+
+/// The `runware.v1.Runware` service.
+#[derive(Clone)]
+pub struct RunwareService {
+    dispatch: Arc<Dispatch>,
+    /// Deadline of tasks whose client sent no `grpc-timeout`.
+    default_timeout: Duration,
+    /// Shown in `GetStatus`.
+    upstream_url: String,
+    simulated: bool,
+}
+
+impl RunwareService {
+    pub fn new(dispatch: Arc<Dispatch>, default_timeout: Duration, upstream_url: String, simulated: bool) -> Self {
+        RunwareService {
+            dispatch,
+            default_timeout,
+            upstream_url,
+            simulated,
+        }
+    }
+
+    pub fn into_server(self, max_message_bytes: usize) -> pb::runware_server::RunwareServer<Self> {
+        pb::runware_server::RunwareServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+
+    fn deadline(&self, metadata: &MetadataMap) -> Instant {
+        let timeout = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|t| t.saturating_sub(DEADLINE_MARGIN))
+            .unwrap_or(self.default_timeout);
+        Instant::now() + timeout
+    }
+
+    fn submit(&self, uuid: TaskUuid, mut task: Map<String, Value>, stated: Option<u32>) -> Result<TaskHandle, Status> {
+        let task_type = task
+            .get("taskType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let expected = protocol::expected_results(&task_type, &task, stated);
+        task.insert("taskUUID".into(), json!(uuid.to_string()));
+        let payload = Value::Object(task).to_string();
+        self.dispatch
+            .submit(PreparedTask { uuid, payload, expected })
+            .map_err(|e| match e {
+                SubmitError::AlreadyInFlight(_) => Status::already_exists(format!("task_uuid: {e}")),
+                SubmitError::TooManyInFlight(_) => Status::resource_exhausted(e.to_string()),
+                SubmitError::AuthRejected(m) => Status::unauthenticated(m),
+            })
+    }
+}
+
+/// Parses a `grpc-timeout` header value: digits and a unit (H M S m u n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The client's taskUUID, or a fresh one.
+fn task_uuid(given: &str) -> Result<TaskUuid, Status> {
+    if given.is_empty() {
+        return Ok(TaskUuid::new_v4());
+    }
+    TaskUuid::parse_v4(given).map_err(|e| Status::invalid_argument(format!("task_uuid {given:?}: {e}")))
+}
+
+/// One item of a task, or how it ended.
+enum Next {
+    Item { index: u32, item: String, last: bool },
+}
+
+/// Waits for the task's next result until `deadline`.
+async fn next_item(handle: &mut TaskHandle, deadline: Instant, received: u32) -> Result<Next, Status> {
+    match tokio::time::timeout_at(deadline, handle.events.recv()).await {
+        Ok(Some(TaskEvent::Result { index, item, last })) => Ok(Next::Item { index, item, last }),
+        Ok(Some(TaskEvent::Failed(f))) => Err(failure_status(&f)),
+        Ok(None) => Err(Status::internal(format!("task {} ended without an outcome", handle.uuid))),
+        Err(_) => Err(deadline_status(handle, received)),
+    }
+}
+
+/// At the deadline: DEADLINE_EXCEEDED, or UNAVAILABLE if the socket is down.
+fn deadline_status(handle: &TaskHandle, received: u32) -> Status {
+    let status = handle.dispatch().upstream_status();
+    if status.state != ConnectionState::Ready {
+        let why = status.last_error.as_deref().unwrap_or("not connected yet");
+        return Status::unavailable(format!(
+            "task {}: the Runware connection is down ({why}); {received} of {} results arrived before the deadline",
+            handle.uuid, handle.expected
+        ));
+    }
+    Status::deadline_exceeded(format!(
+        "task {}: {received} of {} results arrived before the deadline",
+        handle.uuid, handle.expected
+    ))
+}
+
+/// The gRPC status for a failed task. Runware's code, parameter and message
+/// ride in a `google.rpc.ErrorInfo` detail and in response metadata.
+pub fn failure_status(f: &TaskFailure) -> Status {
+    let code = match f.kind {
+        FailureKind::UpstreamAuthRejected => Code::Unauthenticated,
+        FailureKind::ShuttingDown => Code::Unavailable,
+        FailureKind::Runware(class) => match class {
+            ErrorClass::InvalidArgument => Code::InvalidArgument,
+            ErrorClass::NoCredit => Code::FailedPrecondition,
+            ErrorClass::RateLimited => Code::ResourceExhausted,
+            ErrorClass::Conflict => Code::AlreadyExists,
+            ErrorClass::AuthRejected => Code::Unauthenticated,
+            ErrorClass::Timeout => Code::DeadlineExceeded,
+            ErrorClass::Other => Code::Unknown,
+        },
+    };
+    let Some(e) = &f.runware else {
+        return Status::new(code, f.message.clone());
+    };
+    let mut info = HashMap::new();
+    info.insert("message".to_owned(), e.message.clone());
+    if let Some(p) = &e.parameter {
+        info.insert("parameter".to_owned(), p.clone());
+    }
+    if let Some(t) = &e.task_uuid {
+        info.insert("taskUUID".to_owned(), t.clone());
+    }
+    let mut details = ErrorDetails::new();
+    details.set_error_info(e.code.clone(), "runware.ai", info);
+    if let Some(p) = &e.parameter {
+        details.add_bad_request_violation(p.clone(), e.message.clone());
+    }
+    let mut metadata = MetadataMap::new();
+    if let Ok(v) = MetadataValue::try_from(e.code.as_str()) {
+        metadata.insert("runware-code", v);
+    }
+    if let Some(Ok(v)) = e.parameter.as_deref().map(MetadataValue::try_from) {
+        metadata.insert("runware-parameter", v);
+    }
+    Status::with_error_details_and_metadata(code, f.message.clone(), details, metadata)
+}
+
+fn opt<T: Into<Value>>(map: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        map.insert(key.to_owned(), v.into());
+    }
+}
+
+fn non_empty(map: &mut Map<String, Value>, key: &str, v: &str) {
+    if !v.is_empty() {
+        map.insert(key.to_owned(), json!(v));
+    }
+}
+
+fn strings(map: &mut Map<String, Value>, key: &str, v: &[String]) {
+    if !v.is_empty() {
+        map.insert(key.to_owned(), json!(v));
+    }
+}
+
+fn object(build: impl FnOnce(&mut Map<String, Value>)) -> Value {
+    let mut m = Map::new();
+    build(&mut m);
+    Value::Object(m)
+}
+
+/// A JSON object given as a string (`extra`, `task_json`), naming the
+/// parameter when it is not one.
+fn json_object(param: &str, text: &str) -> Result<Map<String, Value>, Status> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(Status::invalid_argument(format!(
+            "{param} must be a JSON object, got {}",
+            match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        ))),
+        Err(e) => Err(Status::invalid_argument(format!("{param} is not valid JSON: {e}"))),
+    }
+}
+
+/// `promptEnhance` task JSON from the typed request.
+pub fn prompt_enhance_task(r: &pb::PromptEnhanceRequest) -> Map<String, Value> {
+    let mut t = Map::new();
+    t.insert("taskType".into(), json!("promptEnhance"));
+    t.insert("prompt".into(), json!(r.prompt));
+    opt(&mut t, "promptMaxLength", r.prompt_max_length);
+    opt(&mut t, "promptVersions", r.prompt_versions);
+    opt(&mut t, "includeCost", r.include_cost);
+    opt(&mut t, "model", r.model.clone());
+    opt(&mut t, "webhookURL", r.webhook_url.clone());
+    opt(&mut t, "deliveryMethod", r.delivery_method.clone());
+    t
+}
+
+/// `imageInference` task JSON from the typed request, `extra` merged under
+/// the typed fields.
+pub fn image_inference_task(r: &pb::ImageInferenceRequest) -> Result<Map<String, Value>, Status> {
+    let mut t = if r.extra.trim().is_empty() {
+        Map::new()
+    } else {
+        json_object("extra", &r.extra)?
+    };
+    t.insert("taskType".into(), json!("imageInference"));
+    t.insert("positivePrompt".into(), json!(r.positive_prompt));
+    opt(&mut t, "negativePrompt", r.negative_prompt.clone());
+    non_empty(&mut t, "model", &r.model);
+    opt(&mut t, "width", r.width);
+    opt(&mut t, "height", r.height);
+    opt(&mut t, "steps", r.steps);
+    opt(&mut t, "scheduler", r.scheduler.clone());
+    if r.seed != 0 {
+        t.insert("seed".into(), json!(r.seed));
+    }
+    opt(&mut t, "CFGScale", r.cfg_scale);
+    opt(&mut t, "clipSkip", r.clip_skip);
+    opt(&mut t, "promptWeighting", r.prompt_weighting.clone());
+    opt(&mut t, "numberResults", r.number_results);
+    opt(&mut t, "outputType", r.output_type.clone());
+    opt(&mut t, "outputFormat", r.output_format.clone());
+    opt(&mut t, "outputQuality", r.output_quality);
+    opt(&mut t, "uploadEndpoint", r.upload_endpoint.clone());
+    opt(&mut t, "webhookURL", r.webhook_url.clone());
+    opt(&mut t, "deliveryMethod", r.delivery_method.clone());
+    opt(&mut t, "checkNSFW", r.check_nsfw);
+    opt(&mut t, "includeCost", r.include_cost);
+    opt(&mut t, "seedImage", r.seed_image.clone());
+    opt(&mut t, "maskImage", r.mask_image.clone());
+    opt(&mut t, "maskMargin", r.mask_margin);
+    opt(&mut t, "strength", r.strength);
+    strings(&mut t, "referenceImages", &r.reference_images);
+    opt(&mut t, "vae", r.vae.clone());
+    opt(&mut t, "ttl", r.ttl);
+    opt(&mut t, "acceleration", r.acceleration.clone());
+    if let Some(o) = &r.outpaint {
+        t.insert(
+            "outpaint".into(),
+            object(|m| {
+                opt(m, "top", o.top);
+                opt(m, "right", o.right);
+                opt(m, "bottom", o.bottom);
+                opt(m, "left", o.left);
+                opt(m, "blur", o.blur);
+            }),
+        );
+    }
+    if let Some(x) = &r.refiner {
+        t.insert(
+            "refiner".into(),
+            object(|m| {
+                non_empty(m, "model", &x.model);
+                opt(m, "startStep", x.start_step);
+                opt(m, "startStepPercentage", x.start_step_percentage);
+            }),
+        );
+    }
+    if !r.embeddings.is_empty() {
+        let list = r.embeddings.iter().map(|e| {
+            object(|m| {
+                non_empty(m, "model", &e.model);
+                opt(m, "weight", e.weight);
+            })
+        });
+        t.insert("embeddings".into(), Value::Array(list.collect()));
+    }
+    if !r.control_net.is_empty() {
+        let list = r.control_net.iter().map(|c| {
+            object(|m| {
+                non_empty(m, "model", &c.model);
+                non_empty(m, "guideImage", &c.guide_image);
+                opt(m, "weight", c.weight);
+                opt(m, "startStep", c.start_step);
+                opt(m, "startStepPercentage", c.start_step_percentage);
+                opt(m, "endStep", c.end_step);
+                opt(m, "endStepPercentage", c.end_step_percentage);
+                opt(m, "controlMode", c.control_mode.clone());
+            })
+        });
+        t.insert("controlNet".into(), Value::Array(list.collect()));
+    }
+    if !r.lora.is_empty() {
+        let list = r.lora.iter().map(|l| {
+            object(|m| {
+                non_empty(m, "model", &l.model);
+                opt(m, "weight", l.weight);
+            })
+        });
+        t.insert("lora".into(), Value::Array(list.collect()));
+    }
+    if !r.ip_adapters.is_empty() {
+        let list = r.ip_adapters.iter().map(|a| {
+            object(|m| {
+                non_empty(m, "model", &a.model);
+                non_empty(m, "guideImage", &a.guide_image);
+                opt(m, "weight", a.weight);
+            })
+        });
+        t.insert("ipAdapters".into(), Value::Array(list.collect()));
+    }
+    if let Some(s) = &r.safety {
+        t.insert(
+            "safety".into(),
+            object(|m| {
+                opt(m, "checkContent", s.check_content);
+                opt(m, "mode", s.mode.clone());
+            }),
+        );
+    }
+    if let Some(a) = &r.advanced_features {
+        t.insert("advancedFeatures".into(), object(|m| opt(m, "layerDiffuse", a.layer_diffuse)));
+    }
+    if let Some(a) = &r.accelerator_options {
+        t.insert(
+            "acceleratorOptions".into(),
+            object(|m| {
+                opt(m, "teaCache", a.tea_cache);
+                opt(m, "teaCacheDistance", a.tea_cache_distance);
+                opt(m, "deepCache", a.deep_cache);
+                opt(m, "deepCacheInterval", a.deep_cache_interval);
+                opt(m, "deepCacheBranchId", a.deep_cache_branch_id);
+                opt(m, "cacheStartStep", a.cache_start_step);
+                opt(m, "cacheStartStepPercentage", a.cache_start_step_percentage);
+                opt(m, "cacheEndStep", a.cache_end_step);
+                opt(m, "cacheEndStepPercentage", a.cache_end_step_percentage);
+                opt(m, "cacheMaxConsecutiveSteps", a.cache_max_consecutive_steps);
+            }),
+        );
+    }
+    if let Some(p) = &r.pu_lid {
+        t.insert(
+            "puLID".into(),
+            object(|m| {
+                strings(m, "inputImages", &p.input_images);
+                opt(m, "idWeight", p.id_weight);
+                opt(m, "trueCFGScale", p.true_cfg_scale);
+                opt(m, "CFGStartStep", p.cfg_start_step);
+                opt(m, "CFGStartStepPercentage", p.cfg_start_step_percentage);
+            }),
+        );
+    }
+    if let Some(a) = &r.ace_plus_plus {
+        t.insert(
+            "acePlusPlus".into(),
+            object(|m| {
+                opt(m, "type", a.r#type.clone());
+                strings(m, "inputImages", &a.input_images);
+                strings(m, "inputMasks", &a.input_masks);
+                opt(m, "repaintingScale", a.repainting_scale);
+            }),
+        );
+    }
+    Ok(t)
+}
+
+/// A `Run` request's task JSON, its taskUUID, and the results it waits for.
+pub fn run_task(r: &pb::RunRequest) -> Result<(TaskUuid, Map<String, Value>, Option<u32>), Status> {
+    let task = json_object("task_json", &r.task_json)?;
+    match task.get("taskType") {
+        Some(Value::String(t)) if RESERVED_TASK_TYPES.contains(&t.as_str()) => {
+            return Err(Status::invalid_argument(format!(
+                "task_json.taskType {t:?} is managed by the daemon and cannot be sent"
+            )));
+        }
+        Some(Value::String(t)) if !t.is_empty() => {}
+        _ => return Err(Status::invalid_argument("task_json.taskType must be a non-empty string")),
+    }
+    let uuid = match task.get("taskUUID") {
+        None => TaskUuid::new_v4(),
+        Some(Value::String(s)) => TaskUuid::parse_v4(s)
+            .map_err(|e| Status::invalid_argument(format!("task_json.taskUUID {s:?}: {e}")))?,
+        Some(_) => return Err(Status::invalid_argument("task_json.taskUUID must be a string")),
+    };
+    if let Some(n) = r.expected_results {
+        if n == 0 || n > MAX_EXPECTED_RESULTS {
+            return Err(Status::invalid_argument(format!(
+                "expected_results must be between 1 and {MAX_EXPECTED_RESULTS}, got {n}"
+            )));
+        }
+    }
+    Ok((uuid, task, r.expected_results))
+}
+
+/// The typed image message for a result item.
+pub fn image_result(task_uuid: &TaskUuid, index: u32, item: String) -> ImageOrBad {
+    let v: Value = match serde_json::from_str(&item) {
+        Ok(v) => v,
+        Err(_) => return ImageOrBad::Bad,
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    ImageOrBad::Image(pb::ImageResult {
+        task_uuid: task_uuid.to_string(),
+        index,
+        image_uuid: s("imageUUID").unwrap_or_default(),
+        image_url: s("imageURL"),
+        image_base64_data: s("imageBase64Data"),
+        image_data_uri: s("imageDataURI"),
+        seed: v.get("seed").and_then(Value::as_u64),
+        nsfw_content: v.get("NSFWContent").and_then(Value::as_bool),
+        cost: v.get("cost").and_then(Value::as_f64),
+        raw_json: item,
+    })
+}
+
+pub enum ImageOrBad {
+    Image(pb::ImageResult),
+    Bad,
+}
+
+type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+/// Drives one task into a response stream until it completes, fails, hits
+/// its deadline, or the client goes away (then the handle is dropped and
+/// the task released).
+async fn stream_task<T, F>(mut handle: TaskHandle, deadline: Instant, tx: mpsc::Sender<Result<T, Status>>, mut convert: F)
+where
+    F: FnMut(&TaskUuid, u32, String) -> T,
+{
+    let mut received = 0;
+    loop {
+        let next = tokio::select! {
+            _ = tx.closed() => return,
+            next = next_item(&mut handle, deadline, received) => next,
+        };
+        match next {
+            Ok(Next::Item { index, item, last }) => {
+                received += 1;
+                if tx.send(Ok(convert(&handle.uuid, index, item))).await.is_err() || last {
+                    return;
+                }
+            }
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::runware_server::Runware for RunwareService {
+    async fn prompt_enhance(
+        &self,
+        request: Request<pb::PromptEnhanceRequest>,
+    ) -> Result<Response<pb::PromptEnhanceResponse>, Status> {
+        let deadline = self.deadline(request.metadata());
+        let r = request.into_inner();
+        let uuid = task_uuid(&r.task_uuid)?;
+        let mut handle = self.submit(uuid, prompt_enhance_task(&r), None)?;
+        let mut versions = Vec::with_capacity(handle.expected as usize);
+        loop {
+            let Next::Item { item, last, .. } = next_item(&mut handle, deadline, versions.len() as u32).await?;
+            let v: Value = serde_json::from_str(&item).unwrap_or(Value::Null);
+            versions.push(pb::EnhancedPrompt {
+                text: v.get("text").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                cost: v.get("cost").and_then(Value::as_f64),
+            });
+            if last {
+                break;
+            }
+        }
+        Ok(Response::new(pb::PromptEnhanceResponse {
+            task_uuid: uuid.to_string(),
+            versions,
+        }))
+    }
+
+    type ImageInferenceStream = Stream<pb::ImageResult>;
+
+    async fn image_inference(
+        &self,
+        request: Request<pb::ImageInferenceRequest>,
+    ) -> Result<Response<Self::ImageInferenceStream>, Status> {
+        let deadline = self.deadline(request.metadata());
+        let r = request.into_inner();
+        let uuid = task_uuid(&r.task_uuid)?;
+        let handle = self.submit(uuid, image_inference_task(&r)?, None)?;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| {
+            match image_result(uuid, index, item) {
+                ImageOrBad::Image(img) => img,
+                // Routing only needed the taskUUID; keep the bytes for the client.
+                ImageOrBad::Bad => pb::ImageResult {
+                    task_uuid: uuid.to_string(),
+                    index,
+                    ..Default::default()
+                },
+            }
+        }));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type RunStream = Stream<pb::RunResult>;
+
+    async fn run(&self, request: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
+        let deadline = self.deadline(request.metadata());
+        let (uuid, task, stated) = run_task(request.get_ref())?;
+        let handle = self.submit(uuid, task, stated)?;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| pb::RunResult {
+            task_uuid: uuid.to_string(),
+            index,
+            item_json: item,
+        }));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type SessionStream = Stream<pb::SessionEvent>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let default_deadline = self.deadline(request.metadata());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let service = self.clone();
+        tokio::spawn(async move {
+            // Each task's driver; cancelling one aborts it, which drops its
+            // handle and releases the task.
+            let mut tasks: HashMap<TaskUuid, tokio::task::AbortHandle> = HashMap::new();
+            let mut drivers = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    Some(done) = drivers.join_next(), if !drivers.is_empty() => {
+                        if let Ok(uuid) = done {
+                            tasks.remove(&uuid);
+                        }
+                    }
+                    msg = inbound.message() => {
+                        let req = match msg {
+                            Ok(Some(r)) => r,
+                            // The client finished sending: deliver what is
+                            // in flight, then end.
+                            Ok(None) => break,
+                            Err(_) => { drivers.abort_all(); return; }
+                        };
+                        match req.request {
+                            Some(pb::session_request::Request::Submit(s)) => {
+                                let request_id = s.request_id.clone();
+                                let started = s
+                                    .task
+                                    .as_ref()
+                                    .ok_or_else(|| Status::invalid_argument("submit.task is required"))
+                                    .and_then(run_task)
+                                    .and_then(|(uuid, task, stated)| service.submit(uuid, task, stated));
+                                match started {
+                                    Ok(handle) => {
+                                        let uuid = handle.uuid;
+                                        let _ = tx.send(Ok(session_event(&uuid, &request_id, pb::session_event::Event::Accepted(pb::TaskAccepted {})))).await;
+                                        let abort = drivers.spawn(session_task(handle, default_deadline, request_id, tx.clone()));
+                                        tasks.insert(uuid, abort);
+                                    }
+                                    Err(status) => {
+                                        let _ = tx.send(Ok(pb::SessionEvent {
+                                            task_uuid: String::new(),
+                                            request_id,
+                                            event: Some(pb::session_event::Event::Error(task_error(&status))),
+                                        })).await;
+                                    }
+                                }
+                            }
+                            Some(pb::session_request::Request::Cancel(c)) => {
+                                if let Some(uuid) = TaskUuid::parse_any(&c.task_uuid) {
+                                    if let Some(abort) = tasks.remove(&uuid) {
+                                        abort.abort();
+                                        let _ = tx.send(Ok(session_event(&uuid, "", pb::session_event::Event::Error(pb::TaskError {
+                                            grpc_code: Code::Cancelled as i32,
+                                            message: "cancelled by the client".into(),
+                                            ..Default::default()
+                                        })))).await;
+                                    }
+                                }
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+            while drivers.join_next().await.is_some() {}
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::DaemonStatus>, Status> {
+        let s = self.dispatch.upstream_status();
+        let state = match s.state {
+            ConnectionState::Disconnected => pb::ConnectionState::Disconnected,
+            ConnectionState::Connecting => pb::ConnectionState::Connecting,
+            ConnectionState::Authenticating => pb::ConnectionState::Authenticating,
+            ConnectionState::Ready => pb::ConnectionState::Ready,
+            ConnectionState::AuthRejected => pb::ConnectionState::AuthRejected,
+        };
+        let counters = &self.dispatch.counters;
+        Ok(Response::new(pb::DaemonStatus {
+            state: state as i32,
+            session_uuid: s.session.map(|s| s.0).unwrap_or_default(),
+            connected_since_unix_ms: s
+                .connected_since
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as i64),
+            reconnects: s.reconnects,
+            resumes: s.resumes,
+            in_flight: self.dispatch.in_flight() as u64,
+            last_error: s.last_error.unwrap_or_default(),
+            upstream_url: self.upstream_url.clone(),
+            late_results_dropped: counters.late_results_dropped.load(Ordering::Relaxed),
+            bad_frames: counters.bad_frames.load(Ordering::Relaxed),
+            simulated: self.simulated,
+        }))
+    }
+}
+
+fn session_event(uuid: &TaskUuid, request_id: &str, event: pb::session_event::Event) -> pb::SessionEvent {
+    pb::SessionEvent {
+        task_uuid: uuid.to_string(),
+        request_id: request_id.to_owned(),
+        event: Some(event),
+    }
+}
+
+fn task_error(status: &Status) -> pb::TaskError {
+    let details = status.get_error_details();
+    let info = details.error_info();
+    pb::TaskError {
+        grpc_code: status.code() as i32,
+        message: status.message().to_owned(),
+        runware_code: info.map(|i| i.reason.clone()).unwrap_or_default(),
+        parameter: info
+            .and_then(|i| i.metadata.get("parameter").cloned())
+            .unwrap_or_default(),
+    }
+}
+
+/// Drives one `Session` task; returns its taskUUID when it ended.
+async fn session_task(
+    mut handle: TaskHandle,
+    deadline: Instant,
+    request_id: String,
+    tx: mpsc::Sender<Result<pb::SessionEvent, Status>>,
+) -> TaskUuid {
+    use pb::session_event::Event;
+    let uuid = handle.uuid;
+    let mut received = 0;
+    loop {
+        let next = tokio::select! {
+            _ = tx.closed() => return uuid,
+            next = next_item(&mut handle, deadline, received) => next,
+        };
+        let event = match next {
+            Ok(Next::Item { index, item, last }) => {
+                received += 1;
+                let result = session_event(
+                    &uuid,
+                    &request_id,
+                    Event::Result(pb::RunResult {
+                        task_uuid: uuid.to_string(),
+                        index,
+                        item_json: item,
+                    }),
+                );
+                if tx.send(Ok(result)).await.is_err() {
+                    return uuid;
+                }
+                if !last {
+                    continue;
+                }
+                Event::Completed(pb::TaskCompleted { results: received })
+            }
+            Err(status) => Event::Error(task_error(&status)),
+        };
+        let _ = tx.send(Ok(session_event(&uuid, &request_id, event))).await;
+        return uuid;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+    }
+
+    #[test]
+    fn typed_image_request_becomes_documented_json() {
+        let r = pb::ImageInferenceRequest {
+            positive_prompt: "a cat".into(),
+            model: "runware:101@1".into(),
+            width: Some(512),
+            height: Some(768),
+            seed: 9_223_372_036_854_775_000,
+            cfg_scale: Some(7.5),
+            number_results: Some(2),
+            lora: vec![pb::Lora {
+                model: "runware:13090@1".into(),
+                weight: Some(1.5),
+            }],
+            control_net: vec![pb::ControlNet {
+                model: "cn".into(),
+                guide_image: "img".into(),
+                end_step_percentage: Some(80),
+                ..Default::default()
+            }],
+            outpaint: Some(pb::Outpaint {
+                top: Some(256),
+                blur: Some(16),
+                ..Default::default()
+            }),
+            safety: Some(pb::Safety {
+                check_content: Some(true),
+                mode: None,
+            }),
+            extra: r#"{"providerSettings":{"x":1},"width":1}"#.into(),
+            ..Default::default()
+        };
+        let t = Value::Object(image_inference_task(&r).unwrap());
+        assert_eq!(t["taskType"], "imageInference");
+        assert_eq!(t["positivePrompt"], "a cat");
+        assert_eq!(t["width"], 512, "typed fields win over extra");
+        assert_eq!(t["seed"], json!(9_223_372_036_854_775_000u64));
+        assert_eq!(t["CFGScale"], 7.5);
+        assert_eq!(t["numberResults"], 2);
+        assert_eq!(t["lora"], json!([{"model": "runware:13090@1", "weight": 1.5}]));
+        assert_eq!(t["controlNet"], json!([{"model": "cn", "guideImage": "img", "endStepPercentage": 80}]));
+        assert_eq!(t["outpaint"], json!({"top": 256, "blur": 16}));
+        assert_eq!(t["safety"], json!({"checkContent": true}));
+        assert_eq!(t["providerSettings"], json!({"x": 1}));
+        assert!(t.get("negativePrompt").is_none());
+    }
+
+    #[test]
+    fn bad_client_json_names_the_parameter() {
+        let bad_extra = pb::ImageInferenceRequest {
+            extra: "[1]".into(),
+            ..Default::default()
+        };
+        let e = image_inference_task(&bad_extra).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("extra"), "{}", e.message());
+
+        let run = |json: &str, n: Option<u32>| {
+            run_task(&pb::RunRequest {
+                task_json: json.into(),
+                expected_results: n,
+            })
+        };
+        for (json, n, param) in [
+            ("nope", None, "task_json"),
+            ("[]", None, "task_json"),
+            (r#"{"prompt":"x"}"#, None, "task_json.taskType"),
+            (r#"{"taskType":"ping"}"#, None, "task_json.taskType"),
+            (r#"{"taskType":"x","taskUUID":"abc"}"#, None, "task_json.taskUUID"),
+            (r#"{"taskType":"x","taskUUID":5}"#, None, "task_json.taskUUID"),
+            (r#"{"taskType":"x"}"#, Some(0), "expected_results"),
+            (r#"{"taskType":"x"}"#, Some(MAX_EXPECTED_RESULTS + 1), "expected_results"),
+        ] {
+            let e = run(json, n).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{json}");
+            assert!(e.message().contains(param), "{json}: {}", e.message());
+        }
+        let (_, task, n) = run(r#"{"taskType":"imageCaption","seed":18446744073709551615}"#, Some(2)).unwrap();
+        assert_eq!(task["seed"], json!(u64::MAX), "64-bit seeds survive");
+        assert_eq!(n, Some(2));
+        assert!(task_uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+            .unwrap_err()
+            .message()
+            .contains("task_uuid"));
+    }
+
+    #[test]
+    fn runware_errors_keep_code_parameter_and_message() {
+        let f = TaskFailure {
+            kind: FailureKind::Runware(ErrorClass::InvalidArgument),
+            message: "Runware error invalidWidth".into(),
+            runware: Some(protocol::RunwareError {
+                code: "invalidWidth".into(),
+                message: "width must be divisible by 64".into(),
+                parameter: Some("width".into()),
+                task_type: None,
+                task_uuid: None,
+            }),
+        };
+        let s = failure_status(&f);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.metadata().get("runware-code").unwrap(), "invalidWidth");
+        assert_eq!(s.metadata().get("runware-parameter").unwrap(), "width");
+        let d = s.get_error_details();
+        let info = d.error_info().unwrap();
+        assert_eq!(info.reason, "invalidWidth");
+        assert_eq!(info.domain, "runware.ai");
+        assert_eq!(info.metadata["parameter"], "width");
+        assert_eq!(d.bad_request().unwrap().field_violations[0].field, "width");
+    }
+}

@@ -1,0 +1,367 @@
+//! The command line: `serve` and `sim` run servers; `enhance`, `image`,
+//! `run` and `status` talk to a running daemon over gRPC.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use runwared::client::{Target, connect};
+use runwared::config::{ApiKey, Config, Environment, ServeArgs, parse_duration};
+use runwared::pb;
+use runwared::server::{DRAIN_TIMEOUT, Daemon};
+use runwared::sim::{SimConfig, SimHandle, server_tls};
+use serde_json::{Value, json};
+use tonic::Request;
+
+#[derive(Debug, Parser)]
+#[command(name = "runwared", version, about = "One shared, always-healthy Runware WebSocket behind a local gRPC API")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "runwared=debug".
+    #[arg(long, global = true, env = "RUNWARED_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Run the Runware simulator on its own (for trying clients and tests).
+    Sim(SimArgs),
+    /// Enhance a prompt through a running daemon.
+    Enhance(EnhanceArgs),
+    /// Generate images through a running daemon.
+    Image(ImageArgs),
+    /// Run any Runware task given as a JSON file ("-" for standard input).
+    Run(RunArgs),
+    /// Show the daemon's upstream connection.
+    Status(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7450")]
+    listen: SocketAddr,
+    /// Time to a task's first result.
+    #[arg(long, default_value = "50ms")]
+    latency: String,
+    /// Time between a task's results.
+    #[arg(long, default_value = "20ms")]
+    per_result_latency: String,
+    /// Accept only the key in this file (default: any non-empty key).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Serve wss:// with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+struct ClientArgs {
+    /// The daemon's gRPC address.
+    #[arg(long, env = "RUNWARED_ADDR", default_value = "http://127.0.0.1:7433")]
+    addr: String,
+    /// Talk to the daemon over this Unix socket instead of TCP.
+    #[arg(long, env = "RUNWARED_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print results as JSON, one object per line.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this long (sent as the gRPC deadline).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct EnhanceArgs {
+    /// The prompt to enhance.
+    prompt: String,
+    /// Number of versions (1..5).
+    #[arg(long, default_value_t = 1)]
+    versions: u32,
+    /// Maximum length of each version, in tokens (12..400).
+    #[arg(long)]
+    max_length: Option<u32>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct ImageArgs {
+    /// The positive prompt.
+    prompt: String,
+    /// Model AIR, e.g. runware:101@1.
+    #[arg(long)]
+    model: String,
+    /// Number of images (1..20).
+    #[arg(short = 'n', long = "number", default_value_t = 1)]
+    number: u32,
+    #[arg(long, default_value_t = 1024)]
+    width: u32,
+    #[arg(long, default_value_t = 1024)]
+    height: u32,
+    #[arg(long)]
+    steps: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    negative: Option<String>,
+    /// Save the images in this directory (asks for base64 data).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A JSON file with one task object ("-" reads standard input).
+    file: PathBuf,
+    /// Result items that complete the task (for task types other than
+    /// imageInference and promptEnhance).
+    #[arg(long)]
+    results: Option<u32>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+type CliResult = Result<(), String>;
+
+pub async fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Sim(args) => sim(args).await,
+        Command::Enhance(args) => enhance(args).await,
+        Command::Image(args) => image(args).await,
+        Command::Run(args) => run_task(args).await,
+        Command::Status(args) => status(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> CliResult {
+    let config = Config::resolve(&args, &Environment::from_process()).map_err(|e| e.to_string())?;
+    let daemon = Daemon::start(config).await.map_err(|e| e.to_string())?;
+    wait_for_signal().await?;
+    daemon.shutdown(DRAIN_TIMEOUT).await;
+    Ok(())
+}
+
+/// SIGTERM (systemd, Kubernetes) or SIGINT (a terminal).
+async fn wait_for_signal() -> CliResult {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}
+
+async fn sim(args: SimArgs) -> CliResult {
+    let mut config = SimConfig {
+        latency: parse_duration(&args.latency)?,
+        per_result_latency: parse_duration(&args.per_result_latency)?,
+        ..SimConfig::default()
+    };
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let key = ApiKey::new(text).ok_or_else(|| format!("{}: empty key file", path.display()))?;
+        config.api_keys = Some(vec![key.expose().to_owned()]);
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            Some(server_tls(&read(cert)?, &read(key)?)?)
+        }
+        _ => None,
+    };
+    let handle = SimHandle::bind(args.listen, config, tls)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    tracing::warn!(url = %handle.url(), "Runware SIMULATOR listening (fake results, for testing only)");
+    println!("{}", handle.url());
+    wait_for_signal().await
+}
+
+fn target(c: &ClientArgs) -> Target {
+    match &c.socket {
+        Some(p) => Target::Unix(p.clone()),
+        None => Target::Tcp(c.addr.clone()),
+    }
+}
+
+fn request<T>(c: &ClientArgs, msg: T) -> Result<Request<T>, String> {
+    let mut req = Request::new(msg);
+    if let Some(t) = &c.timeout {
+        req.set_timeout(parse_duration(t)?);
+    }
+    Ok(req)
+}
+
+async fn client(c: &ClientArgs) -> Result<pb::runware_client::RunwareClient<tonic::transport::Channel>, String> {
+    let t = target(c);
+    connect(&t)
+        .await
+        .map_err(|e| format!("cannot reach the daemon at {t:?}: {e} (is `runwared serve` running?)"))
+}
+
+/// A gRPC error with its Runware code, for people.
+fn explain(s: tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", s.code(), s.message());
+    if let Some(code) = s.metadata().get("runware-code").and_then(|v| v.to_str().ok()) {
+        text.push_str(&format!(" [runware code {code}"));
+        if let Some(p) = s.metadata().get("runware-parameter").and_then(|v| v.to_str().ok()) {
+            text.push_str(&format!(", parameter {p}"));
+        }
+        text.push(']');
+    }
+    text
+}
+
+async fn enhance(a: EnhanceArgs) -> CliResult {
+    let mut c = client(&a.client).await?;
+    let req = pb::PromptEnhanceRequest {
+        prompt: a.prompt,
+        prompt_versions: Some(a.versions),
+        prompt_max_length: a.max_length,
+        ..Default::default()
+    };
+    let resp = c.prompt_enhance(request(&a.client, req)?).await.map_err(explain)?.into_inner();
+    for v in &resp.versions {
+        if a.client.json {
+            println!("{}", json!({"taskUUID": resp.task_uuid, "text": v.text, "cost": v.cost}));
+        } else {
+            println!("{}", v.text);
+        }
+    }
+    Ok(())
+}
+
+async fn image(a: ImageArgs) -> CliResult {
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut c = client(&a.client).await?;
+    let req = pb::ImageInferenceRequest {
+        positive_prompt: a.prompt,
+        negative_prompt: a.negative,
+        model: a.model,
+        number_results: Some(a.number),
+        width: Some(a.width),
+        height: Some(a.height),
+        steps: a.steps,
+        seed: a.seed.unwrap_or(0),
+        output_type: a.out.as_ref().map(|_| "base64Data".to_owned()),
+        ..Default::default()
+    };
+    let mut stream = c.image_inference(request(&a.client, req)?).await.map_err(explain)?.into_inner();
+    while let Some(img) = stream.message().await.map_err(explain)? {
+        let saved = match (&a.out, &img.image_base64_data) {
+            (Some(dir), Some(b64)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| format!("image {}: bad base64 from Runware: {e}", img.image_uuid))?;
+                let path = dir.join(format!("{}.jpg", img.image_uuid));
+                std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                Some(path)
+            }
+            _ => None,
+        };
+        if a.client.json {
+            let mut v: Value = serde_json::from_str(&img.raw_json).unwrap_or(Value::Null);
+            if let (Some(p), Value::Object(m)) = (&saved, &mut v) {
+                m.remove("imageBase64Data");
+                m.insert("savedTo".into(), json!(p));
+            }
+            println!("{v}");
+        } else {
+            let place = saved
+                .map(|p| p.display().to_string())
+                .or(img.image_url)
+                .unwrap_or_default();
+            println!("{} {} {}", img.index, img.image_uuid, place);
+        }
+    }
+    Ok(())
+}
+
+async fn run_task(a: RunArgs) -> CliResult {
+    let text = if a.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?
+    };
+    let mut c = client(&a.client).await?;
+    let req = pb::RunRequest {
+        task_json: text,
+        expected_results: a.results,
+    };
+    let mut stream = c.run(request(&a.client, req)?).await.map_err(explain)?.into_inner();
+    while let Some(r) = stream.message().await.map_err(explain)? {
+        println!("{}", r.item_json);
+    }
+    Ok(())
+}
+
+async fn status(a: ClientArgs) -> CliResult {
+    let mut c = client(&a).await?;
+    let s = c
+        .get_status(request(&a, pb::GetStatusRequest {})?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let state = pb::ConnectionState::try_from(s.state)
+        .map(|st| st.as_str_name().trim_start_matches("CONNECTION_STATE_").to_ascii_lowercase())
+        .unwrap_or_else(|_| "unknown".into());
+    let since = (s.connected_since_unix_ms > 0).then(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        Duration::from_millis((now - s.connected_since_unix_ms).max(0) as u64)
+    });
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "state": state, "sessionUUID": s.session_uuid,
+                "connectedSinceUnixMs": s.connected_since_unix_ms, "reconnects": s.reconnects,
+                "resumes": s.resumes, "inFlight": s.in_flight, "lastError": s.last_error,
+                "upstreamURL": s.upstream_url, "lateResultsDropped": s.late_results_dropped,
+                "badFrames": s.bad_frames, "simulated": s.simulated,
+            })
+        );
+    } else {
+        println!("state:           {state}{}", if s.simulated { " (SIMULATOR)" } else { "" });
+        println!("upstream:        {}", s.upstream_url);
+        println!("session:         {}", s.session_uuid);
+        if let Some(d) = since {
+            println!("connected for:   {}s", d.as_secs());
+        }
+        println!("reconnects:      {} ({} resumed)", s.reconnects, s.resumes);
+        println!("in flight:       {}", s.in_flight);
+        println!("late dropped:    {}", s.late_results_dropped);
+        println!("bad frames:      {}", s.bad_frames);
+        if !s.last_error.is_empty() {
+            println!("last error:      {}", s.last_error);
+        }
+    }
+    Ok(())
+}

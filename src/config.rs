@@ -1,0 +1,590 @@
+//! Daemon configuration: command-line flags, then environment (`RUNWARED_*`,
+//! `RUNWARE_API_KEY`, `RUNWARE_API_KEY_FILE`), then an optional TOML file,
+//! then defaults, in that order of precedence.
+//!
+//! The API key is never taken from the command line (other users can read a
+//! process's arguments): it comes from the environment, a file, or a systemd
+//! credential, and lives in [`ApiKey`], which never prints.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where Runware listens.
+pub const DEFAULT_UPSTREAM_URL: &str = "wss://ws-api.runware.ai/v1";
+/// The daemon's default gRPC address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7433";
+/// Name of the systemd credential (`LoadCredential=runware-api-key:...`).
+pub const CREDENTIAL_NAME: &str = "runware-api-key";
+
+/// A Runware API key. `Debug` and `Display` print `***`; the only way to
+/// the text is [`ApiKey::expose`], used to build the authentication frame.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key, trimming the whitespace files and env values carry.
+    pub fn new(key: impl Into<String>) -> Option<Self> {
+        let key = key.into();
+        let trimmed = key.trim();
+        (!trimmed.is_empty()).then(|| ApiKey(trimmed.to_owned()))
+    }
+
+    /// The key's text, for the authentication message only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where the key comes from. A file is read again before every connection,
+/// so a rotated key is picked up without a restart.
+#[derive(Clone, Debug)]
+pub enum ApiKeySource {
+    Value(ApiKey),
+    File(PathBuf),
+}
+
+impl ApiKeySource {
+    /// The current key.
+    pub fn load(&self) -> Result<ApiKey, ConfigError> {
+        match self {
+            ApiKeySource::Value(k) => Ok(k.clone()),
+            ApiKeySource::File(path) => read_key_file(path),
+        }
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::KeyFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    ApiKey::new(text).ok_or_else(|| ConfigError::KeyFile {
+        path: path.to_owned(),
+        reason: "the file is empty".to_owned(),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no Runware API key: set RUNWARE_API_KEY, or RUNWARE_API_KEY_FILE (or --api-key-file) to a file holding it, \
+         or give systemd credential `{CREDENTIAL_NAME}`; or run `runwared serve --simulate` to use the built-in simulator"
+    )]
+    NoApiKey,
+    #[error("cannot read the API key file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+    #[error("cannot read the config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid setting {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// The daemon's resolved settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Runware's WebSocket URL (`wss://`, or `ws://` for local use).
+    pub upstream_url: String,
+    /// The API key's source; `None` only with `simulate`.
+    pub api_key: Option<ApiKeySource>,
+    /// Run against an in-process simulator instead of Runware.
+    pub simulate: bool,
+    /// gRPC over TCP; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// gRPC over a Unix socket; `None` disables it.
+    pub unix_socket: Option<PathBuf>,
+    /// An extra CA certificate (PEM) to trust for the upstream, beside the
+    /// system's roots: for a proxy or a test server.
+    pub extra_ca: Option<PathBuf>,
+    /// Keepalive ping interval. Runware closes a socket idle for 120 s.
+    pub ping_interval: Duration,
+    /// A socket that answers nothing this long after a ping is dead.
+    pub pong_timeout: Duration,
+    /// Limit for TCP + TLS + WebSocket handshakes.
+    pub connect_timeout: Duration,
+    /// Limit for Runware's answer to the authentication message.
+    pub auth_timeout: Duration,
+    /// First reconnect delay after a failed attempt.
+    pub backoff_min: Duration,
+    /// Reconnect delays never exceed this (jitter included).
+    pub backoff_max: Duration,
+    /// A session up this long counts as healthy: after it drops, the next
+    /// attempt is immediate and the backoff starts over.
+    pub healthy_after: Duration,
+    /// Retry delay after Runware rejected the API key.
+    pub auth_rejected_retry: Duration,
+    /// Largest WebSocket message accepted (base64 images are big).
+    pub max_message_bytes: usize,
+    /// Deadline for a task whose client set no gRPC deadline.
+    pub default_task_timeout: Duration,
+    /// Most tasks in flight at once, across all clients.
+    pub max_in_flight: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            upstream_url: DEFAULT_UPSTREAM_URL.to_owned(),
+            api_key: None,
+            simulate: false,
+            listen: Some(DEFAULT_LISTEN.parse().expect("valid default address")),
+            unix_socket: None,
+            extra_ca: None,
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(10),
+            auth_rejected_retry: Duration::from_secs(60),
+            max_message_bytes: 64 << 20,
+            default_task_timeout: Duration::from_secs(300),
+            max_in_flight: 100_000,
+        }
+    }
+}
+
+/// The settings of `runwared serve`, as flags or `RUNWARED_*` variables.
+/// Every one is optional here: what is not given falls to the TOML file,
+/// then to the default.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the long flags, with underscores).
+    #[arg(long, env = "RUNWARED_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run against the built-in Runware simulator (no API key, no network).
+    #[arg(long, env = "RUNWARED_SIMULATE")]
+    pub simulate: bool,
+    /// File holding the Runware API key (read again on every reconnect).
+    /// The key itself is taken from RUNWARE_API_KEY, never from a flag.
+    #[arg(long, env = "RUNWARE_API_KEY_FILE", value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Runware WebSocket URL [default: wss://ws-api.runware.ai/v1].
+    #[arg(long, env = "RUNWARED_UPSTREAM_URL", value_name = "URL")]
+    pub upstream_url: Option<String>,
+    /// gRPC TCP address, or "none" [default: 127.0.0.1:7433].
+    #[arg(long, env = "RUNWARED_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// gRPC Unix socket path, or "none" [default: $RUNTIME_DIRECTORY/runwared.sock under systemd, else none].
+    #[arg(long, env = "RUNWARED_UNIX_SOCKET", value_name = "PATH")]
+    pub unix_socket: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the upstream.
+    #[arg(long, env = "RUNWARED_EXTRA_CA", value_name = "FILE")]
+    pub extra_ca: Option<PathBuf>,
+    /// Keepalive ping interval [default: 30s].
+    #[arg(long, env = "RUNWARED_PING_INTERVAL", value_name = "DURATION")]
+    pub ping_interval: Option<String>,
+    /// Silence after a ping that marks the socket dead [default: 10s].
+    #[arg(long, env = "RUNWARED_PONG_TIMEOUT", value_name = "DURATION")]
+    pub pong_timeout: Option<String>,
+    /// Connect (TCP, TLS, WebSocket) timeout [default: 10s].
+    #[arg(long, env = "RUNWARED_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// Authentication answer timeout [default: 10s].
+    #[arg(long, env = "RUNWARED_AUTH_TIMEOUT", value_name = "DURATION")]
+    pub auth_timeout: Option<String>,
+    /// First reconnect delay [default: 100ms].
+    #[arg(long, env = "RUNWARED_BACKOFF_MIN", value_name = "DURATION")]
+    pub backoff_min: Option<String>,
+    /// Longest reconnect delay, jitter included [default: 30s].
+    #[arg(long, env = "RUNWARED_BACKOFF_MAX", value_name = "DURATION")]
+    pub backoff_max: Option<String>,
+    /// Session age after which a drop reconnects at once [default: 10s].
+    #[arg(long, env = "RUNWARED_HEALTHY_AFTER", value_name = "DURATION")]
+    pub healthy_after: Option<String>,
+    /// Retry delay after Runware rejects the API key [default: 60s].
+    #[arg(long, env = "RUNWARED_AUTH_REJECTED_RETRY", value_name = "DURATION")]
+    pub auth_rejected_retry: Option<String>,
+    /// Largest WebSocket message, in bytes [default: 67108864].
+    #[arg(long, env = "RUNWARED_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Deadline of tasks whose client sets none [default: 300s].
+    #[arg(long, env = "RUNWARED_DEFAULT_TASK_TIMEOUT", value_name = "DURATION")]
+    pub default_task_timeout: Option<String>,
+    /// Most tasks in flight at once [default: 100000].
+    #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+}
+
+/// The TOML file: the same names as the flags, with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub simulate: Option<bool>,
+    pub api_key_file: Option<PathBuf>,
+    pub upstream_url: Option<String>,
+    pub listen: Option<String>,
+    pub unix_socket: Option<String>,
+    pub extra_ca: Option<PathBuf>,
+    pub ping_interval: Option<String>,
+    pub pong_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub auth_timeout: Option<String>,
+    pub backoff_min: Option<String>,
+    pub backoff_max: Option<String>,
+    pub healthy_after: Option<String>,
+    pub auth_rejected_retry: Option<String>,
+    pub max_message_bytes: Option<usize>,
+    pub default_task_timeout: Option<String>,
+    pub max_in_flight: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// What the process environment offers beyond `RUNWARED_*` (which clap reads).
+#[derive(Debug, Default, Clone)]
+pub struct Environment {
+    /// `RUNWARE_API_KEY`.
+    pub api_key: Option<ApiKey>,
+    /// `CREDENTIALS_DIRECTORY`, set by systemd's `LoadCredential=`.
+    pub credentials_directory: Option<PathBuf>,
+    /// `RUNTIME_DIRECTORY`, set by systemd's `RuntimeDirectory=`.
+    pub runtime_directory: Option<PathBuf>,
+}
+
+impl Environment {
+    pub fn from_process() -> Self {
+        let path = |name| std::env::var_os(name).map(PathBuf::from);
+        Environment {
+            api_key: std::env::var("RUNWARE_API_KEY").ok().and_then(ApiKey::new),
+            credentials_directory: path("CREDENTIALS_DIRECTORY"),
+            runtime_directory: path("RUNTIME_DIRECTORY"),
+        }
+    }
+}
+
+/// Parses "250ms", "30s", "2m", "1h", or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms, 30s, 2m"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn duration(
+    name: &'static str,
+    flag: &Option<String>,
+    file: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match flag.as_ref().or(file.as_ref()) {
+        Some(s) => parse_duration(s).map_err(|reason| ConfigError::Invalid { name, reason }),
+        None => Ok(default),
+    }
+}
+
+/// "none" (or empty) switches a listener off.
+fn is_off(s: &str) -> bool {
+    s.is_empty() || s.eq_ignore_ascii_case("none")
+}
+
+impl Config {
+    /// Resolves flags/env (`args`), the TOML file it names, and the process
+    /// environment into the daemon's settings.
+    pub fn resolve(args: &ServeArgs, env: &Environment) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve_with(args, &file, env)
+    }
+
+    /// [`Config::resolve`] with the file already read.
+    pub fn resolve_with(
+        args: &ServeArgs,
+        file: &FileConfig,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let simulate = args.simulate || file.simulate.unwrap_or(false);
+
+        // Key precedence: RUNWARE_API_KEY, then a key file (flag/env, then the
+        // TOML file), then the systemd credential.
+        let key_file = args.api_key_file.clone().or_else(|| file.api_key_file.clone());
+        let credential = env
+            .credentials_directory
+            .as_ref()
+            .map(|dir| dir.join(CREDENTIAL_NAME))
+            .filter(|p| p.exists());
+        let api_key = match (&env.api_key, key_file, credential) {
+            (Some(k), _, _) => Some(ApiKeySource::Value(k.clone())),
+            (None, Some(f), _) | (None, None, Some(f)) => Some(ApiKeySource::File(f)),
+            (None, None, None) => None,
+        };
+        if let Some(source) = &api_key {
+            // Fail at start-up, not at the first connection.
+            source.load()?;
+        } else if !simulate {
+            return Err(ConfigError::NoApiKey);
+        }
+
+        let upstream_url = args
+            .upstream_url
+            .clone()
+            .or_else(|| file.upstream_url.clone())
+            .unwrap_or(d.upstream_url);
+        if !(upstream_url.starts_with("wss://") || upstream_url.starts_with("ws://")) {
+            return Err(ConfigError::Invalid {
+                name: "upstream_url",
+                reason: format!("{upstream_url:?} must start with wss:// (or ws:// for local use)"),
+            });
+        }
+
+        let listen = match args.listen.as_ref().or(file.listen.as_ref()) {
+            Some(s) if is_off(s) => None,
+            Some(s) => Some(s.parse().map_err(|e| ConfigError::Invalid {
+                name: "listen",
+                reason: format!("{s:?}: {e}"),
+            })?),
+            None => d.listen,
+        };
+        let unix_socket = match args.unix_socket.as_ref().or(file.unix_socket.as_ref()) {
+            Some(s) if is_off(s) => None,
+            Some(s) => Some(PathBuf::from(s)),
+            None => env
+                .runtime_directory
+                .as_ref()
+                .map(|dir| dir.join("runwared.sock")),
+        };
+        if listen.is_none() && unix_socket.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "listen",
+                reason: "both the TCP and the Unix socket listener are off".to_owned(),
+            });
+        }
+
+        let max_message_bytes = args
+            .max_message_bytes
+            .or(file.max_message_bytes)
+            .unwrap_or(d.max_message_bytes);
+        if max_message_bytes < (1 << 20) {
+            return Err(ConfigError::Invalid {
+                name: "max_message_bytes",
+                reason: format!("{max_message_bytes} is below 1 MiB; Runware results are larger"),
+            });
+        }
+        let max_in_flight = args
+            .max_in_flight
+            .or(file.max_in_flight)
+            .unwrap_or(d.max_in_flight);
+        if max_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_in_flight",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+
+        let config = Config {
+            upstream_url,
+            api_key,
+            simulate,
+            listen,
+            unix_socket,
+            extra_ca: args.extra_ca.clone().or_else(|| file.extra_ca.clone()),
+            ping_interval: duration("ping_interval", &args.ping_interval, &file.ping_interval, d.ping_interval)?,
+            pong_timeout: duration("pong_timeout", &args.pong_timeout, &file.pong_timeout, d.pong_timeout)?,
+            connect_timeout: duration("connect_timeout", &args.connect_timeout, &file.connect_timeout, d.connect_timeout)?,
+            auth_timeout: duration("auth_timeout", &args.auth_timeout, &file.auth_timeout, d.auth_timeout)?,
+            backoff_min: duration("backoff_min", &args.backoff_min, &file.backoff_min, d.backoff_min)?,
+            backoff_max: duration("backoff_max", &args.backoff_max, &file.backoff_max, d.backoff_max)?,
+            healthy_after: duration("healthy_after", &args.healthy_after, &file.healthy_after, d.healthy_after)?,
+            auth_rejected_retry: duration(
+                "auth_rejected_retry",
+                &args.auth_rejected_retry,
+                &file.auth_rejected_retry,
+                d.auth_rejected_retry,
+            )?,
+            max_message_bytes,
+            default_task_timeout: duration(
+                "default_task_timeout",
+                &args.default_task_timeout,
+                &file.default_task_timeout,
+                d.default_task_timeout,
+            )?,
+            max_in_flight,
+        };
+        if config.ping_interval.is_zero() || config.ping_interval >= Duration::from_secs(120) {
+            return Err(ConfigError::Invalid {
+                name: "ping_interval",
+                reason: "must be above 0 and below Runware's 120 s idle limit".to_owned(),
+            });
+        }
+        if config.backoff_min > config.backoff_max {
+            return Err(ConfigError::Invalid {
+                name: "backoff_min",
+                reason: "is above backoff_max".to_owned(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_with_key() -> Environment {
+        Environment {
+            api_key: ApiKey::new("secret-key-123"),
+            ..Environment::default()
+        }
+    }
+
+    #[test]
+    fn api_key_never_prints() {
+        let k = ApiKey::new("  secret-key-123\n").unwrap();
+        assert_eq!(k.expose(), "secret-key-123");
+        assert_eq!(format!("{k}"), "***");
+        assert_eq!(format!("{k:?}"), "ApiKey(***)");
+        let config = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env_with_key()).unwrap();
+        assert!(!format!("{config:?}").contains("secret-key-123"));
+        assert!(ApiKey::new(" \n").is_none());
+    }
+
+    #[test]
+    fn no_key_and_no_simulate_is_a_clear_error() {
+        let err = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &Environment::default())
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("RUNWARE_API_KEY") && msg.contains("--simulate"), "{msg}");
+        let sim = ServeArgs {
+            simulate: true,
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve_with(&sim, &FileConfig::default(), &Environment::default()).is_ok());
+    }
+
+    #[test]
+    fn flags_beat_file_beats_default() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            ping_interval = "20s"
+            pong_timeout = "3s"
+            listen = "127.0.0.1:9000"
+            max_in_flight = 7
+            "#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            ping_interval: Some("5s".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve_with(&args, &file, &env_with_key()).unwrap();
+        assert_eq!(c.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.pong_timeout, Duration::from_secs(3));
+        assert_eq!(c.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(c.max_in_flight, 7);
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream_url, DEFAULT_UPSTREAM_URL);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("api_key = \"k\"").is_err());
+    }
+
+    #[test]
+    fn key_sources_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "from-file\n").unwrap();
+        let cred_dir = dir.path().join("creds");
+        std::fs::create_dir(&cred_dir).unwrap();
+        std::fs::write(cred_dir.join(CREDENTIAL_NAME), "from-credential").unwrap();
+
+        let env = Environment {
+            credentials_directory: Some(cred_dir.clone()),
+            ..Environment::default()
+        };
+        let c = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env).unwrap();
+        assert_eq!(c.api_key.unwrap().load().unwrap().expose(), "from-credential");
+
+        let args = ServeArgs {
+            api_key_file: Some(key_file.clone()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve_with(&args, &FileConfig::default(), &env).unwrap();
+        assert_eq!(c.api_key.unwrap().load().unwrap().expose(), "from-file");
+
+        let c = Config::resolve_with(&args, &FileConfig::default(), &env_with_key()).unwrap();
+        assert_eq!(c.api_key.unwrap().load().unwrap().expose(), "secret-key-123");
+
+        let missing = ServeArgs {
+            api_key_file: Some(dir.path().join("missing")),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve_with(&missing, &FileConfig::default(), &Environment::default()).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn listeners_and_systemd_runtime_directory() {
+        let env = Environment {
+            runtime_directory: Some(PathBuf::from("/run/runwared")),
+            ..env_with_key()
+        };
+        let c = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env).unwrap();
+        assert_eq!(c.unix_socket, Some(PathBuf::from("/run/runwared/runwared.sock")));
+        let args = ServeArgs {
+            listen: Some("none".into()),
+            unix_socket: Some("none".into()),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve_with(&args, &FileConfig::default(), &env).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        let args = ServeArgs {
+            ping_interval: Some("200s".into()),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve_with(&args, &FileConfig::default(), &env_with_key()).unwrap_err();
+        assert!(err.to_string().contains("ping_interval"));
+    }
+}

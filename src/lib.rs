@@ -1,0 +1,40 @@
+//! runwared: one shared, always-healthy Runware WebSocket behind a local
+//! gRPC API.
+//!
+//! The path of a task, one module per step:
+//!
+//! ```text
+//! gRPC request -> api        (runware.v1 messages <-> task JSON; statuses)
+//!              -> dispatch   (in-flight table: taskUUID -> waiting client)
+//!              -> upstream   (the one socket: connect, authenticate, ping,
+//!                             resume, back off; batches queued tasks)
+//! frame in     -> protocol   (pure parsing of frames into items; no I/O)
+//!              -> dispatch   (route each item by taskUUID; complete; fail)
+//!              -> api stream -> client
+//! ```
+//!
+//! - [`config`]: flags, environment and TOML file; the [`config::ApiKey`]
+//!   secret, which never prints.
+//! - [`server`]: starts all of the above and stops it in order.
+//! - [`sim`]: a Runware simulator with fault injection, for tests,
+//!   benchmarks and `runwared serve --simulate`. It never runs unless asked.
+//! - [`client`]: the command-line client's gRPC calls.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod dispatch;
+pub mod protocol;
+pub mod server;
+pub mod sim;
+pub mod upstream;
+
+/// The generated `runware.v1` gRPC types.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("runware.v1");
+
+    /// The encoded descriptor set of `proto/`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("runware_descriptor");
+}

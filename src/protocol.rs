@@ -1,0 +1,687 @@
+//! The Runware WebSocket wire protocol: types and pure functions, no I/O.
+//!
+//! Everything here is decided from strings, so it is unit-tested with plain
+//! JSON. Sources: `shared/runware-docs/websocket-connection-and-image-inference-v1.txt`
+//! and `shared/PROTOCOL-NOTES.md` (what the official SDKs show beyond the docs).
+//!
+//! Client messages are JSON arrays of task objects. Server messages are
+//! objects with a `data` array, an `errors` array, or both; a singular
+//! `error` object and an old `{"error": true, "errorId", "errorMessage"}`
+//! shape also occur. One message may carry items of many tasks.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// A task's `taskUUID`: a client-made UUID v4, unique per API key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskUuid(Uuid);
+
+impl TaskUuid {
+    /// A fresh random UUID v4.
+    pub fn new_v4() -> Self {
+        TaskUuid(Uuid::new_v4())
+    }
+
+    /// Parses a client-given taskUUID: it must be a UUID v4 (the docs require
+    /// v4, and a wrong version is the kind of mistake to catch before it
+    /// leaves the host).
+    pub fn parse_v4(s: &str) -> Result<Self, String> {
+        let uuid = Uuid::try_parse(s).map_err(|e| format!("not a UUID: {e}"))?;
+        if uuid.get_version_num() != 4 {
+            return Err(format!(
+                "must be a UUID v4, this is version {}",
+                uuid.get_version_num()
+            ));
+        }
+        Ok(TaskUuid(uuid))
+    }
+
+    /// Parses a taskUUID as Runware echoes it, without insisting on v4.
+    pub fn parse_any(s: &str) -> Option<Self> {
+        Uuid::try_parse(s).ok().map(TaskUuid)
+    }
+}
+
+impl fmt::Display for TaskUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl fmt::Debug for TaskUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The `connectionSessionUUID` Runware gives on authentication; sending it
+/// again on a new socket resumes the session and its buffered results.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionUuid(pub String);
+
+impl fmt::Display for SessionUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SessionUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The keepalive ping. Runware closes a socket after 120 s without messages.
+pub const PING_FRAME: &str = r#"[{"taskType":"ping","ping":true}]"#;
+
+/// The authentication message, the first on every socket. With a session
+/// UUID it asks Runware to resume that session.
+pub fn auth_frame(api_key: &str, session: Option<&SessionUuid>) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Auth<'a> {
+        task_type: &'static str,
+        api_key: &'a str,
+        #[serde(rename = "connectionSessionUUID", skip_serializing_if = "Option::is_none")]
+        session: Option<&'a str>,
+    }
+    let auth = [Auth {
+        task_type: "authentication",
+        api_key,
+        session: session.map(|s| s.0.as_str()),
+    }];
+    serde_json::to_string(&auth).expect("serializing strings cannot fail")
+}
+
+/// Appends one task object to a batch frame under construction. Runware takes
+/// an array of tasks, so tasks queued together travel in one message.
+pub fn push_task(frame: &mut String, task_json: &str) {
+    frame.push(if frame.is_empty() { '[' } else { ',' });
+    frame.push_str(task_json);
+}
+
+/// Closes a batch frame started with [`push_task`].
+pub fn finish_batch(frame: &mut String) {
+    if frame.is_empty() {
+        frame.push('[');
+    }
+    frame.push(']');
+}
+
+/// An error item as Runware sends it. Every field is optional on the wire;
+/// a missing `code` is reported as `unknown`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunwareError {
+    #[serde(default = "unknown_code")]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
+    #[serde(
+        default,
+        rename = "taskUUID",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string"
+    )]
+    pub task_uuid: Option<String>,
+}
+
+fn unknown_code() -> String {
+    "unknown".to_owned()
+}
+
+/// Accepts a string, or anything else as absent: a hostile or broken server
+/// must not make a whole frame unreadable over one odd field.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(match value {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+impl fmt::Display for RunwareError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some(p) = &self.parameter {
+            write!(f, " (parameter {p})")?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// What kind of failure a Runware error code means. One table, used for
+/// routing decisions and for the gRPC status a client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request was wrong (`invalid*`, `missing*`, `unsupported*`).
+    InvalidArgument,
+    /// The account has no credit left.
+    NoCredit,
+    /// Too many requests.
+    RateLimited,
+    /// The taskUUID is already known to the server (`conflictTaskUUID`).
+    Conflict,
+    /// The API key was rejected.
+    AuthRejected,
+    /// Runware or its provider timed out.
+    Timeout,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies a Runware error code. Codes are camelCase identifiers; only a
+/// few are documented, so this goes by their documented naming pattern.
+pub fn classify_error(code: &str) -> ErrorClass {
+    let lower = code.to_ascii_lowercase();
+    if code == "conflictTaskUUID" || lower.starts_with("conflicttaskuuid") {
+        ErrorClass::Conflict
+    } else if code == "invalidApiKey" || lower.contains("apikey") {
+        ErrorClass::AuthRejected
+    } else if lower.contains("credit") || lower.contains("balance") {
+        ErrorClass::NoCredit
+    } else if lower.contains("ratelimit") || lower.contains("toomanyrequests") || lower == "429"
+    {
+        ErrorClass::RateLimited
+    } else if lower.starts_with("timeout") || lower.contains("timedout") {
+        ErrorClass::Timeout
+    } else if lower.starts_with("invalid")
+        || lower.starts_with("missing")
+        || lower.starts_with("unsupported")
+    {
+        ErrorClass::InvalidArgument
+    } else {
+        ErrorClass::Other
+    }
+}
+
+/// One understood piece of a server message.
+#[derive(Debug)]
+pub enum Inbound<'a> {
+    /// Authentication succeeded; this is the session's UUID.
+    Authenticated(SessionUuid),
+    /// The answer to a ping.
+    Pong,
+    /// A result item of a task; `item` is the item's JSON exactly as sent.
+    Result { task: TaskUuid, item: &'a RawValue },
+    /// An async-delivery acknowledgement or a `getResponse` "processing"
+    /// item: the task is known to the server but this is not a result.
+    Pending { task: TaskUuid },
+    /// An error for one task.
+    TaskError { task: TaskUuid, error: RunwareError },
+    /// An error that names no task (authentication errors are among these).
+    /// It is never handed to any task.
+    UntargetedError(RunwareError),
+    /// Something that cannot be routed: logged and counted, never delivered.
+    Unroutable(&'static str),
+}
+
+impl PartialEq for Inbound<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        use Inbound::*;
+        match (self, other) {
+            (Authenticated(a), Authenticated(b)) => a == b,
+            (Pong, Pong) => true,
+            (Result { task: a, item: x }, Result { task: b, item: y }) => a == b && x.get() == y.get(),
+            (Pending { task: a }, Pending { task: b }) => a == b,
+            (TaskError { task: a, error: x }, TaskError { task: b, error: y }) => a == b && x == y,
+            (UntargetedError(a), UntargetedError(b)) => a == b,
+            (Unroutable(a), Unroutable(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// Why a whole frame could not be read.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    #[error("frame is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("frame has neither data nor errors")]
+    Empty,
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    errors: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(rename = "errorId", default)]
+    error_id: Option<serde_json::Value>,
+    #[serde(rename = "errorMessage", default)]
+    error_message: Option<serde_json::Value>,
+}
+
+/// The fields of a data item that routing needs, read without building the
+/// rest of the item: the item's bytes go to the client as they came.
+#[derive(Debug, Default)]
+struct ItemHead<'a> {
+    task_uuid: Option<Cow<'a, str>>,
+    task_type: Option<Cow<'a, str>>,
+    session: Option<Cow<'a, str>>,
+    status: Option<Cow<'a, str>>,
+    pong: bool,
+    error: Option<RunwareError>,
+    /// Keys other than taskType, taskUUID and status: an item with none is
+    /// an acknowledgement, not a result.
+    other_keys: usize,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ItemHead<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct HeadVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for HeadVisitor<'a> {
+            type Value = ItemHead<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a result item object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ItemHead<'a>, A::Error> {
+                let mut head = ItemHead::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "taskUUID" => head.task_uuid = map.next_value::<MaybeStr>()?.0,
+                        "taskType" => head.task_type = map.next_value::<MaybeStr>()?.0,
+                        "status" => head.status = map.next_value::<MaybeStr>()?.0,
+                        "connectionSessionUUID" => {
+                            head.session = map.next_value::<MaybeStr>()?.0;
+                            head.other_keys += 1;
+                        }
+                        "pong" => {
+                            head.pong = map.next_value::<serde_json::Value>()? == true;
+                            head.other_keys += 1;
+                        }
+                        "error" => {
+                            head.error = map.next_value::<Option<RunwareError>>().unwrap_or(None);
+                            head.other_keys += 1;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            head.other_keys += 1;
+                        }
+                    }
+                }
+                Ok(head)
+            }
+        }
+        d.deserialize_map(HeadVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A string field, or `None` for any other JSON type.
+struct MaybeStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = MaybeStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+                MaybeStr::deserialize(d)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// Parses one server message into its items, in order. Pure: a bad item
+/// becomes [`Inbound::Unroutable`] and never spoils the rest of the frame.
+pub fn parse_frame(text: &str) -> Result<Vec<Inbound<'_>>, FrameError> {
+    // serde would also read a struct from an array; Runware sends objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(FrameError::NotJson("expected a JSON object".to_owned()));
+    }
+    let frame: RawFrame<'_> =
+        serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
+    let mut out = Vec::new();
+    if let Some(data) = frame.data {
+        match serde_json::from_str::<Vec<&RawValue>>(data.get()) {
+            Ok(items) => out.extend(items.into_iter().map(classify_data_item)),
+            Err(_) => out.push(Inbound::Unroutable("`data` is not an array")),
+        }
+    }
+    if let Some(errors) = frame.errors {
+        match serde_json::from_str::<Vec<&RawValue>>(errors.get()) {
+            Ok(items) => out.extend(items.into_iter().map(classify_error_item)),
+            Err(_) => out.push(Inbound::Unroutable("`errors` is not an array")),
+        }
+    }
+    if let Some(error) = frame.error {
+        if error.get() == "true" {
+            // The old shape: {"error": true, "errorId": N, "errorMessage": "..."}.
+            let code = match frame.error_id {
+                Some(serde_json::Value::String(s)) => s,
+                Some(v) => format!("error{v}"),
+                None => unknown_code(),
+            };
+            let message = match frame.error_message {
+                Some(serde_json::Value::String(s)) => s,
+                _ => String::new(),
+            };
+            out.push(Inbound::UntargetedError(RunwareError {
+                code,
+                message,
+                ..RunwareError::default()
+            }));
+        } else if error.get() != "false" && error.get() != "null" {
+            out.push(classify_error_item(error));
+        }
+    }
+    if out.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    Ok(out)
+}
+
+fn classify_data_item(item: &RawValue) -> Inbound<'_> {
+    let Ok(head) = serde_json::from_str::<ItemHead<'_>>(item.get()) else {
+        return Inbound::Unroutable("data item is not an object");
+    };
+    if head.task_type.as_deref() == Some("authentication") {
+        return match head.session {
+            Some(s) => Inbound::Authenticated(SessionUuid(s.into_owned())),
+            None => Inbound::Unroutable("authentication item without connectionSessionUUID"),
+        };
+    }
+    if head.pong || head.task_type.as_deref() == Some("ping") {
+        return Inbound::Pong;
+    }
+    let Some(raw_uuid) = head.task_uuid else {
+        return Inbound::Unroutable("data item without taskUUID");
+    };
+    let Some(task) = TaskUuid::parse_any(&raw_uuid) else {
+        return Inbound::Unroutable("data item with a malformed taskUUID");
+    };
+    match head.status.as_deref() {
+        // getResponse items: https://runware.ai/docs/en/utilities/task-responses
+        Some("processing") => Inbound::Pending { task },
+        Some("error") | Some("failed") => {
+            let mut error = head.error.unwrap_or_else(|| RunwareError {
+                code: "taskFailed".to_owned(),
+                message: "Runware reported the task failed".to_owned(),
+                ..RunwareError::default()
+            });
+            error.task_uuid = Some(task.to_string());
+            Inbound::TaskError { task, error }
+        }
+        _ if head.other_keys == 0 => Inbound::Pending { task },
+        _ => Inbound::Result { task, item },
+    }
+}
+
+fn classify_error_item(item: &RawValue) -> Inbound<'_> {
+    let Ok(error) = serde_json::from_str::<RunwareError>(item.get()) else {
+        return Inbound::Unroutable("error item is not an object");
+    };
+    match error.task_uuid.as_deref().and_then(TaskUuid::parse_any) {
+        Some(task) => Inbound::TaskError { task, error },
+        None => Inbound::UntargetedError(error),
+    }
+}
+
+/// How many result items complete a task: `imageInference` after
+/// `numberResults`, `promptEnhance` after `promptVersions`, anything else
+/// after the count the client states; 1 by default.
+pub fn expected_results(
+    task_type: &str,
+    task: &serde_json::Map<String, serde_json::Value>,
+    stated: Option<u32>,
+) -> u32 {
+    let field = match task_type {
+        "imageInference" => Some("numberResults"),
+        "promptEnhance" => Some("promptVersions"),
+        _ => None,
+    };
+    let from_task = field
+        .and_then(|f| task.get(f))
+        .and_then(|v| v.as_u64())
+        .map(|n| n.min(u64::from(u32::MAX)) as u32);
+    from_task.or(stated).unwrap_or(1).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T1: &str = "3c8b2a9e-6f8d-4a5b-9c1e-2d3f4a5b6c7d";
+    const T2: &str = "7d6c5b4a-3f2d-4e1c-9b5a-8d6f9e2a8b3c";
+
+    fn t(s: &str) -> TaskUuid {
+        TaskUuid::parse_any(s).unwrap()
+    }
+
+    #[test]
+    fn auth_frame_with_and_without_session() {
+        assert_eq!(
+            auth_frame("k", None),
+            r#"[{"taskType":"authentication","apiKey":"k"}]"#
+        );
+        let s = SessionUuid("s-1".into());
+        assert_eq!(
+            auth_frame("k\"", Some(&s)),
+            r#"[{"taskType":"authentication","apiKey":"k\"","connectionSessionUUID":"s-1"}]"#
+        );
+    }
+
+    #[test]
+    fn batch_frames_are_json_arrays() {
+        let mut f = String::new();
+        finish_batch(&mut f);
+        assert_eq!(f, "[]");
+        let mut f = String::new();
+        push_task(&mut f, r#"{"a":1}"#);
+        push_task(&mut f, r#"{"b":2}"#);
+        finish_batch(&mut f);
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(v, serde_json::json!([{"a":1},{"b":2}]));
+    }
+
+    #[test]
+    fn authentication_and_pong() {
+        let items = parse_frame(
+            r#"{"data":[{"taskType":"authentication","connectionSessionUUID":"abc"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(items, vec![Inbound::Authenticated(SessionUuid("abc".into()))]);
+        let items = parse_frame(r#"{"data":[{"taskType":"ping","pong":true}]}"#).unwrap();
+        assert_eq!(items, vec![Inbound::Pong]);
+    }
+
+    #[test]
+    fn items_of_several_tasks_in_one_frame_are_routed_each() {
+        let frame = format!(
+            r#"{{"data":[{{"taskType":"promptEnhance","taskUUID":"{T1}","text":"a"}},
+                {{"taskType":"imageInference","taskUUID":"{T2}","imageURL":"u"}},
+                {{"taskType":"promptEnhance","taskUUID":"{T1}","text":"b"}}],
+               "errors":[{{"code":"invalidWidth","parameter":"width","message":"bad","taskUUID":"{T2}"}}]}}"#
+        );
+        let items = parse_frame(&frame).unwrap();
+        assert_eq!(items.len(), 4);
+        match &items[0] {
+            Inbound::Result { task, item } => {
+                assert_eq!(*task, t(T1));
+                assert!(item.get().contains(r#""text":"a""#));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&items[1], Inbound::Result { task, .. } if *task == t(T2)));
+        assert!(matches!(&items[2], Inbound::Result { task, item } if *task == t(T1) && item.get().contains("\"b\"")));
+        match &items[3] {
+            Inbound::TaskError { task, error } => {
+                assert_eq!(*task, t(T2));
+                assert_eq!(error.code, "invalidWidth");
+                assert_eq!(error.parameter.as_deref(), Some("width"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_without_task_uuid_is_nobodys() {
+        let items = parse_frame(
+            r#"{"errors":[{"code":"invalidApiKey","message":"no","parameter":"apiKey","taskType":"authentication"}]}"#,
+        )
+        .unwrap();
+        match &items[0] {
+            Inbound::UntargetedError(e) => assert_eq!(e.code, "invalidApiKey"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn singular_and_old_error_shapes() {
+        let f = format!(r#"{{"error":{{"code":"timeoutProvider","message":"m","taskUUID":"{T1}"}}}}"#);
+        assert!(matches!(&parse_frame(&f).unwrap()[0], Inbound::TaskError { task, error } if *task == t(T1) && error.code == "timeoutProvider"));
+        let items = parse_frame(r#"{"error":true,"errorId":19,"errorMessage":"boom"}"#).unwrap();
+        match &items[0] {
+            Inbound::UntargetedError(e) => {
+                assert_eq!(e.code, "error19");
+                assert_eq!(e.message, "boom");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn async_ack_and_get_response_statuses() {
+        let ack = format!(r#"{{"data":[{{"taskType":"videoInference","taskUUID":"{T1}"}}]}}"#);
+        assert_eq!(parse_frame(&ack).unwrap(), vec![Inbound::Pending { task: t(T1) }]);
+        let processing = format!(
+            r#"{{"data":[{{"taskType":"getResponse","taskUUID":"{T1}","status":"processing"}}]}}"#
+        );
+        assert_eq!(
+            parse_frame(&processing).unwrap(),
+            vec![Inbound::Pending { task: t(T1) }]
+        );
+        let success = format!(
+            r#"{{"data":[{{"taskType":"imageInference","taskUUID":"{T1}","status":"success","imageURL":"u"}}]}}"#
+        );
+        assert!(matches!(&parse_frame(&success).unwrap()[0], Inbound::Result { .. }));
+        let failed = format!(
+            r#"{{"data":[{{"taskType":"imageInference","taskUUID":"{T1}","status":"error","error":{{"code":"invalidModel","message":"m"}}}}]}}"#
+        );
+        assert!(matches!(&parse_frame(&failed).unwrap()[0], Inbound::TaskError { error, .. } if error.code == "invalidModel"));
+    }
+
+    #[test]
+    fn hostile_frames_never_panic_and_never_route() {
+        assert!(matches!(parse_frame("not json"), Err(FrameError::NotJson(_))));
+        assert!(matches!(parse_frame("[1,2]"), Err(FrameError::NotJson(_))));
+        assert_eq!(parse_frame("{}"), Err(FrameError::Empty));
+        let cases = [
+            r#"{"data":5}"#,
+            r#"{"data":[5]}"#,
+            r#"{"data":[{"taskUUID":7,"text":"x"}]}"#,
+            r#"{"data":[{"taskUUID":"not-a-uuid","text":"x"}]}"#,
+            r#"{"data":[{"text":"x"}]}"#,
+            r#"{"errors":[3]}"#,
+            r#"{"errors":{"code":"x"}}"#,
+        ];
+        for c in cases {
+            let items = parse_frame(c).unwrap();
+            assert!(
+                items.iter().all(|i| matches!(i, Inbound::Unroutable(_))),
+                "{c}: {items:?}"
+            );
+        }
+        // An error with a non-string taskUUID belongs to no task.
+        let items = parse_frame(r#"{"errors":[{"code":"x","taskUUID":12}]}"#).unwrap();
+        assert!(matches!(&items[0], Inbound::UntargetedError(_)));
+    }
+
+    #[test]
+    fn escaped_strings_are_read() {
+        let f = format!(r#"{{"data":[{{"task\u0055UID":"{T1}","text":"\"q\""}}]}}"#);
+        assert!(matches!(&parse_frame(&f).unwrap()[0], Inbound::Result { task, .. } if *task == t(T1)));
+    }
+
+    #[test]
+    fn error_classes() {
+        assert_eq!(classify_error("conflictTaskUUID"), ErrorClass::Conflict);
+        assert_eq!(classify_error("invalidApiKey"), ErrorClass::AuthRejected);
+        assert_eq!(classify_error("invalidPositivePrompt"), ErrorClass::InvalidArgument);
+        assert_eq!(classify_error("missingModel"), ErrorClass::InvalidArgument);
+        assert_eq!(classify_error("insufficientCredits"), ErrorClass::NoCredit);
+        assert_eq!(classify_error("rateLimitExceeded"), ErrorClass::RateLimited);
+        assert_eq!(classify_error("timeoutProvider"), ErrorClass::Timeout);
+        assert_eq!(classify_error("somethingElse"), ErrorClass::Other);
+    }
+
+    #[test]
+    fn expected_results_by_task_type() {
+        let m = |v: serde_json::Value| v.as_object().unwrap().clone();
+        assert_eq!(expected_results("imageInference", &m(serde_json::json!({})), None), 1);
+        assert_eq!(
+            expected_results("imageInference", &m(serde_json::json!({"numberResults": 4})), Some(9)),
+            4
+        );
+        assert_eq!(
+            expected_results("promptEnhance", &m(serde_json::json!({"promptVersions": 3})), None),
+            3
+        );
+        assert_eq!(expected_results("imageCaption", &m(serde_json::json!({})), Some(2)), 2);
+        assert_eq!(expected_results("imageCaption", &m(serde_json::json!({})), None), 1);
+        assert_eq!(expected_results("x", &m(serde_json::json!({})), Some(0)), 1);
+    }
+
+    #[test]
+    fn task_uuid_must_be_v4() {
+        assert!(TaskUuid::parse_v4(T1).is_ok());
+        assert!(TaskUuid::parse_v4("nope").is_err());
+        // A v1 UUID.
+        let err = TaskUuid::parse_v4("6ba7b810-9dad-11d1-80b4-00c04fd430c8").unwrap_err();
+        assert!(err.contains("version 1"), "{err}");
+    }
+}

@@ -1,0 +1,716 @@
+//! A Runware server for tests, benchmarks and `--simulate`.
+//!
+//! It follows `shared/runware-docs/` and `shared/PROTOCOL-NOTES.md`:
+//! authentication and session UUIDs, ping/pong, closing idle sockets,
+//! keeping undelivered results per session for `buffer_ttl` and delivering
+//! them on resume, `conflictTaskUUID` for a known taskUUID, `getResponse`,
+//! async delivery, documented validation errors, and configurable latency.
+//! Faults are injected through [`SimHandle`]: drop sockets abruptly, close
+//! them cleanly, stall, forget sessions, reject authentication.
+//!
+//! It counts how many times it executed each taskUUID, so tests can prove
+//! nothing ran twice. It never runs unless asked for.
+
+pub mod results;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+
+/// The simulator's behaviour.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Accepted API keys; `None` accepts any non-empty key.
+    pub api_keys: Option<Vec<String>>,
+    /// Time from receiving a task to its first result.
+    pub latency: Duration,
+    /// Time between a task's results.
+    pub per_result_latency: Duration,
+    /// Runware closes a socket after this long without a client message.
+    pub idle_timeout: Duration,
+    /// Undelivered results (and a detached session) are kept this long.
+    pub buffer_ttl: Duration,
+    /// Tasks the account can pay for; `None` is unlimited.
+    pub credits: Option<u64>,
+    /// Tasks one session may have running; beyond it: `rateLimitExceeded`.
+    pub max_running_per_session: Option<usize>,
+    /// Size of the fake image behind `base64Data` / `dataURI` outputs.
+    pub image_bytes: usize,
+    /// Largest accepted WebSocket message.
+    pub max_message_bytes: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            api_keys: None,
+            latency: Duration::from_millis(50),
+            per_result_latency: Duration::from_millis(20),
+            idle_timeout: Duration::from_secs(120),
+            buffer_ttl: Duration::from_secs(120),
+            credits: None,
+            max_running_per_session: None,
+            image_bytes: 16 * 1024,
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Counters a test can wait on (`SimHandle::stats().wait_for(...)`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SimStats {
+    /// WebSocket connections accepted.
+    pub connections: u64,
+    /// Successful authentications.
+    pub authentications: u64,
+    /// Authentications that resumed a session.
+    pub resumes: u64,
+    /// Authentications refused.
+    pub auth_rejections: u64,
+    /// Task executions started (a conflict is not an execution).
+    pub executions: u64,
+    /// `conflictTaskUUID` answers.
+    pub conflicts: u64,
+    /// Result items produced.
+    pub results_produced: u64,
+    /// Pings answered.
+    pub pongs: u64,
+    /// Sockets currently open.
+    pub open_connections: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Command {
+    /// Drop every socket without a WebSocket close frame.
+    Drop,
+    /// Close every socket cleanly (code 1000).
+    Close,
+}
+
+struct Session {
+    /// The connection that receives this session's results now.
+    conn: Option<(u64, mpsc::UnboundedSender<Outgoing>)>,
+    /// Undelivered items with the time they were produced.
+    buffer: VecDeque<(Instant, Outgoing)>,
+    /// When the last connection left; the session expires `buffer_ttl` later.
+    detached_at: Option<Instant>,
+    running: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum TaskStatus {
+    Processing,
+    Success,
+}
+
+struct TaskRecord {
+    task_type: String,
+    executions: u32,
+    items: Vec<Value>,
+    status: TaskStatus,
+}
+
+#[derive(Debug, Clone)]
+enum Outgoing {
+    Data(Value),
+    Error(Value),
+}
+
+struct Inner {
+    sessions: HashMap<String, Session>,
+    tasks: HashMap<String, TaskRecord>,
+    credits: Option<u64>,
+    next_conn: u64,
+}
+
+struct Shared {
+    config: Mutex<SimConfig>,
+    inner: Mutex<Inner>,
+    stats: watch::Sender<SimStats>,
+    commands: broadcast::Sender<Command>,
+    stall: watch::Sender<bool>,
+    reject_auth: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the simulator down with poison.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running simulator and its control surface.
+#[derive(Clone)]
+pub struct SimHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tls: bool,
+}
+
+impl SimHandle {
+    /// Starts a simulator on `listener`, with TLS when `tls` is given.
+    pub fn start(listener: TcpListener, config: SimConfig, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (stats, _) = watch::channel(SimStats::default());
+        let (commands, _) = broadcast::channel(16);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                sessions: HashMap::new(),
+                tasks: HashMap::new(),
+                credits: config.credits,
+                next_conn: 0,
+            }),
+            config: Mutex::new(config),
+            stats,
+            commands,
+            stall: watch::channel(false).0,
+            reject_auth: watch::channel(false).0,
+        });
+        let handle = SimHandle {
+            shared: Arc::clone(&shared),
+            addr,
+            tls: tls.is_some(),
+        };
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "simulator accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => serve_connection(shared, tls).await,
+                            Err(e) => tracing::debug!(%peer, error = %e, "simulator TLS handshake failed"),
+                        },
+                        None => serve_connection(shared, stream).await,
+                    }
+                });
+            }
+        });
+        Ok(handle)
+    }
+
+    /// Binds `addr` and starts.
+    pub async fn bind(addr: SocketAddr, config: SimConfig, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Self> {
+        Self::start(TcpListener::bind(addr).await?, config, tls)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL a client connects to.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1", self.addr)
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> watch::Receiver<SimStats> {
+        self.shared.stats.subscribe()
+    }
+
+    /// How many times the simulator executed this taskUUID.
+    pub fn executions(&self, task_uuid: &str) -> u32 {
+        lock(&self.shared.inner).tasks.get(task_uuid).map_or(0, |t| t.executions)
+    }
+
+    /// The largest execution count of any task (1 means none ran twice).
+    pub fn max_executions(&self) -> u32 {
+        lock(&self.shared.inner).tasks.values().map(|t| t.executions).max().unwrap_or(0)
+    }
+
+    /// Fault: drop every open socket without a close frame.
+    pub fn drop_connections(&self) {
+        let _ = self.shared.commands.send(Command::Drop);
+    }
+
+    /// Fault: close every open socket cleanly (code 1000).
+    pub fn close_connections(&self) {
+        let _ = self.shared.commands.send(Command::Close);
+    }
+
+    /// Fault: stop reading and answering on every socket (TCP stays open).
+    pub fn set_stall(&self, stall: bool) {
+        self.shared.stall.send_replace(stall);
+    }
+
+    /// Fault: answer every authentication with `invalidApiKey`.
+    pub fn set_reject_auth(&self, reject: bool) {
+        self.shared.reject_auth.send_replace(reject);
+    }
+
+    /// Fault: forget every session and its buffered results, as after more
+    /// than `buffer_ttl` away. Tasks stay known (for conflicts, getResponse).
+    pub fn expire_sessions(&self) {
+        lock(&self.shared.inner).sessions.clear();
+    }
+
+    /// Changes latencies for tasks received from now on.
+    pub fn set_latency(&self, first: Duration, per_result: Duration) {
+        let mut c = lock(&self.shared.config);
+        c.latency = first;
+        c.per_result_latency = per_result;
+    }
+
+    /// Sets the remaining credit, in tasks (`None`: unlimited).
+    pub fn set_credits(&self, credits: Option<u64>) {
+        lock(&self.shared.inner).credits = credits;
+    }
+}
+
+fn bump(shared: &Shared, f: impl FnOnce(&mut SimStats)) {
+    shared.stats.send_modify(f);
+}
+
+async fn serve_connection<S>(shared: Arc<Shared>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (max, idle_timeout) = {
+        let c = lock(&shared.config);
+        (c.max_message_bytes, c.idle_timeout)
+    };
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)).await else {
+        return;
+    };
+    let conn_id = {
+        let mut inner = lock(&shared.inner);
+        inner.next_conn += 1;
+        inner.next_conn
+    };
+    bump(&shared, |s| {
+        s.connections += 1;
+        s.open_connections += 1;
+    });
+    let (mut sink, mut source) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let mut commands = shared.commands.subscribe();
+    let mut stall = shared.stall.subscribe();
+    let mut session: Option<String> = None;
+    let mut last_message = Instant::now();
+    // An item taken from `rx` whose write did not finish goes back to the session.
+    let mut unwritten: Vec<Outgoing> = Vec::new();
+
+    loop {
+        let stalled = *stall.borrow_and_update();
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Ok(Command::Drop) | Err(_) => break,
+                Ok(Command::Close) => {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "closing".into() }))).await;
+                    break;
+                }
+            },
+            _ = stall.changed() => continue,
+            msg = source.next(), if !stalled => {
+                last_message = Instant::now();
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue,
+                };
+                handle_message(&shared, conn_id, &tx, &mut session, &text);
+            }
+            item = rx.recv(), if !stalled => {
+                let Some(first) = item else { break };
+                // Whatever else is ready goes in the same message, as Runware
+                // does: one frame may carry items of several tasks.
+                let mut batch = vec![first];
+                while batch.len() < 64 {
+                    match rx.try_recv() {
+                        Ok(i) => batch.push(i),
+                        Err(_) => break,
+                    }
+                }
+                let frame = encode(&batch);
+                if sink.send(Message::Text(frame.into())).await.is_err() {
+                    unwritten = batch;
+                    break;
+                }
+            }
+            _ = sleep_until(last_message + idle_timeout) => {
+                let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "idle timeout".into() }))).await;
+                break;
+            }
+        }
+    }
+
+    // Detach: results not yet written go back to the session's buffer (or
+    // to the connection that took the session over).
+    rx.close();
+    while let Ok(item) = rx.try_recv() {
+        unwritten.push(item);
+    }
+    if let Some(id) = session {
+        let mut inner = lock(&shared.inner);
+        if let Some(s) = inner.sessions.get_mut(&id) {
+            if s.conn.as_ref().map(|(c, _)| *c) == Some(conn_id) {
+                s.conn = None;
+                s.detached_at = Some(Instant::now());
+            }
+            // Only task results and errors: pongs and answers to this
+            // socket's own requests mean nothing on another one.
+            for item in unwritten {
+                let (Outgoing::Data(v) | Outgoing::Error(v)) = &item;
+                if v.get("taskUUID").is_some() {
+                    route_to_session(s, item);
+                }
+            }
+        }
+    }
+    bump(&shared, |s| s.open_connections -= 1);
+}
+
+fn encode(items: &[Outgoing]) -> String {
+    let data: Vec<&Value> = items
+        .iter()
+        .filter_map(|i| match i {
+            Outgoing::Data(v) => Some(v),
+            Outgoing::Error(_) => None,
+        })
+        .collect();
+    let errors: Vec<&Value> = items
+        .iter()
+        .filter_map(|i| match i {
+            Outgoing::Error(v) => Some(v),
+            Outgoing::Data(_) => None,
+        })
+        .collect();
+    let mut frame = Map::new();
+    if !data.is_empty() {
+        frame.insert("data".into(), json!(data));
+    }
+    if !errors.is_empty() {
+        frame.insert("errors".into(), json!(errors));
+    }
+    Value::Object(frame).to_string()
+}
+
+fn route_to_session(session: &mut Session, item: Outgoing) {
+    if let Some((_, tx)) = &session.conn {
+        match tx.send(item) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(item)) => {
+                session.conn = None;
+                session.buffer.push_back((Instant::now(), item));
+                return;
+            }
+        }
+    }
+    session.buffer.push_back((Instant::now(), item));
+}
+
+fn error_item(code: &str, parameter: &str, message: &str, task_type: Option<&str>, task_uuid: Option<&str>) -> Value {
+    let mut e = Map::new();
+    e.insert("code".into(), json!(code));
+    e.insert("message".into(), json!(message));
+    if !parameter.is_empty() {
+        e.insert("parameter".into(), json!(parameter));
+    }
+    if let Some(t) = task_type {
+        e.insert("taskType".into(), json!(t));
+    }
+    if let Some(u) = task_uuid {
+        e.insert("taskUUID".into(), json!(u));
+    }
+    Value::Object(e)
+}
+
+/// Handles one client message. Replies go through the connection's queue,
+/// behind anything queued before them, so the authentication answer always
+/// precedes the results a resumed session kept.
+fn handle_message(
+    shared: &Arc<Shared>,
+    conn_id: u64,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    session: &mut Option<String>,
+    text: &str,
+) {
+    let Ok(Value::Array(tasks)) = serde_json::from_str::<Value>(text) else {
+        let _ = tx.send(Outgoing::Error(error_item(
+            "invalidRequest",
+            "",
+            "the message must be a JSON array of task objects",
+            None,
+            None,
+        )));
+        return;
+    };
+    let mut replies = Vec::new();
+    for task in tasks {
+        let Value::Object(task) = task else {
+            replies.push(Outgoing::Error(error_item("invalidRequest", "", "each task must be an object", None, None)));
+            continue;
+        };
+        let task_type = task.get("taskType").and_then(Value::as_str).unwrap_or("").to_owned();
+        if task_type == "authentication" {
+            replies.extend(authenticate(shared, conn_id, tx, session, &task));
+            continue;
+        }
+        let Some(session_id) = session.clone() else {
+            replies.push(Outgoing::Error(error_item(
+                "missingApiKey",
+                "apiKey",
+                "authenticate first: the first message must be an authentication task",
+                Some(&task_type),
+                None,
+            )));
+            continue;
+        };
+        match task_type.as_str() {
+            "ping" => {
+                bump(shared, |s| s.pongs += 1);
+                replies.push(Outgoing::Data(json!({"taskType": "ping", "pong": true})));
+            }
+            "getResponse" => replies.extend(get_response(shared, &task)),
+            _ => {
+                if let Some(reply) = start_task(shared, &session_id, &task_type, task) {
+                    replies.push(reply);
+                }
+            }
+        }
+    }
+    for reply in replies {
+        let _ = tx.send(reply);
+    }
+}
+
+fn authenticate(
+    shared: &Arc<Shared>,
+    conn_id: u64,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    session: &mut Option<String>,
+    task: &Map<String, Value>,
+) -> Option<Outgoing> {
+    let key = task.get("apiKey").and_then(Value::as_str).unwrap_or("");
+    let accepted = !key.trim().is_empty()
+        && !*shared.reject_auth.borrow()
+        && lock(&shared.config).api_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
+    if !accepted {
+        bump(shared, |s| s.auth_rejections += 1);
+        return Some(Outgoing::Error(json!({
+            "code": "invalidApiKey",
+            "message": "Invalid API key. Get one at https://my.runware.ai/signup",
+            "parameter": "apiKey",
+            "type": "string",
+            "taskType": "authentication"
+        })));
+    }
+    let ttl = lock(&shared.config).buffer_ttl;
+    let mut inner = lock(&shared.inner);
+    let now = Instant::now();
+    // Sessions detached longer than the buffer's life are gone.
+    inner
+        .sessions
+        .retain(|_, s| s.conn.is_some() || s.detached_at.is_none_or(|t| now.duration_since(t) <= ttl));
+    let wanted = task.get("connectionSessionUUID").and_then(Value::as_str);
+    let (id, resumed) = match wanted {
+        Some(id) if inner.sessions.contains_key(id) => (id.to_owned(), true),
+        _ => (uuid::Uuid::new_v4().to_string(), false),
+    };
+    let s = inner.sessions.entry(id.clone()).or_insert_with(|| Session {
+        conn: None,
+        buffer: VecDeque::new(),
+        detached_at: None,
+        running: 0,
+    });
+    // The authentication answer goes first, then what the buffer kept.
+    let _ = tx.send(Outgoing::Data(json!({"taskType": "authentication", "connectionSessionUUID": id})));
+    s.conn = Some((conn_id, tx.clone()));
+    s.detached_at = None;
+    while let Some((at, item)) = s.buffer.pop_front() {
+        if now.duration_since(at) <= ttl {
+            let _ = tx.send(item);
+        }
+    }
+    drop(inner);
+    *session = Some(id);
+    bump(shared, |s| {
+        s.authentications += 1;
+        s.resumes += u64::from(resumed);
+    });
+    // Already queued on `tx`.
+    None
+}
+
+fn get_response(shared: &Shared, task: &Map<String, Value>) -> Vec<Outgoing> {
+    let uuid = task.get("taskUUID").and_then(Value::as_str).unwrap_or("");
+    let inner = lock(&shared.inner);
+    let Some(record) = inner.tasks.get(uuid) else {
+        return vec![Outgoing::Error(error_item(
+            "invalidTaskUUID",
+            "taskUUID",
+            "no task with this taskUUID",
+            Some("getResponse"),
+            Some(uuid),
+        ))];
+    };
+    let mut out: Vec<Outgoing> = record
+        .items
+        .iter()
+        .map(|item| {
+            let mut item = item.clone();
+            if let Value::Object(m) = &mut item {
+                m.insert("status".into(), json!("success"));
+            }
+            Outgoing::Data(item)
+        })
+        .collect();
+    match &record.status {
+        TaskStatus::Processing => out.push(Outgoing::Data(json!({
+            "taskType": record.task_type, "taskUUID": uuid, "status": "processing"
+        }))),
+        TaskStatus::Success => {}
+    }
+    out
+}
+
+/// Validates and starts a task; returns an immediate reply (an error or an
+/// async acknowledgement), if any.
+fn start_task(shared: &Arc<Shared>, session_id: &str, task_type: &str, task: Map<String, Value>) -> Option<Outgoing> {
+    let uuid = match task.get("taskUUID").and_then(Value::as_str) {
+        Some(u) if uuid::Uuid::try_parse(u).is_ok_and(|u| u.get_version_num() == 4) => u.to_owned(),
+        _ => {
+            return Some(Outgoing::Error(error_item(
+                "invalidTaskUUID",
+                "taskUUID",
+                "taskUUID must be a UUID v4",
+                Some(task_type),
+                task.get("taskUUID").and_then(Value::as_str),
+            )));
+        }
+    };
+    let config = lock(&shared.config).clone();
+    let mut inner = lock(&shared.inner);
+    if inner.tasks.contains_key(&uuid) {
+        drop(inner);
+        bump(shared, |s| s.conflicts += 1);
+        return Some(Outgoing::Error(error_item(
+            "conflictTaskUUID",
+            "taskUUID",
+            "a task with this taskUUID already exists",
+            Some(task_type),
+            Some(&uuid),
+        )));
+    }
+    let results = match results::validate(task_type, &task) {
+        Ok(n) => n,
+        Err(invalid) => {
+            return Some(Outgoing::Error(error_item(
+                &invalid.code,
+                &invalid.parameter,
+                &invalid.message,
+                Some(task_type),
+                Some(&uuid),
+            )));
+        }
+    };
+    if inner.credits == Some(0) {
+        return Some(Outgoing::Error(error_item(
+            "insufficientCredits",
+            "",
+            "not enough credit to run this task; top up your account",
+            Some(task_type),
+            Some(&uuid),
+        )));
+    }
+    let running = inner.sessions.get(session_id).map_or(0, |s| s.running);
+    if config.max_running_per_session.is_some_and(|max| running >= max) {
+        return Some(Outgoing::Error(error_item(
+            "rateLimitExceeded",
+            "",
+            "too many tasks running for this connection",
+            Some(task_type),
+            Some(&uuid),
+        )));
+    }
+    if let Some(c) = inner.credits.as_mut() {
+        *c -= 1;
+    }
+    inner.tasks.insert(
+        uuid.clone(),
+        TaskRecord {
+            task_type: task_type.to_owned(),
+            executions: 1,
+            items: Vec::new(),
+            status: TaskStatus::Processing,
+        },
+    );
+    if let Some(s) = inner.sessions.get_mut(session_id) {
+        s.running += 1;
+    }
+    drop(inner);
+    bump(shared, |s| s.executions += 1);
+
+    let asynchronous = task.get("deliveryMethod").and_then(Value::as_str) == Some("async");
+    let shared = Arc::clone(shared);
+    let session_id = session_id.to_owned();
+    let task_type = task_type.to_owned();
+    let ack_type = task_type.clone();
+    let ack_uuid = uuid.clone();
+    tokio::spawn(async move {
+        for index in 0..results {
+            sleep(if index == 0 { config.latency } else { config.per_result_latency }).await;
+            let item = results::result_item(&task_type, &uuid, &task, index, config.image_bytes);
+            let mut inner = lock(&shared.inner);
+            if let Some(record) = inner.tasks.get_mut(&uuid) {
+                record.items.push(item.clone());
+                if index + 1 == results {
+                    record.status = TaskStatus::Success;
+                }
+            }
+            if let Some(s) = inner.sessions.get_mut(&session_id) {
+                if index + 1 == results {
+                    s.running = s.running.saturating_sub(1);
+                }
+                if !asynchronous {
+                    route_to_session(s, Outgoing::Data(item));
+                }
+            }
+            drop(inner);
+            bump(&shared, |s| s.results_produced += 1);
+        }
+    });
+    // Async delivery: acknowledge now; results only through getResponse.
+    asynchronous.then(|| Outgoing::Data(json!({"taskType": ack_type, "taskUUID": ack_uuid})))
+}
+
+/// A TLS server configuration for `wss://` from PEM text (a certificate
+/// chain and its private key), with the ring provider.
+pub fn server_tls(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,596 @@
+//! The one Runware socket: connect, authenticate, ping, resume, back off.
+//!
+//! One task owns the socket ([`Upstream::run`]). Its loop does I/O only;
+//! what a frame means is decided by [`protocol::parse_frame`] and the
+//! synchronous [`Upstream::on_frame`], and when to reconnect by
+//! [`ReconnectPolicy`], both testable without sockets.
+//!
+//! Runware rules this follows (docs: `websocket-connection-and-image-inference-v1.txt`,
+//! notes: `PROTOCOL-NOTES.md`): the first message authenticates; the server
+//! closes a socket after 120 s of silence, so we ping; any inbound message is
+//! liveness, and a socket silent for `pong_timeout` after a ping is dead even
+//! if TCP says open; a clean close is a drop like any other; reconnecting
+//! with the last `connectionSessionUUID` resumes the session and its buffered
+//! results.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::config::{ApiKeySource, Config};
+use crate::dispatch::{Dispatch, FailureKind, auth_rejected_message};
+use crate::protocol::{self, ErrorClass, Inbound, RunwareError, SessionUuid, TaskUuid};
+
+/// Where the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionState {
+    #[default]
+    Disconnected,
+    Connecting,
+    Authenticating,
+    Ready,
+    /// Runware answered `invalidApiKey`; retrying on a long backoff.
+    AuthRejected,
+}
+
+/// What `GetStatus` reports. Never holds the API key.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamStatus {
+    pub state: ConnectionState,
+    /// The current (or last) session.
+    pub session: Option<SessionUuid>,
+    /// When the current connection became ready.
+    pub connected_since: Option<SystemTime>,
+    /// Authenticated connections after the first.
+    pub reconnects: u64,
+    /// Reconnects on which Runware accepted the previous session.
+    pub resumes: u64,
+    pub last_error: Option<String>,
+}
+
+/// When to try again. Pure apart from jitter: tested with plain durations.
+///
+/// Backoff lives here and resets only after a healthy session (one that
+/// stayed ready for `healthy_after`): then the first retry is immediate,
+/// so a blip costs no waiting, while a server that accepts and drops at
+/// once is retried with growing, jittered delays.
+#[derive(Debug)]
+pub struct ReconnectPolicy {
+    builder: ExponentialBuilder,
+    backoff: ExponentialBackoff,
+    max: Duration,
+    healthy_after: Duration,
+    auth_rejected_retry: Duration,
+}
+
+impl ReconnectPolicy {
+    pub fn new(
+        min: Duration,
+        max: Duration,
+        healthy_after: Duration,
+        auth_rejected_retry: Duration,
+    ) -> Self {
+        // backon's jitter adds up to 100%, so grow to max/2 and let jitter
+        // spread the retries of many hosts over [max/2, max).
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(min)
+            .with_max_delay((max / 2).max(min))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        ReconnectPolicy {
+            backoff: builder.build(),
+            builder,
+            max,
+            healthy_after,
+            auth_rejected_retry,
+        }
+    }
+
+    pub fn from_config(c: &Config) -> Self {
+        Self::new(c.backoff_min, c.backoff_max, c.healthy_after, c.auth_rejected_retry)
+    }
+
+    /// After a connection or authentication attempt failed.
+    pub fn after_failure(&mut self) -> Duration {
+        self.backoff.next().unwrap_or(self.max).min(self.max)
+    }
+
+    /// After an established session dropped, `age` after it became ready.
+    pub fn after_drop(&mut self, age: Duration) -> Duration {
+        if age >= self.healthy_after {
+            self.backoff = self.builder.build();
+            Duration::ZERO
+        } else {
+            self.after_failure()
+        }
+    }
+
+    /// After Runware rejected the API key.
+    pub fn after_auth_rejected(&mut self) -> Duration {
+        self.auth_rejected_retry
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a connection ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// Dropped after (or before) becoming ready; `ready_for` is how long it
+    /// was ready.
+    Dropped {
+        reason: String,
+        ready_for: Option<Duration>,
+    },
+    AuthRejected(RunwareError),
+    Shutdown,
+}
+
+/// What a frame asks the loop to do.
+#[derive(Debug, PartialEq)]
+enum FrameAction {
+    None,
+    Authenticated(SessionUuid),
+    AuthRejected(RunwareError),
+}
+
+/// The connection supervisor.
+pub struct Upstream {
+    url: String,
+    key: ApiKeySource,
+    dispatch: Arc<Dispatch>,
+    /// taskUUIDs of newly submitted tasks, from [`Dispatch::submit`].
+    queue: mpsc::UnboundedReceiver<TaskUuid>,
+    status: watch::Sender<UpstreamStatus>,
+    connector: Option<Connector>,
+    ws_config: WebSocketConfig,
+    policy: ReconnectPolicy,
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    connect_timeout: Duration,
+    auth_timeout: Duration,
+    /// Set once a session was ever ready: later ones count as reconnects.
+    ever_ready: bool,
+}
+
+/// Most tasks in one outbound message, and the size at which a batch stops
+/// growing; both keep one message from starving the reader.
+const MAX_BATCH_TASKS: usize = 512;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+impl Upstream {
+    pub fn new(
+        config: &Config,
+        key: ApiKeySource,
+        dispatch: Arc<Dispatch>,
+        queue: mpsc::UnboundedReceiver<TaskUuid>,
+        status: watch::Sender<UpstreamStatus>,
+        connector: Option<Connector>,
+    ) -> Self {
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        Upstream {
+            url: config.upstream_url.clone(),
+            key,
+            dispatch,
+            queue,
+            status,
+            connector,
+            ws_config,
+            policy: ReconnectPolicy::from_config(config),
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            connect_timeout: config.connect_timeout,
+            auth_timeout: config.auth_timeout,
+            ever_ready: false,
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut delay = Duration::ZERO;
+        loop {
+            if !delay.is_zero() {
+                tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after a delay");
+                tokio::select! {
+                    _ = sleep(delay) => {}
+                    _ = stopped(&mut shutdown) => return,
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            self.set_state(ConnectionState::Connecting);
+            let socket = match self.connect().await {
+                Ok(s) => s,
+                Err(reason) => {
+                    tracing::warn!(url = %self.url, error = %reason, "cannot connect to Runware");
+                    self.record_drop(reason);
+                    delay = self.policy.after_failure();
+                    continue;
+                }
+            };
+            match self.session(socket, &mut shutdown).await {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Dropped { reason, ready_for } => {
+                    tracing::warn!(error = %reason, "Runware connection dropped");
+                    self.record_drop(reason);
+                    delay = match ready_for {
+                        Some(age) => self.policy.after_drop(age),
+                        None => self.policy.after_failure(),
+                    };
+                }
+                SessionEnd::AuthRejected(error) => {
+                    delay = self.policy.after_auth_rejected();
+                    tracing::error!(
+                        code = %error.code,
+                        message = %error.message,
+                        retry_in_s = delay.as_secs(),
+                        "RUNWARE REJECTED THE API KEY: every task fails until the key is fixed \
+                         (check RUNWARE_API_KEY or the key file; a key file is read again on each retry)"
+                    );
+                    self.status.send_modify(|s| {
+                        s.state = ConnectionState::AuthRejected;
+                        s.connected_since = None;
+                        s.last_error = Some(error.to_string());
+                    });
+                    let message = auth_rejected_message(&self.status.borrow());
+                    self.dispatch
+                        .fail_all(FailureKind::UpstreamAuthRejected, &message);
+                }
+            }
+        }
+    }
+
+    fn set_state(&self, state: ConnectionState) {
+        self.status.send_if_modified(|s| {
+            // Stay AuthRejected (for clients and GetStatus) until a retry
+            // authenticates.
+            if s.state == state || (s.state == ConnectionState::AuthRejected && state != ConnectionState::Ready) {
+                return false;
+            }
+            s.state = state;
+            true
+        });
+    }
+
+    fn record_drop(&self, reason: String) {
+        self.status.send_modify(|s| {
+            if s.state != ConnectionState::AuthRejected {
+                s.state = ConnectionState::Disconnected;
+            }
+            s.connected_since = None;
+            s.last_error = Some(reason);
+        });
+    }
+
+    async fn connect(&self) -> Result<Socket, String> {
+        let attempt = tokio_tungstenite::connect_async_tls_with_config(
+            self.url.as_str(),
+            Some(self.ws_config),
+            true,
+            self.connector.clone(),
+        );
+        match timeout(self.connect_timeout, attempt).await {
+            Ok(Ok((socket, _response))) => Ok(socket),
+            Ok(Err(e)) => Err(format!("connect to {}: {e}", self.url)),
+            Err(_) => Err(format!(
+                "connect to {}: no answer within {:?}",
+                self.url, self.connect_timeout
+            )),
+        }
+    }
+
+    /// One connection, from the authentication message to its end.
+    async fn session(&mut self, mut socket: Socket, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+        let dropped = |reason: String, ready_at: Option<Instant>| SessionEnd::Dropped {
+            reason,
+            ready_for: ready_at.map(|t| t.elapsed()),
+        };
+        let key = match self.key.load() {
+            Ok(k) => k,
+            Err(e) => return dropped(e.to_string(), None),
+        };
+        let previous = self.status.borrow().session.clone();
+        let auth = protocol::auth_frame(key.expose(), previous.as_ref());
+        drop(key);
+        self.set_state(ConnectionState::Authenticating);
+        if let Err(reason) = self.send(&mut socket, auth).await {
+            return dropped(reason, None);
+        }
+
+        let auth_deadline = Instant::now() + self.auth_timeout;
+        let mut ready_at: Option<Instant> = None;
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + self.ping_interval,
+            self.ping_interval,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when a ping went out and nothing came back since.
+        let mut awaiting_since: Option<Instant> = None;
+
+        loop {
+            let pong_deadline = awaiting_since.map(|t| t + self.pong_timeout);
+            tokio::select! {
+                _ = stopped(shutdown) => {
+                    let _ = socket.close(None).await;
+                    return SessionEnd::Shutdown;
+                }
+                inbound = socket.next() => {
+                    awaiting_since = None;
+                    let text = match inbound {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Binary(b))) => match String::from_utf8(b.to_vec()) {
+                            Ok(s) => s.into(),
+                            Err(_) => {
+                                self.bad_frame("binary frame that is not UTF-8");
+                                continue;
+                            }
+                        },
+                        Some(Ok(Message::Close(frame))) => {
+                            let why = frame.map(|f| format!("code {} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                            return dropped(format!("Runware closed the connection {why}").trim_end().to_owned(), ready_at);
+                        }
+                        Some(Ok(_)) => continue, // WebSocket ping/pong: liveness only
+                        Some(Err(e)) => return dropped(format!("read: {e}"), ready_at),
+                        None => return dropped("connection closed".to_owned(), ready_at),
+                    };
+                    match self.on_frame(text.as_str()) {
+                        FrameAction::None => {}
+                        FrameAction::AuthRejected(e) => return SessionEnd::AuthRejected(e),
+                        FrameAction::Authenticated(session) => {
+                            if ready_at.is_some() {
+                                continue;
+                            }
+                            ready_at = Some(Instant::now());
+                            self.on_ready(previous.as_ref(), session);
+                            if let Err(reason) = self.resend_waiting(&mut socket).await {
+                                return dropped(reason, ready_at);
+                            }
+                        }
+                    }
+                }
+                Some(first) = self.queue.recv(), if ready_at.is_some() => {
+                    if let Err(reason) = self.send_batch(&mut socket, first).await {
+                        return dropped(reason, ready_at);
+                    }
+                }
+                _ = ping.tick(), if ready_at.is_some() => {
+                    if let Err(reason) = self.send(&mut socket, protocol::PING_FRAME.to_owned()).await {
+                        return dropped(reason, ready_at);
+                    }
+                    awaiting_since.get_or_insert_with(Instant::now);
+                }
+                _ = sleep_until(pong_deadline.unwrap_or(auth_deadline)), if pong_deadline.is_some() => {
+                    return dropped(format!("no answer within {:?} after a ping", self.pong_timeout), ready_at);
+                }
+                _ = sleep_until(auth_deadline), if ready_at.is_none() => {
+                    return dropped(format!("no answer to authentication within {:?}", self.auth_timeout), None);
+                }
+            }
+        }
+    }
+
+    /// Decides what one inbound message means; routes task items.
+    fn on_frame(&self, text: &str) -> FrameAction {
+        let items = match protocol::parse_frame(text) {
+            Ok(items) => items,
+            Err(e) => {
+                self.bad_frame(&e.to_string());
+                return FrameAction::None;
+            }
+        };
+        let mut action = FrameAction::None;
+        for item in items {
+            match item {
+                Inbound::Authenticated(s) => action = FrameAction::Authenticated(s),
+                Inbound::Pong | Inbound::Pending { .. } => {}
+                Inbound::Result { task, item } => self.dispatch.deliver(task, item),
+                Inbound::TaskError { task, error } => self.dispatch.fail(task, error),
+                Inbound::UntargetedError(error) => {
+                    let about_auth = error.task_type.as_deref() == Some("authentication")
+                        || protocol::classify_error(&error.code) == ErrorClass::AuthRejected;
+                    if about_auth {
+                        action = FrameAction::AuthRejected(error);
+                    } else {
+                        // Not any task's error: never handed to one.
+                        self.bad_frame(&format!("error naming no task: {error}"));
+                    }
+                }
+                Inbound::Unroutable(why) => self.bad_frame(why),
+            }
+        }
+        action
+    }
+
+    fn bad_frame(&self, why: &str) {
+        self.dispatch
+            .counters
+            .bad_frames
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(reason = why, "ignored a bad message from Runware");
+    }
+
+    fn on_ready(&mut self, previous: Option<&SessionUuid>, session: SessionUuid) {
+        let resumed = previous == Some(&session);
+        let reconnect = self.ever_ready;
+        self.ever_ready = true;
+        match (previous, resumed) {
+            (_, true) => tracing::info!(session = %session, "Runware session resumed"),
+            (Some(old), false) => tracing::warn!(
+                old = %old, new = %session,
+                "Runware started a new session; results buffered for the old one are not pushed"
+            ),
+            (None, _) => tracing::info!(session = %session, "connected to Runware"),
+        }
+        self.status.send_modify(|s| {
+            s.state = ConnectionState::Ready;
+            s.session = Some(session);
+            s.connected_since = Some(SystemTime::now());
+            s.reconnects += u64::from(reconnect);
+            s.resumes += u64::from(resumed);
+        });
+    }
+
+    /// After authenticating: every task still waiting goes (again) under its
+    /// own taskUUID. Queued wake-ups are dropped first: the table is the
+    /// truth and covers them; a task queued in between may go twice, which
+    /// Runware answers with `conflictTaskUUID` and never runs twice.
+    async fn resend_waiting(&mut self, socket: &mut Socket) -> Result<(), String> {
+        while self.queue.try_recv().is_ok() {}
+        let waiting = self.dispatch.waiting_tasks();
+        if !waiting.is_empty() {
+            tracing::info!(tasks = waiting.len(), "sending tasks waiting for results");
+        }
+        for chunk in waiting.chunks(MAX_BATCH_TASKS) {
+            let mut frame = String::new();
+            for uuid in chunk {
+                self.dispatch.append_for_send(uuid, &mut frame);
+            }
+            if !frame.is_empty() {
+                protocol::finish_batch(&mut frame);
+                self.send(socket, frame).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `first` and whatever else is queued right now, in one message.
+    async fn send_batch(&mut self, socket: &mut Socket, first: TaskUuid) -> Result<(), String> {
+        let mut frame = String::new();
+        self.dispatch.append_for_send(&first, &mut frame);
+        let mut count = 1;
+        while count < MAX_BATCH_TASKS && frame.len() < MAX_BATCH_BYTES {
+            match self.queue.try_recv() {
+                Ok(uuid) => {
+                    count += 1;
+                    self.dispatch.append_for_send(&uuid, &mut frame);
+                }
+                Err(_) => break,
+            }
+        }
+        if frame.is_empty() {
+            return Ok(()); // all cancelled meanwhile
+        }
+        protocol::finish_batch(&mut frame);
+        self.send(socket, frame).await
+    }
+
+    async fn send(&self, socket: &mut Socket, text: String) -> Result<(), String> {
+        // A write that cannot finish is as dead as a ping without answer.
+        let limit = self.pong_timeout.max(Duration::from_secs(30));
+        match timeout(limit, socket.send(Message::Text(text.into()))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write: {e}")),
+            Err(_) => Err(format!("write stalled for {limit:?}")),
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// A rustls client configuration with the system's roots and, optionally,
+/// an extra CA. The crypto provider is chosen here, explicitly: ring.
+pub fn client_tls(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "problem loading the system's root certificates");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("extra CA {}: {e}", path.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("extra CA {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("extra CA {}: {e}", path.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted root certificates: install the system's CA certificates or give an extra CA".to_owned());
+    }
+    tracing::debug!(system_roots = added, "TLS roots loaded");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> ReconnectPolicy {
+        ReconnectPolicy::new(
+            Duration::from_millis(100),
+            Duration::from_secs(8),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_with_jitter_and_a_cap() {
+        let mut p = policy();
+        let delays: Vec<Duration> = (0..12).map(|_| p.after_failure()).collect();
+        // First retry within [min, 2*min).
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200), "{delays:?}");
+        // Grows: the 5th is at least 100ms * 2^4.
+        assert!(delays[4] >= Duration::from_millis(1600), "{delays:?}");
+        // Never above the cap, and the late ones sit in [max/2, max].
+        for d in &delays {
+            assert!(*d <= Duration::from_secs(8), "{delays:?}");
+        }
+        for d in &delays[8..] {
+            assert!(*d >= Duration::from_secs(4), "{delays:?}");
+        }
+    }
+
+    #[test]
+    fn a_healthy_session_resets_the_backoff_and_retries_at_once() {
+        let mut p = policy();
+        for _ in 0..8 {
+            p.after_failure();
+        }
+        assert_eq!(p.after_drop(Duration::from_secs(11)), Duration::ZERO);
+        let next = p.after_failure();
+        assert!(next < Duration::from_millis(200), "backoff was not reset: {next:?}");
+    }
+
+    #[test]
+    fn a_short_lived_session_keeps_backing_off() {
+        let mut p = policy();
+        let first = p.after_drop(Duration::from_secs(1));
+        assert!(first >= Duration::from_millis(100));
+        let second = p.after_drop(Duration::from_millis(5));
+        assert!(second >= Duration::from_millis(200), "{second:?}");
+    }
+
+    #[test]
+    fn auth_rejection_waits_long() {
+        assert_eq!(policy().after_auth_rejected(), Duration::from_secs(60));
+    }
+}
