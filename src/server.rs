@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_tungstenite::Connector;
 
 use crate::api::RunwareService;
@@ -120,9 +121,13 @@ impl Daemon {
             servers.push(tokio::spawn(async move {
                 let result = tonic::transport::Server::builder()
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
+                    .serve_with_incoming_shutdown(
+                        // No Nagle: small gRPC frames must not wait for ACKs.
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        },
+                    )
                     .await;
                 if let Err(e) = result {
                     tracing::error!(error = %e, "gRPC TCP server failed");

@@ -1,0 +1,404 @@
+//! The gRPC API end to end: a tonic client, the daemon, and the simulator,
+//! over loopback sockets. Timing runs on tokio's paused clock.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use runwared::pb;
+use runwared::sim::SimConfig;
+use runwared::sim::results::enhanced_text;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn enhance(prompt: &str, versions: u32) -> pb::PromptEnhanceRequest {
+    pb::PromptEnhanceRequest {
+        prompt: prompt.into(),
+        prompt_versions: Some(versions),
+        prompt_max_length: Some(64),
+        ..Default::default()
+    }
+}
+
+fn image(prompt: &str, n: u32) -> pb::ImageInferenceRequest {
+    pb::ImageInferenceRequest {
+        positive_prompt: prompt.into(),
+        model: "runware:101@1".into(),
+        width: Some(512),
+        height: Some(512),
+        number_results: Some(n),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn prompt_enhance_returns_every_version_in_order() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    let resp = h.client.prompt_enhance(enhance("a dog", 4)).await.unwrap().into_inner();
+    let texts: Vec<String> = resp.versions.iter().map(|v| v.text.clone()).collect();
+    let expected: Vec<String> = (0..4).map(|i| enhanced_text("a dog", i, 64)).collect();
+    assert_eq!(texts, expected);
+    assert_eq!(h.sim.executions(&resp.task_uuid), 1);
+    assert!(runwared::protocol::TaskUuid::parse_v4(&resp.task_uuid).is_ok());
+    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn image_inference_streams_each_image_as_it_arrives() {
+    let config = SimConfig {
+        latency: Duration::from_millis(100),
+        per_result_latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let mut h = start(config, |_| {}).await;
+    let mut req = image("a cat", 3);
+    req.seed = 42;
+    req.include_cost = Some(true);
+    let mut stream = h.client.image_inference(req.clone()).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    // Streamed, not collected: the simulator has made only the first image.
+    assert_eq!(h.stats().results_produced, 1);
+    assert_eq!(first.index, 0);
+    let mut images = vec![first];
+    while let Some(img) = stream.next().await {
+        images.push(img.unwrap());
+    }
+    assert_eq!(images.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(images.iter().map(|i| i.seed.unwrap()).collect::<Vec<_>>(), vec![42, 43, 44]);
+    assert!(images.iter().all(|i| i.cost == Some(0.0013) && i.image_url.is_some()));
+    let raw: Value = serde_json::from_str(&images[1].raw_json).unwrap();
+    assert_eq!(raw["imageUUID"], images[1].image_uuid.as_str());
+
+    // The same seed gives the same images.
+    let again: Vec<String> = h
+        .client
+        .image_inference(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|i| i.unwrap().image_uuid)
+        .collect()
+        .await;
+    assert_eq!(again, images.iter().map(|i| i.image_uuid.clone()).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_carries_any_task_type_and_keeps_64_bit_numbers() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    let task = json!({"taskType": "imageCaption", "inputImage": "b7db282d-2943-4f12-992f-77df3ad3ec71"});
+    let items: Vec<pb::RunResult> = h
+        .client
+        .run(pb::RunRequest {
+            task_json: task.to_string(),
+            expected_results: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    assert_eq!(items.len(), 1);
+    let item: Value = serde_json::from_str(&items[0].item_json).unwrap();
+    assert_eq!(item["taskType"], "imageCaption");
+    assert_eq!(item["taskUUID"], items[0].task_uuid.as_str());
+    assert!(item["text"].as_str().unwrap().starts_with("a photo"));
+
+    // promptEnhance through Run completes after promptVersions items; a
+    // seed above 2^53 reaches Runware exactly.
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let task = format!(
+        r#"{{"taskType":"imageInference","taskUUID":"{uuid}","positivePrompt":"a fox","model":"m:1@1","width":256,"height":256,"numberResults":2,"seed":9007199254740993}}"#
+    );
+    let items: Vec<pb::RunResult> = h
+        .client
+        .run(pb::RunRequest {
+            task_json: task,
+            expected_results: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i.task_uuid == uuid));
+    let first: Value = serde_json::from_str(&items[0].item_json).unwrap();
+    assert_eq!(first["seed"].as_u64(), Some(9_007_199_254_740_993));
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_interleaves_many_tasks_on_one_stream() {
+    let config = SimConfig {
+        latency: Duration::from_millis(50),
+        per_result_latency: Duration::from_millis(40),
+        ..SimConfig::default()
+    };
+    let mut h = start(config, |_| {}).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut events = h
+        .client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut want = HashMap::new();
+    for i in 0..12u32 {
+        let versions = i % 3 + 1;
+        let task = if i % 2 == 0 {
+            json!({"taskType": "promptEnhance", "prompt": format!("prompt {i}"), "promptVersions": versions})
+        } else {
+            json!({"taskType": "imageInference", "positivePrompt": format!("image {i}"), "model": "m:1@1",
+                   "width": 256, "height": 256, "numberResults": versions})
+        };
+        want.insert(format!("r{i}"), versions);
+        tx.send(pb::SessionRequest {
+            request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+                request_id: format!("r{i}"),
+                task: Some(pb::RunRequest {
+                    task_json: task.to_string(),
+                    expected_results: None,
+                }),
+            })),
+        })
+        .await
+        .unwrap();
+    }
+    // A bad task is refused with its request_id; the session goes on.
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+            request_id: "bad".into(),
+            task: Some(pb::RunRequest {
+                task_json: "[1]".into(),
+                expected_results: None,
+            }),
+        })),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+
+    let mut order = Vec::new();
+    let mut results: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut completed = HashSet::new();
+    let mut uuids: HashMap<String, String> = HashMap::new();
+    let mut refused = None;
+    while let Some(ev) = events.next().await {
+        let ev = ev.unwrap();
+        use pb::session_event::Event;
+        match ev.event.unwrap() {
+            Event::Accepted(_) => {
+                uuids.insert(ev.request_id.clone(), ev.task_uuid.clone());
+            }
+            Event::Result(r) => {
+                assert_eq!(uuids[&ev.request_id], r.task_uuid, "result tagged with its own task");
+                let item: Value = serde_json::from_str(&r.item_json).unwrap();
+                assert_eq!(item["taskUUID"], r.task_uuid.as_str());
+                results.entry(ev.request_id.clone()).or_default().push(r.index);
+                order.push(ev.request_id.clone());
+            }
+            Event::Completed(c) => {
+                assert_eq!(c.results, want[&ev.request_id]);
+                completed.insert(ev.request_id.clone());
+            }
+            Event::Error(e) => {
+                assert_eq!(ev.request_id, "bad");
+                refused = Some(e);
+            }
+        }
+    }
+    assert_eq!(completed.len(), 12);
+    for (id, n) in &want {
+        assert_eq!(results[id], (0..*n).collect::<Vec<_>>(), "{id}");
+    }
+    let refused = refused.expect("the bad task was refused");
+    assert_eq!(refused.grpc_code, Code::InvalidArgument as i32);
+    assert!(refused.message.contains("task_json"));
+    // Results of different tasks arrived interleaved, not task after task.
+    let first_done = order.iter().position(|id| id == "r2").unwrap();
+    let last_r2 = order.iter().rposition(|id| id == "r2").unwrap();
+    assert!(order[first_done..last_r2].iter().any(|id| id != "r2"), "{order:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_hundred_concurrent_clients_get_only_their_own_results() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let addr = h.daemon.tcp_addr.unwrap();
+    let mut clients = Vec::new();
+    for i in 0..200u32 {
+        clients.push(tokio::spawn(async move {
+            let mut c = runwared::client::connect(&runwared::client::Target::Tcp(format!("http://{addr}")))
+                .await
+                .unwrap();
+            let prompt = format!("client {i} prompt");
+            let versions = i % 5 + 1;
+            let resp = c.prompt_enhance(enhance(&prompt, versions)).await.unwrap().into_inner();
+            let expected: Vec<String> = (0..versions).map(|v| enhanced_text(&prompt, v, 64)).collect();
+            let got: Vec<String> = resp.versions.into_iter().map(|v| v.text).collect();
+            assert_eq!(got, expected, "client {i}");
+            resp.task_uuid
+        }));
+    }
+    let mut uuids = HashSet::new();
+    for c in clients {
+        assert!(uuids.insert(c.await.unwrap()));
+    }
+    assert_eq!(h.stats().executions, 200);
+    assert_eq!(h.sim.max_executions(), 1);
+    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_task_uuids_are_checked() {
+    let config = SimConfig {
+        latency: Duration::from_secs(5),
+        ..SimConfig::default()
+    };
+    let mut h = start(config, |_| {}).await;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let mut req = enhance("a dog", 1);
+    req.task_uuid = uuid.clone();
+    let mut other = h.client.clone();
+    let first = tokio::spawn({
+        let req = req.clone();
+        async move { other.prompt_enhance(req).await }
+    });
+    h.sim_until(|s| s.executions == 1).await;
+    let dup = h.client.prompt_enhance(req.clone()).await.unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    assert!(dup.message().contains(&uuid));
+    assert_eq!(first.await.unwrap().unwrap().into_inner().task_uuid, uuid);
+
+    // Reusing a finished task's UUID: Runware answers conflictTaskUUID.
+    let again = h.client.prompt_enhance(req).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+    assert_eq!(again.metadata().get("runware-code").unwrap(), "conflictTaskUUID");
+    assert_eq!(h.sim.executions(&uuid), 1);
+
+    let mut v1 = enhance("a dog", 1);
+    v1.task_uuid = "6ba7b810-9dad-11d1-80b4-00c04fd430c8".into();
+    let e = h.client.prompt_enhance(v1).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("task_uuid") && e.message().contains("v4"), "{}", e.message());
+}
+
+#[tokio::test(start_paused = true)]
+async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
+    let config = SimConfig {
+        latency: Duration::from_millis(200),
+        max_running_per_session: Some(2),
+        ..SimConfig::default()
+    };
+    let mut h = start(config, |_| {}).await;
+
+    // Invalid parameter -> INVALID_ARGUMENT with code, parameter, message.
+    let mut bad = image("a cat", 1);
+    bad.width = Some(500);
+    let e = h.client.image_inference(bad).await.unwrap().into_inner().next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.metadata().get("runware-code").unwrap(), "invalidWidth");
+    assert_eq!(e.metadata().get("runware-parameter").unwrap(), "width");
+    let info = e.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "invalidWidth");
+    assert!(info.metadata["message"].contains("divisible by 64"));
+    assert!(e.message().contains("invalidWidth"));
+
+    // Rate limit -> RESOURCE_EXHAUSTED, only for the task over the limit.
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let mut c = h.client.clone();
+        tasks.push(tokio::spawn(async move { c.prompt_enhance(enhance(&format!("ok {i}"), 1)).await }));
+    }
+    h.sim_until(|s| s.executions == 2).await;
+    let limited = h.client.prompt_enhance(enhance("one too many", 1)).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert_eq!(limited.metadata().get("runware-code").unwrap(), "rateLimitExceeded");
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().into_inner().versions.len(), 1);
+    }
+
+    // No credit -> FAILED_PRECONDITION.
+    h.sim.set_credits(Some(0));
+    let broke = h.client.prompt_enhance(enhance("free lunch", 1)).await.unwrap_err();
+    assert_eq!(broke.code(), Code::FailedPrecondition);
+    assert_eq!(broke.metadata().get("runware-code").unwrap(), "insufficientCredits");
+    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_base64_images_fit_through() {
+    let config = SimConfig {
+        image_bytes: 3 << 20,
+        ..SimConfig::default()
+    };
+    let mut h = start(config, |_| {}).await;
+    let mut req = image("a big cat", 2);
+    req.output_type = Some("base64Data".into());
+    let images: Vec<pb::ImageResult> = h
+        .client
+        .image_inference(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|i| i.unwrap())
+        .collect()
+        .await;
+    assert_eq!(images.len(), 2);
+    for img in images {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(img.image_base64_data.unwrap())
+            .unwrap();
+        assert_eq!(bytes.len(), 3 << 20);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unix_socket_serves_with_mode_0660_and_status_has_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runwared.sock");
+    let _h = start(SimConfig::default(), |c| {
+        c.listen = None;
+        c.unix_socket = Some(path.clone());
+    })
+    .await;
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode, 0o660);
+    let mut c = runwared::client::connect(&runwared::client::Target::Unix(path.clone()))
+        .await
+        .unwrap();
+    let resp = c.prompt_enhance(enhance("over a unix socket", 2)).await.unwrap().into_inner();
+    assert_eq!(resp.versions.len(), 2);
+    let status = c.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.state, pb::ConnectionState::Ready as i32);
+    assert!(!status.session_uuid.is_empty());
+    assert!(status.connected_since_unix_ms > 0);
+    assert_eq!(status.in_flight, 0);
+    assert!(!format!("{status:?}").contains(KEY));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_unix_socket_is_not_stolen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runwared.sock");
+    let first = start(SimConfig::default(), |c| {
+        c.listen = None;
+        c.unix_socket = Some(path.clone());
+    })
+    .await;
+    let mut second = test_config(first.sim.url());
+    second.listen = None;
+    second.unix_socket = Some(path.clone());
+    let err = runwared::server::Daemon::start(second).await.err().unwrap();
+    assert!(err.to_string().contains("another process"), "{err}");
+    drop(first);
+}

@@ -1,0 +1,104 @@
+//! Test harness: a simulator and a daemon on loopback, and a tonic client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use runwared::client::{Target, connect};
+use runwared::config::{ApiKey, ApiKeySource, Config};
+use runwared::pb::runware_client::RunwareClient;
+use runwared::server::Daemon;
+use runwared::sim::{SimConfig, SimHandle, SimStats};
+use runwared::upstream::{ConnectionState, UpstreamStatus};
+use tonic::transport::Channel;
+
+pub const KEY: &str = "test-api-key-5f0e7c1d";
+
+pub fn loopback0() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+pub struct Harness {
+    pub sim: SimHandle,
+    pub daemon: Daemon,
+    pub client: RunwareClient<Channel>,
+}
+
+/// A daemon configured for tests: loopback, the test key, the given URL.
+pub fn test_config(upstream_url: String) -> Config {
+    Config {
+        upstream_url,
+        api_key: Some(ApiKeySource::Value(ApiKey::new(KEY).unwrap())),
+        listen: Some(loopback0()),
+        ..Config::default()
+    }
+}
+
+/// Under paused time tokio jumps the clock to the next timer whenever the
+/// runtime parks, even while loopback traffic is still being processed, so
+/// virtual time can race ahead of socket I/O. A 1 ms ticker bounds each
+/// jump: a chain of I/O steps costs a few virtual milliseconds, while the
+/// tests space their events hundreds of milliseconds apart.
+pub fn bound_clock_steps() {
+    // RUST_LOG=runwared=debug shows the daemon's log in failing tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+}
+
+pub async fn start(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Harness {
+    bound_clock_steps();
+    let sim = SimHandle::bind(loopback0(), sim_config, None).await.unwrap();
+    let mut config = test_config(sim.url());
+    tweak(&mut config);
+    let daemon = Daemon::start(config).await.unwrap();
+    let client = client_for(&daemon).await;
+    Harness { sim, daemon, client }
+}
+
+pub async fn client_for(daemon: &Daemon) -> RunwareClient<Channel> {
+    let target = match (daemon.tcp_addr, &daemon.unix_socket) {
+        (Some(addr), _) => Target::Tcp(format!("http://{addr}")),
+        (None, Some(path)) => Target::Unix(path.clone()),
+        (None, None) => panic!("no listener"),
+    };
+    connect(&target).await.unwrap()
+}
+
+impl Harness {
+    /// Waits until the daemon's upstream is ready.
+    pub async fn ready(&self) {
+        wait_state(&self.daemon, ConnectionState::Ready).await;
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.sim.stats().borrow().clone()
+    }
+
+    /// Waits until the simulator's counters satisfy `f`.
+    pub async fn sim_until(&self, f: impl FnMut(&SimStats) -> bool) -> SimStats {
+        self.sim.stats().wait_for(f).await.unwrap().clone()
+    }
+}
+
+pub async fn wait_state(daemon: &Daemon, state: ConnectionState) -> UpstreamStatus {
+    let mut rx = daemon.status.clone();
+    rx.wait_for(|s| s.state == state).await.unwrap().clone()
+}
+
+pub async fn wait_status(daemon: &Daemon, f: impl FnMut(&UpstreamStatus) -> bool) -> UpstreamStatus {
+    let mut rx = daemon.status.clone();
+    rx.wait_for(f).await.unwrap().clone()
+}
+
+pub fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
