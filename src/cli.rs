@@ -133,11 +133,25 @@ struct RunArgs {
 }
 
 pub fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        eprintln!("runwared: bad log filter {:?} ({e}); using \"info\"", cli.log);
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    // The WebSocket library logs whole frames at trace level: the
+    // authentication frame (the API key) and prompts. No filter a user
+    // writes may let those through.
+    let no_payloads = tracing_subscriber::filter::filter_fn(|meta| {
+        !(*meta.level() == tracing::Level::TRACE
+            && (meta.target().starts_with("tungstenite") || meta.target().starts_with("tokio_tungstenite")))
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(no_payloads),
+        )
         .init();
 }
 

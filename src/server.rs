@@ -115,7 +115,9 @@ impl Daemon {
         let (stop_listeners, stop_rx) = watch::channel(false);
         let mut servers = Vec::new();
         if let Some(listener) = tcp {
-            tracing::info!(addr = ?tcp_addr, "gRPC listening on TCP");
+            if let Some(addr) = tcp_addr {
+                tracing::info!(%addr, "gRPC listening on TCP");
+            }
             let svc = service.clone().into_server(config.max_message_bytes);
             let mut stop = stop_rx.clone();
             servers.push(tokio::spawn(async move {
@@ -135,7 +137,9 @@ impl Daemon {
             }));
         }
         if let Some(listener) = unix {
-            tracing::info!(path = ?config.unix_socket, "gRPC listening on Unix socket");
+            if let Some(path) = &config.unix_socket {
+                tracing::info!(path = %path.display(), "gRPC listening on Unix socket");
+            }
             let svc = service.into_server(config.max_message_bytes);
             let mut stop = stop_rx.clone();
             servers.push(tokio::spawn(async move {

@@ -1,0 +1,169 @@
+//! The `runwared` binary as a user runs it: the daemon in its own process,
+//! the CLI client talking to it. Waits are on the daemon's log lines.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runwared");
+/// Bound on every wait here: a hung daemon fails the test, not CI.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn runwared() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear().env("NO_COLOR", "1");
+    c
+}
+
+/// A daemon process whose stderr lines arrive on a channel.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Daemon {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = runwared();
+        cmd.args(args).stderr(Stdio::piped()).stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines, log: Vec::new() }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(LIMIT)
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}; log so far:\n{}", self.log.join("\n")));
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn grpc_addr(&mut self) -> String {
+        let line = self.wait_for("gRPC listening on TCP");
+        let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        format!("http://{addr}")
+    }
+
+    /// SIGTERM, then the rest of the log; asserts a clean exit.
+    fn stop(mut self) -> Vec<String> {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        while let Ok(line) = self.lines.recv_timeout(LIMIT) {
+            self.log.push(line);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "daemon exited with {status}; log:\n{}", self.log.join("\n"));
+        self.log
+    }
+}
+
+fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let out = runwared().args(args).env("RUNWARED_ADDR", addr).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_without_a_key_says_how_to_give_one() {
+    let out = runwared().arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RUNWARE_API_KEY") && err.contains("RUNWARE_API_KEY_FILE") && err.contains("--simulate"), "{err}");
+}
+
+#[test]
+fn simulate_mode_with_the_cli_client() {
+    let mut d = Daemon::spawn(&["serve", "--simulate", "--listen", "127.0.0.1:0"], &[]);
+    let sim_line = d.wait_for("SIMULATION MODE");
+    assert!(sim_line.contains("WARN"), "{sim_line}");
+    let addr = d.grpc_addr();
+
+    let (ok, out, err) = cli(&addr, &["enhance", "a dog", "--versions", "3"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines.iter().all(|l| l.starts_with("a dog")), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("images");
+    let (ok, out, err) = cli(
+        &addr,
+        &["image", "a cat", "--model", "runware:101@1", "-n", "2", "--out", out_dir.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 2);
+
+    let task = dir.path().join("task.json");
+    std::fs::write(&task, r#"{"taskType":"imageCaption","inputImage":"b7db282d-2943-4f12-992f-77df3ad3ec71"}"#).unwrap();
+    let (ok, out, err) = cli(&addr, &["run", task.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let item: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(item["taskType"], "imageCaption");
+
+    let (ok, out, err) = cli(&addr, &["status", "--json"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(status["state"], "ready");
+    assert_eq!(status["simulated"], true);
+    assert_eq!(status["inFlight"], 0);
+
+    // A Runware error reaches the user with its code and parameter.
+    let (ok, _, err) = cli(&addr, &["image", "a cat", "--model", "m", "--width", "500"]);
+    assert!(!ok);
+    assert!(err.contains("InvalidArgument") && err.contains("invalidWidth") && err.contains("width"), "{err}");
+
+    d.stop();
+}
+
+#[test]
+fn the_api_key_never_reaches_the_log_even_at_trace_level() {
+    let secret = "sk-very-secret-4c1f9b";
+    // A standalone simulator that accepts only this key.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, secret).unwrap();
+    let mut sim = Daemon::spawn(&["sim", "--listen", "127.0.0.1:0", "--api-key-file", key_file.to_str().unwrap()], &[]);
+    let line = sim.wait_for("SIMULATOR listening");
+    let url = line.split("url=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+
+    let mut d = Daemon::spawn(
+        &["serve", "--upstream-url", &url, "--listen", "127.0.0.1:0"],
+        &[("RUNWARE_API_KEY", secret), ("RUNWARED_LOG", "trace,tungstenite=trace,tokio_tungstenite=trace")],
+    );
+    let addr = d.grpc_addr();
+    d.wait_for("connected to Runware");
+    let (ok, out, err) = cli(&addr, &["enhance", "a bird", "--json"]);
+    assert!(ok, "{err}");
+    assert!(!out.contains(secret));
+    let (ok, out, _) = cli(&addr, &["status"]);
+    assert!(ok && !out.contains(secret));
+    let log = d.stop();
+    sim.stop();
+    assert!(log.len() > 20, "trace logging was on");
+    for line in &log {
+        assert!(!line.contains(secret), "key in log: {line}");
+    }
+}
