@@ -15,7 +15,9 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::dispatch::{Dispatch, FailureKind, PreparedTask, SubmitError, TaskEvent, TaskFailure, TaskHandle};
+use crate::dispatch::{
+    Dispatch, FailureKind, PreparedTask, SubmitError, TaskEvent, TaskFailure, TaskHandle,
+};
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
 use crate::upstream::ConnectionState;
@@ -42,7 +44,12 @@ pub struct RunwareService {
 }
 
 impl RunwareService {
-    pub fn new(dispatch: Arc<Dispatch>, default_timeout: Duration, upstream_url: String, simulated: bool) -> Self {
+    pub fn new(
+        dispatch: Arc<Dispatch>,
+        default_timeout: Duration,
+        upstream_url: String,
+        simulated: bool,
+    ) -> Self {
         RunwareService {
             dispatch,
             default_timeout,
@@ -67,7 +74,12 @@ impl RunwareService {
         Instant::now() + timeout
     }
 
-    fn submit(&self, uuid: TaskUuid, mut task: Map<String, Value>, stated: Option<u32>) -> Result<TaskHandle, Status> {
+    fn submit(&self, t: ClientTask) -> Result<TaskHandle, Status> {
+        let ClientTask {
+            uuid,
+            mut task,
+            stated_results: stated,
+        } = t;
         let task_type = task
             .get("taskType")
             .and_then(Value::as_str)
@@ -77,9 +89,15 @@ impl RunwareService {
         task.insert("taskUUID".into(), json!(uuid.to_string()));
         let payload = Value::Object(task).to_string();
         self.dispatch
-            .submit(PreparedTask { uuid, payload, expected })
+            .submit(PreparedTask {
+                uuid,
+                payload,
+                expected,
+            })
             .map_err(|e| match e {
-                SubmitError::AlreadyInFlight(_) => Status::already_exists(format!("task_uuid: {e}")),
+                SubmitError::AlreadyInFlight(_) => {
+                    Status::already_exists(format!("task_uuid: {e}"))
+                }
                 SubmitError::TooManyInFlight(_) => Status::resource_exhausted(e.to_string()),
                 SubmitError::AuthRejected(m) => Status::unauthenticated(m),
             })
@@ -109,20 +127,32 @@ fn task_uuid(given: &str) -> Result<TaskUuid, Status> {
     if given.is_empty() {
         return Ok(TaskUuid::new_v4());
     }
-    TaskUuid::parse_v4(given).map_err(|e| Status::invalid_argument(format!("task_uuid {given:?}: {e}")))
+    TaskUuid::parse_v4(given)
+        .map_err(|e| Status::invalid_argument(format!("task_uuid {given:?}: {e}")))
 }
 
 /// One item of a task, or how it ended.
 enum Next {
-    Item { index: u32, item: String, last: bool },
+    Item {
+        index: u32,
+        item: String,
+        last: bool,
+    },
 }
 
 /// Waits for the task's next result until `deadline`.
-async fn next_item(handle: &mut TaskHandle, deadline: Instant, received: u32) -> Result<Next, Status> {
+async fn next_item(
+    handle: &mut TaskHandle,
+    deadline: Instant,
+    received: u32,
+) -> Result<Next, Status> {
     match tokio::time::timeout_at(deadline, handle.events.recv()).await {
         Ok(Some(TaskEvent::Result { index, item, last })) => Ok(Next::Item { index, item, last }),
         Ok(Some(TaskEvent::Failed(f))) => Err(failure_status(&f)),
-        Ok(None) => Err(Status::internal(format!("task {} ended without an outcome", handle.uuid))),
+        Ok(None) => Err(Status::internal(format!(
+            "task {} ended without an outcome",
+            handle.uuid
+        ))),
         Err(_) => Err(deadline_status(handle, received)),
     }
 }
@@ -224,7 +254,9 @@ fn json_object(param: &str, text: &str) -> Result<Map<String, Value>, Status> {
                 _ => "null",
             }
         ))),
-        Err(e) => Err(Status::invalid_argument(format!("{param} is not valid JSON: {e}"))),
+        Err(e) => Err(Status::invalid_argument(format!(
+            "{param} is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -356,7 +388,10 @@ pub fn image_inference_task(r: &pb::ImageInferenceRequest) -> Result<Map<String,
         );
     }
     if let Some(a) = &r.advanced_features {
-        t.insert("advancedFeatures".into(), object(|m| opt(m, "layerDiffuse", a.layer_diffuse)));
+        t.insert(
+            "advancedFeatures".into(),
+            object(|m| opt(m, "layerDiffuse", a.layer_diffuse)),
+        );
     }
     if let Some(a) = &r.accelerator_options {
         t.insert(
@@ -402,7 +437,16 @@ pub fn image_inference_task(r: &pb::ImageInferenceRequest) -> Result<Map<String,
 }
 
 /// A `Run` request's task JSON, its taskUUID, and the results it waits for.
-pub fn run_task(r: &pb::RunRequest) -> Result<(TaskUuid, Map<String, Value>, Option<u32>), Status> {
+/// A task as a client gave it, checked and ready to submit.
+#[derive(Debug)]
+pub struct ClientTask {
+    pub uuid: TaskUuid,
+    pub task: Map<String, Value>,
+    /// The result count the client stated, if any.
+    pub stated_results: Option<u32>,
+}
+
+pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
     let task = json_object("task_json", &r.task_json)?;
     match task.get("taskType") {
         Some(Value::String(t)) if RESERVED_TASK_TYPES.contains(&t.as_str()) => {
@@ -411,13 +455,21 @@ pub fn run_task(r: &pb::RunRequest) -> Result<(TaskUuid, Map<String, Value>, Opt
             )));
         }
         Some(Value::String(t)) if !t.is_empty() => {}
-        _ => return Err(Status::invalid_argument("task_json.taskType must be a non-empty string")),
+        _ => {
+            return Err(Status::invalid_argument(
+                "task_json.taskType must be a non-empty string",
+            ));
+        }
     }
     let uuid = match task.get("taskUUID") {
         None => TaskUuid::new_v4(),
         Some(Value::String(s)) => TaskUuid::parse_v4(s)
             .map_err(|e| Status::invalid_argument(format!("task_json.taskUUID {s:?}: {e}")))?,
-        Some(_) => return Err(Status::invalid_argument("task_json.taskUUID must be a string")),
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "task_json.taskUUID must be a string",
+            ));
+        }
     };
     if let Some(n) = r.expected_results {
         if n == 0 || n > MAX_EXPECTED_RESULTS {
@@ -426,7 +478,11 @@ pub fn run_task(r: &pb::RunRequest) -> Result<(TaskUuid, Map<String, Value>, Opt
             )));
         }
     }
-    Ok((uuid, task, r.expected_results))
+    Ok(ClientTask {
+        uuid,
+        task,
+        stated_results: r.expected_results,
+    })
 }
 
 /// The typed image message for a result item.
@@ -460,8 +516,12 @@ type Stream<T> = ReceiverStream<Result<T, Status>>;
 /// Drives one task into a response stream until it completes, fails, hits
 /// its deadline, or the client goes away (then the handle is dropped and
 /// the task released).
-async fn stream_task<T, F>(mut handle: TaskHandle, deadline: Instant, tx: mpsc::Sender<Result<T, Status>>, mut convert: F)
-where
+async fn stream_task<T, F>(
+    mut handle: TaskHandle,
+    deadline: Instant,
+    tx: mpsc::Sender<Result<T, Status>>,
+    mut convert: F,
+) where
     F: FnMut(&TaskUuid, u32, String) -> T,
 {
     let mut received = 0;
@@ -473,7 +533,12 @@ where
         match next {
             Ok(Next::Item { index, item, last }) => {
                 received += 1;
-                if tx.send(Ok(convert(&handle.uuid, index, item))).await.is_err() || last {
+                if tx
+                    .send(Ok(convert(&handle.uuid, index, item)))
+                    .await
+                    .is_err()
+                    || last
+                {
                     return;
                 }
             }
@@ -494,13 +559,22 @@ impl pb::runware_server::Runware for RunwareService {
         let deadline = self.deadline(request.metadata());
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
-        let mut handle = self.submit(uuid, prompt_enhance_task(&r), None)?;
+        let mut handle = self.submit(ClientTask {
+            uuid,
+            task: prompt_enhance_task(&r),
+            stated_results: None,
+        })?;
         let mut versions = Vec::with_capacity(handle.expected as usize);
         loop {
-            let Next::Item { item, last, .. } = next_item(&mut handle, deadline, versions.len() as u32).await?;
+            let Next::Item { item, last, .. } =
+                next_item(&mut handle, deadline, versions.len() as u32).await?;
             let v: Value = serde_json::from_str(&item).unwrap_or(Value::Null);
             versions.push(pb::EnhancedPrompt {
-                text: v.get("text").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                text: v
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
                 cost: v.get("cost").and_then(Value::as_f64),
             });
             if last {
@@ -522,7 +596,11 @@ impl pb::runware_server::Runware for RunwareService {
         let deadline = self.deadline(request.metadata());
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
-        let handle = self.submit(uuid, image_inference_task(&r)?, None)?;
+        let handle = self.submit(ClientTask {
+            uuid,
+            task: image_inference_task(&r)?,
+            stated_results: None,
+        })?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| {
             match image_result(uuid, index, item) {
@@ -540,15 +618,19 @@ impl pb::runware_server::Runware for RunwareService {
 
     type RunStream = Stream<pb::RunResult>;
 
-    async fn run(&self, request: Request<pb::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
+    async fn run(
+        &self,
+        request: Request<pb::RunRequest>,
+    ) -> Result<Response<Self::RunStream>, Status> {
         let deadline = self.deadline(request.metadata());
-        let (uuid, task, stated) = run_task(request.get_ref())?;
-        let handle = self.submit(uuid, task, stated)?;
+        let handle = self.submit(run_task(request.get_ref())?)?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| pb::RunResult {
-            task_uuid: uuid.to_string(),
-            index,
-            item_json: item,
+        tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| {
+            pb::RunResult {
+                task_uuid: uuid.to_string(),
+                index,
+                item_json: item,
+            }
         }));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -592,7 +674,7 @@ impl pb::runware_server::Runware for RunwareService {
                                     .as_ref()
                                     .ok_or_else(|| Status::invalid_argument("submit.task is required"))
                                     .and_then(run_task)
-                                    .and_then(|(uuid, task, stated)| service.submit(uuid, task, stated));
+                                    .and_then(|t| service.submit(t));
                                 match started {
                                     Ok(handle) => {
                                         let uuid = handle.uuid;
@@ -631,7 +713,10 @@ impl pb::runware_server::Runware for RunwareService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::DaemonStatus>, Status> {
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::DaemonStatus>, Status> {
         let s = self.dispatch.upstream_status();
         let state = match s.state {
             ConnectionState::Disconnected => pb::ConnectionState::Disconnected,
@@ -660,7 +745,11 @@ impl pb::runware_server::Runware for RunwareService {
     }
 }
 
-fn session_event(uuid: &TaskUuid, request_id: &str, event: pb::session_event::Event) -> pb::SessionEvent {
+fn session_event(
+    uuid: &TaskUuid,
+    request_id: &str,
+    event: pb::session_event::Event,
+) -> pb::SessionEvent {
     pb::SessionEvent {
         task_uuid: uuid.to_string(),
         request_id: request_id.to_owned(),
@@ -776,8 +865,14 @@ mod tests {
         assert_eq!(t["seed"], json!(9_223_372_036_854_775_000u64));
         assert_eq!(t["CFGScale"], 7.5);
         assert_eq!(t["numberResults"], 2);
-        assert_eq!(t["lora"], json!([{"model": "runware:13090@1", "weight": 1.5}]));
-        assert_eq!(t["controlNet"], json!([{"model": "cn", "guideImage": "img", "endStepPercentage": 80}]));
+        assert_eq!(
+            t["lora"],
+            json!([{"model": "runware:13090@1", "weight": 1.5}])
+        );
+        assert_eq!(
+            t["controlNet"],
+            json!([{"model": "cn", "guideImage": "img", "endStepPercentage": 80}])
+        );
         assert_eq!(t["outpaint"], json!({"top": 256, "blur": 16}));
         assert_eq!(t["safety"], json!({"checkContent": true}));
         assert_eq!(t["providerSettings"], json!({"x": 1}));
@@ -805,22 +900,44 @@ mod tests {
             ("[]", None, "task_json"),
             (r#"{"prompt":"x"}"#, None, "task_json.taskType"),
             (r#"{"taskType":"ping"}"#, None, "task_json.taskType"),
-            (r#"{"taskType":"x","taskUUID":"abc"}"#, None, "task_json.taskUUID"),
-            (r#"{"taskType":"x","taskUUID":5}"#, None, "task_json.taskUUID"),
+            (
+                r#"{"taskType":"x","taskUUID":"abc"}"#,
+                None,
+                "task_json.taskUUID",
+            ),
+            (
+                r#"{"taskType":"x","taskUUID":5}"#,
+                None,
+                "task_json.taskUUID",
+            ),
             (r#"{"taskType":"x"}"#, Some(0), "expected_results"),
-            (r#"{"taskType":"x"}"#, Some(MAX_EXPECTED_RESULTS + 1), "expected_results"),
+            (
+                r#"{"taskType":"x"}"#,
+                Some(MAX_EXPECTED_RESULTS + 1),
+                "expected_results",
+            ),
         ] {
             let e = run(json, n).unwrap_err();
             assert_eq!(e.code(), Code::InvalidArgument, "{json}");
             assert!(e.message().contains(param), "{json}: {}", e.message());
         }
-        let (_, task, n) = run(r#"{"taskType":"imageCaption","seed":18446744073709551615}"#, Some(2)).unwrap();
+        let ClientTask {
+            task,
+            stated_results: n,
+            ..
+        } = run(
+            r#"{"taskType":"imageCaption","seed":18446744073709551615}"#,
+            Some(2),
+        )
+        .unwrap();
         assert_eq!(task["seed"], json!(u64::MAX), "64-bit seeds survive");
         assert_eq!(n, Some(2));
-        assert!(task_uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
-            .unwrap_err()
-            .message()
-            .contains("task_uuid"));
+        assert!(
+            task_uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+                .unwrap_err()
+                .message()
+                .contains("task_uuid")
+        );
     }
 
     #[test]

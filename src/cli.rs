@@ -16,7 +16,11 @@ use serde_json::{Value, json};
 use tonic::Request;
 
 #[derive(Debug, Parser)]
-#[command(name = "runwared", version, about = "One shared, always-healthy Runware WebSocket behind a local gRPC API")]
+#[command(
+    name = "runwared",
+    version,
+    about = "One shared, always-healthy Runware WebSocket behind a local gRPC API"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -135,7 +139,10 @@ struct RunArgs {
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
-        eprintln!("runwared: bad log filter {:?} ({e}); using \"info\"", cli.log);
+        eprintln!(
+            "runwared: bad log filter {:?} ({e}); using \"info\"",
+            cli.log
+        );
         tracing_subscriber::EnvFilter::new("info")
     });
     // The WebSocket library logs whole frames at trace level: the
@@ -143,7 +150,8 @@ pub fn init_logging(cli: &Cli) {
     // writes may let those through.
     let no_payloads = tracing_subscriber::filter::filter_fn(|meta| {
         !(*meta.level() == tracing::Level::TRACE
-            && (meta.target().starts_with("tungstenite") || meta.target().starts_with("tokio_tungstenite")))
+            && (meta.target().starts_with("tungstenite")
+                || meta.target().starts_with("tokio_tungstenite")))
     });
     tracing_subscriber::registry()
         .with(
@@ -179,8 +187,10 @@ async fn serve(args: ServeArgs) -> CliResult {
 /// SIGTERM (systemd, Kubernetes) or SIGINT (a terminal).
 async fn wait_for_signal() -> CliResult {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
@@ -229,19 +239,29 @@ fn request<T>(c: &ClientArgs, msg: T) -> Result<Request<T>, String> {
     Ok(req)
 }
 
-async fn client(c: &ClientArgs) -> Result<pb::runware_client::RunwareClient<tonic::transport::Channel>, String> {
+async fn client(
+    c: &ClientArgs,
+) -> Result<pb::runware_client::RunwareClient<tonic::transport::Channel>, String> {
     let t = target(c);
-    connect(&t)
-        .await
-        .map_err(|e| format!("cannot reach the daemon at {t:?}: {e} (is `runwared serve` running?)"))
+    connect(&t).await.map_err(|e| {
+        format!("cannot reach the daemon at {t:?}: {e} (is `runwared serve` running?)")
+    })
 }
 
 /// A gRPC error with its Runware code, for people.
 fn explain(s: tonic::Status) -> String {
     let mut text = format!("{:?}: {}", s.code(), s.message());
-    if let Some(code) = s.metadata().get("runware-code").and_then(|v| v.to_str().ok()) {
+    if let Some(code) = s
+        .metadata()
+        .get("runware-code")
+        .and_then(|v| v.to_str().ok())
+    {
         text.push_str(&format!(" [runware code {code}"));
-        if let Some(p) = s.metadata().get("runware-parameter").and_then(|v| v.to_str().ok()) {
+        if let Some(p) = s
+            .metadata()
+            .get("runware-parameter")
+            .and_then(|v| v.to_str().ok())
+        {
             text.push_str(&format!(", parameter {p}"));
         }
         text.push(']');
@@ -257,10 +277,17 @@ async fn enhance(a: EnhanceArgs) -> CliResult {
         prompt_max_length: a.max_length,
         ..Default::default()
     };
-    let resp = c.prompt_enhance(request(&a.client, req)?).await.map_err(explain)?.into_inner();
+    let resp = c
+        .prompt_enhance(request(&a.client, req)?)
+        .await
+        .map_err(explain)?
+        .into_inner();
     for v in &resp.versions {
         if a.client.json {
-            println!("{}", json!({"taskUUID": resp.task_uuid, "text": v.text, "cost": v.cost}));
+            println!(
+                "{}",
+                json!({"taskUUID": resp.task_uuid, "text": v.text, "cost": v.cost})
+            );
         } else {
             println!("{}", v.text);
         }
@@ -285,13 +312,19 @@ async fn image(a: ImageArgs) -> CliResult {
         output_type: a.out.as_ref().map(|_| "base64Data".to_owned()),
         ..Default::default()
     };
-    let mut stream = c.image_inference(request(&a.client, req)?).await.map_err(explain)?.into_inner();
+    let mut stream = c
+        .image_inference(request(&a.client, req)?)
+        .await
+        .map_err(explain)?
+        .into_inner();
     while let Some(img) = stream.message().await.map_err(explain)? {
         let saved = match (&a.out, &img.image_base64_data) {
             (Some(dir), Some(b64)) => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(b64)
-                    .map_err(|e| format!("image {}: bad base64 from Runware: {e}", img.image_uuid))?;
+                    .map_err(|e| {
+                        format!("image {}: bad base64 from Runware: {e}", img.image_uuid)
+                    })?;
                 let path = dir.join(format!("{}.jpg", img.image_uuid));
                 std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 Some(path)
@@ -327,7 +360,11 @@ async fn run_task(a: RunArgs) -> CliResult {
         task_json: text,
         expected_results: a.results,
     };
-    let mut stream = c.run(request(&a.client, req)?).await.map_err(explain)?.into_inner();
+    let mut stream = c
+        .run(request(&a.client, req)?)
+        .await
+        .map_err(explain)?
+        .into_inner();
     while let Some(r) = stream.message().await.map_err(explain)? {
         println!("{}", r.item_json);
     }
@@ -342,7 +379,11 @@ async fn status(a: ClientArgs) -> CliResult {
         .map_err(explain)?
         .into_inner();
     let state = pb::ConnectionState::try_from(s.state)
-        .map(|st| st.as_str_name().trim_start_matches("CONNECTION_STATE_").to_ascii_lowercase())
+        .map(|st| {
+            st.as_str_name()
+                .trim_start_matches("CONNECTION_STATE_")
+                .to_ascii_lowercase()
+        })
         .unwrap_or_else(|_| "unknown".into());
     let since = (s.connected_since_unix_ms > 0).then(|| {
         let now = std::time::SystemTime::now()
@@ -363,7 +404,10 @@ async fn status(a: ClientArgs) -> CliResult {
             })
         );
     } else {
-        println!("state:           {state}{}", if s.simulated { " (SIMULATOR)" } else { "" });
+        println!(
+            "state:           {state}{}",
+            if s.simulated { " (SIMULATOR)" } else { "" }
+        );
         println!("upstream:        {}", s.upstream_url);
         println!("session:         {}", s.session_uuid);
         if let Some(d) = since {

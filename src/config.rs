@@ -295,7 +295,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -339,7 +343,10 @@ impl Config {
 
         // Key precedence: RUNWARE_API_KEY, then a key file (flag/env, then the
         // TOML file), then the systemd credential.
-        let key_file = args.api_key_file.clone().or_else(|| file.api_key_file.clone());
+        let key_file = args
+            .api_key_file
+            .clone()
+            .or_else(|| file.api_key_file.clone());
         let credential = env
             .credentials_directory
             .as_ref()
@@ -420,13 +427,48 @@ impl Config {
             listen,
             unix_socket,
             extra_ca: args.extra_ca.clone().or_else(|| file.extra_ca.clone()),
-            ping_interval: duration("ping_interval", &args.ping_interval, &file.ping_interval, d.ping_interval)?,
-            pong_timeout: duration("pong_timeout", &args.pong_timeout, &file.pong_timeout, d.pong_timeout)?,
-            connect_timeout: duration("connect_timeout", &args.connect_timeout, &file.connect_timeout, d.connect_timeout)?,
-            auth_timeout: duration("auth_timeout", &args.auth_timeout, &file.auth_timeout, d.auth_timeout)?,
-            backoff_min: duration("backoff_min", &args.backoff_min, &file.backoff_min, d.backoff_min)?,
-            backoff_max: duration("backoff_max", &args.backoff_max, &file.backoff_max, d.backoff_max)?,
-            healthy_after: duration("healthy_after", &args.healthy_after, &file.healthy_after, d.healthy_after)?,
+            ping_interval: duration(
+                "ping_interval",
+                &args.ping_interval,
+                &file.ping_interval,
+                d.ping_interval,
+            )?,
+            pong_timeout: duration(
+                "pong_timeout",
+                &args.pong_timeout,
+                &file.pong_timeout,
+                d.pong_timeout,
+            )?,
+            connect_timeout: duration(
+                "connect_timeout",
+                &args.connect_timeout,
+                &file.connect_timeout,
+                d.connect_timeout,
+            )?,
+            auth_timeout: duration(
+                "auth_timeout",
+                &args.auth_timeout,
+                &file.auth_timeout,
+                d.auth_timeout,
+            )?,
+            backoff_min: duration(
+                "backoff_min",
+                &args.backoff_min,
+                &file.backoff_min,
+                d.backoff_min,
+            )?,
+            backoff_max: duration(
+                "backoff_max",
+                &args.backoff_max,
+                &file.backoff_max,
+                d.backoff_max,
+            )?,
+            healthy_after: duration(
+                "healthy_after",
+                &args.healthy_after,
+                &file.healthy_after,
+                d.healthy_after,
+            )?,
             auth_rejected_retry: duration(
                 "auth_rejected_retry",
                 &args.auth_rejected_retry,
@@ -475,22 +517,36 @@ mod tests {
         assert_eq!(k.expose(), "secret-key-123");
         assert_eq!(format!("{k}"), "***");
         assert_eq!(format!("{k:?}"), "ApiKey(***)");
-        let config = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env_with_key()).unwrap();
+        let config = Config::resolve_with(
+            &ServeArgs::default(),
+            &FileConfig::default(),
+            &env_with_key(),
+        )
+        .unwrap();
         assert!(!format!("{config:?}").contains("secret-key-123"));
         assert!(ApiKey::new(" \n").is_none());
     }
 
     #[test]
     fn no_key_and_no_simulate_is_a_clear_error() {
-        let err = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &Environment::default())
-            .unwrap_err();
+        let err = Config::resolve_with(
+            &ServeArgs::default(),
+            &FileConfig::default(),
+            &Environment::default(),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("RUNWARE_API_KEY") && msg.contains("--simulate"), "{msg}");
+        assert!(
+            msg.contains("RUNWARE_API_KEY") && msg.contains("--simulate"),
+            "{msg}"
+        );
         let sim = ServeArgs {
             simulate: true,
             ..ServeArgs::default()
         };
-        assert!(Config::resolve_with(&sim, &FileConfig::default(), &Environment::default()).is_ok());
+        assert!(
+            Config::resolve_with(&sim, &FileConfig::default(), &Environment::default()).is_ok()
+        );
     }
 
     #[test]
@@ -536,7 +592,10 @@ mod tests {
             ..Environment::default()
         };
         let c = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env).unwrap();
-        assert_eq!(c.api_key.unwrap().load().unwrap().expose(), "from-credential");
+        assert_eq!(
+            c.api_key.unwrap().load().unwrap().expose(),
+            "from-credential"
+        );
 
         let args = ServeArgs {
             api_key_file: Some(key_file.clone()),
@@ -546,13 +605,17 @@ mod tests {
         assert_eq!(c.api_key.unwrap().load().unwrap().expose(), "from-file");
 
         let c = Config::resolve_with(&args, &FileConfig::default(), &env_with_key()).unwrap();
-        assert_eq!(c.api_key.unwrap().load().unwrap().expose(), "secret-key-123");
+        assert_eq!(
+            c.api_key.unwrap().load().unwrap().expose(),
+            "secret-key-123"
+        );
 
         let missing = ServeArgs {
             api_key_file: Some(dir.path().join("missing")),
             ..ServeArgs::default()
         };
-        let err = Config::resolve_with(&missing, &FileConfig::default(), &Environment::default()).unwrap_err();
+        let err = Config::resolve_with(&missing, &FileConfig::default(), &Environment::default())
+            .unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
 
@@ -563,7 +626,10 @@ mod tests {
             ..env_with_key()
         };
         let c = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env).unwrap();
-        assert_eq!(c.unix_socket, Some(PathBuf::from("/run/runwared/runwared.sock")));
+        assert_eq!(
+            c.unix_socket,
+            Some(PathBuf::from("/run/runwared/runwared.sock"))
+        );
         let args = ServeArgs {
             listen: Some("none".into()),
             unix_socket: Some("none".into()),

@@ -337,7 +337,13 @@ impl Drop for TaskGuard {
 mod tests {
     use super::*;
 
-    fn setup(limit: usize) -> (Arc<Dispatch>, mpsc::UnboundedReceiver<TaskUuid>, watch::Sender<UpstreamStatus>) {
+    fn setup(
+        limit: usize,
+    ) -> (
+        Arc<Dispatch>,
+        mpsc::UnboundedReceiver<TaskUuid>,
+        watch::Sender<UpstreamStatus>,
+    ) {
         let (qtx, qrx) = mpsc::unbounded_channel();
         let (stx, srx) = watch::channel(UpstreamStatus::default());
         (Dispatch::new(limit, qtx, srx), qrx, stx)
@@ -365,10 +371,21 @@ mod tests {
         d.deliver(h.uuid, &raw(r#"{"text":"b"}"#));
         d.deliver(h.uuid, &raw(r#"{"text":"c"}"#));
         match h.events.try_recv().unwrap() {
-            TaskEvent::Result { index: 0, item, last: false } => assert_eq!(item, r#"{"text":"a"}"#),
+            TaskEvent::Result {
+                index: 0,
+                item,
+                last: false,
+            } => assert_eq!(item, r#"{"text":"a"}"#),
             e => panic!("{e:?}"),
         }
-        assert!(matches!(h.events.try_recv().unwrap(), TaskEvent::Result { index: 1, last: true, .. }));
+        assert!(matches!(
+            h.events.try_recv().unwrap(),
+            TaskEvent::Result {
+                index: 1,
+                last: true,
+                ..
+            }
+        ));
         assert!(h.events.try_recv().is_err());
         assert_eq!(d.in_flight(), 0);
         assert_eq!(d.counters.late_results_dropped.load(Ordering::Relaxed), 1);
@@ -388,7 +405,10 @@ mod tests {
         );
         assert!(matches!(
             a.events.try_recv().unwrap(),
-            TaskEvent::Failed(TaskFailure { kind: FailureKind::Runware(ErrorClass::InvalidArgument), .. })
+            TaskEvent::Failed(TaskFailure {
+                kind: FailureKind::Runware(ErrorClass::InvalidArgument),
+                ..
+            })
         ));
         assert!(b.events.try_recv().is_err());
         assert_eq!(d.in_flight(), 1);
@@ -411,7 +431,10 @@ mod tests {
         d.fail(resent.uuid, conflict());
         assert!(matches!(
             fresh.events.try_recv().unwrap(),
-            TaskEvent::Failed(TaskFailure { kind: FailureKind::Runware(ErrorClass::Conflict), .. })
+            TaskEvent::Failed(TaskFailure {
+                kind: FailureKind::Runware(ErrorClass::Conflict),
+                ..
+            })
         ));
         assert!(resent.events.try_recv().is_err());
         assert_eq!(d.waiting_tasks(), vec![resent.uuid]);
@@ -428,9 +451,15 @@ mod tests {
             payload: "{}".into(),
             expected: 1,
         };
-        assert_eq!(d.submit(dup).err(), Some(SubmitError::AlreadyInFlight(uuid)));
+        assert_eq!(
+            d.submit(dup).err(),
+            Some(SubmitError::AlreadyInFlight(uuid))
+        );
         let _h2 = d.submit(task(1)).unwrap();
-        assert_eq!(d.submit(task(1)).err(), Some(SubmitError::TooManyInFlight(2)));
+        assert_eq!(
+            d.submit(task(1)).err(),
+            Some(SubmitError::TooManyInFlight(2))
+        );
         assert_eq!(d.in_flight(), 2);
     }
 
@@ -455,7 +484,10 @@ mod tests {
         d.fail_all(FailureKind::UpstreamAuthRejected, "bad key");
         assert!(matches!(
             h.events.try_recv().unwrap(),
-            TaskEvent::Failed(TaskFailure { kind: FailureKind::UpstreamAuthRejected, .. })
+            TaskEvent::Failed(TaskFailure {
+                kind: FailureKind::UpstreamAuthRejected,
+                ..
+            })
         ));
         s.send_modify(|st| {
             st.state = ConnectionState::AuthRejected;

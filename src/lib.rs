@@ -36,5 +36,6 @@ pub mod pb {
     tonic::include_proto!("runware.v1");
 
     /// The encoded descriptor set of `proto/`, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("runware_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("runware_descriptor");
 }

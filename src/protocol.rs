@@ -87,7 +87,10 @@ pub fn auth_frame(api_key: &str, session: Option<&SessionUuid>) -> String {
     struct Auth<'a> {
         task_type: &'static str,
         api_key: &'a str,
-        #[serde(rename = "connectionSessionUUID", skip_serializing_if = "Option::is_none")]
+        #[serde(
+            rename = "connectionSessionUUID",
+            skip_serializing_if = "Option::is_none"
+        )]
         session: Option<&'a str>,
     }
     let auth = [Auth {
@@ -192,8 +195,7 @@ pub fn classify_error(code: &str) -> ErrorClass {
         ErrorClass::AuthRejected
     } else if lower.contains("credit") || lower.contains("balance") {
         ErrorClass::NoCredit
-    } else if lower.contains("ratelimit") || lower.contains("toomanyrequests") || lower == "429"
-    {
+    } else if lower.contains("ratelimit") || lower.contains("toomanyrequests") || lower == "429" {
         ErrorClass::RateLimited
     } else if lower.starts_with("timeout") || lower.contains("timedout") {
         ErrorClass::Timeout
@@ -234,7 +236,9 @@ impl PartialEq for Inbound<'_> {
         match (self, other) {
             (Authenticated(a), Authenticated(b)) => a == b,
             (Pong, Pong) => true,
-            (Result { task: a, item: x }, Result { task: b, item: y }) => a == b && x.get() == y.get(),
+            (Result { task: a, item: x }, Result { task: b, item: y }) => {
+                a == b && x.get() == y.get()
+            }
             (Pending { task: a }, Pending { task: b }) => a == b,
             (TaskError { task: a, error: x }, TaskError { task: b, error: y }) => a == b && x == y,
             (UntargetedError(a), UntargetedError(b)) => a == b,
@@ -534,7 +538,10 @@ mod tests {
             r#"{"data":[{"taskType":"authentication","connectionSessionUUID":"abc"}]}"#,
         )
         .unwrap();
-        assert_eq!(items, vec![Inbound::Authenticated(SessionUuid("abc".into()))]);
+        assert_eq!(
+            items,
+            vec![Inbound::Authenticated(SessionUuid("abc".into()))]
+        );
         let items = parse_frame(r#"{"data":[{"taskType":"ping","pong":true}]}"#).unwrap();
         assert_eq!(items, vec![Inbound::Pong]);
     }
@@ -557,7 +564,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(&items[1], Inbound::Result { task, .. } if *task == t(T2)));
-        assert!(matches!(&items[2], Inbound::Result { task, item } if *task == t(T1) && item.get().contains("\"b\"")));
+        assert!(
+            matches!(&items[2], Inbound::Result { task, item } if *task == t(T1) && item.get().contains("\"b\""))
+        );
         match &items[3] {
             Inbound::TaskError { task, error } => {
                 assert_eq!(*task, t(T2));
@@ -582,8 +591,11 @@ mod tests {
 
     #[test]
     fn singular_and_old_error_shapes() {
-        let f = format!(r#"{{"error":{{"code":"timeoutProvider","message":"m","taskUUID":"{T1}"}}}}"#);
-        assert!(matches!(&parse_frame(&f).unwrap()[0], Inbound::TaskError { task, error } if *task == t(T1) && error.code == "timeoutProvider"));
+        let f =
+            format!(r#"{{"error":{{"code":"timeoutProvider","message":"m","taskUUID":"{T1}"}}}}"#);
+        assert!(
+            matches!(&parse_frame(&f).unwrap()[0], Inbound::TaskError { task, error } if *task == t(T1) && error.code == "timeoutProvider")
+        );
         let items = parse_frame(r#"{"error":true,"errorId":19,"errorMessage":"boom"}"#).unwrap();
         match &items[0] {
             Inbound::UntargetedError(e) => {
@@ -597,7 +609,10 @@ mod tests {
     #[test]
     fn async_ack_and_get_response_statuses() {
         let ack = format!(r#"{{"data":[{{"taskType":"videoInference","taskUUID":"{T1}"}}]}}"#);
-        assert_eq!(parse_frame(&ack).unwrap(), vec![Inbound::Pending { task: t(T1) }]);
+        assert_eq!(
+            parse_frame(&ack).unwrap(),
+            vec![Inbound::Pending { task: t(T1) }]
+        );
         let processing = format!(
             r#"{{"data":[{{"taskType":"getResponse","taskUUID":"{T1}","status":"processing"}}]}}"#
         );
@@ -608,16 +623,24 @@ mod tests {
         let success = format!(
             r#"{{"data":[{{"taskType":"imageInference","taskUUID":"{T1}","status":"success","imageURL":"u"}}]}}"#
         );
-        assert!(matches!(&parse_frame(&success).unwrap()[0], Inbound::Result { .. }));
+        assert!(matches!(
+            &parse_frame(&success).unwrap()[0],
+            Inbound::Result { .. }
+        ));
         let failed = format!(
             r#"{{"data":[{{"taskType":"imageInference","taskUUID":"{T1}","status":"error","error":{{"code":"invalidModel","message":"m"}}}}]}}"#
         );
-        assert!(matches!(&parse_frame(&failed).unwrap()[0], Inbound::TaskError { error, .. } if error.code == "invalidModel"));
+        assert!(
+            matches!(&parse_frame(&failed).unwrap()[0], Inbound::TaskError { error, .. } if error.code == "invalidModel")
+        );
     }
 
     #[test]
     fn hostile_frames_never_panic_and_never_route() {
-        assert!(matches!(parse_frame("not json"), Err(FrameError::NotJson(_))));
+        assert!(matches!(
+            parse_frame("not json"),
+            Err(FrameError::NotJson(_))
+        ));
         assert!(matches!(parse_frame("[1,2]"), Err(FrameError::NotJson(_))));
         assert_eq!(parse_frame("{}"), Err(FrameError::Empty));
         let cases = [
@@ -644,14 +667,19 @@ mod tests {
     #[test]
     fn escaped_strings_are_read() {
         let f = format!(r#"{{"data":[{{"task\u0055UID":"{T1}","text":"\"q\""}}]}}"#);
-        assert!(matches!(&parse_frame(&f).unwrap()[0], Inbound::Result { task, .. } if *task == t(T1)));
+        assert!(
+            matches!(&parse_frame(&f).unwrap()[0], Inbound::Result { task, .. } if *task == t(T1))
+        );
     }
 
     #[test]
     fn error_classes() {
         assert_eq!(classify_error("conflictTaskUUID"), ErrorClass::Conflict);
         assert_eq!(classify_error("invalidApiKey"), ErrorClass::AuthRejected);
-        assert_eq!(classify_error("invalidPositivePrompt"), ErrorClass::InvalidArgument);
+        assert_eq!(
+            classify_error("invalidPositivePrompt"),
+            ErrorClass::InvalidArgument
+        );
         assert_eq!(classify_error("missingModel"), ErrorClass::InvalidArgument);
         assert_eq!(classify_error("insufficientCredits"), ErrorClass::NoCredit);
         assert_eq!(classify_error("rateLimitExceeded"), ErrorClass::RateLimited);
@@ -662,17 +690,34 @@ mod tests {
     #[test]
     fn expected_results_by_task_type() {
         let m = |v: serde_json::Value| v.as_object().unwrap().clone();
-        assert_eq!(expected_results("imageInference", &m(serde_json::json!({})), None), 1);
         assert_eq!(
-            expected_results("imageInference", &m(serde_json::json!({"numberResults": 4})), Some(9)),
+            expected_results("imageInference", &m(serde_json::json!({})), None),
+            1
+        );
+        assert_eq!(
+            expected_results(
+                "imageInference",
+                &m(serde_json::json!({"numberResults": 4})),
+                Some(9)
+            ),
             4
         );
         assert_eq!(
-            expected_results("promptEnhance", &m(serde_json::json!({"promptVersions": 3})), None),
+            expected_results(
+                "promptEnhance",
+                &m(serde_json::json!({"promptVersions": 3})),
+                None
+            ),
             3
         );
-        assert_eq!(expected_results("imageCaption", &m(serde_json::json!({})), Some(2)), 2);
-        assert_eq!(expected_results("imageCaption", &m(serde_json::json!({})), None), 1);
+        assert_eq!(
+            expected_results("imageCaption", &m(serde_json::json!({})), Some(2)),
+            2
+        );
+        assert_eq!(
+            expected_results("imageCaption", &m(serde_json::json!({})), None),
+            1
+        );
         assert_eq!(expected_results("x", &m(serde_json::json!({})), Some(0)), 1);
     }
 

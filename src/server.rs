@@ -12,8 +12,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
 use tokio_tungstenite::Connector;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::RunwareService;
 use crate::config::{ApiKey, ApiKeySource, Config};
@@ -24,7 +24,10 @@ use crate::upstream::{Upstream, UpstreamStatus, client_tls};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Tcp { addr: SocketAddr, source: std::io::Error },
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen on Unix socket {path}: {reason}")]
     Unix { path: PathBuf, reason: String },
     #[error("TLS setup: {0}")]
@@ -103,7 +106,14 @@ impl Daemon {
         let (status_tx, status_rx) = watch::channel(UpstreamStatus::default());
         let dispatch = Dispatch::new(config.max_in_flight, queue_tx, status_rx.clone());
         let (stop_upstream, stop_upstream_rx) = watch::channel(false);
-        let upstream = Upstream::new(&config, key, Arc::clone(&dispatch), queue_rx, status_tx, connector);
+        let upstream = Upstream::new(
+            &config,
+            key,
+            Arc::clone(&dispatch),
+            queue_rx,
+            status_tx,
+            connector,
+        );
         let upstream = tokio::spawn(upstream.run(stop_upstream_rx));
 
         let service = RunwareService::new(
@@ -171,7 +181,10 @@ impl Daemon {
     /// Stops accepting, waits up to `drain` for tasks in flight, ends the
     /// rest with UNAVAILABLE, and closes the upstream socket.
     pub async fn shutdown(self, drain: Duration) {
-        tracing::info!(in_flight = self.dispatch.in_flight(), "stopping: no new tasks accepted");
+        tracing::info!(
+            in_flight = self.dispatch.in_flight(),
+            "stopping: no new tasks accepted"
+        );
         self.stop_listeners.send_replace(true);
         let servers = futures::future::join_all(self.servers);
         tokio::pin!(servers);
@@ -201,7 +214,8 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(err("another process is serving on it".to_owned()));
         }
-        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
     }
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {

@@ -97,7 +97,12 @@ impl ReconnectPolicy {
     }
 
     pub fn from_config(c: &Config) -> Self {
-        Self::new(c.backoff_min, c.backoff_max, c.healthy_after, c.auth_rejected_retry)
+        Self::new(
+            c.backoff_min,
+            c.backoff_max,
+            c.healthy_after,
+            c.auth_rejected_retry,
+        )
     }
 
     /// After a connection or authentication attempt failed.
@@ -202,7 +207,10 @@ impl Upstream {
         let mut delay = Duration::ZERO;
         loop {
             if !delay.is_zero() {
-                tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after a delay");
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "reconnecting after a delay"
+                );
                 tokio::select! {
                     _ = sleep(delay) => {}
                     _ = stopped(&mut shutdown) => return,
@@ -257,7 +265,9 @@ impl Upstream {
         self.status.send_if_modified(|s| {
             // Stay AuthRejected (for clients and GetStatus) until a retry
             // authenticates.
-            if s.state == state || (s.state == ConnectionState::AuthRejected && state != ConnectionState::Ready) {
+            if s.state == state
+                || (s.state == ConnectionState::AuthRejected && state != ConnectionState::Ready)
+            {
                 return false;
             }
             s.state = state;
@@ -293,7 +303,11 @@ impl Upstream {
     }
 
     /// One connection, from the authentication message to its end.
-    async fn session(&mut self, mut socket: Socket, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+    async fn session(
+        &mut self,
+        mut socket: Socket,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
         let dropped = |reason: String, ready_at: Option<Instant>| SessionEnd::Dropped {
             reason,
             ready_for: ready_at.map(|t| t.elapsed()),
@@ -312,10 +326,8 @@ impl Upstream {
 
         let auth_deadline = Instant::now() + self.auth_timeout;
         let mut ready_at: Option<Instant> = None;
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + self.ping_interval,
-            self.ping_interval,
-        );
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + self.ping_interval, self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Set when a ping went out and nothing came back since.
         let mut awaiting_since: Option<Instant> = None;
@@ -557,7 +569,10 @@ mod tests {
         let mut p = policy();
         let delays: Vec<Duration> = (0..12).map(|_| p.after_failure()).collect();
         // First retry within [min, 2*min).
-        assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200), "{delays:?}");
+        assert!(
+            delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200),
+            "{delays:?}"
+        );
         // Grows: the 5th is at least 100ms * 2^4.
         assert!(delays[4] >= Duration::from_millis(1600), "{delays:?}");
         // Never above the cap, and the late ones sit in [max/2, max].
@@ -577,7 +592,10 @@ mod tests {
         }
         assert_eq!(p.after_drop(Duration::from_secs(11)), Duration::ZERO);
         let next = p.after_failure();
-        assert!(next < Duration::from_millis(200), "backoff was not reset: {next:?}");
+        assert!(
+            next < Duration::from_millis(200),
+            "backoff was not reset: {next:?}"
+        );
     }
 
     #[test]

@@ -38,7 +38,12 @@ fn image(prompt: &str, n: u32) -> pb::ImageInferenceRequest {
 #[tokio::test(start_paused = true)]
 async fn prompt_enhance_returns_every_version_in_order() {
     let mut h = start(SimConfig::default(), |_| {}).await;
-    let resp = h.client.prompt_enhance(enhance("a dog", 4)).await.unwrap().into_inner();
+    let resp = h
+        .client
+        .prompt_enhance(enhance("a dog", 4))
+        .await
+        .unwrap()
+        .into_inner();
     let texts: Vec<String> = resp.versions.iter().map(|v| v.text.clone()).collect();
     let expected: Vec<String> = (0..4).map(|i| enhanced_text("a dog", i, 64)).collect();
     assert_eq!(texts, expected);
@@ -58,7 +63,12 @@ async fn image_inference_streams_each_image_as_it_arrives() {
     let mut req = image("a cat", 3);
     req.seed = 42;
     req.include_cost = Some(true);
-    let mut stream = h.client.image_inference(req.clone()).await.unwrap().into_inner();
+    let mut stream = h
+        .client
+        .image_inference(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.next().await.unwrap().unwrap();
     // Streamed, not collected: the simulator has made only the first image.
     assert_eq!(h.stats().results_produced, 1);
@@ -67,9 +77,19 @@ async fn image_inference_streams_each_image_as_it_arrives() {
     while let Some(img) = stream.next().await {
         images.push(img.unwrap());
     }
-    assert_eq!(images.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 1, 2]);
-    assert_eq!(images.iter().map(|i| i.seed.unwrap()).collect::<Vec<_>>(), vec![42, 43, 44]);
-    assert!(images.iter().all(|i| i.cost == Some(0.0013) && i.image_url.is_some()));
+    assert_eq!(
+        images.iter().map(|i| i.index).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(
+        images.iter().map(|i| i.seed.unwrap()).collect::<Vec<_>>(),
+        vec![42, 43, 44]
+    );
+    assert!(
+        images
+            .iter()
+            .all(|i| i.cost == Some(0.0013) && i.image_url.is_some())
+    );
     let raw: Value = serde_json::from_str(&images[1].raw_json).unwrap();
     assert_eq!(raw["imageUUID"], images[1].image_uuid.as_str());
 
@@ -83,13 +103,20 @@ async fn image_inference_streams_each_image_as_it_arrives() {
         .map(|i| i.unwrap().image_uuid)
         .collect()
         .await;
-    assert_eq!(again, images.iter().map(|i| i.image_uuid.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        again,
+        images
+            .iter()
+            .map(|i| i.image_uuid.clone())
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn run_carries_any_task_type_and_keeps_64_bit_numbers() {
     let mut h = start(SimConfig::default(), |_| {}).await;
-    let task = json!({"taskType": "imageCaption", "inputImage": "b7db282d-2943-4f12-992f-77df3ad3ec71"});
+    let task =
+        json!({"taskType": "imageCaption", "inputImage": "b7db282d-2943-4f12-992f-77df3ad3ec71"});
     let items: Vec<pb::RunResult> = h
         .client
         .run(pb::RunRequest {
@@ -196,10 +223,16 @@ async fn session_interleaves_many_tasks_on_one_stream() {
                 uuids.insert(ev.request_id.clone(), ev.task_uuid.clone());
             }
             Event::Result(r) => {
-                assert_eq!(uuids[&ev.request_id], r.task_uuid, "result tagged with its own task");
+                assert_eq!(
+                    uuids[&ev.request_id], r.task_uuid,
+                    "result tagged with its own task"
+                );
                 let item: Value = serde_json::from_str(&r.item_json).unwrap();
                 assert_eq!(item["taskUUID"], r.task_uuid.as_str());
-                results.entry(ev.request_id.clone()).or_default().push(r.index);
+                results
+                    .entry(ev.request_id.clone())
+                    .or_default()
+                    .push(r.index);
                 order.push(ev.request_id.clone());
             }
             Event::Completed(c) => {
@@ -222,7 +255,10 @@ async fn session_interleaves_many_tasks_on_one_stream() {
     // Results of different tasks arrived interleaved, not task after task.
     let first_done = order.iter().position(|id| id == "r2").unwrap();
     let last_r2 = order.iter().rposition(|id| id == "r2").unwrap();
-    assert!(order[first_done..last_r2].iter().any(|id| id != "r2"), "{order:?}");
+    assert!(
+        order[first_done..last_r2].iter().any(|id| id != "r2"),
+        "{order:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -233,13 +269,20 @@ async fn two_hundred_concurrent_clients_get_only_their_own_results() {
     let mut clients = Vec::new();
     for i in 0..200u32 {
         clients.push(tokio::spawn(async move {
-            let mut c = runwared::client::connect(&runwared::client::Target::Tcp(format!("http://{addr}")))
-                .await
-                .unwrap();
+            let mut c =
+                runwared::client::connect(&runwared::client::Target::Tcp(format!("http://{addr}")))
+                    .await
+                    .unwrap();
             let prompt = format!("client {i} prompt");
             let versions = i % 5 + 1;
-            let resp = c.prompt_enhance(enhance(&prompt, versions)).await.unwrap().into_inner();
-            let expected: Vec<String> = (0..versions).map(|v| enhanced_text(&prompt, v, 64)).collect();
+            let resp = c
+                .prompt_enhance(enhance(&prompt, versions))
+                .await
+                .unwrap()
+                .into_inner();
+            let expected: Vec<String> = (0..versions)
+                .map(|v| enhanced_text(&prompt, v, 64))
+                .collect();
             let got: Vec<String> = resp.versions.into_iter().map(|v| v.text).collect();
             assert_eq!(got, expected, "client {i}");
             resp.task_uuid
@@ -278,14 +321,21 @@ async fn client_task_uuids_are_checked() {
     // Reusing a finished task's UUID: Runware answers conflictTaskUUID.
     let again = h.client.prompt_enhance(req).await.unwrap_err();
     assert_eq!(again.code(), Code::AlreadyExists);
-    assert_eq!(again.metadata().get("runware-code").unwrap(), "conflictTaskUUID");
+    assert_eq!(
+        again.metadata().get("runware-code").unwrap(),
+        "conflictTaskUUID"
+    );
     assert_eq!(h.sim.executions(&uuid), 1);
 
     let mut v1 = enhance("a dog", 1);
     v1.task_uuid = "6ba7b810-9dad-11d1-80b4-00c04fd430c8".into();
     let e = h.client.prompt_enhance(v1).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("task_uuid") && e.message().contains("v4"), "{}", e.message());
+    assert!(
+        e.message().contains("task_uuid") && e.message().contains("v4"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -300,7 +350,16 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
     // Invalid parameter -> INVALID_ARGUMENT with code, parameter, message.
     let mut bad = image("a cat", 1);
     bad.width = Some(500);
-    let e = h.client.image_inference(bad).await.unwrap().into_inner().next().await.unwrap().unwrap_err();
+    let e = h
+        .client
+        .image_inference(bad)
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(e.metadata().get("runware-code").unwrap(), "invalidWidth");
     assert_eq!(e.metadata().get("runware-parameter").unwrap(), "width");
@@ -313,21 +372,37 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
     let mut tasks = Vec::new();
     for i in 0..2 {
         let mut c = h.client.clone();
-        tasks.push(tokio::spawn(async move { c.prompt_enhance(enhance(&format!("ok {i}"), 1)).await }));
+        tasks.push(tokio::spawn(async move {
+            c.prompt_enhance(enhance(&format!("ok {i}"), 1)).await
+        }));
     }
     h.sim_until(|s| s.executions == 2).await;
-    let limited = h.client.prompt_enhance(enhance("one too many", 1)).await.unwrap_err();
+    let limited = h
+        .client
+        .prompt_enhance(enhance("one too many", 1))
+        .await
+        .unwrap_err();
     assert_eq!(limited.code(), Code::ResourceExhausted);
-    assert_eq!(limited.metadata().get("runware-code").unwrap(), "rateLimitExceeded");
+    assert_eq!(
+        limited.metadata().get("runware-code").unwrap(),
+        "rateLimitExceeded"
+    );
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().into_inner().versions.len(), 1);
     }
 
     // No credit -> FAILED_PRECONDITION.
     h.sim.set_credits(Some(0));
-    let broke = h.client.prompt_enhance(enhance("free lunch", 1)).await.unwrap_err();
+    let broke = h
+        .client
+        .prompt_enhance(enhance("free lunch", 1))
+        .await
+        .unwrap_err();
     assert_eq!(broke.code(), Code::FailedPrecondition);
-    assert_eq!(broke.metadata().get("runware-code").unwrap(), "insufficientCredits");
+    assert_eq!(
+        broke.metadata().get("runware-code").unwrap(),
+        "insufficientCredits"
+    );
     assert_eq!(h.daemon.dispatch.in_flight(), 0);
 }
 
@@ -376,9 +451,17 @@ async fn unix_socket_serves_with_mode_0660_and_status_has_no_key() {
     let mut c = runwared::client::connect(&runwared::client::Target::Unix(path.clone()))
         .await
         .unwrap();
-    let resp = c.prompt_enhance(enhance("over a unix socket", 2)).await.unwrap().into_inner();
+    let resp = c
+        .prompt_enhance(enhance("over a unix socket", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.versions.len(), 2);
-    let status = c.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    let status = c
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.state, pb::ConnectionState::Ready as i32);
     assert!(!status.session_uuid.is_empty());
     assert!(status.connected_since_unix_ms > 0);

@@ -40,16 +40,22 @@ impl Daemon {
                 }
             }
         });
-        Daemon { child, lines, log: Vec::new() }
+        Daemon {
+            child,
+            lines,
+            log: Vec::new(),
+        }
     }
 
     /// Waits for a log line containing `needle`; returns it.
     fn wait_for(&mut self, needle: &str) -> String {
         loop {
-            let line = self
-                .lines
-                .recv_timeout(LIMIT)
-                .unwrap_or_else(|_| panic!("no log line with {needle:?}; log so far:\n{}", self.log.join("\n")));
+            let line = self.lines.recv_timeout(LIMIT).unwrap_or_else(|_| {
+                panic!(
+                    "no log line with {needle:?}; log so far:\n{}",
+                    self.log.join("\n")
+                )
+            });
             self.log.push(line.clone());
             if line.contains(needle) {
                 return line;
@@ -59,25 +65,42 @@ impl Daemon {
 
     fn grpc_addr(&mut self) -> String {
         let line = self.wait_for("gRPC listening on TCP");
-        let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
         format!("http://{addr}")
     }
 
     /// SIGTERM, then the rest of the log; asserts a clean exit.
     fn stop(mut self) -> Vec<String> {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
         while let Ok(line) = self.lines.recv_timeout(LIMIT) {
             self.log.push(line);
         }
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "daemon exited with {status}; log:\n{}", self.log.join("\n"));
+        assert!(
+            status.success(),
+            "daemon exited with {status}; log:\n{}",
+            self.log.join("\n")
+        );
         self.log
     }
 }
 
 fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let out = runwared().args(args).env("RUNWARED_ADDR", addr).output().unwrap();
+    let out = runwared()
+        .args(args)
+        .env("RUNWARED_ADDR", addr)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -90,7 +113,12 @@ fn serve_without_a_key_says_how_to_give_one() {
     let out = runwared().arg("serve").output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("RUNWARE_API_KEY") && err.contains("RUNWARE_API_KEY_FILE") && err.contains("--simulate"), "{err}");
+    assert!(
+        err.contains("RUNWARE_API_KEY")
+            && err.contains("RUNWARE_API_KEY_FILE")
+            && err.contains("--simulate"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -110,14 +138,27 @@ fn simulate_mode_with_the_cli_client() {
     let out_dir = dir.path().join("images");
     let (ok, out, err) = cli(
         &addr,
-        &["image", "a cat", "--model", "runware:101@1", "-n", "2", "--out", out_dir.to_str().unwrap()],
+        &[
+            "image",
+            "a cat",
+            "--model",
+            "runware:101@1",
+            "-n",
+            "2",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
     );
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 2, "{out}");
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 2);
 
     let task = dir.path().join("task.json");
-    std::fs::write(&task, r#"{"taskType":"imageCaption","inputImage":"b7db282d-2943-4f12-992f-77df3ad3ec71"}"#).unwrap();
+    std::fs::write(
+        &task,
+        r#"{"taskType":"imageCaption","inputImage":"b7db282d-2943-4f12-992f-77df3ad3ec71"}"#,
+    )
+    .unwrap();
     let (ok, out, err) = cli(&addr, &["run", task.to_str().unwrap()]);
     assert!(ok, "{err}");
     let item: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -133,7 +174,10 @@ fn simulate_mode_with_the_cli_client() {
     // A Runware error reaches the user with its code and parameter.
     let (ok, _, err) = cli(&addr, &["image", "a cat", "--model", "m", "--width", "500"]);
     assert!(!ok);
-    assert!(err.contains("InvalidArgument") && err.contains("invalidWidth") && err.contains("width"), "{err}");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("invalidWidth") && err.contains("width"),
+        "{err}"
+    );
 
     d.stop();
 }
@@ -145,13 +189,35 @@ fn the_api_key_never_reaches_the_log_even_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, secret).unwrap();
-    let mut sim = Daemon::spawn(&["sim", "--listen", "127.0.0.1:0", "--api-key-file", key_file.to_str().unwrap()], &[]);
+    let mut sim = Daemon::spawn(
+        &[
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ],
+        &[],
+    );
     let line = sim.wait_for("SIMULATOR listening");
-    let url = line.split("url=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let url = line
+        .split("url=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
 
     let mut d = Daemon::spawn(
         &["serve", "--upstream-url", &url, "--listen", "127.0.0.1:0"],
-        &[("RUNWARE_API_KEY", secret), ("RUNWARED_LOG", "trace,tungstenite=trace,tokio_tungstenite=trace")],
+        &[
+            ("RUNWARE_API_KEY", secret),
+            (
+                "RUNWARED_LOG",
+                "trace,tungstenite=trace,tokio_tungstenite=trace",
+            ),
+        ],
     );
     let addr = d.grpc_addr();
     d.wait_for("connected to Runware");

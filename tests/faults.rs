@@ -43,7 +43,11 @@ async fn survive_a_drop(clean: bool) {
     for i in 0..6 {
         let mut c = h.client.clone();
         streams.push(tokio::spawn(async move {
-            let s = c.image_inference(image(&format!("cat {i}"), 5)).await.unwrap().into_inner();
+            let s = c
+                .image_inference(image(&format!("cat {i}"), 5))
+                .await
+                .unwrap()
+                .into_inner();
             s.map(|r| r.unwrap()).collect::<Vec<_>>().await
         }));
     }
@@ -55,15 +59,25 @@ async fn survive_a_drop(clean: bool) {
     } else {
         h.sim.drop_connections();
     }
-    let st = wait_status(&h.daemon, |s| s.reconnects == 1 && s.state == ConnectionState::Ready).await;
+    let st = wait_status(&h.daemon, |s| {
+        s.reconnects == 1 && s.state == ConnectionState::Ready
+    })
+    .await;
     // A healthy session's drop is retried at once: no backoff wait.
-    assert!(before.elapsed() < Duration::from_millis(50), "{:?}", before.elapsed());
+    assert!(
+        before.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        before.elapsed()
+    );
     assert_eq!(st.resumes, 1, "the session was resumed");
 
     let mut all = HashSet::new();
     for s in streams {
         let images = s.await.unwrap();
-        assert_eq!(images.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            images.iter().map(|i| i.index).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
         for img in &images {
             assert!(all.insert(img.image_uuid.clone()), "image delivered twice");
             assert!(h.sim.executions(&img.task_uuid) == 1);
@@ -100,10 +114,21 @@ async fn a_stalled_socket_is_replaced_after_the_pong_timeout() {
     let stalled_at = Instant::now();
     // A task sent into the stalled socket.
     let mut c = h.client.clone();
-    let task = tokio::spawn(async move { c.image_inference(image("patient cat", 2)).await.unwrap().into_inner().map(|r| r.unwrap()).collect::<Vec<_>>().await });
+    let task = tokio::spawn(async move {
+        c.image_inference(image("patient cat", 2))
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|r| r.unwrap())
+            .collect::<Vec<_>>()
+            .await
+    });
     let down = wait_status(&h.daemon, |s| s.state != ConnectionState::Ready).await;
     let waited = stalled_at.elapsed();
-    assert!(waited >= Duration::from_secs(2) && waited <= Duration::from_secs(8), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited <= Duration::from_secs(8),
+        "{waited:?}"
+    );
     assert!(down.last_error.unwrap().contains("after a ping"));
     h.sim.set_stall(false);
     let images = task.await.unwrap();
@@ -114,7 +139,10 @@ async fn a_stalled_socket_is_replaced_after_the_pong_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn pings_keep_an_idle_socket_open() {
-    let h = start(SimConfig::default(), |c| c.ping_interval = Duration::from_secs(30)).await;
+    let h = start(SimConfig::default(), |c| {
+        c.ping_interval = Duration::from_secs(30)
+    })
+    .await;
     h.ready().await;
     // Ten virtual minutes without a task: the server's 120 s idle limit
     // never closes the socket because pings count as messages.
@@ -133,7 +161,10 @@ async fn without_pings_the_server_closes_and_the_daemon_reconnects() {
     };
     let h = start(config, |c| c.ping_interval = Duration::from_secs(60)).await;
     h.ready().await;
-    let s = wait_status(&h.daemon, |s| s.reconnects == 1 && s.state == ConnectionState::Ready).await;
+    let s = wait_status(&h.daemon, |s| {
+        s.reconnects == 1 && s.state == ConnectionState::Ready
+    })
+    .await;
     assert!(s.last_error.unwrap().contains("closed"));
 }
 
@@ -142,7 +173,14 @@ async fn invalid_api_key_fails_tasks_clearly_and_status_says_why() {
     let mut h = start(slow(), |c| c.auth_rejected_retry = Duration::from_secs(60)).await;
     h.ready().await;
     let mut c = h.client.clone();
-    let waiting = tokio::spawn(async move { c.image_inference(image("doomed", 3)).await.unwrap().into_inner().next().await });
+    let waiting = tokio::spawn(async move {
+        c.image_inference(image("doomed", 3))
+            .await
+            .unwrap()
+            .into_inner()
+            .next()
+            .await
+    });
     h.sim_until(|s| s.executions == 1).await;
     // The key is revoked while a task waits; then the socket drops.
     h.sim.set_reject_auth(true);
@@ -152,20 +190,45 @@ async fn invalid_api_key_fails_tasks_clearly_and_status_says_why() {
     assert!(e.message().contains("invalidApiKey"), "{}", e.message());
 
     // New tasks fail fast with the same explanation.
-    let e = h.client.image_inference(image("also doomed", 1)).await.unwrap_err();
+    let e = h
+        .client
+        .image_inference(image("also doomed", 1))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
-    let status = h.client.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    let status = h
+        .client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.state, pb::ConnectionState::AuthRejected as i32);
-    assert!(status.last_error.contains("invalidApiKey"), "{}", status.last_error);
+    assert!(
+        status.last_error.contains("invalidApiKey"),
+        "{}",
+        status.last_error
+    );
     assert!(!format!("{status:?}").contains(KEY));
 
     // Retried on the long backoff, not in a tight loop; works once fixed.
     let rejected_at = Instant::now();
     h.sim.set_reject_auth(false);
     h.ready().await;
-    assert!(rejected_at.elapsed() >= Duration::from_secs(50), "{:?}", rejected_at.elapsed());
+    assert!(
+        rejected_at.elapsed() >= Duration::from_secs(50),
+        "{:?}",
+        rejected_at.elapsed()
+    );
     assert_eq!(h.stats().auth_rejections, 1);
-    let ok = h.client.image_inference(image("fine now", 1)).await.unwrap().into_inner().next().await.unwrap();
+    let ok = h
+        .client
+        .image_inference(image("fine now", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap();
     assert!(ok.is_ok());
 }
 
@@ -173,15 +236,34 @@ async fn invalid_api_key_fails_tasks_clearly_and_status_says_why() {
 async fn a_cancelled_task_is_released_and_its_late_results_go_nowhere() {
     let mut h = start(slow(), |_| {}).await;
     h.ready().await;
-    let mut stream = h.client.image_inference(image("cancel me", 4)).await.unwrap().into_inner();
+    let mut stream = h
+        .client
+        .image_inference(image("cancel me", 4))
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.next().await.unwrap().unwrap();
     drop(stream);
     h.sim_until(|s| s.results_produced >= 4).await;
     // A later task's result comes over the same socket after the cancelled
     // task's remaining results: once it is here, those were routed.
-    let after = h.client.image_inference(image("after", 1)).await.unwrap().into_inner().next().await.unwrap().unwrap();
+    let after = h
+        .client
+        .image_inference(image("after", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(after.task_uuid, first.task_uuid);
-    let status = h.client.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    let status = h
+        .client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.in_flight, 0);
     assert_eq!(status.late_results_dropped, 3);
     assert_eq!(h.sim.executions(&first.task_uuid), 1);
@@ -199,7 +281,10 @@ async fn deadline_ends_the_task_after_its_partial_results() {
     let started = Instant::now();
     let mut stream = h
         .client
-        .image_inference(with_timeout(image("slow cat", 5), Duration::from_millis(1500)))
+        .image_inference(with_timeout(
+            image("slow cat", 5),
+            Duration::from_millis(1500),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -209,21 +294,29 @@ async fn deadline_ends_the_task_after_its_partial_results() {
     assert_eq!(e.code(), Code::DeadlineExceeded);
     assert!(e.message().contains("2 of 5"), "{}", e.message());
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(1400) && took < Duration::from_millis(1600), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(1600),
+        "{took:?}"
+    );
     assert!(stream.next().await.is_none());
 
     // No client deadline: the configured default applies.
     let started = Instant::now();
-    let e = h.client.prompt_enhance(pb::PromptEnhanceRequest {
-        prompt: "slow".into(),
-        prompt_versions: Some(5),
-        ..Default::default()
-    })
-    .await
-    .unwrap_err();
+    let e = h
+        .client
+        .prompt_enhance(pb::PromptEnhanceRequest {
+            prompt: "slow".into(),
+            prompt_versions: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded);
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(3) && took < Duration::from_millis(3100), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_millis(3100),
+        "{took:?}"
+    );
     assert_eq!(h.daemon.dispatch.in_flight(), 0);
 }
 
@@ -258,16 +351,26 @@ async fn an_unreachable_server_gives_unavailable_and_growing_backoff() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
-    assert!(e.message().contains("connection is down"), "{}", e.message());
+    assert!(
+        e.message().contains("connection is down"),
+        "{}",
+        e.message()
+    );
 
     let at = attempts.await.unwrap();
     let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(gaps[0] >= Duration::from_millis(100) && gaps[0] < Duration::from_millis(250), "{gaps:?}");
+    assert!(
+        gaps[0] >= Duration::from_millis(100) && gaps[0] < Duration::from_millis(250),
+        "{gaps:?}"
+    );
     for w in gaps[..5].windows(2) {
         // Jitter spreads each delay over [d, 2d), so delays never shrink
         // before the cap (100, 200, 400, 800, 1600 ms, then 2 s..4 s).
         assert!(w[1] + Duration::from_millis(20) >= w[0], "{gaps:?}");
     }
-    assert!(gaps.iter().all(|g| *g <= Duration::from_millis(4050)), "{gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g <= Duration::from_millis(4050)),
+        "{gaps:?}"
+    );
     assert!(*gaps.last().unwrap() >= Duration::from_secs(2), "{gaps:?}");
 }

@@ -15,7 +15,9 @@ struct Pki {
 }
 
 fn self_signed() -> Pki {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
     Pki {
         cert_pem: ck.cert.pem(),
         key_pem: ck.signing_key.serialize_pem(),
@@ -24,7 +26,9 @@ fn self_signed() -> Pki {
 
 async fn tls_sim(pki: &Pki) -> SimHandle {
     let tls = server_tls(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes()).unwrap();
-    SimHandle::bind(loopback0(), SimConfig::default(), Some(tls)).await.unwrap()
+    SimHandle::bind(loopback0(), SimConfig::default(), Some(tls))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]

@@ -158,7 +158,11 @@ pub struct SimHandle {
 
 impl SimHandle {
     /// Starts a simulator on `listener`, with TLS when `tls` is given.
-    pub fn start(listener: TcpListener, config: SimConfig, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Self> {
+    pub fn start(
+        listener: TcpListener,
+        config: SimConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (stats, _) = watch::channel(SimStats::default());
         let (commands, _) = broadcast::channel(16);
@@ -197,7 +201,9 @@ impl SimHandle {
                     match acceptor {
                         Some(acceptor) => match acceptor.accept(stream).await {
                             Ok(tls) => serve_connection(shared, tls).await,
-                            Err(e) => tracing::debug!(%peer, error = %e, "simulator TLS handshake failed"),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "simulator TLS handshake failed")
+                            }
                         },
                         None => serve_connection(shared, stream).await,
                     }
@@ -208,7 +214,11 @@ impl SimHandle {
     }
 
     /// Binds `addr` and starts.
-    pub async fn bind(addr: SocketAddr, config: SimConfig, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        config: SimConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         Self::start(TcpListener::bind(addr).await?, config, tls)
     }
 
@@ -229,12 +239,20 @@ impl SimHandle {
 
     /// How many times the simulator executed this taskUUID.
     pub fn executions(&self, task_uuid: &str) -> u32 {
-        lock(&self.shared.inner).tasks.get(task_uuid).map_or(0, |t| t.executions)
+        lock(&self.shared.inner)
+            .tasks
+            .get(task_uuid)
+            .map_or(0, |t| t.executions)
     }
 
     /// The largest execution count of any task (1 means none ran twice).
     pub fn max_executions(&self) -> u32 {
-        lock(&self.shared.inner).tasks.values().map(|t| t.executions).max().unwrap_or(0)
+        lock(&self.shared.inner)
+            .tasks
+            .values()
+            .map(|t| t.executions)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Fault: drop every open socket without a close frame.
@@ -422,7 +440,13 @@ fn route_to_session(session: &mut Session, item: Outgoing) {
     session.buffer.push_back((Instant::now(), item));
 }
 
-fn error_item(code: &str, parameter: &str, message: &str, task_type: Option<&str>, task_uuid: Option<&str>) -> Value {
+fn error_item(
+    code: &str,
+    parameter: &str,
+    message: &str,
+    task_type: Option<&str>,
+    task_uuid: Option<&str>,
+) -> Value {
     let mut e = Map::new();
     e.insert("code".into(), json!(code));
     e.insert("message".into(), json!(message));
@@ -461,10 +485,20 @@ fn handle_message(
     let mut replies = Vec::new();
     for task in tasks {
         let Value::Object(task) = task else {
-            replies.push(Outgoing::Error(error_item("invalidRequest", "", "each task must be an object", None, None)));
+            replies.push(Outgoing::Error(error_item(
+                "invalidRequest",
+                "",
+                "each task must be an object",
+                None,
+                None,
+            )));
             continue;
         };
-        let task_type = task.get("taskType").and_then(Value::as_str).unwrap_or("").to_owned();
+        let task_type = task
+            .get("taskType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         if task_type == "authentication" {
             replies.extend(authenticate(shared, conn_id, tx, session, &task));
             continue;
@@ -507,7 +541,10 @@ fn authenticate(
     let key = task.get("apiKey").and_then(Value::as_str).unwrap_or("");
     let accepted = !key.trim().is_empty()
         && !*shared.reject_auth.borrow()
-        && lock(&shared.config).api_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
+        && lock(&shared.config)
+            .api_keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| k == key));
     if !accepted {
         bump(shared, |s| s.auth_rejections += 1);
         return Some(Outgoing::Error(json!({
@@ -522,9 +559,9 @@ fn authenticate(
     let mut inner = lock(&shared.inner);
     let now = Instant::now();
     // Sessions detached longer than the buffer's life are gone.
-    inner
-        .sessions
-        .retain(|_, s| s.conn.is_some() || s.detached_at.is_none_or(|t| now.duration_since(t) <= ttl));
+    inner.sessions.retain(|_, s| {
+        s.conn.is_some() || s.detached_at.is_none_or(|t| now.duration_since(t) <= ttl)
+    });
     let wanted = task.get("connectionSessionUUID").and_then(Value::as_str);
     let (id, resumed) = match wanted {
         Some(id) if inner.sessions.contains_key(id) => (id.to_owned(), true),
@@ -537,7 +574,9 @@ fn authenticate(
         running: 0,
     });
     // The authentication answer goes first, then what the buffer kept.
-    let _ = tx.send(Outgoing::Data(json!({"taskType": "authentication", "connectionSessionUUID": id})));
+    let _ = tx.send(Outgoing::Data(
+        json!({"taskType": "authentication", "connectionSessionUUID": id}),
+    ));
     s.conn = Some((conn_id, tx.clone()));
     s.detached_at = None;
     while let Some((at, item)) = s.buffer.pop_front() {
@@ -589,7 +628,12 @@ fn get_response(shared: &Shared, task: &Map<String, Value>) -> Vec<Outgoing> {
 
 /// Validates and starts a task; returns an immediate reply (an error or an
 /// async acknowledgement), if any.
-fn start_task(shared: &Arc<Shared>, session_id: &str, task_type: &str, task: Map<String, Value>) -> Option<Outgoing> {
+fn start_task(
+    shared: &Arc<Shared>,
+    session_id: &str,
+    task_type: &str,
+    task: Map<String, Value>,
+) -> Option<Outgoing> {
     let uuid = match task.get("taskUUID").and_then(Value::as_str) {
         Some(u) if uuid::Uuid::try_parse(u).is_ok_and(|u| u.get_version_num() == 4) => u.to_owned(),
         _ => {
@@ -637,7 +681,10 @@ fn start_task(shared: &Arc<Shared>, session_id: &str, task_type: &str, task: Map
         )));
     }
     let running = inner.sessions.get(session_id).map_or(0, |s| s.running);
-    if config.max_running_per_session.is_some_and(|max| running >= max) {
+    if config
+        .max_running_per_session
+        .is_some_and(|max| running >= max)
+    {
         return Some(Outgoing::Error(error_item(
             "rateLimitExceeded",
             "",
@@ -672,7 +719,12 @@ fn start_task(shared: &Arc<Shared>, session_id: &str, task_type: &str, task: Map
     let ack_uuid = uuid.clone();
     tokio::spawn(async move {
         for index in 0..results {
-            sleep(if index == 0 { config.latency } else { config.per_result_latency }).await;
+            sleep(if index == 0 {
+                config.latency
+            } else {
+                config.per_result_latency
+            })
+            .await;
             let item = results::result_item(&task_type, &uuid, &task, index, config.image_bytes);
             let mut inner = lock(&shared.inner);
             if let Some(record) = inner.tasks.get_mut(&uuid) {
@@ -699,18 +751,23 @@ fn start_task(shared: &Arc<Shared>, session_id: &str, task_type: &str, task: Map
 
 /// A TLS server configuration for `wss://` from PEM text (a certificate
 /// chain and its private key), with the ring provider.
-pub fn server_tls(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_tls(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert_chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("certificate: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("private key: {e}"))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| e.to_string())?;
     Ok(Arc::new(config))
 }

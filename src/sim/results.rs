@@ -25,14 +25,23 @@ fn invalid(parameter: &str, message: impl Into<String>) -> Invalid {
     }
 }
 
-fn check_str_len(task: &Map<String, Value>, name: &str, min: usize, max: usize, required: bool) -> Result<(), Invalid> {
+fn check_str_len(
+    task: &Map<String, Value>,
+    name: &str,
+    min: usize,
+    max: usize,
+    required: bool,
+) -> Result<(), Invalid> {
     match task.get(name) {
         None if required => Err(invalid(name, format!("{name} is required"))),
         None => Ok(()),
         Some(Value::String(s)) => {
             let n = s.chars().count();
             if n < min || n > max {
-                Err(invalid(name, format!("{name} must be between {min} and {max} characters, got {n}")))
+                Err(invalid(
+                    name,
+                    format!("{name} must be between {min} and {max} characters, got {n}"),
+                ))
             } else {
                 Ok(())
             }
@@ -41,13 +50,22 @@ fn check_str_len(task: &Map<String, Value>, name: &str, min: usize, max: usize, 
     }
 }
 
-fn check_int(task: &Map<String, Value>, name: &str, min: i64, max: i64, required: bool) -> Result<Option<i64>, Invalid> {
+fn check_int(
+    task: &Map<String, Value>,
+    name: &str,
+    min: i64,
+    max: i64,
+    required: bool,
+) -> Result<Option<i64>, Invalid> {
     match task.get(name) {
         None if required => Err(invalid(name, format!("{name} is required"))),
         None => Ok(None),
         Some(v) => match v.as_i64() {
             Some(n) if n >= min && n <= max => Ok(Some(n)),
-            _ => Err(invalid(name, format!("{name} must be an integer between {min} and {max}"))),
+            _ => Err(invalid(
+                name,
+                format!("{name} must be an integer between {min} and {max}"),
+            )),
         },
     }
 }
@@ -57,7 +75,10 @@ fn check_float(task: &Map<String, Value>, name: &str, min: f64, max: f64) -> Res
         None => Ok(()),
         Some(v) => match v.as_f64() {
             Some(n) if n >= min && n <= max => Ok(()),
-            _ => Err(invalid(name, format!("{name} must be a number between {min} and {max}"))),
+            _ => Err(invalid(
+                name,
+                format!("{name} must be a number between {min} and {max}"),
+            )),
         },
     }
 }
@@ -66,7 +87,10 @@ fn check_enum(task: &Map<String, Value>, name: &str, allowed: &[&str]) -> Result
     match task.get(name) {
         None => Ok(()),
         Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(()),
-        Some(_) => Err(invalid(name, format!("{name} must be one of {}", allowed.join(", ")))),
+        Some(_) => Err(invalid(
+            name,
+            format!("{name} must be one of {}", allowed.join(", ")),
+        )),
     }
 }
 
@@ -75,7 +99,10 @@ fn check_enum(task: &Map<String, Value>, name: &str, allowed: &[&str]) -> Result
 pub fn validate(task_type: &str, task: &Map<String, Value>) -> Result<u32, Invalid> {
     if let Some(m) = task.get("deliveryMethod") {
         if !matches!(m.as_str(), Some("sync" | "async")) {
-            return Err(invalid("deliveryMethod", "deliveryMethod must be sync or async"));
+            return Err(invalid(
+                "deliveryMethod",
+                "deliveryMethod must be sync or async",
+            ));
         }
     }
     match task_type {
@@ -94,7 +121,10 @@ pub fn validate(task_type: &str, task: &Map<String, Value>) -> Result<u32, Inval
             for dim in ["width", "height"] {
                 let n = check_int(task, dim, 128, 2048, true)?.unwrap_or(0);
                 if n % 64 != 0 {
-                    return Err(invalid(dim, format!("{dim} must be divisible by 64, got {n}")));
+                    return Err(invalid(
+                        dim,
+                        format!("{dim} must be divisible by 64, got {n}"),
+                    ));
                 }
             }
             check_int(task, "steps", 1, 100, false)?;
@@ -193,15 +223,27 @@ pub fn enhanced_text(prompt: &str, version: u32, max_tokens: u32) -> String {
 }
 
 /// Result items for a validated task; `index` is the result's position.
-pub fn result_item(task_type: &str, task_uuid: &str, task: &Map<String, Value>, index: u32, image_bytes: usize) -> Value {
+pub fn result_item(
+    task_type: &str,
+    task_uuid: &str,
+    task: &Map<String, Value>,
+    index: u32,
+    image_bytes: usize,
+) -> Value {
     let mut item = Map::new();
     item.insert("taskType".into(), json!(task_type));
     item.insert("taskUUID".into(), json!(task_uuid));
-    let include_cost = task.get("includeCost").and_then(Value::as_bool).unwrap_or(false);
+    let include_cost = task
+        .get("includeCost")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     match task_type {
         "promptEnhance" => {
             let prompt = task.get("prompt").and_then(Value::as_str).unwrap_or("");
-            let max = task.get("promptMaxLength").and_then(Value::as_u64).unwrap_or(400) as u32;
+            let max = task
+                .get("promptMaxLength")
+                .and_then(Value::as_u64)
+                .unwrap_or(400) as u32;
             item.insert("text".into(), json!(enhanced_text(prompt, index, max)));
         }
         "imageCaption" => {
@@ -209,7 +251,10 @@ pub fn result_item(task_type: &str, task_uuid: &str, task: &Map<String, Value>, 
             let h = hash(&[input.as_bytes()]);
             item.insert(
                 "text".into(),
-                json!(format!("a photo with {}", STYLE_WORDS[(h % STYLE_WORDS.len() as u64) as usize])),
+                json!(format!(
+                    "a photo with {}",
+                    STYLE_WORDS[(h % STYLE_WORDS.len() as u64) as usize]
+                )),
             );
         }
         _ => {
@@ -226,27 +271,43 @@ pub fn result_item(task_type: &str, task_uuid: &str, task: &Map<String, Value>, 
                 .unwrap_or("JPG")
                 .to_ascii_lowercase();
             item.insert("imageUUID".into(), json!(image_uuid));
-            match task.get("outputType").and_then(Value::as_str).unwrap_or("URL") {
+            match task
+                .get("outputType")
+                .and_then(Value::as_str)
+                .unwrap_or("URL")
+            {
                 "base64Data" => {
-                    item.insert("imageBase64Data".into(), json!(fake_image_base64(basis, image_bytes)));
+                    item.insert(
+                        "imageBase64Data".into(),
+                        json!(fake_image_base64(basis, image_bytes)),
+                    );
                 }
                 "dataURI" => {
                     item.insert(
                         "imageDataURI".into(),
-                        json!(format!("data:image/{format};base64,{}", fake_image_base64(basis, image_bytes))),
+                        json!(format!(
+                            "data:image/{format};base64,{}",
+                            fake_image_base64(basis, image_bytes)
+                        )),
                     );
                 }
                 _ => {
                     item.insert(
                         "imageURL".into(),
-                        json!(format!("https://im.runware.ai/image/ws/0.5/ii/{image_uuid}.{format}")),
+                        json!(format!(
+                            "https://im.runware.ai/image/ws/0.5/ii/{image_uuid}.{format}"
+                        )),
                     );
                 }
             }
             if let Some(s) = seed {
                 item.insert("seed".into(), json!(s + u64::from(index)));
             }
-            if task.get("checkNSFW").and_then(Value::as_bool).unwrap_or(false) {
+            if task
+                .get("checkNSFW")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+            {
                 item.insert("NSFWContent".into(), json!(false));
             }
         }
@@ -280,20 +341,49 @@ mod tests {
     #[test]
     fn prompt_enhance_limits_on_both_sides() {
         let ok = |v| validate("promptEnhance", &obj(v));
-        assert_eq!(ok(json!({"prompt": "d", "promptVersions": 5, "promptMaxLength": 12})), Ok(5));
+        assert_eq!(
+            ok(json!({"prompt": "d", "promptVersions": 5, "promptMaxLength": 12})),
+            Ok(5)
+        );
         assert_eq!(ok(json!({"prompt": "d", "promptMaxLength": 400})), Ok(1));
         assert_eq!(ok(json!({"prompt": ""})).unwrap_err().code, "invalidPrompt");
-        assert_eq!(ok(json!({"prompt": "x".repeat(301)})).unwrap_err().parameter, "prompt");
+        assert_eq!(
+            ok(json!({"prompt": "x".repeat(301)}))
+                .unwrap_err()
+                .parameter,
+            "prompt"
+        );
         assert!(ok(json!({"prompt": "x".repeat(300)})).is_ok());
-        assert_eq!(ok(json!({"prompt": "d", "promptVersions": 6})).unwrap_err().code, "invalidPromptVersions");
-        assert_eq!(ok(json!({"prompt": "d", "promptVersions": 0})).unwrap_err().code, "invalidPromptVersions");
-        assert_eq!(ok(json!({"prompt": "d", "promptMaxLength": 11})).unwrap_err().code, "invalidPromptMaxLength");
-        assert_eq!(ok(json!({"prompt": "d", "promptMaxLength": 401})).unwrap_err().code, "invalidPromptMaxLength");
+        assert_eq!(
+            ok(json!({"prompt": "d", "promptVersions": 6}))
+                .unwrap_err()
+                .code,
+            "invalidPromptVersions"
+        );
+        assert_eq!(
+            ok(json!({"prompt": "d", "promptVersions": 0}))
+                .unwrap_err()
+                .code,
+            "invalidPromptVersions"
+        );
+        assert_eq!(
+            ok(json!({"prompt": "d", "promptMaxLength": 11}))
+                .unwrap_err()
+                .code,
+            "invalidPromptMaxLength"
+        );
+        assert_eq!(
+            ok(json!({"prompt": "d", "promptMaxLength": 401}))
+                .unwrap_err()
+                .code,
+            "invalidPromptMaxLength"
+        );
     }
 
     #[test]
     fn image_inference_limits() {
-        let base = json!({"positivePrompt": "a cat", "model": "m:1@1", "width": 512, "height": 512});
+        let base =
+            json!({"positivePrompt": "a cat", "model": "m:1@1", "width": 512, "height": 512});
         assert_eq!(validate("imageInference", &obj(base.clone())), Ok(1));
         let with = |k: &str, v: Value| {
             let mut t = obj(base.clone());
@@ -304,11 +394,26 @@ mod tests {
         assert_eq!(with("height", json!(64)).unwrap_err().code, "invalidHeight");
         assert_eq!(with("height", json!(2048)), Ok(1));
         assert_eq!(with("numberResults", json!(20)), Ok(20));
-        assert_eq!(with("numberResults", json!(21)).unwrap_err().code, "invalidNumberResults");
-        assert_eq!(with("positivePrompt", json!("a")).unwrap_err().code, "invalidPositivePrompt");
-        assert_eq!(with("CFGScale", json!(50.5)).unwrap_err().code, "invalidCFGScale");
-        assert_eq!(with("outputType", json!("PDF")).unwrap_err().code, "invalidOutputType");
-        assert_eq!(validate("teleport", &obj(json!({}))).unwrap_err().code, "invalidTaskType");
+        assert_eq!(
+            with("numberResults", json!(21)).unwrap_err().code,
+            "invalidNumberResults"
+        );
+        assert_eq!(
+            with("positivePrompt", json!("a")).unwrap_err().code,
+            "invalidPositivePrompt"
+        );
+        assert_eq!(
+            with("CFGScale", json!(50.5)).unwrap_err().code,
+            "invalidCFGScale"
+        );
+        assert_eq!(
+            with("outputType", json!("PDF")).unwrap_err().code,
+            "invalidOutputType"
+        );
+        assert_eq!(
+            validate("teleport", &obj(json!({}))).unwrap_err().code,
+            "invalidTaskType"
+        );
     }
 
     #[test]

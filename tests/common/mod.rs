@@ -38,7 +38,9 @@ pub fn test_config(upstream_url: String) -> Config {
 /// runtime parks, even while loopback traffic is still being processed, so
 /// virtual time can race ahead of socket I/O. A 1 ms ticker bounds each
 /// jump: a chain of I/O steps costs a few virtual milliseconds, while the
-/// tests space their events hundreds of milliseconds apart.
+/// tests space their events hundreds of milliseconds apart. It also means
+/// every test socket must set TCP_NODELAY: a real 40 ms delayed-ACK stall
+/// would otherwise become tens of virtual seconds.
 pub fn bound_clock_steps() {
     // RUST_LOG=runwared=debug shows the daemon's log in failing tests.
     let _ = tracing_subscriber::fmt()
@@ -54,12 +56,18 @@ pub fn bound_clock_steps() {
 
 pub async fn start(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Harness {
     bound_clock_steps();
-    let sim = SimHandle::bind(loopback0(), sim_config, None).await.unwrap();
+    let sim = SimHandle::bind(loopback0(), sim_config, None)
+        .await
+        .unwrap();
     let mut config = test_config(sim.url());
     tweak(&mut config);
     let daemon = Daemon::start(config).await.unwrap();
     let client = client_for(&daemon).await;
-    Harness { sim, daemon, client }
+    Harness {
+        sim,
+        daemon,
+        client,
+    }
 }
 
 pub async fn client_for(daemon: &Daemon) -> RunwareClient<Channel> {
@@ -92,7 +100,10 @@ pub async fn wait_state(daemon: &Daemon, state: ConnectionState) -> UpstreamStat
     rx.wait_for(|s| s.state == state).await.unwrap().clone()
 }
 
-pub async fn wait_status(daemon: &Daemon, f: impl FnMut(&UpstreamStatus) -> bool) -> UpstreamStatus {
+pub async fn wait_status(
+    daemon: &Daemon,
+    f: impl FnMut(&UpstreamStatus) -> bool,
+) -> UpstreamStatus {
     let mut rx = daemon.status.clone();
     rx.wait_for(f).await.unwrap().clone()
 }
