@@ -233,3 +233,54 @@ fn the_api_key_never_reaches_the_log_even_at_trace_level() {
         assert!(!line.contains(secret), "key in log: {line}");
     }
 }
+
+#[test]
+fn environment_beats_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("d.sock");
+    let config = dir.path().join("runwared.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"none\"\nunix_socket = \"{}\"\nping_interval = \"20s\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::spawn(
+        &["serve", "--simulate", "--config", config.to_str().unwrap()],
+        &[("RUNWARED_LISTEN", "127.0.0.1:0")],
+    );
+    // TCP from the environment despite the file's "none"; the socket from the file.
+    let addr = d.grpc_addr();
+    d.wait_for("gRPC listening on Unix socket");
+    let (ok, out, err) = cli(&addr, &["enhance", "env wins"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("env wins"));
+    let (ok, _, err) = runwared_status_over_socket(&socket);
+    assert!(ok, "{err}");
+    d.stop();
+    assert!(!socket.exists(), "the socket file is removed on exit");
+
+    // A typo in the file is an error that names it.
+    std::fs::write(&config, "pingg_interval = \"20s\"\n").unwrap();
+    let out = runwared()
+        .args(["serve", "--simulate", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pingg_interval"), "{err}");
+}
+
+fn runwared_status_over_socket(socket: &std::path::Path) -> (bool, String, String) {
+    let out = runwared()
+        .args(["status", "--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -86,6 +86,9 @@ async fn survive_a_drop(clean: bool) {
     assert_eq!(all.len(), 30);
     let stats = h.stats();
     assert_eq!(stats.executions, 6, "no task ran twice");
+    // All six were waiting at the drop, so all six were resent under their
+    // own taskUUID, and Runware answered "already have it" to each.
+    assert_eq!(stats.conflicts, 6);
     assert_eq!(h.sim.max_executions(), 1);
     assert_eq!(stats.resumes, 1);
     assert_eq!(h.daemon.dispatch.in_flight(), 0);
