@@ -15,8 +15,10 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::config::Config;
 use crate::dispatch::{
-    Dispatch, FailureKind, PreparedTask, SubmitError, TaskEvent, TaskFailure, TaskHandle,
+    ConnectionTasks, Dispatch, FailureKind, PreparedTask, SubmitError, TaskEvent, TaskFailure,
+    TaskHandle,
 };
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
@@ -41,20 +43,18 @@ pub struct RunwareService {
     /// Shown in `GetStatus`.
     upstream_url: String,
     simulated: bool,
+    /// Task types the daemon runs with async delivery.
+    async_task_types: Arc<[String]>,
 }
 
 impl RunwareService {
-    pub fn new(
-        dispatch: Arc<Dispatch>,
-        default_timeout: Duration,
-        upstream_url: String,
-        simulated: bool,
-    ) -> Self {
+    pub fn new(dispatch: Arc<Dispatch>, config: &Config) -> Self {
         RunwareService {
             dispatch,
-            default_timeout,
-            upstream_url,
-            simulated,
+            default_timeout: config.default_task_timeout,
+            upstream_url: config.upstream_url.clone(),
+            simulated: config.simulate,
+            async_task_types: config.async_task_types.clone().into(),
         }
     }
 
@@ -74,7 +74,7 @@ impl RunwareService {
         Instant::now() + timeout
     }
 
-    fn submit(&self, t: ClientTask) -> Result<TaskHandle, Status> {
+    fn submit(&self, t: ClientTask, conn: Option<&ConnectionTasks>) -> Result<TaskHandle, Status> {
         let ClientTask {
             uuid,
             mut task,
@@ -86,22 +86,75 @@ impl RunwareService {
             .unwrap_or_default()
             .to_owned();
         let expected = protocol::expected_results(&task_type, &task, stated);
+        if self.async_task_types.contains(&task_type) && !task.contains_key("deliveryMethod") {
+            task.insert("deliveryMethod".into(), json!("async"));
+        }
+        let asynchronous = task.get("deliveryMethod").and_then(Value::as_str) == Some("async");
         task.insert("taskUUID".into(), json!(uuid.to_string()));
         let payload = Value::Object(task).to_string();
-        self.dispatch
-            .submit(PreparedTask {
-                uuid,
-                payload,
-                expected,
-            })
-            .map_err(|e| match e {
-                SubmitError::AlreadyInFlight(_) => {
-                    Status::already_exists(format!("task_uuid: {e}"))
-                }
-                SubmitError::TooManyInFlight(_) => Status::resource_exhausted(e.to_string()),
-                SubmitError::AuthRejected(m) => Status::unauthenticated(m),
-            })
+        let prepared = PreparedTask {
+            uuid,
+            payload,
+            expected,
+            asynchronous,
+        };
+        self.dispatch.submit(prepared, conn).map_err(submit_status)
     }
+}
+
+/// The status for a refused submit or attach.
+fn submit_status(e: SubmitError) -> Status {
+    match e {
+        SubmitError::AlreadyKnown(_) => Status::already_exists(format!("task_uuid: {e}")),
+        SubmitError::TooManyInFlight(_)
+        | SubmitError::TooManyForConnection(_)
+        | SubmitError::QueueFull(_)
+        | SubmitError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        SubmitError::AuthRejected(m) => Status::unauthenticated(m),
+        SubmitError::Draining => Status::unavailable(e.to_string()),
+        SubmitError::NotFound(_) => Status::not_found(format!("task_uuid: {e}")),
+    }
+}
+
+/// The client connection's task counter, put there by the listener.
+fn connection<T>(request: &Request<T>) -> Option<ConnectionTasks> {
+    request.extensions().get::<ConnectionTasks>().cloned()
+}
+
+/// Checks a typed request's task against the documented limits before it
+/// leaves the host; the error names the parameter.
+fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Status> {
+    let task_type = task
+        .get("taskType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    crate::validate::validate(task_type, task)
+        .map(|_| ())
+        .map_err(|i| {
+            Status::invalid_argument(format!("{}: {}", snake_case(&i.parameter), i.message))
+        })
+}
+
+/// `positivePrompt` -> `positive_prompt`, `CFGScale` -> `cfg_scale`: the
+/// proto field a typed client set.
+fn snake_case(camel: &str) -> String {
+    let chars: Vec<char> = camel.chars().collect();
+    let mut out = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev_lower = i > 0 && chars[i - 1].is_ascii_lowercase();
+            let acronym_end = i > 0
+                && chars[i - 1].is_ascii_uppercase()
+                && chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            if prev_lower || acronym_end {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(*c);
+        }
+    }
+    out
 }
 
 /// Parses a `grpc-timeout` header value: digits and a unit (H M S m u n).
@@ -131,11 +184,11 @@ fn task_uuid(given: &str) -> Result<TaskUuid, Status> {
         .map_err(|e| Status::invalid_argument(format!("task_uuid {given:?}: {e}")))
 }
 
-/// One item of a task, or how it ended.
+/// One item of a task.
 enum Next {
     Item {
         index: u32,
-        item: String,
+        item: Arc<str>,
         last: bool,
     },
 }
@@ -486,8 +539,8 @@ pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
 }
 
 /// The typed image message for a result item.
-pub fn image_result(task_uuid: &TaskUuid, index: u32, item: String) -> ImageOrBad {
-    let v: Value = match serde_json::from_str(&item) {
+pub fn image_result(task_uuid: &TaskUuid, index: u32, item: &str) -> ImageOrBad {
+    let v: Value = match serde_json::from_str(item) {
         Ok(v) => v,
         Err(_) => return ImageOrBad::Bad,
     };
@@ -502,7 +555,7 @@ pub fn image_result(task_uuid: &TaskUuid, index: u32, item: String) -> ImageOrBa
         seed: v.get("seed").and_then(Value::as_u64),
         nsfw_content: v.get("NSFWContent").and_then(Value::as_bool),
         cost: v.get("cost").and_then(Value::as_f64),
-        raw_json: item,
+        raw_json: item.to_owned(),
     })
 }
 
@@ -522,7 +575,7 @@ async fn stream_task<T, F>(
     tx: mpsc::Sender<Result<T, Status>>,
     mut convert: F,
 ) where
-    F: FnMut(&TaskUuid, u32, String) -> T,
+    F: FnMut(&TaskUuid, u32, &str) -> T,
 {
     let mut received = 0;
     loop {
@@ -534,7 +587,7 @@ async fn stream_task<T, F>(
             Ok(Next::Item { index, item, last }) => {
                 received += 1;
                 if tx
-                    .send(Ok(convert(&handle.uuid, index, item)))
+                    .send(Ok(convert(&handle.uuid, index, &item)))
                     .await
                     .is_err()
                     || last
@@ -557,13 +610,19 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<pb::PromptEnhanceRequest>,
     ) -> Result<Response<pb::PromptEnhanceResponse>, Status> {
         let deadline = self.deadline(request.metadata());
+        let conn = connection(&request);
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
-        let mut handle = self.submit(ClientTask {
-            uuid,
-            task: prompt_enhance_task(&r),
-            stated_results: None,
-        })?;
+        let task = prompt_enhance_task(&r);
+        check_documented_limits(&task)?;
+        let mut handle = self.submit(
+            ClientTask {
+                uuid,
+                task,
+                stated_results: None,
+            },
+            conn.as_ref(),
+        )?;
         let mut versions = Vec::with_capacity(handle.expected as usize);
         loop {
             let Next::Item { item, last, .. } =
@@ -594,13 +653,19 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<pb::ImageInferenceRequest>,
     ) -> Result<Response<Self::ImageInferenceStream>, Status> {
         let deadline = self.deadline(request.metadata());
+        let conn = connection(&request);
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
-        let handle = self.submit(ClientTask {
-            uuid,
-            task: image_inference_task(&r)?,
-            stated_results: None,
-        })?;
+        let task = image_inference_task(&r)?;
+        check_documented_limits(&task)?;
+        let handle = self.submit(
+            ClientTask {
+                uuid,
+                task,
+                stated_results: None,
+            },
+            conn.as_ref(),
+        )?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| {
             match image_result(uuid, index, item) {
@@ -623,15 +688,9 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let deadline = self.deadline(request.metadata());
-        let handle = self.submit(run_task(request.get_ref())?)?;
+        let handle = self.submit(run_task(request.get_ref())?, connection(&request).as_ref())?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| {
-            pb::RunResult {
-                task_uuid: uuid.to_string(),
-                index,
-                item_json: item,
-            }
-        }));
+        tokio::spawn(stream_task(handle, deadline, tx, run_result));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -642,6 +701,7 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let default_deadline = self.deadline(request.metadata());
+        let conn = connection(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         let service = self.clone();
@@ -674,7 +734,7 @@ impl pb::runware_server::Runware for RunwareService {
                                     .as_ref()
                                     .ok_or_else(|| Status::invalid_argument("submit.task is required"))
                                     .and_then(run_task)
-                                    .and_then(|t| service.submit(t));
+                                    .and_then(|t| service.submit(t, conn.as_ref()));
                                 match started {
                                     Ok(handle) => {
                                         let uuid = handle.uuid;
@@ -695,6 +755,8 @@ impl pb::runware_server::Runware for RunwareService {
                                 if let Some(uuid) = TaskUuid::parse_any(&c.task_uuid) {
                                     if let Some(abort) = tasks.remove(&uuid) {
                                         abort.abort();
+                                        // An explicit cancel releases the task itself.
+                                        service.dispatch.cancel(&uuid);
                                         let _ = tx.send(Ok(session_event(&uuid, "", pb::session_event::Event::Error(pb::TaskError {
                                             grpc_code: Code::Cancelled as i32,
                                             message: "cancelled by the client".into(),
@@ -741,7 +803,38 @@ impl pb::runware_server::Runware for RunwareService {
             late_results_dropped: counters.late_results_dropped.load(Ordering::Relaxed),
             bad_frames: counters.bad_frames.load(Ordering::Relaxed),
             simulated: self.simulated,
+            duplicate_results: counters.duplicate_results.load(Ordering::Relaxed),
+            polls: counters.polls.load(Ordering::Relaxed),
+            recovered: counters.recovered.load(Ordering::Relaxed),
+            limit_rejections: counters.limit_rejections.load(Ordering::Relaxed),
+            known_tasks: self.dispatch.known() as u64,
+            draining: self.dispatch.is_draining(),
         }))
+    }
+
+    type AttachStream = Stream<pb::RunResult>;
+
+    async fn attach(
+        &self,
+        request: Request<pb::AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let deadline = self.deadline(request.metadata());
+        let given = &request.get_ref().task_uuid;
+        let uuid = TaskUuid::parse_any(given).ok_or_else(|| {
+            Status::invalid_argument(format!("task_uuid {given:?} is not a UUID"))
+        })?;
+        let handle = self.dispatch.attach(uuid).map_err(submit_status)?;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(stream_task(handle, deadline, tx, run_result));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn run_result(uuid: &TaskUuid, index: u32, item: &str) -> pb::RunResult {
+    pb::RunResult {
+        task_uuid: uuid.to_string(),
+        index,
+        item_json: item.to_owned(),
     }
 }
 
@@ -791,11 +884,7 @@ async fn session_task(
                 let result = session_event(
                     &uuid,
                     &request_id,
-                    Event::Result(pb::RunResult {
-                        task_uuid: uuid.to_string(),
-                        index,
-                        item_json: item,
-                    }),
+                    Event::Result(run_result(&uuid, index, &item)),
                 );
                 if tx.send(Ok(result)).await.is_err() {
                     return uuid;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use runwared::client::{Target, connect};
 use runwared::config::{ApiKey, Config, Environment, ServeArgs, parse_duration};
 use runwared::pb;
-use runwared::server::{DRAIN_TIMEOUT, Daemon};
+use runwared::server::Daemon;
 use runwared::sim::{SimConfig, SimHandle, server_tls};
 use serde_json::{Value, json};
 use tonic::Request;
@@ -178,9 +178,10 @@ pub async fn run(cli: Cli) -> CliResult {
 
 async fn serve(args: ServeArgs) -> CliResult {
     let config = Config::resolve(&args, &Environment::from_process()).map_err(|e| e.to_string())?;
+    let drain = config.drain_timeout;
     let daemon = Daemon::start(config).await.map_err(|e| e.to_string())?;
     wait_for_signal().await?;
-    daemon.shutdown(DRAIN_TIMEOUT).await;
+    daemon.shutdown(drain).await;
     Ok(())
 }
 

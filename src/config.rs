@@ -134,6 +134,23 @@ pub struct Config {
     pub default_task_timeout: Duration,
     /// Most tasks in flight at once, across all clients.
     pub max_in_flight: usize,
+    /// Most tasks one client connection may wait on at once.
+    pub max_in_flight_per_connection: usize,
+    /// Most tasks waiting to be sent while the Runware connection is down.
+    pub max_queued: usize,
+    /// Bytes of results kept for ended tasks (oldest dropped first).
+    pub max_retained_bytes: usize,
+    /// How long results are kept after a task ends or its client leaves,
+    /// for `Attach`.
+    pub retention: Duration,
+    /// Where the session and the tasks in flight are persisted, so a
+    /// restarted daemon recovers them; `None` keeps nothing.
+    pub state_dir: Option<PathBuf>,
+    /// On SIGTERM, how long tasks in flight may finish before they are ended.
+    pub drain_timeout: Duration,
+    /// Task types sent with `deliveryMethod: "async"` and polled, e.g.
+    /// long-running `videoInference`.
+    pub async_task_types: Vec<String>,
 }
 
 impl Default for Config {
@@ -156,6 +173,28 @@ impl Default for Config {
             max_message_bytes: 64 << 20,
             default_task_timeout: Duration::from_secs(300),
             max_in_flight: 100_000,
+            max_in_flight_per_connection: 10_000,
+            max_queued: 10_000,
+            max_retained_bytes: 256 << 20,
+            retention: Duration::from_secs(300),
+            state_dir: None,
+            drain_timeout: Duration::from_secs(30),
+            async_task_types: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The task table's limits.
+    pub fn limits(&self) -> crate::dispatch::Limits {
+        crate::dispatch::Limits {
+            max_in_flight: self.max_in_flight,
+            max_in_flight_per_connection: self.max_in_flight_per_connection,
+            max_queued: self.max_queued,
+            max_retained_bytes: self.max_retained_bytes,
+            retention: self.retention,
+            max_task_bytes: self.max_message_bytes,
+            ..crate::dispatch::Limits::default()
         }
     }
 }
@@ -220,6 +259,32 @@ pub struct ServeArgs {
     /// Most tasks in flight at once [default: 100000].
     #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// Most tasks one client connection may wait on [default: 10000].
+    #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT_PER_CONNECTION", value_name = "N")]
+    pub max_in_flight_per_connection: Option<usize>,
+    /// Most tasks queued while Runware is unreachable [default: 10000].
+    #[arg(long, env = "RUNWARED_MAX_QUEUED", value_name = "N")]
+    pub max_queued: Option<usize>,
+    /// Bytes of results kept for Attach [default: 268435456].
+    #[arg(long, env = "RUNWARED_MAX_RETAINED_BYTES", value_name = "BYTES")]
+    pub max_retained_bytes: Option<usize>,
+    /// How long results are kept after a task ends or its client leaves [default: 300s].
+    #[arg(long, env = "RUNWARED_RETENTION", value_name = "DURATION")]
+    pub retention: Option<String>,
+    /// Directory for persisted state, or "none" [default: $STATE_DIRECTORY under systemd, else none].
+    #[arg(long, env = "RUNWARED_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// On SIGTERM, time for tasks in flight to finish [default: 30s].
+    #[arg(long, env = "RUNWARED_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Task types to run with async delivery and polling (comma-separated).
+    #[arg(
+        long,
+        env = "RUNWARED_ASYNC_TASK_TYPES",
+        value_name = "TYPES",
+        value_delimiter = ','
+    )]
+    pub async_task_types: Option<Vec<String>>,
 }
 
 /// The TOML file: the same names as the flags, with underscores.
@@ -243,6 +308,13 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     pub default_task_timeout: Option<String>,
     pub max_in_flight: Option<usize>,
+    pub max_in_flight_per_connection: Option<usize>,
+    pub max_queued: Option<usize>,
+    pub max_retained_bytes: Option<usize>,
+    pub retention: Option<String>,
+    pub state_dir: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub async_task_types: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -267,6 +339,8 @@ pub struct Environment {
     pub credentials_directory: Option<PathBuf>,
     /// `RUNTIME_DIRECTORY`, set by systemd's `RuntimeDirectory=`.
     pub runtime_directory: Option<PathBuf>,
+    /// `STATE_DIRECTORY`, set by systemd's `StateDirectory=`.
+    pub state_directory: Option<PathBuf>,
 }
 
 impl Environment {
@@ -276,6 +350,7 @@ impl Environment {
             api_key: std::env::var("RUNWARE_API_KEY").ok().and_then(ApiKey::new),
             credentials_directory: path("CREDENTIALS_DIRECTORY"),
             runtime_directory: path("RUNTIME_DIRECTORY"),
+            state_directory: path("STATE_DIRECTORY"),
         }
     }
 }
@@ -420,7 +495,53 @@ impl Config {
             });
         }
 
+        let state_dir = match args.state_dir.as_ref().or(file.state_dir.as_ref()) {
+            Some(s) if is_off(s) => None,
+            Some(s) => Some(PathBuf::from(s)),
+            None => env.state_directory.clone(),
+        };
+        let positive = |name: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be at least 1".to_owned(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
         let config = Config {
+            max_in_flight_per_connection: positive(
+                "max_in_flight_per_connection",
+                args.max_in_flight_per_connection
+                    .or(file.max_in_flight_per_connection)
+                    .unwrap_or(d.max_in_flight_per_connection),
+            )?,
+            max_queued: positive(
+                "max_queued",
+                args.max_queued.or(file.max_queued).unwrap_or(d.max_queued),
+            )?,
+            max_retained_bytes: args
+                .max_retained_bytes
+                .or(file.max_retained_bytes)
+                .unwrap_or(d.max_retained_bytes),
+            retention: duration("retention", &args.retention, &file.retention, d.retention)?,
+            state_dir,
+            drain_timeout: duration(
+                "drain_timeout",
+                &args.drain_timeout,
+                &file.drain_timeout,
+                d.drain_timeout,
+            )?,
+            async_task_types: args
+                .async_task_types
+                .clone()
+                .or_else(|| file.async_task_types.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
             upstream_url,
             api_key,
             simulate,

@@ -1,34 +1,48 @@
-//! The in-flight table: the only owner of tasks between a client's request
-//! and its last result.
+//! The task table: the only owner of tasks from a client's request until
+//! their results are no longer kept.
 //!
-//! A task is in the table from `submit` until exactly one of: its last
-//! expected result was delivered, an error for it arrived, the daemon failed
-//! it (API key rejected), or its client went away (the [`TaskHandle`] was
-//! dropped, which is also what a deadline does). Results for a task that is
-//! no longer in the table are dropped and counted, never given to anyone.
+//! A task ends in exactly one of two ways: all its expected results, or one
+//! error. Until then it is *in flight*. Its results are kept for
+//! `retention` after it ends, or after its last watching client went away
+//! while it was still running, so a client can [`Dispatch::attach`] and
+//! receive them all (those already delivered included). An explicit cancel
+//! releases a task at once; results that arrive for a task no longer in the
+//! table are dropped and counted, never given to anyone.
+//!
+//! How results arrive, per task:
+//! - *Push*: Runware sends them on the socket (the normal case, and after a
+//!   resumed session).
+//! - *Poll*: the daemon asks with `getResponse` until the task is complete:
+//!   for `deliveryMethod: "async"`, and for tasks sent in a session Runware
+//!   did not resume (its buffered results are not pushed again). Polled
+//!   answers list every result so far; those already taken are skipped by
+//!   position. Pushed results of a polled task are ignored: the poll brings
+//!   them, in order.
 //!
 //! Decisions here are synchronous and never await: the upstream reader calls
-//! [`Dispatch::deliver`] and [`Dispatch::fail`] straight from its loop.
+//! in straight from its loop.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::protocol::{self, ErrorClass, RunwareError, TaskUuid};
 use crate::upstream::{ConnectionState, UpstreamStatus};
 
-/// What a waiting client receives.
-#[derive(Debug)]
+/// What a watching client receives.
+#[derive(Debug, Clone)]
 pub enum TaskEvent {
     /// One result item, exactly as Runware sent it. `last` marks the item
     /// that completed the task; nothing follows it.
     Result {
         index: u32,
-        item: String,
+        item: Arc<str>,
         last: bool,
     },
     /// The task ended with an error; nothing follows it.
@@ -54,122 +68,350 @@ pub enum FailureKind {
     ShuttingDown,
 }
 
-/// Why a task was not accepted.
+/// Why a task was not accepted, or cannot be attached to.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SubmitError {
-    #[error("taskUUID {0} is already in flight")]
-    AlreadyInFlight(TaskUuid),
+    #[error(
+        "taskUUID {0} is already known to the daemon (in flight, or its results are kept); use Attach to receive them"
+    )]
+    AlreadyKnown(TaskUuid),
     #[error("too many tasks in flight: the daemon's limit max_in_flight is {0}")]
     TooManyInFlight(usize),
+    #[error(
+        "too many tasks in flight on this client connection: the limit max_in_flight_per_connection is {0}"
+    )]
+    TooManyForConnection(usize),
+    #[error(
+        "the queue of tasks waiting for the Runware connection is full: the limit max_queued is {0}"
+    )]
+    QueueFull(usize),
+    #[error("the task is {size} bytes of JSON, above the limit max_message_bytes ({limit})")]
+    TooLarge { size: usize, limit: usize },
     #[error("{0}")]
     AuthRejected(String),
+    #[error("runwared is stopping and accepts no new tasks")]
+    Draining,
+    #[error("no task {0} is in flight or kept (results are kept for the retention time only)")]
+    NotFound(TaskUuid),
+}
+
+/// Limits on what the table holds. Over a limit, a request is refused with
+/// an error naming it; nothing else is affected.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_in_flight: usize,
+    pub max_in_flight_per_connection: usize,
+    /// Tasks not yet sent while the Runware connection is down.
+    pub max_queued: usize,
+    /// Bytes of results kept for tasks that ended; the oldest go first.
+    pub max_retained_bytes: usize,
+    /// How long results are kept after a task ends or its client leaves.
+    pub retention: Duration,
+    /// A task's JSON must fit in one WebSocket message.
+    pub max_task_bytes: usize,
+    /// First and longest `getResponse` polling interval.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: 100_000,
+            max_in_flight_per_connection: 10_000,
+            max_queued: 10_000,
+            max_retained_bytes: 256 << 20,
+            retention: Duration::from_secs(300),
+            max_task_bytes: 64 << 20,
+            poll_min: Duration::from_millis(500),
+            poll_max: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A task ready to go upstream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PreparedTask {
     pub uuid: TaskUuid,
     /// The task object as JSON, `taskUUID` included.
     pub payload: String,
     /// Result items that complete it.
     pub expected: u32,
+    /// Results come by `getResponse` (`deliveryMethod: "async"`).
+    pub asynchronous: bool,
 }
 
-struct InFlight {
-    /// The waiting client. Bounded by `expected + 1` and written with
-    /// `try_send`, so the upstream reader never waits on a slow client.
-    events: mpsc::Sender<TaskEvent>,
-    /// Kept for resending under the same taskUUID after a reconnect.
-    payload: Box<str>,
+#[derive(Debug, Clone, Copy)]
+struct PollState {
+    next_at: Instant,
+    delay: Duration,
+    /// A `getResponse` went out and no answer came yet.
+    awaiting: bool,
+    /// Success items seen in the current answer: the first `results.len()`
+    /// of them were taken already.
+    seen: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Completed,
+    Failed(TaskFailure),
+}
+
+struct Task {
+    /// Kept for resending under the same taskUUID.
+    payload: Arc<str>,
     expected: u32,
-    delivered: u32,
-    /// How many times it went upstream: `conflictTaskUUID` on a resend
-    /// means "the server has it", on the first send it is the client's error.
+    asynchronous: bool,
+    /// How many times it went upstream.
     sends: u32,
+    /// The session generation it was last sent in: a `conflictTaskUUID`
+    /// within the same generation means "the server has it and pushes its
+    /// results"; from an older, lost one, the results must be polled.
+    sent_generation: u64,
+    poll: Option<PollState>,
+    results: Vec<Arc<str>>,
+    /// Ids of the results (imageUUID, ...), to drop duplicates.
+    result_ids: Vec<Box<str>>,
+    outcome: Option<Outcome>,
+    watchers: Vec<mpsc::UnboundedSender<TaskEvent>>,
+    /// When it ended, or when its last watcher left: retention counts from here.
+    idle_since: Option<Instant>,
+    /// The bytes its results take, for the retention bound.
+    bytes: usize,
+}
+
+impl Task {
+    fn in_flight(&self) -> bool {
+        self.outcome.is_none()
+    }
+
+    fn notify(&mut self, event: &TaskEvent) {
+        self.watchers.retain(|w| w.send(event.clone()).is_ok());
+    }
 }
 
 /// Counters shown by `GetStatus`.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Results (and errors) for tasks nobody waits for any more.
+    /// Results (and errors) for tasks no longer in the table.
     pub late_results_dropped: AtomicU64,
     /// Upstream frames, or items in them, that could not be understood.
     pub bad_frames: AtomicU64,
-    /// Tasks released because their client went away or hit its deadline.
+    /// Results that repeated one already taken (same id), or came after
+    /// their task had ended.
+    pub duplicate_results: AtomicU64,
+    /// Tasks whose client left before they ended.
     pub abandoned: AtomicU64,
+    /// Tasks released by a client's cancel.
+    pub cancelled: AtomicU64,
+    /// `getResponse` requests sent.
+    pub polls: AtomicU64,
+    /// Tasks recovered with `getResponse` after Runware lost the session.
+    pub recovered: AtomicU64,
+    /// Requests refused because of a limit.
+    pub limit_rejections: AtomicU64,
 }
 
-/// The in-flight table. Shared by the gRPC services and the upstream task.
+/// A persisted in-flight task (see `state`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedTask {
+    pub uuid: String,
+    pub payload: String,
+    pub expected: u32,
+    pub asynchronous: bool,
+    /// Whether it ever went upstream (then it is recovered by polling).
+    pub sent: bool,
+}
+
+/// The table. Shared by the gRPC services and the upstream task.
 pub struct Dispatch {
-    tasks: DashMap<TaskUuid, InFlight>,
-    /// How many tasks are in `tasks`; checked before inserting, so the
-    /// limit holds without locking the whole map.
+    tasks: DashMap<TaskUuid, Task>,
+    /// Tasks without an outcome; checked before inserting, so the limit
+    /// holds without locking the whole map.
     in_flight: AtomicUsize,
-    max_in_flight: usize,
-    /// Wakes the upstream writer: the taskUUIDs of newly submitted tasks.
+    /// Tasks never sent yet.
+    unsent: AtomicUsize,
+    /// Tasks in Poll mode, so the upstream loop polls only when needed.
+    polling: AtomicUsize,
+    retained_bytes: AtomicUsize,
+    /// Bumped when Runware gives a new session instead of resuming.
+    generation: AtomicU64,
+    draining: AtomicBool,
+    /// Set on every change a restart would need; cleared by the writer.
+    dirty: AtomicBool,
+    limits: Limits,
+    /// Wakes the upstream writer: taskUUIDs to send.
     queue: mpsc::UnboundedSender<TaskUuid>,
-    /// The upstream connection's state, to refuse tasks early when the
-    /// key is known to be rejected and to explain deadlines.
     upstream: watch::Receiver<UpstreamStatus>,
     pub counters: Counters,
 }
 
 impl Dispatch {
     pub fn new(
-        max_in_flight: usize,
+        limits: Limits,
         queue: mpsc::UnboundedSender<TaskUuid>,
         upstream: watch::Receiver<UpstreamStatus>,
     ) -> Arc<Self> {
         Arc::new(Dispatch {
             tasks: DashMap::new(),
             in_flight: AtomicUsize::new(0),
-            max_in_flight,
+            unsent: AtomicUsize::new(0),
+            polling: AtomicUsize::new(0),
+            retained_bytes: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            limits,
             queue,
             upstream,
             counters: Counters::default(),
         })
     }
 
-    /// Accepts a task and queues it for the upstream socket.
-    pub fn submit(self: &Arc<Self>, task: PreparedTask) -> Result<TaskHandle, SubmitError> {
-        {
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn refuse(&self, e: SubmitError) -> SubmitError {
+        if matches!(
+            e,
+            SubmitError::TooManyInFlight(_)
+                | SubmitError::TooManyForConnection(_)
+                | SubmitError::QueueFull(_)
+                | SubmitError::TooLarge { .. }
+        ) {
+            self.counters
+                .limit_rejections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        e
+    }
+
+    /// Accepts a task and queues it for the upstream socket. `conn` counts
+    /// the tasks of one client connection.
+    pub fn submit(
+        self: &Arc<Self>,
+        task: PreparedTask,
+        conn: Option<&ConnectionTasks>,
+    ) -> Result<TaskHandle, SubmitError> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(SubmitError::Draining);
+        }
+        let ready = {
             let status = self.upstream.borrow();
             if status.state == ConnectionState::AuthRejected {
                 return Err(SubmitError::AuthRejected(auth_rejected_message(&status)));
             }
+            status.state == ConnectionState::Ready
+        };
+        if task.payload.len() > self.limits.max_task_bytes {
+            return Err(self.refuse(SubmitError::TooLarge {
+                size: task.payload.len(),
+                limit: self.limits.max_task_bytes,
+            }));
         }
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+        if !ready && self.unsent.load(Ordering::Acquire) >= self.limits.max_queued {
+            return Err(self.refuse(SubmitError::QueueFull(self.limits.max_queued)));
+        }
+        let conn_guard = match conn {
+            Some(c) => Some(
+                c.reserve(self.limits.max_in_flight_per_connection)
+                    .map_err(|e| self.refuse(e))?,
+            ),
+            None => None,
+        };
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limits.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(SubmitError::TooManyInFlight(self.max_in_flight));
+            return Err(self.refuse(SubmitError::TooManyInFlight(self.limits.max_in_flight)));
         }
-        let (tx, rx) = mpsc::channel(task.expected as usize + 1);
+        let (tx, rx) = mpsc::unbounded_channel();
         match self.tasks.entry(task.uuid) {
             Entry::Occupied(_) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                return Err(SubmitError::AlreadyInFlight(task.uuid));
+                return Err(SubmitError::AlreadyKnown(task.uuid));
             }
             Entry::Vacant(v) => {
-                v.insert(InFlight {
-                    events: tx,
-                    payload: task.payload.into_boxed_str(),
+                v.insert(Task {
+                    payload: task.payload.into(),
                     expected: task.expected,
-                    delivered: 0,
+                    asynchronous: task.asynchronous,
                     sends: 0,
+                    sent_generation: 0,
+                    poll: None,
+                    results: Vec::new(),
+                    result_ids: Vec::new(),
+                    outcome: None,
+                    watchers: vec![tx],
+                    idle_since: None,
+                    bytes: 0,
                 });
             }
         }
-        // The receiver lives as long as the upstream task; if it is gone the
-        // daemon is stopping and the task ends at its deadline.
+        self.unsent.fetch_add(1, Ordering::AcqRel);
+        self.dirty.store(true, Ordering::Release);
+        // The receiver lives as long as the upstream task.
         let _ = self.queue.send(task.uuid);
-        Ok(TaskHandle {
-            uuid: task.uuid,
-            expected: task.expected,
-            events: rx,
-            guard: TaskGuard {
+        Ok(self.handle(task.uuid, task.expected, rx, conn_guard))
+    }
+
+    fn handle(
+        self: &Arc<Self>,
+        uuid: TaskUuid,
+        expected: u32,
+        events: mpsc::UnboundedReceiver<TaskEvent>,
+        conn: Option<ConnectionGuard>,
+    ) -> TaskHandle {
+        TaskHandle {
+            uuid,
+            expected,
+            events,
+            guard: WatchGuard {
                 dispatch: Arc::clone(self),
-                uuid: task.uuid,
+                uuid,
+                _conn: conn,
             },
-        })
+        }
+    }
+
+    /// Watches a task that is in flight or whose results are kept: every
+    /// result so far is replayed, then the rest follow as they come.
+    pub fn attach(self: &Arc<Self>, uuid: TaskUuid) -> Result<TaskHandle, SubmitError> {
+        let mut task = self
+            .tasks
+            .get_mut(&uuid)
+            .ok_or(SubmitError::NotFound(uuid))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let n = task.results.len() as u32;
+        for (i, item) in task.results.iter().enumerate() {
+            let last = task.outcome.is_some()
+                && i as u32 + 1 == n
+                && matches!(task.outcome, Some(Outcome::Completed));
+            let _ = tx.send(TaskEvent::Result {
+                index: i as u32,
+                item: Arc::clone(item),
+                last,
+            });
+        }
+        if let Some(Outcome::Failed(f)) = &task.outcome {
+            let _ = tx.send(TaskEvent::Failed(f.clone()));
+        }
+        if task.outcome.is_none() {
+            task.watchers.push(tx);
+            task.idle_since = None;
+        }
+        let expected = task.expected;
+        drop(task);
+        Ok(self.handle(uuid, expected, rx, None))
+    }
+
+    /// Releases a task at once (a client's explicit cancel).
+    pub fn cancel(&self, uuid: &TaskUuid) -> bool {
+        let removed = self.remove(uuid);
+        if removed {
+            self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// Tasks in flight now.
@@ -177,124 +419,436 @@ impl Dispatch {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Tasks in the table: in flight, or ended with results kept.
+    pub fn known(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Tasks whose results are being polled.
+    pub fn polling(&self) -> usize {
+        self.polling.load(Ordering::Acquire)
+    }
+
     /// The upstream connection's current status.
     pub fn upstream_status(&self) -> UpstreamStatus {
         self.upstream.borrow().clone()
     }
 
-    fn remove(&self, uuid: &TaskUuid) -> Option<InFlight> {
-        let removed = self.tasks.remove(uuid).map(|(_, t)| t);
-        if removed.is_some() {
+    /// Refuses new tasks from now on (shutdown).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// True once since the last call if anything a restart needs changed.
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Removes a task entirely, keeping the counters right.
+    fn remove(&self, uuid: &TaskUuid) -> bool {
+        let Some((_, task)) = self.tasks.remove(uuid) else {
+            return false;
+        };
+        self.forget(&task);
+        true
+    }
+
+    fn forget(&self, task: &Task) {
+        if task.in_flight() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-        removed
-    }
-
-    /// Appends the task's payload to a batch frame if it is still in flight,
-    /// and counts the send. False if the task is gone (cancelled, done).
-    pub fn append_for_send(&self, uuid: &TaskUuid, frame: &mut String) -> bool {
-        match self.tasks.get_mut(uuid) {
-            Some(mut task) => {
-                task.sends += 1;
-                protocol::push_task(frame, &task.payload);
-                true
+            if task.sends == 0 {
+                self.unsent.fetch_sub(1, Ordering::AcqRel);
             }
-            None => false,
+            if task.poll.is_some() {
+                self.polling.fetch_sub(1, Ordering::AcqRel);
+            }
         }
+        self.retained_bytes.fetch_sub(task.bytes, Ordering::AcqRel);
+        self.dirty.store(true, Ordering::Release);
     }
 
-    /// Every task still waiting for results: after a reconnect they are all
-    /// sent again under their own taskUUID (never a new one, which would
-    /// run and charge the task twice).
-    pub fn waiting_tasks(&self) -> Vec<TaskUuid> {
-        self.tasks.iter().map(|t| *t.key()).collect()
+    /// Ends a task: it leaves the in-flight count; its results stay for
+    /// the retention time.
+    fn finish(&self, task: &mut Task, outcome: Outcome, now: Instant) {
+        if let Outcome::Failed(f) = &outcome {
+            task.notify(&TaskEvent::Failed(f.clone()));
+        }
+        task.outcome = Some(outcome);
+        task.watchers.clear();
+        task.idle_since = Some(now);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if task.sends == 0 {
+            self.unsent.fetch_sub(1, Ordering::AcqRel);
+        }
+        if task.poll.take().is_some() {
+            self.polling.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    fn start_polling(&self, task: &mut Task, now: Instant) {
+        if task.poll.is_none() {
+            self.polling.fetch_add(1, Ordering::AcqRel);
+        }
+        task.poll = Some(PollState {
+            next_at: now,
+            delay: self.limits.poll_min,
+            awaiting: false,
+            seen: 0,
+        });
+    }
+
+    /// Appends the task's payload to a batch frame if it is in flight and
+    /// not polled, and counts the send. False if there is nothing to send.
+    pub fn append_for_send(&self, uuid: &TaskUuid, frame: &mut String) -> bool {
+        let Some(mut task) = self.tasks.get_mut(uuid) else {
+            return false;
+        };
+        if !task.in_flight() || task.poll.is_some() {
+            return false;
+        }
+        if task.sends == 0 {
+            self.unsent.fetch_sub(1, Ordering::AcqRel);
+        }
+        if task.asynchronous {
+            // Async delivery: Runware only acknowledges; results come by
+            // getResponse, first asked after `poll_min`.
+            self.start_polling(&mut task, Instant::now() + self.limits.poll_min);
+        }
+        task.sends += 1;
+        task.sent_generation = self.generation.load(Ordering::Acquire);
+        protocol::push_task(frame, &task.payload);
+        true
+    }
+
+    /// After authenticating. If Runware resumed the session, its buffered
+    /// results will be pushed: every pushed task still waiting is sent
+    /// again under its own taskUUID (Runware answers `conflictTaskUUID` for
+    /// those it has, and never runs a task twice). If Runware gave a new
+    /// session, what was sent before is recovered by `getResponse`; only
+    /// tasks never sent go out. Returns the tasks to send now.
+    pub fn on_session(&self, resumed: bool) -> Vec<TaskUuid> {
+        let now = Instant::now();
+        if !resumed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        let mut send = Vec::new();
+        for mut entry in self.tasks.iter_mut() {
+            let uuid = *entry.key();
+            let task = entry.value_mut();
+            if !task.in_flight() {
+                continue;
+            }
+            if let Some(p) = task.poll.as_mut() {
+                // An answer lost with the old socket will not come.
+                p.awaiting = false;
+                p.next_at = now;
+                continue;
+            }
+            if task.sends > 0 && !resumed {
+                self.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                self.start_polling(task, now);
+            } else {
+                send.push(uuid);
+            }
+        }
+        send
+    }
+
+    /// Polls due now: marks them asked and returns them, at most `max`.
+    pub fn due_polls(&self, max: usize) -> Vec<TaskUuid> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for mut entry in self.tasks.iter_mut() {
+            if due.len() >= max {
+                break;
+            }
+            let uuid = *entry.key();
+            let Some(p) = entry.value_mut().poll.as_mut() else {
+                continue;
+            };
+            if !p.awaiting && p.next_at <= now {
+                p.awaiting = true;
+                p.seen = 0;
+                p.next_at = now + p.delay;
+                p.delay = (p.delay * 2).min(self.limits.poll_max);
+                due.push(uuid);
+            }
+        }
+        self.counters
+            .polls
+            .fetch_add(due.len() as u64, Ordering::Relaxed);
+        due
+    }
+
+    /// A `getResponse` answer said the task is still processing, or an
+    /// async task was acknowledged.
+    pub fn pending(&self, uuid: TaskUuid) {
+        if let Some(mut task) = self.tasks.get_mut(&uuid) {
+            if let Some(p) = task.poll.as_mut() {
+                p.awaiting = false;
+            }
+        }
     }
 
     /// Routes one result item to its task.
-    pub fn deliver(&self, uuid: TaskUuid, item: &RawValue) {
+    pub fn deliver(&self, uuid: TaskUuid, item: &RawValue, result_id: Option<&str>, polled: bool) {
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
             self.counters
                 .late_results_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(task = %uuid, "result for a task nobody waits for; dropped");
+            tracing::debug!(task = %uuid, "result for a task no longer kept; dropped");
             return;
         };
-        let index = task.delivered;
-        task.delivered += 1;
-        let last = task.delivered >= task.expected;
-        let sent = task.events.try_send(TaskEvent::Result {
-            index,
-            item: item.get().to_owned(),
-            last,
-        });
-        drop(task);
-        if sent.is_err() {
-            // The client is gone; its guard removes the task.
+        if !task.in_flight() {
             self.counters
-                .late_results_dropped
+                .duplicate_results
                 .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(task = %uuid, "result after the task ended; ignored");
+            return;
         }
+        match (&mut task.poll, polled) {
+            // Pushed results of a polled task: the poll brings them, in order.
+            (Some(_), false) => return,
+            (Some(p), true) => {
+                p.awaiting = false;
+                p.seen += 1;
+                if p.seen as usize <= task.results.len() {
+                    return; // taken from an earlier answer
+                }
+            }
+            (None, true) => {
+                // A getResponse answer for a task no longer polled (it was
+                // resent): the push brings it.
+                return;
+            }
+            (None, false) => {}
+        }
+        if let Some(id) = result_id {
+            if task.result_ids.iter().any(|seen| &**seen == id) {
+                self.counters
+                    .duplicate_results
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(task = %uuid, result = id, "duplicate result from Runware; ignored");
+                return;
+            }
+            task.result_ids.push(id.into());
+        }
+        let item: Arc<str> = item.get().into();
+        task.bytes += item.len();
+        self.retained_bytes.fetch_add(item.len(), Ordering::AcqRel);
+        let index = task.results.len() as u32;
+        task.results.push(Arc::clone(&item));
+        let last = task.results.len() as u32 >= task.expected;
+        task.notify(&TaskEvent::Result { index, item, last });
         if last {
-            self.remove(&uuid);
+            self.finish(&mut task, Outcome::Completed, Instant::now());
         }
     }
 
     /// Routes a Runware error to its task, and only to it.
     pub fn fail(&self, uuid: TaskUuid, error: RunwareError) {
         let class = protocol::classify_error(&error.code);
-        if class == ErrorClass::Conflict {
-            match self.tasks.get(&uuid) {
-                Some(task) if task.sends > 1 => {
-                    // A resend after a reconnect: the server already has the
-                    // task and its results come as usual.
-                    tracing::debug!(task = %uuid, "conflictTaskUUID on resend: server has the task");
-                    return;
-                }
-                Some(_) => {}
-                None => {
-                    tracing::debug!(task = %uuid, "conflictTaskUUID for a finished task");
-                    return;
-                }
+        let Some(mut task) = self.tasks.get_mut(&uuid) else {
+            if class != ErrorClass::Conflict {
+                self.counters
+                    .late_results_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
-        }
-        let Some(task) = self.remove(&uuid) else {
-            self.counters
-                .late_results_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(task = %uuid, code = %error.code, "error for a task nobody waits for; dropped");
+            tracing::debug!(task = %uuid, code = %error.code, "error for a task no longer kept; dropped");
             return;
         };
+        if !task.in_flight() {
+            return;
+        }
+        if error.task_type.as_deref() == Some("getResponse") && task.poll.is_some() {
+            // The server does not know the task: it never arrived. Send it
+            // (again) under its own taskUUID.
+            tracing::info!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
+            task.poll = None;
+            self.polling.fetch_sub(1, Ordering::AcqRel);
+            let _ = self.queue.send(uuid);
+            return;
+        }
+        if class == ErrorClass::Conflict && task.sends > 1 {
+            if task.sent_generation == self.generation.load(Ordering::Acquire)
+                || task.poll.is_some()
+            {
+                // A resend in a resumed session: the server has it and
+                // pushes its results.
+                tracing::debug!(task = %uuid, "conflictTaskUUID on resend: Runware has the task");
+            } else {
+                // Sent in a session Runware did not resume: poll.
+                self.start_polling(&mut task, Instant::now());
+            }
+            return;
+        }
         let message = match class {
             ErrorClass::Conflict => format!(
                 "Runware already has a task with taskUUID {uuid} (conflictTaskUUID); a taskUUID must be unique per API key"
             ),
             _ => format!("Runware error {error}"),
         };
-        let _ = task.events.try_send(TaskEvent::Failed(TaskFailure {
+        let failure = TaskFailure {
             kind: FailureKind::Runware(class),
             message,
             runware: Some(error),
-        }));
+        };
+        self.finish(&mut task, Outcome::Failed(failure), Instant::now());
     }
 
     /// Ends every task in flight with the same failure.
     pub fn fail_all(&self, kind: FailureKind, message: &str) {
-        for uuid in self.waiting_tasks() {
-            if let Some(task) = self.remove(&uuid) {
-                let _ = task.events.try_send(TaskEvent::Failed(TaskFailure {
+        let now = Instant::now();
+        for mut entry in self.tasks.iter_mut() {
+            if entry.in_flight() {
+                let failure = TaskFailure {
                     kind,
                     message: message.to_owned(),
                     runware: None,
-                }));
+                };
+                self.finish(entry.value_mut(), Outcome::Failed(failure), now);
             }
         }
     }
 
-    fn abandon(&self, uuid: &TaskUuid) {
-        if self.remove(uuid).is_some() {
-            self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(task = %uuid, "client went away; task released");
+    /// Ends, for their clients, every task in flight because the daemon is
+    /// stopping; the tasks themselves stay (and stay persisted) so that a
+    /// restarted daemon recovers them.
+    pub fn release_watchers(&self, message: &str) {
+        for mut entry in self.tasks.iter_mut() {
+            if entry.in_flight() {
+                let event = TaskEvent::Failed(TaskFailure {
+                    kind: FailureKind::ShuttingDown,
+                    message: message.to_owned(),
+                    runware: None,
+                });
+                entry.notify(&event);
+                entry.watchers.clear();
+            }
         }
+    }
+
+    /// Tasks whose clients are still watching.
+    pub fn watched(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| t.in_flight() && !t.watchers.is_empty())
+            .count()
+    }
+
+    fn unwatched(&self, uuid: &TaskUuid) {
+        if let Some(mut task) = self.tasks.get_mut(uuid) {
+            task.watchers.retain(|w| !w.is_closed());
+            if task.watchers.is_empty() && task.idle_since.is_none() {
+                task.idle_since = Some(Instant::now());
+                if task.in_flight() {
+                    self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(task = %uuid, "client went away; results are kept for Attach");
+                }
+            }
+        }
+    }
+
+    /// Drops what retention no longer covers: tasks idle (ended, or left by
+    /// their clients) for longer than `retention`, then the oldest ended
+    /// tasks while results take more than `max_retained_bytes`.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let expired: Vec<TaskUuid> = self
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.idle_since
+                    .is_some_and(|at| now.duration_since(at) >= self.limits.retention)
+            })
+            .map(|t| *t.key())
+            .collect();
+        for uuid in expired {
+            if let Some((_, task)) = self.tasks.remove_if(&uuid, |_, t| {
+                t.idle_since
+                    .is_some_and(|at| now.duration_since(at) >= self.limits.retention)
+            }) {
+                if task.in_flight() {
+                    tracing::info!(task = %uuid, "nobody attached within the retention time; task released");
+                }
+                self.forget(&task);
+            }
+        }
+        if self.retained_bytes.load(Ordering::Acquire) > self.limits.max_retained_bytes {
+            let mut ended: Vec<(Instant, TaskUuid)> = self
+                .tasks
+                .iter()
+                .filter(|t| !t.in_flight())
+                .filter_map(|t| t.idle_since.map(|at| (at, *t.key())))
+                .collect();
+            ended.sort();
+            for (_, uuid) in ended {
+                if self.retained_bytes.load(Ordering::Acquire) <= self.limits.max_retained_bytes {
+                    break;
+                }
+                self.remove(&uuid);
+            }
+        }
+    }
+
+    /// The tasks a restarted daemon must recover.
+    pub fn snapshot(&self) -> Vec<SavedTask> {
+        self.tasks
+            .iter()
+            .filter(|t| t.in_flight())
+            .map(|t| SavedTask {
+                uuid: t.key().to_string(),
+                payload: t.payload.to_string(),
+                expected: t.expected,
+                asynchronous: t.asynchronous,
+                sent: t.sends > 0,
+            })
+            .collect()
+    }
+
+    /// Puts persisted tasks back, with no client watching: those that went
+    /// upstream are recovered by `getResponse` (which also returns results
+    /// delivered before the restart, for Attach); the others are sent.
+    pub fn restore(&self, saved: Vec<SavedTask>) -> usize {
+        let now = Instant::now();
+        let mut restored = 0;
+        for s in saved {
+            let Some(uuid) = TaskUuid::parse_any(&s.uuid) else {
+                continue;
+            };
+            let Entry::Vacant(v) = self.tasks.entry(uuid) else {
+                continue;
+            };
+            let mut task = Task {
+                payload: s.payload.into(),
+                expected: s.expected.max(1),
+                asynchronous: s.asynchronous,
+                sends: u32::from(s.sent),
+                sent_generation: 0,
+                poll: None,
+                results: Vec::new(),
+                result_ids: Vec::new(),
+                outcome: None,
+                watchers: Vec::new(),
+                idle_since: Some(now),
+                bytes: 0,
+            };
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            if s.sent {
+                self.start_polling(&mut task, now);
+            } else {
+                self.unsent.fetch_add(1, Ordering::AcqRel);
+                let _ = self.queue.send(uuid);
+            }
+            v.insert(task);
+            restored += 1;
+        }
+        restored
     }
 }
 
@@ -306,30 +860,58 @@ pub fn auth_rejected_message(status: &UpstreamStatus) -> String {
     )
 }
 
-/// A client's claim on a task: its events, and a guard that releases the
-/// task from the table when the client stops waiting.
+/// The tasks one client connection waits on, for its limit.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionTasks(Arc<AtomicUsize>);
+
+impl ConnectionTasks {
+    fn reserve(&self, limit: usize) -> Result<ConnectionGuard, SubmitError> {
+        if self.0.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::TooManyForConnection(limit));
+        }
+        Ok(ConnectionGuard(Arc::clone(&self.0)))
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A client's watch on a task: its events, and a guard that tells the
+/// table when the client stops watching.
 pub struct TaskHandle {
     pub uuid: TaskUuid,
     pub expected: u32,
-    pub events: mpsc::Receiver<TaskEvent>,
-    guard: TaskGuard,
+    pub events: mpsc::UnboundedReceiver<TaskEvent>,
+    guard: WatchGuard,
 }
 
 impl TaskHandle {
-    /// The dispatcher this task belongs to.
+    /// The table this task belongs to.
     pub fn dispatch(&self) -> &Arc<Dispatch> {
         &self.guard.dispatch
     }
 }
 
-struct TaskGuard {
+struct WatchGuard {
     dispatch: Arc<Dispatch>,
     uuid: TaskUuid,
+    _conn: Option<ConnectionGuard>,
 }
 
-impl Drop for TaskGuard {
+impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.dispatch.abandon(&self.uuid);
+        self.dispatch.unwatched(&self.uuid);
     }
 }
 
@@ -338,15 +920,19 @@ mod tests {
     use super::*;
 
     fn setup(
-        limit: usize,
+        limits: Limits,
     ) -> (
         Arc<Dispatch>,
         mpsc::UnboundedReceiver<TaskUuid>,
         watch::Sender<UpstreamStatus>,
     ) {
         let (qtx, qrx) = mpsc::unbounded_channel();
-        let (stx, srx) = watch::channel(UpstreamStatus::default());
-        (Dispatch::new(limit, qtx, srx), qrx, stx)
+        let ready = UpstreamStatus {
+            state: ConnectionState::Ready,
+            ..UpstreamStatus::default()
+        };
+        let (stx, srx) = watch::channel(ready);
+        (Dispatch::new(limits, qtx, srx), qrx, stx)
     }
 
     fn task(expected: u32) -> PreparedTask {
@@ -355,6 +941,7 @@ mod tests {
             uuid,
             payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#),
             expected,
+            asynchronous: false,
         }
     }
 
@@ -362,40 +949,54 @@ mod tests {
         RawValue::from_string(s.to_owned()).unwrap()
     }
 
-    #[test]
-    fn results_complete_after_expected_and_late_ones_are_dropped() {
-        let (d, mut q, _s) = setup(10);
-        let mut h = d.submit(task(2)).unwrap();
-        assert_eq!(q.try_recv().unwrap(), h.uuid);
-        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#));
-        d.deliver(h.uuid, &raw(r#"{"text":"b"}"#));
-        d.deliver(h.uuid, &raw(r#"{"text":"c"}"#));
+    fn send(d: &Dispatch, uuid: &TaskUuid) {
+        let mut frame = String::new();
+        assert!(d.append_for_send(uuid, &mut frame));
+    }
+
+    fn next_result(h: &mut TaskHandle) -> (u32, String, bool) {
         match h.events.try_recv().unwrap() {
-            TaskEvent::Result {
-                index: 0,
-                item,
-                last: false,
-            } => assert_eq!(item, r#"{"text":"a"}"#),
+            TaskEvent::Result { index, item, last } => (index, item.to_string(), last),
             e => panic!("{e:?}"),
         }
-        assert!(matches!(
-            h.events.try_recv().unwrap(),
-            TaskEvent::Result {
-                index: 1,
-                last: true,
-                ..
-            }
-        ));
+    }
+
+    #[test]
+    fn results_complete_after_expected_and_later_ones_are_counted() {
+        let (d, mut q, _s) = setup(Limits::default());
+        let mut h = d.submit(task(2), None).unwrap();
+        assert_eq!(q.try_recv().unwrap(), h.uuid);
+        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, false);
+        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, false);
+        d.deliver(h.uuid, &raw(r#"{"text":"c"}"#), None, false);
+        assert_eq!(next_result(&mut h), (0, r#"{"text":"a"}"#.into(), false));
+        // Equal texts are both kept: only result ids mark duplicates.
+        assert_eq!(next_result(&mut h), (1, r#"{"text":"a"}"#.into(), true));
         assert!(h.events.try_recv().is_err());
         assert_eq!(d.in_flight(), 0);
-        assert_eq!(d.counters.late_results_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(d.counters.duplicate_results.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn duplicate_result_ids_are_dropped() {
+        let (d, _q, _s) = setup(Limits::default());
+        let mut h = d.submit(task(2), None).unwrap();
+        d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), false);
+        d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), false);
+        d.deliver(h.uuid, &raw(r#"{"imageUUID":"y"}"#), Some("y"), false);
+        assert_eq!(next_result(&mut h).0, 0);
+        assert_eq!(
+            next_result(&mut h),
+            (1, r#"{"imageUUID":"y"}"#.into(), true)
+        );
+        assert_eq!(d.counters.duplicate_results.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn errors_go_only_to_their_task() {
-        let (d, _q, _s) = setup(10);
-        let mut a = d.submit(task(1)).unwrap();
-        let mut b = d.submit(task(1)).unwrap();
+        let (d, _q, _s) = setup(Limits::default());
+        let mut a = d.submit(task(1), None).unwrap();
+        let mut b = d.submit(task(1), None).unwrap();
         d.fail(
             a.uuid,
             RunwareError {
@@ -416,17 +1017,17 @@ mod tests {
 
     #[test]
     fn conflict_on_first_send_fails_but_on_resend_waits() {
-        let (d, _q, _s) = setup(10);
+        let (d, _q, _s) = setup(Limits::default());
         let conflict = || RunwareError {
             code: "conflictTaskUUID".into(),
             ..Default::default()
         };
-        let mut fresh = d.submit(task(1)).unwrap();
-        let mut resent = d.submit(task(1)).unwrap();
-        let mut frame = String::new();
-        assert!(d.append_for_send(&fresh.uuid, &mut frame));
-        assert!(d.append_for_send(&resent.uuid, &mut frame));
-        assert!(d.append_for_send(&resent.uuid, &mut frame));
+        let mut fresh = d.submit(task(1), None).unwrap();
+        let mut resent = d.submit(task(1), None).unwrap();
+        send(&d, &fresh.uuid);
+        send(&d, &resent.uuid);
+        assert_eq!(d.on_session(true).len(), 2);
+        send(&d, &resent.uuid);
         d.fail(fresh.uuid, conflict());
         d.fail(resent.uuid, conflict());
         assert!(matches!(
@@ -437,50 +1038,239 @@ mod tests {
             })
         ));
         assert!(resent.events.try_recv().is_err());
-        assert_eq!(d.waiting_tasks(), vec![resent.uuid]);
+        assert_eq!(d.in_flight(), 1);
+        assert_eq!(d.polling(), 0);
     }
 
     #[test]
-    fn duplicate_uuid_and_limit_are_refused() {
-        let (d, _q, _s) = setup(2);
+    fn limits_are_refused_with_their_names() {
+        let limits = Limits {
+            max_in_flight: 3,
+            max_in_flight_per_connection: 2,
+            max_task_bytes: 100,
+            ..Limits::default()
+        };
+        let (d, _q, _s) = setup(limits);
+        let conn = ConnectionTasks::default();
         let t = task(1);
         let uuid = t.uuid;
-        let _h = d.submit(t).unwrap();
-        let dup = PreparedTask {
-            uuid,
-            payload: "{}".into(),
-            expected: 1,
+        let _a = d.submit(t.clone(), Some(&conn)).unwrap();
+        assert_eq!(
+            d.submit(t, None).err(),
+            Some(SubmitError::AlreadyKnown(uuid))
+        );
+        let _b = d.submit(task(1), Some(&conn)).unwrap();
+        assert_eq!(
+            d.submit(task(1), Some(&conn)).err(),
+            Some(SubmitError::TooManyForConnection(2))
+        );
+        let _c = d.submit(task(1), None).unwrap();
+        assert_eq!(
+            d.submit(task(1), None).err(),
+            Some(SubmitError::TooManyInFlight(3))
+        );
+        let big = PreparedTask {
+            payload: "x".repeat(101),
+            ..task(1)
         };
+        assert!(matches!(
+            d.submit(big, None),
+            Err(SubmitError::TooLarge {
+                size: 101,
+                limit: 100
+            })
+        ));
+        assert_eq!(d.counters.limit_rejections.load(Ordering::Relaxed), 3);
+        drop(_a);
         assert_eq!(
-            d.submit(dup).err(),
-            Some(SubmitError::AlreadyInFlight(uuid))
+            conn.count(),
+            1,
+            "a client's leaving frees its connection's slot"
         );
-        let _h2 = d.submit(task(1)).unwrap();
-        assert_eq!(
-            d.submit(task(1)).err(),
-            Some(SubmitError::TooManyInFlight(2))
+        assert!(
+            SubmitError::TooManyForConnection(2)
+                .to_string()
+                .contains("max_in_flight_per_connection")
         );
-        assert_eq!(d.in_flight(), 2);
     }
 
     #[test]
-    fn dropping_the_handle_releases_the_task() {
-        let (d, _q, _s) = setup(10);
-        let h = d.submit(task(3)).unwrap();
+    fn the_queue_while_disconnected_is_bounded() {
+        let limits = Limits {
+            max_queued: 2,
+            ..Limits::default()
+        };
+        let (d, _q, s) = setup(limits);
+        s.send_modify(|st| st.state = ConnectionState::Connecting);
+        let a = d.submit(task(1), None).unwrap();
+        let _b = d.submit(task(1), None).unwrap();
+        assert_eq!(
+            d.submit(task(1), None).err(),
+            Some(SubmitError::QueueFull(2))
+        );
+        send(&d, &a.uuid);
+        assert!(
+            d.submit(task(1), None).is_ok(),
+            "a sent task leaves the queue"
+        );
+    }
+
+    #[test]
+    fn a_client_leaving_keeps_the_results_for_attach() {
+        let (d, _q, _s) = setup(Limits::default());
+        let h = d.submit(task(3), None).unwrap();
         let uuid = h.uuid;
+        d.deliver(uuid, &raw(r#"{"text":"a"}"#), None, false);
         drop(h);
+        assert_eq!(d.in_flight(), 1);
+        d.deliver(uuid, &raw(r#"{"text":"b"}"#), None, false);
+        let mut again = d.attach(uuid).unwrap();
+        assert_eq!(next_result(&mut again).1, r#"{"text":"a"}"#);
+        assert_eq!(next_result(&mut again).1, r#"{"text":"b"}"#);
+        d.deliver(uuid, &raw(r#"{"text":"c"}"#), None, false);
+        assert_eq!(next_result(&mut again), (2, r#"{"text":"c"}"#.into(), true));
+        // After the end, a late attach still gets everything.
+        let mut late = d.attach(uuid).unwrap();
+        assert_eq!(
+            (0..3).map(|_| next_result(&mut late).2).collect::<Vec<_>>(),
+            vec![false, false, true]
+        );
+        assert_eq!(
+            d.attach(TaskUuid::new_v4())
+                .err()
+                .map(|e| matches!(e, SubmitError::NotFound(_))),
+            Some(true)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_expires_and_bytes_are_bounded() {
+        let limits = Limits {
+            retention: Duration::from_secs(60),
+            max_retained_bytes: 30,
+            ..Limits::default()
+        };
+        let (d, _q, _s) = setup(limits);
+        let a = d.submit(task(1), None).unwrap();
+        d.deliver(a.uuid, &raw(r#"{"text":"aaaaaaaaaaaa"}"#), None, false);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let b = d.submit(task(1), None).unwrap();
+        d.deliver(b.uuid, &raw(r#"{"text":"bbbbbbbbbbbb"}"#), None, false);
+        d.sweep();
+        // Over 30 bytes: the oldest ended task goes first.
+        assert!(d.attach(a.uuid).is_err());
+        assert!(d.attach(b.uuid).is_ok());
+        let c = d.submit(task(2), None).unwrap();
+        let c_uuid = c.uuid;
+        drop(c);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        d.sweep();
+        assert_eq!(d.known(), 0, "idle past retention: released");
         assert_eq!(d.in_flight(), 0);
-        assert_eq!(d.counters.abandoned.load(Ordering::Relaxed), 1);
-        let mut frame = String::new();
-        assert!(!d.append_for_send(&uuid, &mut frame));
-        d.deliver(uuid, &raw("{}"));
+        d.deliver(c_uuid, &raw("{}"), None, false);
         assert_eq!(d.counters.late_results_dropped.load(Ordering::Relaxed), 1);
     }
 
     #[test]
+    fn cancel_releases_at_once() {
+        let (d, _q, _s) = setup(Limits::default());
+        let h = d.submit(task(3), None).unwrap();
+        assert!(d.cancel(&h.uuid));
+        assert_eq!(d.in_flight(), 0);
+        d.deliver(h.uuid, &raw("{}"), None, false);
+        assert_eq!(d.counters.late_results_dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_session_recovers_sent_tasks_by_polling() {
+        let (d, _q, _s) = setup(Limits::default());
+        let mut sent = d.submit(task(3), None).unwrap();
+        let unsent = d.submit(task(1), None).unwrap();
+        send(&d, &sent.uuid);
+        d.deliver(sent.uuid, &raw(r#"{"imageUUID":"1"}"#), Some("1"), false);
+        assert_eq!(next_result(&mut sent).0, 0);
+        let to_send = d.on_session(false);
+        assert_eq!(to_send, vec![unsent.uuid]);
+        assert_eq!(d.polling(), 1);
+        assert_eq!(d.due_polls(10), vec![sent.uuid]);
+        assert!(d.due_polls(10).is_empty(), "one question at a time");
+        // Pushed results of a polled task are left to the poll.
+        d.deliver(sent.uuid, &raw(r#"{"imageUUID":"2"}"#), Some("2"), false);
+        assert!(sent.events.try_recv().is_err());
+        // The answer lists every result so far; the first was taken.
+        d.deliver(
+            sent.uuid,
+            &raw(r#"{"imageUUID":"1","status":"success"}"#),
+            Some("1"),
+            true,
+        );
+        d.deliver(
+            sent.uuid,
+            &raw(r#"{"imageUUID":"2","status":"success"}"#),
+            Some("2"),
+            true,
+        );
+        d.pending(sent.uuid);
+        assert_eq!(
+            next_result(&mut sent),
+            (1, r#"{"imageUUID":"2","status":"success"}"#.into(), false)
+        );
+        assert!(d.due_polls(10).is_empty(), "backing off");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(d.due_polls(10), vec![sent.uuid]);
+        for id in ["1", "2", "3"] {
+            let item = format!(r#"{{"imageUUID":"{id}","status":"success"}}"#);
+            d.deliver(sent.uuid, &raw(&item), Some(id), true);
+        }
+        assert!(next_result(&mut sent).2);
+        assert_eq!(d.polling(), 0);
+        assert_eq!(d.counters.recovered.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_task_the_server_never_got_is_sent_again_under_its_own_uuid() {
+        let (d, mut q, _s) = setup(Limits::default());
+        let h = d.submit(task(1), None).unwrap();
+        q.try_recv().unwrap();
+        send(&d, &h.uuid);
+        d.on_session(false);
+        assert_eq!(d.due_polls(10), vec![h.uuid]);
+        d.fail(
+            h.uuid,
+            RunwareError {
+                code: "invalidTaskUUID".into(),
+                task_type: Some("getResponse".into()),
+                task_uuid: Some(h.uuid.to_string()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(q.try_recv().unwrap(), h.uuid);
+        let mut frame = String::new();
+        assert!(d.append_for_send(&h.uuid, &mut frame));
+        assert!(frame.contains(&h.uuid.to_string()));
+        assert_eq!(d.in_flight(), 1);
+    }
+
+    #[test]
+    fn snapshot_and_restore() {
+        let (d, _q, _s) = setup(Limits::default());
+        let a = d.submit(task(2), None).unwrap();
+        let _b = d.submit(task(1), None).unwrap();
+        send(&d, &a.uuid);
+        let saved = d.snapshot();
+        assert_eq!(saved.len(), 2);
+        let (d2, mut q2, _s2) = setup(Limits::default());
+        assert_eq!(d2.restore(saved), 2);
+        assert_eq!(d2.in_flight(), 2);
+        assert_eq!(d2.polling(), 1, "the sent one is recovered by polling");
+        assert!(q2.try_recv().is_ok(), "the unsent one is queued");
+        assert!(d2.attach(a.uuid).is_ok());
+    }
+
+    #[test]
     fn auth_rejected_fails_everyone_and_refuses_new_tasks() {
-        let (d, _q, s) = setup(10);
-        let mut h = d.submit(task(1)).unwrap();
+        let (d, _q, s) = setup(Limits::default());
+        let mut h = d.submit(task(1), None).unwrap();
         d.fail_all(FailureKind::UpstreamAuthRejected, "bad key");
         assert!(matches!(
             h.events.try_recv().unwrap(),
@@ -493,9 +1283,11 @@ mod tests {
             st.state = ConnectionState::AuthRejected;
             st.last_error = Some("invalidApiKey: nope".into());
         });
-        match d.submit(task(1)) {
+        match d.submit(task(1), None) {
             Err(SubmitError::AuthRejected(m)) => assert!(m.contains("invalidApiKey: nope"), "{m}"),
             other => panic!("{:?}", other.err()),
         }
+        d.start_draining();
+        assert_eq!(d.submit(task(1), None).err(), Some(SubmitError::Draining));
     }
 }

@@ -28,7 +28,9 @@ pub mod dispatch;
 pub mod protocol;
 pub mod server;
 pub mod sim;
+pub mod state;
 pub mod upstream;
+pub mod validate;
 
 /// The generated `runware.v1` gRPC types.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -101,6 +101,12 @@ pub fn auth_frame(api_key: &str, session: Option<&SessionUuid>) -> String {
     serde_json::to_string(&auth).expect("serializing strings cannot fail")
 }
 
+/// The `getResponse` task that asks for a task's results so far
+/// (https://runware.ai/docs/en/utilities/task-responses).
+pub fn get_response_task(task: &TaskUuid) -> String {
+    format!(r#"{{"taskType":"getResponse","taskUUID":"{task}"}}"#)
+}
+
 /// Appends one task object to a batch frame under construction. Runware takes
 /// an array of tasks, so tasks queued together travel in one message.
 pub fn push_task(frame: &mut String, task_json: &str) {
@@ -217,7 +223,15 @@ pub enum Inbound<'a> {
     /// The answer to a ping.
     Pong,
     /// A result item of a task; `item` is the item's JSON exactly as sent.
-    Result { task: TaskUuid, item: &'a RawValue },
+    Result {
+        task: TaskUuid,
+        item: &'a RawValue,
+        /// The result's own id (`imageUUID`, `videoUUID`, ...), if it has
+        /// one: the same id twice is a duplicate.
+        result_id: Option<Cow<'a, str>>,
+        /// From a `getResponse` answer (it carries `status`), not pushed.
+        polled: bool,
+    },
     /// An async-delivery acknowledgement or a `getResponse` "processing"
     /// item: the task is known to the server but this is not a result.
     Pending { task: TaskUuid },
@@ -236,9 +250,20 @@ impl PartialEq for Inbound<'_> {
         match (self, other) {
             (Authenticated(a), Authenticated(b)) => a == b,
             (Pong, Pong) => true,
-            (Result { task: a, item: x }, Result { task: b, item: y }) => {
-                a == b && x.get() == y.get()
-            }
+            (
+                Result {
+                    task: a,
+                    item: x,
+                    result_id: i,
+                    polled: p,
+                },
+                Result {
+                    task: b,
+                    item: y,
+                    result_id: j,
+                    polled: q,
+                },
+            ) => a == b && x.get() == y.get() && i == j && p == q,
             (Pending { task: a }, Pending { task: b }) => a == b,
             (TaskError { task: a, error: x }, TaskError { task: b, error: y }) => a == b && x == y,
             (UntargetedError(a), UntargetedError(b)) => a == b,
@@ -279,6 +304,8 @@ struct ItemHead<'a> {
     task_type: Option<Cow<'a, str>>,
     session: Option<Cow<'a, str>>,
     status: Option<Cow<'a, str>>,
+    /// The first `*UUID` field other than taskUUID and the session's.
+    result_id: Option<Cow<'a, str>>,
     pong: bool,
     error: Option<RunwareError>,
     /// Keys other than taskType, taskUUID and status: an item with none is
@@ -311,6 +338,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for ItemHead<'a> {
                         }
                         "error" => {
                             head.error = map.next_value::<Option<RunwareError>>().unwrap_or(None);
+                            head.other_keys += 1;
+                        }
+                        k if k.ends_with("UUID") && head.result_id.is_none() => {
+                            head.result_id = map.next_value::<MaybeStr>()?.0;
                             head.other_keys += 1;
                         }
                         _ => {
@@ -461,7 +492,12 @@ fn classify_data_item(item: &RawValue) -> Inbound<'_> {
             Inbound::TaskError { task, error }
         }
         _ if head.other_keys == 0 => Inbound::Pending { task },
-        _ => Inbound::Result { task, item },
+        status => Inbound::Result {
+            task,
+            item,
+            polled: status.is_some(),
+            result_id: head.result_id,
+        },
     }
 }
 
@@ -557,15 +593,22 @@ mod tests {
         let items = parse_frame(&frame).unwrap();
         assert_eq!(items.len(), 4);
         match &items[0] {
-            Inbound::Result { task, item } => {
+            Inbound::Result { task, item, .. } => {
                 assert_eq!(*task, t(T1));
                 assert!(item.get().contains(r#""text":"a""#));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(&items[1], Inbound::Result { task, .. } if *task == t(T2)));
         assert!(
-            matches!(&items[2], Inbound::Result { task, item } if *task == t(T1) && item.get().contains("\"b\""))
+            matches!(&items[1], Inbound::Result { task, polled: false, result_id: None, .. } if *task == t(T2))
+        );
+        let with_id =
+            format!(r#"{{"data":[{{"taskUUID":"{T1}","imageUUID":"i-1","imageURL":"u"}}]}}"#);
+        assert!(
+            matches!(&parse_frame(&with_id).unwrap()[0], Inbound::Result { result_id: Some(id), .. } if id == "i-1")
+        );
+        assert!(
+            matches!(&items[2], Inbound::Result { task, item, .. } if *task == t(T1) && item.get().contains("\"b\""))
         );
         match &items[3] {
             Inbound::TaskError { task, error } => {

@@ -172,6 +172,8 @@ pub struct Upstream {
 /// growing; both keep one message from starving the reader.
 const MAX_BATCH_TASKS: usize = 512;
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// How often due `getResponse` polls are sent.
+const POLL_TICK: Duration = Duration::from_millis(100);
 
 impl Upstream {
     pub fn new(
@@ -329,6 +331,10 @@ impl Upstream {
         let mut ping =
             tokio::time::interval_at(Instant::now() + self.ping_interval, self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Due getResponse polls go out on this beat (each task backs off on
+        // its own schedule).
+        let mut poll = tokio::time::interval(POLL_TICK);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Set when a ping went out and nothing came back since.
         let mut awaiting_since: Option<Instant> = None;
 
@@ -366,8 +372,8 @@ impl Upstream {
                                 continue;
                             }
                             ready_at = Some(Instant::now());
-                            self.on_ready(previous.as_ref(), session);
-                            if let Err(reason) = self.resend_waiting(&mut socket).await {
+                            let resumed = self.on_ready(previous.as_ref(), session);
+                            if let Err(reason) = self.resend_waiting(&mut socket, resumed).await {
                                 return dropped(reason, ready_at);
                             }
                         }
@@ -375,6 +381,11 @@ impl Upstream {
                 }
                 Some(first) = self.queue.recv(), if ready_at.is_some() => {
                     if let Err(reason) = self.send_batch(&mut socket, first).await {
+                        return dropped(reason, ready_at);
+                    }
+                }
+                _ = poll.tick(), if ready_at.is_some() && self.dispatch.polling() > 0 => {
+                    if let Err(reason) = self.send_polls(&mut socket).await {
                         return dropped(reason, ready_at);
                     }
                 }
@@ -407,8 +418,16 @@ impl Upstream {
         for item in items {
             match item {
                 Inbound::Authenticated(s) => action = FrameAction::Authenticated(s),
-                Inbound::Pong | Inbound::Pending { .. } => {}
-                Inbound::Result { task, item } => self.dispatch.deliver(task, item),
+                Inbound::Pong => {}
+                Inbound::Pending { task } => self.dispatch.pending(task),
+                Inbound::Result {
+                    task,
+                    item,
+                    result_id,
+                    polled,
+                } => self
+                    .dispatch
+                    .deliver(task, item, result_id.as_deref(), polled),
                 Inbound::TaskError { task, error } => self.dispatch.fail(task, error),
                 Inbound::UntargetedError(error) => {
                     let about_auth = error.task_type.as_deref() == Some("authentication")
@@ -434,7 +453,8 @@ impl Upstream {
         tracing::warn!(reason = why, "ignored a bad message from Runware");
     }
 
-    fn on_ready(&mut self, previous: Option<&SessionUuid>, session: SessionUuid) {
+    /// Records a ready session; true if Runware resumed the previous one.
+    fn on_ready(&mut self, previous: Option<&SessionUuid>, session: SessionUuid) -> bool {
         let resumed = previous == Some(&session);
         let reconnect = self.ever_ready;
         self.ever_ready = true;
@@ -453,17 +473,25 @@ impl Upstream {
             s.reconnects += u64::from(reconnect);
             s.resumes += u64::from(resumed);
         });
+        resumed
     }
 
-    /// After authenticating: every task still waiting goes (again) under its
-    /// own taskUUID. Queued wake-ups are dropped first: the table is the
-    /// truth and covers them; a task queued in between may go twice, which
-    /// Runware answers with `conflictTaskUUID` and never runs twice.
-    async fn resend_waiting(&mut self, socket: &mut Socket) -> Result<(), String> {
+    /// After authenticating: the table decides what goes (again) under its
+    /// own taskUUID and what is recovered by polling ([`Dispatch::on_session`]).
+    /// Queued wake-ups are dropped first: the table is the truth and covers
+    /// them; a task queued in between may go twice, which Runware answers
+    /// with `conflictTaskUUID` and never runs twice.
+    async fn resend_waiting(&mut self, socket: &mut Socket, resumed: bool) -> Result<(), String> {
         while self.queue.try_recv().is_ok() {}
-        let waiting = self.dispatch.waiting_tasks();
+        let waiting = self.dispatch.on_session(resumed);
         if !waiting.is_empty() {
             tracing::info!(tasks = waiting.len(), "sending tasks waiting for results");
+        }
+        if self.dispatch.polling() > 0 {
+            tracing::info!(
+                tasks = self.dispatch.polling(),
+                "recovering tasks with getResponse"
+            );
         }
         for chunk in waiting.chunks(MAX_BATCH_TASKS) {
             let mut frame = String::new();
@@ -475,7 +503,21 @@ impl Upstream {
                 self.send(socket, frame).await?;
             }
         }
-        Ok(())
+        self.send_polls(socket).await
+    }
+
+    /// Sends the `getResponse` polls that are due, in one message.
+    async fn send_polls(&mut self, socket: &mut Socket) -> Result<(), String> {
+        let due = self.dispatch.due_polls(MAX_BATCH_TASKS);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut frame = String::new();
+        for uuid in &due {
+            protocol::push_task(&mut frame, &protocol::get_response_task(uuid));
+        }
+        protocol::finish_batch(&mut frame);
+        self.send(socket, frame).await
     }
 
     /// Sends `first` and whatever else is queued right now, in one message.

@@ -318,11 +318,23 @@ async fn client_task_uuids_are_checked() {
     assert!(dup.message().contains(&uuid));
     assert_eq!(first.await.unwrap().unwrap().into_inner().task_uuid, uuid);
 
-    // Reusing a finished task's UUID: Runware answers conflictTaskUUID.
-    let again = h.client.prompt_enhance(req).await.unwrap_err();
+    // Reusing a finished task's UUID: the daemon still keeps its results.
+    let again = h.client.prompt_enhance(req.clone()).await.unwrap_err();
     assert_eq!(again.code(), Code::AlreadyExists);
+    assert!(again.message().contains("Attach"), "{}", again.message());
+
+    // Another daemon on the same account does not know it; Runware does.
+    let other = runwared::server::Daemon::start(test_config(h.sim.url()))
+        .await
+        .unwrap();
+    let conflict = client_for(&other)
+        .await
+        .prompt_enhance(req)
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists);
     assert_eq!(
-        again.metadata().get("runware-code").unwrap(),
+        conflict.metadata().get("runware-code").unwrap(),
         "conflictTaskUUID"
     );
     assert_eq!(h.sim.executions(&uuid), 1);
@@ -347,12 +359,22 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
     };
     let mut h = start(config, |_| {}).await;
 
-    // Invalid parameter -> INVALID_ARGUMENT with code, parameter, message.
+    // A typed request is checked before it leaves the host.
     let mut bad = image("a cat", 1);
     bad.width = Some(500);
+    let e = h.client.image_inference(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("width: "), "{}", e.message());
+    assert_eq!(h.stats().executions, 0);
+
+    // Runware's invalid parameter -> INVALID_ARGUMENT with code, parameter, message.
+    let task = json!({"taskType": "imageInference", "positivePrompt": "a cat", "model": "m:1@1", "width": 500, "height": 512});
     let e = h
         .client
-        .image_inference(bad)
+        .run(pb::RunRequest {
+            task_json: task.to_string(),
+            expected_results: None,
+        })
         .await
         .unwrap()
         .into_inner()

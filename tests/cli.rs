@@ -171,11 +171,25 @@ fn simulate_mode_with_the_cli_client() {
     assert_eq!(status["simulated"], true);
     assert_eq!(status["inFlight"], 0);
 
-    // A Runware error reaches the user with its code and parameter.
+    // A bad typed parameter is refused before it leaves the host, naming it.
     let (ok, _, err) = cli(&addr, &["image", "a cat", "--model", "m", "--width", "500"]);
     assert!(!ok);
     assert!(
-        err.contains("InvalidArgument") && err.contains("invalidWidth") && err.contains("width"),
+        err.contains("InvalidArgument") && err.contains("width: "),
+        "{err}"
+    );
+
+    // A Runware error reaches the user with its code and parameter.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"taskType":"imageInference","positivePrompt":"a cat","model":"m","width":500,"height":512}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&addr, &["run", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("[runware code invalidWidth, parameter width]"),
         "{err}"
     );
 

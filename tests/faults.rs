@@ -236,22 +236,21 @@ async fn invalid_api_key_fails_tasks_clearly_and_status_says_why() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_cancelled_task_is_released_and_its_late_results_go_nowhere() {
-    let mut h = start(slow(), |_| {}).await;
+async fn a_client_that_leaves_can_attach_again_within_the_retention() {
+    let mut h = start(slow(), |c| c.retention = Duration::from_secs(60)).await;
     h.ready().await;
     let mut stream = h
         .client
-        .image_inference(image("cancel me", 4))
+        .image_inference(image("come back", 4))
         .await
         .unwrap()
         .into_inner();
     let first = stream.next().await.unwrap().unwrap();
     drop(stream);
     h.sim_until(|s| s.results_produced >= 4).await;
-    // A later task's result comes over the same socket after the cancelled
+    // A later task's result comes over the same socket after the departed
     // task's remaining results: once it is here, those were routed.
-    let after = h
-        .client
+    h.client
         .image_inference(image("after", 1))
         .await
         .unwrap()
@@ -260,7 +259,116 @@ async fn a_cancelled_task_is_released_and_its_late_results_go_nowhere() {
         .await
         .unwrap()
         .unwrap();
-    assert_ne!(after.task_uuid, first.task_uuid);
+
+    let attached: Vec<pb::RunResult> = h
+        .client
+        .attach(pb::AttachRequest {
+            task_uuid: first.task_uuid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        attached.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    let item: serde_json::Value = serde_json::from_str(&attached[0].item_json).unwrap();
+    assert_eq!(
+        item["imageUUID"],
+        first.image_uuid.as_str(),
+        "the delivered one is replayed too"
+    );
+    assert_eq!(h.sim.executions(&first.task_uuid), 1);
+    let status = h
+        .client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.in_flight, 0);
+    assert_eq!(status.late_results_dropped, 0);
+
+    // Past the retention, nothing is kept.
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    let gone = h
+        .client
+        .attach(pb::AttachRequest {
+            task_uuid: first.task_uuid.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let bad = h
+        .client
+        .attach(pb::AttachRequest {
+            task_uuid: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_task_is_released_and_its_late_results_go_nowhere() {
+    let mut h = start(slow(), |_| {}).await;
+    h.ready().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut events = h
+        .client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let task = serde_json::json!({"taskType": "imageInference", "positivePrompt": "cancel me", "model": "m:1@1",
+                                  "width": 256, "height": 256, "numberResults": 4});
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+            request_id: "c".into(),
+            task: Some(pb::RunRequest {
+                task_json: task.to_string(),
+                expected_results: None,
+            }),
+        })),
+    })
+    .await
+    .unwrap();
+    use pb::session_event::Event;
+    let uuid = match events.next().await.unwrap().unwrap() {
+        pb::SessionEvent {
+            event: Some(Event::Accepted(_)),
+            task_uuid,
+            ..
+        } => task_uuid,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        events.next().await.unwrap().unwrap().event,
+        Some(Event::Result(_))
+    ));
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Cancel(pb::SessionCancel {
+            task_uuid: uuid.clone(),
+        })),
+    })
+    .await
+    .unwrap();
+    match events.next().await.unwrap().unwrap().event {
+        Some(Event::Error(e)) => assert_eq!(e.grpc_code, Code::Cancelled as i32),
+        other => panic!("{other:?}"),
+    }
+    h.sim_until(|s| s.results_produced >= 4).await;
+    h.client
+        .image_inference(image("after", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
     let status = h
         .client
         .get_status(pb::GetStatusRequest {})
@@ -269,7 +377,15 @@ async fn a_cancelled_task_is_released_and_its_late_results_go_nowhere() {
         .into_inner();
     assert_eq!(status.in_flight, 0);
     assert_eq!(status.late_results_dropped, 3);
-    assert_eq!(h.sim.executions(&first.task_uuid), 1);
+    let gone = h
+        .client
+        .attach(pb::AttachRequest {
+            task_uuid: uuid.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert_eq!(h.sim.executions(&uuid), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -320,6 +436,26 @@ async fn deadline_ends_the_task_after_its_partial_results() {
         took >= Duration::from_secs(3) && took < Duration::from_millis(3100),
         "{took:?}"
     );
+
+    // The deadline ended the client's wait, not the task: every result can
+    // still be had with Attach.
+    let uuid = e
+        .message()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    let all: Vec<pb::RunResult> = h
+        .client
+        .attach(pb::AttachRequest { task_uuid: uuid })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    assert_eq!(all.len(), 5);
     assert_eq!(h.daemon.dispatch.in_flight(), 0);
 }
 
