@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the Runware simulator on its own (for trying clients and tests).
     Sim(SimArgs),
     /// Enhance a prompt through a running daemon.
@@ -167,7 +167,7 @@ type CliResult = Result<(), String>;
 
 pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Sim(args) => sim(args).await,
         Command::Enhance(args) => enhance(args).await,
         Command::Image(args) => image(args).await,
