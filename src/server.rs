@@ -46,6 +46,10 @@ pub enum StartError {
 
 /// How often ended tasks past their retention are dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a stopping daemon checks whether clients still wait.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// After the drain, how long servers get to send the last statuses.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
 /// How often changed state is written (a crash loses at most this much).
 const STATE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -224,9 +228,16 @@ impl Daemon {
             .set_service_status("", ServingStatus::NotServing)
             .await;
         self.stop_listeners.send_replace(true);
-        let servers = futures::future::join_all(std::mem::take(&mut self.servers));
-        tokio::pin!(servers);
-        if tokio::time::timeout(drain, &mut servers).await.is_err() {
+        // Wait for the tasks clients are waiting on, not for every open
+        // stream: an idle Session or a health Watch would never end.
+        let dispatch = Arc::clone(&self.dispatch);
+        let drained = tokio::time::timeout(drain, async move {
+            while dispatch.watched() > 0 {
+                tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
             tracing::warn!(
                 in_flight = self.dispatch.in_flight(),
                 "drain timeout: ending the remaining tasks for their clients"
@@ -235,8 +246,18 @@ impl Daemon {
                 "runwared is stopping: the task did not finish within the drain timeout; \
                  it is kept and a restarted daemon recovers it (Attach with its taskUUID)",
             );
-            servers.await;
         }
+        // A moment for the last statuses to reach their clients, then the
+        // remaining streams are cut.
+        let servers = std::mem::take(&mut self.servers).into_iter().map(|server| {
+            let abort = server.abort_handle();
+            async move {
+                if tokio::time::timeout(FINAL_FLUSH, server).await.is_err() {
+                    abort.abort();
+                }
+            }
+        });
+        futures::future::join_all(servers).await;
         for task in &self.background {
             task.abort();
         }

@@ -82,6 +82,8 @@ pub struct SimStats {
     pub executions: u64,
     /// `conflictTaskUUID` answers.
     pub conflicts: u64,
+    /// Tasks dropped unseen by the `set_lose_tasks` fault.
+    pub tasks_lost: u64,
     /// Result items produced.
     pub results_produced: u64,
     /// Pings answered.
@@ -141,6 +143,8 @@ struct Shared {
     commands: broadcast::Sender<Command>,
     stall: watch::Sender<bool>,
     reject_auth: watch::Sender<bool>,
+    /// Fault: tasks are read and forgotten, as if lost on the way.
+    lose_tasks: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,6 +182,7 @@ impl SimHandle {
             commands,
             stall: watch::channel(false).0,
             reject_auth: watch::channel(false).0,
+            lose_tasks: std::sync::atomic::AtomicBool::new(false),
         });
         let handle = SimHandle {
             shared: Arc::clone(&shared),
@@ -273,6 +278,14 @@ impl SimHandle {
     /// Fault: answer every authentication with `invalidApiKey`.
     pub fn set_reject_auth(&self, reject: bool) {
         self.shared.reject_auth.send_replace(reject);
+    }
+
+    /// Fault: tasks arriving from now on are dropped unseen, as if the
+    /// message was lost on the way (pings and getResponse still answer).
+    pub fn set_lose_tasks(&self, lose: bool) {
+        self.shared
+            .lose_tasks
+            .store(lose, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Fault: forget every session and its buffered results, as after more
@@ -519,6 +532,9 @@ fn handle_message(
                 replies.push(Outgoing::Data(json!({"taskType": "ping", "pong": true})));
             }
             "getResponse" => replies.extend(get_response(shared, &task)),
+            _ if shared.lose_tasks.load(std::sync::atomic::Ordering::SeqCst) => {
+                bump(shared, |s| s.tasks_lost += 1);
+            }
             _ => {
                 if let Some(reply) = start_task(shared, &session_id, &task_type, task) {
                     replies.push(reply);
