@@ -361,7 +361,14 @@ impl Upstream {
                             return dropped(format!("Runware closed the connection {why}").trim_end().to_owned(), ready_at);
                         }
                         Some(Ok(_)) => continue, // WebSocket ping/pong: liveness only
-                        Some(Err(e)) => return dropped(format!("read: {e}"), ready_at),
+                        Some(Err(e)) => {
+                            if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                                // Nothing of it can be read; the socket is
+                                // replaced and the session resumed.
+                                self.bad_frame("message above max_message_bytes");
+                            }
+                            return dropped(format!("read: {e}"), ready_at);
+                        }
                         None => return dropped("connection closed".to_owned(), ready_at),
                     };
                     match self.on_frame(text.as_str()) {
