@@ -1064,15 +1064,51 @@ mod tests {
             ("prompt", Box::new(|r| r.prompt = "x".into()), true),
             ("prompt", Box::new(|r| r.prompt = "x".repeat(300)), true),
             ("prompt", Box::new(|r| r.prompt = "x".repeat(301)), false),
-            ("prompt_max_length", Box::new(|r| r.prompt_max_length = Some(11)), false),
-            ("prompt_max_length", Box::new(|r| r.prompt_max_length = Some(12)), true),
-            ("prompt_max_length", Box::new(|r| r.prompt_max_length = Some(400)), true),
-            ("prompt_max_length", Box::new(|r| r.prompt_max_length = Some(401)), false),
-            ("prompt_versions", Box::new(|r| r.prompt_versions = Some(0)), false),
-            ("prompt_versions", Box::new(|r| r.prompt_versions = Some(1)), true),
-            ("prompt_versions", Box::new(|r| r.prompt_versions = Some(5)), true),
-            ("prompt_versions", Box::new(|r| r.prompt_versions = Some(6)), false),
-            ("delivery_method", Box::new(|r| r.delivery_method = Some("later".into())), false),
+            (
+                "prompt_max_length",
+                Box::new(|r| r.prompt_max_length = Some(11)),
+                false,
+            ),
+            (
+                "prompt_max_length",
+                Box::new(|r| r.prompt_max_length = Some(12)),
+                true,
+            ),
+            (
+                "prompt_max_length",
+                Box::new(|r| r.prompt_max_length = Some(400)),
+                true,
+            ),
+            (
+                "prompt_max_length",
+                Box::new(|r| r.prompt_max_length = Some(401)),
+                false,
+            ),
+            (
+                "prompt_versions",
+                Box::new(|r| r.prompt_versions = Some(0)),
+                false,
+            ),
+            (
+                "prompt_versions",
+                Box::new(|r| r.prompt_versions = Some(1)),
+                true,
+            ),
+            (
+                "prompt_versions",
+                Box::new(|r| r.prompt_versions = Some(5)),
+                true,
+            ),
+            (
+                "prompt_versions",
+                Box::new(|r| r.prompt_versions = Some(6)),
+                false,
+            ),
+            (
+                "delivery_method",
+                Box::new(|r| r.delivery_method = Some("later".into())),
+                false,
+            ),
         ];
         for (param, edit, ok) in pe {
             let mut r = pb::PromptEnhanceRequest {
@@ -1084,19 +1120,51 @@ mod tests {
             assert_eq!(result.is_ok(), ok, "{param}: {result:?}");
             if let Err(e) = result {
                 assert_eq!(e.code(), Code::InvalidArgument);
-                assert!(e.message().starts_with(&format!("{param}: ")), "{param}: {}", e.message());
+                assert!(
+                    e.message().starts_with(&format!("{param}: ")),
+                    "{param}: {}",
+                    e.message()
+                );
             }
         }
 
         type ImgEdit = Box<dyn Fn(&mut pb::ImageInferenceRequest)>;
         let ii: Vec<(&str, ImgEdit, bool)> = vec![
-            ("positive_prompt", Box::new(|r| r.positive_prompt = "x".into()), false),
-            ("positive_prompt", Box::new(|r| r.positive_prompt = "xy".into()), true),
-            ("positive_prompt", Box::new(|r| r.positive_prompt = "x".repeat(3000)), true),
-            ("positive_prompt", Box::new(|r| r.positive_prompt = "x".repeat(3001)), false),
-            ("negative_prompt", Box::new(|r| r.negative_prompt = Some("x".into())), false),
-            ("negative_prompt", Box::new(|r| r.negative_prompt = Some("xy".into())), true),
-            ("negative_prompt", Box::new(|r| r.negative_prompt = Some("x".repeat(3001))), false),
+            (
+                "positive_prompt",
+                Box::new(|r| r.positive_prompt = "x".into()),
+                false,
+            ),
+            (
+                "positive_prompt",
+                Box::new(|r| r.positive_prompt = "xy".into()),
+                true,
+            ),
+            (
+                "positive_prompt",
+                Box::new(|r| r.positive_prompt = "x".repeat(3000)),
+                true,
+            ),
+            (
+                "positive_prompt",
+                Box::new(|r| r.positive_prompt = "x".repeat(3001)),
+                false,
+            ),
+            (
+                "negative_prompt",
+                Box::new(|r| r.negative_prompt = Some("x".into())),
+                false,
+            ),
+            (
+                "negative_prompt",
+                Box::new(|r| r.negative_prompt = Some("xy".into())),
+                true,
+            ),
+            (
+                "negative_prompt",
+                Box::new(|r| r.negative_prompt = Some("x".repeat(3001))),
+                false,
+            ),
             ("model", Box::new(|r| r.model = String::new()), false),
             ("width", Box::new(|r| r.width = None), false),
             ("width", Box::new(|r| r.width = Some(64)), false),
@@ -1108,10 +1176,26 @@ mod tests {
             ("height", Box::new(|r| r.height = Some(128)), true),
             ("height", Box::new(|r| r.height = Some(2048)), true),
             ("height", Box::new(|r| r.height = Some(2112)), false),
-            ("number_results", Box::new(|r| r.number_results = Some(0)), false),
-            ("number_results", Box::new(|r| r.number_results = Some(1)), true),
-            ("number_results", Box::new(|r| r.number_results = Some(20)), true),
-            ("number_results", Box::new(|r| r.number_results = Some(21)), false),
+            (
+                "number_results",
+                Box::new(|r| r.number_results = Some(0)),
+                false,
+            ),
+            (
+                "number_results",
+                Box::new(|r| r.number_results = Some(1)),
+                true,
+            ),
+            (
+                "number_results",
+                Box::new(|r| r.number_results = Some(20)),
+                true,
+            ),
+            (
+                "number_results",
+                Box::new(|r| r.number_results = Some(21)),
+                false,
+            ),
             ("steps", Box::new(|r| r.steps = Some(0)), false),
             ("steps", Box::new(|r| r.steps = Some(1)), true),
             ("steps", Box::new(|r| r.steps = Some(100)), true),
@@ -1122,24 +1206,60 @@ mod tests {
             ("cfg_scale", Box::new(|r| r.cfg_scale = Some(50.1)), false),
             ("clip_skip", Box::new(|r| r.clip_skip = Some(2)), true),
             ("clip_skip", Box::new(|r| r.clip_skip = Some(3)), false),
-            ("output_quality", Box::new(|r| r.output_quality = Some(19)), false),
-            ("output_quality", Box::new(|r| r.output_quality = Some(20)), true),
-            ("output_quality", Box::new(|r| r.output_quality = Some(99)), true),
-            ("output_quality", Box::new(|r| r.output_quality = Some(100)), false),
+            (
+                "output_quality",
+                Box::new(|r| r.output_quality = Some(19)),
+                false,
+            ),
+            (
+                "output_quality",
+                Box::new(|r| r.output_quality = Some(20)),
+                true,
+            ),
+            (
+                "output_quality",
+                Box::new(|r| r.output_quality = Some(99)),
+                true,
+            ),
+            (
+                "output_quality",
+                Box::new(|r| r.output_quality = Some(100)),
+                false,
+            ),
             ("strength", Box::new(|r| r.strength = Some(0.0)), true),
             ("strength", Box::new(|r| r.strength = Some(1.0)), true),
             ("strength", Box::new(|r| r.strength = Some(1.01)), false),
             ("mask_margin", Box::new(|r| r.mask_margin = Some(31)), false),
             ("mask_margin", Box::new(|r| r.mask_margin = Some(32)), true),
             ("mask_margin", Box::new(|r| r.mask_margin = Some(128)), true),
-            ("mask_margin", Box::new(|r| r.mask_margin = Some(129)), false),
+            (
+                "mask_margin",
+                Box::new(|r| r.mask_margin = Some(129)),
+                false,
+            ),
             ("seed", Box::new(|r| r.seed = 1), true),
             ("seed", Box::new(|r| r.seed = i64::MAX as u64), true),
             ("seed", Box::new(|r| r.seed = i64::MAX as u64 + 1), false),
-            ("output_type", Box::new(|r| r.output_type = Some("base64Data".into())), true),
-            ("output_type", Box::new(|r| r.output_type = Some("PDF".into())), false),
-            ("output_format", Box::new(|r| r.output_format = Some("WEBP".into())), true),
-            ("output_format", Box::new(|r| r.output_format = Some("GIF".into())), false),
+            (
+                "output_type",
+                Box::new(|r| r.output_type = Some("base64Data".into())),
+                true,
+            ),
+            (
+                "output_type",
+                Box::new(|r| r.output_type = Some("PDF".into())),
+                false,
+            ),
+            (
+                "output_format",
+                Box::new(|r| r.output_format = Some("WEBP".into())),
+                true,
+            ),
+            (
+                "output_format",
+                Box::new(|r| r.output_format = Some("GIF".into())),
+                false,
+            ),
         ];
         for (param, edit, ok) in ii {
             let mut r = pb::ImageInferenceRequest {
@@ -1153,7 +1273,11 @@ mod tests {
             let result = check_documented_limits(&image_inference_task(&r).unwrap());
             assert_eq!(result.is_ok(), ok, "{param}: {result:?}");
             if let Err(e) = result {
-                assert!(e.message().starts_with(&format!("{param}: ")), "{param}: {}", e.message());
+                assert!(
+                    e.message().starts_with(&format!("{param}: ")),
+                    "{param}: {}",
+                    e.message()
+                );
             }
         }
     }
