@@ -141,15 +141,17 @@ pub struct PreparedTask {
     pub asynchronous: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PollState {
     next_at: Instant,
     delay: Duration,
     /// A `getResponse` went out and no answer came yet.
     awaiting: bool,
-    /// Success items seen in the current answer: the first `results.len()`
-    /// of them were taken already.
-    seen: u32,
+    /// Fingerprints of the success items in the current answer. An answer
+    /// lists every result so far, in no promised order: an item is new
+    /// when the answer holds it more often than the task already has it
+    /// (equal texts are legitimate, so this counts, not just matches).
+    answer: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -498,7 +500,7 @@ impl Dispatch {
             next_at: now,
             delay: self.limits.poll_min,
             awaiting: false,
-            seen: 0,
+            answer: Vec::new(),
         });
     }
 
@@ -573,7 +575,7 @@ impl Dispatch {
             };
             if !p.awaiting && p.next_at <= now {
                 p.awaiting = true;
-                p.seen = 0;
+                p.answer.clear();
                 p.next_at = now + p.delay;
                 p.delay = (p.delay * 2).min(self.limits.poll_max);
                 due.push(uuid);
@@ -611,14 +613,18 @@ impl Dispatch {
             tracing::debug!(task = %uuid, "result after the task ended; ignored");
             return;
         }
-        match (&mut task.poll, polled) {
-            // Pushed results of a polled task: the poll brings them, in order.
+        let t = &mut *task;
+        match (&mut t.poll, polled) {
+            // Pushed results of a polled task: the poll brings them.
             (Some(_), false) => return,
             (Some(p), true) => {
                 p.awaiting = false;
-                p.seen += 1;
-                if p.seen as usize <= task.results.len() {
-                    return; // taken from an earlier answer
+                let fp = fingerprint(item.get());
+                p.answer.push(fp);
+                let in_answer = p.answer.iter().filter(|f| **f == fp).count();
+                let taken = t.results.iter().filter(|r| fingerprint(r) == fp).count();
+                if in_answer <= taken {
+                    return; // taken already, pushed or from an earlier answer
                 }
             }
             (None, true) => {
@@ -850,6 +856,22 @@ impl Dispatch {
         }
         restored
     }
+}
+
+/// A result item's identity across pushed and polled copies: its JSON
+/// without `status` (which only `getResponse` adds), keys in order. Only
+/// computed on the polling path.
+fn fingerprint(item: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match serde_json::from_str::<serde_json::Value>(item) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.remove("status");
+            serde_json::Value::Object(m).to_string().hash(&mut h);
+        }
+        _ => item.hash(&mut h),
+    }
+    h.finish()
 }
 
 /// The message clients get while Runware rejects the daemon's key.
@@ -1225,6 +1247,39 @@ mod tests {
         assert!(next_result(&mut sent).2);
         assert_eq!(d.polling(), 0);
         assert_eq!(d.counters.recovered.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn recovery_takes_each_missing_result_once_whatever_the_order() {
+        let (d, _q, _s) = setup(Limits::default());
+        let mut h = d.submit(task(4), None).unwrap();
+        send(&d, &h.uuid);
+        // Pushed out of order: the third version came first.
+        d.deliver(h.uuid, &raw(r#"{"text":"v2"}"#), None, false);
+        assert_eq!(next_result(&mut h).1, r#"{"text":"v2"}"#);
+        d.on_session(false);
+        d.due_polls(10);
+        for t in ["v0", "v1", "v2"] {
+            let item = format!(r#"{{"status":"success","text":"{t}"}}"#);
+            d.deliver(h.uuid, &raw(&item), None, true);
+        }
+        let got: Vec<String> = (0..2).map(|_| next_result(&mut h).1).collect();
+        assert!(got[0].contains("v0") && got[1].contains("v1"), "{got:?}");
+        assert!(h.events.try_recv().is_err(), "v2 was not taken twice");
+        // Equal texts are both real results: the answer holding two "v1"
+        // while the task has one gives the second.
+        if let Some(mut t) = d.tasks.get_mut(&h.uuid) {
+            t.poll.as_mut().unwrap().awaiting = false;
+            t.poll.as_mut().unwrap().next_at = Instant::now();
+        }
+        d.due_polls(10);
+        for t in ["v0", "v1", "v2", "v1"] {
+            let item = format!(r#"{{"text":"{t}","status":"success"}}"#);
+            d.deliver(h.uuid, &raw(&item), None, true);
+        }
+        let (index, item, last) = next_result(&mut h);
+        assert_eq!(index, 3);
+        assert!(item.contains("v1") && last);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! It counts how many times it executed each taskUUID, so tests can prove
 //! nothing ran twice. It never runs unless asked for.
 
+pub mod chaos;
 pub mod results;
 
 use std::collections::{HashMap, VecDeque};
@@ -37,6 +38,9 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Time between a task's results.
     pub per_result_latency: Duration,
+    /// Up to this much more, per result, drawn from the task's UUID: results
+    /// of concurrent tasks arrive in shuffled order.
+    pub latency_jitter: Duration,
     /// Runware closes a socket after this long without a client message.
     pub idle_timeout: Duration,
     /// Undelivered results (and a detached session) are kept this long.
@@ -57,6 +61,7 @@ impl Default for SimConfig {
             api_keys: None,
             latency: Duration::from_millis(50),
             per_result_latency: Duration::from_millis(20),
+            latency_jitter: Duration::ZERO,
             idle_timeout: Duration::from_secs(120),
             buffer_ttl: Duration::from_secs(120),
             credits: None,
@@ -735,12 +740,13 @@ fn start_task(
     let ack_uuid = uuid.clone();
     tokio::spawn(async move {
         for index in 0..results {
-            sleep(if index == 0 {
+            let base = if index == 0 {
                 config.latency
             } else {
                 config.per_result_latency
-            })
-            .await;
+            };
+            let spread = results::hash(&[uuid.as_bytes(), &index.to_le_bytes()]) % 1000;
+            sleep(base + config.latency_jitter.mul_f64(spread as f64 / 1000.0)).await;
             let item = results::result_item(&task_type, &uuid, &task, index, config.image_bytes);
             let mut inner = lock(&shared.inner);
             if let Some(record) = inner.tasks.get_mut(&uuid) {

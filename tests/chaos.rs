@@ -1,0 +1,46 @@
+//! The fault-injection suite in CI: thousands of tasks from many clients
+//! through faults of every kind, on paused time (bounded wall time). The
+//! longer run is `runwared soak` (see RELIABILITY.md).
+
+mod common;
+
+use std::time::Duration;
+
+use runwared::sim::chaos::{ChaosConfig, run};
+
+#[tokio::test(start_paused = true)]
+async fn every_task_ends_once_with_its_own_results_under_faults() {
+    common::bound_clock_steps();
+    let report = run(ChaosConfig {
+        tasks: 3000,
+        clients: 64,
+        fault_every: Duration::from_secs(1),
+        seed: 42,
+        ..ChaosConfig::default()
+    })
+    .await;
+    println!("{}", report.table());
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.max_executions, 1);
+    // The faults really happened, and most tasks came through them whole.
+    assert!(
+        report.faults.values().sum::<u64>() >= 20,
+        "{:?}",
+        report.faults
+    );
+    assert_eq!(
+        report.faults.len(),
+        7,
+        "every kind of fault: {:?}",
+        report.faults
+    );
+    assert!(
+        report.reconnects >= 10 && report.recovered > 0,
+        "{report:?}"
+    );
+    assert!(
+        report.completed + report.left_and_attached >= report.tasks * 3 / 4,
+        "{report:?}"
+    );
+    assert!(report.left_and_attached > 0);
+}
