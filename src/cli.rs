@@ -43,6 +43,26 @@ enum Command {
     Run(RunArgs),
     /// Show the daemon's upstream connection.
     Status(ClientArgs),
+    /// Run the fault-injection soak: an in-process simulator and daemon on
+    /// loopback, many clients, faults of every kind; prints the figures and
+    /// fails if any guarantee broke.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// Tasks in all.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Clients working at once.
+    #[arg(long, default_value_t = 128)]
+    clients: usize,
+    /// Mean time between faults.
+    #[arg(long, default_value = "1s")]
+    fault_every: String,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +193,29 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Image(args) => image(args).await,
         Command::Run(args) => run_task(args).await,
         Command::Status(args) => status(args).await,
+        Command::Soak(args) => soak(args).await,
+    }
+}
+
+async fn soak(a: SoakArgs) -> CliResult {
+    use runwared::sim::chaos::{ChaosConfig, run};
+    let config = ChaosConfig {
+        tasks: a.tasks,
+        clients: a.clients,
+        fault_every: parse_duration(&a.fault_every)?,
+        seed: a.seed,
+        ..ChaosConfig::default()
+    };
+    eprintln!("soak: {config:?}");
+    let report = run(config).await;
+    println!("{}", report.table());
+    if report.violations.is_empty() {
+        Ok(())
+    } else {
+        for v in &report.violations {
+            eprintln!("VIOLATION: {v}");
+        }
+        Err(format!("{} guarantees broken", report.violations.len()))
     }
 }
 
