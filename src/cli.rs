@@ -445,6 +445,8 @@ async fn status(a: ClientArgs) -> CliResult {
                 "resumes": s.resumes, "inFlight": s.in_flight, "lastError": s.last_error,
                 "upstreamURL": s.upstream_url, "lateResultsDropped": s.late_results_dropped,
                 "badFrames": s.bad_frames, "simulated": s.simulated,
+                "duplicateResults": s.duplicate_results, "polls": s.polls, "recovered": s.recovered,
+                "limitRejections": s.limit_rejections, "knownTasks": s.known_tasks, "draining": s.draining,
             })
         );
     } else {
@@ -458,7 +460,19 @@ async fn status(a: ClientArgs) -> CliResult {
             println!("connected for:   {}s", d.as_secs());
         }
         println!("reconnects:      {} ({} resumed)", s.reconnects, s.resumes);
-        println!("in flight:       {}", s.in_flight);
+        println!(
+            "in flight:       {} ({} kept for Attach)",
+            s.in_flight, s.known_tasks
+        );
+        println!(
+            "recovered:       {} ({} getResponse polls)",
+            s.recovered, s.polls
+        );
+        println!("duplicates:      {}", s.duplicate_results);
+        println!("limit refusals:  {}", s.limit_rejections);
+        if s.draining {
+            println!("draining:        yes (stopping)");
+        }
         println!("late dropped:    {}", s.late_results_dropped);
         println!("bad frames:      {}", s.bad_frames);
         if !s.last_error.is_empty() {

@@ -760,6 +760,30 @@ mod tests {
     }
 
     #[test]
+    fn state_directory_from_systemd_or_flag() {
+        let env = Environment {
+            state_directory: Some(PathBuf::from("/var/lib/runwared")),
+            ..env_with_key()
+        };
+        let c = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env).unwrap();
+        assert_eq!(c.state_dir, Some(PathBuf::from("/var/lib/runwared")));
+        let off = ServeArgs {
+            state_dir: Some("none".into()),
+            async_task_types: Some(vec!["videoInference".into(), " ".into()]),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve_with(&off, &FileConfig::default(), &env).unwrap();
+        assert_eq!(c.state_dir, None);
+        assert_eq!(c.async_task_types, vec!["videoInference".to_owned()]);
+        let zero = ServeArgs {
+            max_queued: Some(0),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve_with(&zero, &FileConfig::default(), &env).unwrap_err();
+        assert!(err.to_string().contains("max_queued"));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
