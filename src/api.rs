@@ -97,6 +97,7 @@ impl RunwareService {
             payload,
             expected,
             asynchronous,
+            label: crate::metrics::task_type_label(&task_type),
         };
         self.dispatch.submit(prepared, conn).map_err(submit_status)
     }

@@ -19,6 +19,8 @@ pub const DEFAULT_UPSTREAM_URL: &str = "wss://ws-api.runware.ai/v1";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7433";
 /// Name of the systemd credential (`LoadCredential=runware-api-key:...`).
 pub const CREDENTIAL_NAME: &str = "runware-api-key";
+/// Name of the systemd credential holding the clients' bearer token.
+pub const TOKEN_CREDENTIAL_NAME: &str = "runwared-token";
 
 /// A Runware API key. `Debug` and `Display` print `***`; the only way to
 /// the text is [`ApiKey::expose`], used to build the authentication frame.
@@ -39,6 +41,13 @@ impl ApiKey {
     }
 }
 
+impl Drop for ApiKey {
+    fn drop(&mut self) {
+        // Wipe the key from memory when it is no longer needed.
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ApiKey(***)")
@@ -49,6 +58,39 @@ impl fmt::Display for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
+}
+
+/// The bearer token clients must send when the daemon listens beyond
+/// loopback. Never prints; compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(ApiKey);
+
+impl BearerToken {
+    pub fn new(token: impl Into<String>) -> Option<Self> {
+        ApiKey::new(token).map(BearerToken)
+    }
+
+    /// Whether `given` is this token, in time independent of where they differ.
+    pub fn matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.expose().as_bytes().ct_eq(given.as_bytes()).into()
+    }
+
+    /// The text, for a client to send.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(***)")
+    }
+}
+
+/// Reads a bearer token file.
+pub fn read_token_file(path: &Path) -> Result<BearerToken, ConfigError> {
+    read_key_file(path).map(BearerToken)
 }
 
 /// Where the key comes from. A file is read again before every connection,
@@ -151,6 +193,16 @@ pub struct Config {
     /// Task types sent with `deliveryMethod: "async"` and polled, e.g.
     /// long-running `videoInference`.
     pub async_task_types: Vec<String>,
+    /// Prometheus metrics over HTTP (`/metrics`); `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Clients must send `authorization: Bearer <token>` (TCP listener).
+    pub auth_token: Option<BearerToken>,
+    /// Allow a non-loopback TCP listener without a token (logged loudly).
+    pub insecure_listen: bool,
+    /// Group to own the Unix socket (mode 0660).
+    pub unix_socket_group: Option<String>,
+    /// systemd notification, when run as a `Type=notify` service.
+    pub notify: Option<crate::notify::NotifyConfig>,
 }
 
 impl Default for Config {
@@ -180,6 +232,11 @@ impl Default for Config {
             state_dir: None,
             drain_timeout: Duration::from_secs(30),
             async_task_types: Vec::new(),
+            metrics_listen: None,
+            auth_token: None,
+            insecure_listen: false,
+            unix_socket_group: None,
+            notify: None,
         }
     }
 }
@@ -285,6 +342,20 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub async_task_types: Option<Vec<String>>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: none].
+    #[arg(long, env = "RUNWARED_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// File with the bearer token clients must send (required for a
+    /// non-loopback --listen) [default: systemd credential runwared-token].
+    #[arg(long, env = "RUNWARED_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Allow a non-loopback --listen without a token. Anyone who can reach
+    /// the port can then spend your Runware credit.
+    #[arg(long, env = "RUNWARED_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
+    /// Group to own the Unix socket (mode 0660) [default: the daemon's].
+    #[arg(long, env = "RUNWARED_UNIX_SOCKET_GROUP", value_name = "GROUP")]
+    pub unix_socket_group: Option<String>,
 }
 
 /// The TOML file: the same names as the flags, with underscores.
@@ -315,6 +386,10 @@ pub struct FileConfig {
     pub state_dir: Option<String>,
     pub drain_timeout: Option<String>,
     pub async_task_types: Option<Vec<String>>,
+    pub metrics_listen: Option<String>,
+    pub auth_token_file: Option<PathBuf>,
+    pub insecure_listen: Option<bool>,
+    pub unix_socket_group: Option<String>,
 }
 
 impl FileConfig {
@@ -341,6 +416,8 @@ pub struct Environment {
     pub runtime_directory: Option<PathBuf>,
     /// `STATE_DIRECTORY`, set by systemd's `StateDirectory=`.
     pub state_directory: Option<PathBuf>,
+    /// `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`, for `Type=notify`.
+    pub notify: Option<crate::notify::NotifyConfig>,
 }
 
 impl Environment {
@@ -351,6 +428,11 @@ impl Environment {
             credentials_directory: path("CREDENTIALS_DIRECTORY"),
             runtime_directory: path("RUNTIME_DIRECTORY"),
             state_directory: path("STATE_DIRECTORY"),
+            notify: crate::notify::NotifyConfig::from_env(
+                std::env::var("NOTIFY_SOCKET").ok(),
+                std::env::var("WATCHDOG_USEC").ok(),
+                std::env::var("WATCHDOG_PID").ok(),
+            ),
         }
     }
 }
@@ -510,7 +592,50 @@ impl Config {
                 Ok(v)
             }
         };
+        let metrics_listen = match args
+            .metrics_listen
+            .as_ref()
+            .or(file.metrics_listen.as_ref())
+        {
+            Some(s) if is_off(s) => None,
+            Some(s) => Some(s.parse().map_err(|e| ConfigError::Invalid {
+                name: "metrics_listen",
+                reason: format!("{s:?}: {e}"),
+            })?),
+            None => None,
+        };
+        let token_file = args
+            .auth_token_file
+            .clone()
+            .or_else(|| file.auth_token_file.clone())
+            .or_else(|| {
+                env.credentials_directory
+                    .as_ref()
+                    .map(|dir| dir.join(TOKEN_CREDENTIAL_NAME))
+                    .filter(|p| p.exists())
+            });
+        let auth_token = token_file.as_deref().map(read_token_file).transpose()?;
+        let insecure_listen = args.insecure_listen || file.insecure_listen.unwrap_or(false);
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback() && auth_token.is_none() && !insecure_listen {
+                return Err(ConfigError::Invalid {
+                    name: "listen",
+                    reason: format!(
+                        "{addr} is reachable beyond this host: give clients a bearer token with --auth-token-file \
+                         (or systemd credential {TOKEN_CREDENTIAL_NAME}), or pass --insecure-listen"
+                    ),
+                });
+            }
+        }
         let config = Config {
+            metrics_listen,
+            auth_token,
+            insecure_listen,
+            unix_socket_group: args
+                .unix_socket_group
+                .clone()
+                .or_else(|| file.unix_socket_group.clone()),
+            notify: env.notify.clone(),
             max_in_flight_per_connection: positive(
                 "max_in_flight_per_connection",
                 args.max_in_flight_per_connection
@@ -781,6 +906,34 @@ mod tests {
         };
         let err = Config::resolve_with(&zero, &FileConfig::default(), &env).unwrap_err();
         assert!(err.to_string().contains("max_queued"));
+    }
+
+    #[test]
+    fn beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = ServeArgs {
+            listen: Some("0.0.0.0:7433".into()),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve_with(&open, &FileConfig::default(), &env_with_key()).unwrap_err();
+        assert!(err.to_string().contains("--auth-token-file"), "{err}");
+        let insecure = ServeArgs {
+            insecure_listen: true,
+            ..open.clone()
+        };
+        assert!(Config::resolve_with(&insecure, &FileConfig::default(), &env_with_key()).is_ok());
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret-token\n").unwrap();
+        let with_token = ServeArgs {
+            auth_token_file: Some(token),
+            ..open
+        };
+        let c = Config::resolve_with(&with_token, &FileConfig::default(), &env_with_key()).unwrap();
+        let t = c.auth_token.unwrap();
+        assert!(t.matches("s3cret-token"));
+        assert!(!t.matches("s3cret-toke"));
+        assert!(!t.matches("s3cret-tokenx"));
+        assert_eq!(format!("{t:?}"), "BearerToken(***)");
     }
 
     #[test]

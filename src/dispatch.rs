@@ -32,6 +32,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
 use crate::protocol::{self, ErrorClass, RunwareError, TaskUuid};
 use crate::upstream::{ConnectionState, UpstreamStatus};
 
@@ -139,6 +140,8 @@ pub struct PreparedTask {
     pub expected: u32,
     /// Results come by `getResponse` (`deliveryMethod: "async"`).
     pub asynchronous: bool,
+    /// The task type's metrics label ([`task_type_label`]).
+    pub label: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +166,9 @@ enum Outcome {
 struct Task {
     /// Kept for resending under the same taskUUID.
     payload: Arc<str>,
+    /// For metrics: the type's label and when the task was accepted.
+    label: &'static str,
+    started: Instant,
     expected: u32,
     asynchronous: bool,
     /// How many times it went upstream.
@@ -247,6 +253,7 @@ pub struct Dispatch {
     queue: mpsc::UnboundedSender<TaskUuid>,
     upstream: watch::Receiver<UpstreamStatus>,
     pub counters: Counters,
+    metrics: TaskMetrics,
 }
 
 impl Dispatch {
@@ -268,7 +275,23 @@ impl Dispatch {
             queue,
             upstream,
             counters: Counters::default(),
+            metrics: TaskMetrics::default(),
         })
+    }
+
+    /// Task outcomes and latencies, for the metrics registry.
+    pub fn metrics(&self) -> &TaskMetrics {
+        &self.metrics
+    }
+
+    fn count_outcome(&self, label: &'static str, outcome: &'static str) {
+        self.metrics
+            .ended
+            .get_or_create(&TaskLabels {
+                task_type: label,
+                outcome,
+            })
+            .inc();
     }
 
     pub fn limits(&self) -> &Limits {
@@ -336,6 +359,8 @@ impl Dispatch {
             Entry::Vacant(v) => {
                 v.insert(Task {
                     payload: task.payload.into(),
+                    label: task.label,
+                    started: Instant::now(),
                     expected: task.expected,
                     asynchronous: task.asynchronous,
                     sends: 0,
@@ -461,6 +486,7 @@ impl Dispatch {
 
     fn forget(&self, task: &Task) {
         if task.in_flight() {
+            self.count_outcome(task.label, "released");
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             if task.sends == 0 {
                 self.unsent.fetch_sub(1, Ordering::AcqRel);
@@ -476,6 +502,31 @@ impl Dispatch {
     /// Ends a task: it leaves the in-flight count; its results stay for
     /// the retention time.
     fn finish(&self, task: &mut Task, outcome: Outcome, now: Instant) {
+        let label = match &outcome {
+            Outcome::Completed => {
+                self.metrics
+                    .latency
+                    .get_or_create(&TypeLabel {
+                        task_type: task.label,
+                    })
+                    .observe(now.duration_since(task.started).as_secs_f64());
+                "completed"
+            }
+            Outcome::Failed(f) => match f.kind {
+                FailureKind::UpstreamAuthRejected => "key_rejected",
+                FailureKind::ShuttingDown => "stopping",
+                FailureKind::Runware(c) => match c {
+                    ErrorClass::InvalidArgument => "invalid_argument",
+                    ErrorClass::NoCredit => "no_credit",
+                    ErrorClass::RateLimited => "rate_limited",
+                    ErrorClass::Conflict => "conflict",
+                    ErrorClass::AuthRejected => "key_rejected",
+                    ErrorClass::Timeout => "timeout",
+                    ErrorClass::Other => "error",
+                },
+            },
+        };
+        self.count_outcome(task.label, label);
         if let Outcome::Failed(f) = &outcome {
             task.notify(&TaskEvent::Failed(f.clone()));
         }
@@ -830,8 +881,18 @@ impl Dispatch {
             let Entry::Vacant(v) = self.tasks.entry(uuid) else {
                 continue;
             };
+            let task_type = serde_json::from_str::<serde_json::Value>(&s.payload)
+                .ok()
+                .and_then(|v| {
+                    v.get("taskType")
+                        .and_then(|t| t.as_str())
+                        .map(task_type_label)
+                })
+                .unwrap_or("other");
             let mut task = Task {
                 payload: s.payload.into(),
+                label: task_type,
+                started: now,
                 expected: s.expected.max(1),
                 asynchronous: s.asynchronous,
                 sends: u32::from(s.sent),
@@ -872,6 +933,16 @@ fn fingerprint(item: &str) -> u64 {
         _ => item.hash(&mut h),
     }
     h.finish()
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("in_flight", &self.in_flight())
+            .field("known", &self.known())
+            .field("polling", &self.polling())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The message clients get while Runware rejects the daemon's key.
@@ -964,6 +1035,7 @@ mod tests {
             payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#),
             expected,
             asynchronous: false,
+            label: "promptEnhance",
         }
     }
 

@@ -25,6 +25,8 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod dispatch;
+pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod sim;

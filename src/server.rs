@@ -23,12 +23,14 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::RunwareService;
-use crate::config::{ApiKey, ApiKeySource, Config};
+use crate::config::{ApiKey, ApiKeySource, BearerToken, Config};
 use crate::dispatch::{ConnectionTasks, Dispatch};
+use crate::metrics::{AccessMetrics, Metrics, UpstreamMetrics};
+use crate::notify::Notifier;
 use crate::pb::runware_server::RunwareServer;
 use crate::sim::{SimConfig, SimHandle};
 use crate::state::StateStore;
-use crate::upstream::{Upstream, UpstreamStatus, client_tls};
+use crate::upstream::{ConnectionState, Heartbeat, Upstream, UpstreamStatus, client_tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,10 +44,16 @@ pub enum StartError {
     Simulator(io::Error),
     #[error("state directory {path}: {source}")]
     State { path: PathBuf, source: io::Error },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics { addr: SocketAddr, source: io::Error },
 }
 
 /// How often ended tasks past their retention are dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often health and systemd status are brought up to date.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// A supervisor silent this long is wedged: liveness fails.
+const LIVENESS_STALE: Duration = Duration::from_secs(15);
 /// How often a stopping daemon checks whether clients still wait.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// After the drain, how long servers get to send the last statuses.
@@ -65,6 +73,9 @@ pub struct Daemon {
     /// The in-process simulator under `--simulate`.
     pub simulator: Option<SimHandle>,
     health: HealthReporter,
+    /// The bound metrics address, if serving metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    notifier: Option<Notifier>,
     state: Option<StateStore>,
     stop_listeners: watch::Sender<bool>,
     stop_upstream: watch::Sender<bool>,
@@ -143,6 +154,8 @@ impl Daemon {
             tracing::info!(tasks = n, session = ?loaded.session, "recovering tasks from the previous run");
         }
         let (stop_upstream, stop_upstream_rx) = watch::channel(false);
+        let upstream_metrics = UpstreamMetrics::default();
+        let heartbeat = Heartbeat::new();
         let upstream = Upstream::new(
             &config,
             key,
@@ -150,6 +163,8 @@ impl Daemon {
             queue_rx,
             status_tx,
             connector,
+            upstream_metrics.clone(),
+            Arc::clone(&heartbeat),
         );
         let upstream = tokio::spawn(upstream.run(stop_upstream_rx));
 
@@ -162,12 +177,86 @@ impl Daemon {
             )));
         }
 
+        let access = Arc::new(AccessMetrics::default());
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let listener = crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Metrics { addr, source })?;
+                let bound = listener.local_addr().ok();
+                let metrics = Metrics::new(
+                    &dispatch,
+                    status_rx.clone(),
+                    &upstream_metrics,
+                    Arc::clone(&access),
+                );
+                background.push(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    metrics,
+                    stop_upstream_rx_for_metrics(&stop_upstream),
+                )));
+                if let Some(a) = bound {
+                    tracing::info!(addr = %a, "Prometheus metrics at /metrics");
+                }
+                bound
+            }
+            None => None,
+        };
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<RunwareServer<RunwareService>>().await;
+        let notifier = config.notify.as_ref().map(Notifier::new);
+        background.push(tokio::spawn(report_health(
+            health.clone(),
+            Arc::clone(&dispatch),
+            status_rx.clone(),
+            Arc::clone(&heartbeat),
+            notifier.clone(),
+        )));
+        if let (Some(n), Some(period)) =
+            (&notifier, config.notify.as_ref().and_then(|c| c.watchdog))
+        {
+            background.push(tokio::spawn(feed_watchdog(
+                n.clone(),
+                period,
+                Arc::clone(&heartbeat),
+            )));
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the compiled descriptor sets are valid");
+        if config.insecure_listen && config.auth_token.is_none() {
+            if let Some(addr) = config.listen.filter(|a| !a.ip().is_loopback()) {
+                tracing::warn!(%addr, "INSECURE: gRPC reachable beyond this host without a token; anyone who reaches it can spend your Runware credit");
+            }
+        }
+        let gate = AccessGate {
+            token: config.auth_token.clone().map(Arc::new),
+            metrics: Arc::clone(&access),
+        };
         let service = RunwareService::new(Arc::clone(&dispatch), &config);
+        // Health and reflection stay open on every listener: probes
+        // cannot send tokens, and reflection shows only the API's shape.
+        let max = config.max_message_bytes;
+        let routes = |gate: AccessGate| {
+            let mut b = tonic::service::RoutesBuilder::default();
+            b.add_service(health_service.clone());
+            b.add_service(reflection.clone());
+            b.add_service(tonic::service::interceptor::InterceptedService::new(
+                service.clone().into_server(max),
+                gate,
+            ));
+            b.routes()
+        };
+        // The Unix socket is guarded by its file mode and group, not a token.
+        let unix_gate = AccessGate {
+            token: None,
+            ..gate.clone()
+        };
         let (stop_listeners, stop_rx) = watch::channel(false);
         let mut servers = Vec::new();
-        let max = config.max_message_bytes;
         if let Some(listener) = tcp {
             if let Some(addr) = tcp_addr {
                 tracing::info!(%addr, "gRPC listening on TCP");
@@ -179,23 +268,22 @@ impl Daemon {
                     ClientConn::new(s)
                 })
             });
-            servers.push(serve(
-                incoming,
-                service.clone(),
-                health_service.clone(),
-                max,
-                stop_rx.clone(),
-            ));
+            servers.push(serve(incoming, routes(gate.clone()), stop_rx.clone()));
         }
         if let Some(listener) = unix {
             if let Some(path) = &config.unix_socket {
                 tracing::info!(path = %path.display(), "gRPC listening on Unix socket");
             }
             let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(ClientConn::new));
-            servers.push(serve(incoming, service, health_service, max, stop_rx));
+            servers.push(serve(incoming, routes(unix_gate), stop_rx));
         }
 
+        if let Some(n) = &notifier {
+            n.notify("READY=1\nSTATUS=listening; connecting to Runware");
+        }
         Ok(Daemon {
+            metrics_addr,
+            notifier,
             tcp_addr,
             unix_socket: config.unix_socket.clone(),
             status: status_rx,
@@ -221,12 +309,17 @@ impl Daemon {
             "stopping: no new tasks accepted"
         );
         self.dispatch.start_draining();
+        if let Some(n) = &self.notifier {
+            n.notify("STOPPING=1\nSTATUS=stopping: draining tasks in flight");
+        }
         self.health
             .set_not_serving::<RunwareServer<RunwareService>>()
             .await;
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        for name in ["", "readiness"] {
+            self.health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
         self.stop_listeners.send_replace(true);
         // Wait for the tasks clients are waiting on, not for every open
         // stream: an idle Session or a health Watch would never end.
@@ -277,13 +370,40 @@ impl Daemon {
     }
 }
 
+/// Checks the bearer token on `runware.v1.Runware` calls.
+#[derive(Clone)]
+struct AccessGate {
+    token: Option<Arc<BearerToken>>,
+    metrics: Arc<AccessMetrics>,
+}
+
+impl tonic::service::Interceptor for AccessGate {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(token) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if token.matches(g) => Ok(request),
+            _ => {
+                self.metrics
+                    .unauthenticated
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(tonic::Status::unauthenticated(
+                    "this daemon requires metadata \"authorization: Bearer <token>\" (the token in its --auth-token-file)",
+                ))
+            }
+        }
+    }
+}
+
 fn serve<S, IO>(
     incoming: S,
-    service: RunwareService,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
-    max_message_bytes: usize,
+    routes: tonic::service::Routes,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()>
 where
@@ -292,8 +412,7 @@ where
 {
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(service.into_server(max_message_bytes))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
@@ -302,6 +421,85 @@ where
             tracing::error!(error = %e, "gRPC server failed");
         }
     })
+}
+
+fn stop_upstream_rx_for_metrics(stop: &watch::Sender<bool>) -> watch::Receiver<bool> {
+    stop.subscribe()
+}
+
+/// Keeps the health services and systemd's STATUS= in step with the
+/// daemon: `liveness` while the supervisor beats (a Runware outage must not
+/// restart the pod), `readiness` while upstream is ready and tasks are
+/// accepted, `""` while not stopping.
+async fn report_health(
+    health: HealthReporter,
+    dispatch: Arc<Dispatch>,
+    mut status: watch::Receiver<UpstreamStatus>,
+    heartbeat: Arc<Heartbeat>,
+    notifier: Option<Notifier>,
+) {
+    let mut last: Option<(bool, bool, bool, String)> = None;
+    loop {
+        let s = status.borrow_and_update().clone();
+        let alive = heartbeat.age() < LIVENESS_STALE;
+        let ready = s.state == ConnectionState::Ready && !dispatch.is_draining();
+        let serving = !dispatch.is_draining();
+        let line = match s.state {
+            ConnectionState::Ready => format!(
+                "upstream ready (session {}); {} tasks in flight",
+                s.session.as_ref().map(|x| x.0.as_str()).unwrap_or("?"),
+                dispatch.in_flight()
+            ),
+            ConnectionState::AuthRejected => "Runware REJECTED THE API KEY; retrying".to_owned(),
+            other => format!(
+                "upstream {other:?}{}",
+                s.last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+        };
+        let now = (alive, ready, serving, line);
+        if last.as_ref() != Some(&now) {
+            let status_of = |up: bool| {
+                if up {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                }
+            };
+            health
+                .set_service_status("liveness", status_of(now.0))
+                .await;
+            health
+                .set_service_status("readiness", status_of(now.1))
+                .await;
+            health.set_service_status("", status_of(now.2)).await;
+            if let Some(n) = &notifier {
+                n.notify(&format!("STATUS={}", now.3));
+            }
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = status.changed() => {}
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+    }
+}
+
+/// Feeds systemd's watchdog only while the supervisor beats, so a wedged
+/// loop is restarted (`WatchdogSec=`).
+async fn feed_watchdog(notifier: Notifier, period: Duration, heartbeat: Arc<Heartbeat>) {
+    let mut tick = tokio::time::interval(period / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if heartbeat.age() < period / 2 {
+            notifier.notify("WATCHDOG=1");
+        } else {
+            tracing::error!(silent_for = ?heartbeat.age(), "the connection supervisor is not making progress; not feeding the watchdog");
+        }
+    }
 }
 
 /// Drops results past their retention, every second.

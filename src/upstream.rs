@@ -21,13 +21,14 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::config::{ApiKeySource, Config};
 use crate::dispatch::{Dispatch, FailureKind, auth_rejected_message};
+use crate::metrics::UpstreamMetrics;
 use crate::protocol::{self, ErrorClass, Inbound, RunwareError, SessionUuid, TaskUuid};
 
 /// Where the connection is.
@@ -158,6 +159,8 @@ pub struct Upstream {
     queue: mpsc::UnboundedReceiver<TaskUuid>,
     status: watch::Sender<UpstreamStatus>,
     connector: Option<Connector>,
+    metrics: UpstreamMetrics,
+    heartbeat: Arc<Heartbeat>,
     ws_config: WebSocketConfig,
     policy: ReconnectPolicy,
     ping_interval: Duration,
@@ -183,6 +186,8 @@ impl Upstream {
         queue: mpsc::UnboundedReceiver<TaskUuid>,
         status: watch::Sender<UpstreamStatus>,
         connector: Option<Connector>,
+        metrics: UpstreamMetrics,
+        heartbeat: Arc<Heartbeat>,
     ) -> Self {
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(config.max_message_bytes))
@@ -201,6 +206,8 @@ impl Upstream {
             connect_timeout: config.connect_timeout,
             auth_timeout: config.auth_timeout,
             ever_ready: false,
+            metrics,
+            heartbeat,
         }
     }
 
@@ -213,9 +220,14 @@ impl Upstream {
                     delay_ms = delay.as_millis() as u64,
                     "reconnecting after a delay"
                 );
-                tokio::select! {
-                    _ = sleep(delay) => {}
-                    _ = stopped(&mut shutdown) => return,
+                // Waiting is progress too: beat while the delay runs.
+                let until = Instant::now() + delay;
+                while Instant::now() < until {
+                    self.heartbeat.beat();
+                    tokio::select! {
+                        _ = sleep_until(until.min(Instant::now() + HEARTBEAT)) => {}
+                        _ = stopped(&mut shutdown) => return,
+                    }
                 }
             }
             if *shutdown.borrow() {
@@ -295,7 +307,10 @@ impl Upstream {
             self.connector.clone(),
         );
         match timeout(self.connect_timeout, attempt).await {
-            Ok(Ok((socket, _response))) => Ok(socket),
+            Ok(Ok((socket, _response))) => {
+                self.metrics.connects.inc();
+                Ok(socket)
+            }
             Ok(Err(e)) => Err(format!("connect to {}: {e}", self.url)),
             Err(_) => Err(format!(
                 "connect to {}: no answer within {:?}",
@@ -337,6 +352,10 @@ impl Upstream {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Set when a ping went out and nothing came back since.
         let mut awaiting_since: Option<Instant> = None;
+        // When the last ping went out, for its round trip.
+        let mut ping_sent_at: Option<Instant> = None;
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             let pong_deadline = awaiting_since.map(|t| t + self.pong_timeout);
@@ -371,7 +390,8 @@ impl Upstream {
                         }
                         None => return dropped("connection closed".to_owned(), ready_at),
                     };
-                    match self.on_frame(text.as_str()) {
+                    self.metrics.received(text.len());
+                    match self.on_frame(text.as_str(), &mut ping_sent_at) {
                         FrameAction::None => {}
                         FrameAction::AuthRejected(e) => return SessionEnd::AuthRejected(e),
                         FrameAction::Authenticated(session) => {
@@ -401,7 +421,9 @@ impl Upstream {
                         return dropped(reason, ready_at);
                     }
                     awaiting_since.get_or_insert_with(Instant::now);
+                    ping_sent_at = Some(Instant::now());
                 }
+                _ = beat.tick() => self.heartbeat.beat(),
                 _ = sleep_until(pong_deadline.unwrap_or(auth_deadline)), if pong_deadline.is_some() => {
                     return dropped(format!("no answer within {:?} after a ping", self.pong_timeout), ready_at);
                 }
@@ -413,7 +435,7 @@ impl Upstream {
     }
 
     /// Decides what one inbound message means; routes task items.
-    fn on_frame(&self, text: &str) -> FrameAction {
+    fn on_frame(&self, text: &str, ping_sent_at: &mut Option<Instant>) -> FrameAction {
         let items = match protocol::parse_frame(text) {
             Ok(items) => items,
             Err(e) => {
@@ -425,7 +447,11 @@ impl Upstream {
         for item in items {
             match item {
                 Inbound::Authenticated(s) => action = FrameAction::Authenticated(s),
-                Inbound::Pong => {}
+                Inbound::Pong => {
+                    if let Some(sent) = ping_sent_at.take() {
+                        self.metrics.ping_rtt.observe(sent.elapsed().as_secs_f64());
+                    }
+                }
                 Inbound::Pending { task } => self.dispatch.pending(task),
                 Inbound::Result {
                     task,
@@ -463,6 +489,9 @@ impl Upstream {
     /// Records a ready session; true if Runware resumed the previous one.
     fn on_ready(&mut self, previous: Option<&SessionUuid>, session: SessionUuid) -> bool {
         let resumed = previous == Some(&session);
+        if previous.is_some() && !resumed {
+            self.metrics.sessions_lost.inc();
+        }
         let reconnect = self.ever_ready;
         self.ever_ready = true;
         match (previous, resumed) {
@@ -551,11 +580,36 @@ impl Upstream {
     async fn send(&self, socket: &mut Socket, text: String) -> Result<(), String> {
         // A write that cannot finish is as dead as a ping without answer.
         let limit = self.pong_timeout.max(Duration::from_secs(30));
+        self.metrics.sent(text.len());
         match timeout(limit, socket.send(Message::Text(text.into()))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("write: {e}")),
             Err(_) => Err(format!("write stalled for {limit:?}")),
         }
+    }
+}
+
+/// How often the supervisor proves it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Proof that the connection supervisor's loop makes progress: the systemd
+/// watchdog is fed and the `liveness` health check passes only while it
+/// beats, so a wedged loop gets the process restarted.
+#[derive(Debug)]
+pub struct Heartbeat(std::sync::Mutex<Instant>);
+
+impl Heartbeat {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Heartbeat(std::sync::Mutex::new(Instant::now())))
+    }
+
+    fn beat(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
     }
 }
 

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 payload: "{}".into(),
                 expected: 3,
                 asynchronous: false,
+                label: "promptEnhance",
             },
             None,
         )
