@@ -359,7 +359,7 @@ pub async fn serve(
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let metrics = Arc::clone(&metrics);
                     async move {
-                        let response = if req.uri().path() == "/metrics" {
+                        if req.uri().path() == "/metrics" {
                             Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                                 .body(Full::new(Bytes::from(metrics.render())))
@@ -367,8 +367,7 @@ pub async fn serve(
                             Response::builder()
                                 .status(StatusCode::NOT_FOUND)
                                 .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-                        };
-                        response
+                        }
                     }
                 });
             let io = hyper_util::rt::TokioIo::new(stream);

@@ -30,7 +30,9 @@ use crate::notify::Notifier;
 use crate::pb::runware_server::RunwareServer;
 use crate::sim::{SimConfig, SimHandle};
 use crate::state::StateStore;
-use crate::upstream::{ConnectionState, Heartbeat, Upstream, UpstreamStatus, client_tls};
+use crate::upstream::{
+    ConnectionState, Heartbeat, Telemetry, Upstream, UpstreamStatus, client_tls,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -163,8 +165,10 @@ impl Daemon {
             queue_rx,
             status_tx,
             connector,
-            upstream_metrics.clone(),
-            Arc::clone(&heartbeat),
+            Telemetry {
+                metrics: upstream_metrics.clone(),
+                heartbeat: Arc::clone(&heartbeat),
+            },
         );
         let upstream = tokio::spawn(upstream.run(stop_upstream_rx));
 

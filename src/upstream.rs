@@ -186,8 +186,7 @@ impl Upstream {
         queue: mpsc::UnboundedReceiver<TaskUuid>,
         status: watch::Sender<UpstreamStatus>,
         connector: Option<Connector>,
-        metrics: UpstreamMetrics,
-        heartbeat: Arc<Heartbeat>,
+        telemetry: Telemetry,
     ) -> Self {
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(config.max_message_bytes))
@@ -206,8 +205,8 @@ impl Upstream {
             connect_timeout: config.connect_timeout,
             auth_timeout: config.auth_timeout,
             ever_ready: false,
-            metrics,
-            heartbeat,
+            metrics: telemetry.metrics,
+            heartbeat: telemetry.heartbeat,
         }
     }
 
@@ -587,6 +586,13 @@ impl Upstream {
             Err(_) => Err(format!("write stalled for {limit:?}")),
         }
     }
+}
+
+/// What the supervisor reports to: metrics, and its heartbeat.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub metrics: UpstreamMetrics,
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 /// How often the supervisor proves it is alive.
