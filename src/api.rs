@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt};
+use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::dispatch::{
@@ -570,7 +571,25 @@ type Stream<T> = ReceiverStream<Result<T, Status>>;
 /// Drives one task into a response stream until it completes, fails, hits
 /// its deadline, or the client goes away (then the handle is dropped and
 /// the task released).
-async fn stream_task<T, F>(
+fn stream_task<T, F>(
+    handle: TaskHandle,
+    deadline: Instant,
+    tx: mpsc::Sender<Result<T, Status>>,
+    convert: F,
+) -> impl std::future::Future<Output = ()>
+where
+    F: FnMut(&TaskUuid, u32, &str) -> T,
+{
+    let span = task_span(&handle.uuid);
+    stream_task_inner(handle, deadline, tx, convert).instrument(span)
+}
+
+/// The span of everything logged about one task.
+fn task_span(uuid: &TaskUuid) -> tracing::Span {
+    tracing::info_span!("task", task = %uuid)
+}
+
+async fn stream_task_inner<T, F>(
     mut handle: TaskHandle,
     deadline: Instant,
     tx: mpsc::Sender<Result<T, Status>>,
@@ -625,22 +644,26 @@ impl pb::runware_server::Runware for RunwareService {
             conn.as_ref(),
         )?;
         let mut versions = Vec::with_capacity(handle.expected as usize);
-        loop {
-            let Next::Item { item, last, .. } =
-                next_item(&mut handle, deadline, versions.len() as u32).await?;
-            let v: Value = serde_json::from_str(&item).unwrap_or(Value::Null);
-            versions.push(pb::EnhancedPrompt {
-                text: v
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                cost: v.get("cost").and_then(Value::as_f64),
-            });
-            if last {
-                break;
+        async {
+            loop {
+                let Next::Item { item, last, .. } =
+                    next_item(&mut handle, deadline, versions.len() as u32).await?;
+                let v: Value = serde_json::from_str(&item).unwrap_or(Value::Null);
+                versions.push(pb::EnhancedPrompt {
+                    text: v
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    cost: v.get("cost").and_then(Value::as_f64),
+                });
+                if last {
+                    return Ok::<(), Status>(());
+                }
             }
         }
+        .instrument(task_span(&uuid))
+        .await?;
         Ok(Response::new(pb::PromptEnhanceResponse {
             task_uuid: uuid.to_string(),
             versions,
@@ -740,7 +763,10 @@ impl pb::runware_server::Runware for RunwareService {
                                     Ok(handle) => {
                                         let uuid = handle.uuid;
                                         let _ = tx.send(Ok(session_event(&uuid, &request_id, pb::session_event::Event::Accepted(pb::TaskAccepted {})))).await;
-                                        let abort = drivers.spawn(session_task(handle, default_deadline, request_id, tx.clone()));
+                                        let abort = drivers.spawn({
+                                            let span = task_span(&handle.uuid);
+                                            session_task(handle, default_deadline, request_id, tx.clone()).instrument(span)
+                                        });
                                         tasks.insert(uuid, abort);
                                     }
                                     Err(status) => {

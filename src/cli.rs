@@ -27,12 +27,18 @@ pub struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "runwared=debug".
     #[arg(long, global = true, env = "RUNWARED_LOG", default_value = "info")]
     log: String,
+    /// Log format: "text" for people, "json" (one object per line) for log collectors.
+    #[arg(long, global = true, env = "RUNWARED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon.
     Serve(Box<ServeArgs>),
+    /// Check a configuration (flags, environment, file) and print the
+    /// effective settings, secrets redacted; exit non-zero if it is invalid.
+    CheckConfig(Box<ServeArgs>),
     /// Run the Runware simulator on its own (for trying clients and tests).
     Sim(SimArgs),
     /// Enhance a prompt through a running daemon.
@@ -101,6 +107,9 @@ struct ClientArgs {
     /// Give up after this long (sent as the gRPC deadline).
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
+    /// File with the bearer token, for a daemon that requires one.
+    #[arg(long, env = "RUNWARED_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -173,13 +182,14 @@ pub fn init_logging(cli: &Cli) {
             && (meta.target().starts_with("tungstenite")
                 || meta.target().starts_with("tokio_tungstenite")))
     });
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = if cli.log_format == "json" {
+        layer.json().with_current_span(true).boxed()
+    } else {
+        layer.boxed()
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter)
-                .with_filter(no_payloads),
-        )
+        .with(layer.with_filter(filter).with_filter(no_payloads))
         .init();
 }
 
@@ -188,6 +198,13 @@ type CliResult = Result<(), String>;
 pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
+        Command::CheckConfig(args) => {
+            let config =
+                Config::resolve(&args, &Environment::from_process()).map_err(|e| e.to_string())?;
+            print!("{}", config.describe());
+            println!("configuration OK");
+            Ok(())
+        }
         Command::Sim(args) => sim(args).await,
         Command::Enhance(args) => enhance(args).await,
         Command::Image(args) => image(args).await,
@@ -279,6 +296,16 @@ fn request<T>(c: &ClientArgs, msg: T) -> Result<Request<T>, String> {
     let mut req = Request::new(msg);
     if let Some(t) = &c.timeout {
         req.set_timeout(parse_duration(t)?);
+    }
+    if let Some(path) = &c.token_file {
+        let token = runwared::config::read_token_file(path).map_err(|e| e.to_string())?;
+        let value = format!("Bearer {}", token.expose()).parse().map_err(|_| {
+            format!(
+                "{}: the token has characters a header cannot carry",
+                path.display()
+            )
+        })?;
+        req.metadata_mut().insert("authorization", value);
     }
     Ok(req)
 }

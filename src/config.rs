@@ -437,6 +437,104 @@ impl Environment {
     }
 }
 
+impl Config {
+    /// The effective settings, one per line, for `runwared check-config`.
+    /// Secrets show only where they come from.
+    pub fn describe(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
+        let key = match &self.api_key {
+            Some(ApiKeySource::Value(_)) => "*** (from RUNWARE_API_KEY)".to_owned(),
+            Some(ApiKeySource::File(p)) => {
+                format!("*** (file {}, read again on each reconnect)", p.display())
+            }
+            None if self.simulate => "none (simulator)".to_owned(),
+            None => "none".to_owned(),
+        };
+        let lines = [
+            (
+                "upstream_url",
+                if self.simulate {
+                    "built-in simulator".to_owned()
+                } else {
+                    self.upstream_url.clone()
+                },
+            ),
+            ("api_key", key),
+            ("listen", opt(self.listen.map(|a| a.to_string()))),
+            (
+                "unix_socket",
+                opt(self.unix_socket.as_ref().map(|p| p.display().to_string())),
+            ),
+            ("unix_socket_group", opt(self.unix_socket_group.clone())),
+            (
+                "auth_token",
+                if self.auth_token.is_some() {
+                    "*** (set)".to_owned()
+                } else {
+                    "none".to_owned()
+                },
+            ),
+            ("insecure_listen", self.insecure_listen.to_string()),
+            (
+                "metrics_listen",
+                opt(self.metrics_listen.map(|a| a.to_string())),
+            ),
+            (
+                "extra_ca",
+                opt(self.extra_ca.as_ref().map(|p| p.display().to_string())),
+            ),
+            (
+                "state_dir",
+                opt(self.state_dir.as_ref().map(|p| p.display().to_string())),
+            ),
+            ("ping_interval", format!("{:?}", self.ping_interval)),
+            ("pong_timeout", format!("{:?}", self.pong_timeout)),
+            ("connect_timeout", format!("{:?}", self.connect_timeout)),
+            ("auth_timeout", format!("{:?}", self.auth_timeout)),
+            ("backoff_min", format!("{:?}", self.backoff_min)),
+            ("backoff_max", format!("{:?}", self.backoff_max)),
+            ("healthy_after", format!("{:?}", self.healthy_after)),
+            (
+                "auth_rejected_retry",
+                format!("{:?}", self.auth_rejected_retry),
+            ),
+            ("max_message_bytes", self.max_message_bytes.to_string()),
+            (
+                "default_task_timeout",
+                format!("{:?}", self.default_task_timeout),
+            ),
+            ("max_in_flight", self.max_in_flight.to_string()),
+            (
+                "max_in_flight_per_connection",
+                self.max_in_flight_per_connection.to_string(),
+            ),
+            ("max_queued", self.max_queued.to_string()),
+            ("max_retained_bytes", self.max_retained_bytes.to_string()),
+            ("retention", format!("{:?}", self.retention)),
+            ("drain_timeout", format!("{:?}", self.drain_timeout)),
+            (
+                "async_task_types",
+                if self.async_task_types.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.async_task_types.join(",")
+                },
+            ),
+            (
+                "systemd_notify",
+                opt(self
+                    .notify
+                    .as_ref()
+                    .map(|n| format!("{} (watchdog {:?})", n.socket, n.watchdog))),
+            ),
+        ];
+        lines
+            .iter()
+            .map(|(k, v)| format!("{k:<30} {v}\n"))
+            .collect()
+    }
+}
+
 /// Parses "250ms", "30s", "2m", "1h", or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -934,6 +1032,31 @@ mod tests {
         assert!(!t.matches("s3cret-toke"));
         assert!(!t.matches("s3cret-tokenx"));
         assert_eq!(format!("{t:?}"), "BearerToken(***)");
+    }
+
+    #[test]
+    fn describe_redacts_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t");
+        std::fs::write(&token, "tok-9876").unwrap();
+        let args = ServeArgs {
+            auth_token_file: Some(token),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve_with(&args, &FileConfig::default(), &env_with_key()).unwrap();
+        let text = c.describe();
+        assert!(
+            !text.contains("secret-key-123") && !text.contains("tok-9876"),
+            "{text}"
+        );
+        assert!(
+            text.contains("api_key") && text.contains("*** (from RUNWARE_API_KEY)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("listen                         127.0.0.1:7433"),
+            "{text}"
+        );
     }
 
     #[test]

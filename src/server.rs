@@ -129,7 +129,7 @@ impl Daemon {
         };
         let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
         let unix = match &config.unix_socket {
-            Some(path) => Some(bind_unix(path).await?),
+            Some(path) => Some(bind_unix(path, config.unix_socket_group.as_deref()).await?),
             None => None,
         };
 
@@ -607,7 +607,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientConn<S> {
 }
 
 /// Binds a Unix socket, replacing a stale socket file but never a live one.
-async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
+async fn bind_unix(path: &Path, group: Option<&str>) -> Result<UnixListener, StartError> {
     let err = |reason: String| StartError::Unix {
         path: path.to_owned(),
         reason,
@@ -631,5 +631,23 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, StartError> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
             .map_err(|e| err(format!("cannot set its mode: {e}")))?;
     }
+    if let Some(group) = group {
+        let gid =
+            group_id(group).ok_or_else(|| err(format!("no group {group:?} in /etc/group")))?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| err(format!("cannot give it to group {group}: {e}")))?;
+    }
     Ok(listener)
+}
+
+/// A group's id, from its name (in /etc/group) or a number.
+pub fn group_id(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == group).then(|| fields.nth(1)?.parse().ok())?
+    })
 }

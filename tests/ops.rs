@@ -1,0 +1,276 @@
+//! What an operator relies on: metrics, health semantics, reflection, the
+//! bearer token, systemd's notify protocol and watchdog, socket ownership.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use runwared::config::BearerToken;
+use runwared::notify::NotifyConfig;
+use runwared::pb;
+use runwared::server::Daemon;
+use runwared::sim::SimConfig;
+use runwared::upstream::ConnectionState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+async fn channel(daemon: &Daemon) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.tcp_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn health(daemon: &Daemon, service: &str) -> i32 {
+    HealthClient::new(channel(daemon).await)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test(start_paused = true)]
+async fn prometheus_metrics_describe_the_daemon() {
+    let mut h = start(SimConfig::default(), |c| {
+        c.metrics_listen = Some(loopback0())
+    })
+    .await;
+    h.ready().await;
+    h.client
+        .prompt_enhance(pb::PromptEnhanceRequest {
+            prompt: "count me".into(),
+            prompt_versions: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A ping round trip.
+    h.sim_until(|s| s.pongs >= 1).await;
+    let addr = h.daemon.metrics_addr.unwrap();
+    let text = http_get(addr, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for needle in [
+        "runwared_upstream_ready 1",
+        "runwared_upstream_state 3",
+        "runwared_upstream_connects_total 1",
+        r#"runwared_tasks_ended_total{task_type="promptEnhance",outcome="completed"} 1"#,
+        r#"runwared_task_latency_seconds_count{task_type="promptEnhance"} 1"#,
+        r#"runwared_upstream_frames_total{direction="out"}"#,
+        r#"runwared_upstream_bytes_total{direction="in"}"#,
+        "runwared_ping_rtt_seconds_count 1",
+        "runwared_tasks_in_flight 0",
+        "runwared_late_results_dropped_total 0",
+        "runwared_limit_rejections_total 0",
+        "runwared_unauthenticated_requests_total 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(!text.contains(KEY));
+    assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runware_outage_fails_readiness_not_liveness() {
+    let h = start(SimConfig::default(), |c| {
+        c.pong_timeout = Duration::from_secs(2)
+    })
+    .await;
+    h.ready().await;
+    let mut watch = HealthClient::new(channel(&h.daemon).await)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "readiness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        if watch.next().await.unwrap().unwrap().status == ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+    assert_eq!(
+        health(&h.daemon, "liveness").await,
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(health(&h.daemon, "").await, ServingStatus::Serving as i32);
+    h.sim.set_stall(true);
+    wait_status(&h.daemon, |s| s.state != ConnectionState::Ready).await;
+    loop {
+        if watch.next().await.unwrap().unwrap().status == ServingStatus::NotServing as i32 {
+            break;
+        }
+    }
+    assert_eq!(
+        health(&h.daemon, "liveness").await,
+        ServingStatus::Serving as i32,
+        "a Runware outage must not restart the pod"
+    );
+    h.sim.set_stall(false);
+    loop {
+        if watch.next().await.unwrap().unwrap().status == ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let h = start(SimConfig::default(), |_| {}).await;
+    let mut client = ServerReflectionClient::new(channel(&h.daemon).await);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("{answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"runware.v1.Runware".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bearer_token_is_required_when_configured() {
+    let mut h = start(SimConfig::default(), |c| {
+        c.auth_token = BearerToken::new("tok-2f7e");
+        c.metrics_listen = Some(loopback0());
+    })
+    .await;
+    let req = || pb::PromptEnhanceRequest {
+        prompt: "let me in".into(),
+        ..Default::default()
+    };
+    let e = h.client.prompt_enhance(req()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(
+        e.message().contains("authorization: Bearer"),
+        "{}",
+        e.message()
+    );
+    let mut wrong = tonic::Request::new(req());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer tok-2f7f".parse().unwrap());
+    assert_eq!(
+        h.client.prompt_enhance(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut right = tonic::Request::new(req());
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer tok-2f7e".parse().unwrap());
+    assert_eq!(
+        h.client
+            .prompt_enhance(right)
+            .await
+            .unwrap()
+            .into_inner()
+            .versions
+            .len(),
+        1
+    );
+    // Probes need no token.
+    assert_eq!(health(&h.daemon, "").await, ServingStatus::Serving as i32);
+    let text = http_get(h.daemon.metrics_addr.unwrap(), "/metrics").await;
+    assert!(
+        text.contains("runwared_unauthenticated_requests_total 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn systemd_hears_ready_status_watchdog_and_stopping() {
+    bound_clock_steps();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let notify = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let sim = runwared::sim::SimHandle::bind(loopback0(), SimConfig::default(), None)
+        .await
+        .unwrap();
+    let mut config = test_config(sim.url());
+    config.notify = Some(NotifyConfig {
+        socket: path.to_string_lossy().into_owned(),
+        watchdog: Some(Duration::from_secs(4)),
+    });
+    let daemon = Daemon::start(config).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let mut next = async || {
+        let n = notify.recv(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|m: &String| m.starts_with("STATUS=upstream ready"))
+        || !seen.iter().any(|m| m == "WATCHDOG=1")
+    {
+        seen.push(next().await);
+    }
+    assert!(seen.iter().any(|m| m.starts_with("READY=1")), "{seen:?}");
+    let ready_at = seen.iter().position(|m| m.starts_with("READY=1")).unwrap();
+    assert!(
+        seen[..ready_at].iter().all(|m| !m.starts_with("WATCHDOG")),
+        "{seen:?}"
+    );
+    let stop = tokio::spawn(daemon.shutdown(Duration::from_secs(1)));
+    loop {
+        if next().await.starts_with("STOPPING=1") {
+            break;
+        }
+    }
+    stop.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_unix_socket_belongs_to_the_configured_group() {
+    let Some(gid) = runwared::server::group_id("daemon") else {
+        return; // no such group on this machine
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.sock");
+    let _h = start(SimConfig::default(), |c| {
+        c.unix_socket = Some(path.clone());
+        c.unix_socket_group = Some("daemon".into());
+    })
+    .await;
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.gid(), gid);
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert!(runwared::server::group_id("no-such-group-xyz").is_none());
+    assert_eq!(runwared::server::group_id("123"), Some(123));
+}
