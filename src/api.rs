@@ -600,7 +600,10 @@ async fn stream_task_inner<T, F>(
     let mut received = 0;
     loop {
         let next = tokio::select! {
-            _ = tx.closed() => return,
+            _ = tx.closed() => {
+                tracing::debug!(results = received, "client left");
+                return;
+            }
             next = next_item(&mut handle, deadline, received) => next,
         };
         match next {
@@ -612,10 +615,12 @@ async fn stream_task_inner<T, F>(
                     .is_err()
                     || last
                 {
+                    tracing::debug!(results = received, "task delivered");
                     return;
                 }
             }
             Err(status) => {
+                tracing::debug!(results = received, code = ?status.code(), "task ended with an error");
                 let _ = tx.send(Err(status)).await;
                 return;
             }

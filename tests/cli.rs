@@ -65,13 +65,17 @@ impl Daemon {
 
     fn grpc_addr(&mut self) -> String {
         let line = self.wait_for("gRPC listening on TCP");
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
+        let addr = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) => v["fields"]["addr"].as_str().unwrap().to_owned(),
+            Err(_) => line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned(),
+        };
         format!("http://{addr}")
     }
 
@@ -297,4 +301,122 @@ fn runwared_status_over_socket(socket: &std::path::Path) -> (bool, String, Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[test]
+fn check_config_prints_the_effective_settings_without_secrets() {
+    let out = runwared()
+        .args([
+            "check-config",
+            "--listen",
+            "127.0.0.1:9999",
+            "--ping-interval",
+            "15s",
+        ])
+        .env("RUNWARE_API_KEY", "sk-check-config-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("127.0.0.1:9999")
+            && text.contains("15s")
+            && text.contains("configuration OK"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-check-config-secret"), "{text}");
+    assert!(text.contains("api_key") && text.contains("***"), "{text}");
+
+    let bad = runwared()
+        .args(["check-config", "--listen", "0.0.0.0:7433"])
+        .env("RUNWARE_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--auth-token-file"));
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        "serve",
+        "check-config",
+        "sim",
+        "enhance",
+        "image",
+        "run",
+        "status",
+        "soak",
+    ] {
+        let out = runwared().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Usage: runwared") && text.len() > 200,
+            "{cmd}: {text}"
+        );
+    }
+    let serve = runwared().args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&serve.stdout);
+    for flag in [
+        "--simulate",
+        "--api-key-file",
+        "--listen",
+        "--unix-socket",
+        "--state-dir",
+        "--metrics-listen",
+        "--auth-token-file",
+    ] {
+        assert!(text.contains(flag), "serve --help lacks {flag}");
+    }
+}
+
+#[test]
+fn json_logs_carry_the_task_span() {
+    let mut d = Daemon::spawn(
+        &["serve", "--simulate", "--listen", "127.0.0.1:0"],
+        &[
+            ("RUNWARED_LOG", "info,runwared::api=debug"),
+            ("RUNWARED_LOG_FORMAT", "json"),
+        ],
+    );
+    let addr = d.grpc_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("task.json");
+    std::fs::write(
+        &task,
+        r#"{"taskType":"imageCaption","inputImage":"b7db282d-2943-4f12-992f-77df3ad3ec71"}"#,
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&addr, &["run", task.to_str().unwrap(), "--timeout", "30s"]);
+    assert!(ok, "{err}");
+    let uuid = serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["taskUUID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log = d.stop();
+    let objects: Vec<serde_json::Value> = log
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
+        .collect();
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["level"].is_string() && o["fields"].is_object())
+    );
+    assert!(objects.iter().any(|o| {
+        o["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("listening"))
+    }));
+    let delivered = objects
+        .iter()
+        .find(|o| o["fields"]["message"] == "task delivered")
+        .expect("a log line about the task");
+    assert_eq!(delivered["span"]["name"], "task");
+    assert_eq!(delivered["span"]["task"], uuid.as_str(), "{delivered}");
 }
