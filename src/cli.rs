@@ -53,6 +53,37 @@ enum Command {
     /// loopback, many clients, faults of every kind; prints the figures and
     /// fails if any guarantee broke.
     Soak(SoakArgs),
+    /// Measure the daemon against a direct WebSocket client, on loopback:
+    /// throughput, latency, CPU, memory, idle cost, resume time.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Concurrent callers to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256,4096")]
+    concurrency: Vec<usize>,
+    /// Tasks per scenario (C > 1).
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Tasks per scenario at C = 1.
+    #[arg(long, default_value_t = 2_000)]
+    tasks_single: usize,
+    /// Seconds of idle CPU measurement (0 skips).
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
+    /// Tasks held in flight for the memory figures (comma-separated; 0 skips).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    in_flight: Vec<usize>,
+    /// Drops for the resume-time figure (0 skips).
+    #[arg(long, default_value_t = 20)]
+    drops: usize,
+    /// A short run: 2000 tasks, no idle minute, 10000 in flight, 5 drops.
+    #[arg(long)]
+    quick: bool,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -211,7 +242,40 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Run(args) => run_task(args).await,
         Command::Status(args) => status(args).await,
         Command::Soak(args) => soak(args).await,
+        Command::Bench(args) => bench(args).await,
     }
+}
+
+async fn bench(a: BenchArgs) -> CliResult {
+    use runwared::bench::{BenchConfig, run, table};
+    let mut config = BenchConfig {
+        concurrency: a.concurrency,
+        tasks: a.tasks,
+        tasks_single: a.tasks_single,
+        idle: Duration::from_secs(a.idle_seconds),
+        in_flight: a.in_flight.into_iter().filter(|n| *n > 0).collect(),
+        drops: a.drops,
+        ..BenchConfig::default()
+    };
+    if a.quick {
+        config.tasks = 2_000;
+        config.tasks_single = 500;
+        config.idle = Duration::ZERO;
+        config.in_flight = vec![10_000];
+        config.drops = 5;
+    }
+    let report = run(config, |line| eprintln!("bench: {line}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("{}", table(&report));
+    }
+    Ok(())
 }
 
 async fn soak(a: SoakArgs) -> CliResult {

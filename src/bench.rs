@@ -1,0 +1,771 @@
+//! `runwared bench`: what a local client pays for going through the daemon,
+//! against the floor of holding its own socket.
+//!
+//! The simulator (zero latency) and each scenario's daemon run as separate
+//! processes of this binary, so the daemon's CPU time and peak RSS are read
+//! from `/proc`. Callers run here, on loopback: through the daemon's unary
+//! and streaming RPCs, through its `Session` stream, and through a *direct*
+//! client, one raw WebSocket to the same simulator that pipelines every
+//! caller's tasks and routes results by taskUUID (what an ideal in-process
+//! SDK would do). Every scenario is bounded in tasks and time.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{Target, connect};
+use crate::pb;
+use crate::protocol::{self, Inbound, TaskUuid};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub concurrency: Vec<usize>,
+    /// Tasks per scenario (fewer at C=1, where each waits for the last).
+    pub tasks: usize,
+    pub tasks_single: usize,
+    /// Give up on a scenario after this long.
+    pub scenario_limit: Duration,
+    /// Idle CPU is measured over this long (0 skips).
+    pub idle: Duration,
+    /// Tasks held in flight for the memory figures (empty skips).
+    pub in_flight: Vec<usize>,
+    /// Drops for the drop-to-first-resumed-result figure (0 skips).
+    pub drops: usize,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            concurrency: vec![1, 16, 256, 4096],
+            tasks: 20_000,
+            tasks_single: 2_000,
+            scenario_limit: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
+            in_flight: vec![10_000, 100_000],
+            drops: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Load {
+    /// promptEnhance, one version each.
+    Enhance,
+    /// Every fourth task an imageInference with 4 results, the rest promptEnhance.
+    Mixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// PromptEnhance (unary) and ImageInference (server streaming).
+    Rpc,
+    /// Session (bidirectional), one stream per connection.
+    Session,
+    /// No daemon: one WebSocket, pipelined.
+    Direct,
+}
+
+/// One scenario's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub load: Load,
+    pub path: Path,
+    pub concurrency: usize,
+    pub tasks: usize,
+    pub failed: usize,
+    pub tasks_per_s: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Daemon CPU seconds per 1000 tasks (none for direct).
+    pub daemon_cpu_s_per_1k: Option<f64>,
+    pub daemon_peak_rss_mib: Option<f64>,
+    /// Throughput through the daemon over direct, same load and C.
+    pub ratio_to_direct: Option<f64>,
+    /// p99 through the daemon minus p99 direct, ms.
+    pub added_p99_ms: Option<f64>,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    /// (tasks in flight, daemon RSS MiB, bytes per task over idle)
+    pub memory: Vec<(usize, f64, f64)>,
+    pub idle_rss_mib: f64,
+    /// Share of one core used by an idle daemon with its socket up, percent.
+    pub idle_cpu_percent: Option<f64>,
+    /// Drop (server side) to the first buffered result after resume, ms.
+    pub resume_ms: Vec<f64>,
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (user + system) a process used so far.
+fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (utime + stime) / ticks
+}
+
+/// VmRSS and VmHWM of a process, MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A child process of this binary, and the address it printed.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `runwared sim` with zero latency; returns it and its URL.
+fn start_sim(latency: &str) -> std::io::Result<(Proc, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--latency",
+            latency,
+            "--per-result-latency",
+            latency,
+        ])
+        .env("RUNWARED_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    Ok((Proc { child }, line.trim().to_owned()))
+}
+
+/// Starts a daemon against `url`; returns it and its gRPC address.
+fn start_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String)> {
+    let mut args = vec![
+        "serve",
+        "--upstream-url",
+        url,
+        "--listen",
+        "127.0.0.1:0",
+        "--max-in-flight",
+        "300000",
+        "--max-in-flight-per-connection",
+        "300000",
+        "--max-queued",
+        "300000",
+        "--unix-socket",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(&args)
+        .env_clear()
+        .env("RUNWARE_API_KEY", "bench-key")
+        .env("RUNWARED_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut reader = BufReader::new(stderr);
+    let mut addr = None;
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 {
+        if let Some(a) = line.split("addr=").nth(1) {
+            addr = a.split_whitespace().next().map(|s| format!("http://{s}"));
+        }
+        if line.contains("connected to Runware") {
+            break;
+        }
+        line.clear();
+    }
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    let addr = addr.ok_or_else(|| std::io::Error::other("the daemon did not start"))?;
+    Ok((Proc { child }, addr))
+}
+
+fn task_json(load: Load, i: usize, uuid: &TaskUuid) -> (serde_json::Value, u32) {
+    if load == Load::Mixed && i % 4 == 0 {
+        (
+            json!({"taskType": "imageInference", "taskUUID": uuid.to_string(), "positivePrompt": format!("bench {i}"),
+                   "model": "runware:101@1", "width": 512, "height": 512, "numberResults": 4}),
+            4,
+        )
+    } else {
+        (
+            json!({"taskType": "promptEnhance", "taskUUID": uuid.to_string(), "prompt": format!("bench {i}"), "promptVersions": 1}),
+            1,
+        )
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs `total` tasks from `c` callers; each caller runs `one(i)` and
+/// returns its latency, or None on failure.
+async fn drive<F, Fut>(
+    c: usize,
+    total: usize,
+    limit: Duration,
+    one: F,
+) -> (Vec<f64>, usize, Duration)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let one = Arc::new(one);
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..c {
+        let next = Arc::clone(&next);
+        let one = Arc::clone(&one);
+        callers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return (lat, failed);
+                }
+                let t = Instant::now();
+                if one(i).await {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    failed += 1;
+                }
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    let mut failed = 0;
+    let joined = tokio::time::timeout(limit, futures::future::join_all(callers)).await;
+    match joined {
+        Ok(results) => {
+            for r in results.into_iter().flatten() {
+                all.extend(r.0);
+                failed += r.1;
+            }
+        }
+        Err(_) => failed = total,
+    }
+    (all, failed, started.elapsed())
+}
+
+/// gRPC connections for `c` callers: one per 64.
+async fn channels(
+    addr: &str,
+    c: usize,
+) -> Vec<pb::runware_client::RunwareClient<tonic::transport::Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..c.div_ceil(64) {
+        out.push(
+            connect(&Target::Tcp(addr.to_owned()))
+                .await
+                .expect("connect to the daemon"),
+        );
+    }
+    out
+}
+
+async fn run_rpc(
+    addr: &str,
+    load: Load,
+    c: usize,
+    total: usize,
+    limit: Duration,
+) -> (Vec<f64>, usize, Duration) {
+    let clients = Arc::new(channels(addr, c).await);
+    drive(c, total, limit, move |i| {
+        let mut client = clients[i % clients.len()].clone();
+        async move {
+            if load == Load::Mixed && i % 4 == 0 {
+                let req = pb::ImageInferenceRequest {
+                    positive_prompt: format!("bench {i}"),
+                    model: "runware:101@1".into(),
+                    width: Some(512),
+                    height: Some(512),
+                    number_results: Some(4),
+                    ..Default::default()
+                };
+                match client.image_inference(req).await {
+                    Ok(s) => {
+                        s.into_inner()
+                            .fold(0, |n, r| async move { n + usize::from(r.is_ok()) })
+                            .await
+                            == 4
+                    }
+                    Err(_) => false,
+                }
+            } else {
+                let req = pb::PromptEnhanceRequest {
+                    prompt: format!("bench {i}"),
+                    prompt_versions: Some(1),
+                    ..Default::default()
+                };
+                client.prompt_enhance(req).await.is_ok()
+            }
+        }
+    })
+    .await
+}
+
+/// One Session stream per connection; callers wait on their request_id.
+async fn run_session(
+    addr: &str,
+    load: Load,
+    c: usize,
+    total: usize,
+    limit: Duration,
+) -> (Vec<f64>, usize, Duration) {
+    type Waiters = Arc<DashMap<String, oneshot::Sender<bool>>>;
+    let mut sessions: Vec<(mpsc::Sender<pb::SessionRequest>, Waiters)> = Vec::new();
+    for mut client in channels(addr, c).await {
+        let (tx, rx) = mpsc::channel(1024);
+        let waiters: Waiters = Arc::new(DashMap::new());
+        let mut events = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("open a session")
+            .into_inner();
+        let w = Arc::clone(&waiters);
+        tokio::spawn(async move {
+            use pb::session_event::Event;
+            while let Some(Ok(ev)) = events.next().await {
+                let done = match ev.event {
+                    Some(Event::Completed(_)) => Some(true),
+                    Some(Event::Error(_)) => Some(false),
+                    _ => None,
+                };
+                if let Some(ok) = done {
+                    if let Some((_, tx)) = w.remove(&ev.request_id) {
+                        let _ = tx.send(ok);
+                    }
+                }
+            }
+        });
+        sessions.push((tx, waiters));
+    }
+    let sessions = Arc::new(sessions);
+    drive(c, total, limit, move |i| {
+        let sessions = Arc::clone(&sessions);
+        async move {
+            let (tx, waiters) = &sessions[i % sessions.len()];
+            let (json, _) = task_json(load, i, &TaskUuid::new_v4());
+            let id = i.to_string();
+            let (done_tx, done_rx) = oneshot::channel();
+            waiters.insert(id.clone(), done_tx);
+            let submit = pb::SessionRequest {
+                request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+                    request_id: id,
+                    task: Some(pb::RunRequest {
+                        task_json: json.to_string(),
+                        expected_results: None,
+                    }),
+                })),
+            };
+            if tx.send(submit).await.is_err() {
+                return false;
+            }
+            done_rx.await.unwrap_or(false)
+        }
+    })
+    .await
+}
+
+/// The floor: one WebSocket, a writer that batches, a reader that routes.
+async fn run_direct(
+    url: &str,
+    load: Load,
+    c: usize,
+    total: usize,
+    limit: Duration,
+) -> (Vec<f64>, usize, Duration) {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .expect("connect to the simulator");
+    let (mut sink, mut stream) = ws.split();
+    sink.send(Message::Text(
+        protocol::auth_frame("bench-key", None).into(),
+    ))
+    .await
+    .expect("authenticate");
+    // The authentication answer.
+    let _ = stream.next().await;
+    type Pending = Arc<DashMap<TaskUuid, (u32, oneshot::Sender<()>)>>;
+    let pending: Pending = Arc::new(DashMap::new());
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut frame = String::new();
+            protocol::push_task(&mut frame, &first);
+            while let Ok(more) = rx.try_recv() {
+                protocol::push_task(&mut frame, &more);
+            }
+            protocol::finish_batch(&mut frame);
+            if sink.send(Message::Text(frame.into())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let p = Arc::clone(&pending);
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let Message::Text(text) = msg else { continue };
+            let Ok(items) = protocol::parse_frame(&text) else {
+                continue;
+            };
+            for item in items {
+                if let Inbound::Result { task, .. } = item {
+                    let done = match p.get_mut(&task) {
+                        Some(mut e) => {
+                            e.0 -= 1;
+                            e.0 == 0
+                        }
+                        None => false,
+                    };
+                    if done {
+                        if let Some((_, (_, tx))) = p.remove(&task) {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
+        }
+    });
+    drive(c, total, limit, move |i| {
+        let pending = Arc::clone(&pending);
+        let tx = tx.clone();
+        async move {
+            let uuid = TaskUuid::new_v4();
+            let (json, expected) = task_json(load, i, &uuid);
+            let (done_tx, done_rx) = oneshot::channel();
+            pending.insert(uuid, (expected, done_tx));
+            if tx.send(json.to_string()).is_err() {
+                return false;
+            }
+            done_rx.await.is_ok()
+        }
+    })
+    .await
+}
+
+/// Runs the benchmark; `progress` gets a line per step.
+pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Result<Report> {
+    let ticks = clock_ticks();
+    let (_sim, url) = start_sim("0ms")?;
+    let mut rows = Vec::new();
+    for load in [Load::Enhance, Load::Mixed] {
+        for &c in &config.concurrency {
+            let total = if c == 1 {
+                config.tasks_single
+            } else {
+                config.tasks
+            };
+            let (lat, failed, took) = run_direct(&url, load, c, total, config.scenario_limit).await;
+            let direct = summarize(load, Path::Direct, c, total, lat, failed, took, None);
+            progress(&format!(
+                "{load:?} direct C={c}: {:.0} tasks/s",
+                direct.tasks_per_s
+            ));
+            for path in [Path::Rpc, Path::Session] {
+                let (daemon, addr) = start_daemon(&url, &[])?;
+                let pid = daemon.child.id();
+                let cpu0 = cpu_seconds(pid, ticks);
+                let (lat, failed, took) = match path {
+                    Path::Rpc => run_rpc(&addr, load, c, total, config.scenario_limit).await,
+                    _ => run_session(&addr, load, c, total, config.scenario_limit).await,
+                };
+                let cpu = cpu_seconds(pid, ticks) - cpu0;
+                let (_, hwm) = memory_mib(pid);
+                let mut row = summarize(load, path, c, total, lat, failed, took, Some((cpu, hwm)));
+                row.ratio_to_direct =
+                    Some(row.tasks_per_s / direct.tasks_per_s.max(f64::MIN_POSITIVE));
+                row.added_p99_ms = Some(row.p99_ms - direct.p99_ms);
+                progress(&format!(
+                    "{load:?} {path:?} C={c}: {:.0} tasks/s ({:.2} of direct), p99 {:.2} ms",
+                    row.tasks_per_s,
+                    row.ratio_to_direct.unwrap_or(0.0),
+                    row.p99_ms
+                ));
+                rows.push(row);
+            }
+            rows.push(direct);
+        }
+    }
+
+    // Memory with many tasks in flight: results take an hour, so they wait.
+    let (_slow_sim, slow_url) = start_sim("3600s")?;
+    let (daemon, addr) = start_daemon(&slow_url, &[])?;
+    let pid = daemon.child.id();
+    let (idle_rss, _) = memory_mib(pid);
+    let mut memory = Vec::new();
+    let mut client = connect(&Target::Tcp(addr.clone()))
+        .await
+        .map_err(std::io::Error::other)?;
+    let (tx, rx) = mpsc::channel(4096);
+    let mut events = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(std::io::Error::other)?
+        .into_inner();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Some(Ok(ev)) = events.next().await {
+            if matches!(ev.event, Some(pb::session_event::Event::Accepted(_))) {
+                a.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let mut sent = 0;
+    for &target in &config.in_flight {
+        while sent < target {
+            let (json, _) = task_json(Load::Enhance, sent, &TaskUuid::new_v4());
+            let submit = pb::SessionRequest {
+                request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+                    request_id: String::new(),
+                    task: Some(pb::RunRequest {
+                        task_json: json.to_string(),
+                        expected_results: None,
+                    }),
+                })),
+            };
+            if tx.send(submit).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        let deadline = Instant::now() + config.scenario_limit;
+        while accepted.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let the daemon send them upstream and settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (rss, _) = memory_mib(pid);
+        let per_task = (rss - idle_rss) * 1024.0 * 1024.0 / target as f64;
+        progress(&format!(
+            "{target} in flight: {rss:.1} MiB ({per_task:.0} bytes per task)"
+        ));
+        memory.push((target, rss, per_task));
+    }
+    drop(tx);
+    drop(daemon);
+
+    // Idle: connected, pinging, nothing to do.
+    let idle_cpu_percent = if config.idle.is_zero() {
+        None
+    } else {
+        let (daemon, _) = start_daemon(&url, &[])?;
+        let pid = daemon.child.id();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu0 = cpu_seconds(pid, ticks);
+        tokio::time::sleep(config.idle).await;
+        let pct = (cpu_seconds(pid, ticks) - cpu0) / config.idle.as_secs_f64() * 100.0;
+        progress(&format!("idle: {pct:.3}% of a core over {:?}", config.idle));
+        Some(pct)
+    };
+
+    let resume_ms = measure_resume(config.drops, &progress).await?;
+    Ok(Report {
+        rows,
+        memory,
+        idle_rss_mib: idle_rss,
+        idle_cpu_percent,
+        resume_ms,
+    })
+}
+
+/// Abrupt drop on the server side while a result is due; time to that
+/// result reaching the client after the daemon resumed the session.
+async fn measure_resume(drops: usize, progress: &impl Fn(&str)) -> std::io::Result<Vec<f64>> {
+    if drops == 0 {
+        return Ok(Vec::new());
+    }
+    let config = crate::sim::SimConfig {
+        latency: Duration::from_millis(20),
+        ..crate::sim::SimConfig::default()
+    };
+    let sim = crate::sim::SimHandle::bind(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        config,
+        None,
+    )
+    .await?;
+    // A long-running daemon's session is healthy: its first retry is immediate.
+    let (daemon, addr) = start_daemon(&sim.url(), &["--healthy-after", "100ms"])?;
+    let client = connect(&Target::Tcp(addr))
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut out = Vec::new();
+    for _ in 0..drops {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut c = client.clone();
+        let call = tokio::spawn(async move {
+            c.prompt_enhance(pb::PromptEnhanceRequest {
+                prompt: "resume me".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| Instant::now())
+        });
+        // Drop once the task reached the simulator; its result is made while
+        // the daemon is away, buffered, and pushed after the resume.
+        let mut stats = sim.stats();
+        let before = stats.borrow().executions;
+        let _ = stats.wait_for(|s| s.executions > before).await;
+        sim.drop_connections();
+        let dropped = Instant::now();
+        if let Ok(Ok(done)) = call.await {
+            out.push(done.duration_since(dropped).as_secs_f64() * 1000.0);
+        }
+    }
+    drop(daemon);
+    drop(client);
+    out.sort_by(f64::total_cmp);
+    progress(&format!(
+        "drop to first resumed result: p50 {:.1} ms, max {:.1} ms",
+        percentile(&out, 0.5),
+        out.last().copied().unwrap_or(0.0)
+    ));
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    load: Load,
+    path: Path,
+    c: usize,
+    total: usize,
+    mut lat: Vec<f64>,
+    failed: usize,
+    took: Duration,
+    daemon: Option<(f64, f64)>,
+) -> Row {
+    lat.sort_by(f64::total_cmp);
+    let done = lat.len();
+    Row {
+        load,
+        path,
+        concurrency: c,
+        tasks: total,
+        failed,
+        tasks_per_s: done as f64 / took.as_secs_f64(),
+        p50_ms: percentile(&lat, 0.5),
+        p90_ms: percentile(&lat, 0.9),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().copied().unwrap_or(0.0),
+        daemon_cpu_s_per_1k: daemon.map(|(cpu, _)| cpu / (done.max(1) as f64 / 1000.0)),
+        daemon_peak_rss_mib: daemon.map(|(_, rss)| rss),
+        ratio_to_direct: None,
+        added_p99_ms: None,
+    }
+}
+
+/// The report as Markdown tables.
+pub fn table(r: &Report) -> String {
+    let mut t = String::from(
+        "| load | path | C | tasks | failed | tasks/s | p50 ms | p90 ms | p99 ms | max ms | daemon CPU s/1k | daemon peak RSS MiB | x direct | +p99 ms |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let opt = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
+    for row in &r.rows {
+        t.push_str(&format!(
+            "| {:?} | {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            row.load,
+            row.path,
+            row.concurrency,
+            row.tasks,
+            row.failed,
+            row.tasks_per_s,
+            row.p50_ms,
+            row.p90_ms,
+            row.p99_ms,
+            row.max_ms,
+            opt(row.daemon_cpu_s_per_1k, 3),
+            opt(row.daemon_peak_rss_mib, 1),
+            opt(row.ratio_to_direct, 2),
+            opt(row.added_p99_ms, 2),
+        ));
+    }
+    t.push_str(&format!(
+        "\nIdle daemon: {:.1} MiB resident",
+        r.idle_rss_mib
+    ));
+    if let Some(p) = r.idle_cpu_percent {
+        t.push_str(&format!(
+            ", {p:.3}% of a core with its socket up and pinging"
+        ));
+    }
+    t.push_str(
+        "\n\n| tasks in flight | daemon RSS MiB | bytes per task |\n| ---: | ---: | ---: |\n",
+    );
+    for (n, rss, per) in &r.memory {
+        t.push_str(&format!("| {n} | {rss:.1} | {per:.0} |\n"));
+    }
+    if !r.resume_ms.is_empty() {
+        let by = |p| percentile(&r.resume_ms, p);
+        t.push_str(&format!(
+            "\nDrop to first resumed result ({} drops): p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms\n",
+            r.resume_ms.len(),
+            by(0.5),
+            by(0.9),
+            r.resume_ms.last().copied().unwrap_or(0.0)
+        ));
+    }
+    t
+}
