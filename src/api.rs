@@ -584,9 +584,11 @@ where
     stream_task_inner(handle, deadline, tx, convert).instrument(span)
 }
 
-/// The span of everything logged about one task.
+/// The span of everything logged about one task. Debug level: a span at
+/// info was measured as the daemon's largest CPU cost per task (created,
+/// entered and closed on every poll) while nothing at info logs inside it.
 fn task_span(uuid: &TaskUuid) -> tracing::Span {
-    tracing::info_span!("task", task = %uuid)
+    tracing::debug_span!("task", task = %uuid)
 }
 
 async fn stream_task_inner<T, F>(

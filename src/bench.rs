@@ -212,13 +212,15 @@ fn start_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String)> {
     let mut reader = BufReader::new(stderr);
     let mut addr = None;
     let mut line = String::new();
-    while reader.read_line(&mut line)? > 0 {
+    let mut said = String::new();
+    let mut connected = false;
+    // Both lines, in either order: listening, and connected upstream.
+    while (addr.is_none() || !connected) && reader.read_line(&mut line)? > 0 {
+        said.push_str(&line);
         if let Some(a) = line.split("addr=").nth(1) {
             addr = a.split_whitespace().next().map(|s| format!("http://{s}"));
         }
-        if line.contains("connected to Runware") {
-            break;
-        }
+        connected |= line.contains("connected to Runware");
         line.clear();
     }
     // Keep draining the log so the daemon never blocks on a full pipe.
@@ -228,7 +230,8 @@ fn start_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String)> {
             sink.clear();
         }
     });
-    let addr = addr.ok_or_else(|| std::io::Error::other("the daemon did not start"))?;
+    let addr =
+        addr.ok_or_else(|| std::io::Error::other(format!("the daemon did not start:\n{said}")))?;
     Ok((Proc { child }, addr))
 }
 

@@ -198,7 +198,7 @@ struct RunArgs {
 
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!(
             "runwared: bad log filter {:?} ({e}); using \"info\"",
             cli.log
@@ -206,13 +206,14 @@ pub fn init_logging(cli: &Cli) {
         tracing_subscriber::EnvFilter::new("info")
     });
     // The WebSocket library logs whole frames at trace level: the
-    // authentication frame (the API key) and prompts. No filter a user
-    // writes may let those through.
-    let no_payloads = tracing_subscriber::filter::filter_fn(|meta| {
-        !(*meta.level() == tracing::Level::TRACE
-            && (meta.target().starts_with("tungstenite")
-                || meta.target().starts_with("tokio_tungstenite")))
-    });
+    // authentication frame (the API key) and prompts. Directives added
+    // after the user's replace theirs for the same target, so no filter a
+    // user writes lets those through. (As directives, not a separate
+    // filter: the filter keeps its level hint, so the `log` bridge does
+    // not build a record for every trace line only to drop it.)
+    for cap in ["tungstenite=debug", "tokio_tungstenite=debug"] {
+        filter = filter.add_directive(cap.parse().expect("a valid directive"));
+    }
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = if cli.log_format == "json" {
         layer.json().with_current_span(true).boxed()
@@ -220,7 +221,7 @@ pub fn init_logging(cli: &Cli) {
         layer.boxed()
     };
     tracing_subscriber::registry()
-        .with(layer.with_filter(filter).with_filter(no_payloads))
+        .with(layer.with_filter(filter))
         .init();
 }
 

@@ -46,8 +46,9 @@ pub enum TaskEvent {
         item: Arc<str>,
         last: bool,
     },
-    /// The task ended with an error; nothing follows it.
-    Failed(TaskFailure),
+    /// The task ended with an error; nothing follows it. Boxed: it is
+    /// rare, and the event's size is paid by every result.
+    Failed(Box<TaskFailure>),
 }
 
 /// Why a task ended without all its results.
@@ -160,7 +161,7 @@ struct PollState {
 #[derive(Debug, Clone)]
 enum Outcome {
     Completed,
-    Failed(TaskFailure),
+    Failed(Box<TaskFailure>),
 }
 
 struct Task {
@@ -182,7 +183,7 @@ struct Task {
     /// Ids of the results (imageUUID, ...), to drop duplicates.
     result_ids: Vec<Box<str>>,
     outcome: Option<Outcome>,
-    watchers: Vec<mpsc::UnboundedSender<TaskEvent>>,
+    watchers: Vec<EventSender>,
     /// When it ended, or when its last watcher left: retention counts from here.
     idle_since: Option<Instant>,
     /// The bytes its results take, for the retention bound.
@@ -195,7 +196,8 @@ impl Task {
     }
 
     fn notify(&mut self, event: &TaskEvent) {
-        self.watchers.retain(|w| w.send(event.clone()).is_ok());
+        self.watchers
+            .retain(|w| w.unbounded_send(event.clone()).is_ok());
     }
 }
 
@@ -350,7 +352,7 @@ impl Dispatch {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(SubmitError::TooManyInFlight(self.limits.max_in_flight)));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = events();
         match self.tasks.entry(task.uuid) {
             Entry::Occupied(_) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -386,7 +388,7 @@ impl Dispatch {
         self: &Arc<Self>,
         uuid: TaskUuid,
         expected: u32,
-        events: mpsc::UnboundedReceiver<TaskEvent>,
+        events: Events,
         conn: Option<ConnectionGuard>,
     ) -> TaskHandle {
         TaskHandle {
@@ -408,20 +410,20 @@ impl Dispatch {
             .tasks
             .get_mut(&uuid)
             .ok_or(SubmitError::NotFound(uuid))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = events();
         let n = task.results.len() as u32;
         for (i, item) in task.results.iter().enumerate() {
             let last = task.outcome.is_some()
                 && i as u32 + 1 == n
                 && matches!(task.outcome, Some(Outcome::Completed));
-            let _ = tx.send(TaskEvent::Result {
+            let _ = tx.unbounded_send(TaskEvent::Result {
                 index: i as u32,
                 item: Arc::clone(item),
                 last,
             });
         }
         if let Some(Outcome::Failed(f)) = &task.outcome {
-            let _ = tx.send(TaskEvent::Failed(f.clone()));
+            let _ = tx.unbounded_send(TaskEvent::Failed(f.clone()));
         }
         if task.outcome.is_none() {
             task.watchers.push(tx);
@@ -755,7 +757,11 @@ impl Dispatch {
             message,
             runware: Some(error),
         };
-        self.finish(&mut task, Outcome::Failed(failure), Instant::now());
+        self.finish(
+            &mut task,
+            Outcome::Failed(Box::new(failure)),
+            Instant::now(),
+        );
     }
 
     /// Ends every task in flight with the same failure.
@@ -768,7 +774,7 @@ impl Dispatch {
                     message: message.to_owned(),
                     runware: None,
                 };
-                self.finish(entry.value_mut(), Outcome::Failed(failure), now);
+                self.finish(entry.value_mut(), Outcome::Failed(Box::new(failure)), now);
             }
         }
     }
@@ -779,11 +785,11 @@ impl Dispatch {
     pub fn release_watchers(&self, message: &str) {
         for mut entry in self.tasks.iter_mut() {
             if entry.in_flight() {
-                let event = TaskEvent::Failed(TaskFailure {
+                let event = TaskEvent::Failed(Box::new(TaskFailure {
                     kind: FailureKind::ShuttingDown,
                     message: message.to_owned(),
                     runware: None,
-                });
+                }));
                 entry.notify(&event);
                 entry.watchers.clear();
             }
@@ -980,12 +986,42 @@ impl Drop for ConnectionGuard {
     }
 }
 
+type EventSender = futures::channel::mpsc::UnboundedSender<TaskEvent>;
+
+/// A watcher's channel. `futures`' unbounded channel allocates per message;
+/// tokio's allocates a 32-slot block up front, which for every task in
+/// flight cost more than the task itself.
+fn events() -> (EventSender, Events) {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    (tx, Events(rx))
+}
+
+/// The events of one watched task.
+#[derive(Debug)]
+pub struct Events(futures::channel::mpsc::UnboundedReceiver<TaskEvent>);
+
+impl Events {
+    /// The next event; `None` once the table let go of the watcher.
+    pub async fn recv(&mut self) -> Option<TaskEvent> {
+        futures::StreamExt::next(&mut self.0).await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<TaskEvent, Empty> {
+        self.0.try_recv().map_err(|_| Empty)
+    }
+}
+
+/// No event is waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Empty;
+
 /// A client's watch on a task: its events, and a guard that tells the
 /// table when the client stops watching.
 pub struct TaskHandle {
     pub uuid: TaskUuid,
     pub expected: u32,
-    pub events: mpsc::UnboundedReceiver<TaskEvent>,
+    pub events: Events,
     guard: WatchGuard,
 }
 
@@ -1048,6 +1084,13 @@ mod tests {
         assert!(d.append_for_send(uuid, &mut frame));
     }
 
+    fn failure(e: TaskEvent) -> TaskFailure {
+        match e {
+            TaskEvent::Failed(f) => *f,
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn next_result(h: &mut TaskHandle) -> (u32, String, bool) {
         match h.events.try_recv().unwrap() {
             TaskEvent::Result { index, item, last } => (index, item.to_string(), last),
@@ -1098,13 +1141,10 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert!(matches!(
-            a.events.try_recv().unwrap(),
-            TaskEvent::Failed(TaskFailure {
-                kind: FailureKind::Runware(ErrorClass::InvalidArgument),
-                ..
-            })
-        ));
+        assert_eq!(
+            failure(a.events.try_recv().unwrap()).kind,
+            FailureKind::Runware(ErrorClass::InvalidArgument)
+        );
         assert!(b.events.try_recv().is_err());
         assert_eq!(d.in_flight(), 1);
     }
@@ -1124,13 +1164,10 @@ mod tests {
         send(&d, &resent.uuid);
         d.fail(fresh.uuid, conflict());
         d.fail(resent.uuid, conflict());
-        assert!(matches!(
-            fresh.events.try_recv().unwrap(),
-            TaskEvent::Failed(TaskFailure {
-                kind: FailureKind::Runware(ErrorClass::Conflict),
-                ..
-            })
-        ));
+        assert_eq!(
+            failure(fresh.events.try_recv().unwrap()).kind,
+            FailureKind::Runware(ErrorClass::Conflict)
+        );
         assert!(resent.events.try_recv().is_err());
         assert_eq!(d.in_flight(), 1);
         assert_eq!(d.polling(), 0);
@@ -1399,13 +1436,10 @@ mod tests {
         let (d, _q, s) = setup(Limits::default());
         let mut h = d.submit(task(1), None).unwrap();
         d.fail_all(FailureKind::UpstreamAuthRejected, "bad key");
-        assert!(matches!(
-            h.events.try_recv().unwrap(),
-            TaskEvent::Failed(TaskFailure {
-                kind: FailureKind::UpstreamAuthRejected,
-                ..
-            })
-        ));
+        assert_eq!(
+            failure(h.events.try_recv().unwrap()).kind,
+            FailureKind::UpstreamAuthRejected
+        );
         s.send_modify(|st| {
             st.state = ConnectionState::AuthRejected;
             st.last_error = Some("invalidApiKey: nope".into());

@@ -23,6 +23,14 @@ struct Daemon {
     log: Vec<String>,
 }
 
+impl Drop for Daemon {
+    /// A failing test must not leave its daemon running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Daemon {
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = runwared();
@@ -95,7 +103,7 @@ impl Daemon {
             "daemon exited with {status}; log:\n{}",
             self.log.join("\n")
         );
-        self.log
+        std::mem::take(&mut self.log)
     }
 }
 
