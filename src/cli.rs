@@ -211,8 +211,12 @@ pub fn init_logging(cli: &Cli) {
     // user writes lets those through. (As directives, not a separate
     // filter: the filter keeps its level hint, so the `log` bridge does
     // not build a record for every trace line only to drop it.)
-    for cap in ["tungstenite=debug", "tokio_tungstenite=debug"] {
-        filter = filter.add_directive(cap.parse().expect("a valid directive"));
+    // Only when the user's filter reaches trace anywhere: a cap must lower,
+    // never raise, those crates' level.
+    if filter.max_level_hint() == Some(tracing::level_filters::LevelFilter::TRACE) {
+        for cap in ["tungstenite=debug", "tokio_tungstenite=debug"] {
+            filter = filter.add_directive(cap.parse().expect("a valid directive"));
+        }
     }
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = if cli.log_format == "json" {
