@@ -367,6 +367,19 @@ async fn run_rpc(
     .await
 }
 
+/// A Session message submitting one task.
+fn submit(request_id: String, task: &serde_json::Value) -> pb::SessionRequest {
+    pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+            request_id,
+            task: Some(pb::RunRequest {
+                task_json: task.to_string(),
+                expected_results: None,
+            }),
+        })),
+    }
+}
+
 /// One Session stream per connection; callers wait on their request_id.
 async fn run_session(
     addr: &str,
@@ -412,16 +425,7 @@ async fn run_session(
             let id = i.to_string();
             let (done_tx, done_rx) = oneshot::channel();
             waiters.insert(id.clone(), done_tx);
-            let submit = pb::SessionRequest {
-                request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
-                    request_id: id,
-                    task: Some(pb::RunRequest {
-                        task_json: json.to_string(),
-                        expected_results: None,
-                    }),
-                })),
-            };
-            if tx.send(submit).await.is_err() {
+            if tx.send(submit(id, &json)).await.is_err() {
                 return false;
             }
             done_rx.await.unwrap_or(false)
@@ -579,16 +583,7 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     for &target in &config.in_flight {
         while sent < target {
             let (json, _) = task_json(Load::Enhance, sent, &TaskUuid::new_v4());
-            let submit = pb::SessionRequest {
-                request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
-                    request_id: String::new(),
-                    task: Some(pb::RunRequest {
-                        task_json: json.to_string(),
-                        expected_results: None,
-                    }),
-                })),
-            };
-            if tx.send(submit).await.is_err() {
+            if tx.send(submit(String::new(), &json)).await.is_err() {
                 break;
             }
             sent += 1;

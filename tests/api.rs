@@ -24,17 +24,6 @@ fn enhance(prompt: &str, versions: u32) -> pb::PromptEnhanceRequest {
     }
 }
 
-fn image(prompt: &str, n: u32) -> pb::ImageInferenceRequest {
-    pb::ImageInferenceRequest {
-        positive_prompt: prompt.into(),
-        model: "runware:101@1".into(),
-        width: Some(512),
-        height: Some(512),
-        number_results: Some(n),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn prompt_enhance_returns_every_version_in_order() {
     let mut h = start(SimConfig::default(), |_| {}).await;

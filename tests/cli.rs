@@ -107,17 +107,19 @@ impl Daemon {
     }
 }
 
-fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let out = runwared()
-        .args(args)
-        .env("RUNWARED_ADDR", addr)
-        .output()
-        .unwrap();
+/// Runs a command; its success, stdout and stderr.
+fn output(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The CLI client against the daemon at `addr`.
+fn cli(addr: &str, args: &[&str]) -> (bool, String, String) {
+    output(runwared().args(args).env("RUNWARED_ADDR", addr))
 }
 
 #[test]
@@ -300,15 +302,7 @@ fn environment_beats_the_config_file() {
 }
 
 fn runwared_status_over_socket(socket: &std::path::Path) -> (bool, String, String) {
-    let out = runwared()
-        .args(["status", "--socket", socket.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    output(runwared().args(["status", "--socket", socket.to_str().unwrap()]))
 }
 
 #[test]

@@ -15,25 +15,6 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-fn image(prompt: &str, n: u32) -> pb::ImageInferenceRequest {
-    pb::ImageInferenceRequest {
-        positive_prompt: prompt.into(),
-        model: "runware:101@1".into(),
-        width: Some(512),
-        height: Some(512),
-        number_results: Some(n),
-        ..Default::default()
-    }
-}
-
-fn slow() -> SimConfig {
-    SimConfig {
-        latency: Duration::from_millis(200),
-        per_result_latency: Duration::from_millis(300),
-        ..SimConfig::default()
-    }
-}
-
 /// Drops (abruptly or cleanly) the socket while tasks are mid-way, and
 /// checks every result arrives exactly once and nothing ran twice.
 async fn survive_a_drop(clean: bool) {
@@ -260,17 +241,7 @@ async fn a_client_that_leaves_can_attach_again_within_the_retention() {
         .unwrap()
         .unwrap();
 
-    let attached: Vec<pb::RunResult> = h
-        .client
-        .attach(pb::AttachRequest {
-            task_uuid: first.task_uuid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
+    let attached = attach_all(&mut h.client, &first.task_uuid).await;
     assert_eq!(
         attached.iter().map(|r| r.index).collect::<Vec<_>>(),
         vec![0, 1, 2, 3]
@@ -446,15 +417,7 @@ async fn deadline_ends_the_task_after_its_partial_results() {
         .unwrap()
         .trim_end_matches(':')
         .to_owned();
-    let all: Vec<pb::RunResult> = h
-        .client
-        .attach(pb::AttachRequest { task_uuid: uuid })
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
+    let all = attach_all(&mut h.client, &uuid).await;
     assert_eq!(all.len(), 5);
     assert_eq!(h.daemon.dispatch.in_flight(), 0);
 }

@@ -15,53 +15,6 @@ use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-fn image(prompt: &str, n: u32) -> pb::ImageInferenceRequest {
-    pb::ImageInferenceRequest {
-        positive_prompt: prompt.into(),
-        model: "runware:101@1".into(),
-        width: Some(512),
-        height: Some(512),
-        number_results: Some(n),
-        ..Default::default()
-    }
-}
-
-fn slow() -> SimConfig {
-    SimConfig {
-        latency: Duration::from_millis(200),
-        per_result_latency: Duration::from_millis(300),
-        ..SimConfig::default()
-    }
-}
-
-async fn collect(
-    mut client: pb::runware_client::RunwareClient<tonic::transport::Channel>,
-    req: pb::ImageInferenceRequest,
-) -> Result<Vec<pb::ImageResult>, tonic::Status> {
-    let mut stream = client.image_inference(req).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(img) = stream.next().await {
-        out.push(img?);
-    }
-    Ok(out)
-}
-
-async fn attach_all(
-    client: &mut pb::runware_client::RunwareClient<tonic::transport::Channel>,
-    uuid: &str,
-) -> Vec<pb::RunResult> {
-    client
-        .attach(pb::AttachRequest {
-            task_uuid: uuid.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|r| r.unwrap())
-        .collect()
-        .await
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_lost_session_is_recovered_with_get_response_and_nothing_runs_twice() {
     let h = start(slow(), |c| c.healthy_after = Duration::from_millis(100)).await;

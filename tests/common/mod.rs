@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use runwared::client::{Target, connect};
 use runwared::config::{ApiKey, ApiKeySource, Config};
+use runwared::pb;
 use runwared::pb::runware_client::RunwareClient;
 use runwared::server::Daemon;
 use runwared::sim::{SimConfig, SimHandle, SimStats};
 use runwared::upstream::{ConnectionState, UpstreamStatus};
+use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 pub const KEY: &str = "test-api-key-5f0e7c1d";
@@ -112,4 +114,55 @@ pub fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(timeout);
     r
+}
+
+/// An imageInference request with `n` results.
+pub fn image(prompt: &str, n: u32) -> pb::ImageInferenceRequest {
+    pb::ImageInferenceRequest {
+        positive_prompt: prompt.into(),
+        model: "runware:101@1".into(),
+        width: Some(512),
+        height: Some(512),
+        number_results: Some(n),
+        ..Default::default()
+    }
+}
+
+/// A simulator whose results take a while: tasks are mid-way when faults hit.
+pub fn slow() -> SimConfig {
+    SimConfig {
+        latency: Duration::from_millis(200),
+        per_result_latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    }
+}
+
+/// Every image of a streamed ImageInference, or its error.
+pub async fn collect(
+    mut client: pb::runware_client::RunwareClient<tonic::transport::Channel>,
+    req: pb::ImageInferenceRequest,
+) -> Result<Vec<pb::ImageResult>, tonic::Status> {
+    let mut stream = client.image_inference(req).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(img) = stream.next().await {
+        out.push(img?);
+    }
+    Ok(out)
+}
+
+/// Every result Attach gives for a task.
+pub async fn attach_all(
+    client: &mut pb::runware_client::RunwareClient<tonic::transport::Channel>,
+    uuid: &str,
+) -> Vec<pb::RunResult> {
+    client
+        .attach(pb::AttachRequest {
+            task_uuid: uuid.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await
 }
