@@ -298,6 +298,10 @@ impl Upstream {
         });
     }
 
+    async fn beating<F: std::future::Future>(&self, work: F) -> F::Output {
+        beat_while(&self.heartbeat, work).await
+    }
+
     async fn connect(&self) -> Result<Socket, String> {
         let attempt = tokio_tungstenite::connect_async_tls_with_config(
             self.url.as_str(),
@@ -305,7 +309,7 @@ impl Upstream {
             true,
             self.connector.clone(),
         );
-        match timeout(self.connect_timeout, attempt).await {
+        match self.beating(timeout(self.connect_timeout, attempt)).await {
             Ok(Ok((socket, _response))) => {
                 self.metrics.connects.inc();
                 Ok(socket)
@@ -580,7 +584,10 @@ impl Upstream {
         // A write that cannot finish is as dead as a ping without answer.
         let limit = self.pong_timeout.max(Duration::from_secs(30));
         self.metrics.sent(text.len());
-        match timeout(limit, socket.send(Message::Text(text.into()))).await {
+        match self
+            .beating(timeout(limit, socket.send(Message::Text(text.into()))))
+            .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("write: {e}")),
             Err(_) => Err(format!("write stalled for {limit:?}")),
@@ -616,6 +623,20 @@ impl Heartbeat {
     /// Time since the last beat.
     pub fn age(&self) -> Duration {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+}
+
+/// Awaits `work`, beating meanwhile: waiting on the network is progress
+/// (a Runware that stops reading must not fail liveness); only a wedged
+/// loop stops the beat.
+async fn beat_while<F: std::future::Future>(heartbeat: &Heartbeat, work: F) -> F::Output {
+    tokio::pin!(work);
+    loop {
+        heartbeat.beat();
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
     }
 }
 
@@ -714,6 +735,19 @@ mod tests {
         assert!(first >= Duration::from_millis(100));
         let second = p.after_drop(Duration::from_millis(5));
         assert!(second >= Duration::from_millis(200), "{second:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_on_the_network_keeps_the_heartbeat() {
+        let heartbeat = Heartbeat::new();
+        let probe = Arc::clone(&heartbeat);
+        let seen = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(29)).await;
+            probe.age()
+        });
+        // A 30 s write or connect: progress, not a wedged loop.
+        beat_while(&heartbeat, tokio::time::sleep(Duration::from_secs(30))).await;
+        assert!(seen.await.unwrap() <= HEARTBEAT);
     }
 
     #[test]
