@@ -106,18 +106,7 @@ async fn run_carries_any_task_type_and_keeps_64_bit_numbers() {
     let mut h = start(SimConfig::default(), |_| {}).await;
     let task =
         json!({"taskType": "imageCaption", "inputImage": "b7db282d-2943-4f12-992f-77df3ad3ec71"});
-    let items: Vec<pb::RunResult> = h
-        .client
-        .run(pb::RunRequest {
-            task_json: task.to_string(),
-            expected_results: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
+    let items = run_all(&mut h.client, task.to_string()).await;
     assert_eq!(items.len(), 1);
     let item: Value = serde_json::from_str(&items[0].item_json).unwrap();
     assert_eq!(item["taskType"], "imageCaption");
@@ -130,18 +119,7 @@ async fn run_carries_any_task_type_and_keeps_64_bit_numbers() {
     let task = format!(
         r#"{{"taskType":"imageInference","taskUUID":"{uuid}","positivePrompt":"a fox","model":"m:1@1","width":256,"height":256,"numberResults":2,"seed":9007199254740993}}"#
     );
-    let items: Vec<pb::RunResult> = h
-        .client
-        .run(pb::RunRequest {
-            task_json: task,
-            expected_results: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
+    let items = run_all(&mut h.client, task).await;
     assert_eq!(items.len(), 2);
     assert!(items.iter().all(|i| i.task_uuid == uuid));
     let first: Value = serde_json::from_str(&items[0].item_json).unwrap();

@@ -229,17 +229,7 @@ async fn a_client_that_leaves_can_attach_again_within_the_retention() {
     let first = stream.next().await.unwrap().unwrap();
     drop(stream);
     h.sim_until(|s| s.results_produced >= 4).await;
-    // A later task's result comes over the same socket after the departed
-    // task's remaining results: once it is here, those were routed.
-    h.client
-        .image_inference(image("after", 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
+    earlier_frames_routed(&mut h.client).await;
 
     let attached = attach_all(&mut h.client, &first.task_uuid).await;
     assert_eq!(
@@ -331,15 +321,7 @@ async fn a_cancelled_task_is_released_and_its_late_results_go_nowhere() {
         other => panic!("{other:?}"),
     }
     h.sim_until(|s| s.results_produced >= 4).await;
-    h.client
-        .image_inference(image("after", 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap();
+    earlier_frames_routed(&mut h.client).await;
     let status = h
         .client
         .get_status(pb::GetStatusRequest {})

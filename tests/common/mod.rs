@@ -166,3 +166,33 @@ pub async fn attach_all(
         .collect()
         .await
 }
+
+/// Every item of a `Run` task.
+pub async fn run_all(client: &mut RunwareClient<Channel>, task_json: String) -> Vec<pb::RunResult> {
+    client
+        .run(pb::RunRequest {
+            task_json,
+            expected_results: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await
+}
+
+/// A barrier on the upstream socket: a new task's result comes after every
+/// frame the simulator sent before it, so once it is here, those frames
+/// were routed by the daemon.
+pub async fn earlier_frames_routed(client: &mut RunwareClient<Channel>) {
+    client
+        .image_inference(image("after", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+}
