@@ -296,10 +296,6 @@ impl Dispatch {
             .inc();
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     fn refuse(&self, e: SubmitError) -> SubmitError {
         if matches!(
             e,

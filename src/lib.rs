@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! gRPC request -> api        (runware.v1 messages <-> task JSON; statuses)
-//!              -> dispatch   (in-flight table: taskUUID -> waiting client)
+//!              -> dispatch   (task table: taskUUID -> watching clients;
+//!                             retention for Attach; getResponse recovery)
 //!              -> upstream   (the one socket: connect, authenticate, ping,
 //!                             resume, back off; batches queued tasks)
 //! frame in     -> protocol   (pure parsing of frames into items; no I/O)
@@ -15,7 +16,11 @@
 //!
 //! - [`config`]: flags, environment and TOML file; the [`config::ApiKey`]
 //!   secret, which never prints.
-//! - [`server`]: starts all of the above and stops it in order.
+//! - [`validate`]: the documented parameter limits, shared with the simulator.
+//! - [`state`]: the session and tasks in flight, persisted across restarts.
+//! - [`server`]: starts all of the above and stops it in order (draining).
+//! - [`metrics`], [`notify`]: Prometheus metrics; systemd's notify protocol.
+//! - [`bench`]: `runwared bench`, the daemon against a direct client.
 //! - [`sim`]: a Runware simulator with fault injection, for tests,
 //!   benchmarks and `runwared serve --simulate`. It never runs unless asked.
 //! - [`client`]: the command-line client's gRPC calls.

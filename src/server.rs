@@ -184,7 +184,7 @@ impl Daemon {
         let access = Arc::new(AccessMetrics::default());
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
-                let listener = crate::metrics::bind(addr)
+                let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartError::Metrics { addr, source })?;
                 let bound = listener.local_addr().ok();
@@ -197,7 +197,7 @@ impl Daemon {
                 background.push(tokio::spawn(crate::metrics::serve(
                     listener,
                     metrics,
-                    stop_upstream_rx_for_metrics(&stop_upstream),
+                    stop_upstream.subscribe(),
                 )));
                 if let Some(a) = bound {
                     tracing::info!(addr = %a, "Prometheus metrics at /metrics");
@@ -425,10 +425,6 @@ where
             tracing::error!(error = %e, "gRPC server failed");
         }
     })
-}
-
-fn stop_upstream_rx_for_metrics(stop: &watch::Sender<bool>) -> watch::Receiver<bool> {
-    stop.subscribe()
 }
 
 /// Keeps the health services and systemd's STATUS= in step with the

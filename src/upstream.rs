@@ -2,7 +2,7 @@
 //!
 //! One task owns the socket ([`Upstream::run`]). Its loop does I/O only;
 //! what a frame means is decided by [`protocol::parse_frame`] and the
-//! synchronous [`Upstream::on_frame`], and when to reconnect by
+//! synchronous `Upstream::on_frame`, and when to reconnect by
 //! [`ReconnectPolicy`], both testable without sockets.
 //!
 //! Runware rules this follows (docs: `websocket-connection-and-image-inference-v1.txt`,

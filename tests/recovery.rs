@@ -140,8 +140,7 @@ async fn a_restarted_daemon_recovers_its_tasks_for_attach() {
         let e = t.await.unwrap().unwrap_err();
         assert_eq!(e.code(), Code::Unavailable);
         assert!(e.message().contains("stopping"), "{}", e.message());
-        let uuid = e.message().split("Attach").count();
-        assert!(uuid > 1);
+        assert!(e.message().contains("Attach"), "{}", e.message());
     }
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
