@@ -104,8 +104,16 @@ pub fn auth_frame(api_key: &str, session: Option<&SessionUuid>) -> String {
 /// The `getResponse` task that asks for a task's results so far
 /// (https://runware.ai/docs/en/utilities/task-responses).
 pub fn get_response_task(task: &TaskUuid) -> String {
-    format!(r#"{{"taskType":"getResponse","taskUUID":"{task}"}}"#)
+    format!(r#"{{"taskType":"{GET_RESPONSE}","taskUUID":"{task}"}}"#)
 }
+
+/// True if the error is about a `getResponse` question (Runware does not know
+/// the task), not about the task itself.
+pub fn is_get_response(error: &RunwareError) -> bool {
+    error.task_type.as_deref() == Some(GET_RESPONSE)
+}
+
+const GET_RESPONSE: &str = "getResponse";
 
 /// Appends one task object to a batch frame under construction. Runware takes
 /// an array of tasks, so tasks queued together travel in one message.

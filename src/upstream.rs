@@ -447,7 +447,7 @@ impl Upstream {
             }
         };
         let mut action = FrameAction::None;
-        for item in items {
+        for item in self.dispatch.route_frame(items) {
             match item {
                 Inbound::Authenticated(s) => action = FrameAction::Authenticated(s),
                 Inbound::Pong => {
@@ -455,16 +455,8 @@ impl Upstream {
                         self.metrics.ping_rtt.observe(sent.elapsed().as_secs_f64());
                     }
                 }
-                Inbound::Pending { task } => self.dispatch.pending(task),
-                Inbound::Result {
-                    task,
-                    item,
-                    result_id,
-                    polled,
-                } => self
-                    .dispatch
-                    .deliver(task, item, result_id.as_deref(), polled),
-                Inbound::TaskError { task, error } => self.dispatch.fail(task, error),
+                // Task items were routed above.
+                Inbound::Pending { .. } | Inbound::Result { .. } | Inbound::TaskError { .. } => {}
                 Inbound::UntargetedError(error) => {
                     let about_auth = error.task_type.as_deref() == Some("authentication")
                         || protocol::classify_error(&error.code) == ErrorClass::AuthRejected;

@@ -9,18 +9,22 @@
 //! releases a task at once; results that arrive for a task no longer in the
 //! table are dropped and counted, never given to anyone.
 //!
-//! How results arrive, per task:
+//! How results arrive, per task ([`lifecycle`] decides which, in one
+//! synchronous function):
 //! - *Push*: Runware sends them on the socket (the normal case, and after a
 //!   resumed session).
 //! - *Poll*: the daemon asks with `getResponse` until the task is complete:
-//!   for `deliveryMethod: "async"`, and for tasks sent in a session Runware
-//!   did not resume (its buffered results are not pushed again). Polled
-//!   answers list every result so far; those already taken are skipped by
-//!   position. Pushed results of a polled task are ignored: the poll brings
-//!   them, in order.
+//!   for `deliveryMethod: "async"`, for tasks sent in a session Runware did
+//!   not resume (its buffered results are not pushed again), and for a
+//!   resend Runware answered `conflictTaskUUID` (a result may have died in
+//!   the old socket). Pushes still count while polling; answers list every
+//!   result so far, and [`lifecycle::Matching`] takes each result once
+//!   whichever way it came first.
 //!
 //! Decisions here are synchronous and never await: the upstream reader calls
 //! in straight from its loop.
+
+pub mod lifecycle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,8 +36,9 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
 use crate::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
-use crate::protocol::{self, ErrorClass, RunwareError, TaskUuid};
+use crate::protocol::{self, ErrorClass, Inbound, RunwareError, TaskUuid};
 use crate::upstream::{ConnectionState, UpstreamStatus};
 
 /// What a watching client receives.
@@ -146,19 +151,6 @@ pub struct PreparedTask {
 }
 
 #[derive(Debug, Clone)]
-struct PollState {
-    next_at: Instant,
-    delay: Duration,
-    /// A `getResponse` went out and no answer came yet.
-    awaiting: bool,
-    /// Fingerprints of the success items in the current answer. An answer
-    /// lists every result so far, in no promised order: an item is new
-    /// when the answer holds it more often than the task already has it
-    /// (equal texts are legitimate, so this counts, not just matches).
-    answer: Vec<u64>,
-}
-
-#[derive(Debug, Clone)]
 enum Outcome {
     Completed,
     Failed(Box<TaskFailure>),
@@ -172,13 +164,10 @@ struct Task {
     started: Instant,
     expected: u32,
     asynchronous: bool,
-    /// How many times it went upstream.
-    sends: u32,
-    /// The session generation it was last sent in: a `conflictTaskUUID`
-    /// within the same generation means "the server has it and pushes its
-    /// results"; from an older, lost one, the results must be polled.
-    sent_generation: u64,
-    poll: Option<PollState>,
+    /// Where its results come from next: pushed, or polled.
+    delivery: Delivery,
+    /// Set once it is polled: which items are results not taken yet.
+    matching: Option<Box<Matching>>,
     results: Vec<Arc<str>>,
     /// Ids of the results (imageUUID, ...), to drop duplicates.
     result_ids: Vec<Box<str>>,
@@ -245,8 +234,11 @@ pub struct Dispatch {
     /// Tasks in Poll mode, so the upstream loop polls only when needed.
     polling: AtomicUsize,
     retained_bytes: AtomicUsize,
-    /// Bumped when Runware gives a new session instead of resuming.
-    generation: AtomicU64,
+    /// The number of the current upstream connection, bumped each time one
+    /// authenticates: a task sent on an older one is owed nothing.
+    connection: AtomicU64,
+    /// Numbers upstream messages: where one `getResponse` answer ends.
+    message: AtomicU64,
     draining: AtomicBool,
     /// Set on every change a restart would need; cleared by the writer.
     dirty: AtomicBool,
@@ -270,7 +262,8 @@ impl Dispatch {
             unsent: AtomicUsize::new(0),
             polling: AtomicUsize::new(0),
             retained_bytes: AtomicUsize::new(0),
-            generation: AtomicU64::new(0),
+            connection: AtomicU64::new(0),
+            message: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             limits,
@@ -361,9 +354,8 @@ impl Dispatch {
                     started: Instant::now(),
                     expected: task.expected,
                     asynchronous: task.asynchronous,
-                    sends: 0,
-                    sent_generation: 0,
-                    poll: None,
+                    delivery: Delivery::new(task.asynchronous, self.timing()),
+                    matching: None,
                     results: Vec::new(),
                     result_ids: Vec::new(),
                     outcome: None,
@@ -486,10 +478,10 @@ impl Dispatch {
         if task.in_flight() {
             self.count_outcome(task.label, "released");
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            if task.sends == 0 {
+            if task.delivery.sends() == 0 {
                 self.unsent.fetch_sub(1, Ordering::AcqRel);
             }
-            if task.poll.is_some() {
+            if task.delivery.is_polling() {
                 self.polling.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -532,46 +524,60 @@ impl Dispatch {
         task.watchers.clear();
         task.idle_since = Some(now);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if task.sends == 0 {
+        if task.delivery.sends() == 0 {
             self.unsent.fetch_sub(1, Ordering::AcqRel);
         }
-        if task.poll.take().is_some() {
-            self.polling.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.step(task, Event::End, now);
         self.dirty.store(true, Ordering::Release);
     }
 
-    fn start_polling(&self, task: &mut Task, now: Instant) {
-        if task.poll.is_none() {
-            self.polling.fetch_add(1, Ordering::AcqRel);
+    fn timing(&self) -> PollTiming {
+        PollTiming {
+            min: self.limits.poll_min,
+            max: self.limits.poll_max,
         }
-        task.poll = Some(PollState {
-            next_at: now,
-            delay: self.limits.poll_min,
-            awaiting: false,
-            answer: Vec::new(),
-        });
     }
 
-    /// Appends the task's payload to a batch frame if it is in flight and
-    /// not polled, and counts the send. False if there is nothing to send.
+    /// Moves a task's delivery on ([`Delivery::step`]), keeping the table's
+    /// counts of polled and never-sent tasks right.
+    fn step(&self, task: &mut Task, event: Event, now: Instant) -> Action {
+        let was_polling = task.delivery.is_polling();
+        let was_unsent = task.delivery.sends() == 0;
+        let action = task.delivery.step(event, now, self.timing());
+        match (was_polling, task.delivery.is_polling()) {
+            (false, true) => {
+                self.polling.fetch_add(1, Ordering::AcqRel);
+                if task.matching.is_none() {
+                    // Everything taken so far came pushed.
+                    let taken = task.results.iter().map(|r| fingerprint(r));
+                    task.matching = Some(Box::new(Matching::new(taken)));
+                }
+            }
+            (true, false) => {
+                self.polling.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+        if was_unsent && task.delivery.sends() > 0 && task.in_flight() {
+            self.unsent.fetch_sub(1, Ordering::AcqRel);
+        }
+        action
+    }
+
+    /// Appends the task's payload to a batch frame if it is waiting to be
+    /// sent, and counts the send. False if there is nothing to send (it was
+    /// sent already, is polled, or ended).
     pub fn append_for_send(&self, uuid: &TaskUuid, frame: &mut String) -> bool {
         let Some(mut task) = self.tasks.get_mut(uuid) else {
             return false;
         };
-        if !task.in_flight() || task.poll.is_some() {
+        if !task.in_flight() {
             return false;
         }
-        if task.sends == 0 {
-            self.unsent.fetch_sub(1, Ordering::AcqRel);
+        let connection = self.connection.load(Ordering::Acquire);
+        if self.step(&mut task, Event::Send { connection }, Instant::now()) != Action::Transmit {
+            return false;
         }
-        if task.asynchronous {
-            // Async delivery: Runware only acknowledges; results come by
-            // getResponse, first asked after `poll_min`.
-            self.start_polling(&mut task, Instant::now() + self.limits.poll_min);
-        }
-        task.sends += 1;
-        task.sent_generation = self.generation.load(Ordering::Acquire);
         protocol::push_task(frame, &task.payload);
         true
     }
@@ -579,14 +585,13 @@ impl Dispatch {
     /// After authenticating. If Runware resumed the session, its buffered
     /// results will be pushed: every pushed task still waiting is sent
     /// again under its own taskUUID (Runware answers `conflictTaskUUID` for
-    /// those it has, and never runs a task twice). If Runware gave a new
+    /// those it has, and never runs a task twice; the daemon then polls, in
+    /// case a result died with the old socket). If Runware gave a new
     /// session, what was sent before is recovered by `getResponse`; only
     /// tasks never sent go out. Returns the tasks to send now.
     pub fn on_session(&self, resumed: bool) -> Vec<TaskUuid> {
         let now = Instant::now();
-        if !resumed {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
+        let connection = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
         let mut send = Vec::new();
         for mut entry in self.tasks.iter_mut() {
             let uuid = *entry.key();
@@ -594,17 +599,19 @@ impl Dispatch {
             if !task.in_flight() {
                 continue;
             }
-            if let Some(p) = task.poll.as_mut() {
-                // An answer lost with the old socket will not come.
-                p.awaiting = false;
-                p.next_at = now;
-                continue;
-            }
-            if task.sends > 0 && !resumed {
-                self.counters.recovered.fetch_add(1, Ordering::Relaxed);
-                self.start_polling(task, now);
-            } else {
-                send.push(uuid);
+            match self.step(
+                task,
+                Event::Ready {
+                    connection,
+                    resumed,
+                },
+                now,
+            ) {
+                Action::Enqueue => send.push(uuid),
+                Action::Recover => {
+                    self.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
             }
         }
         send
@@ -619,14 +626,11 @@ impl Dispatch {
                 break;
             }
             let uuid = *entry.key();
-            let Some(p) = entry.value_mut().poll.as_mut() else {
+            let task = entry.value_mut();
+            if !task.delivery.is_polling() || !task.in_flight() {
                 continue;
-            };
-            if !p.awaiting && p.next_at <= now {
-                p.awaiting = true;
-                p.answer.clear();
-                p.next_at = now + p.delay;
-                p.delay = (p.delay * 2).min(self.limits.poll_max);
+            }
+            if self.step(task, Event::PollTick, now) == Action::Poll {
                 due.push(uuid);
             }
         }
@@ -640,13 +644,49 @@ impl Dispatch {
     /// async task was acknowledged.
     pub fn pending(&self, uuid: TaskUuid) {
         if let Some(mut task) = self.tasks.get_mut(&uuid) {
-            if let Some(p) = task.poll.as_mut() {
-                p.awaiting = false;
-            }
+            self.step(&mut task, Event::Answered, Instant::now());
         }
     }
 
-    /// Routes one result item to its task.
+    /// Routes the understood items of one upstream message, each to its
+    /// task and only to it. Items that are about the connection, not a task
+    /// (authentication, pong, errors naming no task, unroutable ones), are
+    /// handed back.
+    pub fn route_frame<'a>(&self, items: Vec<Inbound<'a>>) -> Vec<Inbound<'a>> {
+        // A getResponse answer is the polled items of one task in one message.
+        self.message.fetch_add(1, Ordering::AcqRel);
+        items.into_iter().filter_map(|i| self.route(i)).collect()
+    }
+
+    fn route<'a>(&self, item: Inbound<'a>) -> Option<Inbound<'a>> {
+        match item {
+            Inbound::Pending { task } => self.pending(task),
+            Inbound::Result {
+                task,
+                item,
+                result_id,
+                polled,
+            } => self.deliver(task, item, result_id.as_deref(), polled),
+            Inbound::TaskError { task, error } => self.fail(task, error),
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// Tasks in flight with no way forward on the current connection (see
+    /// [`lifecycle`]): sent on an older connection and neither sent again
+    /// nor polled. Zero whenever the connection is ready; for tests and
+    /// diagnostics.
+    pub fn without_way_forward(&self) -> usize {
+        let connection = self.connection.load(Ordering::Acquire);
+        self.tasks
+            .iter()
+            .filter(|t| t.in_flight() && !t.delivery.has_way_forward(connection))
+            .count()
+    }
+
+    /// Routes one result item to its task. `polled`: it came in a
+    /// `getResponse` answer.
     pub fn deliver(&self, uuid: TaskUuid, item: &RawValue, result_id: Option<&str>, polled: bool) {
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
             self.counters
@@ -663,45 +703,45 @@ impl Dispatch {
             return;
         }
         let t = &mut *task;
-        match (&mut t.poll, polled) {
-            // Pushed results of a polled task: the poll brings them.
-            (Some(_), false) => return,
-            (Some(p), true) => {
-                p.awaiting = false;
-                let fp = fingerprint(item.get());
-                p.answer.push(fp);
-                let in_answer = p.answer.iter().filter(|f| **f == fp).count();
-                let taken = t.results.iter().filter(|r| fingerprint(r) == fp).count();
-                if in_answer <= taken {
-                    return; // taken already, pushed or from an earlier answer
-                }
-            }
-            (None, true) => {
-                // A getResponse answer for a task no longer polled (it was
-                // resent): the push brings it.
+        if polled {
+            if !t.delivery.is_polling() {
+                // An answer to a question no longer asked (the task was
+                // sent again meanwhile): its pushes bring the results.
                 return;
             }
-            (None, false) => {}
+            self.step(t, Event::Answered, Instant::now());
+        }
+        if let Some(m) = t.matching.as_mut() {
+            let message = self.message.load(Ordering::Acquire);
+            if !m.take(fingerprint(item.get()), polled, message) {
+                if !polled {
+                    // Pushed after an answer had brought it.
+                    self.counters
+                        .duplicate_results
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
         }
         if let Some(id) = result_id {
-            if task.result_ids.iter().any(|seen| &**seen == id) {
+            if t.result_ids.iter().any(|seen| &**seen == id) {
                 self.counters
                     .duplicate_results
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(task = %uuid, result = id, "duplicate result from Runware; ignored");
                 return;
             }
-            task.result_ids.push(id.into());
+            t.result_ids.push(id.into());
         }
         let item: Arc<str> = item.get().into();
-        task.bytes += item.len();
+        t.bytes += item.len();
         self.retained_bytes.fetch_add(item.len(), Ordering::AcqRel);
-        let index = task.results.len() as u32;
-        task.results.push(Arc::clone(&item));
-        let last = task.results.len() as u32 >= task.expected;
-        task.notify(&TaskEvent::Result { index, item, last });
+        let index = t.results.len() as u32;
+        t.results.push(Arc::clone(&item));
+        let last = t.results.len() as u32 >= t.expected;
+        t.notify(&TaskEvent::Result { index, item, last });
         if last {
-            self.finish(&mut task, Outcome::Completed, Instant::now());
+            self.finish(t, Outcome::Completed, Instant::now());
         }
     }
 
@@ -720,26 +760,21 @@ impl Dispatch {
         if !task.in_flight() {
             return;
         }
-        if error.task_type.as_deref() == Some("getResponse") && task.poll.is_some() {
-            // The server does not know the task: it never arrived. Send it
-            // (again) under its own taskUUID.
-            tracing::info!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
-            task.poll = None;
-            self.polling.fetch_sub(1, Ordering::AcqRel);
-            let _ = self.queue.send(uuid);
+        let now = Instant::now();
+        if protocol::is_get_response(&error) {
+            // About the question, not the task: Runware does not know it, so
+            // it never arrived. Sent (again) under its own taskUUID.
+            if self.step(&mut task, Event::Unknown, now) == Action::Enqueue {
+                tracing::info!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
+                let _ = self.queue.send(uuid);
+            }
             return;
         }
-        if class == ErrorClass::Conflict && task.sends > 1 {
-            if task.sent_generation == self.generation.load(Ordering::Acquire)
-                || task.poll.is_some()
-            {
-                // A resend in a resumed session: the server has it and
-                // pushes its results.
-                tracing::debug!(task = %uuid, "conflictTaskUUID on resend: Runware has the task");
-            } else {
-                // Sent in a session Runware did not resume: poll.
-                self.start_polling(&mut task, Instant::now());
-            }
+        if class == ErrorClass::Conflict
+            && self.step(&mut task, Event::Conflict, now) != Action::FailConflict
+        {
+            // A resend Runware already has (now polled), or a stale answer.
+            tracing::debug!(task = %uuid, "conflictTaskUUID on resend: Runware has the task");
             return;
         }
         let message = match class {
@@ -753,11 +788,7 @@ impl Dispatch {
             message,
             runware: Some(error),
         };
-        self.finish(
-            &mut task,
-            Outcome::Failed(Box::new(failure)),
-            Instant::now(),
-        );
+        self.finish(&mut task, Outcome::Failed(Box::new(failure)), now);
     }
 
     /// Ends every task in flight with the same failure.
@@ -865,7 +896,7 @@ impl Dispatch {
                 payload: t.payload.to_string(),
                 expected: t.expected,
                 asynchronous: t.asynchronous,
-                sent: t.sends > 0,
+                sent: t.delivery.sends() > 0,
             })
             .collect()
     }
@@ -891,15 +922,14 @@ impl Dispatch {
                         .map(task_type_label)
                 })
                 .unwrap_or("other");
-            let mut task = Task {
+            let task = Task {
                 payload: s.payload.into(),
                 label: task_type,
                 started: now,
                 expected: s.expected.max(1),
                 asynchronous: s.asynchronous,
-                sends: u32::from(s.sent),
-                sent_generation: 0,
-                poll: None,
+                delivery: Delivery::restored(s.asynchronous, s.sent, self.timing(), now),
+                matching: s.sent.then(Box::default),
                 results: Vec::new(),
                 result_ids: Vec::new(),
                 outcome: None,
@@ -909,7 +939,7 @@ impl Dispatch {
             };
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             if s.sent {
-                self.start_polling(&mut task, now);
+                self.polling.fetch_add(1, Ordering::AcqRel);
             } else {
                 self.unsent.fetch_add(1, Ordering::AcqRel);
                 let _ = self.queue.send(uuid);
@@ -1080,6 +1110,14 @@ mod tests {
         assert!(d.append_for_send(uuid, &mut frame));
     }
 
+    /// One `getResponse` answer: its items in one message.
+    fn answer(d: &Dispatch, uuid: TaskUuid, items: &[(&str, Option<&str>)]) {
+        d.message.fetch_add(1, Ordering::AcqRel);
+        for (item, id) in items {
+            d.deliver(uuid, &raw(item), *id, true);
+        }
+    }
+
     fn failure(e: TaskEvent) -> TaskFailure {
         match e {
             TaskEvent::Failed(f) => *f,
@@ -1146,7 +1184,7 @@ mod tests {
     }
 
     #[test]
-    fn conflict_on_first_send_fails_but_on_resend_waits() {
+    fn conflict_on_first_send_fails_but_on_resend_polls() {
         let (d, _q, _s) = setup(Limits::default());
         let conflict = || RunwareError {
             code: "conflictTaskUUID".into(),
@@ -1166,7 +1204,10 @@ mod tests {
         );
         assert!(resent.events.try_recv().is_err());
         assert_eq!(d.in_flight(), 1);
-        assert_eq!(d.polling(), 0);
+        // Runware has the resent task, but a result may have died with the
+        // old socket: it is asked for.
+        assert_eq!(d.polling(), 1);
+        assert_eq!(d.due_polls(10), vec![resent.uuid]);
     }
 
     #[test]
@@ -1321,41 +1362,44 @@ mod tests {
         assert_eq!(d.polling(), 1);
         assert_eq!(d.due_polls(10), vec![sent.uuid]);
         assert!(d.due_polls(10).is_empty(), "one question at a time");
-        // Pushed results of a polled task are left to the poll.
+        // A push while polled is taken at once...
         d.deliver(sent.uuid, &raw(r#"{"imageUUID":"2"}"#), Some("2"), false);
-        assert!(sent.events.try_recv().is_err());
-        // The answer lists every result so far; the first was taken.
-        d.deliver(
-            sent.uuid,
-            &raw(r#"{"imageUUID":"1","status":"success"}"#),
-            Some("1"),
-            true,
-        );
-        d.deliver(
-            sent.uuid,
-            &raw(r#"{"imageUUID":"2","status":"success"}"#),
-            Some("2"),
-            true,
-        );
-        d.pending(sent.uuid);
         assert_eq!(
             next_result(&mut sent),
-            (1, r#"{"imageUUID":"2","status":"success"}"#.into(), false)
+            (1, r#"{"imageUUID":"2"}"#.into(), false)
         );
+        // ...and the answer, which lists every result so far, adds nothing.
+        answer(
+            &d,
+            sent.uuid,
+            &[
+                (r#"{"imageUUID":"1","status":"success"}"#, Some("1")),
+                (r#"{"imageUUID":"2","status":"success"}"#, Some("2")),
+            ],
+        );
+        d.pending(sent.uuid);
+        assert!(sent.events.try_recv().is_err());
+        assert_eq!(d.counters.duplicate_results.load(Ordering::Relaxed), 0);
         assert!(d.due_polls(10).is_empty(), "backing off");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(d.due_polls(10), vec![sent.uuid]);
-        for id in ["1", "2", "3"] {
-            let item = format!(r#"{{"imageUUID":"{id}","status":"success"}}"#);
-            d.deliver(sent.uuid, &raw(&item), Some(id), true);
-        }
+        let items: Vec<String> = ["1", "2", "3"]
+            .iter()
+            .map(|id| format!(r#"{{"imageUUID":"{id}","status":"success"}}"#))
+            .collect();
+        let items: Vec<(&str, Option<&str>)> = items
+            .iter()
+            .zip(["1", "2", "3"])
+            .map(|(i, id)| (i.as_str(), Some(id)))
+            .collect();
+        answer(&d, sent.uuid, &items);
         assert!(next_result(&mut sent).2);
         assert_eq!(d.polling(), 0);
         assert_eq!(d.counters.recovered.load(Ordering::Relaxed), 1);
     }
 
-    #[test]
-    fn recovery_takes_each_missing_result_once_whatever_the_order() {
+    #[tokio::test(start_paused = true)]
+    async fn recovery_takes_each_missing_result_once_whatever_the_order() {
         let (d, _q, _s) = setup(Limits::default());
         let mut h = d.submit(task(4), None).unwrap();
         send(&d, &h.uuid);
@@ -1364,24 +1408,32 @@ mod tests {
         assert_eq!(next_result(&mut h).1, r#"{"text":"v2"}"#);
         d.on_session(false);
         d.due_polls(10);
-        for t in ["v0", "v1", "v2"] {
-            let item = format!(r#"{{"status":"success","text":"{t}"}}"#);
-            d.deliver(h.uuid, &raw(&item), None, true);
-        }
+        answer(
+            &d,
+            h.uuid,
+            &[
+                (r#"{"status":"success","text":"v0"}"#, None),
+                (r#"{"status":"success","text":"v1"}"#, None),
+                (r#"{"status":"success","text":"v2"}"#, None),
+            ],
+        );
         let got: Vec<String> = (0..2).map(|_| next_result(&mut h).1).collect();
         assert!(got[0].contains("v0") && got[1].contains("v1"), "{got:?}");
         assert!(h.events.try_recv().is_err(), "v2 was not taken twice");
         // Equal texts are both real results: the answer holding two "v1"
         // while the task has one gives the second.
-        if let Some(mut t) = d.tasks.get_mut(&h.uuid) {
-            t.poll.as_mut().unwrap().awaiting = false;
-            t.poll.as_mut().unwrap().next_at = Instant::now();
-        }
-        d.due_polls(10);
-        for t in ["v0", "v1", "v2", "v1"] {
-            let item = format!(r#"{{"text":"{t}","status":"success"}}"#);
-            d.deliver(h.uuid, &raw(&item), None, true);
-        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(d.due_polls(10), vec![h.uuid]);
+        answer(
+            &d,
+            h.uuid,
+            &[
+                (r#"{"text":"v0","status":"success"}"#, None),
+                (r#"{"text":"v1","status":"success"}"#, None),
+                (r#"{"text":"v2","status":"success"}"#, None),
+                (r#"{"text":"v1","status":"success"}"#, None),
+            ],
+        );
         let (index, item, last) = next_result(&mut h);
         assert_eq!(index, 3);
         assert!(item.contains("v1") && last);

@@ -1,0 +1,456 @@
+//! One task's delivery: where its results come from next, decided by one
+//! synchronous function of (state, event) that never awaits
+//! ([`Delivery::step`]), and which result items are new ([`Matching`]).
+//!
+//! The invariant: while the connection is ready, a task in flight always has
+//! a way forward: a send is outstanding ([`State::Queued`]), the server owes
+//! its results as pushes on the current connection ([`State::Sent`]), or a
+//! `getResponse` is scheduled or awaited ([`State::Polling`]).
+//!
+//! Why `conflictTaskUUID` on a resend leads to polling: Runware counts a
+//! result delivered once it wrote it to its socket. If the socket dies an
+//! instant later, the bytes are lost, the result is not kept for the resumed
+//! session, and only `getResponse` brings it back
+//! (<https://runware.ai/docs/en/utilities/task-responses>).
+//! Pushes are still taken while polling; [`Matching`] makes sure each
+//! result is taken once whichever way it comes first.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Where a task's results will come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting to go upstream: it is in the writer's queue, or in the
+    /// resend list of the next connection.
+    Queued,
+    /// Sent on connection number `connection`: Runware pushes its results
+    /// there.
+    Sent { connection: u64 },
+    /// Its results are asked for with `getResponse`: at `next_at`, or an
+    /// answer is `awaiting`.
+    Polling { next_at: Instant, awaiting: bool },
+    /// Completed, failed or released: nothing more happens.
+    Ended,
+}
+
+/// What happened to the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The writer is building a message for connection `connection`.
+    Send { connection: u64 },
+    /// Connection `connection` authenticated; `resumed` when Runware kept
+    /// the previous session (and pushes what it buffered for it).
+    Ready { connection: u64, resumed: bool },
+    /// Runware answered `conflictTaskUUID`.
+    Conflict,
+    /// A `getResponse` error: Runware does not know the task.
+    Unknown,
+    /// The poll timer ticked.
+    PollTick,
+    /// An answer to `getResponse` (items, or "processing"), or an async
+    /// task's acknowledgement.
+    Answered,
+    /// All results, an error, or a release.
+    End,
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    None,
+    /// Put the task into the message being built now.
+    Transmit,
+    /// Queue the task for sending (it goes under its own taskUUID).
+    Enqueue,
+    /// Send a `getResponse` for it now.
+    Poll,
+    /// Polling started because Runware lost the session (counted).
+    Recover,
+    /// The first send met `conflictTaskUUID`: another task holds this
+    /// taskUUID at Runware. The task fails.
+    FailConflict,
+}
+
+/// Polling intervals: the first, and the cap of the doubling.
+#[derive(Debug, Clone, Copy)]
+pub struct PollTiming {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// One task's delivery state.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    state: State,
+    /// Messages that carried the task: `conflictTaskUUID` on the first
+    /// means another task holds the taskUUID; on a later one, that Runware
+    /// has this very task.
+    sends: u32,
+    /// The next polling interval. Kept across polling phases, so a server
+    /// that forgets the task and then conflicts is not asked in a loop.
+    delay: Duration,
+    /// Before the next polling phase starts: zero, or `delay` after Runware
+    /// said it did not know the task.
+    penalty: Duration,
+    /// `deliveryMethod: "async"`: results only come by `getResponse`.
+    asynchronous: bool,
+}
+
+impl Delivery {
+    pub fn new(asynchronous: bool, timing: PollTiming) -> Self {
+        Delivery {
+            state: State::Queued,
+            sends: 0,
+            delay: timing.min,
+            penalty: Duration::ZERO,
+            asynchronous,
+        }
+    }
+
+    /// A task restored after a restart: one that went upstream is polled.
+    pub fn restored(asynchronous: bool, sent: bool, timing: PollTiming, now: Instant) -> Self {
+        let mut d = Self::new(asynchronous, timing);
+        if sent {
+            d.sends = 1;
+            d.state = State::Polling {
+                next_at: now,
+                awaiting: false,
+            };
+        }
+        d
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Times the task went upstream.
+    pub fn sends(&self) -> u32 {
+        self.sends
+    }
+
+    pub fn is_polling(&self) -> bool {
+        matches!(self.state, State::Polling { .. })
+    }
+
+    /// True while the task has a way forward on connection `connection`
+    /// (the invariant above). Queued counts: the caller keeps the send
+    /// outstanding.
+    pub fn has_way_forward(&self, connection: u64) -> bool {
+        match self.state {
+            State::Queued | State::Polling { .. } | State::Ended => true,
+            State::Sent { connection: c } => c == connection,
+        }
+    }
+
+    fn start_polling(&mut self, now: Instant) {
+        self.state = State::Polling {
+            next_at: now + self.penalty,
+            awaiting: false,
+        };
+    }
+
+    /// The transition function.
+    pub fn step(&mut self, event: Event, now: Instant, timing: PollTiming) -> Action {
+        use State::*;
+        match (self.state, event) {
+            (Ended, _) | (_, Event::End) => {
+                self.state = Ended;
+                Action::None
+            }
+            (Queued, Event::Send { connection }) => {
+                self.sends += 1;
+                self.state = if self.asynchronous {
+                    // Runware only acknowledges; the first question after `min`.
+                    Polling {
+                        next_at: now + timing.min,
+                        awaiting: false,
+                    }
+                } else {
+                    Sent { connection }
+                };
+                Action::Transmit
+            }
+            // Sent already, or polled: never twice in one go.
+            (_, Event::Send { .. }) => Action::None,
+            (Queued, Event::Ready { .. }) => Action::Enqueue,
+            (Sent { .. }, Event::Ready { resumed: true, .. }) => {
+                // Runware may have it or not: send it again under its own
+                // taskUUID; `conflictTaskUUID` then says it has it.
+                self.state = Queued;
+                Action::Enqueue
+            }
+            (Sent { .. }, Event::Ready { resumed: false, .. }) => {
+                // A new session: what Runware kept for the old one is never
+                // pushed again.
+                self.start_polling(now);
+                Action::Recover
+            }
+            (Polling { .. }, Event::Ready { .. }) => {
+                // An answer lost with the old socket will not come.
+                self.state = Polling {
+                    next_at: now,
+                    awaiting: false,
+                };
+                Action::None
+            }
+            // The answer to the first send, whatever happened since (an
+            // async task is polled at once): another task holds the
+            // taskUUID, and polling would fetch its results.
+            (_, Event::Conflict) if self.sends == 1 => {
+                self.state = Ended;
+                Action::FailConflict
+            }
+            (Sent { .. }, Event::Conflict) => {
+                // A resend that Runware already has. Its results may have
+                // died in the old socket: ask for them; pushes still count.
+                self.start_polling(now);
+                Action::None
+            }
+            // A stale conflict (the answer to an earlier send), or one
+            // while polling already.
+            (Queued | Polling { .. }, Event::Conflict) => Action::None,
+            (Polling { .. }, Event::Unknown) => {
+                // It never arrived: send it under its own taskUUID.
+                self.penalty = self.delay;
+                self.state = Queued;
+                Action::Enqueue
+            }
+            (_, Event::Unknown) => Action::None,
+            (Polling { next_at, awaiting }, Event::PollTick) => {
+                if awaiting || next_at > now {
+                    return Action::None;
+                }
+                self.state = Polling {
+                    next_at: now + self.delay,
+                    awaiting: true,
+                };
+                self.delay = (self.delay * 2).min(timing.max);
+                Action::Poll
+            }
+            (_, Event::PollTick) => Action::None,
+            (Polling { next_at, .. }, Event::Answered) => {
+                self.state = Polling {
+                    next_at,
+                    awaiting: false,
+                };
+                Action::None
+            }
+            (_, Event::Answered) => Action::None,
+        }
+    }
+}
+
+/// Which result items are new, once a task is polled.
+///
+/// Before a task is ever polled, results only come pushed, each once, and
+/// only result ids (`imageUUID`, ...) can repeat. Once it is polled, the same
+/// result can come twice: pushed, and in a `getResponse` answer, which lists
+/// every result so far in no promised order. Equal texts are legitimate, so
+/// this counts content fingerprints rather than matching them: the results
+/// taken of a kind are the most that pushes or any one answer brought.
+///
+/// An answer is the polled items of one task in one upstream message: a
+/// stale answer (kept for a resumed session) and a fresh one arrive as two
+/// messages, and counting them as one would take equal texts twice.
+#[derive(Debug, Clone, Default)]
+pub struct Matching {
+    /// Per fingerprint: taken from pushes, and the most one answer held.
+    counts: HashMap<u64, (u32, u32)>,
+    /// Per fingerprint, in the answer being read now.
+    answer: HashMap<u64, u32>,
+    /// The message the current answer came in.
+    answer_message: u64,
+}
+
+impl Matching {
+    /// Starts from the results already taken (all of them pushed).
+    pub fn new(taken: impl IntoIterator<Item = u64>) -> Self {
+        let mut m = Matching::default();
+        for fp in taken {
+            m.counts.entry(fp).or_default().0 += 1;
+        }
+        m
+    }
+
+    /// True if this item is a result not taken yet. `message` numbers the
+    /// upstream message it came in.
+    pub fn take(&mut self, fingerprint: u64, polled: bool, message: u64) -> bool {
+        if polled && message != self.answer_message {
+            self.answer.clear();
+            self.answer_message = message;
+        }
+        let (pushed, answered) = self.counts.entry(fingerprint).or_default();
+        let before = (*pushed).max(*answered);
+        if polled {
+            let n = self.answer.entry(fingerprint).or_default();
+            *n += 1;
+            *answered = (*answered).max(*n);
+        } else {
+            *pushed += 1;
+        }
+        (*pushed).max(*answered) > before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: PollTiming = PollTiming {
+        min: Duration::from_millis(500),
+        max: Duration::from_secs(10),
+    };
+
+    fn sent(connection: u64) -> (Delivery, Instant) {
+        let now = Instant::now();
+        let mut d = Delivery::new(false, T);
+        assert_eq!(d.step(Event::Send { connection }, now, T), Action::Transmit);
+        (d, now)
+    }
+
+    #[test]
+    fn a_conflict_on_the_first_send_fails_and_on_a_resend_polls() {
+        let (mut first, now) = sent(1);
+        assert_eq!(first.step(Event::Conflict, now, T), Action::FailConflict);
+        assert_eq!(first.state(), State::Ended);
+
+        let mut async_task = Delivery::new(true, T);
+        async_task.step(Event::Send { connection: 1 }, now, T);
+        assert_eq!(
+            async_task.step(Event::Conflict, now, T),
+            Action::FailConflict
+        );
+
+        let (mut resent, now) = sent(1);
+        let ready = Event::Ready {
+            connection: 2,
+            resumed: true,
+        };
+        assert_eq!(resent.step(ready, now, T), Action::Enqueue);
+        assert_eq!(
+            resent.step(Event::Send { connection: 2 }, now, T),
+            Action::Transmit
+        );
+        assert_eq!(resent.step(Event::Conflict, now, T), Action::None);
+        assert!(resent.is_polling());
+        assert_eq!(resent.step(Event::PollTick, now, T), Action::Poll);
+    }
+
+    #[test]
+    fn a_lost_session_polls_and_a_stale_send_is_refused() {
+        let (mut d, now) = sent(1);
+        let lost = Event::Ready {
+            connection: 2,
+            resumed: false,
+        };
+        assert_eq!(d.step(lost, now, T), Action::Recover);
+        assert_eq!(d.step(Event::Send { connection: 2 }, now, T), Action::None);
+        assert_eq!(d.sends(), 1);
+    }
+
+    #[test]
+    fn polls_back_off_and_wait_for_their_answer() {
+        let (mut d, now) = sent(1);
+        d.step(
+            Event::Ready {
+                connection: 2,
+                resumed: false,
+            },
+            now,
+            T,
+        );
+        assert_eq!(d.step(Event::PollTick, now, T), Action::Poll);
+        assert_eq!(d.step(Event::PollTick, now + T.max, T), Action::None);
+        d.step(Event::Answered, now, T);
+        assert_eq!(
+            d.step(Event::PollTick, now + Duration::from_millis(499), T),
+            Action::None
+        );
+        assert_eq!(
+            d.step(Event::PollTick, now + Duration::from_millis(500), T),
+            Action::Poll
+        );
+        // A new connection asks again at once: the answer died with the old.
+        d.step(
+            Event::Ready {
+                connection: 3,
+                resumed: true,
+            },
+            now,
+            T,
+        );
+        assert_eq!(
+            d.step(Event::PollTick, now + Duration::from_millis(500), T),
+            Action::Poll
+        );
+    }
+
+    #[test]
+    fn an_unknown_task_is_sent_again_and_the_next_polls_wait() {
+        let (mut d, now) = sent(1);
+        d.step(
+            Event::Ready {
+                connection: 2,
+                resumed: false,
+            },
+            now,
+            T,
+        );
+        d.step(Event::PollTick, now, T);
+        assert_eq!(d.step(Event::Unknown, now, T), Action::Enqueue);
+        assert_eq!(
+            d.step(Event::Send { connection: 2 }, now, T),
+            Action::Transmit
+        );
+        // Runware has it after all (the send raced the question): polling
+        // resumes only after the interval, never in a tight loop.
+        d.step(Event::Conflict, now, T);
+        assert_eq!(d.step(Event::PollTick, now, T), Action::None);
+        assert_eq!(d.step(Event::PollTick, now + T.max, T), Action::Poll);
+    }
+
+    #[test]
+    fn async_tasks_are_polled_after_the_first_interval() {
+        let now = Instant::now();
+        let mut d = Delivery::new(true, T);
+        d.step(Event::Send { connection: 1 }, now, T);
+        assert_eq!(d.step(Event::PollTick, now, T), Action::None);
+        assert_eq!(d.step(Event::PollTick, now + T.min, T), Action::Poll);
+    }
+
+    #[test]
+    fn the_way_forward_is_lost_only_by_a_send_on_an_old_connection() {
+        let (d, _) = sent(1);
+        assert!(d.has_way_forward(1));
+        assert!(!d.has_way_forward(2));
+    }
+
+    #[test]
+    fn matching_takes_each_result_once_whichever_way_it_comes() {
+        // Two equal texts (x) and one other (y); x pushed first.
+        let mut m = Matching::new([1]);
+        assert!(!m.take(1, true, 1), "the pushed x, in the answer");
+        assert!(m.take(2, true, 1), "y, only in the answer");
+        // The second x comes pushed: new.
+        assert!(m.take(1, false, 2));
+        assert!(!m.take(2, true, 3));
+        assert!(!m.take(1, true, 3));
+        assert!(!m.take(1, true, 3), "both x are taken");
+        // A push of y (buffered) after the answer brought it: not new.
+        assert!(!m.take(2, false, 4));
+    }
+
+    #[test]
+    fn two_answers_in_two_messages_are_not_added_up() {
+        // The task has x and y; x was pushed. A stale answer [x] and a fresh
+        // one [x, y] come one after the other.
+        let mut m = Matching::new([1]);
+        assert!(!m.take(1, true, 1));
+        assert!(!m.take(1, true, 2), "x again, in another answer");
+        assert!(m.take(2, true, 2));
+    }
+}
