@@ -65,17 +65,47 @@ impl RunwareService {
             .max_encoding_message_size(max_message_bytes)
     }
 
+    /// A call's deadline: the client's `grpc-timeout`, else the default.
     fn deadline(&self, metadata: &MetadataMap) -> Instant {
-        let timeout = metadata
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(|t| t.saturating_sub(DEADLINE_MARGIN))
-            .unwrap_or(self.default_timeout);
-        Instant::now() + timeout
+        client_deadline(metadata).unwrap_or_else(|| Instant::now() + self.default_timeout)
     }
 
-    fn submit(&self, t: ClientTask, conn: Option<&ConnectionTasks>) -> Result<TaskHandle, Status> {
+    /// A `Session` task's deadline, counted from its submit: its own
+    /// `timeout` or the default, never past the stream's deadline.
+    fn session_task_deadline(
+        &self,
+        timeout: Option<prost_types::Duration>,
+        stream: Option<Instant>,
+    ) -> Result<Instant, Status> {
+        let timeout = match timeout {
+            None => self.default_timeout,
+            Some(t) => std::time::Duration::try_from(t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "submit.timeout must be positive, got {}s {}ns",
+                        t.seconds, t.nanos
+                    ))
+                })?,
+        };
+        let own = Instant::now() + timeout;
+        Ok(stream.map_or(own, |s| s.min(own)))
+    }
+
+    /// Accepts a task unless its deadline has passed already: then nothing
+    /// is sent upstream (nor paid for).
+    fn submit(
+        &self,
+        t: ClientTask,
+        conn: Option<&ConnectionTasks>,
+        deadline: Instant,
+    ) -> Result<TaskHandle, Status> {
+        if deadline <= Instant::now() {
+            return Err(Status::deadline_exceeded(
+                "the deadline passed before the task could be sent; nothing was sent to Runware",
+            ));
+        }
         let ClientTask {
             uuid,
             mut task,
@@ -157,6 +187,16 @@ fn snake_case(camel: &str) -> String {
         }
     }
     out
+}
+
+/// The deadline the client set with `grpc-timeout`, ending a little early so
+/// that the client gets our DEADLINE_EXCEEDED rather than a bare cancel.
+fn client_deadline(metadata: &MetadataMap) -> Option<Instant> {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map(|t| Instant::now() + t.saturating_sub(DEADLINE_MARGIN))
 }
 
 /// Parses a `grpc-timeout` header value: digits and a unit (H M S m u n).
@@ -649,6 +689,7 @@ impl pb::runware_server::Runware for RunwareService {
                 stated_results: None,
             },
             conn.as_ref(),
+            deadline,
         )?;
         let mut versions = Vec::with_capacity(handle.expected as usize);
         async {
@@ -696,6 +737,7 @@ impl pb::runware_server::Runware for RunwareService {
                 stated_results: None,
             },
             conn.as_ref(),
+            deadline,
         )?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| {
@@ -719,7 +761,11 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let deadline = self.deadline(request.metadata());
-        let handle = self.submit(run_task(request.get_ref())?, connection(&request).as_ref())?;
+        let handle = self.submit(
+            run_task(request.get_ref())?,
+            connection(&request).as_ref(),
+            deadline,
+        )?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, run_result));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -731,7 +777,9 @@ impl pb::runware_server::Runware for RunwareService {
         &self,
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let default_deadline = self.deadline(request.metadata());
+        // Each task's deadline counts from its own submit: a long-lived
+        // stream must not age its new tasks.
+        let stream_deadline = client_deadline(request.metadata());
         let conn = connection(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
@@ -760,19 +808,23 @@ impl pb::runware_server::Runware for RunwareService {
                         match req.request {
                             Some(pb::session_request::Request::Submit(s)) => {
                                 let request_id = s.request_id.clone();
-                                let started = s
-                                    .task
-                                    .as_ref()
-                                    .ok_or_else(|| Status::invalid_argument("submit.task is required"))
-                                    .and_then(run_task)
-                                    .and_then(|t| service.submit(t, conn.as_ref()));
+                                let started = service
+                                    .session_task_deadline(s.timeout, stream_deadline)
+                                    .and_then(|deadline| {
+                                        let task = s
+                                            .task
+                                            .as_ref()
+                                            .ok_or_else(|| Status::invalid_argument("submit.task is required"))
+                                            .and_then(run_task)?;
+                                        Ok((service.submit(task, conn.as_ref(), deadline)?, deadline))
+                                    });
                                 match started {
-                                    Ok(handle) => {
+                                    Ok((handle, deadline)) => {
                                         let uuid = handle.uuid;
                                         let _ = tx.send(Ok(session_event(&uuid, &request_id, pb::session_event::Event::Accepted(pb::TaskAccepted {})))).await;
                                         let abort = drivers.spawn({
                                             let span = task_span(&handle.uuid);
-                                            session_task(handle, default_deadline, request_id, tx.clone()).instrument(span)
+                                            session_task(handle, deadline, request_id, tx.clone()).instrument(span)
                                         });
                                         tasks.insert(uuid, abort);
                                     }

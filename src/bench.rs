@@ -371,6 +371,7 @@ async fn run_rpc(
 fn submit(request_id: String, task: &serde_json::Value) -> pb::SessionRequest {
     pb::SessionRequest {
         request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+            timeout: None,
             request_id,
             task: Some(pb::RunRequest {
                 task_json: task.to_string(),

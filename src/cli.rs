@@ -113,6 +113,18 @@ struct SimArgs {
     /// Time between a task's results.
     #[arg(long, default_value = "20ms")]
     per_result_latency: String,
+    /// Up to this much more per result, drawn per task (results of
+    /// concurrent tasks then arrive out of order).
+    #[arg(long, default_value = "0s")]
+    latency_jitter: String,
+    /// Faults to inject in turn (comma-separated): drop (abort sockets),
+    /// close (clean close, as a flapping load balancer), swallow (results
+    /// written, then lost with their socket), lose-session.
+    #[arg(long, value_delimiter = ',', requires = "fault_every")]
+    fault: Vec<runwared::sim::Fault>,
+    /// Mean time between injected faults.
+    #[arg(long)]
+    fault_every: Option<String>,
     /// Accept only the key in this file (default: any non-empty key).
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<PathBuf>,
@@ -332,6 +344,7 @@ async fn sim(args: SimArgs) -> CliResult {
     let mut config = SimConfig {
         latency: parse_duration(&args.latency)?,
         per_result_latency: parse_duration(&args.per_result_latency)?,
+        latency_jitter: parse_duration(&args.latency_jitter)?,
         ..SimConfig::default()
     };
     if let Some(path) = &args.api_key_file {
@@ -350,6 +363,11 @@ async fn sim(args: SimArgs) -> CliResult {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     tracing::warn!(url = %handle.url(), "Runware SIMULATOR listening (fake results, for testing only)");
+    if let Some(every) = &args.fault_every {
+        let every = parse_duration(every)?;
+        tracing::warn!(faults = ?args.fault, ?every, "simulator: injecting faults");
+        handle.inject_every(args.fault.clone(), every, 1);
+    }
     println!("{}", handle.url());
     wait_for_signal().await
 }

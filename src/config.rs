@@ -165,9 +165,11 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Reconnect delays never exceed this (jitter included).
     pub backoff_max: Duration,
-    /// A session up this long counts as healthy: after it drops, the next
-    /// attempt is immediate and the backoff starts over.
-    pub healthy_after: Duration,
+    /// After an authenticated session drops, the next attempt is immediate
+    /// and the backoff starts over, at most this many times a minute (a token
+    /// bucket, bursts of a third of it); beyond that the backoff applies, so
+    /// a flapping server is not hammered.
+    pub quick_reconnects_per_minute: usize,
     /// Retry delay after Runware rejected the API key.
     pub auth_rejected_retry: Duration,
     /// Largest WebSocket message accepted (base64 images are big).
@@ -220,7 +222,7 @@ impl Default for Config {
             auth_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
-            healthy_after: Duration::from_secs(10),
+            quick_reconnects_per_minute: 30,
             auth_rejected_retry: Duration::from_secs(60),
             max_message_bytes: 64 << 20,
             default_task_timeout: Duration::from_secs(300),
@@ -301,9 +303,10 @@ pub struct ServeArgs {
     /// Longest reconnect delay, jitter included [default: 30s].
     #[arg(long, env = "RUNWARED_BACKOFF_MAX", value_name = "DURATION")]
     pub backoff_max: Option<String>,
-    /// Session age after which a drop reconnects at once [default: 10s].
-    #[arg(long, env = "RUNWARED_HEALTHY_AFTER", value_name = "DURATION")]
-    pub healthy_after: Option<String>,
+    /// Immediate reconnects after authenticated sessions drop, per minute;
+    /// beyond it the backoff applies [default: 30].
+    #[arg(long, env = "RUNWARED_QUICK_RECONNECTS_PER_MINUTE", value_name = "N")]
+    pub quick_reconnects_per_minute: Option<usize>,
     /// Retry delay after Runware rejects the API key [default: 60s].
     #[arg(long, env = "RUNWARED_AUTH_REJECTED_RETRY", value_name = "DURATION")]
     pub auth_rejected_retry: Option<String>,
@@ -374,7 +377,7 @@ pub struct FileConfig {
     pub auth_timeout: Option<String>,
     pub backoff_min: Option<String>,
     pub backoff_max: Option<String>,
-    pub healthy_after: Option<String>,
+    pub quick_reconnects_per_minute: Option<usize>,
     pub auth_rejected_retry: Option<String>,
     pub max_message_bytes: Option<usize>,
     pub default_task_timeout: Option<String>,
@@ -493,7 +496,10 @@ impl Config {
             ("auth_timeout", format!("{:?}", self.auth_timeout)),
             ("backoff_min", format!("{:?}", self.backoff_min)),
             ("backoff_max", format!("{:?}", self.backoff_max)),
-            ("healthy_after", format!("{:?}", self.healthy_after)),
+            (
+                "quick_reconnects_per_minute",
+                self.quick_reconnects_per_minute.to_string(),
+            ),
             (
                 "auth_rejected_retry",
                 format!("{:?}", self.auth_rejected_retry),
@@ -807,11 +813,11 @@ impl Config {
                 &file.backoff_max,
                 d.backoff_max,
             )?,
-            healthy_after: duration(
-                "healthy_after",
-                &args.healthy_after,
-                &file.healthy_after,
-                d.healthy_after,
+            quick_reconnects_per_minute: positive(
+                "quick_reconnects_per_minute",
+                args.quick_reconnects_per_minute
+                    .or(file.quick_reconnects_per_minute)
+                    .unwrap_or(d.quick_reconnects_per_minute),
             )?,
             auth_rejected_retry: duration(
                 "auth_rejected_retry",

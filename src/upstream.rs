@@ -58,18 +58,23 @@ pub struct UpstreamStatus {
     pub last_error: Option<String>,
 }
 
-/// When to try again. Pure apart from jitter: tested with plain durations.
+/// When to try again. Pure apart from jitter: tested with plain durations
+/// and instants.
 ///
-/// Backoff lives here and resets only after a healthy session (one that
-/// stayed ready for `healthy_after`): then the first retry is immediate,
-/// so a blip costs no waiting, while a server that accepts and drops at
-/// once is retried with growing, jittered delays.
+/// The backoff grows with *failed attempts* (connect, TLS, handshake, no
+/// answer to authentication) and never with drops of sessions that
+/// authenticated: Runware was reachable a moment ago, so the first retry is
+/// immediate and the backoff starts over. A flaky network in between (a NAT
+/// or load balancer resetting connections every few seconds) then costs no
+/// waiting. A token bucket bounds those immediate retries, so a server that
+/// accepts and drops at once is not hammered: once it is empty, drops back
+/// off like failures.
 #[derive(Debug)]
 pub struct ReconnectPolicy {
     builder: ExponentialBuilder,
     backoff: ExponentialBackoff,
     max: Duration,
-    healthy_after: Duration,
+    quick: TokenBucket,
     auth_rejected_retry: Duration,
 }
 
@@ -77,7 +82,7 @@ impl ReconnectPolicy {
     pub fn new(
         min: Duration,
         max: Duration,
-        healthy_after: Duration,
+        quick_per_minute: usize,
         auth_rejected_retry: Duration,
     ) -> Self {
         // backon's jitter adds up to 100%, so grow to max/2 and let jitter
@@ -92,7 +97,7 @@ impl ReconnectPolicy {
             backoff: builder.build(),
             builder,
             max,
-            healthy_after,
+            quick: TokenBucket::per_minute(quick_per_minute),
             auth_rejected_retry,
         }
     }
@@ -101,7 +106,7 @@ impl ReconnectPolicy {
         Self::new(
             c.backoff_min,
             c.backoff_max,
-            c.healthy_after,
+            c.quick_reconnects_per_minute,
             c.auth_rejected_retry,
         )
     }
@@ -111,9 +116,9 @@ impl ReconnectPolicy {
         self.backoff.next().unwrap_or(self.max).min(self.max)
     }
 
-    /// After an established session dropped, `age` after it became ready.
-    pub fn after_drop(&mut self, age: Duration) -> Duration {
-        if age >= self.healthy_after {
+    /// After a session that authenticated dropped, at `now`.
+    pub fn after_drop(&mut self, now: Instant) -> Duration {
+        if self.quick.take(now) {
             self.backoff = self.builder.build();
             Duration::ZERO
         } else {
@@ -127,16 +132,51 @@ impl ReconnectPolicy {
     }
 }
 
+/// At most `rate` takes a minute, in bursts of up to a third of it.
+#[derive(Debug)]
+struct TokenBucket {
+    capacity: f64,
+    /// Tokens per second.
+    refill: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn per_minute(rate: usize) -> Self {
+        let capacity = (rate as f64 / 3.0).max(1.0);
+        TokenBucket {
+            capacity,
+            refill: rate as f64 / 60.0,
+            tokens: capacity,
+            at: None,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.at {
+            let earned = now.saturating_duration_since(at).as_secs_f64() * self.refill;
+            self.tokens = (self.tokens + earned).min(self.capacity);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How a connection ended.
 #[derive(Debug)]
 enum SessionEnd {
-    /// Dropped after (or before) becoming ready; `ready_for` is how long it
-    /// was ready.
+    /// Dropped after (or before) becoming ready.
     Dropped {
         reason: String,
-        ready_for: Option<Duration>,
+        authenticated: bool,
     },
     AuthRejected(RunwareError),
     Shutdown,
@@ -244,12 +284,16 @@ impl Upstream {
             };
             match self.session(socket, &mut shutdown).await {
                 SessionEnd::Shutdown => return,
-                SessionEnd::Dropped { reason, ready_for } => {
+                SessionEnd::Dropped {
+                    reason,
+                    authenticated,
+                } => {
                     tracing::warn!(error = %reason, "Runware connection dropped");
                     self.record_drop(reason);
-                    delay = match ready_for {
-                        Some(age) => self.policy.after_drop(age),
-                        None => self.policy.after_failure(),
+                    delay = if authenticated {
+                        self.policy.after_drop(Instant::now())
+                    } else {
+                        self.policy.after_failure()
                     };
                 }
                 SessionEnd::AuthRejected(error) => {
@@ -330,7 +374,7 @@ impl Upstream {
     ) -> SessionEnd {
         let dropped = |reason: String, ready_at: Option<Instant>| SessionEnd::Dropped {
             reason,
-            ready_for: ready_at.map(|t| t.elapsed()),
+            authenticated: ready_at.is_some(),
         };
         let key = match self.key.load() {
             Ok(k) => k,
@@ -681,7 +725,7 @@ mod tests {
         ReconnectPolicy::new(
             Duration::from_millis(100),
             Duration::from_secs(8),
-            Duration::from_secs(10),
+            30,
             Duration::from_secs(60),
         )
     }
@@ -706,27 +750,39 @@ mod tests {
         }
     }
 
+    /// Issue 8, bug 3: drops of short sessions grew the backoff (185 ms,
+    /// 240 ms, ... 5.7 s) while Runware accepted every reconnect at once.
     #[test]
-    fn a_healthy_session_resets_the_backoff_and_retries_at_once() {
+    fn a_dropped_session_is_retried_at_once_however_short_it_lived() {
         let mut p = policy();
+        let mut now = Instant::now();
         for _ in 0..8 {
             p.after_failure();
         }
-        assert_eq!(p.after_drop(Duration::from_secs(11)), Duration::ZERO);
-        let next = p.after_failure();
-        assert!(
-            next < Duration::from_millis(200),
-            "backoff was not reset: {next:?}"
-        );
+        // A drop every 2 s, as through a flaky load balancer: 30 a minute
+        // is within the budget, so every one reconnects at once.
+        for i in 0..60 {
+            assert_eq!(p.after_drop(now), Duration::ZERO, "drop {i}");
+            now += Duration::from_secs(2);
+        }
+        // And the backoff started over.
+        assert!(p.after_failure() < Duration::from_millis(200));
     }
 
     #[test]
-    fn a_short_lived_session_keeps_backing_off() {
+    fn a_storm_of_drops_falls_back_to_the_backoff() {
         let mut p = policy();
-        let first = p.after_drop(Duration::from_secs(1));
-        assert!(first >= Duration::from_millis(100));
-        let second = p.after_drop(Duration::from_millis(5));
-        assert!(second >= Duration::from_millis(200), "{second:?}");
+        let now = Instant::now();
+        // A server that drops every session at once: a burst of 10 quick
+        // retries, then growing delays.
+        let quick = (0..10).filter(|_| p.after_drop(now).is_zero()).count();
+        assert_eq!(quick, 10);
+        let slow: Vec<Duration> = (0..4).map(|_| p.after_drop(now)).collect();
+        assert!(slow.iter().all(|d| !d.is_zero()), "{slow:?}");
+        assert!(slow[3] >= Duration::from_millis(800), "{slow:?}");
+        // The bucket refills at 30 a minute: one token every 2 s.
+        assert_eq!(p.after_drop(now + Duration::from_secs(2)), Duration::ZERO);
+        assert_ne!(p.after_drop(now + Duration::from_secs(2)), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -158,6 +158,7 @@ async fn session_interleaves_many_tasks_on_one_stream() {
                     task_json: task.to_string(),
                     expected_results: None,
                 }),
+                timeout: None,
             })),
         })
         .await
@@ -171,6 +172,7 @@ async fn session_interleaves_many_tasks_on_one_stream() {
                 task_json: "[1]".into(),
                 expected_results: None,
             }),
+            timeout: None,
         })),
     })
     .await
@@ -473,4 +475,128 @@ async fn a_live_unix_socket_is_not_stolen() {
     let err = runwared::server::Daemon::start(second).await.err().unwrap();
     assert!(err.to_string().contains("another process"), "{err}");
     drop(first);
+}
+
+type SessionEvents = tonic::Streaming<pb::SessionEvent>;
+
+/// Opens a `Session` stream (with `grpc-timeout` when `stream_timeout` is set).
+async fn open_session(
+    h: &mut Harness,
+    stream_timeout: Option<Duration>,
+) -> (tokio::sync::mpsc::Sender<pb::SessionRequest>, SessionEvents) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = stream_timeout {
+        req.set_timeout(t);
+    }
+    let events = h.client.session(req).await.unwrap().into_inner();
+    (tx, events)
+}
+
+async fn submit_enhance(
+    tx: &tokio::sync::mpsc::Sender<pb::SessionRequest>,
+    request_id: &str,
+    timeout: Option<prost_types::Duration>,
+) {
+    let task = json!({"taskType": "promptEnhance", "prompt": format!("prompt {request_id}")});
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+            request_id: request_id.into(),
+            task: Some(pb::RunRequest {
+                task_json: task.to_string(),
+                expected_results: None,
+            }),
+            timeout,
+        })),
+    })
+    .await
+    .unwrap();
+}
+
+/// The event that ends task `request_id`: `Ok(results)` or its error.
+async fn session_outcome(
+    events: &mut SessionEvents,
+    request_id: &str,
+) -> Result<u32, pb::TaskError> {
+    use pb::session_event::Event;
+    while let Some(ev) = events.next().await {
+        let ev = ev.unwrap();
+        if ev.request_id != request_id {
+            continue;
+        }
+        match ev.event.unwrap() {
+            Event::Completed(c) => return Ok(c.results),
+            Event::Error(e) => return Err(e),
+            Event::Accepted(_) | Event::Result(_) => {}
+        }
+    }
+    panic!("the stream ended before task {request_id} did");
+}
+
+/// Issue 8, bug 2: the default deadline was computed once per stream, so on
+/// a stream older than `default_task_timeout` every new task was sent (and
+/// paid for) and then failed at once with DEADLINE_EXCEEDED.
+#[tokio::test(start_paused = true)]
+async fn a_session_task_counts_its_deadline_from_its_own_submit() {
+    let mut h = start(SimConfig::default(), |c| {
+        c.default_task_timeout = Duration::from_secs(5)
+    })
+    .await;
+    h.ready().await;
+    let (tx, mut events) = open_session(&mut h, None).await;
+    submit_enhance(&tx, "early", None).await;
+    assert_eq!(session_outcome(&mut events, "early").await, Ok(1));
+    // The stream ages past the default deadline (paused clock).
+    tokio::time::advance(Duration::from_secs(6)).await;
+    submit_enhance(&tx, "late", None).await;
+    assert_eq!(session_outcome(&mut events, "late").await, Ok(1));
+
+    // Its own timeout: shorter than the task takes, it ends the task alone.
+    h.sim.set_latency(Duration::from_secs(3), Duration::ZERO);
+    let one_second = prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    };
+    submit_enhance(&tx, "short", Some(one_second)).await;
+    submit_enhance(&tx, "default", None).await;
+    let short = session_outcome(&mut events, "short").await.unwrap_err();
+    assert_eq!(short.grpc_code, Code::DeadlineExceeded as i32, "{short:?}");
+    assert_eq!(session_outcome(&mut events, "default").await, Ok(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_timeout_that_is_not_positive_is_refused_by_name() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let (tx, mut events) = open_session(&mut h, None).await;
+    for (id, seconds, nanos) in [("zero", 0, 0), ("negative", -1, 0), ("nanos", 0, -5)] {
+        submit_enhance(&tx, id, Some(prost_types::Duration { seconds, nanos })).await;
+        let e = session_outcome(&mut events, id).await.unwrap_err();
+        assert_eq!(e.grpc_code, Code::InvalidArgument as i32, "{id}: {e:?}");
+        assert!(e.message.contains("submit.timeout"), "{id}: {}", e.message);
+    }
+    assert_eq!(h.stats().executions, 0);
+}
+
+/// A task whose deadline has passed when it is submitted costs nothing: it
+/// is refused before anything goes upstream.
+#[tokio::test(start_paused = true)]
+async fn a_task_already_past_its_deadline_is_refused_unsent() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    // A stream whose own deadline (2 s) passed before the task came.
+    let (tx, mut events) = open_session(&mut h, Some(Duration::from_secs(2))).await;
+    tokio::time::advance(Duration::from_secs(3)).await;
+    submit_enhance(&tx, "too-late", None).await;
+    let e = session_outcome(&mut events, "too-late").await.unwrap_err();
+    assert_eq!(e.grpc_code, Code::DeadlineExceeded as i32, "{e:?}");
+    assert!(e.message.contains("nothing was sent"), "{}", e.message);
+    // A unary call whose deadline is all used up by the margin.
+    let err = h
+        .client
+        .prompt_enhance(with_timeout(enhance("late", 1), Duration::from_millis(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(h.stats().executions, 0, "nothing reached Runware");
 }

@@ -190,7 +190,6 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
         auth_timeout: Duration::from_secs(2),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
-        healthy_after: Duration::from_millis(500),
         auth_rejected_retry: Duration::from_secs(1),
         retention: Duration::from_secs(600),
         max_in_flight_per_connection: 100_000,

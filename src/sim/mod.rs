@@ -6,7 +6,9 @@
 //! them on resume, `conflictTaskUUID` for a known taskUUID, `getResponse`,
 //! async delivery, documented validation errors, and configurable latency.
 //! Faults are injected through [`SimHandle`]: drop sockets abruptly, close
-//! them cleanly, stall, forget sessions, reject authentication.
+//! them cleanly, swallow written results in a dying socket, stall, forget
+//! sessions, reject authentication; [`SimHandle::inject_every`] repeats
+//! them (`runwared sim --fault`).
 //!
 //! It counts how many times it executed each taskUUID, so tests can prove
 //! nothing ran twice. It never runs unless asked for.
@@ -89,12 +91,45 @@ pub struct SimStats {
     pub conflicts: u64,
     /// Tasks dropped unseen by the `set_lose_tasks` fault.
     pub tasks_lost: u64,
+    /// Result items counted delivered but lost with a dying socket (the
+    /// `swallow_next_results` fault).
+    pub results_swallowed: u64,
     /// Result items produced.
     pub results_produced: u64,
     /// Pings answered.
     pub pongs: u64,
     /// Sockets currently open.
     pub open_connections: u64,
+}
+
+/// A fault that [`SimHandle::inject`] can repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Sockets dropped without a close frame.
+    Drop,
+    /// Sockets closed cleanly (code 1000).
+    Close,
+    /// The next results written die with their socket
+    /// ([`SimHandle::swallow_next_results`]).
+    Swallow,
+    /// The session is forgotten and its sockets dropped.
+    LoseSession,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "drop" => Ok(Fault::Drop),
+            "close" => Ok(Fault::Close),
+            "swallow" => Ok(Fault::Swallow),
+            "lose-session" => Ok(Fault::LoseSession),
+            other => Err(format!(
+                "unknown fault {other:?}: use drop, close, swallow or lose-session"
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -126,6 +161,8 @@ struct TaskRecord {
     executions: u32,
     items: Vec<Value>,
     status: TaskStatus,
+    /// When its last result was made.
+    finished_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +187,8 @@ struct Shared {
     reject_auth: watch::Sender<bool>,
     /// Fault: tasks are read and forgotten, as if lost on the way.
     lose_tasks: std::sync::atomic::AtomicBool,
+    /// Fault: the next message with results is lost with its socket.
+    swallow: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,6 +227,7 @@ impl SimHandle {
             stall: watch::channel(false).0,
             reject_auth: watch::channel(false).0,
             lose_tasks: std::sync::atomic::AtomicBool::new(false),
+            swallow: std::sync::atomic::AtomicBool::new(false),
         });
         let handle = SimHandle {
             shared: Arc::clone(&shared),
@@ -273,6 +313,62 @@ impl SimHandle {
     /// Fault: close every open socket cleanly (code 1000).
     pub fn close_connections(&self) {
         let _ = self.shared.commands.send(Command::Close);
+    }
+
+    /// Fault: the next message carrying task results is written and counted
+    /// delivered, then its connection is aborted and the kernel discards the
+    /// unsent bytes: the results are lost, not kept for the resumed session
+    /// (a resend is answered `conflictTaskUUID`; only `getResponse` brings
+    /// them back). Armed until a message with results goes out.
+    pub fn swallow_next_results(&self) {
+        self.shared
+            .swallow
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Injects `faults` in turn, one every `every` (each wait drawn from
+    /// half to one and a half of it, seeded), until the returned task is
+    /// aborted. For `runwared sim --fault` and the benchmarks.
+    pub fn inject_every(
+        &self,
+        faults: Vec<Fault>,
+        every: Duration,
+        seed: u64,
+    ) -> tokio::task::JoinHandle<()> {
+        let sim = self.clone();
+        tokio::spawn(async move {
+            if faults.is_empty() || every.is_zero() {
+                return;
+            }
+            let mut state = seed;
+            for fault in faults.iter().cycle() {
+                state = results::hash(&[&state.to_le_bytes()]);
+                sleep(every.mul_f64(0.5 + (state % 1000) as f64 / 1000.0)).await;
+                tracing::info!(?fault, "simulator: injecting a fault");
+                sim.inject(*fault);
+            }
+        })
+    }
+
+    /// Injects one fault now.
+    pub fn inject(&self, fault: Fault) {
+        match fault {
+            Fault::Drop => self.drop_connections(),
+            Fault::Close => self.close_connections(),
+            Fault::Swallow => self.swallow_next_results(),
+            Fault::LoseSession => {
+                self.expire_sessions();
+                self.drop_connections();
+            }
+        }
+    }
+
+    /// When the simulator made the task's last result.
+    pub fn finished_at(&self, task_uuid: &str) -> Option<Instant> {
+        lock(&self.shared.inner)
+            .tasks
+            .get(task_uuid)
+            .and_then(|t| t.finished_at)
     }
 
     /// Fault: stop reading and answering on every socket (TCP stays open).
@@ -379,6 +475,15 @@ where
                         Ok(i) => batch.push(i),
                         Err(_) => break,
                     }
+                }
+                let results = batch
+                    .iter()
+                    .filter(|i| matches!(i, Outgoing::Data(v) if v.get("taskUUID").is_some()))
+                    .count() as u64;
+                if results > 0 && shared.swallow.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    // Written and counted delivered; the abort discards it.
+                    bump(&shared, |s| s.results_swallowed += results);
+                    break;
                 }
                 let frame = encode(&batch);
                 if sink.send(Message::Text(frame.into())).await.is_err() {
@@ -724,6 +829,7 @@ fn start_task(
             executions: 1,
             items: Vec::new(),
             status: TaskStatus::Processing,
+            finished_at: None,
         },
     );
     if let Some(s) = inner.sessions.get_mut(session_id) {
@@ -753,6 +859,7 @@ fn start_task(
                 record.items.push(item.clone());
                 if index + 1 == results {
                     record.status = TaskStatus::Success;
+                    record.finished_at = Some(Instant::now());
                 }
             }
             if let Some(s) = inner.sessions.get_mut(&session_id) {
