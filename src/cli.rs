@@ -296,7 +296,7 @@ async fn bench(a: BenchArgs) -> CliResult {
 }
 
 async fn soak(a: SoakArgs) -> CliResult {
-    use runwared::sim::chaos::{ChaosConfig, run};
+    use runwared::soak::{ChaosConfig, run};
     let config = ChaosConfig {
         tasks: a.tasks,
         clients: a.clients,

@@ -176,6 +176,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Deadline for a task whose client set no gRPC deadline.
     pub default_task_timeout: Duration,
+    /// Longest interval between `getResponse` polls of one task (async
+    /// delivery, recovery); they start at 500 ms and double up to it.
+    pub poll_max: Duration,
     /// Most tasks in flight at once, across all clients.
     pub max_in_flight: usize,
     /// Most tasks one client connection may wait on at once.
@@ -226,6 +229,7 @@ impl Default for Config {
             auth_rejected_retry: Duration::from_secs(60),
             max_message_bytes: 64 << 20,
             default_task_timeout: Duration::from_secs(300),
+            poll_max: Duration::from_secs(10),
             max_in_flight: 100_000,
             max_in_flight_per_connection: 10_000,
             max_queued: 10_000,
@@ -253,6 +257,7 @@ impl Config {
             max_retained_bytes: self.max_retained_bytes,
             retention: self.retention,
             max_task_bytes: self.max_message_bytes,
+            poll_max: self.poll_max,
             ..crate::dispatch::Limits::default()
         }
     }
@@ -316,6 +321,9 @@ pub struct ServeArgs {
     /// Deadline of tasks whose client sets none [default: 300s].
     #[arg(long, env = "RUNWARED_DEFAULT_TASK_TIMEOUT", value_name = "DURATION")]
     pub default_task_timeout: Option<String>,
+    /// Longest interval between getResponse polls of a task [default: 10s].
+    #[arg(long, env = "RUNWARED_POLL_MAX", value_name = "DURATION")]
+    pub poll_max: Option<String>,
     /// Most tasks in flight at once [default: 100000].
     #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
@@ -381,6 +389,7 @@ pub struct FileConfig {
     pub auth_rejected_retry: Option<String>,
     pub max_message_bytes: Option<usize>,
     pub default_task_timeout: Option<String>,
+    pub poll_max: Option<String>,
     pub max_in_flight: Option<usize>,
     pub max_in_flight_per_connection: Option<usize>,
     pub max_queued: Option<usize>,
@@ -509,6 +518,7 @@ impl Config {
                 "default_task_timeout",
                 format!("{:?}", self.default_task_timeout),
             ),
+            ("poll_max", format!("{:?}", self.poll_max)),
             ("max_in_flight", self.max_in_flight.to_string()),
             (
                 "max_in_flight_per_connection",
@@ -832,8 +842,16 @@ impl Config {
                 &file.default_task_timeout,
                 d.default_task_timeout,
             )?,
+            poll_max: duration("poll_max", &args.poll_max, &file.poll_max, d.poll_max)?,
             max_in_flight,
         };
+        let poll_min = crate::dispatch::Limits::default().poll_min;
+        if config.poll_max < poll_min {
+            return Err(ConfigError::Invalid {
+                name: "poll_max",
+                reason: format!("must be at least the first polling interval, {poll_min:?}"),
+            });
+        }
         if config.ping_interval.is_zero() || config.ping_interval >= Duration::from_secs(120) {
             return Err(ConfigError::Invalid {
                 name: "ping_interval",

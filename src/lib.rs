@@ -21,6 +21,7 @@
 //! - [`server`]: starts all of the above and stops it in order (draining).
 //! - [`metrics`], [`notify`]: Prometheus metrics; systemd's notify protocol.
 //! - [`bench`]: `runwared bench`, the daemon against a direct client.
+//! - [`soak`]: the fault-injection suite (`tests/chaos.rs`, `runwared soak`).
 //! - [`sim`]: a Runware simulator with fault injection, for tests,
 //!   benchmarks and `runwared serve --simulate`. It never runs unless asked.
 //! - [`client`]: the command-line client's gRPC calls.
@@ -36,6 +37,7 @@ pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod sim;
+pub mod soak;
 pub mod state;
 pub mod upstream;
 pub mod validate;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use runwared::sim::chaos::{ChaosConfig, run};
+use runwared::soak::{ChaosConfig, run};
 
 #[tokio::test(start_paused = true)]
 async fn every_task_ends_once_with_its_own_results_under_faults() {
@@ -16,6 +16,7 @@ async fn every_task_ends_once_with_its_own_results_under_faults() {
         clients: 64,
         fault_every: Duration::from_secs(1),
         seed: 42,
+        default_task_timeout: Duration::from_secs(20),
         ..ChaosConfig::default()
     })
     .await;
@@ -30,9 +31,17 @@ async fn every_task_ends_once_with_its_own_results_under_faults() {
     );
     assert_eq!(
         report.faults.len(),
-        7,
+        9,
         "every kind of fault: {:?}",
         report.faults
+    );
+    assert!(report.results_swallowed > 0, "{report:?}");
+    assert!(report.on_sessions > 0, "{report:?}");
+    // Tasks completed on Session streams older than the daemon's default
+    // task deadline (20 s): deadlines count from each submit.
+    assert!(
+        report.oldest_session > Duration::from_secs(20),
+        "{report:?}"
     );
     assert!(
         report.reconnects >= 10 && report.recovered > 0,

@@ -13,7 +13,6 @@
 //! It counts how many times it executed each taskUUID, so tests can prove
 //! nothing ran twice. It never runs unless asked for.
 
-pub mod chaos;
 pub mod results;
 
 use std::collections::{HashMap, VecDeque};

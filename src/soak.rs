@@ -1,11 +1,18 @@
 //! The fault-injection suite: many concurrent clients push tasks through a
 //! daemon while the simulator drops the socket, closes it cleanly, stalls,
-//! loses sessions, rejects the key for a while and delays results at
-//! random, and while clients cancel and reconnect. Then it checks, from the
-//! simulator's own counts and the clients' records:
+//! loses sessions, swallows results in a dying socket, closes it again and
+//! again (a reconnect storm), rejects the key for a while and delays
+//! results at random, and while clients cancel and reconnect, some on
+//! `Session` streams older than the default task deadline. Then it checks,
+//! from the simulator's own counts and the clients' records:
 //!
 //! - every task ended with all its results or one clear error, and none
 //!   hung past its deadline;
+//! - no task waited longer than the *recovery bound* for its last result,
+//!   counted from when Runware had finished it and the daemon had a ready
+//!   connection (whichever came later): the longest polling interval plus
+//!   a second. A task that a fault left stuck fails the suite instead of
+//!   quietly waiting for its deadline;
 //! - no taskUUID was executed twice, and no result reached a client that did
 //!   not own the task (each result is checked against what the simulator
 //!   makes for that very task);
@@ -33,6 +40,7 @@ use crate::pb;
 use crate::server::Daemon;
 use crate::sim::results::enhanced_text;
 use crate::sim::{SimConfig, SimHandle};
+use crate::upstream::{ConnectionState, UpstreamStatus};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -47,6 +55,9 @@ pub struct ChaosConfig {
     pub seed: u64,
     /// Each client's gRPC deadline for its task.
     pub task_deadline: Duration,
+    /// The daemon's deadline for tasks that set none: `Session` streams
+    /// live longer than this.
+    pub default_task_timeout: Duration,
     /// The simulator's time to first result, and random extra per result.
     pub latency: Duration,
     pub latency_jitter: Duration,
@@ -60,6 +71,7 @@ impl Default for ChaosConfig {
             fault_every: Duration::from_secs(2),
             seed: 7,
             task_deadline: Duration::from_secs(120),
+            default_task_timeout: Duration::from_secs(20),
             latency: Duration::from_millis(100),
             latency_jitter: Duration::from_millis(400),
         }
@@ -74,6 +86,10 @@ pub struct ChaosReport {
     pub completed: usize,
     /// Their client left after the first result, then got them all by Attach.
     pub left_and_attached: usize,
+    /// Of the completed, those sent on a long-lived `Session` stream, and
+    /// the oldest such stream when one of its tasks completed.
+    pub on_sessions: usize,
+    pub oldest_session: Duration,
     /// Ended with UNAUTHENTICATED while the key was rejected (a clear error).
     pub auth_rejected: usize,
     /// Results clients received (Attach replays included).
@@ -86,6 +102,12 @@ pub struct ChaosReport {
     pub reconnects: u64,
     pub resumes: u64,
     pub recovered: u64,
+    /// Result items the simulator lost in dying sockets.
+    pub results_swallowed: u64,
+    /// The longest a task waited for its last result after Runware had
+    /// finished it and the daemon had a ready connection; and the bound.
+    pub max_recovery_wait: Duration,
+    pub recovery_bound: Duration,
     /// Virtual (paused) or wall time the run took.
     pub elapsed: Duration,
     /// Everything that broke a guarantee; empty is a pass.
@@ -104,6 +126,14 @@ impl ChaosReport {
             self.left_and_attached.to_string(),
         );
         row(
+            "of the completed, on long-lived Session streams (oldest)",
+            format!(
+                "{} ({:.0} s)",
+                self.on_sessions,
+                self.oldest_session.as_secs_f64()
+            ),
+        );
+        row(
             "UNAUTHENTICATED while the key was rejected",
             self.auth_rejected.to_string(),
         );
@@ -118,6 +148,18 @@ impl ChaosReport {
             format!("{} / {}", self.reconnects, self.resumes),
         );
         row("tasks recovered by getResponse", self.recovered.to_string());
+        row(
+            "results swallowed by dying sockets",
+            self.results_swallowed.to_string(),
+        );
+        row(
+            "longest wait after recovery was possible (bound)",
+            format!(
+                "{:.2} s ({:.0} s)",
+                self.max_recovery_wait.as_secs_f64(),
+                self.recovery_bound.as_secs_f64()
+            ),
+        );
         for (k, v) in &self.faults {
             row(&format!("fault: {k}"), v.to_string());
         }
@@ -159,13 +201,102 @@ enum Behaviour {
     /// ImageInference; the client leaves after the first image and comes
     /// back with Attach.
     LeaveAndAttach { n: u32 },
+    /// promptEnhance on the worker's long-lived `Session` stream.
+    Session { versions: u32 },
 }
 
 enum Outcome {
-    Completed(usize),
-    LeftAndAttached(usize),
+    Completed {
+        results: usize,
+        wait: Duration,
+    },
+    OnSession {
+        results: usize,
+        wait: Duration,
+        stream_age: Duration,
+    },
+    LeftAndAttached {
+        results: usize,
+        wait: Duration,
+    },
     AuthRejected,
 }
+
+/// What a worker needs to judge recovery: when Runware finished a task,
+/// and when the daemon's connection was ready.
+#[derive(Clone)]
+struct Probe {
+    sim: SimHandle,
+    /// Every change of the connection: when, and whether it was ready.
+    history: Arc<std::sync::Mutex<Vec<(Instant, bool)>>>,
+    bound: Duration,
+}
+
+impl Probe {
+    /// Records the connection's ready and not-ready spells until `done`.
+    fn watch(&self, mut status: watch::Receiver<UpstreamStatus>) {
+        let history = Arc::clone(&self.history);
+        tokio::spawn(async move {
+            loop {
+                let ready = status.borrow_and_update().state == ConnectionState::Ready;
+                {
+                    let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
+                    if h.last().is_none_or(|(_, r)| *r != ready) {
+                        h.push((Instant::now(), ready));
+                    }
+                }
+                if status.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// When recovery of a task Runware finished at `finished` became
+    /// possible: then, if the connection was ready and stayed so until
+    /// `done`; otherwise at the first reconnect after it (a connection that
+    /// dropped may have been stalled: results could not flow on it).
+    fn recoverable_from(&self, finished: Instant, done: Instant) -> Instant {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let up_at_finish = h
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= finished)
+            .is_some_and(|(_, ready)| *ready);
+        let mut later = h.iter().filter(|(at, _)| *at > finished && *at <= done);
+        match later.clone().next() {
+            None if up_at_finish => finished,
+            _ => later.find(|(_, ready)| *ready).map_or(done, |(at, _)| *at),
+        }
+    }
+
+    /// How long the task's client waited for its last result after Runware
+    /// had finished it and the daemon had a ready connection: the reconnect
+    /// that could have recovered it, not a later one.
+    fn wait(&self, uuid: &str) -> Result<Duration, String> {
+        let done = Instant::now();
+        let Some(finished) = self.sim.finished_at(uuid) else {
+            return Err(format!(
+                "completed, but the simulator never finished {uuid}"
+            ));
+        };
+        let wait = done.saturating_duration_since(self.recoverable_from(finished, done));
+        if wait > self.bound {
+            return Err(format!(
+                "waited {wait:?} for its last result after it could have been recovered (bound {:?})",
+                self.bound
+            ));
+        }
+        Ok(wait)
+    }
+}
+
+/// A worker's `Session`: its requests, its events, and when it opened.
+type SessionStream = (
+    tokio::sync::mpsc::Sender<pb::SessionRequest>,
+    tonic::Streaming<pb::SessionEvent>,
+    Instant,
+);
 
 /// Runs the suite against an in-process simulator and daemon on loopback.
 pub async fn run(config: ChaosConfig) -> ChaosReport {
@@ -179,6 +310,9 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
     let sim = SimHandle::bind(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config, None)
         .await
         .expect("bind the simulator on loopback");
+    // Tasks whose session Runware lost are polled at most this far apart:
+    // the longest a result can legitimately wait once it is recoverable.
+    let poll_max = Duration::from_secs(1);
     let daemon_config = Config {
         upstream_url: sim.url(),
         api_key: Some(ApiKeySource::Value(
@@ -193,29 +327,40 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
         auth_rejected_retry: Duration::from_secs(1),
         retention: Duration::from_secs(600),
         max_in_flight_per_connection: 100_000,
+        default_task_timeout: config.default_task_timeout,
+        poll_max,
         ..Config::default()
     };
+    let recovery_bound = poll_max + Duration::from_secs(1);
     let daemon = Daemon::start(daemon_config)
         .await
         .expect("start the daemon");
     let target = Target::Tcp(format!("http://{}", daemon.tcp_addr.expect("TCP listener")));
     let mut status = daemon.status.clone();
-    let _ = status
-        .wait_for(|s| s.state == crate::upstream::ConnectionState::Ready)
-        .await;
+    let _ = status.wait_for(|s| s.state == ConnectionState::Ready).await;
 
     let (done_tx, done_rx) = watch::channel(false);
     let faults = tokio::spawn(inject_faults(sim.clone(), config.clone(), done_rx));
 
+    let probe = Probe {
+        sim: sim.clone(),
+        history: Arc::default(),
+        bound: recovery_bound,
+    };
+    probe.watch(daemon.status.clone());
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..config.clients {
         let next = Arc::clone(&next);
         let target = target.clone();
         let config = config.clone();
+        let probe = probe.clone();
         workers.push(tokio::spawn(async move {
             let mut rng = Rng(config.seed ^ (w as u64).wrapping_mul(0x1000_0001));
             let mut client = connect(&target).await.expect("connect to the daemon");
+            // Opened at the first Session task and kept for the whole run,
+            // longer than the daemon's default task deadline.
+            let mut session: Option<SessionStream> = None;
             let mut records = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -226,18 +371,21 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
                 if rng.below(10) == 0 {
                     client = connect(&target).await.expect("reconnect to the daemon");
                 }
-                let behaviour = match rng.below(10) {
+                let behaviour = match rng.below(12) {
                     0..=3 => Behaviour::Enhance {
                         versions: 1 + rng.below(5) as u32,
                     },
                     4..=8 => Behaviour::Images {
                         n: 1 + rng.below(4) as u32,
                     },
-                    _ => Behaviour::LeaveAndAttach {
+                    9 => Behaviour::LeaveAndAttach {
                         n: 2 + rng.below(3) as u32,
                     },
+                    _ => Behaviour::Session {
+                        versions: 1 + rng.below(4) as u32,
+                    },
                 };
-                let r = one_task(&mut client, i, behaviour, &config).await;
+                let r = one_task(&mut client, &mut session, i, behaviour, &config, &probe).await;
                 // Like real clients: a little think time, and a pause after
                 // the daemon said the key is rejected.
                 let pause = match r {
@@ -259,13 +407,26 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
             Ok(records) => {
                 for (i, r) in records {
                     match r {
-                        Ok(Outcome::Completed(n)) => {
+                        Ok(Outcome::Completed { results, wait }) => {
                             report.completed += 1;
-                            report.results += n;
+                            report.results += results;
+                            report.max_recovery_wait = report.max_recovery_wait.max(wait);
                         }
-                        Ok(Outcome::LeftAndAttached(n)) => {
+                        Ok(Outcome::OnSession {
+                            results,
+                            wait,
+                            stream_age,
+                        }) => {
+                            report.completed += 1;
+                            report.on_sessions += 1;
+                            report.oldest_session = report.oldest_session.max(stream_age);
+                            report.results += results;
+                            report.max_recovery_wait = report.max_recovery_wait.max(wait);
+                        }
+                        Ok(Outcome::LeftAndAttached { results, wait }) => {
                             report.left_and_attached += 1;
-                            report.results += n;
+                            report.results += results;
+                            report.max_recovery_wait = report.max_recovery_wait.max(wait);
                         }
                         Ok(Outcome::AuthRejected) => report.auth_rejected += 1,
                         Err(v) => report.violations.push(format!("task {i}: {v}")),
@@ -290,6 +451,8 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
     report.reconnects = st.reconnects;
     report.resumes = st.resumes;
     report.recovered = daemon.dispatch.counters.recovered.load(Ordering::Relaxed);
+    report.results_swallowed = stats.results_swallowed;
+    report.recovery_bound = recovery_bound;
     let accounted = report.completed
         + report.left_and_attached
         + report.auth_rejected
@@ -308,18 +471,26 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
 /// One task; Err is a broken guarantee.
 async fn one_task(
     client: &mut pb::runware_client::RunwareClient<tonic::transport::Channel>,
+    session: &mut Option<SessionStream>,
     i: usize,
     behaviour: Behaviour,
     config: &ChaosConfig,
+    probe: &Probe,
 ) -> Result<Outcome, String> {
     // A hang is a task that outlives its deadline by more than the time a
     // clear error takes to arrive.
     let limit = config.task_deadline + Duration::from_secs(10);
+    // The client's own taskUUID: the simulator tells when it finished.
+    let uuid = uuid::Uuid::new_v4().to_string();
     let work = async {
         match behaviour {
+            Behaviour::Session { versions } => {
+                session_task(client, session, i, versions, &uuid, probe).await
+            }
             Behaviour::Enhance { versions } => {
                 let prompt = format!("chaos prompt {i}");
                 let mut req = tonic::Request::new(pb::PromptEnhanceRequest {
+                    task_uuid: uuid.clone(),
                     prompt: prompt.clone(),
                     prompt_versions: Some(versions),
                     prompt_max_length: Some(100),
@@ -344,7 +515,10 @@ async fn one_task(
                         if texts != want {
                             return Err(format!("wrong versions: {texts:?}, want {want:?}"));
                         }
-                        Ok(Outcome::Completed(texts.len()))
+                        Ok(Outcome::Completed {
+                            results: texts.len(),
+                            wait: probe.wait(&uuid)?,
+                        })
                     }
                     Err(s) => judge(s),
                 }
@@ -352,6 +526,7 @@ async fn one_task(
             Behaviour::Images { n } | Behaviour::LeaveAndAttach { n } => {
                 let seed = 1_000_000 * (i as u64 + 1);
                 let mut req = tonic::Request::new(pb::ImageInferenceRequest {
+                    task_uuid: uuid.clone(),
                     positive_prompt: format!("chaos image {i}"),
                     model: "runware:101@1".into(),
                     width: Some(256),
@@ -384,13 +559,18 @@ async fn one_task(
                     if got.len() as u32 != n {
                         return Err(format!("{} of {n} images and no error", got.len()));
                     }
-                    return Ok(Outcome::Completed(got.len()));
+                    return Ok(Outcome::Completed {
+                        results: got.len(),
+                        wait: probe.wait(&uuid)?,
+                    });
                 }
-                let Some(uuid) = got.first().cloned() else {
-                    return Err("stream ended before the first image".into());
-                };
+                if got.first() != Some(&uuid) {
+                    return Err(format!("the first image is not of task {uuid}: {got:?}"));
+                }
                 drop(stream);
-                let mut req = tonic::Request::new(pb::AttachRequest { task_uuid: uuid });
+                let mut req = tonic::Request::new(pb::AttachRequest {
+                    task_uuid: uuid.clone(),
+                });
                 req.set_timeout(config.task_deadline);
                 let mut again = match client.attach(req).await {
                     Ok(s) => s.into_inner(),
@@ -418,7 +598,10 @@ async fn one_task(
                 if index != n {
                     return Err(format!("Attach replayed {index} of {n} images"));
                 }
-                Ok(Outcome::LeftAndAttached(n as usize))
+                Ok(Outcome::LeftAndAttached {
+                    results: n as usize,
+                    wait: probe.wait(&uuid)?,
+                })
             }
         }
     };
@@ -429,6 +612,83 @@ async fn one_task(
             config.task_deadline
         )),
     }
+}
+
+/// One promptEnhance on the worker's long-lived `Session` stream (opened on
+/// first use): its deadline must count from this submit, not the stream's
+/// start.
+async fn session_task(
+    client: &mut pb::runware_client::RunwareClient<tonic::transport::Channel>,
+    session: &mut Option<SessionStream>,
+    i: usize,
+    versions: u32,
+    uuid: &str,
+    probe: &Probe,
+) -> Result<Outcome, String> {
+    use pb::session_event::Event;
+    if session.is_none() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let events = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("opening a Session: {s}"))?
+            .into_inner();
+        *session = Some((tx, events, Instant::now()));
+    }
+    let Some((tx, events, opened)) = session.as_mut() else {
+        return Err("no Session stream".into());
+    };
+    let prompt = format!("chaos session prompt {i}");
+    let task = serde_json::json!({"taskType": "promptEnhance", "taskUUID": uuid, "prompt": prompt,
+                                  "promptVersions": versions, "promptMaxLength": 100});
+    let request_id = i.to_string();
+    let submit = pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submit(pb::SessionSubmit {
+            request_id: request_id.clone(),
+            task: Some(pb::RunRequest {
+                task_json: task.to_string(),
+                expected_results: None,
+            }),
+            timeout: None,
+        })),
+    };
+    tx.send(submit)
+        .await
+        .map_err(|_| "the Session stream closed".to_string())?;
+    let mut texts = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|s| format!("Session stream failed: {s}"))?;
+        if event.request_id != request_id {
+            return Err(format!("an event of request {:?}", event.request_id));
+        }
+        match event.event {
+            Some(Event::Accepted(_)) => {}
+            Some(Event::Result(r)) => {
+                let v: Value = serde_json::from_str(&r.item_json).map_err(|e| e.to_string())?;
+                texts.push(v["text"].as_str().unwrap_or_default().to_owned());
+            }
+            Some(Event::Completed(_)) => {
+                let mut want: Vec<String> = (0..versions)
+                    .map(|v| enhanced_text(&prompt, v, 100))
+                    .collect();
+                texts.sort();
+                want.sort();
+                if texts != want {
+                    return Err(format!("wrong versions: {texts:?}, want {want:?}"));
+                }
+                return Ok(Outcome::OnSession {
+                    results: texts.len(),
+                    wait: probe.wait(uuid)?,
+                    stream_age: opened.elapsed(),
+                });
+            }
+            Some(Event::Error(e)) => {
+                return judge(tonic::Status::new(Code::from(e.grpc_code), e.message));
+            }
+            None => return Err("an empty Session event".into()),
+        }
+    }
+    Err("the Session stream ended".into())
 }
 
 /// An image belongs to this task (its seed is the task's seed plus one of
@@ -473,6 +733,12 @@ async fn inject_faults(
 ) -> BTreeMap<&'static str, u64> {
     let mut rng = Rng(config.seed.wrapping_mul(31));
     let mut counts = BTreeMap::new();
+    // Each kind once first (in a seeded order, one draw from each weight
+    // band below), so every run meets every fault; then weighted draws.
+    let mut first = vec![0, 3, 5, 7, 9, 10, 12, 15, 17];
+    for i in (1..first.len()).rev() {
+        first.swap(i, rng.below(i as u64 + 1) as usize);
+    }
     loop {
         let wait = rng.around(config.fault_every);
         tokio::select! {
@@ -480,7 +746,8 @@ async fn inject_faults(
             _ = tokio::time::sleep(wait) => {}
         }
         // Weighted: network trouble is common, a rejected key is rare.
-        let kind = match rng.below(14) {
+        let draw = first.pop().unwrap_or_else(|| rng.below(19));
+        let kind = match draw {
             0..=2 => {
                 sim.drop_connections();
                 "socket dropped abruptly"
@@ -512,6 +779,20 @@ async fn inject_faults(
                 tokio::time::sleep(rng.around(Duration::from_secs(2))).await;
                 sim.set_latency(config.latency, config.latency / 2);
                 "results slowed down"
+            }
+            12..=14 => {
+                // Armed until the next message with results goes out.
+                sim.swallow_next_results();
+                "results swallowed by a dying socket"
+            }
+            15 | 16 => {
+                // A flaky load balancer: Runware accepts every reconnect,
+                // the network keeps closing them.
+                for _ in 0..5 {
+                    tokio::time::sleep(rng.around(Duration::from_millis(400))).await;
+                    sim.close_connections();
+                }
+                "reconnect storm (5 clean closes)"
             }
             _ => {
                 sim.set_lose_tasks(true);
