@@ -41,6 +41,35 @@ pub struct BenchConfig {
     pub in_flight: Vec<usize>,
     /// Drops for the drop-to-first-resumed-result figure (0 skips).
     pub drops: usize,
+    /// Tasks of the flaky-network scenario (0 skips).
+    pub flaky_tasks: usize,
+    /// Which scenarios run.
+    pub scenarios: Vec<Scenario>,
+}
+
+/// The parts of `runwared bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Tasks/s and latency by concurrency, through the daemon and direct.
+    Throughput,
+    /// Resident memory with many tasks in flight.
+    Memory,
+    /// CPU of an idle daemon.
+    Idle,
+    /// Drop to the first resumed result.
+    Resume,
+    /// Tasks over a network that keeps failing, against no faults.
+    Flaky,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Throughput,
+        Scenario::Memory,
+        Scenario::Idle,
+        Scenario::Resume,
+        Scenario::Flaky,
+    ];
 }
 
 impl Default for BenchConfig {
@@ -53,6 +82,8 @@ impl Default for BenchConfig {
             idle: Duration::from_secs(60),
             in_flight: vec![10_000, 100_000],
             drops: 20,
+            flaky_tasks: 200,
+            scenarios: Scenario::ALL.to_vec(),
         }
     }
 }
@@ -110,6 +141,21 @@ pub struct Report {
     pub idle_cpu_percent: Option<f64>,
     /// Drop (server side) to the first buffered result after resume, ms.
     pub resume_ms: Vec<f64>,
+    /// The same tasks over a network that keeps failing, and without.
+    pub flaky: Vec<FlakyRow>,
+}
+
+/// One run of the flaky-network scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlakyRow {
+    /// What the network did: `none`, or the fault repeated.
+    pub fault: String,
+    pub tasks: usize,
+    pub failed: usize,
+    pub seconds: f64,
+    pub reconnects: u64,
+    /// Wall time over the same run with no faults.
+    pub ratio_to_no_faults: f64,
 }
 
 fn clock_ticks() -> f64 {
@@ -517,8 +563,14 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     let ticks = clock_ticks();
     let (_sim, url) = start_sim("0ms")?;
     let mut rows = Vec::new();
+    let wanted = |s: Scenario| config.scenarios.contains(&s);
+    let concurrency = if wanted(Scenario::Throughput) {
+        config.concurrency.clone()
+    } else {
+        Vec::new()
+    };
     for load in [Load::Enhance, Load::Mixed] {
-        for &c in &config.concurrency {
+        for &c in &concurrency {
             let total = if c == 1 {
                 config.tasks_single
             } else {
@@ -562,6 +614,11 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     let pid = daemon.child.id();
     let (idle_rss, _) = memory_mib(pid);
     let mut memory = Vec::new();
+    let in_flight = if wanted(Scenario::Memory) {
+        config.in_flight.clone()
+    } else {
+        Vec::new()
+    };
     let mut client = connect(&Target::Tcp(addr.clone()))
         .await
         .map_err(std::io::Error::other)?;
@@ -581,7 +638,7 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
         }
     });
     let mut sent = 0;
-    for &target in &config.in_flight {
+    for &target in &in_flight {
         while sent < target {
             let (json, _) = task_json(Load::Enhance, sent, &TaskUuid::new_v4());
             if tx.send(submit(String::new(), &json)).await.is_err() {
@@ -606,7 +663,7 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     drop(daemon);
 
     // Idle: connected, pinging, nothing to do.
-    let idle_cpu_percent = if config.idle.is_zero() {
+    let idle_cpu_percent = if config.idle.is_zero() || !wanted(Scenario::Idle) {
         None
     } else {
         let (daemon, _) = start_daemon(&url, &[])?;
@@ -619,14 +676,77 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
         Some(pct)
     };
 
-    let resume_ms = measure_resume(config.drops, &progress).await?;
+    let resume_ms = if wanted(Scenario::Resume) {
+        measure_resume(config.drops, &progress).await?
+    } else {
+        Vec::new()
+    };
+    let flaky = if wanted(Scenario::Flaky) {
+        measure_flaky(config.flaky_tasks, &progress).await?
+    } else {
+        Vec::new()
+    };
     Ok(Report {
         rows,
         memory,
         idle_rss_mib: idle_rss,
         idle_cpu_percent,
         resume_ms,
+        flaky,
     })
+}
+
+/// Tasks through a daemon while the network keeps failing a reachable
+/// Runware: a fault every ~2 s (1 to 3 s), results 0.5 to 1.5 s after each
+/// request, 16 in flight; and the same run without faults.
+async fn measure_flaky(tasks: usize, progress: &impl Fn(&str)) -> std::io::Result<Vec<FlakyRow>> {
+    use crate::sim::{Fault, SimConfig, SimHandle};
+    if tasks == 0 {
+        return Ok(Vec::new());
+    }
+    let mut rows: Vec<FlakyRow> = Vec::new();
+    for fault in [
+        None,
+        Some(Fault::Close),
+        Some(Fault::Drop),
+        Some(Fault::Swallow),
+    ] {
+        let config = SimConfig {
+            latency: Duration::from_millis(500),
+            latency_jitter: Duration::from_millis(1000),
+            ..SimConfig::default()
+        };
+        let sim = SimHandle::bind(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            config,
+            None,
+        )
+        .await?;
+        let (daemon, addr) = start_daemon(&sim.url(), &[])?;
+        let faults = sim.inject_every(fault.into_iter().collect(), Duration::from_secs(2), 8);
+        let connections_before = sim.stats().borrow().connections;
+        let (_, failed, took) =
+            run_rpc(&addr, Load::Enhance, 16, tasks, Duration::from_secs(120)).await;
+        faults.abort();
+        let reconnects = sim.stats().borrow().connections - connections_before;
+        drop(daemon);
+        let seconds = took.as_secs_f64();
+        let baseline = rows.first().map_or(seconds, |r| r.seconds);
+        let name = fault.map_or("none".to_owned(), |f| format!("{f:?}").to_lowercase());
+        progress(&format!(
+            "flaky network, fault {name}: {tasks} tasks in {seconds:.1} s ({:.2}x), {failed} failed, {reconnects} reconnects",
+            seconds / baseline
+        ));
+        rows.push(FlakyRow {
+            fault: name,
+            tasks,
+            failed,
+            seconds,
+            reconnects,
+            ratio_to_no_faults: seconds / baseline,
+        });
+    }
+    Ok(rows)
 }
 
 /// Abrupt drop on the server side while a result is due; time to that
@@ -645,8 +765,8 @@ async fn measure_resume(drops: usize, progress: &impl Fn(&str)) -> std::io::Resu
         None,
     )
     .await?;
-    // A long-running daemon's session is healthy: its first retry is immediate.
-    let (daemon, addr) = start_daemon(&sim.url(), &["--healthy-after", "100ms"])?;
+    // A session that authenticated is retried at once.
+    let (daemon, addr) = start_daemon(&sim.url(), &[])?;
     let client = connect(&Target::Tcp(addr))
         .await
         .map_err(std::io::Error::other)?;
@@ -755,6 +875,17 @@ pub fn table(r: &Report) -> String {
     );
     for (n, rss, per) in &r.memory {
         t.push_str(&format!("| {n} | {rss:.1} | {per:.0} |\n"));
+    }
+    if !r.flaky.is_empty() {
+        t.push_str(
+            "\n| fault every ~2 s | tasks | failed | seconds | reconnects | x no faults |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for f in &r.flaky {
+            t.push_str(&format!(
+                "| {} | {} | {} | {:.1} | {} | {:.2} |\n",
+                f.fault, f.tasks, f.failed, f.seconds, f.reconnects, f.ratio_to_no_faults
+            ));
+        }
     }
     if !r.resume_ms.is_empty() {
         let by = |p| percentile(&r.resume_ms, p);

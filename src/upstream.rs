@@ -59,6 +59,9 @@ pub struct UpstreamStatus {
     /// Reconnects on which Runware accepted the previous session.
     pub resumes: u64,
     pub last_error: Option<String>,
+    /// Runware's rejection of the key, kept until a session authenticates:
+    /// the reason clients are given, whatever later attempts ran into.
+    pub key_rejection: Option<String>,
 }
 
 /// When to try again. Pure apart from jitter: tested with plain durations
@@ -312,6 +315,7 @@ impl Upstream {
                         s.state = ConnectionState::AuthRejected;
                         s.connected_since = None;
                         s.last_error = Some(error.to_string());
+                        s.key_rejection = Some(error.to_string());
                     });
                     let message = auth_rejected_message(&self.status.borrow());
                     self.dispatch
@@ -549,6 +553,7 @@ impl Upstream {
             s.session = Some(session);
             s.connected_since = Some(SystemTime::now());
             s.ready_at = Some(Instant::now());
+            s.key_rejection = None;
             s.reconnects += u64::from(reconnect);
             s.resumes += u64::from(resumed);
         });

@@ -529,3 +529,47 @@ async fn drops_of_authenticated_sessions_reconnect_at_once() {
     assert_eq!(images.len(), 4);
     assert_eq!(h.stats().executions, 1);
 }
+
+/// Found by the soak: after Runware rejected the key, a retry that met a
+/// stalled server (no answer to authentication) overwrote the reason, and
+/// clients were told "Runware rejected the daemon's API key (no answer to
+/// authentication within 2s)": no word of invalidApiKey. The rejection is
+/// the last thing Runware said about the key; it stays the reason until a
+/// session authenticates.
+#[tokio::test(start_paused = true)]
+async fn the_key_rejection_stays_the_reason_while_retries_time_out() {
+    let mut h = start(slow(), |c| {
+        c.auth_rejected_retry = Duration::from_secs(1);
+        c.auth_timeout = Duration::from_secs(2);
+    })
+    .await;
+    h.ready().await;
+    h.sim.set_reject_auth(true);
+    h.sim.drop_connections();
+    wait_state(&h.daemon, ConnectionState::AuthRejected).await;
+    // The retry meets a server that answers nothing.
+    h.sim.set_reject_auth(false);
+    h.sim.set_stall(true);
+    wait_status(&h.daemon, |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no answer to authentication"))
+    })
+    .await;
+    let e = h
+        .client
+        .image_inference(image("while stalled", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("invalidApiKey"), "{}", e.message());
+    h.sim.set_stall(false);
+    h.ready().await;
+    assert_eq!(
+        collect(h.client.clone(), image("after", 1))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -981,7 +981,11 @@ impl std::fmt::Debug for Dispatch {
 pub fn auth_rejected_message(status: &UpstreamStatus) -> String {
     format!(
         "Runware rejected the daemon's API key ({}); fix RUNWARE_API_KEY or the key file, the daemon retries on its own",
-        status.last_error.as_deref().unwrap_or("invalidApiKey")
+        status
+            .key_rejection
+            .as_deref()
+            .or(status.last_error.as_deref())
+            .unwrap_or("invalidApiKey")
     )
 }
 
