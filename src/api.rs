@@ -28,12 +28,12 @@ use crate::upstream::ConnectionState;
 /// Most results a `Run` client may ask to wait for.
 pub const MAX_EXPECTED_RESULTS: u32 = 10_000;
 
+/// Most JSON values (about) in a client's `task_json` or `extra`.
+pub const MAX_JSON_ELEMENTS: usize = 100_000;
+
 /// Ends our deadline just before the client's, so the client receives our
 /// DEADLINE_EXCEEDED (after partial results) rather than a bare cancel.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
-
-/// Task types the daemon manages itself and a client may not send.
-const RESERVED_TASK_TYPES: &[&str] = &["authentication", "ping", "getResponse"];
 
 /// The `runware.v1.Runware` service.
 #[derive(Clone)]
@@ -337,8 +337,30 @@ fn object(build: impl FnOnce(&mut Map<String, Value>)) -> Value {
 /// A JSON object given as a string (`extra`, `task_json`), naming the
 /// parameter when it is not one.
 fn json_object(param: &str, text: &str) -> Result<Map<String, Value>, Status> {
+    // Parsed JSON takes up to ~16 times its text when it is many small
+    // values: bound their number before parsing. (Nesting is bounded by
+    // serde_json's recursion limit, 128.) Brackets and commas inside
+    // strings count too: a bound that errs on the safe side.
+    let elements = text
+        .bytes()
+        .filter(|b| matches!(b, b',' | b'[' | b'{'))
+        .count();
+    if elements > MAX_JSON_ELEMENTS {
+        return Err(Status::invalid_argument(format!(
+            "{param} has about {elements} JSON values, more than the {MAX_JSON_ELEMENTS} a task may have"
+        )));
+    }
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Object(m)) => {
+            // The daemon authenticates with its own key; a client's key
+            // would be sent to Runware inside a task.
+            if let Some(k) = m.keys().find(|k| k.eq_ignore_ascii_case("apiKey")) {
+                return Err(Status::invalid_argument(format!(
+                    "{param}.{k}: the daemon authenticates to Runware with its own key; a task may not carry one"
+                )));
+            }
+            Ok(m)
+        }
         Ok(other) => Err(Status::invalid_argument(format!(
             "{param} must be a JSON object, got {}",
             match other {
@@ -544,7 +566,7 @@ pub struct ClientTask {
 pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
     let task = json_object("task_json", &r.task_json)?;
     match task.get("taskType") {
-        Some(Value::String(t)) if RESERVED_TASK_TYPES.contains(&t.as_str()) => {
+        Some(Value::String(t)) if protocol::is_reserved_task_type(t) => {
             return Err(Status::invalid_argument(format!(
                 "task_json.taskType {t:?} is managed by the daemon and cannot be sent"
             )));
@@ -566,6 +588,20 @@ pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
             ));
         }
     };
+    // The counts that decide completion are bounded like expected_results:
+    // the daemon keeps a slot per result it waits for.
+    for field in ["numberResults", "promptVersions"] {
+        if let Some(v) = task.get(field) {
+            if !v
+                .as_u64()
+                .is_some_and(|n| (1..=u64::from(MAX_EXPECTED_RESULTS)).contains(&n))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "task_json.{field} must be a whole number from 1 to {MAX_EXPECTED_RESULTS}, got {v}"
+                )));
+            }
+        }
+    }
     if let Some(n) = r.expected_results {
         if n == 0 || n > MAX_EXPECTED_RESULTS {
             return Err(Status::invalid_argument(format!(
@@ -1063,6 +1099,46 @@ mod tests {
         let e = image_inference_task(&bad_extra).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("extra"), "{}", e.message());
+        let keyed_extra = pb::ImageInferenceRequest {
+            extra: r#"{"apiKey":"someone-else's"}"#.into(),
+            ..Default::default()
+        };
+        let e = image_inference_task(&keyed_extra).unwrap_err();
+        assert!(e.message().contains("extra.apiKey"), "{}", e.message());
+
+        // Bounded before parsing: many small values (which parse to many
+        // times their text), and deep nesting.
+        let flood = format!(
+            r#"{{"taskType":"x","v":[{}0]}}"#,
+            "0,".repeat(MAX_JSON_ELEMENTS)
+        );
+        let e = run_task(&pb::RunRequest {
+            task_json: flood,
+            expected_results: None,
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("task_json has about"),
+            "{}",
+            e.message()
+        );
+        let deep = format!(
+            r#"{{"taskType":"x","v":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let e = run_task(&pb::RunRequest {
+            task_json: deep,
+            expected_results: None,
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("task_json is not valid JSON"),
+            "{}",
+            e.message()
+        );
 
         let run = |json: &str, n: Option<u32>| {
             run_task(&pb::RunRequest {
@@ -1086,6 +1162,32 @@ mod tests {
                 "task_json.taskUUID",
             ),
             (r#"{"taskType":"x"}"#, Some(0), "expected_results"),
+            // Reserved task types in any letter case.
+            (r#"{"taskType":"PING"}"#, None, "task_json.taskType"),
+            (
+                r#"{"taskType":"Authentication"}"#,
+                None,
+                "task_json.taskType",
+            ),
+            (
+                r#"{"taskType":" getresponse "}"#,
+                None,
+                "task_json.taskType",
+            ),
+            // A key of the client's own, which would go to Runware.
+            (r#"{"taskType":"x","apiKey":"k"}"#, None, "task_json.apiKey"),
+            (r#"{"taskType":"x","APIKEY":"k"}"#, None, "task_json.APIKEY"),
+            // The counts that decide completion are bounded.
+            (
+                r#"{"taskType":"imageInference","numberResults":4000000000}"#,
+                None,
+                "task_json.numberResults",
+            ),
+            (
+                r#"{"taskType":"promptEnhance","promptVersions":-1}"#,
+                None,
+                "task_json.promptVersions",
+            ),
             (
                 r#"{"taskType":"x"}"#,
                 Some(MAX_EXPECTED_RESULTS + 1),

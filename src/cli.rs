@@ -78,6 +78,14 @@ struct BenchArgs {
     /// Drops for the resume-time figure (0 skips).
     #[arg(long, default_value_t = 20)]
     drops: usize,
+    /// Tasks of the flaky-network scenario: 16 in flight, results 0.5 to
+    /// 1.5 s, a clean close, an abort or a swallowed result every ~2 s, and
+    /// no faults (0 skips).
+    #[arg(long, default_value_t = 200)]
+    flaky_tasks: usize,
+    /// Scenarios to run (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    scenarios: Vec<runwared::bench::Scenario>,
     /// A short run: 2000 tasks, no idle minute, 10000 in flight, 5 drops.
     #[arg(long)]
     quick: bool,
@@ -208,7 +216,17 @@ struct RunArgs {
     client: ClientArgs,
 }
 
+/// The crates that log whole WebSocket frames (the authentication frame
+/// holds the API key) at trace level.
+fn is_frame_logger(target: &str) -> bool {
+    ["tungstenite", "tokio_tungstenite"]
+        .iter()
+        .any(|c| target == *c || target.starts_with(&format!("{c}::")))
+}
+
 pub fn init_logging(cli: &Cli) {
+    use tracing::level_filters::LevelFilter;
+    use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::prelude::*;
     let mut filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!(
@@ -219,17 +237,23 @@ pub fn init_logging(cli: &Cli) {
     });
     // The WebSocket library logs whole frames at trace level: the
     // authentication frame (the API key) and prompts. Directives added
-    // after the user's replace theirs for the same target, so no filter a
-    // user writes lets those through. (As directives, not a separate
-    // filter: the filter keeps its level hint, so the `log` bridge does
-    // not build a record for every trace line only to drop it.)
-    // Only when the user's filter reaches trace anywhere: a cap must lower,
-    // never raise, those crates' level.
-    if filter.max_level_hint() == Some(tracing::level_filters::LevelFilter::TRACE) {
+    // after the user's replace theirs for the same target (as directives,
+    // the filter keeps its level hint, so the `log` bridge does not build a
+    // record for every trace line only to drop it); only when the user's
+    // filter reaches trace anywhere: a cap must lower, never raise, those
+    // crates' level.
+    if filter.max_level_hint() == Some(LevelFilter::TRACE) {
         for cap in ["tungstenite=debug", "tokio_tungstenite=debug"] {
             filter = filter.add_directive(cap.parse().expect("a valid directive"));
         }
     }
+    // A more specific directive (`tungstenite::protocol=trace`) would still
+    // win over the cap: this second filter drops those crates' trace events
+    // whatever the user wrote, before anything formats them.
+    let no_frames = tracing_subscriber::filter::filter_fn(|meta| {
+        !(*meta.level() == tracing::Level::TRACE && is_frame_logger(meta.target()))
+    })
+    .with_max_level_hint(LevelFilter::TRACE);
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = if cli.log_format == "json" {
         layer.json().with_current_span(true).boxed()
@@ -237,7 +261,7 @@ pub fn init_logging(cli: &Cli) {
         layer.boxed()
     };
     tracing_subscriber::registry()
-        .with(layer.with_filter(filter))
+        .with(layer.with_filter(filter.and(no_frames)))
         .init();
 }
 
@@ -272,8 +296,12 @@ async fn bench(a: BenchArgs) -> CliResult {
         idle: Duration::from_secs(a.idle_seconds),
         in_flight: a.in_flight.into_iter().filter(|n| *n > 0).collect(),
         drops: a.drops,
+        flaky_tasks: a.flaky_tasks,
         ..BenchConfig::default()
     };
+    if !a.scenarios.is_empty() {
+        config.scenarios = a.scenarios;
+    }
     if a.quick {
         config.tasks = 2_000;
         config.tasks_single = 500;
@@ -483,7 +511,7 @@ async fn image(a: ImageArgs) -> CliResult {
                     .map_err(|e| {
                         format!("image {}: bad base64 from Runware: {e}", img.image_uuid)
                     })?;
-                let path = dir.join(format!("{}.jpg", img.image_uuid));
+                let path = dir.join(runwared::client::image_file_name(&img.image_uuid)?);
                 std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 Some(path)
             }

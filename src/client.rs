@@ -40,3 +40,42 @@ pub async fn connect(target: &Target) -> Result<RunwareClient<Channel>, tonic::t
         .max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20))
 }
+
+/// The file an image is saved as: its `imageUUID`, which comes from the
+/// server, so only a plain UUID is taken (never `/`, `..` or a path).
+pub fn image_file_name(image_uuid: &str) -> Result<String, String> {
+    let canonical = uuid::Uuid::try_parse(image_uuid)
+        .ok()
+        .map(|u| u.hyphenated().to_string())
+        .filter(|c| c.eq_ignore_ascii_case(image_uuid));
+    match canonical {
+        Some(name) => Ok(format!("{name}.jpg")),
+        None => Err(format!(
+            "Runware sent an image whose imageUUID {image_uuid:?} is not a UUID; not saving it"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_file_name;
+
+    #[test]
+    fn image_files_are_named_only_by_plain_uuids() {
+        assert_eq!(
+            image_file_name("1D4C0E6A-7B1F-4A9E-8C2D-3E4F5A6B7C8D").unwrap(),
+            "1d4c0e6a-7b1f-4a9e-8c2d-3e4f5a6b7c8d.jpg"
+        );
+        for bad in [
+            "../../etc/passwd",
+            "/tmp/x",
+            "1d4c0e6a-7b1f-4a9e-8c2d-3e4f5a6b7c8d/../x",
+            "{1d4c0e6a-7b1f-4a9e-8c2d-3e4f5a6b7c8d}",
+            "urn:uuid:1d4c0e6a-7b1f-4a9e-8c2d-3e4f5a6b7c8d",
+            "",
+        ] {
+            let e = image_file_name(bad).unwrap_err();
+            assert!(e.contains("not a UUID"), "{bad}: {e}");
+        }
+    }
+}

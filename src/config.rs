@@ -430,6 +430,9 @@ pub struct Environment {
     pub state_directory: Option<PathBuf>,
     /// `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`, for `Type=notify`.
     pub notify: Option<crate::notify::NotifyConfig>,
+    /// `INVOCATION_ID` is set: running as a systemd service, on a host
+    /// with other users, where loopback is open to every one of them.
+    pub systemd_service: bool,
 }
 
 impl Environment {
@@ -445,6 +448,7 @@ impl Environment {
                 std::env::var("WATCHDOG_USEC").ok(),
                 std::env::var("WATCHDOG_PID").ok(),
             ),
+            systemd_service: std::env::var_os("INVOCATION_ID").is_some(),
         }
     }
 }
@@ -730,15 +734,31 @@ impl Config {
             });
         let auth_token = token_file.as_deref().map(read_token_file).transpose()?;
         let insecure_listen = args.insecure_listen || file.insecure_listen.unwrap_or(false);
+        // One access model for every TCP listener: a token, unless the
+        // address is loopback on a machine of one user (a developer's, or a
+        // pod's own network namespace). A systemd service runs on a host
+        // with other users, where loopback is open to all of them: there
+        // the Unix socket (its group) is the door, and TCP needs the token.
         if let Some(addr) = listen {
-            if !addr.ip().is_loopback() && auth_token.is_none() && !insecure_listen {
-                return Err(ConfigError::Invalid {
-                    name: "listen",
-                    reason: format!(
-                        "{addr} is reachable beyond this host: give clients a bearer token with --auth-token-file \
-                         (or systemd credential {TOKEN_CREDENTIAL_NAME}), or pass --insecure-listen"
-                    ),
-                });
+            if auth_token.is_none() && !insecure_listen {
+                let why = if !addr.ip().is_loopback() {
+                    Some("is reachable beyond this host")
+                } else if env.systemd_service {
+                    Some(
+                        "is loopback, but under systemd every local user can reach it (use the Unix socket and its group: listen = none)",
+                    )
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(ConfigError::Invalid {
+                        name: "listen",
+                        reason: format!(
+                            "{addr} {why}: give clients a bearer token with --auth-token-file \
+                             (or systemd credential {TOKEN_CREDENTIAL_NAME}), or pass --insecure-listen"
+                        ),
+                    });
+                }
             }
         }
         let config = Config {
@@ -1028,6 +1048,38 @@ mod tests {
         };
         let err = Config::resolve_with(&zero, &FileConfig::default(), &env).unwrap_err();
         assert!(err.to_string().contains("max_queued"));
+    }
+
+    /// Under systemd loopback is open to every user of the host: the Unix
+    /// socket (and its group) is the door; TCP, even on loopback, needs
+    /// the token. A developer's plain `serve` keeps loopback without one.
+    #[test]
+    fn under_systemd_a_loopback_listener_needs_a_token_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = Environment {
+            systemd_service: true,
+            ..env_with_key()
+        };
+        let loopback = ServeArgs::default();
+        let err = Config::resolve_with(&loopback, &FileConfig::default(), &service).unwrap_err();
+        assert!(
+            err.to_string().contains("listen") && err.to_string().contains("every local user"),
+            "{err}"
+        );
+        assert!(Config::resolve_with(&loopback, &FileConfig::default(), &env_with_key()).is_ok());
+        let unix_only = ServeArgs {
+            listen: Some("none".into()),
+            unix_socket: Some(dir.path().join("s.sock").to_string_lossy().into_owned()),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve_with(&unix_only, &FileConfig::default(), &service).is_ok());
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret-token\n").unwrap();
+        let with_token = ServeArgs {
+            auth_token_file: Some(token),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve_with(&with_token, &FileConfig::default(), &service).is_ok());
     }
 
     #[test]

@@ -67,6 +67,14 @@ impl Notifier {
         Ok(())
     }
 
+    /// Sends `STATUS=` with a human-readable line. The line is built from
+    /// text Runware controls (close reasons, the session UUID): control
+    /// characters become spaces, so a newline cannot add a command such as
+    /// `WATCHDOG=trigger`, and it is cut to `MAX_STATUS` characters.
+    pub fn status(&self, line: &str) {
+        self.notify(&format!("STATUS={}", status_line(line)));
+    }
+
     /// Sends, logging a failure instead of returning it: notification is
     /// best effort and must never stop the daemon.
     pub fn notify(&self, state: &str) {
@@ -76,9 +84,32 @@ impl Notifier {
     }
 }
 
+/// Longest `STATUS=` line, in characters.
+pub const MAX_STATUS: usize = 200;
+
+/// A one-line, bounded status text: see [`Notifier::status`].
+pub fn status_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_STATUS)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_line_cannot_carry_another_command() {
+        let hostile = "upstream Disconnected: Runware closed the connection code 1000 x\nWATCHDOG=trigger\r\nREADY=1";
+        let line = status_line(hostile);
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+        assert!(
+            line.contains("WATCHDOG=trigger"),
+            "kept as text, on the one line"
+        );
+        assert_eq!(status_line(&"x".repeat(10_000)).chars().count(), MAX_STATUS);
+    }
 
     #[test]
     fn reads_the_environment_systemd_sets() {

@@ -107,6 +107,14 @@ pub fn get_response_task(task: &TaskUuid) -> String {
     format!(r#"{{"taskType":"{GET_RESPONSE}","taskUUID":"{task}"}}"#)
 }
 
+/// Task types the daemon manages itself; a client may not send them, in
+/// any letter case (a server may read task types without regard to case).
+pub fn is_reserved_task_type(task_type: &str) -> bool {
+    ["authentication", "ping", GET_RESPONSE]
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(task_type.trim()))
+}
+
 /// True if the error is about a `getResponse` question (Runware does not know
 /// the task), not about the task itself.
 pub fn is_get_response(error: &RunwareError) -> bool {
@@ -474,7 +482,10 @@ fn classify_data_item(item: &RawValue) -> Inbound<'_> {
     };
     if head.task_type.as_deref() == Some("authentication") {
         return match head.session {
-            Some(s) => Inbound::Authenticated(SessionUuid(s.into_owned())),
+            Some(s) if is_session_uuid(&s) => Inbound::Authenticated(SessionUuid(s.into_owned())),
+            Some(_) => {
+                Inbound::Unroutable("authentication item with a malformed connectionSessionUUID")
+            }
             None => Inbound::Unroutable("authentication item without connectionSessionUUID"),
         };
     }
@@ -507,6 +518,13 @@ fn classify_data_item(item: &RawValue) -> Inbound<'_> {
             result_id: head.result_id,
         },
     }
+}
+
+/// A session UUID is echoed into the next authentication, the state file
+/// and systemd's status: take only what looks like one (a UUID, or at most
+/// 64 letters, digits and dashes), never arbitrary server text.
+pub fn is_session_uuid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn classify_error_item(item: &RawValue) -> Inbound<'_> {
@@ -588,6 +606,19 @@ mod tests {
         );
         let items = parse_frame(r#"{"data":[{"taskType":"ping","pong":true}]}"#).unwrap();
         assert_eq!(items, vec![Inbound::Pong]);
+        // A session UUID is echoed into systemd's status and the state file:
+        // a newline, a path or a megabyte of text is not one.
+        let long = "a".repeat(65);
+        for bad in ["x\nWATCHDOG=trigger", "../x", "", long.as_str()] {
+            let frame = serde_json::json!({"data": [{"taskType": "authentication", "connectionSessionUUID": bad}]});
+            assert_eq!(
+                parse_frame(&frame.to_string()).unwrap(),
+                vec![Inbound::Unroutable(
+                    "authentication item with a malformed connectionSessionUUID"
+                )],
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

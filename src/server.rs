@@ -48,6 +48,8 @@ pub enum StartError {
     State { path: PathBuf, source: io::Error },
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics { addr: SocketAddr, source: io::Error },
+    #[error("the API key: {0}")]
+    Key(#[source] crate::config::ConfigError),
 }
 
 /// How often ended tasks past their retention are dropped.
@@ -135,12 +137,26 @@ impl Daemon {
 
         // What a previous run left: its session and its tasks in flight.
         let state = match (&config.state_dir, config.simulate) {
-            (Some(dir), false) => Some(StateStore::open(dir, &config.upstream_url).map_err(
-                |source| StartError::State {
-                    path: dir.clone(),
-                    source,
-                },
-            )?),
+            (Some(dir), false) => {
+                // Bound to the key: another account must not resume this
+                // one's session or pay for its tasks.
+                let fingerprint = key
+                    .load()
+                    .map(|k| crate::state::key_fingerprint(k.expose()))
+                    .map_err(StartError::Key)?;
+                Some(
+                    StateStore::open(
+                        dir,
+                        &config.upstream_url,
+                        fingerprint,
+                        config.max_message_bytes,
+                    )
+                    .map_err(|source| StartError::State {
+                        path: dir.clone(),
+                        source,
+                    })?,
+                )
+            }
             _ => None,
         };
         let loaded = state.as_ref().map(StateStore::load).unwrap_or_default();
@@ -151,6 +167,12 @@ impl Daemon {
             ..UpstreamStatus::default()
         });
         let dispatch = Dispatch::new(config.limits(), queue_tx, status_rx.clone());
+        if loaded.rejected > 0 {
+            tracing::warn!(
+                tasks = loaded.rejected,
+                "tasks in the state file failed the checks and are not recovered"
+            );
+        }
         if !loaded.tasks.is_empty() {
             let n = dispatch.restore(loaded.tasks);
             tracing::info!(tasks = n, session = ?loaded.session, "recovering tasks from the previous run");
@@ -476,7 +498,7 @@ async fn report_health(
                 .await;
             health.set_service_status("", status_of(now.2)).await;
             if let Some(n) = &notifier {
-                n.notify(&format!("STATUS={}", now.3));
+                n.status(&now.3);
             }
             last = Some(now);
         }

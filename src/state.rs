@@ -2,23 +2,37 @@
 //! recovers the tasks that were in flight.
 //!
 //! One JSON file, `state.json`, in the state directory: the session UUID and
-//! each in-flight task's taskUUID and request. It is written whole to a
-//! temporary file, fsynced, renamed over the old one, and the directory is
-//! fsynced, so a crash leaves either the old state or the new, never a mix.
-//! A file that cannot be read, or that belongs to another upstream, is set
-//! aside under a new name and reported; the daemon starts fresh.
+//! each in-flight task's taskUUID and request. It is written whole to a new
+//! temporary file (created exclusively, mode 0600), fsynced, renamed over
+//! the old one, and the directory is fsynced, so a crash leaves either the
+//! old state or the new, never a mix. The directory is made 0700 whatever
+//! the umask; the file is never read through a symlink, and at most
+//! [`MAX_STATE_BYTES`] of it.
+//!
+//! The state is bound to the API key by a keyed fingerprint (HMAC-SHA256
+//! with the key, never the key itself): a daemon started with another key
+//! does not resume the old session or send the old tasks, which another
+//! account would pay for. A file that cannot be read, belongs to another
+//! upstream or key, or has an older format is set aside under a new name
+//! and reported; the daemon starts fresh. Restored tasks are checked again
+//! as if a client had just sent them.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::dispatch::SavedTask;
-use crate::protocol::SessionUuid;
+use crate::protocol::{self, SessionUuid, TaskUuid};
 
 const FORMAT: &str = "runwared-state";
-const VERSION: u32 = 1;
+/// 2: the key fingerprint.
+const VERSION: u32 = 2;
 const FILE: &str = "state.json";
+
+/// The largest state file read.
+pub const MAX_STATE_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StateFile {
@@ -26,8 +40,23 @@ struct StateFile {
     version: u32,
     /// A session belongs to its server: state for another URL is foreign.
     upstream_url: String,
+    /// HMAC-SHA256 of a fixed text keyed with the API key, hex: state of
+    /// another key is foreign.
+    #[serde(default)]
+    key_fingerprint: String,
     session: Option<String>,
     tasks: Vec<SavedTask>,
+}
+
+/// The same, written from borrowed parts: no copy of every payload per write.
+#[derive(Serialize)]
+struct StateFileOut<'a> {
+    format: &'a str,
+    version: u32,
+    upstream_url: &'a str,
+    key_fingerprint: &'a str,
+    session: Option<&'a str>,
+    tasks: &'a [SavedTask],
 }
 
 /// What a previous run left.
@@ -37,6 +66,8 @@ pub struct Loaded {
     pub tasks: Vec<SavedTask>,
     /// Where an unreadable or foreign file was moved, if one was.
     pub set_aside: Option<PathBuf>,
+    /// Restored tasks dropped because they no longer pass the checks.
+    pub rejected: usize,
 }
 
 /// The state directory.
@@ -44,15 +75,38 @@ pub struct Loaded {
 pub struct StateStore {
     dir: PathBuf,
     upstream_url: String,
+    key_fingerprint: String,
+    /// Largest task JSON accepted back (as from a client).
+    max_task_bytes: usize,
+}
+
+/// A fingerprint of the API key that does not reveal it: HMAC-SHA256 of a
+/// fixed text, keyed with the key.
+pub fn key_fingerprint(api_key: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, api_key.as_bytes());
+    let tag = ring::hmac::sign(&key, b"runwared state file");
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl StateStore {
-    /// Opens (creating if needed) the state directory.
-    pub fn open(dir: &Path, upstream_url: &str) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+    /// Opens (creating if needed, mode 0700) the state directory.
+    pub fn open(
+        dir: &Path,
+        upstream_url: &str,
+        key_fingerprint: String,
+        max_task_bytes: usize,
+    ) -> std::io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        // An existing directory keeps its mode: tighten it (it is ours).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(StateStore {
             dir: dir.to_owned(),
             upstream_url: upstream_url.to_owned(),
+            key_fingerprint,
+            max_task_bytes,
         })
     }
 
@@ -60,10 +114,27 @@ impl StateStore {
         self.dir.join(FILE)
     }
 
+    fn read(&self) -> std::io::Result<Vec<u8>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path())?;
+        let too_large =
+            || std::io::Error::other(format!("it is larger than {MAX_STATE_BYTES} bytes"));
+        if file.metadata()?.len() > MAX_STATE_BYTES {
+            return Err(too_large());
+        }
+        let mut text = Vec::new();
+        file.take(MAX_STATE_BYTES + 1).read_to_end(&mut text)?;
+        if text.len() as u64 > MAX_STATE_BYTES {
+            return Err(too_large());
+        }
+        Ok(text)
+    }
+
     /// Reads the state. Never fails: a bad file is set aside.
     pub fn load(&self) -> Loaded {
-        let path = self.path();
-        let text = match std::fs::read(&path) {
+        let text = match self.read() {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::default(),
             Err(e) => return self.set_aside(&format!("cannot be read: {e}")),
@@ -84,11 +155,60 @@ impl StateStore {
                 file.upstream_url, self.upstream_url
             ));
         }
+        if file.key_fingerprint != self.key_fingerprint {
+            return self.set_aside(
+                "was written with another API key: its session and tasks are not resumed under this one",
+            );
+        }
+        let total = file.tasks.len();
+        let tasks: Vec<SavedTask> = file
+            .tasks
+            .into_iter()
+            .filter(|t| match self.check(t) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(reason = %why, "a task in the state file is not restored");
+                    false
+                }
+            })
+            .collect();
         Loaded {
-            session: file.session.map(SessionUuid),
-            tasks: file.tasks,
+            session: file
+                .session
+                .filter(|s| protocol::is_session_uuid(s))
+                .map(SessionUuid),
+            rejected: total - tasks.len(),
+            tasks,
             set_aside: None,
         }
+    }
+
+    /// A restored task passes the checks a client's task passes: a UUID v4,
+    /// a JSON object of bounded size carrying that taskUUID, a task type a
+    /// client may send, no API key.
+    fn check(&self, t: &SavedTask) -> Result<(), String> {
+        let uuid =
+            TaskUuid::parse_v4(&t.uuid).map_err(|e| format!("taskUUID {:?}: {e}", t.uuid))?;
+        if t.payload.len() > self.max_task_bytes {
+            return Err(format!("task {uuid}: {} bytes", t.payload.len()));
+        }
+        let Ok(serde_json::Value::Object(task)) = serde_json::from_str(&t.payload) else {
+            return Err(format!("task {uuid}: not a JSON object"));
+        };
+        if task.get("taskUUID").and_then(|v| v.as_str()) != Some(t.uuid.as_str()) {
+            return Err(format!("task {uuid}: its JSON names another taskUUID"));
+        }
+        match task.get("taskType").and_then(|v| v.as_str()) {
+            Some(tt) if !tt.is_empty() && !protocol::is_reserved_task_type(tt) => {}
+            other => return Err(format!("task {uuid}: task type {other:?}")),
+        }
+        if task.keys().any(|k| k.eq_ignore_ascii_case("apiKey")) {
+            return Err(format!("task {uuid}: carries an apiKey"));
+        }
+        if !(1..=crate::api::MAX_EXPECTED_RESULTS).contains(&t.expected) {
+            return Err(format!("task {uuid}: {} expected results", t.expected));
+        }
+        Ok(())
     }
 
     fn set_aside(&self, why: &str) -> Loaded {
@@ -114,21 +234,36 @@ impl StateStore {
 
     /// Writes the state atomically and durably.
     pub fn save(&self, session: Option<&SessionUuid>, tasks: &[SavedTask]) -> std::io::Result<()> {
-        let file = StateFile {
-            format: FORMAT.to_owned(),
+        let file = StateFileOut {
+            format: FORMAT,
             version: VERSION,
-            upstream_url: self.upstream_url.clone(),
-            session: session.map(|s| s.0.clone()),
-            tasks: tasks.to_vec(),
+            upstream_url: &self.upstream_url,
+            key_fingerprint: &self.key_fingerprint,
+            session: session.map(|s| s.0.as_str()),
+            tasks,
         };
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            serde_json::to_writer(&mut f, &file)?;
-            f.flush()?;
+        // A new name each time, created exclusively: never an existing
+        // file, never through a symlink someone left in its place.
+        let tmp = self
+            .dir
+            .join(format!("{FILE}.tmp-{}", uuid::Uuid::new_v4().simple()));
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let mut w = std::io::BufWriter::new(&mut f);
+            serde_json::to_writer(&mut w, &file)?;
+            w.flush()?;
+            drop(w);
             f.sync_all()?;
+            std::fs::rename(&tmp, self.path())
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, self.path())?;
+        written?;
         std::fs::File::open(&self.dir)?.sync_all()
     }
 }
@@ -138,19 +273,24 @@ mod tests {
     use super::*;
 
     fn task(n: u32) -> SavedTask {
+        let uuid = uuid::Uuid::new_v4().to_string();
         SavedTask {
-            uuid: uuid::Uuid::new_v4().to_string(),
-            payload: format!(r#"{{"taskType":"promptEnhance","n":{n}}}"#),
+            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}","n":{n}}}"#),
+            uuid,
             expected: n,
             asynchronous: false,
             sent: true,
         }
     }
 
+    fn open(dir: &Path, url: &str, key: &str) -> StateStore {
+        StateStore::open(dir, url, key_fingerprint(key), 1 << 20).unwrap()
+    }
+
     #[test]
     fn round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path(), "ws://x/v1").unwrap();
+        let store = open(dir.path(), "ws://x/v1", "k");
         assert!(store.load().tasks.is_empty());
         let tasks = vec![task(1), task(2)];
         store
@@ -159,13 +299,129 @@ mod tests {
         let loaded = store.load();
         assert_eq!(loaded.session, Some(SessionUuid("s-1".into())));
         assert_eq!(loaded.tasks, tasks);
-        assert!(!dir.path().join("state.json.tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("state.json")],
+            "no temporary left"
+        );
+    }
+
+    #[test]
+    fn the_file_is_private_whatever_the_directory_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let s = open(&state, "ws://x/v1", "k");
+        s.save(None, &[task(1)]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&s.path()), 0o600);
+    }
+
+    #[test]
+    fn symlinks_are_neither_followed_nor_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        let state = dir.path().join("state");
+        let s = open(&state, "ws://x/v1", "k");
+        // A valid state file elsewhere, linked in: not read.
+        let elsewhere = dir.path().join("elsewhere.json");
+        s.save(Some(&SessionUuid("s-1".into())), &[task(1)])
+            .unwrap();
+        std::fs::rename(s.path(), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, s.path()).unwrap();
+        let loaded = s.load();
+        assert!(loaded.session.is_none() && loaded.set_aside.is_some());
+        assert!(
+            elsewhere.exists(),
+            "the link was moved aside, not its target"
+        );
+        // A link at the old fixed temporary name is never written through.
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, state.join("state.json.tmp")).unwrap();
+        s.save(None, &[task(2)]).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(s.load().tasks.len(), 1);
+    }
+
+    #[test]
+    fn a_file_over_the_size_bound_is_set_aside_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), "ws://x/v1", "k");
+        // Sparse: no gigabyte is written, and none is read.
+        std::fs::File::create(s.path())
+            .unwrap()
+            .set_len(MAX_STATE_BYTES + 1)
+            .unwrap();
+        assert!(s.load().set_aside.is_some());
+    }
+
+    #[test]
+    fn another_api_key_does_not_resume_the_session_or_its_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path(), "ws://x/v1", "key-of-account-a");
+        first
+            .save(Some(&SessionUuid("s-1".into())), &[task(1)])
+            .unwrap();
+        let text = std::fs::read_to_string(first.path()).unwrap();
+        assert!(
+            !text.contains("key-of-account-a"),
+            "the key is never written"
+        );
+        let loaded = open(dir.path(), "ws://x/v1", "key-of-account-b").load();
+        assert!(loaded.session.is_none() && loaded.tasks.is_empty());
+        assert!(loaded.set_aside.is_some());
+    }
+
+    #[test]
+    fn restored_tasks_are_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), "ws://x/v1", "k");
+        let good = task(1);
+        let mut other_uuid = task(1);
+        other_uuid.uuid = uuid::Uuid::new_v4().to_string();
+        let reserved = SavedTask {
+            payload: good.payload.replace("promptEnhance", "Authentication"),
+            ..good.clone()
+        };
+        let with_key = SavedTask {
+            payload: good.payload.replace(r#""n":1"#, r#""apiKey":"x""#),
+            ..good.clone()
+        };
+        let not_v4 = SavedTask {
+            uuid: "00000000-0000-0000-0000-000000000000".into(),
+            ..good.clone()
+        };
+        let too_big = SavedTask {
+            payload: format!("{}{}", good.payload, " ".repeat(1 << 20)),
+            ..good.clone()
+        };
+        s.save(
+            None,
+            &[
+                good.clone(),
+                other_uuid,
+                reserved,
+                with_key,
+                not_v4,
+                too_big,
+            ],
+        )
+        .unwrap();
+        let loaded = s.load();
+        assert_eq!(loaded.tasks, vec![good]);
+        assert_eq!(loaded.rejected, 5);
     }
 
     #[test]
     fn corrupt_and_foreign_files_are_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path(), "ws://x/v1").unwrap();
+        let store = open(dir.path(), "ws://x/v1", "k");
         std::fs::write(store.path(), b"{\"format\": 12, trunc").unwrap();
         let loaded = store.load();
         assert!(loaded.tasks.is_empty() && loaded.session.is_none());
@@ -173,7 +429,7 @@ mod tests {
         assert!(aside.exists());
         assert!(!store.path().exists());
 
-        let other = StateStore::open(dir.path(), "wss://elsewhere/v1").unwrap();
+        let other = open(dir.path(), "wss://elsewhere/v1", "k");
         other
             .save(Some(&SessionUuid("s".into())), &[task(1)])
             .unwrap();
