@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::dispatch::{
-    ConnectionTasks, Dispatch, FailureKind, PreparedTask, SubmitError, TaskEvent, TaskFailure,
+    ClientConnection, Dispatch, FailureKind, PreparedTask, SubmitError, TaskEvent, TaskFailure,
     TaskHandle,
 };
 use crate::pb;
@@ -98,7 +98,7 @@ impl RunwareService {
     fn submit(
         &self,
         t: ClientTask,
-        conn: Option<&ConnectionTasks>,
+        conn: Option<&ClientConnection>,
         deadline: Instant,
     ) -> Result<TaskHandle, Status> {
         if deadline <= Instant::now() {
@@ -129,6 +129,7 @@ impl RunwareService {
             expected,
             asynchronous,
             label: crate::metrics::task_type_label(&task_type),
+            owner: conn.map(|c| c.principal).unwrap_or_default(),
         };
         self.dispatch.submit(prepared, conn).map_err(submit_status)
     }
@@ -149,8 +150,8 @@ fn submit_status(e: SubmitError) -> Status {
 }
 
 /// The client connection's task counter, put there by the listener.
-fn connection<T>(request: &Request<T>) -> Option<ConnectionTasks> {
-    request.extensions().get::<ConnectionTasks>().cloned()
+fn connection<T>(request: &Request<T>) -> Option<ClientConnection> {
+    request.extensions().get::<ClientConnection>().cloned()
 }
 
 /// Checks a typed request's task against the documented limits before it
@@ -945,7 +946,10 @@ impl pb::runware_server::Runware for RunwareService {
         let uuid = TaskUuid::parse_any(given).ok_or_else(|| {
             Status::invalid_argument(format!("task_uuid {given:?} is not a UUID"))
         })?;
-        let handle = self.dispatch.attach(uuid).map_err(submit_status)?;
+        let who = connection(&request)
+            .map(|c| c.principal)
+            .unwrap_or_default();
+        let handle = self.dispatch.attach(uuid, who).map_err(submit_status)?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, run_result));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -206,6 +206,9 @@ pub struct Config {
     pub insecure_listen: bool,
     /// Group to own the Unix socket (mode 0660).
     pub unix_socket_group: Option<String>,
+    /// Client connections open at once, over every listener; beyond it a
+    /// new connection is closed at once. Each holds a file descriptor.
+    pub max_connections: usize,
     /// systemd notification, when run as a `Type=notify` service.
     pub notify: Option<crate::notify::NotifyConfig>,
 }
@@ -241,6 +244,7 @@ impl Default for Config {
             metrics_listen: None,
             auth_token: None,
             insecure_listen: false,
+            max_connections: 1024,
             unix_socket_group: None,
             notify: None,
         }
@@ -367,6 +371,9 @@ pub struct ServeArgs {
     /// Group to own the Unix socket (mode 0660) [default: the daemon's].
     #[arg(long, env = "RUNWARED_UNIX_SOCKET_GROUP", value_name = "GROUP")]
     pub unix_socket_group: Option<String>,
+    /// Client connections open at once, over every listener [default: 1024].
+    #[arg(long, env = "RUNWARED_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
 }
 
 /// The TOML file: the same names as the flags, with underscores.
@@ -402,6 +409,7 @@ pub struct FileConfig {
     pub auth_token_file: Option<PathBuf>,
     pub insecure_listen: Option<bool>,
     pub unix_socket_group: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 impl FileConfig {
@@ -482,6 +490,7 @@ impl Config {
                 opt(self.unix_socket.as_ref().map(|p| p.display().to_string())),
             ),
             ("unix_socket_group", opt(self.unix_socket_group.clone())),
+            ("max_connections", self.max_connections.to_string()),
             (
                 "auth_token",
                 if self.auth_token.is_some() {
@@ -769,6 +778,12 @@ impl Config {
                 .unix_socket_group
                 .clone()
                 .or_else(|| file.unix_socket_group.clone()),
+            max_connections: positive(
+                "max_connections",
+                args.max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(d.max_connections),
+            )?,
             notify: env.notify.clone(),
             max_in_flight_per_connection: positive(
                 "max_in_flight_per_connection",

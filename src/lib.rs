@@ -18,7 +18,8 @@
 //!   secret, which never prints.
 //! - [`validate`]: the documented parameter limits, shared with the simulator.
 //! - [`state`]: the session and tasks in flight, persisted across restarts.
-//! - [`server`]: starts all of the above and stops it in order (draining).
+//! - [`server`]: starts all of the above and stops it in order (draining);
+//!   [`listen`] accepts client connections within bounds.
 //! - [`metrics`], [`notify`]: Prometheus metrics; systemd's notify protocol.
 //! - [`bench`]: `runwared bench`, the daemon against a direct client.
 //! - [`soak`]: the fault-injection suite (`tests/chaos.rs`, `runwared soak`).
@@ -32,6 +33,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod dispatch;
+pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;

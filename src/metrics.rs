@@ -332,6 +332,11 @@ impl Metrics {
     }
 }
 
+/// How long a metrics client may take to send its request header.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The pause after a failed accept.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves `GET /metrics` on `listener` until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -342,15 +347,18 @@ pub async fn serve(
     use hyper::body::Bytes;
     use hyper::{Response, StatusCode};
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, say: pause, never spin.
+                tracing::warn!(error = %e, "metrics accept failed; pausing");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
         };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
@@ -370,7 +378,10 @@ pub async fn serve(
                     }
                 });
             let io = hyper_util::rt::TokioIo::new(stream);
+            // A client that trickles its request header holds nothing long.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, service)
                 .await;
         });

@@ -6,17 +6,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_tungstenite::Connector;
 use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
@@ -24,7 +20,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::RunwareService;
 use crate::config::{ApiKey, ApiKeySource, BearerToken, Config};
-use crate::dispatch::{ConnectionTasks, Dispatch};
+use crate::dispatch::{Dispatch, Principal};
+use crate::listen;
 use crate::metrics::{AccessMetrics, Metrics, UpstreamMetrics};
 use crate::notify::Notifier;
 use crate::pb::runware_server::RunwareServer;
@@ -283,24 +280,43 @@ impl Daemon {
         };
         let (stop_listeners, stop_rx) = watch::channel(false);
         let mut servers = Vec::new();
+        // One bound over the connections of every listener.
+        let connections = Arc::new(listen::Connections::new(config.max_connections));
         if let Some(listener) = tcp {
             if let Some(addr) = tcp_addr {
                 tracing::info!(%addr, "gRPC listening on TCP");
             }
-            let incoming = TcpListenerStream::new(listener).map(|conn| {
-                conn.map(|s| {
-                    // No Nagle: small gRPC frames must not wait for ACKs.
-                    let _ = s.set_nodelay(true);
-                    ClientConn::new(s)
-                })
-            });
+            let listener = Arc::new(listener);
+            let incoming = listen::incoming(
+                move || {
+                    let listener = Arc::clone(&listener);
+                    async move {
+                        let (s, _) = listener.accept().await?;
+                        // No Nagle: small gRPC frames must not wait for ACKs.
+                        let _ = s.set_nodelay(true);
+                        Ok((s, Principal::Tcp))
+                    }
+                },
+                Arc::clone(&connections),
+            );
             servers.push(serve(incoming, routes(gate.clone()), stop_rx.clone()));
         }
         if let Some(listener) = unix {
             if let Some(path) = &config.unix_socket {
                 tracing::info!(path = %path.display(), "gRPC listening on Unix socket");
             }
-            let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(ClientConn::new));
+            let listener = Arc::new(listener);
+            let incoming = listen::incoming(
+                move || {
+                    let listener = Arc::clone(&listener);
+                    async move {
+                        let (s, _) = listener.accept().await?;
+                        let who = listen::unix_principal(&s);
+                        Ok((s, who))
+                    }
+                },
+                Arc::clone(&connections),
+            );
             servers.push(serve(incoming, routes(unix_gate), stop_rx));
         }
 
@@ -438,6 +454,12 @@ where
 {
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(listen::MAX_STREAMS_PER_CONNECTION)
+            .http2_max_pending_accept_reset_streams(Some(listen::MAX_PENDING_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(listen::MAX_LOCAL_RESET_STREAMS))
+            .http2_max_header_list_size(listen::MAX_HEADER_LIST_BYTES)
+            .http2_keepalive_interval(Some(listen::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(listen::KEEPALIVE_TIMEOUT))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -557,70 +579,6 @@ async fn persist(
             Ok(Err(e)) => tracing::error!(error = %e, "cannot write the state file"),
             Err(e) => tracing::error!(error = %e, "state writer failed"),
         }
-    }
-}
-
-/// An accepted client connection, carrying the count of tasks it waits on
-/// (for `max_in_flight_per_connection`) into every request it makes.
-pub struct ClientConn<S> {
-    io: S,
-    tasks: ConnectionTasks,
-}
-
-impl<S> ClientConn<S> {
-    fn new(io: S) -> Self {
-        ClientConn {
-            io,
-            tasks: ConnectionTasks::default(),
-        }
-    }
-}
-
-impl<S> Connected for ClientConn<S> {
-    type ConnectInfo = ConnectionTasks;
-
-    fn connect_info(&self) -> ConnectionTasks {
-        self.tasks.clone()
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for ClientConn<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for ClientConn<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
     }
 }
 

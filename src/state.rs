@@ -280,6 +280,7 @@ mod tests {
             expected: n,
             asynchronous: false,
             sent: true,
+            owner: crate::dispatch::Principal::Uid(1000),
         }
     }
 

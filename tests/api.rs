@@ -600,3 +600,61 @@ async fn a_task_already_past_its_deadline_is_refused_unsent() {
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert_eq!(h.stats().executions, 0, "nothing reached Runware");
 }
+
+/// `Attach` by a guessed taskUUID: only the principal that submitted the
+/// task (a Unix socket client's user, or TCP) may read its results; anyone
+/// else is told it does not exist.
+#[tokio::test(start_paused = true)]
+async fn only_the_submitting_principal_may_attach() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runwared.sock");
+    let mut h = start(SimConfig::default(), |c| {
+        c.unix_socket = Some(path.clone());
+    })
+    .await;
+    h.ready().await;
+    let mut unix = runwared::client::connect(&runwared::client::Target::Unix(path.clone()))
+        .await
+        .unwrap();
+    // A task submitted over the Unix socket, with a taskUUID anyone could
+    // guess.
+    let guessable = "00000000-0000-4000-8000-000000000001";
+    let task = format!(
+        r#"{{"taskType":"promptEnhance","taskUUID":"{guessable}","prompt":"mine","promptVersions":2}}"#
+    );
+    assert_eq!(run_all(&mut unix, task).await.len(), 2);
+    // Over TCP: another principal. Not found, exactly as an unknown one.
+    let e = h
+        .client
+        .attach(pb::AttachRequest {
+            task_uuid: guessable.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let unknown = h
+        .client
+        .attach(pb::AttachRequest {
+            task_uuid: "00000000-0000-4000-8000-000000000002".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message().replace(guessable, "T"),
+        unknown
+            .message()
+            .replace("00000000-0000-4000-8000-000000000002", "T")
+    );
+    // The same user over the Unix socket gets every result.
+    assert_eq!(attach_all(&mut unix, guessable).await.len(), 2);
+    // And the other way round: a TCP task is not the Unix user's.
+    let tcp_task = r#"{"taskType":"promptEnhance","taskUUID":"00000000-0000-4000-8000-000000000003","prompt":"tcp"}"#;
+    assert_eq!(run_all(&mut h.client, tcp_task.into()).await.len(), 1);
+    let e = unix
+        .attach(pb::AttachRequest {
+            task_uuid: "00000000-0000-4000-8000-000000000003".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use runwared::dispatch::{Dispatch, Limits, PreparedTask, TaskEvent, TaskHandle};
+use runwared::dispatch::{Dispatch, Limits, PreparedTask, Principal, TaskEvent, TaskHandle};
 use runwared::protocol::{self, TaskUuid};
 use runwared::upstream::{ConnectionState, UpstreamStatus};
 use serde_json::{Value, json};
@@ -293,6 +293,7 @@ impl Model {
                 expected: spec.results.len() as u32,
                 asynchronous: spec.asynchronous,
                 label: "other",
+                owner: Principal::Tcp,
             };
             handles.push(dispatch.submit(prepared, None).expect("accepted"));
             uuids.push(uuid);

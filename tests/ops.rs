@@ -274,3 +274,141 @@ async fn the_unix_socket_belongs_to_the_configured_group() {
     assert!(runwared::server::group_id("no-such-group-xyz").is_none());
     assert_eq!(runwared::server::group_id("123"), Some(123));
 }
+
+/// Each gRPC connection is held to explicit HTTP/2 limits (streams, reset
+/// streams, header size, keepalive); before, a client could open streams
+/// without bound. The server's SETTINGS say so, and a client opening many
+/// streams at once does not keep another from being served.
+#[tokio::test(start_paused = true)]
+async fn a_connection_is_held_to_its_streams_and_others_are_served() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let addr = h.daemon.tcp_addr.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    // One round trip: the server's SETTINGS came before its answer.
+    let req = http::Request::post(format!("http://{addr}/runware.v1.Runware/GetStatus"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert_eq!(
+        send.current_max_send_streams(),
+        runwared::listen::MAX_STREAMS_PER_CONNECTION as usize
+    );
+
+    // A flood of streams on one connection (more than it may open)...
+    let flood = channel(&h.daemon).await;
+    let mut open = Vec::new();
+    for _ in 0..runwared::listen::MAX_STREAMS_PER_CONNECTION + 200 {
+        let mut c = pb::runware_client::RunwareClient::new(flood.clone());
+        let (_tx, rx) = tokio::sync::mpsc::channel::<pb::SessionRequest>(1);
+        open.push(tokio::spawn(async move {
+            let _events = c
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            // Held open until the test ends.
+            std::future::pending::<()>().await;
+            drop(_tx);
+        }));
+    }
+    // ...and another client is served all the same.
+    let mut other = client_for(&h.daemon).await;
+    let resp = other
+        .prompt_enhance(pb::PromptEnhanceRequest {
+            prompt: "still served".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner().versions.len(), 1);
+    for t in open {
+        t.abort();
+    }
+}
+
+/// Slow-loris: connections that never send the HTTP/2 preface are closed
+/// after the handshake timeout, and at most `max_connections` are open at
+/// once; a client beyond the bound is closed at once, and served once the
+/// idle ones are gone. Before, idle connections were held forever.
+#[tokio::test(start_paused = true)]
+async fn idle_connections_cannot_crowd_out_clients() {
+    let h = start(SimConfig::default(), |c| c.max_connections = 8).await;
+    h.ready().await;
+    let addr = h.daemon.tcp_addr.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        idle.push(s);
+    }
+    // The ninth is closed at once, unserved: not even the server's
+    // SETTINGS come.
+    let mut ninth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut unserved = Vec::new();
+    let _ = ninth.read_to_end(&mut unserved).await;
+    assert!(unserved.is_empty(), "{unserved:?}");
+    // After the handshake timeout the silent ones are closed (after the
+    // server's own SETTINGS, which it sends first)...
+    let started = tokio::time::Instant::now();
+    let bound = runwared::listen::HANDSHAKE_TIMEOUT * 3;
+    for s in &mut idle {
+        let mut settings = Vec::new();
+        tokio::time::timeout(bound, s.read_to_end(&mut settings))
+            .await
+            .expect("a silent connection is closed")
+            .ok();
+        assert!(settings.len() < 100, "only the server preface");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= runwared::listen::HANDSHAKE_TIMEOUT - Duration::from_secs(1)
+            && waited <= runwared::listen::HANDSHAKE_TIMEOUT + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    // ...and a real client is served.
+    let mut c = client_for(&h.daemon).await;
+    let status = c.get_status(pb::GetStatusRequest {}).await.unwrap();
+    assert_eq!(status.into_inner().state, pb::ConnectionState::Ready as i32);
+}
+
+/// A metrics client that trickles its request header is cut off.
+#[tokio::test(start_paused = true)]
+async fn a_slow_metrics_client_is_cut_off() {
+    let h = start(SimConfig::default(), |c| {
+        c.metrics_listen = Some(loopback0());
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(h.daemon.metrics_addr.unwrap())
+        .await
+        .unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let bound = runwared::metrics::HEADER_READ_TIMEOUT * 3;
+    tokio::time::timeout(bound, s.read_to_end(&mut out))
+        .await
+        .expect("a trickling client is cut off")
+        .ok();
+    let waited = started.elapsed();
+    assert!(
+        waited <= runwared::metrics::HEADER_READ_TIMEOUT + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    // The daemon still answers others.
+    assert!(
+        http_get(h.daemon.metrics_addr.unwrap(), "/metrics")
+            .await
+            .contains("runwared")
+    );
+}

@@ -148,6 +148,8 @@ pub struct PreparedTask {
     pub asynchronous: bool,
     /// The task type's metrics label ([`task_type_label`]).
     pub label: &'static str,
+    /// Who submitted it: only they may attach.
+    pub owner: Principal,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +163,8 @@ struct Task {
     payload: Arc<str>,
     /// For metrics: the type's label and when the task was accepted.
     label: &'static str,
+    /// Who may attach: the principal that submitted it.
+    owner: Principal,
     started: Instant,
     expected: u32,
     asynchronous: bool,
@@ -221,6 +225,8 @@ pub struct SavedTask {
     pub asynchronous: bool,
     /// Whether it ever went upstream (then it is recovered by polling).
     pub sent: bool,
+    /// Who submitted it: who may attach after a restart.
+    pub owner: Principal,
 }
 
 /// The table. Shared by the gRPC services and the upstream task.
@@ -309,7 +315,7 @@ impl Dispatch {
     pub fn submit(
         self: &Arc<Self>,
         task: PreparedTask,
-        conn: Option<&ConnectionTasks>,
+        conn: Option<&ClientConnection>,
     ) -> Result<TaskHandle, SubmitError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(SubmitError::Draining);
@@ -351,6 +357,7 @@ impl Dispatch {
                 v.insert(Task {
                     payload: task.payload.into(),
                     label: task.label,
+                    owner: task.owner,
                     started: Instant::now(),
                     expected: task.expected,
                     asynchronous: task.asynchronous,
@@ -393,10 +400,17 @@ impl Dispatch {
 
     /// Watches a task that is in flight or whose results are kept: every
     /// result so far is replayed, then the rest follow as they come.
-    pub fn attach(self: &Arc<Self>, uuid: TaskUuid) -> Result<TaskHandle, SubmitError> {
+    /// Only the principal that submitted the task may attach: anyone else
+    /// is told it does not exist, so taskUUIDs cannot be probed either.
+    pub fn attach(
+        self: &Arc<Self>,
+        uuid: TaskUuid,
+        who: Principal,
+    ) -> Result<TaskHandle, SubmitError> {
         let mut task = self
             .tasks
             .get_mut(&uuid)
+            .filter(|t| t.owner == who)
             .ok_or(SubmitError::NotFound(uuid))?;
         let (tx, rx) = events();
         let n = task.results.len() as u32;
@@ -765,7 +779,7 @@ impl Dispatch {
             // About the question, not the task: Runware does not know it, so
             // it never arrived. Sent (again) under its own taskUUID.
             if self.step(&mut task, Event::Unknown, now) == Action::Enqueue {
-                tracing::info!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
+                tracing::debug!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
                 let _ = self.queue.send(uuid);
             }
             return;
@@ -864,7 +878,7 @@ impl Dispatch {
                     .is_some_and(|at| now.duration_since(at) >= self.limits.retention)
             }) {
                 if task.in_flight() {
-                    tracing::info!(task = %uuid, "nobody attached within the retention time; task released");
+                    tracing::debug!(task = %uuid, "nobody attached within the retention time; task released");
                 }
                 self.forget(&task);
             }
@@ -897,6 +911,7 @@ impl Dispatch {
                 expected: t.expected,
                 asynchronous: t.asynchronous,
                 sent: t.delivery.sends() > 0,
+                owner: t.owner,
             })
             .collect()
     }
@@ -925,6 +940,7 @@ impl Dispatch {
             let task = Task {
                 payload: s.payload.into(),
                 label: task_type,
+                owner: s.owner,
                 started: now,
                 expected: s.expected.max(1),
                 asynchronous: s.asynchronous,
@@ -989,21 +1005,53 @@ pub fn auth_rejected_message(status: &UpstreamStatus) -> String {
     )
 }
 
-/// The tasks one client connection waits on, for its limit.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectionTasks(Arc<AtomicUsize>);
+/// Who submitted a task: only the same principal may `Attach` to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Principal {
+    /// A Unix socket client, by its user id (`SO_PEERCRED`).
+    Uid(u32),
+    /// A TCP client: on loopback of a one-user machine or a pod, or one
+    /// holding the daemon's token. They cannot be told apart.
+    #[default]
+    Tcp,
+}
 
-impl ConnectionTasks {
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Uid(uid) => write!(f, "uid {uid}"),
+            Principal::Tcp => f.write_str("tcp"),
+        }
+    }
+}
+
+/// One client connection: who it is, and the tasks it waits on (for its
+/// limit).
+#[derive(Debug, Clone, Default)]
+pub struct ClientConnection {
+    tasks: Arc<AtomicUsize>,
+    pub principal: Principal,
+}
+
+impl ClientConnection {
+    pub fn new(principal: Principal) -> Self {
+        ClientConnection {
+            tasks: Arc::default(),
+            principal,
+        }
+    }
+
     fn reserve(&self, limit: usize) -> Result<ConnectionGuard, SubmitError> {
-        if self.0.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.tasks.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.tasks.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::TooManyForConnection(limit));
         }
-        Ok(ConnectionGuard(Arc::clone(&self.0)))
+        Ok(ConnectionGuard(Arc::clone(&self.tasks)))
     }
 
     pub fn count(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+        self.tasks.load(Ordering::Acquire)
     }
 }
 
@@ -1102,6 +1150,7 @@ mod tests {
             expected,
             asynchronous: false,
             label: "promptEnhance",
+            owner: Principal::Tcp,
         }
     }
 
@@ -1223,7 +1272,7 @@ mod tests {
             ..Limits::default()
         };
         let (d, _q, _s) = setup(limits);
-        let conn = ConnectionTasks::default();
+        let conn = ClientConnection::default();
         let t = task(1);
         let uuid = t.uuid;
         let _a = d.submit(t.clone(), Some(&conn)).unwrap();
@@ -1296,19 +1345,19 @@ mod tests {
         drop(h);
         assert_eq!(d.in_flight(), 1);
         d.deliver(uuid, &raw(r#"{"text":"b"}"#), None, false);
-        let mut again = d.attach(uuid).unwrap();
+        let mut again = d.attach(uuid, Principal::Tcp).unwrap();
         assert_eq!(next_result(&mut again).1, r#"{"text":"a"}"#);
         assert_eq!(next_result(&mut again).1, r#"{"text":"b"}"#);
         d.deliver(uuid, &raw(r#"{"text":"c"}"#), None, false);
         assert_eq!(next_result(&mut again), (2, r#"{"text":"c"}"#.into(), true));
         // After the end, a late attach still gets everything.
-        let mut late = d.attach(uuid).unwrap();
+        let mut late = d.attach(uuid, Principal::Tcp).unwrap();
         assert_eq!(
             (0..3).map(|_| next_result(&mut late).2).collect::<Vec<_>>(),
             vec![false, false, true]
         );
         assert_eq!(
-            d.attach(TaskUuid::new_v4())
+            d.attach(TaskUuid::new_v4(), Principal::Tcp)
                 .err()
                 .map(|e| matches!(e, SubmitError::NotFound(_))),
             Some(true)
@@ -1330,8 +1379,8 @@ mod tests {
         d.deliver(b.uuid, &raw(r#"{"text":"bbbbbbbbbbbb"}"#), None, false);
         d.sweep();
         // Over 30 bytes: the oldest ended task goes first.
-        assert!(d.attach(a.uuid).is_err());
-        assert!(d.attach(b.uuid).is_ok());
+        assert!(d.attach(a.uuid, Principal::Tcp).is_err());
+        assert!(d.attach(b.uuid, Principal::Tcp).is_ok());
         let c = d.submit(task(2), None).unwrap();
         let c_uuid = c.uuid;
         drop(c);
@@ -1480,7 +1529,7 @@ mod tests {
         assert_eq!(d2.in_flight(), 2);
         assert_eq!(d2.polling(), 1, "the sent one is recovered by polling");
         assert!(q2.try_recv().is_ok(), "the unsent one is queued");
-        assert!(d2.attach(a.uuid).is_ok());
+        assert!(d2.attach(a.uuid, Principal::Tcp).is_ok());
     }
 
     #[test]

@@ -1,0 +1,265 @@
+//! Accepting client connections without letting any client, or a flood of
+//! them, exhaust the daemon: a bound on connections over every listener, a
+//! deadline for a new connection's first bytes (slow-loris), a pause after
+//! an accept error instead of a spin (tonic retries at once, so a daemon out
+//! of file descriptors would burn a core), and the HTTP/2 limits the gRPC
+//! server applies per connection.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Sleep;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::dispatch::{ClientConnection, Principal};
+
+/// Streams one client connection may have open at once (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`; unlimited otherwise). A `Session`
+/// carries any number of tasks on one stream.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Streams a client may open and reset before the server has accepted them,
+/// and resets the server itself may send, before the connection is closed
+/// with GOAWAY (the "rapid reset" floods, CVE-2023-44487).
+pub const MAX_PENDING_RESET_STREAMS: usize = 50;
+pub const MAX_LOCAL_RESET_STREAMS: usize = 1024;
+/// Largest header block a client may send.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+/// HTTP/2 pings to idle connections; a peer that does not answer within
+/// the timeout is gone, and its connection is closed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A new connection must send its first [`HANDSHAKE_BYTES`] (the HTTP/2
+/// preface) within this long, or it is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_BYTES: usize = 24;
+/// After an accept error, the first and longest pause before the next try.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// The bound on client connections, shared by every listener.
+#[derive(Debug)]
+pub struct Connections {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    /// Connections closed at once because the bound was reached.
+    pub refused: AtomicU64,
+    /// Connections closed because they sent no preface in time.
+    pub handshake_timeouts: Arc<AtomicU64>,
+}
+
+impl Connections {
+    pub fn new(limit: usize) -> Self {
+        Connections {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            refused: AtomicU64::new(0),
+            handshake_timeouts: Arc::default(),
+        }
+    }
+}
+
+/// Accepted connections as the gRPC server takes them. `accept` yields the
+/// next connection and who it is; errors pause the loop (doubling from
+/// 10 ms to 1 s) rather than spin. Over the connection bound, a new
+/// connection is closed at once and counted. The loop ends when the server
+/// drops the stream.
+pub fn incoming<S, F, Fut>(
+    mut accept: F,
+    connections: Arc<Connections>,
+) -> ReceiverStream<io::Result<ClientConn<S>>>
+where
+    S: Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<(S, Principal)>> + Send,
+{
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut pause = ACCEPT_PAUSE_MIN;
+        loop {
+            let accepted = tokio::select! {
+                a = accept() => a,
+                _ = tx.closed() => return,
+            };
+            match accepted {
+                Ok((io, who)) => {
+                    pause = ACCEPT_PAUSE_MIN;
+                    let Ok(slot) = Arc::clone(&connections.slots).try_acquire_owned() else {
+                        let n = connections.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(
+                                limit = connections.limit,
+                                refused = n,
+                                "a client connection was closed: max_connections reached"
+                            );
+                        }
+                        continue;
+                    };
+                    let conn =
+                        ClientConn::new(io, who, slot, Arc::clone(&connections.handshake_timeouts));
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "accept failed; pausing");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = tx.closed() => return,
+                    }
+                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A Unix socket client is its user: the kernel says which
+/// (`SO_PEERCRED`). Without an answer, it is nobody anyone else is.
+pub fn unix_principal(stream: &tokio::net::UnixStream) -> Principal {
+    match stream.peer_cred() {
+        Ok(cred) => Principal::Uid(cred.uid()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a Unix client's credentials");
+            Principal::Uid(u32::MAX)
+        }
+    }
+}
+
+/// An accepted client connection: who it is and the tasks it waits on (for
+/// `Attach` and `max_in_flight_per_connection`, carried into every request
+/// it makes), its slot under `max_connections`, and the deadline for its
+/// first bytes.
+pub struct ClientConn<S> {
+    io: S,
+    client: ClientConnection,
+    _slot: OwnedSemaphorePermit,
+    /// Until the preface arrived: when the connection is given up, and how
+    /// many bytes came so far.
+    handshake: Option<(Pin<Box<Sleep>>, usize)>,
+    handshake_timeouts: Arc<AtomicU64>,
+}
+
+impl<S> ClientConn<S> {
+    fn new(
+        io: S,
+        principal: Principal,
+        slot: OwnedSemaphorePermit,
+        handshake_timeouts: Arc<AtomicU64>,
+    ) -> Self {
+        ClientConn {
+            io,
+            client: ClientConnection::new(principal),
+            _slot: slot,
+            handshake: Some((Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)), 0)),
+            handshake_timeouts,
+        }
+    }
+}
+
+impl<S> Connected for ClientConn<S> {
+    type ConnectInfo = ClientConnection;
+
+    fn connect_info(&self) -> ClientConnection {
+        self.client.clone()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClientConn<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        let this = &mut *self;
+        if let Some((deadline, got)) = this.handshake.as_mut() {
+            if let Poll::Ready(Ok(())) = read {
+                *got += buf.filled().len() - before;
+                if *got >= HANDSHAKE_BYTES {
+                    this.handshake = None;
+                    return read;
+                }
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within the handshake timeout",
+                )));
+            }
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientConn<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Out of file descriptors, `accept` fails at once, again and again:
+    /// the loop pauses (10 ms doubling to 1 s) instead of spinning.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_pause_the_loop_instead_of_spinning() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let stream = incoming::<(), _, _>(
+            move || {
+                let n = counted.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    // A spinning loop would reach this long before the
+                    // paused clock could move.
+                    assert!(n < 1000, "accept retried in a tight loop");
+                    tokio::task::yield_now().await;
+                    Err(io::Error::from_raw_os_error(libc::EMFILE))
+                }
+            },
+            Arc::new(Connections::new(4)),
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // 10 + 20 + ... + 640 ms, then one a second: about 16 in 10 s.
+        let n = calls.load(Ordering::Relaxed);
+        assert!((10..=20).contains(&n), "{n} accepts in 10 s");
+        drop(stream);
+    }
+}
