@@ -142,7 +142,8 @@ fn submit_status(e: SubmitError) -> Status {
         SubmitError::TooManyInFlight(_)
         | SubmitError::TooManyForConnection(_)
         | SubmitError::QueueFull(_)
-        | SubmitError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        | SubmitError::TooLarge { .. }
+        | SubmitError::MemoryBudget { .. } => Status::resource_exhausted(e.to_string()),
         SubmitError::AuthRejected(m) => Status::unauthenticated(m),
         SubmitError::Draining => Status::unavailable(e.to_string()),
         SubmitError::NotFound(_) => Status::not_found(format!("task_uuid: {e}")),

@@ -60,15 +60,21 @@ pub enum Scenario {
     Resume,
     /// Tasks over a network that keeps failing, against no faults.
     Flaky,
+    /// Large base64 image results: MB/s, daemon CPU per MB, peak memory.
+    Large,
+    /// One write of the persisted state with 10 000 tasks in flight.
+    State,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Throughput,
         Scenario::Memory,
         Scenario::Idle,
         Scenario::Resume,
         Scenario::Flaky,
+        Scenario::Large,
+        Scenario::State,
     ];
 }
 
@@ -143,6 +149,27 @@ pub struct Report {
     pub resume_ms: Vec<f64>,
     /// The same tasks over a network that keeps failing, and without.
     pub flaky: Vec<FlakyRow>,
+    /// Large base64 results through the daemon, default settings.
+    pub large: Vec<LargeRow>,
+    /// (tasks, task JSON bytes, file MB, ms per write) of the state file.
+    pub state_writes: Vec<(usize, usize, f64, f64)>,
+}
+
+/// Large results of one size.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeRow {
+    /// The image's size before base64, MB.
+    pub image_mb: f64,
+    pub tasks: usize,
+    pub in_flight: usize,
+    pub failed: usize,
+    /// Base64 result bytes delivered per second, MB/s.
+    pub mb_per_s: f64,
+    /// Daemon CPU per MB of results, ms.
+    pub daemon_cpu_ms_per_mb: f64,
+    /// Result bytes in flight at once (in_flight x one base64 result), MiB.
+    pub in_flight_mib: f64,
+    pub daemon_peak_rss_mib: f64,
 }
 
 /// One run of the flaky-network scenario.
@@ -249,6 +276,7 @@ fn start_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String)> {
         .args(&args)
         .env_clear()
         .env("RUNWARE_API_KEY", "bench-key")
+        .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
         .env("RUNWARED_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -686,6 +714,16 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     } else {
         Vec::new()
     };
+    let large = if wanted(Scenario::Large) {
+        measure_large(ticks, &progress).await?
+    } else {
+        Vec::new()
+    };
+    let state_writes = if wanted(Scenario::State) {
+        measure_state_writes(&progress)?
+    } else {
+        Vec::new()
+    };
     Ok(Report {
         rows,
         memory,
@@ -693,7 +731,129 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
         idle_cpu_percent,
         resume_ms,
         flaky,
+        large,
+        state_writes,
     })
+}
+
+/// The persisted state is written whole (within 200 ms of a change) while
+/// tasks are in flight: the cost of one write with 10 000 tasks of small
+/// and of large JSON, on this machine's disk.
+fn measure_state_writes(
+    progress: &impl Fn(&str),
+) -> std::io::Result<Vec<(usize, usize, f64, f64)>> {
+    use crate::dispatch::{Principal, SavedTask};
+    let dir = std::env::temp_dir().join(format!("runwared-bench-state-{}", std::process::id()));
+    let store =
+        crate::state::StateStore::open(&dir, "ws://bench/v1", "fingerprint".into(), 64 << 20)?;
+    let mut rows = Vec::new();
+    for (tasks, json_bytes) in [(10_000usize, 1usize << 10), (10_000, 10 << 10)] {
+        let saved: Vec<SavedTask> = (0..tasks)
+            .map(|_| {
+                let uuid = uuid::Uuid::new_v4().to_string();
+                let pad = "x".repeat(json_bytes.saturating_sub(100));
+                SavedTask {
+                    payload: format!(r#"{{"taskType":"imageInference","taskUUID":"{uuid}","positivePrompt":"{pad}"}}"#),
+                    uuid,
+                    expected: 1,
+                    asynchronous: false,
+                    sent: true,
+                    owner: Principal::Tcp,
+                }
+            })
+            .collect();
+        let runs = 5;
+        let started = Instant::now();
+        for _ in 0..runs {
+            store.save(None, &saved)?;
+        }
+        let ms = started.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+        let mb = std::fs::metadata(store.path())?.len() as f64 / 1e6;
+        progress(&format!(
+            "state file, {tasks} tasks of {json_bytes} bytes: {mb:.1} MB, {ms:.0} ms per write"
+        ));
+        rows.push((tasks, json_bytes, mb, ms));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows)
+}
+
+/// imageInference with one base64 result of 1, 4 and 16 MB, 16 in flight,
+/// through a daemon with its default settings (retention on): the figures
+/// the default memory budget and the Kubernetes limit are sized from.
+async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<Vec<LargeRow>> {
+    use crate::sim::{SimConfig, SimHandle};
+    const IN_FLIGHT: usize = 16;
+    let mut rows = Vec::new();
+    for (image_mb, tasks) in [(1usize, 200usize), (4, 100), (16, 48)] {
+        let config = SimConfig {
+            latency: Duration::from_millis(5),
+            per_result_latency: Duration::from_millis(5),
+            image_bytes: image_mb << 20,
+            ..SimConfig::default()
+        };
+        let sim = SimHandle::bind(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            config,
+            None,
+        )
+        .await?;
+        let (daemon, addr) = start_daemon(&sim.url(), &[])?;
+        let pid = daemon.child.id();
+        let cpu0 = cpu_seconds(pid, ticks);
+        let received = Arc::new(AtomicUsize::new(0));
+        let clients = Arc::new(channels(&addr, IN_FLIGHT).await);
+        let counted = Arc::clone(&received);
+        let (_, failed, took) = drive(IN_FLIGHT, tasks, Duration::from_secs(300), move |i| {
+            let mut client = clients[i % clients.len()].clone();
+            let counted = Arc::clone(&counted);
+            async move {
+                let req = pb::ImageInferenceRequest {
+                    positive_prompt: format!("large {i}"),
+                    model: "runware:101@1".into(),
+                    width: Some(512),
+                    height: Some(512),
+                    number_results: Some(1),
+                    output_type: Some("base64Data".into()),
+                    ..Default::default()
+                };
+                let Ok(stream) = client.image_inference(req).await else {
+                    return false;
+                };
+                let mut stream = stream.into_inner();
+                let mut ok = false;
+                while let Some(Ok(img)) = stream.next().await {
+                    let n = img.image_base64_data.map_or(0, |b| b.len());
+                    counted.fetch_add(n, Ordering::Relaxed);
+                    ok = n > 0;
+                }
+                ok
+            }
+        })
+        .await;
+        let cpu = cpu_seconds(pid, ticks) - cpu0;
+        let (_, hwm) = memory_mib(pid);
+        drop(daemon);
+        let bytes = received.load(Ordering::Relaxed) as f64;
+        let mb = bytes / 1e6;
+        let one = bytes / (tasks - failed).max(1) as f64;
+        let row = LargeRow {
+            image_mb: image_mb as f64,
+            tasks,
+            in_flight: IN_FLIGHT,
+            failed,
+            mb_per_s: mb / took.as_secs_f64(),
+            daemon_cpu_ms_per_mb: cpu * 1000.0 / mb.max(f64::MIN_POSITIVE),
+            in_flight_mib: one * IN_FLIGHT as f64 / (1 << 20) as f64,
+            daemon_peak_rss_mib: hwm,
+        };
+        progress(&format!(
+            "large {image_mb} MB x {tasks}: {:.0} MB/s, {:.1} ms CPU/MB, peak RSS {:.0} MiB for {:.0} MiB in flight, {failed} failed",
+            row.mb_per_s, row.daemon_cpu_ms_per_mb, row.daemon_peak_rss_mib, row.in_flight_mib
+        ));
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// Tasks through a daemon while the network keeps failing a reachable
@@ -870,11 +1030,37 @@ pub fn table(r: &Report) -> String {
             ", {p:.3}% of a core with its socket up and pinging"
         ));
     }
-    t.push_str(
-        "\n\n| tasks in flight | daemon RSS MiB | bytes per task |\n| ---: | ---: | ---: |\n",
-    );
-    for (n, rss, per) in &r.memory {
-        t.push_str(&format!("| {n} | {rss:.1} | {per:.0} |\n"));
+    if !r.memory.is_empty() {
+        t.push_str(
+            "\n\n| tasks in flight | daemon RSS MiB | bytes per task |\n| ---: | ---: | ---: |\n",
+        );
+        for (n, rss, per) in &r.memory {
+            t.push_str(&format!("| {n} | {rss:.1} | {per:.0} |\n"));
+        }
+    }
+    if !r.large.is_empty() {
+        t.push_str(
+            "\n| image MB | tasks | in flight | failed | MB/s | daemon CPU ms/MB | results in flight MiB | daemon peak RSS MiB |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for l in &r.large {
+            t.push_str(&format!(
+                "| {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} |\n",
+                l.image_mb,
+                l.tasks,
+                l.in_flight,
+                l.failed,
+                l.mb_per_s,
+                l.daemon_cpu_ms_per_mb,
+                l.in_flight_mib,
+                l.daemon_peak_rss_mib
+            ));
+        }
+    }
+    if !r.state_writes.is_empty() {
+        t.push_str("\n| state file: tasks in flight | task JSON bytes | file MB | ms per write |\n| ---: | ---: | ---: | ---: |\n");
+        for (n, b, mb, ms) in &r.state_writes {
+            t.push_str(&format!("| {n} | {b} | {mb:.1} | {ms:.0} |\n"));
+        }
     }
     if !r.flaky.is_empty() {
         t.push_str(

@@ -187,6 +187,10 @@ pub struct Config {
     pub max_queued: usize,
     /// Bytes of results kept for ended tasks (oldest dropped first).
     pub max_retained_bytes: usize,
+    /// Bytes the daemon holds for tasks: the JSON of tasks in flight and
+    /// every result kept. A task that would pass it is refused with
+    /// RESOURCE_EXHAUSTED naming it (after ended tasks' results went).
+    pub max_memory_bytes: usize,
     /// How long results are kept after a task ends or its client leaves,
     /// for `Attach`.
     pub retention: Duration,
@@ -236,7 +240,8 @@ impl Default for Config {
             max_in_flight: 100_000,
             max_in_flight_per_connection: 10_000,
             max_queued: 10_000,
-            max_retained_bytes: 256 << 20,
+            max_retained_bytes: crate::dispatch::DEFAULT_MAX_RETAINED_BYTES,
+            max_memory_bytes: crate::dispatch::DEFAULT_MAX_MEMORY_BYTES,
             retention: Duration::from_secs(300),
             state_dir: None,
             drain_timeout: Duration::from_secs(30),
@@ -259,6 +264,7 @@ impl Config {
             max_in_flight_per_connection: self.max_in_flight_per_connection,
             max_queued: self.max_queued,
             max_retained_bytes: self.max_retained_bytes,
+            max_memory_bytes: self.max_memory_bytes,
             retention: self.retention,
             max_task_bytes: self.max_message_bytes,
             poll_max: self.poll_max,
@@ -337,9 +343,13 @@ pub struct ServeArgs {
     /// Most tasks queued while Runware is unreachable [default: 10000].
     #[arg(long, env = "RUNWARED_MAX_QUEUED", value_name = "N")]
     pub max_queued: Option<usize>,
-    /// Bytes of results kept for Attach [default: 268435456].
+    /// Bytes of results kept for Attach [default: 50331648].
     #[arg(long, env = "RUNWARED_MAX_RETAINED_BYTES", value_name = "BYTES")]
     pub max_retained_bytes: Option<usize>,
+    /// Bytes held for tasks: their JSON in flight and every result kept
+    /// [default: 100663296].
+    #[arg(long, env = "RUNWARED_MAX_MEMORY_BYTES", value_name = "BYTES")]
+    pub max_memory_bytes: Option<usize>,
     /// How long results are kept after a task ends or its client leaves [default: 300s].
     #[arg(long, env = "RUNWARED_RETENTION", value_name = "DURATION")]
     pub retention: Option<String>,
@@ -401,6 +411,7 @@ pub struct FileConfig {
     pub max_in_flight_per_connection: Option<usize>,
     pub max_queued: Option<usize>,
     pub max_retained_bytes: Option<usize>,
+    pub max_memory_bytes: Option<usize>,
     pub retention: Option<String>,
     pub state_dir: Option<String>,
     pub drain_timeout: Option<String>,
@@ -539,6 +550,7 @@ impl Config {
             ),
             ("max_queued", self.max_queued.to_string()),
             ("max_retained_bytes", self.max_retained_bytes.to_string()),
+            ("max_memory_bytes", self.max_memory_bytes.to_string()),
             ("retention", format!("{:?}", self.retention)),
             ("drain_timeout", format!("{:?}", self.drain_timeout)),
             (
@@ -799,6 +811,12 @@ impl Config {
                 .max_retained_bytes
                 .or(file.max_retained_bytes)
                 .unwrap_or(d.max_retained_bytes),
+            max_memory_bytes: positive(
+                "max_memory_bytes",
+                args.max_memory_bytes
+                    .or(file.max_memory_bytes)
+                    .unwrap_or(d.max_memory_bytes),
+            )?,
             retention: duration("retention", &args.retention, &file.retention, d.retention)?,
             state_dir,
             drain_timeout: duration(

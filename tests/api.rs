@@ -658,3 +658,35 @@ async fn only_the_submitting_principal_may_attach() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+/// Found by the large-results benchmark: the simulator packed every result
+/// ready at once into one message, so sixteen 4 MB images became a ~90 MB
+/// message, above the daemon's limit: the socket was dropped and resumed,
+/// and the same message came again, forever. Large results now travel about
+/// one a message, as a server's do.
+#[tokio::test(start_paused = true)]
+async fn large_results_in_flight_together_all_arrive() {
+    let config = SimConfig {
+        image_bytes: 4 << 20,
+        latency: Duration::from_millis(20),
+        ..SimConfig::default()
+    };
+    let h = start(config, |c| c.max_message_bytes = 16 << 20).await;
+    h.ready().await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let mut req = image(&format!("large {i}"), 1);
+        req.output_type = Some("base64Data".into());
+        tasks.push(tokio::spawn(collect(h.client.clone(), req)));
+    }
+    for t in tasks {
+        let images = t.await.unwrap().expect("the image, no error");
+        let b64 = images[0].image_base64_data.as_deref().unwrap_or_default();
+        assert!(b64.len() > 4 << 20, "{}", b64.len());
+    }
+    assert_eq!(
+        h.daemon.status.borrow().reconnects,
+        0,
+        "no message too large"
+    );
+}

@@ -55,8 +55,13 @@ impl Daemon {
         }
     }
 
-    /// Waits for a log line containing `needle`; returns it.
+    /// Waits for a log line containing `needle` (one read already, while
+    /// waiting for another, counts: the daemon's start-up lines come in
+    /// either order); returns it.
     fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         loop {
             let line = self.lines.recv_timeout(LIMIT).unwrap_or_else(|_| {
                 panic!(

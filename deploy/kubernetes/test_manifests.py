@@ -30,11 +30,32 @@ def test_native_sidecar_with_grpc_probes_on_a_numeric_port():
     c = sidecar(pod())
     assert c["restartPolicy"] == "Always"
     port = int(arg(c, "listen").rsplit(":", 1)[1])
-    for probe, service in [("startupProbe", "readiness"), ("livenessProbe", "liveness"), ("readinessProbe", "readiness")]:
+    for probe, service in [("startupProbe", "liveness"), ("livenessProbe", "liveness"), ("readinessProbe", "readiness")]:
         grpc = c[probe]["grpc"]
         assert isinstance(grpc["port"], int) and grpc["port"] == port, probe
         assert grpc["service"] == service, probe
-    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 60
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 20
+
+
+def test_startup_follows_liveness_so_an_unreachable_runware_does_not_restart_the_sidecar():
+    # Readiness waits for Runware; a startup probe on it would restart the
+    # sidecar whenever Runware is unreachable at start for longer than the
+    # probe's budget, which liveness is designed never to do.
+    c = sidecar(pod())
+    assert c["startupProbe"]["grpc"]["service"] == c["livenessProbe"]["grpc"]["service"] == "liveness"
+
+
+def test_no_service_account_token_and_metrics_on_the_pod_ip_only():
+    p = pod()
+    assert p["spec"]["automountServiceAccountToken"] is False
+    c = sidecar(p)
+    metrics = arg(c, "metrics-listen")
+    assert not metrics.startswith("0.0.0.0") and not metrics.startswith("[::]")
+    assert metrics.startswith("$(POD_IP):") or metrics.startswith("127.")
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    annotations = p["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == metrics.rsplit(":", 1)[1]
 
 
 def test_listening_beyond_loopback_is_guarded_by_a_token():

@@ -100,7 +100,17 @@ pub enum SubmitError {
     Draining,
     #[error("no task {0} is in flight or kept (results are kept for the retention time only)")]
     NotFound(TaskUuid),
+    #[error(
+        "the daemon's memory budget max_memory_bytes ({limit}) is taken by tasks in flight and their results; retry when some have ended"
+    )]
+    MemoryBudget { limit: usize },
 }
+
+/// The defaults of `max_memory_bytes` and `max_retained_bytes`, sized from
+/// measurements with large results (BENCHMARKS.md): the daemon's resident
+/// memory stays within the Kubernetes example's limit.
+pub const DEFAULT_MAX_MEMORY_BYTES: usize = 96 << 20;
+pub const DEFAULT_MAX_RETAINED_BYTES: usize = 48 << 20;
 
 /// Limits on what the table holds. Over a limit, a request is refused with
 /// an error naming it; nothing else is affected.
@@ -112,6 +122,10 @@ pub struct Limits {
     pub max_queued: usize,
     /// Bytes of results kept for tasks that ended; the oldest go first.
     pub max_retained_bytes: usize,
+    /// Everything the table holds: the JSON of tasks in flight and every
+    /// result kept (in flight or ended). A task that would pass it is
+    /// refused, after the oldest ended tasks' results were let go.
+    pub max_memory_bytes: usize,
     /// How long results are kept after a task ends or its client leaves.
     pub retention: Duration,
     /// A task's JSON must fit in one WebSocket message.
@@ -127,7 +141,8 @@ impl Default for Limits {
             max_in_flight: 100_000,
             max_in_flight_per_connection: 10_000,
             max_queued: 10_000,
-            max_retained_bytes: 256 << 20,
+            max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             retention: Duration::from_secs(300),
             max_task_bytes: 64 << 20,
             poll_min: Duration::from_millis(500),
@@ -240,6 +255,8 @@ pub struct Dispatch {
     /// Tasks in Poll mode, so the upstream loop polls only when needed.
     polling: AtomicUsize,
     retained_bytes: AtomicUsize,
+    /// The JSON of tasks in flight (kept to send them again).
+    payload_bytes: AtomicUsize,
     /// The number of the current upstream connection, bumped each time one
     /// authenticates: a task sent on an older one is owed nothing.
     connection: AtomicU64,
@@ -268,6 +285,7 @@ impl Dispatch {
             unsent: AtomicUsize::new(0),
             polling: AtomicUsize::new(0),
             retained_bytes: AtomicUsize::new(0),
+            payload_bytes: AtomicUsize::new(0),
             connection: AtomicU64::new(0),
             message: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -302,6 +320,7 @@ impl Dispatch {
                 | SubmitError::TooManyForConnection(_)
                 | SubmitError::QueueFull(_)
                 | SubmitError::TooLarge { .. }
+                | SubmitError::MemoryBudget { .. }
         ) {
             self.counters
                 .limit_rejections
@@ -332,6 +351,15 @@ impl Dispatch {
                 size: task.payload.len(),
                 limit: self.limits.max_task_bytes,
             }));
+        }
+        let need = task.payload.len();
+        if self.held_bytes() + need > self.limits.max_memory_bytes {
+            self.let_go_of_ended(self.limits.max_memory_bytes.saturating_sub(need));
+            if self.held_bytes() + need > self.limits.max_memory_bytes {
+                return Err(self.refuse(SubmitError::MemoryBudget {
+                    limit: self.limits.max_memory_bytes,
+                }));
+            }
         }
         if !ready && self.unsent.load(Ordering::Acquire) >= self.limits.max_queued {
             return Err(self.refuse(SubmitError::QueueFull(self.limits.max_queued)));
@@ -373,6 +401,7 @@ impl Dispatch {
             }
         }
         self.unsent.fetch_add(1, Ordering::AcqRel);
+        self.payload_bytes.fetch_add(need, Ordering::AcqRel);
         self.dirty.store(true, Ordering::Release);
         // The receiver lives as long as the upstream task.
         let _ = self.queue.send(task.uuid);
@@ -492,6 +521,8 @@ impl Dispatch {
         if task.in_flight() {
             self.count_outcome(task.label, "released");
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.payload_bytes
+                .fetch_sub(task.payload.len(), Ordering::AcqRel);
             if task.delivery.sends() == 0 {
                 self.unsent.fetch_sub(1, Ordering::AcqRel);
             }
@@ -538,6 +569,10 @@ impl Dispatch {
         task.watchers.clear();
         task.idle_since = Some(now);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Only a task in flight may be sent again: its JSON goes now.
+        self.payload_bytes
+            .fetch_sub(task.payload.len(), Ordering::AcqRel);
+        task.payload = Arc::from("");
         if task.delivery.sends() == 0 {
             self.unsent.fetch_sub(1, Ordering::AcqRel);
         }
@@ -883,20 +918,39 @@ impl Dispatch {
                 self.forget(&task);
             }
         }
-        if self.retained_bytes.load(Ordering::Acquire) > self.limits.max_retained_bytes {
-            let mut ended: Vec<(Instant, TaskUuid)> = self
-                .tasks
-                .iter()
-                .filter(|t| !t.in_flight())
-                .filter_map(|t| t.idle_since.map(|at| (at, *t.key())))
-                .collect();
-            ended.sort();
-            for (_, uuid) in ended {
-                if self.retained_bytes.load(Ordering::Acquire) <= self.limits.max_retained_bytes {
-                    break;
-                }
-                self.remove(&uuid);
+        if self.retained_bytes.load(Ordering::Acquire) > self.limits.max_retained_bytes
+            || self.held_bytes() > self.limits.max_memory_bytes
+        {
+            self.let_go_of_ended(self.limits.max_memory_bytes);
+        }
+    }
+
+    /// Bytes the table holds: the JSON of tasks in flight and every result
+    /// kept, the measure of `max_memory_bytes`.
+    pub fn held_bytes(&self) -> usize {
+        self.payload_bytes.load(Ordering::Acquire) + self.retained_bytes.load(Ordering::Acquire)
+    }
+
+    /// Lets go of ended tasks, oldest first, until results take at most
+    /// `max_retained_bytes` and everything held at most `target`. Never
+    /// holds a lock of the table while removing.
+    fn let_go_of_ended(&self, target: usize) {
+        let over = || {
+            self.retained_bytes.load(Ordering::Acquire) > self.limits.max_retained_bytes
+                || self.held_bytes() > target
+        };
+        let mut ended: Vec<(Instant, TaskUuid)> = self
+            .tasks
+            .iter()
+            .filter(|t| !t.in_flight())
+            .filter_map(|t| t.idle_since.map(|at| (at, *t.key())))
+            .collect();
+        ended.sort();
+        for (_, uuid) in ended {
+            if !over() {
+                break;
             }
+            self.remove(&uuid);
         }
     }
 
@@ -954,6 +1008,8 @@ impl Dispatch {
                 bytes: 0,
             };
             self.in_flight.fetch_add(1, Ordering::AcqRel);
+            self.payload_bytes
+                .fetch_add(task.payload.len(), Ordering::AcqRel);
             if s.sent {
                 self.polling.fetch_add(1, Ordering::AcqRel);
             } else {
@@ -1313,6 +1369,45 @@ mod tests {
                 .to_string()
                 .contains("max_in_flight_per_connection")
         );
+    }
+
+    /// One budget over everything held: the JSON of tasks in flight and
+    /// every result kept. Ended tasks' results go first; then a task is
+    /// refused by name. An ended task's JSON is let go at once.
+    #[test]
+    fn one_memory_budget_over_payloads_and_results() {
+        let limits = Limits {
+            max_memory_bytes: 1000,
+            ..Limits::default()
+        };
+        let (d, _q, _s) = setup(limits);
+        let big = |n: usize| {
+            let mut t = task(1);
+            t.payload = format!("{}{}", t.payload, " ".repeat(n));
+            t
+        };
+        let a = d.submit(big(500), None).unwrap();
+        assert!(d.held_bytes() > 500);
+        let e = d.submit(big(500), None).err().unwrap();
+        assert_eq!(e, SubmitError::MemoryBudget { limit: 1000 });
+        assert!(e.to_string().contains("max_memory_bytes"), "{e}");
+        // The first ends with a 300-byte result: its JSON goes, the result
+        // stays (for Attach).
+        let result = format!(r#"{{"text":"{}"}}"#, "r".repeat(290));
+        d.deliver(a.uuid, &raw(&result), None, false);
+        assert_eq!(d.held_bytes(), result.len());
+        let b = d.submit(big(500), None).unwrap();
+        assert!(d.attach(a.uuid, Principal::Tcp).is_ok());
+        // Now the ended task's result is let go to make room.
+        let _c = d.submit(big(300), None).unwrap();
+        assert!(d.attach(a.uuid, Principal::Tcp).is_err());
+        // Tasks in flight are never let go: the next is refused.
+        assert!(matches!(
+            d.submit(big(300), None),
+            Err(SubmitError::MemoryBudget { .. })
+        ));
+        assert!(d.attach(b.uuid, Principal::Tcp).is_ok());
+        assert_eq!(d.counters.limit_rejections.load(Ordering::Relaxed), 2);
     }
 
     #[test]

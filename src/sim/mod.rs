@@ -467,11 +467,18 @@ where
             item = rx.recv(), if !stalled => {
                 let Some(first) = item else { break };
                 // Whatever else is ready goes in the same message, as Runware
-                // does: one frame may carry items of several tasks.
+                // does: one frame may carry items of several tasks. Up to
+                // about a megabyte: large results (base64 images) go one a
+                // message, never sixteen in one message beyond any client's
+                // limit.
+                let mut size = approx_size(&first);
                 let mut batch = vec![first];
-                while batch.len() < 64 {
+                while batch.len() < 64 && size < BATCH_BYTES {
                     match rx.try_recv() {
-                        Ok(i) => batch.push(i),
+                        Ok(i) => {
+                            size += approx_size(&i);
+                            batch.push(i);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -521,6 +528,24 @@ where
         }
     }
     bump(&shared, |s| s.open_connections -= 1);
+}
+
+/// Items batched into one message stop growing past this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// About how many bytes an item takes as JSON: its strings, plus a little
+/// per value. Cheap: large results are base64 strings.
+fn approx_size(item: &Outgoing) -> usize {
+    fn walk(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => a.iter().map(walk).sum::<usize>() + 2,
+            Value::Object(m) => m.iter().map(|(k, v)| k.len() + 4 + walk(v)).sum::<usize>() + 2,
+            _ => 8,
+        }
+    }
+    let (Outgoing::Data(v) | Outgoing::Error(v)) = item;
+    walk(v)
 }
 
 fn encode(items: &[Outgoing]) -> String {
