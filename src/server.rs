@@ -26,7 +26,7 @@ use crate::metrics::{AccessMetrics, Metrics, UpstreamMetrics};
 use crate::notify::Notifier;
 use crate::pb::runware_server::RunwareServer;
 use crate::sim::{SimConfig, SimHandle};
-use crate::state::StateStore;
+use crate::state::{StateChange, StateStore};
 use crate::upstream::{
     ConnectionState, Heartbeat, Telemetry, Upstream, UpstreamStatus, client_tls,
 };
@@ -61,6 +61,8 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 /// How often changed state is written (a crash loses at most this much).
 const STATE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// The journal grows to the snapshot's size, or this, before a new snapshot.
+const JOURNAL_MIN_BYTES: u64 = 8 << 20;
 
 /// A running daemon.
 pub struct Daemon {
@@ -193,6 +195,8 @@ impl Daemon {
 
         let mut background = vec![tokio::spawn(sweep(Arc::clone(&dispatch)))];
         if let Some(store) = &state {
+            // Before any client can submit: every change is kept.
+            dispatch.start_journal();
             background.push(tokio::spawn(persist(
                 store.clone(),
                 Arc::clone(&dispatch),
@@ -556,28 +560,59 @@ async fn sweep(dispatch: Arc<Dispatch>) {
     }
 }
 
-/// Writes the state when it changed, at most every `STATE_FLUSH_INTERVAL`.
+/// Writes what changed, at most every `STATE_FLUSH_INTERVAL`: appended to
+/// the journal, or, when the journal has outgrown the snapshot (and at the
+/// first write, since restored tasks are in no journal), as a new snapshot.
+/// A failed write makes the next one a snapshot, so nothing is lost.
 async fn persist(
     store: StateStore,
     dispatch: Arc<Dispatch>,
     status: watch::Receiver<UpstreamStatus>,
 ) {
     let mut saved_session = status.borrow().session.clone();
+    let mut journal_bytes = u64::MAX;
+    let mut snapshot_bytes = 0;
     let mut tick = tokio::time::interval(STATE_FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let session = status.borrow().session.clone();
-        if !dispatch.take_dirty() && session == saved_session {
+        let mut changes = dispatch.take_changes();
+        if session != saved_session {
+            if let Some(s) = &session {
+                changes.push(StateChange::Session(s.0.clone()));
+            }
+        }
+        if changes.is_empty() && session == saved_session {
             continue;
         }
-        let tasks = dispatch.snapshot();
         let store = store.clone();
-        let s = session.clone();
-        match tokio::task::spawn_blocking(move || store.save(s.as_ref(), &tasks)).await {
-            Ok(Ok(())) => saved_session = session,
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the state file"),
-            Err(e) => tracing::error!(error = %e, "state writer failed"),
+        let snapshot = journal_bytes > snapshot_bytes.max(JOURNAL_MIN_BYTES);
+        let written = if snapshot {
+            let tasks = dispatch.snapshot();
+            let s = session.clone();
+            tokio::task::spawn_blocking(move || store.save(s.as_ref(), &tasks)).await
+        } else {
+            tokio::task::spawn_blocking(move || store.append(&changes)).await
+        };
+        match written {
+            Ok(Ok(bytes)) if snapshot => {
+                snapshot_bytes = bytes;
+                journal_bytes = 0;
+                saved_session = session;
+            }
+            Ok(Ok(bytes)) => {
+                journal_bytes += bytes;
+                saved_session = session;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot write the state file; the next write is a snapshot");
+                journal_bytes = u64::MAX;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "state writer failed; the next write is a snapshot");
+                journal_bytes = u64::MAX;
+            }
         }
     }
 }

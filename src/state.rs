@@ -1,11 +1,17 @@
 //! Persisted state, so a restarted daemon resumes its Runware session and
 //! recovers the tasks that were in flight.
 //!
-//! One JSON file, `state.json`, in the state directory: the session UUID and
+//! `state.json` in the state directory is a snapshot: the session UUID and
 //! each in-flight task's taskUUID and request. It is written whole to a new
 //! temporary file (created exclusively, mode 0600), fsynced, renamed over
 //! the old one, and the directory is fsynced, so a crash leaves either the
-//! old state or the new, never a mix. The directory is made 0700 whatever
+//! old state or the new, never a mix. What changes after it (tasks added,
+//! sent, ended; a new session) is appended to its journal,
+//! `state.<generation>.log`, one JSON line a change and one fsync a flush:
+//! a task's JSON is written once, not again every flush while anything
+//! changes. When the journal outgrows the snapshot, a new snapshot (the next
+//! generation) replaces both. Loading replays the snapshot's own journal;
+//! a torn last line (a crash mid-write) ends the replay. The directory is made 0700 whatever
 //! the umask; the file is never read through a symlink, and at most
 //! [`MAX_STATE_BYTES`] of it.
 //!
@@ -20,6 +26,8 @@
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,8 +52,25 @@ struct StateFile {
     /// another key is foreign.
     #[serde(default)]
     key_fingerprint: String,
+    /// Names the journal that continues this snapshot.
+    #[serde(default)]
+    generation: u64,
     session: Option<String>,
     tasks: Vec<SavedTask>,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateChange {
+    /// A task accepted.
+    Add(SavedTask),
+    /// A task went upstream for the first time (by taskUUID).
+    Sent(String),
+    /// A task ended or was released (by taskUUID).
+    End(String),
+    /// A new session UUID.
+    Session(String),
 }
 
 /// The same, written from borrowed parts: no copy of every payload per write.
@@ -55,6 +80,7 @@ struct StateFileOut<'a> {
     version: u32,
     upstream_url: &'a str,
     key_fingerprint: &'a str,
+    generation: u64,
     session: Option<&'a str>,
     tasks: &'a [SavedTask],
 }
@@ -78,6 +104,9 @@ pub struct StateStore {
     key_fingerprint: String,
     /// Largest task JSON accepted back (as from a client).
     max_task_bytes: usize,
+    /// The current snapshot's generation, shared by clones: `append` goes
+    /// to its journal, `save` starts the next.
+    generation: Arc<AtomicU64>,
 }
 
 /// A fingerprint of the API key that does not reveal it: HMAC-SHA256 of a
@@ -107,6 +136,7 @@ impl StateStore {
             upstream_url: upstream_url.to_owned(),
             key_fingerprint,
             max_task_bytes,
+            generation: Arc::default(),
         })
     }
 
@@ -114,11 +144,15 @@ impl StateStore {
         self.dir.join(FILE)
     }
 
-    fn read(&self) -> std::io::Result<Vec<u8>> {
+    fn journal_path(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("state.{generation}.log"))
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(self.path())?;
+            .open(path)?;
         let too_large =
             || std::io::Error::other(format!("it is larger than {MAX_STATE_BYTES} bytes"));
         if file.metadata()?.len() > MAX_STATE_BYTES {
@@ -134,7 +168,7 @@ impl StateStore {
 
     /// Reads the state. Never fails: a bad file is set aside.
     pub fn load(&self) -> Loaded {
-        let text = match self.read() {
+        let text = match self.read(&self.path()) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::default(),
             Err(e) => return self.set_aside(&format!("cannot be read: {e}")),
@@ -160,9 +194,11 @@ impl StateStore {
                 "was written with another API key: its session and tasks are not resumed under this one",
             );
         }
-        let total = file.tasks.len();
-        let tasks: Vec<SavedTask> = file
-            .tasks
+        let mut session = file.session;
+        let mut tasks = file.tasks;
+        self.replay(file.generation, &mut session, &mut tasks);
+        let total = tasks.len();
+        let tasks: Vec<SavedTask> = tasks
             .into_iter()
             .filter(|t| match self.check(t) {
                 Ok(()) => true,
@@ -172,15 +208,70 @@ impl StateStore {
                 }
             })
             .collect();
+        self.generation.store(file.generation, Ordering::Release);
         Loaded {
-            session: file
-                .session
+            session: session
                 .filter(|s| protocol::is_session_uuid(s))
                 .map(SessionUuid),
             rejected: total - tasks.len(),
             tasks,
             set_aside: None,
         }
+    }
+
+    /// Applies the snapshot's journal, in order. Replaying is idempotent (a
+    /// change may already be in the snapshot); a line that does not parse
+    /// (torn by a crash) ends it.
+    fn replay(&self, generation: u64, session: &mut Option<String>, tasks: &mut Vec<SavedTask>) {
+        let text = match self.read(&self.journal_path(generation)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::error!(error = %e, "the state journal cannot be read; using the snapshot alone");
+                return;
+            }
+        };
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(change) = serde_json::from_slice::<StateChange>(line) else {
+                tracing::warn!(
+                    "the state journal ends in a torn line (a crash mid-write); replayed up to it"
+                );
+                break;
+            };
+            match change {
+                StateChange::Add(t) => {
+                    tasks.retain(|x| x.uuid != t.uuid);
+                    tasks.push(t);
+                }
+                StateChange::Sent(uuid) => {
+                    if let Some(t) = tasks.iter_mut().find(|t| t.uuid == uuid) {
+                        t.sent = true;
+                    }
+                }
+                StateChange::End(uuid) => tasks.retain(|t| t.uuid != uuid),
+                StateChange::Session(s) => *session = Some(s),
+            }
+        }
+    }
+
+    /// Appends changes to the current snapshot's journal, durably; returns
+    /// the bytes written.
+    pub fn append(&self, changes: &[StateChange]) -> std::io::Result<u64> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut lines = Vec::new();
+        for change in changes {
+            serde_json::to_writer(&mut lines, change)?;
+            lines.push(b'\n');
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.journal_path(generation))?;
+        f.write_all(&lines)?;
+        f.sync_data()?;
+        Ok(lines.len() as u64)
     }
 
     /// A restored task passes the checks a client's task passes: a UUID v4,
@@ -232,13 +323,17 @@ impl StateStore {
         }
     }
 
-    /// Writes the state atomically and durably.
-    pub fn save(&self, session: Option<&SessionUuid>, tasks: &[SavedTask]) -> std::io::Result<()> {
+    /// Writes a snapshot of the next generation atomically and durably,
+    /// then removes the journals of earlier generations. Returns the
+    /// snapshot's size.
+    pub fn save(&self, session: Option<&SessionUuid>, tasks: &[SavedTask]) -> std::io::Result<u64> {
+        let generation = self.generation.load(Ordering::Acquire) + 1;
         let file = StateFileOut {
             format: FORMAT,
             version: VERSION,
             upstream_url: &self.upstream_url,
             key_fingerprint: &self.key_fingerprint,
+            generation,
             session: session.map(|s| s.0.as_str()),
             tasks,
         };
@@ -264,7 +359,25 @@ impl StateStore {
             let _ = std::fs::remove_file(&tmp);
         }
         written?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.generation.store(generation, Ordering::Release);
+        // The new snapshot holds everything: older journals are done.
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let name = entry.file_name();
+            let old = name
+                .to_str()
+                .and_then(|n| {
+                    n.strip_prefix("state.")?
+                        .strip_suffix(".log")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .is_some_and(|g| g < generation);
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(std::fs::metadata(self.path())?.len())
     }
 }
 
@@ -309,6 +422,53 @@ mod tests {
             vec![std::ffi::OsString::from("state.json")],
             "no temporary left"
         );
+    }
+
+    /// After a snapshot, changes are appended, never the whole state again;
+    /// a load replays them on the snapshot, in order and idempotently, up
+    /// to a line a crash tore; a new snapshot retires the old journal.
+    #[test]
+    fn the_journal_continues_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), "ws://x/v1", "k");
+        let (a, b, c) = (task(1), task(2), task(3));
+        s.save(Some(&SessionUuid("s-1".into())), &[a.clone(), b.clone()])
+            .unwrap();
+        let unsent_c = SavedTask {
+            sent: false,
+            ..c.clone()
+        };
+        let appended = s
+            .append(&[
+                StateChange::Add(b.clone()),
+                StateChange::Add(unsent_c),
+                StateChange::End(a.uuid.clone()),
+                StateChange::Sent(c.uuid.clone()),
+                StateChange::Session("s-2".into()),
+            ])
+            .unwrap();
+        let snapshot = std::fs::metadata(s.path()).unwrap().len();
+        assert!(appended < snapshot * 2, "only the changes were written");
+        let loaded = open(dir.path(), "ws://x/v1", "k").load();
+        assert_eq!(loaded.session, Some(SessionUuid("s-2".into())));
+        assert_eq!(loaded.tasks, vec![b.clone(), c.clone()], "b once; c sent");
+
+        // A crash mid-write tears the last line: replayed up to it.
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join("state.1.log"))
+                .unwrap();
+            f.write_all(br#"{"end":"#).unwrap();
+        }
+        assert_eq!(open(dir.path(), "ws://x/v1", "k").load().tasks.len(), 2);
+
+        // A new snapshot retires the journal.
+        let s = open(dir.path(), "ws://x/v1", "k");
+        s.load();
+        s.save(None, std::slice::from_ref(&b)).unwrap();
+        assert!(!dir.path().join("state.1.log").exists());
+        assert_eq!(open(dir.path(), "ws://x/v1", "k").load().tasks, vec![b]);
     }
 
     #[test]

@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
 use crate::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
 use crate::protocol::{self, ErrorClass, Inbound, RunwareError, TaskUuid};
+use crate::state::StateChange;
 use crate::upstream::{ConnectionState, UpstreamStatus};
 
 /// What a watching client receives.
@@ -174,6 +175,8 @@ enum Outcome {
 }
 
 struct Task {
+    /// Its own taskUUID, for the state journal.
+    uuid: TaskUuid,
     /// Kept for resending under the same taskUUID.
     payload: Arc<str>,
     /// For metrics: the type's label and when the task was accepted.
@@ -263,8 +266,10 @@ pub struct Dispatch {
     /// Numbers upstream messages: where one `getResponse` answer ends.
     message: AtomicU64,
     draining: AtomicBool,
-    /// Set on every change a restart would need; cleared by the writer.
-    dirty: AtomicBool,
+    /// What changed for the state file since it was last written; kept
+    /// only while a state directory is in use ([`Dispatch::start_journal`]).
+    changes: std::sync::Mutex<Vec<StateChange>>,
+    journaling: AtomicBool,
     limits: Limits,
     /// Wakes the upstream writer: taskUUIDs to send.
     queue: mpsc::UnboundedSender<TaskUuid>,
@@ -289,7 +294,8 @@ impl Dispatch {
             connection: AtomicU64::new(0),
             message: AtomicU64::new(0),
             draining: AtomicBool::new(false),
-            dirty: AtomicBool::new(false),
+            changes: std::sync::Mutex::default(),
+            journaling: AtomicBool::new(false),
             limits,
             queue,
             upstream,
@@ -382,7 +388,18 @@ impl Dispatch {
                 return Err(SubmitError::AlreadyKnown(task.uuid));
             }
             Entry::Vacant(v) => {
+                self.record(|| {
+                    StateChange::Add(SavedTask {
+                        uuid: task.uuid.to_string(),
+                        payload: task.payload.clone(),
+                        expected: task.expected,
+                        asynchronous: task.asynchronous,
+                        sent: false,
+                        owner: task.owner,
+                    })
+                });
                 v.insert(Task {
+                    uuid: task.uuid,
                     payload: task.payload.into(),
                     label: task.label,
                     owner: task.owner,
@@ -402,7 +419,6 @@ impl Dispatch {
         }
         self.unsent.fetch_add(1, Ordering::AcqRel);
         self.payload_bytes.fetch_add(need, Ordering::AcqRel);
-        self.dirty.store(true, Ordering::Release);
         // The receiver lives as long as the upstream task.
         let _ = self.queue.send(task.uuid);
         Ok(self.handle(task.uuid, task.expected, rx, conn_guard))
@@ -503,9 +519,25 @@ impl Dispatch {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// True once since the last call if anything a restart needs changed.
-    pub fn take_dirty(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
+    /// Starts keeping the changes a state file needs (a state directory is
+    /// in use).
+    pub fn start_journal(&self) {
+        self.journaling.store(true, Ordering::Release);
+    }
+
+    /// What changed since the last call, in order.
+    pub fn take_changes(&self) -> Vec<StateChange> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, change: impl FnOnce() -> StateChange) {
+        if self.journaling.load(Ordering::Acquire) {
+            let change = change();
+            self.changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(change);
+        }
     }
 
     /// Removes a task entirely, keeping the counters right.
@@ -530,8 +562,10 @@ impl Dispatch {
                 self.polling.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        if task.in_flight() {
+            self.record(|| StateChange::End(task.uuid.to_string()));
+        }
         self.retained_bytes.fetch_sub(task.bytes, Ordering::AcqRel);
-        self.dirty.store(true, Ordering::Release);
     }
 
     /// Ends a task: it leaves the in-flight count; its results stay for
@@ -577,7 +611,7 @@ impl Dispatch {
             self.unsent.fetch_sub(1, Ordering::AcqRel);
         }
         self.step(task, Event::End, now);
-        self.dirty.store(true, Ordering::Release);
+        self.record(|| StateChange::End(task.uuid.to_string()));
     }
 
     fn timing(&self) -> PollTiming {
@@ -626,6 +660,10 @@ impl Dispatch {
         let connection = self.connection.load(Ordering::Acquire);
         if self.step(&mut task, Event::Send { connection }, Instant::now()) != Action::Transmit {
             return false;
+        }
+        if task.delivery.sends() == 1 {
+            // From now on a restart recovers it by polling.
+            self.record(|| StateChange::Sent(uuid.to_string()));
         }
         protocol::push_task(frame, &task.payload);
         true
@@ -992,6 +1030,7 @@ impl Dispatch {
                 })
                 .unwrap_or("other");
             let task = Task {
+                uuid,
                 payload: s.payload.into(),
                 label: task_type,
                 owner: s.owner,
@@ -1609,6 +1648,43 @@ mod tests {
         assert!(d.append_for_send(&h.uuid, &mut frame));
         assert!(frame.contains(&h.uuid.to_string()));
         assert_eq!(d.in_flight(), 1);
+    }
+
+    /// A crash leaves the snapshot and its journal: what the table recorded
+    /// (accepted, sent, ended) brings a new table back to the same tasks.
+    #[test]
+    fn the_journal_of_changes_restores_a_crashed_table() {
+        let (d, _q, _s) = setup(Limits::default());
+        d.start_journal();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::state::StateStore::open(
+            dir.path(),
+            "ws://x/v1",
+            crate::state::key_fingerprint("k"),
+            1 << 20,
+        )
+        .unwrap();
+        store.save(None, &[]).unwrap();
+        let done = d.submit(task(1), None).unwrap();
+        let sent = d.submit(task(2), None).unwrap();
+        let queued = d.submit(task(1), None).unwrap();
+        send(&d, &done.uuid);
+        send(&d, &sent.uuid);
+        d.deliver(done.uuid, &raw(r#"{"text":"x"}"#), None, false);
+        let changes = d.take_changes();
+        assert_eq!(changes.len(), 3 + 2 + 1, "{changes:?}");
+        assert!(d.take_changes().is_empty(), "taken once");
+        store.append(&changes).unwrap();
+        // The crash: a new table from what is on disk.
+        let loaded = store.load();
+        let (d2, mut q2, _s2) = setup(Limits::default());
+        assert_eq!(d2.restore(loaded.tasks), 2);
+        assert!(
+            d2.attach(done.uuid, Principal::Tcp).is_err(),
+            "it had ended"
+        );
+        assert_eq!(d2.polling(), 1, "the sent one is polled");
+        assert_eq!(q2.try_recv().unwrap(), queued.uuid, "the other is sent");
     }
 
     #[test]
