@@ -322,6 +322,17 @@ fn start_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String)> {
     Ok((Proc { child }, addr))
 }
 
+/// A simulator in this process (the scenario drives its faults and sizes)
+/// and a daemon process against it; returns both and the daemon's address.
+async fn sim_and_daemon(
+    config: crate::sim::SimConfig,
+) -> std::io::Result<(crate::sim::SimHandle, Proc, String)> {
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let sim = crate::sim::SimHandle::bind(loopback, config, None).await?;
+    let (daemon, addr) = start_daemon(&sim.url(), &[])?;
+    Ok((sim, daemon, addr))
+}
+
 fn task_json(load: Load, i: usize, uuid: &TaskUuid) -> (serde_json::Value, u32) {
     if load == Load::Mixed && i % 4 == 0 {
         (
@@ -811,7 +822,7 @@ fn measure_state_writes(progress: &impl Fn(&str)) -> std::io::Result<Vec<StateWr
 /// through a daemon with its default settings (retention on): the figures
 /// the default memory budget and the Kubernetes limit are sized from.
 async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<Vec<LargeRow>> {
-    use crate::sim::{SimConfig, SimHandle};
+    use crate::sim::SimConfig;
     const IN_FLIGHT: usize = 16;
     let mut rows = Vec::new();
     for (image_mb, tasks) in [(1usize, 200usize), (4, 100), (16, 48)] {
@@ -821,13 +832,7 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
             image_bytes: image_mb << 20,
             ..SimConfig::default()
         };
-        let sim = SimHandle::bind(
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            config,
-            None,
-        )
-        .await?;
-        let (daemon, addr) = start_daemon(&sim.url(), &[])?;
+        let (_sim, daemon, addr) = sim_and_daemon(config).await?;
         let pid = daemon.child.id();
         let cpu0 = cpu_seconds(pid, ticks);
         let received = Arc::new(AtomicUsize::new(0));
@@ -889,7 +894,7 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
 /// Runware: a fault every ~2 s (1 to 3 s), results 0.5 to 1.5 s after each
 /// request, 16 in flight; and the same run without faults.
 async fn measure_flaky(tasks: usize, progress: &impl Fn(&str)) -> std::io::Result<Vec<FlakyRow>> {
-    use crate::sim::{Fault, SimConfig, SimHandle};
+    use crate::sim::{Fault, SimConfig};
     if tasks == 0 {
         return Ok(Vec::new());
     }
@@ -905,13 +910,7 @@ async fn measure_flaky(tasks: usize, progress: &impl Fn(&str)) -> std::io::Resul
             latency_jitter: Duration::from_millis(1000),
             ..SimConfig::default()
         };
-        let sim = SimHandle::bind(
-            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            config,
-            None,
-        )
-        .await?;
-        let (daemon, addr) = start_daemon(&sim.url(), &[])?;
+        let (sim, daemon, addr) = sim_and_daemon(config).await?;
         let faults = sim.inject_every(fault.into_iter().collect(), Duration::from_secs(2), 8);
         let connections_before = sim.stats().borrow().connections;
         let (_, failed, took) =
@@ -948,14 +947,7 @@ async fn measure_resume(drops: usize, progress: &impl Fn(&str)) -> std::io::Resu
         latency: Duration::from_millis(20),
         ..crate::sim::SimConfig::default()
     };
-    let sim = crate::sim::SimHandle::bind(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        config,
-        None,
-    )
-    .await?;
-    // A session that authenticated is retried at once.
-    let (daemon, addr) = start_daemon(&sim.url(), &[])?;
+    let (sim, daemon, addr) = sim_and_daemon(config).await?;
     let client = connect(&Target::Tcp(addr))
         .await
         .map_err(std::io::Error::other)?;

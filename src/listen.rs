@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::dispatch::{ClientConnection, Principal};
+use crate::metrics::AccessMetrics;
 
 /// Streams one client connection may have open at once (HTTP/2
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`; unlimited otherwise). A `Session`
@@ -49,19 +50,16 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 pub struct Connections {
     slots: Arc<Semaphore>,
     limit: usize,
-    /// Connections closed at once because the bound was reached.
-    pub refused: AtomicU64,
-    /// Connections closed because they sent no preface in time.
-    pub handshake_timeouts: Arc<AtomicU64>,
+    /// Counts the connections refused and timed out (metrics).
+    counts: Arc<AccessMetrics>,
 }
 
 impl Connections {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, counts: Arc<AccessMetrics>) -> Self {
         Connections {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
-            refused: AtomicU64::new(0),
-            handshake_timeouts: Arc::default(),
+            counts,
         }
     }
 }
@@ -92,7 +90,11 @@ where
                 Ok((io, who)) => {
                     pause = ACCEPT_PAUSE_MIN;
                     let Ok(slot) = Arc::clone(&connections.slots).try_acquire_owned() else {
-                        let n = connections.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                        let n = connections
+                            .counts
+                            .connections_refused
+                            .fetch_add(1, Ordering::Relaxed)
+                            + 1;
                         if n.is_power_of_two() {
                             tracing::warn!(
                                 limit = connections.limit,
@@ -102,8 +104,7 @@ where
                         }
                         continue;
                     };
-                    let conn =
-                        ClientConn::new(io, who, slot, Arc::clone(&connections.handshake_timeouts));
+                    let conn = ClientConn::new(io, who, slot, Arc::clone(&connections.counts));
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
@@ -145,7 +146,7 @@ pub struct ClientConn<S> {
     /// Until the preface arrived: when the connection is given up, and how
     /// many bytes came so far.
     handshake: Option<(Pin<Box<Sleep>>, usize)>,
-    handshake_timeouts: Arc<AtomicU64>,
+    counts: Arc<AccessMetrics>,
 }
 
 impl<S> ClientConn<S> {
@@ -153,14 +154,14 @@ impl<S> ClientConn<S> {
         io: S,
         principal: Principal,
         slot: OwnedSemaphorePermit,
-        handshake_timeouts: Arc<AtomicU64>,
+        counts: Arc<AccessMetrics>,
     ) -> Self {
         ClientConn {
             io,
             client: ClientConnection::new(principal),
             _slot: slot,
             handshake: Some((Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)), 0)),
-            handshake_timeouts,
+            counts,
         }
     }
 }
@@ -191,7 +192,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientConn<S> {
                 }
             }
             if deadline.as_mut().poll(cx).is_ready() {
-                this.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                this.counts
+                    .handshake_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no HTTP/2 preface within the handshake timeout",
@@ -254,7 +257,7 @@ mod tests {
                     Err(io::Error::from_raw_os_error(libc::EMFILE))
                 }
             },
-            Arc::new(Connections::new(4)),
+            Arc::new(Connections::new(4, Arc::default())),
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
         // 10 + 20 + ... + 640 ms, then one a second: about 16 in 10 s.

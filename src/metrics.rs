@@ -129,10 +129,14 @@ impl UpstreamMetrics {
     }
 }
 
-/// Requests refused by the access check.
+/// Requests and connections refused at the door.
 #[derive(Debug, Default)]
 pub struct AccessMetrics {
     pub unauthenticated: AtomicU64,
+    /// Connections closed at once: `max_connections` was reached.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for sending no HTTP/2 preface in time.
+    pub handshake_timeouts: AtomicU64,
 }
 
 /// Reads, at each scrape, what the daemon keeps anyway.
@@ -260,6 +264,18 @@ impl prometheus_client::collector::Collector for StateCollector {
             "runwared_unauthenticated_requests",
             "gRPC requests refused for a missing or wrong bearer token",
             load(&self.access.unauthenticated),
+        )?;
+        counter(
+            &mut e,
+            "runwared_connections_refused",
+            "Client connections closed at once because max_connections was reached",
+            load(&self.access.connections_refused),
+        )?;
+        counter(
+            &mut e,
+            "runwared_handshake_timeouts",
+            "Client connections closed for sending no HTTP/2 preface within 10 s",
+            load(&self.access.handshake_timeouts),
         )?;
         Ok(())
     }

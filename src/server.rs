@@ -285,7 +285,10 @@ impl Daemon {
         let (stop_listeners, stop_rx) = watch::channel(false);
         let mut servers = Vec::new();
         // One bound over the connections of every listener.
-        let connections = Arc::new(listen::Connections::new(config.max_connections));
+        let connections = Arc::new(listen::Connections::new(
+            config.max_connections,
+            Arc::clone(&access),
+        ));
         if let Some(listener) = tcp {
             if let Some(addr) = tcp_addr {
                 tracing::info!(%addr, "gRPC listening on TCP");

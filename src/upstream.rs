@@ -51,9 +51,6 @@ pub struct UpstreamStatus {
     pub session: Option<SessionUuid>,
     /// When the current connection became ready.
     pub connected_since: Option<SystemTime>,
-    /// When the current (or last) connection became ready, on tokio's
-    /// clock: the fault suite measures recovery from it.
-    pub ready_at: Option<Instant>,
     /// Authenticated connections after the first.
     pub reconnects: u64,
     /// Reconnects on which Runware accepted the previous session.
@@ -552,7 +549,6 @@ impl Upstream {
             s.state = ConnectionState::Ready;
             s.session = Some(session);
             s.connected_since = Some(SystemTime::now());
-            s.ready_at = Some(Instant::now());
             s.key_rejection = None;
             s.reconnects += u64::from(reconnect);
             s.resumes += u64::from(resumed);

@@ -340,20 +340,26 @@ async fn a_connection_is_held_to_its_streams_and_others_are_served() {
 /// idle ones are gone. Before, idle connections were held forever.
 #[tokio::test(start_paused = true)]
 async fn idle_connections_cannot_crowd_out_clients() {
-    let h = start(SimConfig::default(), |c| c.max_connections = 8).await;
+    let h = start(SimConfig::default(), |c| {
+        c.max_connections = 8;
+        c.metrics_listen = Some(loopback0());
+    })
+    .await;
     h.ready().await;
     let addr = h.daemon.tcp_addr.unwrap();
+    // The harness's client holds one of the eight: seven silent ones fill
+    // the rest.
     let mut idle = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..7 {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.set_nodelay(true).unwrap();
         idle.push(s);
     }
-    // The ninth is closed at once, unserved: not even the server's
+    // The next is closed at once, unserved: not even the server's
     // SETTINGS come.
-    let mut ninth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut beyond = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut unserved = Vec::new();
-    let _ = ninth.read_to_end(&mut unserved).await;
+    let _ = beyond.read_to_end(&mut unserved).await;
     assert!(unserved.is_empty(), "{unserved:?}");
     // After the handshake timeout the silent ones are closed (after the
     // server's own SETTINGS, which it sends first)...
@@ -377,6 +383,16 @@ async fn idle_connections_cannot_crowd_out_clients() {
     let mut c = client_for(&h.daemon).await;
     let status = c.get_status(pb::GetStatusRequest {}).await.unwrap();
     assert_eq!(status.into_inner().state, pb::ConnectionState::Ready as i32);
+    // Both kinds of refusal are counted for the operator.
+    let metrics = http_get(h.daemon.metrics_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("runwared_connections_refused_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runwared_handshake_timeouts_total 7"),
+        "{metrics}"
+    );
 }
 
 /// A metrics client that trickles its request header is cut off.

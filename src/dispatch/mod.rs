@@ -1112,15 +1112,6 @@ pub enum Principal {
     Tcp,
 }
 
-impl std::fmt::Display for Principal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Principal::Uid(uid) => write!(f, "uid {uid}"),
-            Principal::Tcp => f.write_str("tcp"),
-        }
-    }
-}
-
 /// One client connection: who it is, and the tasks it waits on (for its
 /// limit).
 #[derive(Debug, Clone, Default)]
