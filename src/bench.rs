@@ -411,27 +411,24 @@ where
 async fn channels(
     addr: &str,
     c: usize,
-) -> Vec<pb::runware_client::RunwareClient<tonic::transport::Channel>> {
+) -> std::io::Result<Vec<pb::runware_client::RunwareClient<tonic::transport::Channel>>> {
     let mut out = Vec::new();
     for _ in 0..c.div_ceil(64) {
         out.push(
             connect(&Target::Tcp(addr.to_owned()))
                 .await
-                .expect("connect to the daemon"),
+                .map_err(std::io::Error::other)?,
         );
     }
-    out
+    Ok(out)
 }
 
-async fn run_rpc(
-    addr: &str,
-    load: Load,
-    c: usize,
-    total: usize,
-    limit: Duration,
-) -> (Vec<f64>, usize, Duration) {
-    let clients = Arc::new(channels(addr, c).await);
-    drive(c, total, limit, move |i| {
+/// A scenario's latencies, failures and duration.
+type Measured = std::io::Result<(Vec<f64>, usize, Duration)>;
+
+async fn run_rpc(addr: &str, load: Load, c: usize, total: usize, limit: Duration) -> Measured {
+    let clients = Arc::new(channels(addr, c).await?);
+    Ok(drive(c, total, limit, move |i| {
         let mut client = clients[i % clients.len()].clone();
         async move {
             if load == Load::Mixed && i % 4 == 0 {
@@ -462,7 +459,7 @@ async fn run_rpc(
             }
         }
     })
-    .await
+    .await)
 }
 
 /// A Session message submitting one task.
@@ -480,22 +477,16 @@ fn submit(request_id: String, task: &serde_json::Value) -> pb::SessionRequest {
 }
 
 /// One Session stream per connection; callers wait on their request_id.
-async fn run_session(
-    addr: &str,
-    load: Load,
-    c: usize,
-    total: usize,
-    limit: Duration,
-) -> (Vec<f64>, usize, Duration) {
+async fn run_session(addr: &str, load: Load, c: usize, total: usize, limit: Duration) -> Measured {
     type Waiters = Arc<DashMap<String, oneshot::Sender<bool>>>;
     let mut sessions: Vec<(mpsc::Sender<pb::SessionRequest>, Waiters)> = Vec::new();
-    for mut client in channels(addr, c).await {
+    for mut client in channels(addr, c).await? {
         let (tx, rx) = mpsc::channel(1024);
         let waiters: Waiters = Arc::new(DashMap::new());
         let mut events = client
             .session(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .expect("open a session")
+            .map_err(std::io::Error::other)?
             .into_inner();
         let w = Arc::clone(&waiters);
         tokio::spawn(async move {
@@ -516,7 +507,7 @@ async fn run_session(
         sessions.push((tx, waiters));
     }
     let sessions = Arc::new(sessions);
-    drive(c, total, limit, move |i| {
+    Ok(drive(c, total, limit, move |i| {
         let sessions = Arc::clone(&sessions);
         async move {
             let (tx, waiters) = &sessions[i % sessions.len()];
@@ -530,26 +521,20 @@ async fn run_session(
             done_rx.await.unwrap_or(false)
         }
     })
-    .await
+    .await)
 }
 
 /// The floor: one WebSocket, a writer that batches, a reader that routes.
-async fn run_direct(
-    url: &str,
-    load: Load,
-    c: usize,
-    total: usize,
-    limit: Duration,
-) -> (Vec<f64>, usize, Duration) {
+async fn run_direct(url: &str, load: Load, c: usize, total: usize, limit: Duration) -> Measured {
     let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
-        .expect("connect to the simulator");
+        .map_err(std::io::Error::other)?;
     let (mut sink, mut stream) = ws.split();
     sink.send(Message::Text(
         protocol::auth_frame("bench-key", None).into(),
     ))
     .await
-    .expect("authenticate");
+    .map_err(std::io::Error::other)?;
     // The authentication answer.
     let _ = stream.next().await;
     type Pending = Arc<DashMap<TaskUuid, (u32, oneshot::Sender<()>)>>;
@@ -593,7 +578,7 @@ async fn run_direct(
             }
         }
     });
-    drive(c, total, limit, move |i| {
+    Ok(drive(c, total, limit, move |i| {
         let pending = Arc::clone(&pending);
         let tx = tx.clone();
         async move {
@@ -607,7 +592,7 @@ async fn run_direct(
             done_rx.await.is_ok()
         }
     })
-    .await
+    .await)
 }
 
 /// Runs the benchmark; `progress` gets a line per step.
@@ -628,7 +613,8 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
             } else {
                 config.tasks
             };
-            let (lat, failed, took) = run_direct(&url, load, c, total, config.scenario_limit).await;
+            let (lat, failed, took) =
+                run_direct(&url, load, c, total, config.scenario_limit).await?;
             let direct = summarize(load, Path::Direct, c, total, lat, failed, took, None);
             progress(&format!(
                 "{load:?} direct C={c}: {:.0} tasks/s",
@@ -639,8 +625,8 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
                 let pid = daemon.child.id();
                 let cpu0 = cpu_seconds(pid, ticks);
                 let (lat, failed, took) = match path {
-                    Path::Rpc => run_rpc(&addr, load, c, total, config.scenario_limit).await,
-                    _ => run_session(&addr, load, c, total, config.scenario_limit).await,
+                    Path::Rpc => run_rpc(&addr, load, c, total, config.scenario_limit).await?,
+                    _ => run_session(&addr, load, c, total, config.scenario_limit).await?,
                 };
                 let cpu = cpu_seconds(pid, ticks) - cpu0;
                 let (_, hwm) = memory_mib(pid);
@@ -836,7 +822,7 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
         let pid = daemon.child.id();
         let cpu0 = cpu_seconds(pid, ticks);
         let received = Arc::new(AtomicUsize::new(0));
-        let clients = Arc::new(channels(&addr, IN_FLIGHT).await);
+        let clients = Arc::new(channels(&addr, IN_FLIGHT).await?);
         let counted = Arc::clone(&received);
         let (_, failed, took) = drive(IN_FLIGHT, tasks, Duration::from_secs(300), move |i| {
             let mut client = clients[i % clients.len()].clone();
@@ -914,7 +900,7 @@ async fn measure_flaky(tasks: usize, progress: &impl Fn(&str)) -> std::io::Resul
         let faults = sim.inject_every(fault.into_iter().collect(), Duration::from_secs(2), 8);
         let connections_before = sim.stats().borrow().connections;
         let (_, failed, took) =
-            run_rpc(&addr, Load::Enhance, 16, tasks, Duration::from_secs(120)).await;
+            run_rpc(&addr, Load::Enhance, 16, tasks, Duration::from_secs(120)).await?;
         faults.abort();
         let reconnects = sim.stats().borrow().connections - connections_before;
         drop(daemon);

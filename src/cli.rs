@@ -333,7 +333,7 @@ async fn soak(a: SoakArgs) -> CliResult {
         ..ChaosConfig::default()
     };
     eprintln!("soak: {config:?}");
-    let report = run(config).await;
+    let report = run(config).await.map_err(|e| e.to_string())?;
     println!("{}", report.table());
     if report.violations.is_empty() {
         Ok(())

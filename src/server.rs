@@ -47,6 +47,8 @@ pub enum StartError {
     Metrics { addr: SocketAddr, source: io::Error },
     #[error("the API key: {0}")]
     Key(#[source] crate::config::ConfigError),
+    #[error("no Runware API key: set RUNWARE_API_KEY, give a key file, or run with --simulate")]
+    NoKey,
 }
 
 /// How often ended tasks past their retention are dropped.
@@ -110,7 +112,8 @@ impl Daemon {
                 ApiKeySource::Value(ApiKey::new("simulated").expect("non-empty"))
             }
             (Some(k), false) => k.clone(),
-            (None, false) => unreachable!("Config::resolve requires a key unless simulating"),
+            // Config::resolve requires one; a Config built by hand may not.
+            (None, false) => return Err(StartError::NoKey),
         };
         let connector = if config.upstream_url.starts_with("wss://") {
             Some(Connector::Rustls(

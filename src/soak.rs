@@ -298,8 +298,20 @@ type SessionStream = (
     Instant,
 );
 
+/// Why the suite could not run at all (a broken guarantee is a violation in
+/// the report, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum SoakError {
+    #[error("cannot bind the simulator on loopback: {0}")]
+    Simulator(#[source] std::io::Error),
+    #[error("cannot start the daemon: {0}")]
+    Daemon(#[source] crate::server::StartError),
+    #[error("the daemon has no TCP listener")]
+    NoListener,
+}
+
 /// Runs the suite against an in-process simulator and daemon on loopback.
-pub async fn run(config: ChaosConfig) -> ChaosReport {
+pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
     let started = Instant::now();
     let sim_config = SimConfig {
         latency: config.latency,
@@ -309,7 +321,7 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
     };
     let sim = SimHandle::bind(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config, None)
         .await
-        .expect("bind the simulator on loopback");
+        .map_err(SoakError::Simulator)?;
     // Tasks whose session Runware lost are polled at most this far apart:
     // the longest a result can legitimately wait once it is recoverable.
     let poll_max = Duration::from_secs(1);
@@ -334,8 +346,9 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
     let recovery_bound = poll_max + Duration::from_secs(1);
     let daemon = Daemon::start(daemon_config)
         .await
-        .expect("start the daemon");
-    let target = Target::Tcp(format!("http://{}", daemon.tcp_addr.expect("TCP listener")));
+        .map_err(SoakError::Daemon)?;
+    let addr = daemon.tcp_addr.ok_or(SoakError::NoListener)?;
+    let target = Target::Tcp(format!("http://{addr}"));
     let mut status = daemon.status.clone();
     let _ = status.wait_for(|s| s.state == ConnectionState::Ready).await;
 
@@ -357,7 +370,10 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
         let probe = probe.clone();
         workers.push(tokio::spawn(async move {
             let mut rng = Rng(config.seed ^ (w as u64).wrapping_mul(0x1000_0001));
-            let mut client = connect(&target).await.expect("connect to the daemon");
+            let mut client = match connect(&target).await {
+                Ok(c) => c,
+                Err(e) => return Err(format!("a client could not connect: {e}")),
+            };
             // Opened at the first Session task and kept for the whole run,
             // longer than the daemon's default task deadline.
             let mut session: Option<SessionStream> = None;
@@ -365,11 +381,14 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= config.tasks {
-                    return records;
+                    return Ok(records);
                 }
                 // Some clients reconnect between tasks.
                 if rng.below(10) == 0 {
-                    client = connect(&target).await.expect("reconnect to the daemon");
+                    client = match connect(&target).await {
+                        Ok(c) => c,
+                        Err(e) => return Err(format!("a client could not reconnect: {e}")),
+                    };
                 }
                 let behaviour = match rng.below(12) {
                     0..=3 => Behaviour::Enhance {
@@ -404,7 +423,8 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
     };
     for w in workers {
         match w.await {
-            Ok(records) => {
+            Ok(Err(failed)) => report.violations.push(failed),
+            Ok(Ok(records)) => {
                 for (i, r) in records {
                     match r {
                         Ok(Outcome::Completed { results, wait }) => {
@@ -465,7 +485,7 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
     }
     report.elapsed = started.elapsed();
     daemon.shutdown(Duration::from_secs(1)).await;
-    report
+    Ok(report)
 }
 
 /// One task; Err is a broken guarantee.

@@ -19,7 +19,8 @@ async fn every_task_ends_once_with_its_own_results_under_faults() {
         default_task_timeout: Duration::from_secs(20),
         ..ChaosConfig::default()
     })
-    .await;
+    .await
+    .expect("the suite runs");
     println!("{}", report.table());
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     assert_eq!(report.max_executions, 1);

@@ -428,3 +428,16 @@ async fn a_slow_metrics_client_is_cut_off() {
             .contains("runwared")
     );
 }
+
+/// A `Config` built by hand (an embedder's, not `Config::resolve`'s) without
+/// a key is an error saying what to do, not a panic.
+#[tokio::test]
+async fn a_daemon_without_a_key_is_an_error_not_a_panic() {
+    let config = runwared::config::Config {
+        api_key: None,
+        listen: Some(loopback0()),
+        ..runwared::config::Config::default()
+    };
+    let err = Daemon::start(config).await.err().expect("refused");
+    assert!(err.to_string().contains("RUNWARE_API_KEY"), "{err}");
+}
