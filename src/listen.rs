@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
@@ -123,9 +124,48 @@ where
     ReceiverStream::new(rx)
 }
 
+/// TCP clients, with `TCP_NODELAY` (small gRPC frames must not wait for
+/// ACKs); they are all one principal.
+pub fn tcp(
+    listener: TcpListener,
+    connections: Arc<Connections>,
+) -> ReceiverStream<io::Result<ClientConn<TcpStream>>> {
+    let listener = Arc::new(listener);
+    incoming(
+        move || {
+            let listener = Arc::clone(&listener);
+            async move {
+                let (s, _) = listener.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((s, Principal::Tcp))
+            }
+        },
+        connections,
+    )
+}
+
+/// Unix socket clients, each its user.
+pub fn unix(
+    listener: UnixListener,
+    connections: Arc<Connections>,
+) -> ReceiverStream<io::Result<ClientConn<UnixStream>>> {
+    let listener = Arc::new(listener);
+    incoming(
+        move || {
+            let listener = Arc::clone(&listener);
+            async move {
+                let (s, _) = listener.accept().await?;
+                let who = unix_principal(&s);
+                Ok((s, who))
+            }
+        },
+        connections,
+    )
+}
+
 /// A Unix socket client is its user: the kernel says which
 /// (`SO_PEERCRED`). Without an answer, it is nobody anyone else is.
-pub fn unix_principal(stream: &tokio::net::UnixStream) -> Principal {
+fn unix_principal(stream: &UnixStream) -> Principal {
     match stream.peer_cred() {
         Ok(cred) => Principal::Uid(cred.uid()),
         Err(e) => {

@@ -20,7 +20,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::RunwareService;
 use crate::config::{ApiKey, ApiKeySource, BearerToken, Config};
-use crate::dispatch::{Dispatch, Principal};
+use crate::dispatch::Dispatch;
 use crate::listen;
 use crate::metrics::{AccessMetrics, Metrics, UpstreamMetrics};
 use crate::notify::Notifier;
@@ -296,37 +296,14 @@ impl Daemon {
             if let Some(addr) = tcp_addr {
                 tracing::info!(%addr, "gRPC listening on TCP");
             }
-            let listener = Arc::new(listener);
-            let incoming = listen::incoming(
-                move || {
-                    let listener = Arc::clone(&listener);
-                    async move {
-                        let (s, _) = listener.accept().await?;
-                        // No Nagle: small gRPC frames must not wait for ACKs.
-                        let _ = s.set_nodelay(true);
-                        Ok((s, Principal::Tcp))
-                    }
-                },
-                Arc::clone(&connections),
-            );
+            let incoming = listen::tcp(listener, Arc::clone(&connections));
             servers.push(serve(incoming, routes(gate.clone()), stop_rx.clone()));
         }
         if let Some(listener) = unix {
             if let Some(path) = &config.unix_socket {
                 tracing::info!(path = %path.display(), "gRPC listening on Unix socket");
             }
-            let listener = Arc::new(listener);
-            let incoming = listen::incoming(
-                move || {
-                    let listener = Arc::clone(&listener);
-                    async move {
-                        let (s, _) = listener.accept().await?;
-                        let who = listen::unix_principal(&s);
-                        Ok((s, who))
-                    }
-                },
-                Arc::clone(&connections),
-            );
+            let incoming = listen::unix(listener, Arc::clone(&connections));
             servers.push(serve(incoming, routes(unix_gate), stop_rx));
         }
 
