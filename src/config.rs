@@ -112,14 +112,11 @@ impl ApiKeySource {
 }
 
 fn read_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::KeyFile {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source,
     })?;
-    ApiKey::new(text).ok_or_else(|| ConfigError::KeyFile {
-        path: path.to_owned(),
-        reason: "the file is empty".to_owned(),
-    })
+    ApiKey::new(text).ok_or_else(|| ConfigError::EmptyKeyFile(path.to_owned()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +126,14 @@ pub enum ConfigError {
          or give systemd credential `{CREDENTIAL_NAME}`; or run `runwared serve --simulate` to use the built-in simulator"
     )]
     NoApiKey,
-    #[error("cannot read the API key file {path}: {reason}")]
-    KeyFile { path: PathBuf, reason: String },
+    #[error("cannot read the API key file {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API key file {0} is empty")]
+    EmptyKeyFile(PathBuf),
     #[error("cannot read the config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("invalid setting {name}: {reason}")]
@@ -930,6 +933,27 @@ mod tests {
             api_key: ApiKey::new("secret-key-123"),
             ..Environment::default()
         }
+    }
+
+    /// A key file's errors say which file and keep the I/O error.
+    #[test]
+    fn key_file_errors_keep_their_cause() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = read_key_file(&missing).unwrap_err();
+        let io = e
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the io::Error is kept");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("nope"), "{e}");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "  \n").unwrap();
+        assert!(matches!(
+            read_key_file(&empty),
+            Err(ConfigError::EmptyKeyFile(p)) if p == empty
+        ));
     }
 
     #[test]

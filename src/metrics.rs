@@ -63,6 +63,13 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// Why an upstream connection ended or an attempt failed
+/// ([`crate::upstream::DropReason::kind`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    pub reason: &'static str,
+}
+
 /// Task outcomes and latencies, recorded by the task table.
 #[derive(Clone, Debug)]
 pub struct TaskMetrics {
@@ -95,6 +102,8 @@ pub struct UpstreamMetrics {
     pub ping_rtt: Histogram,
     pub frames: Family<DirectionLabel, Counter>,
     pub bytes: Family<DirectionLabel, Counter>,
+    /// Connections that ended, and attempts that failed, by reason.
+    pub drops: Family<DropLabel, Counter>,
 }
 
 impl Default for UpstreamMetrics {
@@ -105,6 +114,7 @@ impl Default for UpstreamMetrics {
             ping_rtt: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             frames: Family::default(),
             bytes: Family::default(),
+            drops: Family::default(),
         }
     }
 }
@@ -330,6 +340,11 @@ impl Metrics {
             "runwared_upstream_bytes",
             "WebSocket message bytes, by direction",
             upstream.bytes.clone(),
+        );
+        registry.register(
+            "runwared_upstream_drops",
+            "Upstream connections that ended and attempts that failed, by reason",
+            upstream.drops.clone(),
         );
         registry.register_collector(Box::new(StateCollector {
             dispatch: Arc::clone(dispatch),

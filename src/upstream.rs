@@ -173,12 +173,66 @@ impl TokenBucket {
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+type WsError = tokio_tungstenite::tungstenite::Error;
+
+/// Why a connection attempt failed or a connection ended: matched by the
+/// reconnect decision, counted by kind in the metrics, and shown (its
+/// `Display`) in `GetStatus` and the log. The source is kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DropReason {
+    #[error("connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: WsError,
+    },
+    #[error("connect to {url}: no answer within {after:?}")]
+    ConnectTimeout { url: String, after: Duration },
+    #[error("the API key: {0}")]
+    Key(#[source] crate::config::ConfigError),
+    /// A close frame (code and reason), or none.
+    #[error("Runware closed the connection{}", .0.as_ref().map(|(c, r)| format!(" code {c} {r}")).unwrap_or_default().trim_end())]
+    Closed(Option<(u16, String)>),
+    #[error("read: {0}")]
+    Read(#[source] WsError),
+    #[error("connection closed")]
+    Eof,
+    #[error("write: {0}")]
+    Write(#[source] WsError),
+    #[error("write stalled for {0:?}")]
+    WriteStalled(Duration),
+    #[error("no answer within {0:?} after a ping")]
+    PongTimeout(Duration),
+    #[error("no answer to authentication within {0:?}")]
+    AuthTimeout(Duration),
+}
+
+impl DropReason {
+    /// A short name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DropReason::Connect { .. } => "connect",
+            DropReason::ConnectTimeout { .. } => "connect_timeout",
+            DropReason::Key(_) => "key",
+            DropReason::Closed(_) => "closed",
+            DropReason::Read(WsError::Capacity(_)) => "message_too_large",
+            DropReason::Read(_) => "read",
+            DropReason::Eof => "eof",
+            DropReason::Write(_) => "write",
+            DropReason::WriteStalled(_) => "write_stalled",
+            DropReason::PongTimeout(_) => "pong_timeout",
+            DropReason::AuthTimeout(_) => "auth_timeout",
+        }
+    }
+}
+
 /// How a connection ended.
 #[derive(Debug)]
 enum SessionEnd {
     /// Dropped after (or before) becoming ready.
     Dropped {
-        reason: String,
+        reason: DropReason,
         authenticated: bool,
     },
     AuthRejected(RunwareError),
@@ -280,7 +334,7 @@ impl Upstream {
                 Ok(s) => s,
                 Err(reason) => {
                     tracing::warn!(url = %self.url, error = %reason, "cannot connect to Runware");
-                    self.record_drop(reason);
+                    self.record_drop(&reason);
                     delay = self.policy.after_failure();
                     continue;
                 }
@@ -292,7 +346,7 @@ impl Upstream {
                     authenticated,
                 } => {
                     tracing::warn!(error = %reason, "Runware connection dropped");
-                    self.record_drop(reason);
+                    self.record_drop(&reason);
                     delay = if authenticated {
                         self.policy.after_drop(Instant::now())
                     } else {
@@ -336,13 +390,19 @@ impl Upstream {
         });
     }
 
-    fn record_drop(&self, reason: String) {
+    fn record_drop(&self, reason: &DropReason) {
+        self.metrics
+            .drops
+            .get_or_create(&crate::metrics::DropLabel {
+                reason: reason.kind(),
+            })
+            .inc();
         self.status.send_modify(|s| {
             if s.state != ConnectionState::AuthRejected {
                 s.state = ConnectionState::Disconnected;
             }
             s.connected_since = None;
-            s.last_error = Some(reason);
+            s.last_error = Some(reason.to_string());
         });
     }
 
@@ -350,7 +410,7 @@ impl Upstream {
         beat_while(&self.heartbeat, work).await
     }
 
-    async fn connect(&self) -> Result<Socket, String> {
+    async fn connect(&self) -> Result<Socket, DropReason> {
         let attempt = tokio_tungstenite::connect_async_tls_with_config(
             self.url.as_str(),
             Some(self.ws_config),
@@ -362,11 +422,14 @@ impl Upstream {
                 self.metrics.connects.inc();
                 Ok(socket)
             }
-            Ok(Err(e)) => Err(format!("connect to {}: {e}", self.url)),
-            Err(_) => Err(format!(
-                "connect to {}: no answer within {:?}",
-                self.url, self.connect_timeout
-            )),
+            Ok(Err(source)) => Err(DropReason::Connect {
+                url: self.url.clone(),
+                source,
+            }),
+            Err(_) => Err(DropReason::ConnectTimeout {
+                url: self.url.clone(),
+                after: self.connect_timeout,
+            }),
         }
     }
 
@@ -376,13 +439,13 @@ impl Upstream {
         mut socket: Socket,
         shutdown: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
-        let dropped = |reason: String, ready_at: Option<Instant>| SessionEnd::Dropped {
+        let dropped = |reason: DropReason, ready_at: Option<Instant>| SessionEnd::Dropped {
             reason,
             authenticated: ready_at.is_some(),
         };
         let key = match self.key.load() {
             Ok(k) => k,
-            Err(e) => return dropped(e.to_string(), None),
+            Err(e) => return dropped(DropReason::Key(e), None),
         };
         let previous = self.status.borrow().session.clone();
         let auth = protocol::auth_frame(key.expose(), previous.as_ref());
@@ -427,8 +490,8 @@ impl Upstream {
                             }
                         },
                         Some(Ok(Message::Close(frame))) => {
-                            let why = frame.map(|f| format!("code {} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                            return dropped(format!("Runware closed the connection {why}").trim_end().to_owned(), ready_at);
+                            let why = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                            return dropped(DropReason::Closed(why), ready_at);
                         }
                         Some(Ok(_)) => continue, // WebSocket ping/pong: liveness only
                         Some(Err(e)) => {
@@ -437,9 +500,9 @@ impl Upstream {
                                 // replaced and the session resumed.
                                 self.bad_frame("message above max_message_bytes");
                             }
-                            return dropped(format!("read: {e}"), ready_at);
+                            return dropped(DropReason::Read(e), ready_at);
                         }
-                        None => return dropped("connection closed".to_owned(), ready_at),
+                        None => return dropped(DropReason::Eof, ready_at),
                     };
                     self.metrics.received(text.len());
                     match self.on_frame(text.as_str(), &mut ping_sent_at) {
@@ -476,10 +539,10 @@ impl Upstream {
                 }
                 _ = beat.tick() => self.heartbeat.beat(),
                 _ = sleep_until(pong_deadline.unwrap_or(auth_deadline)), if pong_deadline.is_some() => {
-                    return dropped(format!("no answer within {:?} after a ping", self.pong_timeout), ready_at);
+                    return dropped(DropReason::PongTimeout(self.pong_timeout), ready_at);
                 }
                 _ = sleep_until(auth_deadline), if ready_at.is_none() => {
-                    return dropped(format!("no answer to authentication within {:?}", self.auth_timeout), None);
+                    return dropped(DropReason::AuthTimeout(self.auth_timeout), None);
                 }
             }
         }
@@ -561,7 +624,11 @@ impl Upstream {
     /// Queued wake-ups are dropped first: the table is the truth and covers
     /// them; a task queued in between may go twice, which Runware answers
     /// with `conflictTaskUUID` and never runs twice.
-    async fn resend_waiting(&mut self, socket: &mut Socket, resumed: bool) -> Result<(), String> {
+    async fn resend_waiting(
+        &mut self,
+        socket: &mut Socket,
+        resumed: bool,
+    ) -> Result<(), DropReason> {
         while self.queue.try_recv().is_ok() {}
         let waiting = self.dispatch.on_session(resumed);
         if !waiting.is_empty() {
@@ -587,7 +654,7 @@ impl Upstream {
     }
 
     /// Sends the `getResponse` polls that are due, in one message.
-    async fn send_polls(&mut self, socket: &mut Socket) -> Result<(), String> {
+    async fn send_polls(&mut self, socket: &mut Socket) -> Result<(), DropReason> {
         let due = self.dispatch.due_polls(MAX_BATCH_TASKS);
         if due.is_empty() {
             return Ok(());
@@ -601,7 +668,7 @@ impl Upstream {
     }
 
     /// Sends `first` and whatever else is queued right now, in one message.
-    async fn send_batch(&mut self, socket: &mut Socket, first: TaskUuid) -> Result<(), String> {
+    async fn send_batch(&mut self, socket: &mut Socket, first: TaskUuid) -> Result<(), DropReason> {
         let mut frame = String::new();
         self.dispatch.append_for_send(&first, &mut frame);
         let mut count = 1;
@@ -621,7 +688,7 @@ impl Upstream {
         self.send(socket, frame).await
     }
 
-    async fn send(&self, socket: &mut Socket, text: String) -> Result<(), String> {
+    async fn send(&self, socket: &mut Socket, text: String) -> Result<(), DropReason> {
         // A write that cannot finish is as dead as a ping without answer.
         let limit = self.pong_timeout.max(Duration::from_secs(30));
         self.metrics.sent(text.len());
@@ -630,8 +697,8 @@ impl Upstream {
             .await
         {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write: {e}")),
-            Err(_) => Err(format!("write stalled for {limit:?}")),
+            Ok(Err(e)) => Err(DropReason::Write(e)),
+            Err(_) => Err(DropReason::WriteStalled(limit)),
         }
     }
 }
@@ -801,6 +868,37 @@ mod tests {
         // A 30 s write or connect: progress, not a wedged loop.
         beat_while(&heartbeat, tokio::time::sleep(Duration::from_secs(30))).await;
         assert!(seen.await.unwrap() <= HEARTBEAT);
+    }
+
+    /// Drop reasons are values: matched by kind, shown as before.
+    #[test]
+    fn drop_reasons_keep_their_kind_text_and_source() {
+        use std::error::Error as _;
+        let closed = DropReason::Closed(Some((1000, "closing".into())));
+        assert_eq!(
+            closed.to_string(),
+            "Runware closed the connection code 1000 closing"
+        );
+        assert_eq!(closed.kind(), "closed");
+        assert_eq!(
+            DropReason::Closed(None).to_string(),
+            "Runware closed the connection"
+        );
+        let pong = DropReason::PongTimeout(Duration::from_secs(2));
+        assert_eq!(pong.to_string(), "no answer within 2s after a ping");
+        assert_eq!(pong.kind(), "pong_timeout");
+        let too_large = DropReason::Read(WsError::Capacity(
+            tokio_tungstenite::tungstenite::error::CapacityError::MessageTooLong {
+                size: 2,
+                max_size: 1,
+            },
+        ));
+        assert_eq!(too_large.kind(), "message_too_large");
+        assert!(too_large.source().is_some(), "the source is kept");
+        assert_eq!(
+            DropReason::AuthTimeout(Duration::from_secs(10)).to_string(),
+            "no answer to authentication within 10s"
+        );
     }
 
     #[test]

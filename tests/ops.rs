@@ -441,3 +441,37 @@ async fn a_daemon_without_a_key_is_an_error_not_a_panic() {
     let err = Daemon::start(config).await.err().expect("refused");
     assert!(err.to_string().contains("RUNWARE_API_KEY"), "{err}");
 }
+
+/// Why the upstream connection ended is counted by kind: a clean close and
+/// a stalled server are told apart.
+#[tokio::test(start_paused = true)]
+async fn upstream_drops_are_counted_by_reason() {
+    let h = start(SimConfig::default(), |c| {
+        c.metrics_listen = Some(loopback0());
+        c.ping_interval = Duration::from_secs(5);
+        c.pong_timeout = Duration::from_secs(2);
+    })
+    .await;
+    h.ready().await;
+    h.sim.close_connections();
+    wait_status(&h.daemon, |s| {
+        s.reconnects == 1 && s.state == ConnectionState::Ready
+    })
+    .await;
+    h.sim.set_stall(true);
+    wait_status(&h.daemon, |s| s.state != ConnectionState::Ready).await;
+    h.sim.set_stall(false);
+    wait_status(&h.daemon, |s| {
+        s.reconnects == 2 && s.state == ConnectionState::Ready
+    })
+    .await;
+    let text = http_get(h.daemon.metrics_addr.unwrap(), "/metrics").await;
+    assert!(
+        text.contains(r#"runwared_upstream_drops_total{reason="closed"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"runwared_upstream_drops_total{reason="pong_timeout"} 1"#),
+        "{text}"
+    );
+}
