@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use runwared::dispatch::{Dispatch, Limits, PreparedTask, TaskEvent};
+use runwared::dispatch::{Dispatch, Limits, PreparedTask, Principal, TaskEvent};
 use runwared::protocol::{Inbound, TaskUuid, classify_error, parse_frame};
 use runwared::upstream::UpstreamStatus;
 
@@ -31,24 +31,16 @@ fuzz_target!(|data: &[u8]| {
                 expected: 3,
                 asynchronous: false,
                 label: "promptEnhance",
+                owner: Principal::Tcp,
             },
             None,
         )
         .unwrap();
-    for item in items {
-        match item {
-            Inbound::Result { task, item, result_id, polled } => {
-                dispatch.deliver(task, item, result_id.as_deref(), polled)
-            }
-            Inbound::TaskError { task, error } => {
-                let _ = classify_error(&error.code);
-                dispatch.fail(task, error)
-            }
-            Inbound::Pending { task } => dispatch.pending(task),
-            Inbound::UntargetedError(e) => {
-                let _ = classify_error(&e.code);
-            }
-            _ => {}
+    // Routed exactly as the upstream loop routes a message; what is not a
+    // task's comes back.
+    for item in dispatch.route_frame(items) {
+        if let Inbound::UntargetedError(e) | Inbound::TaskError { error: e, .. } = item {
+            let _ = classify_error(&e.code);
         }
     }
     // Whatever reached the known task names it.

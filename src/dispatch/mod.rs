@@ -729,7 +729,7 @@ impl Dispatch {
 
     /// A `getResponse` answer said the task is still processing, or an
     /// async task was acknowledged.
-    pub fn pending(&self, uuid: TaskUuid) {
+    fn pending(&self, uuid: TaskUuid) {
         if let Some(mut task) = self.tasks.get_mut(&uuid) {
             self.step(&mut task, Event::Answered, Instant::now());
         }
@@ -774,7 +774,7 @@ impl Dispatch {
 
     /// Routes one result item to its task. `polled`: it came in a
     /// `getResponse` answer.
-    pub fn deliver(&self, uuid: TaskUuid, item: &RawValue, result_id: Option<&str>, polled: bool) {
+    fn deliver(&self, uuid: TaskUuid, item: &RawValue, result_id: Option<&str>, polled: bool) {
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
             self.counters
                 .late_results_dropped
@@ -833,7 +833,7 @@ impl Dispatch {
     }
 
     /// Routes a Runware error to its task, and only to it.
-    pub fn fail(&self, uuid: TaskUuid, error: RunwareError) {
+    fn fail(&self, uuid: TaskUuid, error: RunwareError) {
         let class = protocol::classify_error(&error.code);
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
             if class != ErrorClass::Conflict {
