@@ -361,7 +361,9 @@ impl StateStore {
         written?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         self.generation.store(generation, Ordering::Release);
-        // The new snapshot holds everything: older journals are done.
+        // The new snapshot holds everything: every other journal is done,
+        // older ones and those of a state file set aside (whose generations
+        // may be ahead of this one's).
         for entry in std::fs::read_dir(&self.dir)?.flatten() {
             let name = entry.file_name();
             let old = name
@@ -372,7 +374,7 @@ impl StateStore {
                         .parse::<u64>()
                         .ok()
                 })
-                .is_some_and(|g| g < generation);
+                .is_some_and(|g| g != generation);
             if old {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -463,11 +465,15 @@ mod tests {
         }
         assert_eq!(open(dir.path(), "ws://x/v1", "k").load().tasks.len(), 2);
 
-        // A new snapshot retires the journal.
+        // A new snapshot retires the journal, and any other: one left by a
+        // state file that was set aside may be of a later generation, and
+        // would otherwise be replayed when this one's numbers reach it.
+        std::fs::write(dir.path().join("state.7.log"), b"{\"end\":\"x\"}\n").unwrap();
         let s = open(dir.path(), "ws://x/v1", "k");
         s.load();
         s.save(None, std::slice::from_ref(&b)).unwrap();
         assert!(!dir.path().join("state.1.log").exists());
+        assert!(!dir.path().join("state.7.log").exists());
         assert_eq!(open(dir.path(), "ws://x/v1", "k").load().tasks, vec![b]);
     }
 
