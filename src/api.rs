@@ -4,11 +4,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -18,15 +17,15 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::dispatch::{
-    ClientConnection, Dispatch, FailureKind, PreparedTask, SubmitError, TaskEvent, TaskFailure,
-    TaskHandle,
+    ClientConnection, Dispatch, FailureKind, Gate, PreparedTask, SubmitError, TaskEvent,
+    TaskFailure, TaskHandle,
 };
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
-use crate::upstream::ConnectionState;
+use crate::session::UpstreamStatus;
+use crate::status::StatusSnapshot;
 
-/// Most results a `Run` client may ask to wait for.
-pub const MAX_EXPECTED_RESULTS: u32 = 10_000;
+pub use crate::dispatch::MAX_EXPECTED_RESULTS;
 
 /// Most JSON values (about) in a client's `task_json` or `extra`.
 pub const MAX_JSON_ELEMENTS: usize = 100_000;
@@ -39,6 +38,8 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
 #[derive(Clone)]
 pub struct RunwareService {
     dispatch: Arc<Dispatch>,
+    /// The connection's status, for `GetStatus`.
+    status: watch::Receiver<UpstreamStatus>,
     /// Deadline of tasks whose client sent no `grpc-timeout`.
     default_timeout: Duration,
     /// Shown in `GetStatus`.
@@ -49,9 +50,14 @@ pub struct RunwareService {
 }
 
 impl RunwareService {
-    pub fn new(dispatch: Arc<Dispatch>, config: &Config) -> Self {
+    pub fn new(
+        dispatch: Arc<Dispatch>,
+        status: watch::Receiver<UpstreamStatus>,
+        config: &Config,
+    ) -> Self {
         RunwareService {
             dispatch,
+            status,
             default_timeout: config.default_task_timeout,
             upstream_url: config.upstream_url.clone(),
             simulated: config.simulate,
@@ -128,7 +134,7 @@ impl RunwareService {
             payload,
             expected,
             asynchronous,
-            label: crate::metrics::task_type_label(&task_type),
+            label: crate::dispatch::metrics::task_type_label(&task_type),
             owner: conn.map(|c| c.principal).unwrap_or_default(),
         };
         self.dispatch.submit(prepared, conn).map_err(submit_status)
@@ -256,9 +262,12 @@ async fn next_item(
 
 /// At the deadline: DEADLINE_EXCEEDED, or UNAVAILABLE if the socket is down.
 fn deadline_status(handle: &TaskHandle, received: u32) -> Status {
-    let status = handle.dispatch().upstream_status();
-    if status.state != ConnectionState::Ready {
-        let why = status.last_error.as_deref().unwrap_or("not connected yet");
+    let why = match handle.dispatch().gate() {
+        Gate::Open => None,
+        Gate::Closed { why } => Some(why.unwrap_or_else(|| "not connected yet".to_owned())),
+        Gate::KeyRejected(why) => Some(why),
+    };
+    if let Some(why) = why {
         return Status::unavailable(format!(
             "task {}: the Runware connection is down ({why}); {received} of {} results arrived before the deadline",
             handle.uuid, handle.expected
@@ -903,37 +912,14 @@ impl pb::runware_server::Runware for RunwareService {
         &self,
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::DaemonStatus>, Status> {
-        let s = self.dispatch.upstream_status();
-        let state = match s.state {
-            ConnectionState::Disconnected => pb::ConnectionState::Disconnected,
-            ConnectionState::Connecting => pb::ConnectionState::Connecting,
-            ConnectionState::Authenticating => pb::ConnectionState::Authenticating,
-            ConnectionState::Ready => pb::ConnectionState::Ready,
-            ConnectionState::AuthRejected => pb::ConnectionState::AuthRejected,
-        };
-        let counters = &self.dispatch.counters;
-        Ok(Response::new(pb::DaemonStatus {
-            state: state as i32,
-            session_uuid: s.session.map(|s| s.0).unwrap_or_default(),
-            connected_since_unix_ms: s
-                .connected_since
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as i64),
-            reconnects: s.reconnects,
-            resumes: s.resumes,
-            in_flight: self.dispatch.in_flight() as u64,
-            last_error: s.last_error.unwrap_or_default(),
-            upstream_url: self.upstream_url.clone(),
-            late_results_dropped: counters.late_results_dropped.load(Ordering::Relaxed),
-            bad_frames: counters.bad_frames.load(Ordering::Relaxed),
-            simulated: self.simulated,
-            duplicate_results: counters.duplicate_results.load(Ordering::Relaxed),
-            polls: counters.polls.load(Ordering::Relaxed),
-            recovered: counters.recovered.load(Ordering::Relaxed),
-            limit_rejections: counters.limit_rejections.load(Ordering::Relaxed),
-            known_tasks: self.dispatch.known() as u64,
-            draining: self.dispatch.is_draining(),
-        }))
+        let snapshot = StatusSnapshot::take(
+            &self.dispatch,
+            self.status.borrow().clone(),
+            &self.dispatch.counters,
+        );
+        Ok(Response::new(
+            snapshot.to_proto(&self.upstream_url, self.simulated),
+        ))
     }
 
     type AttachStream = Stream<pb::RunResult>;

@@ -750,8 +750,8 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
 /// JSON, on this machine's disk: a snapshot, and a journal flush (what a
 /// 200 ms flush appends when 100 tasks came).
 fn measure_state_writes(progress: &impl Fn(&str)) -> std::io::Result<Vec<StateWriteRow>> {
+    use crate::dispatch::StateChange;
     use crate::dispatch::{Principal, SavedTask};
-    use crate::state::StateChange;
     let dir = std::env::temp_dir().join(format!("runwared-bench-state-{}", std::process::id()));
     let store =
         crate::state::StateStore::open(&dir, "ws://bench/v1", "fingerprint".into(), 64 << 20)?;

@@ -32,6 +32,22 @@ pub struct Cli {
     log_format: String,
 }
 
+impl Cli {
+    /// Parses the process's arguments and environment, noting which
+    /// `serve` settings were given (they beat the TOML file).
+    pub fn from_process() -> Cli {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let (Command::Serve(args) | Command::CheckConfig(args), Some((_, sub))) =
+            (&mut cli.command, matches.subcommand())
+        {
+            args.note_given(sub);
+        }
+        cli
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon.
@@ -578,6 +594,12 @@ async fn status(a: ClientArgs) -> CliResult {
             .as_millis() as i64;
         Duration::from_millis((now - s.connected_since_unix_ms).max(0) as u64)
     });
+    // Every counter comes from the daemon's one list, by name.
+    let counters: serde_json::Map<String, Value> = s
+        .counters
+        .iter()
+        .map(|c| (c.name.clone(), json!(c.value)))
+        .collect();
     if a.json {
         println!(
             "{}",
@@ -585,10 +607,9 @@ async fn status(a: ClientArgs) -> CliResult {
                 "state": state, "sessionUUID": s.session_uuid,
                 "connectedSinceUnixMs": s.connected_since_unix_ms, "reconnects": s.reconnects,
                 "resumes": s.resumes, "inFlight": s.in_flight, "lastError": s.last_error,
-                "upstreamURL": s.upstream_url, "lateResultsDropped": s.late_results_dropped,
-                "badFrames": s.bad_frames, "simulated": s.simulated,
-                "duplicateResults": s.duplicate_results, "polls": s.polls, "recovered": s.recovered,
-                "limitRejections": s.limit_rejections, "knownTasks": s.known_tasks, "draining": s.draining,
+                "upstreamURL": s.upstream_url, "simulated": s.simulated,
+                "knownTasks": s.known_tasks, "draining": s.draining,
+                "counters": counters,
             })
         );
     } else {
@@ -606,19 +627,15 @@ async fn status(a: ClientArgs) -> CliResult {
             "in flight:       {} ({} kept for Attach)",
             s.in_flight, s.known_tasks
         );
-        println!(
-            "recovered:       {} ({} getResponse polls)",
-            s.recovered, s.polls
-        );
-        println!("duplicates:      {}", s.duplicate_results);
-        println!("limit refusals:  {}", s.limit_rejections);
         if s.draining {
             println!("draining:        yes (stopping)");
         }
-        println!("late dropped:    {}", s.late_results_dropped);
-        println!("bad frames:      {}", s.bad_frames);
         if !s.last_error.is_empty() {
             println!("last error:      {}", s.last_error);
+        }
+        println!("counters:");
+        for c in &s.counters {
+            println!("  {:<26} {:>8}  {}", c.name, c.value, c.help);
         }
     }
     Ok(())

@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use clap::{Args as _, FromArgMatches as _};
+use serde::{Deserialize, Serialize};
+
+use crate::dispatch::Limits;
 
 /// Where Runware listens.
 pub const DEFAULT_UPSTREAM_URL: &str = "wss://ws-api.runware.ai/v1";
@@ -140,150 +143,20 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
 }
 
-/// The daemon's resolved settings.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Runware's WebSocket URL (`wss://`, or `ws://` for local use).
-    pub upstream_url: String,
-    /// The API key's source; `None` only with `simulate`.
-    pub api_key: Option<ApiKeySource>,
-    /// Run against an in-process simulator instead of Runware.
-    pub simulate: bool,
-    /// gRPC over TCP; `None` disables it.
-    pub listen: Option<SocketAddr>,
-    /// gRPC over a Unix socket; `None` disables it.
-    pub unix_socket: Option<PathBuf>,
-    /// An extra CA certificate (PEM) to trust for the upstream, beside the
-    /// system's roots: for a proxy or a test server.
-    pub extra_ca: Option<PathBuf>,
-    /// Keepalive ping interval. Runware closes a socket idle for 120 s.
-    pub ping_interval: Duration,
-    /// A socket that answers nothing this long after a ping is dead.
-    pub pong_timeout: Duration,
-    /// Limit for TCP + TLS + WebSocket handshakes.
-    pub connect_timeout: Duration,
-    /// Limit for Runware's answer to the authentication message.
-    pub auth_timeout: Duration,
-    /// First reconnect delay after a failed attempt.
-    pub backoff_min: Duration,
-    /// Reconnect delays never exceed this (jitter included).
-    pub backoff_max: Duration,
-    /// After an authenticated session drops, the next attempt is immediate
-    /// and the backoff starts over, at most this many times a minute (a token
-    /// bucket, bursts of a third of it); beyond that the backoff applies, so
-    /// a flapping server is not hammered.
-    pub quick_reconnects_per_minute: usize,
-    /// Retry delay after Runware rejected the API key.
-    pub auth_rejected_retry: Duration,
-    /// Largest WebSocket message accepted (base64 images are big).
-    pub max_message_bytes: usize,
-    /// Deadline for a task whose client set no gRPC deadline.
-    pub default_task_timeout: Duration,
-    /// Longest interval between `getResponse` polls of one task (async
-    /// delivery, recovery); they start at 500 ms and double up to it.
-    pub poll_max: Duration,
-    /// Most tasks in flight at once, across all clients.
-    pub max_in_flight: usize,
-    /// Most tasks one client connection may wait on at once.
-    pub max_in_flight_per_connection: usize,
-    /// Most tasks waiting to be sent while the Runware connection is down.
-    pub max_queued: usize,
-    /// Bytes of results kept for ended tasks (oldest dropped first).
-    pub max_retained_bytes: usize,
-    /// Bytes the daemon holds for tasks: the JSON of tasks in flight and
-    /// every result kept. A task that would pass it is refused with
-    /// RESOURCE_EXHAUSTED naming it (after ended tasks' results went).
-    pub max_memory_bytes: usize,
-    /// How long results are kept after a task ends or its client leaves,
-    /// for `Attach`.
-    pub retention: Duration,
-    /// Where the session and the tasks in flight are persisted, so a
-    /// restarted daemon recovers them; `None` keeps nothing.
-    pub state_dir: Option<PathBuf>,
-    /// On SIGTERM, how long tasks in flight may finish before they are ended.
-    pub drain_timeout: Duration,
-    /// Task types sent with `deliveryMethod: "async"` and polled, e.g.
-    /// long-running `videoInference`.
-    pub async_task_types: Vec<String>,
-    /// Prometheus metrics over HTTP (`/metrics`); `None` serves none.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Clients must send `authorization: Bearer <token>` (TCP listener).
-    pub auth_token: Option<BearerToken>,
-    /// Allow a non-loopback TCP listener without a token (logged loudly).
-    pub insecure_listen: bool,
-    /// Group to own the Unix socket (mode 0660).
-    pub unix_socket_group: Option<String>,
-    /// Client connections open at once, over every listener; beyond it a
-    /// new connection is closed at once. Each holds a file descriptor.
-    pub max_connections: usize,
-    /// systemd notification, when run as a `Type=notify` service.
-    pub notify: Option<crate::notify::NotifyConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            upstream_url: DEFAULT_UPSTREAM_URL.to_owned(),
-            api_key: None,
-            simulate: false,
-            listen: Some(DEFAULT_LISTEN.parse().expect("valid default address")),
-            unix_socket: None,
-            extra_ca: None,
-            ping_interval: Duration::from_secs(30),
-            pong_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
-            auth_timeout: Duration::from_secs(10),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
-            quick_reconnects_per_minute: 30,
-            auth_rejected_retry: Duration::from_secs(60),
-            max_message_bytes: 64 << 20,
-            default_task_timeout: Duration::from_secs(300),
-            poll_max: Duration::from_secs(10),
-            max_in_flight: 100_000,
-            max_in_flight_per_connection: 10_000,
-            max_queued: 10_000,
-            max_retained_bytes: crate::dispatch::DEFAULT_MAX_RETAINED_BYTES,
-            max_memory_bytes: crate::dispatch::DEFAULT_MAX_MEMORY_BYTES,
-            retention: Duration::from_secs(300),
-            state_dir: None,
-            drain_timeout: Duration::from_secs(30),
-            async_task_types: Vec::new(),
-            metrics_listen: None,
-            auth_token: None,
-            insecure_listen: false,
-            max_connections: 1024,
-            unix_socket_group: None,
-            notify: None,
-        }
-    }
-}
-
-impl Config {
-    /// The task table's limits.
-    pub fn limits(&self) -> crate::dispatch::Limits {
-        crate::dispatch::Limits {
-            max_in_flight: self.max_in_flight,
-            max_in_flight_per_connection: self.max_in_flight_per_connection,
-            max_queued: self.max_queued,
-            max_retained_bytes: self.max_retained_bytes,
-            max_memory_bytes: self.max_memory_bytes,
-            retention: self.retention,
-            max_task_bytes: self.max_message_bytes,
-            poll_max: self.poll_max,
-            ..crate::dispatch::Limits::default()
-        }
-    }
-}
-
-/// The settings of `runwared serve`, as flags or `RUNWARED_*` variables.
-/// Every one is optional here: what is not given falls to the TOML file,
-/// then to the default.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// TOML configuration file (keys as the long flags, with underscores).
-    #[arg(long, env = "RUNWARED_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+/// Every setting of `runwared serve`, each declared once, here: its flag
+/// (`--ping-interval`), environment variable (`RUNWARED_PING_INTERVAL`),
+/// TOML key (the field's name), default, and help text. Flags and the
+/// environment beat the TOML file, which beats the defaults ([`Settings::resolve`],
+/// layered by `figment`); the rules between settings are checked in one
+/// place ([`Config::from_settings`]). No setting holds a secret: the API key
+/// and the client token come from the environment, files or systemd
+/// credentials, into [`Config`].
+///
+/// `runwared check-config` prints them all; a test checks the README's
+/// table against this declaration.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
     /// Run against the built-in Runware simulator (no API key, no network).
     #[arg(long, env = "RUNWARED_SIMULATE")]
     pub simulate: bool,
@@ -291,151 +164,401 @@ pub struct ServeArgs {
     /// The key itself is taken from RUNWARE_API_KEY, never from a flag.
     #[arg(long, env = "RUNWARE_API_KEY_FILE", value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
-    /// Runware WebSocket URL [default: wss://ws-api.runware.ai/v1].
-    #[arg(long, env = "RUNWARED_UPSTREAM_URL", value_name = "URL")]
-    pub upstream_url: Option<String>,
-    /// gRPC TCP address, or "none" [default: 127.0.0.1:7433].
-    #[arg(long, env = "RUNWARED_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// gRPC Unix socket path, or "none" [default: $RUNTIME_DIRECTORY/runwared.sock under systemd, else none].
+    /// Runware's WebSocket URL (`ws://` allowed for local use).
+    #[arg(long, env = "RUNWARED_UPSTREAM_URL", value_name = "URL", default_value = DEFAULT_UPSTREAM_URL)]
+    pub upstream_url: String,
+    /// gRPC over TCP, or "none".
+    #[arg(long, env = "RUNWARED_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: Switch<SocketAddr>,
+    /// gRPC over a Unix socket (mode 0660), or "none" [default:
+    /// $RUNTIME_DIRECTORY/runwared.sock under systemd, else none].
     #[arg(long, env = "RUNWARED_UNIX_SOCKET", value_name = "PATH")]
-    pub unix_socket: Option<String>,
-    /// Extra CA certificate (PEM) to trust for the upstream.
+    pub unix_socket: Option<Switch<PathBuf>>,
+    /// Group owning the Unix socket [default: the daemon's].
+    #[arg(long, env = "RUNWARED_UNIX_SOCKET_GROUP", value_name = "GROUP")]
+    pub unix_socket_group: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the upstream, beside the
+    /// system's roots: for a proxy or a test server.
     #[arg(long, env = "RUNWARED_EXTRA_CA", value_name = "FILE")]
     pub extra_ca: Option<PathBuf>,
-    /// Keepalive ping interval [default: 30s].
-    #[arg(long, env = "RUNWARED_PING_INTERVAL", value_name = "DURATION")]
-    pub ping_interval: Option<String>,
-    /// Silence after a ping that marks the socket dead [default: 10s].
-    #[arg(long, env = "RUNWARED_PONG_TIMEOUT", value_name = "DURATION")]
-    pub pong_timeout: Option<String>,
-    /// Connect (TCP, TLS, WebSocket) timeout [default: 10s].
-    #[arg(long, env = "RUNWARED_CONNECT_TIMEOUT", value_name = "DURATION")]
-    pub connect_timeout: Option<String>,
-    /// Authentication answer timeout [default: 10s].
-    #[arg(long, env = "RUNWARED_AUTH_TIMEOUT", value_name = "DURATION")]
-    pub auth_timeout: Option<String>,
-    /// First reconnect delay [default: 100ms].
-    #[arg(long, env = "RUNWARED_BACKOFF_MIN", value_name = "DURATION")]
-    pub backoff_min: Option<String>,
-    /// Longest reconnect delay, jitter included [default: 30s].
-    #[arg(long, env = "RUNWARED_BACKOFF_MAX", value_name = "DURATION")]
-    pub backoff_max: Option<String>,
-    /// Immediate reconnects after authenticated sessions drop, per minute;
-    /// beyond it the backoff applies [default: 30].
-    #[arg(long, env = "RUNWARED_QUICK_RECONNECTS_PER_MINUTE", value_name = "N")]
-    pub quick_reconnects_per_minute: Option<usize>,
-    /// Retry delay after Runware rejects the API key [default: 60s].
-    #[arg(long, env = "RUNWARED_AUTH_REJECTED_RETRY", value_name = "DURATION")]
-    pub auth_rejected_retry: Option<String>,
-    /// Largest WebSocket message, in bytes [default: 67108864].
-    #[arg(long, env = "RUNWARED_MAX_MESSAGE_BYTES", value_name = "BYTES")]
-    pub max_message_bytes: Option<usize>,
-    /// Deadline of tasks whose client sets none [default: 300s].
-    #[arg(long, env = "RUNWARED_DEFAULT_TASK_TIMEOUT", value_name = "DURATION")]
-    pub default_task_timeout: Option<String>,
-    /// Longest interval between getResponse polls of a task [default: 10s].
-    #[arg(long, env = "RUNWARED_POLL_MAX", value_name = "DURATION")]
-    pub poll_max: Option<String>,
-    /// Most tasks in flight at once [default: 100000].
-    #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT", value_name = "N")]
-    pub max_in_flight: Option<usize>,
-    /// Most tasks one client connection may wait on [default: 10000].
-    #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT_PER_CONNECTION", value_name = "N")]
-    pub max_in_flight_per_connection: Option<usize>,
-    /// Most tasks queued while Runware is unreachable [default: 10000].
-    #[arg(long, env = "RUNWARED_MAX_QUEUED", value_name = "N")]
-    pub max_queued: Option<usize>,
-    /// Bytes of results kept for Attach [default: 50331648].
-    #[arg(long, env = "RUNWARED_MAX_RETAINED_BYTES", value_name = "BYTES")]
-    pub max_retained_bytes: Option<usize>,
-    /// Bytes held for tasks: their JSON in flight and every result kept
-    /// [default: 100663296].
-    #[arg(long, env = "RUNWARED_MAX_MEMORY_BYTES", value_name = "BYTES")]
-    pub max_memory_bytes: Option<usize>,
-    /// How long results are kept after a task ends or its client leaves [default: 300s].
-    #[arg(long, env = "RUNWARED_RETENTION", value_name = "DURATION")]
-    pub retention: Option<String>,
-    /// Directory for persisted state, or "none" [default: $STATE_DIRECTORY under systemd, else none].
+    /// Keepalive ping interval (below Runware's 120 s idle limit).
+    #[arg(long, env = "RUNWARED_PING_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub ping_interval: Duration,
+    /// Silence after a ping that marks the socket dead.
+    #[arg(long, env = "RUNWARED_PONG_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub pong_timeout: Duration,
+    /// Limit for TCP + TLS + WebSocket handshakes.
+    #[arg(long, env = "RUNWARED_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Limit for Runware's answer to the authentication message.
+    #[arg(long, env = "RUNWARED_AUTH_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub auth_timeout: Duration,
+    /// First reconnect delay after a failed attempt.
+    #[arg(long, env = "RUNWARED_BACKOFF_MIN", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub backoff_min: Duration,
+    /// Longest reconnect delay, jitter included.
+    #[arg(long, env = "RUNWARED_BACKOFF_MAX", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub backoff_max: Duration,
+    /// Immediate reconnects after authenticated sessions drop, per minute
+    /// (bursts of a third); beyond it the backoff applies, so a flapping
+    /// server is not hammered.
+    #[arg(
+        long,
+        env = "RUNWARED_QUICK_RECONNECTS_PER_MINUTE",
+        value_name = "N",
+        default_value_t = 30
+    )]
+    pub quick_reconnects_per_minute: usize,
+    /// Retry delay after Runware rejected the API key.
+    #[arg(long, env = "RUNWARED_AUTH_REJECTED_RETRY", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub auth_rejected_retry: Duration,
+    /// Largest WebSocket message, in bytes (base64 images are big; at
+    /// least 1 MiB).
+    #[arg(long, env = "RUNWARED_MAX_MESSAGE_BYTES", value_name = "BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+    /// Deadline of tasks whose client set none (in `Session`, per task,
+    /// from its submit).
+    #[arg(long, env = "RUNWARED_DEFAULT_TASK_TIMEOUT", value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub default_task_timeout: Duration,
+    /// Longest interval between `getResponse` polls of one task (async
+    /// delivery, recovery); they start at 500 ms and double up to it.
+    #[arg(long, env = "RUNWARED_POLL_MAX", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub poll_max: Duration,
+    /// Most tasks in flight at once, across all clients.
+    #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT", value_name = "N", default_value_t = Limits::default().max_in_flight)]
+    pub max_in_flight: usize,
+    /// Most tasks one client connection may wait on at once.
+    #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT_PER_CONNECTION", value_name = "N", default_value_t = Limits::default().max_in_flight_per_connection)]
+    pub max_in_flight_per_connection: usize,
+    /// Most tasks waiting to be sent while the Runware connection is down.
+    #[arg(long, env = "RUNWARED_MAX_QUEUED", value_name = "N", default_value_t = Limits::default().max_queued)]
+    pub max_queued: usize,
+    /// Bytes of results kept for ended tasks, for `Attach` (oldest go
+    /// first).
+    #[arg(long, env = "RUNWARED_MAX_RETAINED_BYTES", value_name = "BYTES", default_value_t = Limits::default().max_retained_bytes)]
+    pub max_retained_bytes: usize,
+    /// Bytes the daemon holds for tasks: the JSON of tasks in flight and
+    /// every result kept. A task that would pass it is refused with
+    /// RESOURCE_EXHAUSTED naming it (after ended tasks' results went).
+    #[arg(long, env = "RUNWARED_MAX_MEMORY_BYTES", value_name = "BYTES", default_value_t = Limits::default().max_memory_bytes)]
+    pub max_memory_bytes: usize,
+    /// Client connections open at once, over every listener; beyond it a
+    /// new connection is closed at once. Each holds a file descriptor.
+    #[arg(
+        long,
+        env = "RUNWARED_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    pub max_connections: usize,
+    /// How long results are kept after a task ends or its client leaves,
+    /// for `Attach`.
+    #[arg(long, env = "RUNWARED_RETENTION", value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub retention: Duration,
+    /// Directory for the persisted session and tasks in flight, or "none"
+    /// [default: $STATE_DIRECTORY under systemd, else none].
     #[arg(long, env = "RUNWARED_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<String>,
-    /// On SIGTERM, time for tasks in flight to finish [default: 30s].
-    #[arg(long, env = "RUNWARED_DRAIN_TIMEOUT", value_name = "DURATION")]
-    pub drain_timeout: Option<String>,
-    /// Task types to run with async delivery and polling (comma-separated).
+    pub state_dir: Option<Switch<PathBuf>>,
+    /// On SIGTERM, how long tasks in flight may finish before they are
+    /// ended.
+    #[arg(long, env = "RUNWARED_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub drain_timeout: Duration,
+    /// Task types sent with `deliveryMethod: "async"` and polled, e.g.
+    /// long-running `videoInference` (comma-separated).
     #[arg(
         long,
         env = "RUNWARED_ASYNC_TASK_TYPES",
         value_name = "TYPES",
         value_delimiter = ','
     )]
-    pub async_task_types: Option<Vec<String>>,
-    /// Serve Prometheus metrics at http://ADDR/metrics [default: none].
-    #[arg(long, env = "RUNWARED_METRICS_LISTEN", value_name = "ADDR")]
-    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub async_task_types: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, or "none".
+    #[arg(
+        long,
+        env = "RUNWARED_METRICS_LISTEN",
+        value_name = "ADDR",
+        default_value = "none"
+    )]
+    pub metrics_listen: Switch<SocketAddr>,
     /// File with the bearer token clients must send (required for a
-    /// non-loopback --listen) [default: systemd credential runwared-token].
+    /// non-loopback --listen, and for any TCP listener under systemd)
+    /// [default: systemd credential runwared-token].
     #[arg(long, env = "RUNWARED_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
-    /// Allow a non-loopback --listen without a token. Anyone who can reach
-    /// the port can then spend your Runware credit.
+    /// Allow a TCP listener that needs a token without one. Anyone who can
+    /// reach the port can then spend your Runware credit.
     #[arg(long, env = "RUNWARED_INSECURE_LISTEN")]
     pub insecure_listen: bool,
-    /// Group to own the Unix socket (mode 0660) [default: the daemon's].
-    #[arg(long, env = "RUNWARED_UNIX_SOCKET_GROUP", value_name = "GROUP")]
-    pub unix_socket_group: Option<String>,
-    /// Client connections open at once, over every listener [default: 1024].
-    #[arg(long, env = "RUNWARED_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<usize>,
 }
 
-/// The TOML file: the same names as the flags, with underscores.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub simulate: Option<bool>,
-    pub api_key_file: Option<PathBuf>,
-    pub upstream_url: Option<String>,
-    pub listen: Option<String>,
-    pub unix_socket: Option<String>,
-    pub extra_ca: Option<PathBuf>,
-    pub ping_interval: Option<String>,
-    pub pong_timeout: Option<String>,
-    pub connect_timeout: Option<String>,
-    pub auth_timeout: Option<String>,
-    pub backoff_min: Option<String>,
-    pub backoff_max: Option<String>,
-    pub quick_reconnects_per_minute: Option<usize>,
-    pub auth_rejected_retry: Option<String>,
-    pub max_message_bytes: Option<usize>,
-    pub default_task_timeout: Option<String>,
-    pub poll_max: Option<String>,
-    pub max_in_flight: Option<usize>,
-    pub max_in_flight_per_connection: Option<usize>,
-    pub max_queued: Option<usize>,
-    pub max_retained_bytes: Option<usize>,
-    pub max_memory_bytes: Option<usize>,
-    pub retention: Option<String>,
-    pub state_dir: Option<String>,
-    pub drain_timeout: Option<String>,
-    pub async_task_types: Option<Vec<String>>,
-    pub metrics_listen: Option<String>,
-    pub auth_token_file: Option<PathBuf>,
-    pub insecure_listen: Option<bool>,
-    pub unix_socket_group: Option<String>,
-    pub max_connections: Option<usize>,
+impl Default for Settings {
+    /// The declared defaults (no flags, no environment).
+    fn default() -> Self {
+        let command = Settings::augment_args(clap::Command::new("defaults"))
+            .mut_args(|a| a.env(None::<&str>));
+        command
+            .try_get_matches_from(["defaults"])
+            .and_then(|m| Settings::from_arg_matches(&m))
+            .expect("the declared defaults parse (tested)")
+    }
 }
 
-impl FileConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
+impl Settings {
+    /// Layers the settings: what `args` got from flags or the environment
+    /// beats the TOML file at `args.config`, which beats the defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => Some((
+                path.clone(),
+                std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
+            )),
+            None => None,
+        };
+        Self::layer(args, file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())))
+    }
+
+    /// [`Settings::resolve`] with the file's text already read.
+    pub fn layer(args: &ServeArgs, file: Option<(&Path, &str)>) -> Result<Settings, ConfigError> {
+        use figment::providers::{Format, Serialized, Toml};
+        let all = settings_map(&args.settings);
+        let given: serde_json::Map<_, _> = all
+            .iter()
+            .filter(|(k, _)| args.given.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut layers = figment::Figment::from(Serialized::defaults(all));
+        if let Some((_, text)) = file {
+            layers = layers.merge(Toml::string(text));
+        }
+        layers
+            .merge(Serialized::defaults(given))
+            .extract()
+            .map_err(|e| ConfigError::File {
+                path: file.map(|(p, _)| p.to_owned()).unwrap_or_default(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// The settings as TOML keys and values (unset optional ones left out).
+fn settings_map(settings: &Settings) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(settings) {
+        Ok(serde_json::Value::Object(map)) => {
+            map.into_iter().filter(|(_, v)| !v.is_null()).collect()
+        }
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// A listener address or path that "none" (or empty) switches off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Switch<T> {
+    Off,
+    On(T),
+}
+
+impl<T: Clone> Switch<T> {
+    pub fn on(&self) -> Option<T> {
+        match self {
+            Switch::Off => None,
+            Switch::On(v) => Some(v.clone()),
+        }
+    }
+}
+
+impl<T: std::str::FromStr> std::str::FromStr for Switch<T>
+where
+    T::Err: fmt::Display,
+{
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.eq_ignore_ascii_case("none") {
+            return Ok(Switch::Off);
+        }
+        s.parse().map(Switch::On).map_err(|e| format!("{s:?}: {e}"))
+    }
+}
+
+impl<T: SwitchValue> fmt::Display for Switch<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Switch::Off => f.write_str("none"),
+            Switch::On(v) => v.write(f),
+        }
+    }
+}
+
+/// How a [`Switch`]'s value is written back as text.
+pub trait SwitchValue {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+}
+
+impl SwitchValue for SocketAddr {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl SwitchValue for PathBuf {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.display(), f)
+    }
+}
+
+impl<T: SwitchValue> Serialize for Switch<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de, T: std::str::FromStr> Deserialize<'de> for Switch<T>
+where
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Durations as text ("250ms", "30s", "2m"), in the TOML file and between
+/// the layers.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        if d.subsec_nanos() == 0 {
+            s.collect_str(&format_args!("{}s", d.as_secs()))
+        } else if d.subsec_nanos() % 1_000_000 == 0 {
+            s.collect_str(&format_args!("{}ms", d.as_millis()))
+        } else {
+            s.collect_str(&format_args!("{}", d.as_secs_f64()))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `runwared serve` and `check-config`: the settings, and the file that
+/// may hold more of them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the long flags, with underscores).
+    #[arg(long, env = "RUNWARED_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: Settings,
+    /// The settings that came from flags or the environment (clap's value
+    /// sources), which beat the file: see [`ServeArgs::note_given`].
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Records which settings `matches` (of this subcommand) got from
+    /// flags or the environment rather than the defaults.
+    pub fn note_given(&mut self, matches: &clap::ArgMatches) {
+        use clap::parser::ValueSource;
+        self.given = Settings::augment_args(clap::Command::new("ids"))
+            .get_arguments()
+            .map(|a| a.get_id().as_str().to_owned())
+            .filter(|id| {
+                matches!(
+                    matches.value_source(id),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+            })
+            .collect();
+    }
+
+    /// Parses `runwared serve` arguments (flags and the process
+    /// environment), as the command line does.
+    pub fn parse_from<I, T>(argv: I) -> Result<ServeArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = ServeArgs::augment_args(clap::Command::new("serve"))
+            .no_binary_name(true)
+            .try_get_matches_from(argv)?;
+        let mut args = ServeArgs::from_arg_matches(&matches)?;
+        args.note_given(&matches);
+        Ok(args)
+    }
+}
+
+/// The daemon's resolved settings: every [`Settings`] value (through
+/// `Deref`), and what follows from them and the environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: Settings,
+    /// The API key's source; `None` only with `simulate`.
+    pub api_key: Option<ApiKeySource>,
+    /// Clients must send `authorization: Bearer <token>` (TCP listener).
+    pub auth_token: Option<BearerToken>,
+    /// gRPC over TCP; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// gRPC over a Unix socket; `None` disables it.
+    pub unix_socket: Option<PathBuf>,
+    /// Where the session and the tasks in flight are persisted, so a
+    /// restarted daemon recovers them; `None` keeps nothing.
+    pub state_dir: Option<PathBuf>,
+    /// Prometheus metrics over HTTP (`/metrics`); `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// systemd notification, when run as a `Type=notify` service.
+    pub notify: Option<crate::notify::NotifyConfig>,
+}
+
+impl std::ops::Deref for Config {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+impl std::ops::DerefMut for Config {
+    fn deref_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+}
+
+impl Default for Config {
+    /// The defaults, with no key and nothing from the environment.
+    fn default() -> Self {
+        let settings = Settings::default();
+        Config {
+            api_key: None,
+            auth_token: None,
+            listen: settings.listen.on(),
+            unix_socket: None,
+            state_dir: None,
+            metrics_listen: settings.metrics_listen.on(),
+            notify: None,
+            settings,
+        }
     }
 }
 
@@ -476,10 +599,27 @@ impl Environment {
 }
 
 impl Config {
-    /// The effective settings, one per line, for `runwared check-config`.
-    /// Secrets show only where they come from.
+    /// The effective settings, one per line, for `runwared check-config`:
+    /// every declared setting, then what the environment added. Secrets
+    /// show only where they come from.
     pub fn describe(&self) -> String {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
+        let mut lines: Vec<(String, String)> = settings_map(&self.settings)
+            .into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Array(a) if a.is_empty() => "none".to_owned(),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .map(|t| t.as_str().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                (k, text)
+            })
+            .collect();
         let key = match &self.api_key {
             Some(ApiKeySource::Value(_)) => "*** (from RUNWARE_API_KEY)".to_owned(),
             Some(ApiKeySource::File(p)) => {
@@ -488,82 +628,22 @@ impl Config {
             None if self.simulate => "none (simulator)".to_owned(),
             None => "none".to_owned(),
         };
-        let lines = [
-            (
-                "upstream_url",
-                if self.simulate {
-                    "built-in simulator".to_owned()
-                } else {
-                    self.upstream_url.clone()
-                },
-            ),
+        let path = |p: &Option<PathBuf>| opt(p.as_ref().map(|p| p.display().to_string()));
+        // What follows from the environment (systemd's directories,
+        // credentials and notify socket), as the daemon will use it.
+        for (k, v) in [
             ("api_key", key),
-            ("listen", opt(self.listen.map(|a| a.to_string()))),
-            (
-                "unix_socket",
-                opt(self.unix_socket.as_ref().map(|p| p.display().to_string())),
-            ),
-            ("unix_socket_group", opt(self.unix_socket_group.clone())),
-            ("max_connections", self.max_connections.to_string()),
             (
                 "auth_token",
                 if self.auth_token.is_some() {
-                    "*** (set)".to_owned()
+                    "*** (set)"
                 } else {
-                    "none".to_owned()
-                },
+                    "none"
+                }
+                .to_owned(),
             ),
-            ("insecure_listen", self.insecure_listen.to_string()),
-            (
-                "metrics_listen",
-                opt(self.metrics_listen.map(|a| a.to_string())),
-            ),
-            (
-                "extra_ca",
-                opt(self.extra_ca.as_ref().map(|p| p.display().to_string())),
-            ),
-            (
-                "state_dir",
-                opt(self.state_dir.as_ref().map(|p| p.display().to_string())),
-            ),
-            ("ping_interval", format!("{:?}", self.ping_interval)),
-            ("pong_timeout", format!("{:?}", self.pong_timeout)),
-            ("connect_timeout", format!("{:?}", self.connect_timeout)),
-            ("auth_timeout", format!("{:?}", self.auth_timeout)),
-            ("backoff_min", format!("{:?}", self.backoff_min)),
-            ("backoff_max", format!("{:?}", self.backoff_max)),
-            (
-                "quick_reconnects_per_minute",
-                self.quick_reconnects_per_minute.to_string(),
-            ),
-            (
-                "auth_rejected_retry",
-                format!("{:?}", self.auth_rejected_retry),
-            ),
-            ("max_message_bytes", self.max_message_bytes.to_string()),
-            (
-                "default_task_timeout",
-                format!("{:?}", self.default_task_timeout),
-            ),
-            ("poll_max", format!("{:?}", self.poll_max)),
-            ("max_in_flight", self.max_in_flight.to_string()),
-            (
-                "max_in_flight_per_connection",
-                self.max_in_flight_per_connection.to_string(),
-            ),
-            ("max_queued", self.max_queued.to_string()),
-            ("max_retained_bytes", self.max_retained_bytes.to_string()),
-            ("max_memory_bytes", self.max_memory_bytes.to_string()),
-            ("retention", format!("{:?}", self.retention)),
-            ("drain_timeout", format!("{:?}", self.drain_timeout)),
-            (
-                "async_task_types",
-                if self.async_task_types.is_empty() {
-                    "none".to_owned()
-                } else {
-                    self.async_task_types.join(",")
-                },
-            ),
+            ("unix_socket", path(&self.unix_socket)),
+            ("state_dir", path(&self.state_dir)),
             (
                 "systemd_notify",
                 opt(self
@@ -571,7 +651,17 @@ impl Config {
                     .as_ref()
                     .map(|n| format!("{} (watchdog {:?})", n.socket, n.watchdog))),
             ),
-        ];
+        ] {
+            match lines.iter_mut().find(|(name, _)| name == k) {
+                Some(line) => line.1 = v,
+                None => lines.push((k.to_owned(), v)),
+            }
+        }
+        if self.simulate {
+            if let Some(line) = lines.iter_mut().find(|(k, _)| k == "upstream_url") {
+                line.1 = "built-in simulator".to_owned();
+            }
+        }
         lines
             .iter()
             .map(|(k, v)| format!("{k:<30} {v}\n"))
@@ -603,55 +693,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
-fn duration(
-    name: &'static str,
-    flag: &Option<String>,
-    file: &Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match flag.as_ref().or(file.as_ref()) {
-        Some(s) => parse_duration(s).map_err(|reason| ConfigError::Invalid { name, reason }),
-        None => Ok(default),
-    }
-}
-
-/// "none" (or empty) switches a listener off.
-fn is_off(s: &str) -> bool {
-    s.is_empty() || s.eq_ignore_ascii_case("none")
-}
-
 impl Config {
-    /// Resolves flags/env (`args`), the TOML file it names, and the process
-    /// environment into the daemon's settings.
+    /// Resolves flags and environment (`args`), the TOML file it names, and
+    /// the process environment into the daemon's settings.
     pub fn resolve(args: &ServeArgs, env: &Environment) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        Self::resolve_with(args, &file, env)
+        Self::from_settings(Settings::resolve(args)?, env)
     }
 
-    /// [`Config::resolve`] with the file already read.
-    pub fn resolve_with(
-        args: &ServeArgs,
-        file: &FileConfig,
-        env: &Environment,
-    ) -> Result<Config, ConfigError> {
-        let d = Config::default();
-        let simulate = args.simulate || file.simulate.unwrap_or(false);
+    /// Checks the rules between settings and adds what comes from the
+    /// environment: the key, the token, systemd's directories.
+    pub fn from_settings(settings: Settings, env: &Environment) -> Result<Config, ConfigError> {
+        let invalid = |name: &'static str, reason: String| ConfigError::Invalid { name, reason };
 
         // Key precedence: RUNWARE_API_KEY, then a key file (flag/env, then the
         // TOML file), then the systemd credential.
-        let key_file = args
-            .api_key_file
-            .clone()
-            .or_else(|| file.api_key_file.clone());
         let credential = env
             .credentials_directory
             .as_ref()
             .map(|dir| dir.join(CREDENTIAL_NAME))
             .filter(|p| p.exists());
-        let api_key = match (&env.api_key, key_file, credential) {
+        let api_key = match (&env.api_key, settings.api_key_file.clone(), credential) {
             (Some(k), _, _) => Some(ApiKeySource::Value(k.clone())),
             (None, Some(f), _) | (None, None, Some(f)) => Some(ApiKeySource::File(f)),
             (None, None, None) => None,
@@ -659,112 +720,92 @@ impl Config {
         if let Some(source) = &api_key {
             // Fail at start-up, not at the first connection.
             source.load()?;
-        } else if !simulate {
+        } else if !settings.simulate {
             return Err(ConfigError::NoApiKey);
         }
 
-        let upstream_url = args
-            .upstream_url
-            .clone()
-            .or_else(|| file.upstream_url.clone())
-            .unwrap_or(d.upstream_url);
-        if !(upstream_url.starts_with("wss://") || upstream_url.starts_with("ws://")) {
-            return Err(ConfigError::Invalid {
-                name: "upstream_url",
-                reason: format!("{upstream_url:?} must start with wss:// (or ws:// for local use)"),
-            });
+        let url = &settings.upstream_url;
+        if !(url.starts_with("wss://") || url.starts_with("ws://")) {
+            return Err(invalid(
+                "upstream_url",
+                format!("{url:?} must start with wss:// (or ws:// for local use)"),
+            ));
         }
-
-        let listen = match args.listen.as_ref().or(file.listen.as_ref()) {
-            Some(s) if is_off(s) => None,
-            Some(s) => Some(s.parse().map_err(|e| ConfigError::Invalid {
-                name: "listen",
-                reason: format!("{s:?}: {e}"),
-            })?),
-            None => d.listen,
-        };
-        let unix_socket = match args.unix_socket.as_ref().or(file.unix_socket.as_ref()) {
-            Some(s) if is_off(s) => None,
-            Some(s) => Some(PathBuf::from(s)),
+        let listen = settings.listen.on();
+        let unix_socket = match &settings.unix_socket {
+            Some(switch) => switch.on(),
             None => env
                 .runtime_directory
                 .as_ref()
                 .map(|dir| dir.join("runwared.sock")),
         };
         if listen.is_none() && unix_socket.is_none() {
-            return Err(ConfigError::Invalid {
-                name: "listen",
-                reason: "both the TCP and the Unix socket listener are off".to_owned(),
-            });
+            return Err(invalid(
+                "listen",
+                "both the TCP and the Unix socket listener are off".to_owned(),
+            ));
         }
-
-        let max_message_bytes = args
-            .max_message_bytes
-            .or(file.max_message_bytes)
-            .unwrap_or(d.max_message_bytes);
-        if max_message_bytes < (1 << 20) {
-            return Err(ConfigError::Invalid {
-                name: "max_message_bytes",
-                reason: format!("{max_message_bytes} is below 1 MiB; Runware results are larger"),
-            });
+        if settings.max_message_bytes < (1 << 20) {
+            return Err(invalid(
+                "max_message_bytes",
+                format!(
+                    "{} is below 1 MiB; Runware results are larger",
+                    settings.max_message_bytes
+                ),
+            ));
         }
-        let max_in_flight = args
-            .max_in_flight
-            .or(file.max_in_flight)
-            .unwrap_or(d.max_in_flight);
-        if max_in_flight == 0 {
-            return Err(ConfigError::Invalid {
-                name: "max_in_flight",
-                reason: "must be at least 1".to_owned(),
-            });
+        for (name, value) in [
+            ("max_in_flight", settings.max_in_flight),
+            (
+                "max_in_flight_per_connection",
+                settings.max_in_flight_per_connection,
+            ),
+            ("max_queued", settings.max_queued),
+            ("max_memory_bytes", settings.max_memory_bytes),
+            ("max_connections", settings.max_connections),
+            (
+                "quick_reconnects_per_minute",
+                settings.quick_reconnects_per_minute,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "must be at least 1".to_owned()));
+            }
         }
-
-        let state_dir = match args.state_dir.as_ref().or(file.state_dir.as_ref()) {
-            Some(s) if is_off(s) => None,
-            Some(s) => Some(PathBuf::from(s)),
+        let poll_min = Limits::default().poll_min;
+        if settings.poll_max < poll_min {
+            return Err(invalid(
+                "poll_max",
+                format!("must be at least the first polling interval, {poll_min:?}"),
+            ));
+        }
+        if settings.ping_interval.is_zero() || settings.ping_interval >= Duration::from_secs(120) {
+            return Err(invalid(
+                "ping_interval",
+                "must be above 0 and below Runware's 120 s idle limit".to_owned(),
+            ));
+        }
+        if settings.backoff_min > settings.backoff_max {
+            return Err(invalid("backoff_min", "is above backoff_max".to_owned()));
+        }
+        let state_dir = match &settings.state_dir {
+            Some(switch) => switch.on(),
             None => env.state_directory.clone(),
         };
-        let positive = |name: &'static str, v: usize| {
-            if v == 0 {
-                Err(ConfigError::Invalid {
-                    name,
-                    reason: "must be at least 1".to_owned(),
-                })
-            } else {
-                Ok(v)
-            }
-        };
-        let metrics_listen = match args
-            .metrics_listen
-            .as_ref()
-            .or(file.metrics_listen.as_ref())
-        {
-            Some(s) if is_off(s) => None,
-            Some(s) => Some(s.parse().map_err(|e| ConfigError::Invalid {
-                name: "metrics_listen",
-                reason: format!("{s:?}: {e}"),
-            })?),
-            None => None,
-        };
-        let token_file = args
-            .auth_token_file
-            .clone()
-            .or_else(|| file.auth_token_file.clone())
-            .or_else(|| {
-                env.credentials_directory
-                    .as_ref()
-                    .map(|dir| dir.join(TOKEN_CREDENTIAL_NAME))
-                    .filter(|p| p.exists())
-            });
+        let token_file = settings.auth_token_file.clone().or_else(|| {
+            env.credentials_directory
+                .as_ref()
+                .map(|dir| dir.join(TOKEN_CREDENTIAL_NAME))
+                .filter(|p| p.exists())
+        });
         let auth_token = token_file.as_deref().map(read_token_file).transpose()?;
-        let insecure_listen = args.insecure_listen || file.insecure_listen.unwrap_or(false);
         // One access model for every TCP listener: a token, unless the
         // address is loopback on a machine of one user (a developer's, or a
         // pod's own network namespace). A systemd service runs on a host
         // with other users, where loopback is open to all of them: there
         // the Unix socket (its group) is the door, and TCP needs the token.
         if let Some(addr) = listen {
-            if auth_token.is_none() && !insecure_listen {
+            if auth_token.is_none() && !settings.insecure_listen {
                 let why = if !addr.ip().is_loopback() {
                     Some("is reachable beyond this host")
                 } else if env.systemd_service {
@@ -775,158 +816,50 @@ impl Config {
                     None
                 };
                 if let Some(why) = why {
-                    return Err(ConfigError::Invalid {
-                        name: "listen",
-                        reason: format!(
+                    return Err(invalid(
+                        "listen",
+                        format!(
                             "{addr} {why}: give clients a bearer token with --auth-token-file \
                              (or systemd credential {TOKEN_CREDENTIAL_NAME}), or pass --insecure-listen"
                         ),
-                    });
+                    ));
                 }
             }
         }
-        let config = Config {
-            metrics_listen,
-            auth_token,
-            insecure_listen,
-            unix_socket_group: args
-                .unix_socket_group
-                .clone()
-                .or_else(|| file.unix_socket_group.clone()),
-            max_connections: positive(
-                "max_connections",
-                args.max_connections
-                    .or(file.max_connections)
-                    .unwrap_or(d.max_connections),
-            )?,
-            notify: env.notify.clone(),
-            max_in_flight_per_connection: positive(
-                "max_in_flight_per_connection",
-                args.max_in_flight_per_connection
-                    .or(file.max_in_flight_per_connection)
-                    .unwrap_or(d.max_in_flight_per_connection),
-            )?,
-            max_queued: positive(
-                "max_queued",
-                args.max_queued.or(file.max_queued).unwrap_or(d.max_queued),
-            )?,
-            max_retained_bytes: args
-                .max_retained_bytes
-                .or(file.max_retained_bytes)
-                .unwrap_or(d.max_retained_bytes),
-            max_memory_bytes: positive(
-                "max_memory_bytes",
-                args.max_memory_bytes
-                    .or(file.max_memory_bytes)
-                    .unwrap_or(d.max_memory_bytes),
-            )?,
-            retention: duration("retention", &args.retention, &file.retention, d.retention)?,
-            state_dir,
-            drain_timeout: duration(
-                "drain_timeout",
-                &args.drain_timeout,
-                &file.drain_timeout,
-                d.drain_timeout,
-            )?,
-            async_task_types: args
-                .async_task_types
-                .clone()
-                .or_else(|| file.async_task_types.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty())
-                .collect(),
-            upstream_url,
+        let mut settings = settings;
+        settings.async_task_types = settings
+            .async_task_types
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        Ok(Config {
             api_key,
-            simulate,
+            auth_token,
             listen,
             unix_socket,
-            extra_ca: args.extra_ca.clone().or_else(|| file.extra_ca.clone()),
-            ping_interval: duration(
-                "ping_interval",
-                &args.ping_interval,
-                &file.ping_interval,
-                d.ping_interval,
-            )?,
-            pong_timeout: duration(
-                "pong_timeout",
-                &args.pong_timeout,
-                &file.pong_timeout,
-                d.pong_timeout,
-            )?,
-            connect_timeout: duration(
-                "connect_timeout",
-                &args.connect_timeout,
-                &file.connect_timeout,
-                d.connect_timeout,
-            )?,
-            auth_timeout: duration(
-                "auth_timeout",
-                &args.auth_timeout,
-                &file.auth_timeout,
-                d.auth_timeout,
-            )?,
-            backoff_min: duration(
-                "backoff_min",
-                &args.backoff_min,
-                &file.backoff_min,
-                d.backoff_min,
-            )?,
-            backoff_max: duration(
-                "backoff_max",
-                &args.backoff_max,
-                &file.backoff_max,
-                d.backoff_max,
-            )?,
-            quick_reconnects_per_minute: positive(
-                "quick_reconnects_per_minute",
-                args.quick_reconnects_per_minute
-                    .or(file.quick_reconnects_per_minute)
-                    .unwrap_or(d.quick_reconnects_per_minute),
-            )?,
-            auth_rejected_retry: duration(
-                "auth_rejected_retry",
-                &args.auth_rejected_retry,
-                &file.auth_rejected_retry,
-                d.auth_rejected_retry,
-            )?,
-            max_message_bytes,
-            default_task_timeout: duration(
-                "default_task_timeout",
-                &args.default_task_timeout,
-                &file.default_task_timeout,
-                d.default_task_timeout,
-            )?,
-            poll_max: duration("poll_max", &args.poll_max, &file.poll_max, d.poll_max)?,
-            max_in_flight,
-        };
-        let poll_min = crate::dispatch::Limits::default().poll_min;
-        if config.poll_max < poll_min {
-            return Err(ConfigError::Invalid {
-                name: "poll_max",
-                reason: format!("must be at least the first polling interval, {poll_min:?}"),
-            });
-        }
-        if config.ping_interval.is_zero() || config.ping_interval >= Duration::from_secs(120) {
-            return Err(ConfigError::Invalid {
-                name: "ping_interval",
-                reason: "must be above 0 and below Runware's 120 s idle limit".to_owned(),
-            });
-        }
-        if config.backoff_min > config.backoff_max {
-            return Err(ConfigError::Invalid {
-                name: "backoff_min",
-                reason: "is above backoff_max".to_owned(),
-            });
-        }
-        Ok(config)
+            state_dir,
+            metrics_listen: settings.metrics_listen.on(),
+            notify: env.notify.clone(),
+            settings,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `runwared serve ARGV`, with the TOML `file`, in `env`.
+    fn resolve(
+        argv: &[&str],
+        file: Option<&str>,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
+        let args = ServeArgs::parse_from(argv).unwrap();
+        let settings = Settings::layer(&args, file.map(|f| (Path::new("test.toml"), f)))?;
+        Config::from_settings(settings, env)
+    }
 
     fn env_with_key() -> Environment {
         Environment {
@@ -962,65 +895,51 @@ mod tests {
         assert_eq!(k.expose(), "secret-key-123");
         assert_eq!(format!("{k}"), "***");
         assert_eq!(format!("{k:?}"), "ApiKey(***)");
-        let config = Config::resolve_with(
-            &ServeArgs::default(),
-            &FileConfig::default(),
-            &env_with_key(),
-        )
-        .unwrap();
+        let config = resolve(&[], None, &env_with_key()).unwrap();
         assert!(!format!("{config:?}").contains("secret-key-123"));
         assert!(ApiKey::new(" \n").is_none());
     }
 
     #[test]
     fn no_key_and_no_simulate_is_a_clear_error() {
-        let err = Config::resolve_with(
-            &ServeArgs::default(),
-            &FileConfig::default(),
-            &Environment::default(),
-        )
-        .unwrap_err();
+        let err = resolve(&[], None, &Environment::default()).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("RUNWARE_API_KEY") && msg.contains("--simulate"),
             "{msg}"
         );
-        let sim = ServeArgs {
-            simulate: true,
-            ..ServeArgs::default()
-        };
-        assert!(
-            Config::resolve_with(&sim, &FileConfig::default(), &Environment::default()).is_ok()
-        );
+        assert!(resolve(&["--simulate"], None, &Environment::default()).is_ok());
     }
 
     #[test]
     fn flags_beat_file_beats_default() {
-        let file: FileConfig = toml::from_str(
-            r#"
+        let file = r#"
             ping_interval = "20s"
             pong_timeout = "3s"
             listen = "127.0.0.1:9000"
             max_in_flight = 7
-            "#,
-        )
-        .unwrap();
-        let args = ServeArgs {
-            ping_interval: Some("5s".into()),
-            ..ServeArgs::default()
-        };
-        let c = Config::resolve_with(&args, &file, &env_with_key()).unwrap();
+            async_task_types = ["videoInference"]
+            "#;
+        let c = resolve(&["--ping-interval", "5s"], Some(file), &env_with_key()).unwrap();
         assert_eq!(c.ping_interval, Duration::from_secs(5));
         assert_eq!(c.pong_timeout, Duration::from_secs(3));
         assert_eq!(c.listen, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(c.max_in_flight, 7);
         assert_eq!(c.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.upstream_url, DEFAULT_UPSTREAM_URL);
+        assert_eq!(c.async_task_types, ["videoInference"]);
+        // A flag given its default value still beats the file.
+        let c = resolve(&["--pong-timeout", "10s"], Some(file), &env_with_key()).unwrap();
+        assert_eq!(c.pong_timeout, Duration::from_secs(10));
+        // A bad value in the file names the setting.
+        let err = resolve(&[], Some("ping_interval = \"soon\""), &env_with_key()).unwrap_err();
+        assert!(err.to_string().contains("ping_interval"), "{err}");
     }
 
     #[test]
     fn unknown_file_keys_are_rejected() {
-        assert!(toml::from_str::<FileConfig>("api_key = \"k\"").is_err());
+        let err = resolve(&[], Some("api_key = \"k\""), &env_with_key()).unwrap_err();
+        assert!(err.to_string().contains("api_key"), "{err}");
     }
 
     #[test]
@@ -1036,31 +955,30 @@ mod tests {
             credentials_directory: Some(cred_dir.clone()),
             ..Environment::default()
         };
-        let c = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env).unwrap();
+        let c = resolve(&[], None, &env).unwrap();
         assert_eq!(
             c.api_key.unwrap().load().unwrap().expose(),
             "from-credential"
         );
 
-        let args = ServeArgs {
-            api_key_file: Some(key_file.clone()),
-            ..ServeArgs::default()
-        };
-        let c = Config::resolve_with(&args, &FileConfig::default(), &env).unwrap();
+        let key_arg = key_file.to_str().unwrap();
+        let args = ["--api-key-file", key_arg];
+        let c = resolve(&args, None, &env).unwrap();
         assert_eq!(c.api_key.unwrap().load().unwrap().expose(), "from-file");
 
-        let c = Config::resolve_with(&args, &FileConfig::default(), &env_with_key()).unwrap();
+        let c = resolve(&args, None, &env_with_key()).unwrap();
         assert_eq!(
             c.api_key.unwrap().load().unwrap().expose(),
             "secret-key-123"
         );
 
-        let missing = ServeArgs {
-            api_key_file: Some(dir.path().join("missing")),
-            ..ServeArgs::default()
-        };
-        let err = Config::resolve_with(&missing, &FileConfig::default(), &Environment::default())
-            .unwrap_err();
+        let missing = dir.path().join("missing");
+        let err = resolve(
+            &["--api-key-file", missing.to_str().unwrap()],
+            None,
+            &Environment::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
 
@@ -1070,17 +988,12 @@ mod tests {
             runtime_directory: Some(PathBuf::from("/run/runwared")),
             ..env_with_key()
         };
-        let c = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env).unwrap();
+        let c = resolve(&[], None, &env).unwrap();
         assert_eq!(
             c.unix_socket,
             Some(PathBuf::from("/run/runwared/runwared.sock"))
         );
-        let args = ServeArgs {
-            listen: Some("none".into()),
-            unix_socket: Some("none".into()),
-            ..ServeArgs::default()
-        };
-        assert!(Config::resolve_with(&args, &FileConfig::default(), &env).is_err());
+        assert!(resolve(&["--listen", "none", "--unix-socket", "none"], None, &env).is_err());
     }
 
     #[test]
@@ -1089,21 +1002,18 @@ mod tests {
             state_directory: Some(PathBuf::from("/var/lib/runwared")),
             ..env_with_key()
         };
-        let c = Config::resolve_with(&ServeArgs::default(), &FileConfig::default(), &env).unwrap();
+        let c = resolve(&[], None, &env).unwrap();
         assert_eq!(c.state_dir, Some(PathBuf::from("/var/lib/runwared")));
-        let off = ServeArgs {
-            state_dir: Some("none".into()),
-            async_task_types: Some(vec!["videoInference".into(), " ".into()]),
-            ..ServeArgs::default()
-        };
-        let c = Config::resolve_with(&off, &FileConfig::default(), &env).unwrap();
+        let off = [
+            "--state-dir",
+            "none",
+            "--async-task-types",
+            "videoInference, ",
+        ];
+        let c = resolve(&off, None, &env).unwrap();
         assert_eq!(c.state_dir, None);
         assert_eq!(c.async_task_types, vec!["videoInference".to_owned()]);
-        let zero = ServeArgs {
-            max_queued: Some(0),
-            ..ServeArgs::default()
-        };
-        let err = Config::resolve_with(&zero, &FileConfig::default(), &env).unwrap_err();
+        let err = resolve(&["--max-queued", "0"], None, &env).unwrap_err();
         assert!(err.to_string().contains("max_queued"));
     }
 
@@ -1117,49 +1027,43 @@ mod tests {
             systemd_service: true,
             ..env_with_key()
         };
-        let loopback = ServeArgs::default();
-        let err = Config::resolve_with(&loopback, &FileConfig::default(), &service).unwrap_err();
+        let err = resolve(&[], None, &service).unwrap_err();
         assert!(
             err.to_string().contains("listen") && err.to_string().contains("every local user"),
             "{err}"
         );
-        assert!(Config::resolve_with(&loopback, &FileConfig::default(), &env_with_key()).is_ok());
-        let unix_only = ServeArgs {
-            listen: Some("none".into()),
-            unix_socket: Some(dir.path().join("s.sock").to_string_lossy().into_owned()),
-            ..ServeArgs::default()
-        };
-        assert!(Config::resolve_with(&unix_only, &FileConfig::default(), &service).is_ok());
+        assert!(resolve(&[], None, &env_with_key()).is_ok());
+        let socket = dir.path().join("s.sock");
+        let unix_only = [
+            "--listen",
+            "none",
+            "--unix-socket",
+            socket.to_str().unwrap(),
+        ];
+        assert!(resolve(&unix_only, None, &service).is_ok());
         let token = dir.path().join("token");
         std::fs::write(&token, "s3cret-token\n").unwrap();
-        let with_token = ServeArgs {
-            auth_token_file: Some(token),
-            ..ServeArgs::default()
-        };
-        assert!(Config::resolve_with(&with_token, &FileConfig::default(), &service).is_ok());
+        let with_token = ["--auth-token-file", token.to_str().unwrap()];
+        assert!(resolve(&with_token, None, &service).is_ok());
     }
 
     #[test]
     fn beyond_loopback_needs_a_token_or_an_explicit_opt_out() {
         let dir = tempfile::tempdir().unwrap();
-        let open = ServeArgs {
-            listen: Some("0.0.0.0:7433".into()),
-            ..ServeArgs::default()
-        };
-        let err = Config::resolve_with(&open, &FileConfig::default(), &env_with_key()).unwrap_err();
+        let open = ["--listen", "0.0.0.0:7433"];
+        let err = resolve(&open, None, &env_with_key()).unwrap_err();
         assert!(err.to_string().contains("--auth-token-file"), "{err}");
-        let insecure = ServeArgs {
-            insecure_listen: true,
-            ..open.clone()
-        };
-        assert!(Config::resolve_with(&insecure, &FileConfig::default(), &env_with_key()).is_ok());
+        let insecure = ["--listen", "0.0.0.0:7433", "--insecure-listen"];
+        assert!(resolve(&insecure, None, &env_with_key()).is_ok());
         let token = dir.path().join("token");
         std::fs::write(&token, "s3cret-token\n").unwrap();
-        let with_token = ServeArgs {
-            auth_token_file: Some(token),
-            ..open
-        };
-        let c = Config::resolve_with(&with_token, &FileConfig::default(), &env_with_key()).unwrap();
+        let with_token = [
+            "--listen",
+            "0.0.0.0:7433",
+            "--auth-token-file",
+            token.to_str().unwrap(),
+        ];
+        let c = resolve(&with_token, None, &env_with_key()).unwrap();
         let t = c.auth_token.unwrap();
         assert!(t.matches("s3cret-token"));
         assert!(!t.matches("s3cret-toke"));
@@ -1172,11 +1076,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("t");
         std::fs::write(&token, "tok-9876").unwrap();
-        let args = ServeArgs {
-            auth_token_file: Some(token),
-            ..ServeArgs::default()
-        };
-        let c = Config::resolve_with(&args, &FileConfig::default(), &env_with_key()).unwrap();
+        let c = resolve(
+            &["--auth-token-file", token.to_str().unwrap()],
+            None,
+            &env_with_key(),
+        )
+        .unwrap();
         let text = c.describe();
         assert!(
             !text.contains("secret-key-123") && !text.contains("tok-9876"),
@@ -1200,11 +1105,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
-        let args = ServeArgs {
-            ping_interval: Some("200s".into()),
-            ..ServeArgs::default()
-        };
-        let err = Config::resolve_with(&args, &FileConfig::default(), &env_with_key()).unwrap_err();
+        let err = resolve(&["--ping-interval", "200s"], None, &env_with_key()).unwrap_err();
         assert!(err.to_string().contains("ping_interval"));
     }
 }

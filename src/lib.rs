@@ -32,15 +32,18 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod counters;
 pub mod dispatch;
 pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;
 pub mod server;
+pub mod session;
 pub mod sim;
 pub mod soak;
 pub mod state;
+pub mod status;
 pub mod upstream;
 pub mod validate;
 

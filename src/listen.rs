@@ -9,7 +9,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,8 +19,8 @@ use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::counters::{Counter, Counters};
 use crate::dispatch::{ClientConnection, Principal};
-use crate::metrics::AccessMetrics;
 
 /// Streams one client connection may have open at once (HTTP/2
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`; unlimited otherwise). A `Session`
@@ -52,11 +51,11 @@ pub struct Connections {
     slots: Arc<Semaphore>,
     limit: usize,
     /// Counts the connections refused and timed out (metrics).
-    counts: Arc<AccessMetrics>,
+    counts: Arc<Counters>,
 }
 
 impl Connections {
-    pub fn new(limit: usize, counts: Arc<AccessMetrics>) -> Self {
+    pub fn new(limit: usize, counts: Arc<Counters>) -> Self {
         Connections {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
@@ -91,11 +90,7 @@ where
                 Ok((io, who)) => {
                     pause = ACCEPT_PAUSE_MIN;
                     let Ok(slot) = Arc::clone(&connections.slots).try_acquire_owned() else {
-                        let n = connections
-                            .counts
-                            .connections_refused
-                            .fetch_add(1, Ordering::Relaxed)
-                            + 1;
+                        let n = connections.counts.add(Counter::ConnectionsRefused);
                         if n.is_power_of_two() {
                             tracing::warn!(
                                 limit = connections.limit,
@@ -186,16 +181,11 @@ pub struct ClientConn<S> {
     /// Until the preface arrived: when the connection is given up, and how
     /// many bytes came so far.
     handshake: Option<(Pin<Box<Sleep>>, usize)>,
-    counts: Arc<AccessMetrics>,
+    counts: Arc<Counters>,
 }
 
 impl<S> ClientConn<S> {
-    fn new(
-        io: S,
-        principal: Principal,
-        slot: OwnedSemaphorePermit,
-        counts: Arc<AccessMetrics>,
-    ) -> Self {
+    fn new(io: S, principal: Principal, slot: OwnedSemaphorePermit, counts: Arc<Counters>) -> Self {
         ClientConn {
             io,
             client: ClientConnection::new(principal),
@@ -232,9 +222,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientConn<S> {
                 }
             }
             if deadline.as_mut().poll(cx).is_ready() {
-                this.counts
-                    .handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
+                this.counts.add(Counter::HandshakeTimeouts);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no HTTP/2 preface within the handshake timeout",
@@ -278,7 +266,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientConn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Out of file descriptors, `accept` fails at once, again and again:
     /// the loop pauses (10 ms doubling to 1 s) instead of spinning.

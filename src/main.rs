@@ -3,10 +3,8 @@
 
 mod cli;
 
-use clap::Parser as _;
-
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+    let args = cli::Cli::from_process();
     cli::init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

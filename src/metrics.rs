@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -18,45 +17,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::dispatch::Dispatch;
-use crate::upstream::{ConnectionState, UpstreamStatus};
-
-/// Task types that get their own label value; anything else is "other",
-/// so a client cannot grow the label set without bound.
-const KNOWN_TASK_TYPES: &[&str] = &[
-    "imageInference",
-    "promptEnhance",
-    "imageCaption",
-    "imageUpscale",
-    "removeBackground",
-    "imageBackgroundRemoval",
-    "imageMasking",
-    "imageControlNetPreProcess",
-    "photoMaker",
-    "videoInference",
-    "audioInference",
-    "modelUpload",
-    "modelSearch",
-];
-
-/// The label value for a task type.
-pub fn task_type_label(task_type: &str) -> &'static str {
-    KNOWN_TASK_TYPES
-        .iter()
-        .find(|t| **t == task_type)
-        .copied()
-        .unwrap_or("other")
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TaskLabels {
-    pub task_type: &'static str,
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TypeLabel {
-    pub task_type: &'static str,
-}
+pub use crate::dispatch::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
+use crate::session::UpstreamStatus;
+use crate::status::StatusSnapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
@@ -64,33 +27,10 @@ pub struct DirectionLabel {
 }
 
 /// Why an upstream connection ended or an attempt failed
-/// ([`crate::upstream::DropReason::kind`]).
+/// ([`crate::session::DropReason::kind`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabel {
     pub reason: &'static str,
-}
-
-/// Task outcomes and latencies, recorded by the task table.
-#[derive(Clone, Debug)]
-pub struct TaskMetrics {
-    /// Tasks ended, by type and outcome.
-    pub ended: Family<TaskLabels, Counter>,
-    /// Seconds from submit to the last result, by type.
-    pub latency: Family<TypeLabel, Histogram, fn() -> Histogram>,
-}
-
-fn latency_histogram() -> Histogram {
-    // 10 ms .. ~5.5 min.
-    Histogram::new(exponential_buckets(0.01, 2.0, 16))
-}
-
-impl Default for TaskMetrics {
-    fn default() -> Self {
-        TaskMetrics {
-            ended: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-        }
-    }
 }
 
 /// Connection and traffic metrics, recorded by the upstream task.
@@ -139,22 +79,11 @@ impl UpstreamMetrics {
     }
 }
 
-/// Requests and connections refused at the door.
-#[derive(Debug, Default)]
-pub struct AccessMetrics {
-    pub unauthenticated: AtomicU64,
-    /// Connections closed at once: `max_connections` was reached.
-    pub connections_refused: AtomicU64,
-    /// Connections closed for sending no HTTP/2 preface in time.
-    pub handshake_timeouts: AtomicU64,
-}
-
 /// Reads, at each scrape, what the daemon keeps anyway.
 #[derive(Debug)]
 struct StateCollector {
     dispatch: Arc<Dispatch>,
     status: watch::Receiver<UpstreamStatus>,
-    access: Arc<AccessMetrics>,
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
@@ -169,124 +98,18 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Resu
 
 impl prometheus_client::collector::Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
-        let s = self.status.borrow().clone();
-        let c = &self.dispatch.counters;
-        let state = match s.state {
-            ConnectionState::Disconnected => 0,
-            ConnectionState::Connecting => 1,
-            ConnectionState::Authenticating => 2,
-            ConnectionState::Ready => 3,
-            ConnectionState::AuthRejected => 4,
-        };
-        gauge(
-            &mut e,
-            "runwared_upstream_state",
-            "Upstream connection: 0 disconnected, 1 connecting, 2 authenticating, 3 ready, 4 key rejected",
-            state,
-        )?;
-        gauge(
-            &mut e,
-            "runwared_upstream_ready",
-            "1 while the upstream session is ready",
-            i64::from(state == 3),
-        )?;
-        counter(
-            &mut e,
-            "runwared_upstream_reconnects",
-            "Authenticated connections after the first",
-            s.reconnects,
-        )?;
-        counter(
-            &mut e,
-            "runwared_upstream_resumes",
-            "Reconnects on which Runware resumed the session",
-            s.resumes,
-        )?;
-        gauge(
-            &mut e,
-            "runwared_tasks_in_flight",
-            "Tasks waiting for results",
-            self.dispatch.in_flight() as i64,
-        )?;
-        gauge(
-            &mut e,
-            "runwared_tasks_kept",
-            "Tasks whose results are kept for Attach",
-            self.dispatch.known() as i64,
-        )?;
-        gauge(
-            &mut e,
-            "runwared_tasks_polling",
-            "Tasks whose results are polled with getResponse",
-            self.dispatch.polling() as i64,
-        )?;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            &mut e,
-            "runwared_late_results_dropped",
-            "Results for tasks no longer kept",
-            load(&c.late_results_dropped),
-        )?;
-        counter(
-            &mut e,
-            "runwared_bad_frames",
-            "Upstream messages or items that could not be understood",
-            load(&c.bad_frames),
-        )?;
-        counter(
-            &mut e,
-            "runwared_duplicate_results",
-            "Results repeated or after their task ended",
-            load(&c.duplicate_results),
-        )?;
-        counter(
-            &mut e,
-            "runwared_get_response_polls",
-            "getResponse requests sent",
-            load(&c.polls),
-        )?;
-        counter(
-            &mut e,
-            "runwared_tasks_recovered",
-            "Tasks recovered after Runware lost the session",
-            load(&c.recovered),
-        )?;
-        counter(
-            &mut e,
-            "runwared_limit_rejections",
-            "Requests refused because of a limit",
-            load(&c.limit_rejections),
-        )?;
-        counter(
-            &mut e,
-            "runwared_tasks_abandoned",
-            "Tasks whose client left before they ended",
-            load(&c.abandoned),
-        )?;
-        counter(
-            &mut e,
-            "runwared_tasks_cancelled",
-            "Tasks released by a client's cancel",
-            load(&c.cancelled),
-        )?;
-        counter(
-            &mut e,
-            "runwared_unauthenticated_requests",
-            "gRPC requests refused for a missing or wrong bearer token",
-            load(&self.access.unauthenticated),
-        )?;
-        counter(
-            &mut e,
-            "runwared_connections_refused",
-            "Client connections closed at once because max_connections was reached",
-            load(&self.access.connections_refused),
-        )?;
-        counter(
-            &mut e,
-            "runwared_handshake_timeouts",
-            "Client connections closed for sending no HTTP/2 preface within 10 s",
-            load(&self.access.handshake_timeouts),
-        )?;
+        let snapshot = StatusSnapshot::take(
+            &self.dispatch,
+            self.status.borrow().clone(),
+            &self.dispatch.counters,
+        );
+        for r in snapshot.readings() {
+            if r.counter {
+                counter(&mut e, r.metric, r.help, r.value.max(0) as u64)?;
+            } else {
+                gauge(&mut e, r.metric, r.help, r.value)?;
+            }
+        }
         Ok(())
     }
 }
@@ -302,7 +125,6 @@ impl Metrics {
         dispatch: &Arc<Dispatch>,
         status: watch::Receiver<UpstreamStatus>,
         upstream: &UpstreamMetrics,
-        access: Arc<AccessMetrics>,
     ) -> Arc<Self> {
         let mut registry = Registry::default();
         let tasks = dispatch.metrics();
@@ -349,7 +171,6 @@ impl Metrics {
         registry.register_collector(Box::new(StateCollector {
             dispatch: Arc::clone(dispatch),
             status,
-            access,
         }));
         Arc::new(Metrics { registry })
     }

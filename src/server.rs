@@ -20,16 +20,16 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::RunwareService;
 use crate::config::{ApiKey, ApiKeySource, BearerToken, Config};
-use crate::dispatch::Dispatch;
+use crate::counters::{Counter, Counters};
+use crate::dispatch::{Dispatch, Limits, StateChange};
 use crate::listen;
-use crate::metrics::{AccessMetrics, Metrics, UpstreamMetrics};
+use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::notify::Notifier;
 use crate::pb::runware_server::RunwareServer;
+use crate::session::{ConnectionState, Resume, UpstreamStatus};
 use crate::sim::{SimConfig, SimHandle};
-use crate::state::{StateChange, StateStore};
-use crate::upstream::{
-    ConnectionState, Heartbeat, Telemetry, Upstream, UpstreamStatus, client_tls,
-};
+use crate::state::StateStore;
+use crate::upstream::{Heartbeat, Telemetry, Upstream, client_tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,6 +65,21 @@ const FINAL_FLUSH: Duration = Duration::from_secs(1);
 const STATE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// The journal grows to the snapshot's size, or this, before a new snapshot.
 const JOURNAL_MIN_BYTES: u64 = 8 << 20;
+
+/// The task table's limits, from the settings.
+fn limits(c: &Config) -> Limits {
+    Limits {
+        max_in_flight: c.max_in_flight,
+        max_in_flight_per_connection: c.max_in_flight_per_connection,
+        max_queued: c.max_queued,
+        max_retained_bytes: c.max_retained_bytes,
+        max_memory_bytes: c.max_memory_bytes,
+        retention: c.retention,
+        max_task_bytes: c.max_message_bytes,
+        poll_max: c.poll_max,
+        ..Limits::default()
+    }
+}
 
 /// A running daemon.
 pub struct Daemon {
@@ -164,11 +179,8 @@ impl Daemon {
         let loaded = state.as_ref().map(StateStore::load).unwrap_or_default();
 
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-        let (status_tx, status_rx) = watch::channel(UpstreamStatus {
-            session: loaded.session.clone(),
-            ..UpstreamStatus::default()
-        });
-        let dispatch = Dispatch::new(config.limits(), queue_tx, status_rx.clone());
+        let (status_tx, status_rx) = watch::channel(UpstreamStatus::default());
+        let dispatch = Dispatch::new(limits(&config), queue_tx);
         if loaded.rejected > 0 {
             tracing::warn!(
                 tasks = loaded.rejected,
@@ -185,6 +197,9 @@ impl Daemon {
         let upstream = Upstream::new(
             &config,
             key,
+            Resume {
+                session: loaded.session.clone(),
+            },
             Arc::clone(&dispatch),
             queue_rx,
             status_tx,
@@ -207,19 +222,13 @@ impl Daemon {
             )));
         }
 
-        let access = Arc::new(AccessMetrics::default());
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartError::Metrics { addr, source })?;
                 let bound = listener.local_addr().ok();
-                let metrics = Metrics::new(
-                    &dispatch,
-                    status_rx.clone(),
-                    &upstream_metrics,
-                    Arc::clone(&access),
-                );
+                let metrics = Metrics::new(&dispatch, status_rx.clone(), &upstream_metrics);
                 background.push(tokio::spawn(crate::metrics::serve(
                     listener,
                     metrics,
@@ -264,9 +273,9 @@ impl Daemon {
         }
         let gate = AccessGate {
             token: config.auth_token.clone().map(Arc::new),
-            metrics: Arc::clone(&access),
+            counters: Arc::clone(&dispatch.counters),
         };
-        let service = RunwareService::new(Arc::clone(&dispatch), &config);
+        let service = RunwareService::new(Arc::clone(&dispatch), status_rx.clone(), &config);
         // Health and reflection stay open on every listener: probes
         // cannot send tokens, and reflection shows only the API's shape.
         let max = config.max_message_bytes;
@@ -290,7 +299,7 @@ impl Daemon {
         // One bound over the connections of every listener.
         let connections = Arc::new(listen::Connections::new(
             config.max_connections,
-            Arc::clone(&access),
+            Arc::clone(&dispatch.counters),
         ));
         if let Some(listener) = tcp {
             if let Some(addr) = tcp_addr {
@@ -403,7 +412,7 @@ impl Daemon {
 #[derive(Clone)]
 struct AccessGate {
     token: Option<Arc<BearerToken>>,
-    metrics: Arc<AccessMetrics>,
+    counters: Arc<Counters>,
 }
 
 impl tonic::service::Interceptor for AccessGate {
@@ -419,9 +428,7 @@ impl tonic::service::Interceptor for AccessGate {
         match given {
             Some(g) if token.matches(g) => Ok(request),
             _ => {
-                self.metrics
-                    .unauthenticated
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.counters.add(Counter::Unauthenticated);
                 Err(tonic::Status::unauthenticated(
                     "this daemon requires metadata \"authorization: Bearer <token>\" (the token in its --auth-token-file)",
                 ))

@@ -35,12 +35,13 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::client::{Target, connect};
-use crate::config::{ApiKey, ApiKeySource, Config};
+use crate::config::{ApiKey, ApiKeySource, Config, Settings};
+use crate::counters::Counter;
 use crate::pb;
 use crate::server::Daemon;
+use crate::session::{ConnectionState, UpstreamStatus};
 use crate::sim::results::enhanced_text;
 use crate::sim::{SimConfig, SimHandle};
-use crate::upstream::{ConnectionState, UpstreamStatus};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -326,21 +327,24 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
     // the longest a result can legitimately wait once it is recoverable.
     let poll_max = Duration::from_secs(1);
     let daemon_config = Config {
-        upstream_url: sim.url(),
+        settings: Settings {
+            upstream_url: sim.url(),
+            ping_interval: Duration::from_secs(2),
+            pong_timeout: Duration::from_secs(1),
+            auth_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            auth_rejected_retry: Duration::from_secs(1),
+            retention: Duration::from_secs(600),
+            max_in_flight_per_connection: 100_000,
+            default_task_timeout: config.default_task_timeout,
+            poll_max,
+            ..Settings::default()
+        },
         api_key: Some(ApiKeySource::Value(
             ApiKey::new("chaos-key").expect("non-empty"),
         )),
         listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        ping_interval: Duration::from_secs(2),
-        pong_timeout: Duration::from_secs(1),
-        auth_timeout: Duration::from_secs(2),
-        backoff_min: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(500),
-        auth_rejected_retry: Duration::from_secs(1),
-        retention: Duration::from_secs(600),
-        max_in_flight_per_connection: 100_000,
-        default_task_timeout: config.default_task_timeout,
-        poll_max,
         ..Config::default()
     };
     let recovery_bound = poll_max + Duration::from_secs(1);
@@ -470,7 +474,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
     let st = daemon.status.borrow().clone();
     report.reconnects = st.reconnects;
     report.resumes = st.resumes;
-    report.recovered = daemon.dispatch.counters.recovered.load(Ordering::Relaxed);
+    report.recovered = daemon.dispatch.counters.get(Counter::Recovered);
     report.results_swallowed = stats.results_swallowed;
     report.recovery_bound = recovery_bound;
     let accounted = report.completed

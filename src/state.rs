@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::SavedTask;
+use crate::dispatch::{SavedTask, StateChange};
 use crate::protocol::{self, SessionUuid, TaskUuid};
 
 const FORMAT: &str = "runwared-state";
@@ -57,20 +57,6 @@ struct StateFile {
     generation: u64,
     session: Option<String>,
     tasks: Vec<SavedTask>,
-}
-
-/// One line of the journal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StateChange {
-    /// A task accepted.
-    Add(SavedTask),
-    /// A task went upstream for the first time (by taskUUID).
-    Sent(String),
-    /// A task ended or was released (by taskUUID).
-    End(String),
-    /// A new session UUID.
-    Session(String),
 }
 
 /// The same, written from borrowed parts: no copy of every payload per write.
@@ -296,7 +282,7 @@ impl StateStore {
         if task.keys().any(|k| k.eq_ignore_ascii_case("apiKey")) {
             return Err(format!("task {uuid}: carries an apiKey"));
         }
-        if !(1..=crate::api::MAX_EXPECTED_RESULTS).contains(&t.expected) {
+        if !(1..=crate::dispatch::MAX_EXPECTED_RESULTS).contains(&t.expected) {
             return Err(format!("task {uuid}: {} expected results", t.expected));
         }
         Ok(())

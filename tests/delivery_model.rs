@@ -19,11 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use runwared::dispatch::{Dispatch, Limits, PreparedTask, Principal, TaskEvent, TaskHandle};
+use runwared::dispatch::{Dispatch, Gate, Limits, PreparedTask, Principal, TaskEvent, TaskHandle};
 use runwared::protocol::{self, TaskUuid};
-use runwared::upstream::{ConnectionState, UpstreamStatus};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 const POLL_MIN: Duration = Duration::from_millis(500);
 const POLL_MAX: Duration = Duration::from_secs(4);
@@ -216,7 +215,6 @@ impl Server {
 struct Model {
     dispatch: Arc<Dispatch>,
     queue: mpsc::UnboundedReceiver<TaskUuid>,
-    _status: watch::Sender<UpstreamStatus>,
     server: Server,
     uuids: Vec<TaskUuid>,
     handles: Vec<TaskHandle>,
@@ -238,16 +236,13 @@ fn content(item: &str) -> String {
 impl Model {
     fn new(specs: Vec<TaskSpec>) -> Self {
         let (qtx, queue) = mpsc::unbounded_channel();
-        let (status, srx) = watch::channel(UpstreamStatus {
-            state: ConnectionState::Ready,
-            ..UpstreamStatus::default()
-        });
         let limits = Limits {
             poll_min: POLL_MIN,
             poll_max: POLL_MAX,
             ..Limits::default()
         };
-        let dispatch = Dispatch::new(limits, qtx, srx);
+        let dispatch = Dispatch::new(limits, qtx);
+        dispatch.set_gate(Gate::Open);
         let mut server = Server::default();
         let mut uuids = Vec::new();
         let mut handles = Vec::new();
@@ -302,7 +297,6 @@ impl Model {
         Model {
             dispatch,
             queue,
-            _status: status,
             server,
             uuids,
             handles,

@@ -8,9 +8,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
+use runwared::counters::Counter;
 use runwared::pb;
+use runwared::session::ConnectionState;
 use runwared::sim::SimConfig;
-use runwared::upstream::ConnectionState;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -491,14 +492,7 @@ async fn a_result_lost_in_a_dying_socket_is_recovered_well_before_the_deadline()
     assert_eq!(stats.results_swallowed, 1);
     assert_eq!(stats.executions, 1, "never run twice");
     assert!(stats.conflicts >= 1, "the resend met conflictTaskUUID");
-    assert!(
-        h.daemon
-            .dispatch
-            .counters
-            .polls
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    assert!(h.daemon.dispatch.counters.get(Counter::Polls) >= 1);
     assert_eq!(h.daemon.dispatch.in_flight(), 0);
 }
 

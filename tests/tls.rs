@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use runwared::pb;
 use runwared::server::Daemon;
+use runwared::session::ConnectionState;
 use runwared::sim::{SimConfig, SimHandle, server_tls};
-use runwared::upstream::ConnectionState;
 
 struct Pki {
     cert_pem: String,

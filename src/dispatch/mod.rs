@@ -24,7 +24,9 @@
 //! Decisions here are synchronous and never await: the upstream reader calls
 //! in straight from its loop.
 
+mod journal;
 pub mod lifecycle;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,14 +35,18 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use self::journal::{SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
-use crate::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
+use self::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
+use crate::counters::{Counter, Counters};
 use crate::protocol::{self, ErrorClass, Inbound, RunwareError, TaskUuid};
-use crate::state::StateChange;
-use crate::upstream::{ConnectionState, UpstreamStatus};
+
+/// Most results one task may be waited on for (a `Run` client's
+/// `expected_results`, a restored task's).
+pub const MAX_EXPECTED_RESULTS: u32 = 10_000;
 
 /// What a watching client receives.
 #[derive(Debug, Clone)]
@@ -212,41 +218,6 @@ impl Task {
     }
 }
 
-/// Counters shown by `GetStatus`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Results (and errors) for tasks no longer in the table.
-    pub late_results_dropped: AtomicU64,
-    /// Upstream frames, or items in them, that could not be understood.
-    pub bad_frames: AtomicU64,
-    /// Results that repeated one already taken (same id), or came after
-    /// their task had ended.
-    pub duplicate_results: AtomicU64,
-    /// Tasks whose client left before they ended.
-    pub abandoned: AtomicU64,
-    /// Tasks released by a client's cancel.
-    pub cancelled: AtomicU64,
-    /// `getResponse` requests sent.
-    pub polls: AtomicU64,
-    /// Tasks recovered with `getResponse` after Runware lost the session.
-    pub recovered: AtomicU64,
-    /// Requests refused because of a limit.
-    pub limit_rejections: AtomicU64,
-}
-
-/// A persisted in-flight task (see `state`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SavedTask {
-    pub uuid: String,
-    pub payload: String,
-    pub expected: u32,
-    pub asynchronous: bool,
-    /// Whether it ever went upstream (then it is recovered by polling).
-    pub sent: bool,
-    /// Who submitted it: who may attach after a restart.
-    pub owner: Principal,
-}
-
 /// The table. Shared by the gRPC services and the upstream task.
 pub struct Dispatch {
     tasks: DashMap<TaskUuid, Task>,
@@ -273,17 +244,15 @@ pub struct Dispatch {
     limits: Limits,
     /// Wakes the upstream writer: taskUUIDs to send.
     queue: mpsc::UnboundedSender<TaskUuid>,
-    upstream: watch::Receiver<UpstreamStatus>,
-    pub counters: Counters,
+    /// Whether tasks go out now: set by the connection supervisor.
+    gate: std::sync::RwLock<Gate>,
+    /// What the table counts, shared with the listeners.
+    pub counters: Arc<Counters>,
     metrics: TaskMetrics,
 }
 
 impl Dispatch {
-    pub fn new(
-        limits: Limits,
-        queue: mpsc::UnboundedSender<TaskUuid>,
-        upstream: watch::Receiver<UpstreamStatus>,
-    ) -> Arc<Self> {
+    pub fn new(limits: Limits, queue: mpsc::UnboundedSender<TaskUuid>) -> Arc<Self> {
         Arc::new(Dispatch {
             tasks: DashMap::new(),
             in_flight: AtomicUsize::new(0),
@@ -298,8 +267,8 @@ impl Dispatch {
             journaling: AtomicBool::new(false),
             limits,
             queue,
-            upstream,
-            counters: Counters::default(),
+            gate: std::sync::RwLock::default(),
+            counters: Arc::default(),
             metrics: TaskMetrics::default(),
         })
     }
@@ -328,9 +297,7 @@ impl Dispatch {
                 | SubmitError::TooLarge { .. }
                 | SubmitError::MemoryBudget { .. }
         ) {
-            self.counters
-                .limit_rejections
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.add(Counter::LimitRejections);
         }
         e
     }
@@ -345,12 +312,10 @@ impl Dispatch {
         if self.draining.load(Ordering::Acquire) {
             return Err(SubmitError::Draining);
         }
-        let ready = {
-            let status = self.upstream.borrow();
-            if status.state == ConnectionState::AuthRejected {
-                return Err(SubmitError::AuthRejected(auth_rejected_message(&status)));
-            }
-            status.state == ConnectionState::Ready
+        let ready = match &*self.gate.read().unwrap_or_else(|p| p.into_inner()) {
+            Gate::KeyRejected(why) => return Err(SubmitError::AuthRejected(why.clone())),
+            Gate::Open => true,
+            Gate::Closed { .. } => false,
         };
         if task.payload.len() > self.limits.max_task_bytes {
             return Err(self.refuse(SubmitError::TooLarge {
@@ -485,7 +450,7 @@ impl Dispatch {
     pub fn cancel(&self, uuid: &TaskUuid) -> bool {
         let removed = self.remove(uuid);
         if removed {
-            self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.counters.add(Counter::Cancelled);
         }
         removed
     }
@@ -505,9 +470,14 @@ impl Dispatch {
         self.polling.load(Ordering::Acquire)
     }
 
-    /// The upstream connection's current status.
-    pub fn upstream_status(&self) -> UpstreamStatus {
-        self.upstream.borrow().clone()
+    /// Whether tasks go out now (the connection supervisor tells).
+    pub fn set_gate(&self, gate: Gate) {
+        *self.gate.write().unwrap_or_else(|p| p.into_inner()) = gate;
+    }
+
+    /// Whether tasks go out now.
+    pub fn gate(&self) -> Gate {
+        self.gate.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Refuses new tasks from now on (shutdown).
@@ -696,7 +666,7 @@ impl Dispatch {
             ) {
                 Action::Enqueue => send.push(uuid),
                 Action::Recover => {
-                    self.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                    self.counters.add(Counter::Recovered);
                 }
                 _ => {}
             }
@@ -721,9 +691,7 @@ impl Dispatch {
                 due.push(uuid);
             }
         }
-        self.counters
-            .polls
-            .fetch_add(due.len() as u64, Ordering::Relaxed);
+        self.counters.add_n(Counter::Polls, due.len() as u64);
         due
     }
 
@@ -776,16 +744,12 @@ impl Dispatch {
     /// `getResponse` answer.
     fn deliver(&self, uuid: TaskUuid, item: &RawValue, result_id: Option<&str>, polled: bool) {
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
-            self.counters
-                .late_results_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.add(Counter::LateResultsDropped);
             tracing::debug!(task = %uuid, "result for a task no longer kept; dropped");
             return;
         };
         if !task.in_flight() {
-            self.counters
-                .duplicate_results
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.add(Counter::DuplicateResults);
             tracing::debug!(task = %uuid, "result after the task ended; ignored");
             return;
         }
@@ -803,18 +767,14 @@ impl Dispatch {
             if !m.take(fingerprint(item.get()), polled, message) {
                 if !polled {
                     // Pushed after an answer had brought it.
-                    self.counters
-                        .duplicate_results
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.counters.add(Counter::DuplicateResults);
                 }
                 return;
             }
         }
         if let Some(id) = result_id {
             if t.result_ids.iter().any(|seen| &**seen == id) {
-                self.counters
-                    .duplicate_results
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.add(Counter::DuplicateResults);
                 tracing::warn!(task = %uuid, result = id, "duplicate result from Runware; ignored");
                 return;
             }
@@ -837,9 +797,7 @@ impl Dispatch {
         let class = protocol::classify_error(&error.code);
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
             if class != ErrorClass::Conflict {
-                self.counters
-                    .late_results_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.add(Counter::LateResultsDropped);
             }
             tracing::debug!(task = %uuid, code = %error.code, "error for a task no longer kept; dropped");
             return;
@@ -924,7 +882,7 @@ impl Dispatch {
             if task.watchers.is_empty() && task.idle_since.is_none() {
                 task.idle_since = Some(Instant::now());
                 if task.in_flight() {
-                    self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                    self.counters.add(Counter::Abandoned);
                     tracing::debug!(task = %uuid, "client went away; results are kept for Attach");
                 }
             }
@@ -1088,16 +1046,23 @@ impl std::fmt::Debug for Dispatch {
     }
 }
 
-/// The message clients get while Runware rejects the daemon's key.
-pub fn auth_rejected_message(status: &UpstreamStatus) -> String {
-    format!(
-        "Runware rejected the daemon's API key ({}); fix RUNWARE_API_KEY or the key file, the daemon retries on its own",
-        status
-            .key_rejection
-            .as_deref()
-            .or(status.last_error.as_deref())
-            .unwrap_or("invalidApiKey")
-    )
+/// What the task table knows of the connection: whether tasks go out now
+/// or wait (counted against `max_queued`), or are refused because Runware
+/// rejects the daemon's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Not connected (yet): tasks wait. `why` is the last error, if any.
+    Closed { why: Option<String> },
+    /// A ready session: tasks go out.
+    Open,
+    /// Runware rejects the key: tasks are refused with this message.
+    KeyRejected(String),
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::Closed { why: None }
+    }
 }
 
 /// Who submitted a task: only the same principal may `Attach` to it.
@@ -1212,20 +1177,12 @@ impl Drop for WatchGuard {
 mod tests {
     use super::*;
 
-    fn setup(
-        limits: Limits,
-    ) -> (
-        Arc<Dispatch>,
-        mpsc::UnboundedReceiver<TaskUuid>,
-        watch::Sender<UpstreamStatus>,
-    ) {
+    /// A table whose connection is ready.
+    fn setup(limits: Limits) -> (Arc<Dispatch>, mpsc::UnboundedReceiver<TaskUuid>) {
         let (qtx, qrx) = mpsc::unbounded_channel();
-        let ready = UpstreamStatus {
-            state: ConnectionState::Ready,
-            ..UpstreamStatus::default()
-        };
-        let (stx, srx) = watch::channel(ready);
-        (Dispatch::new(limits, qtx, srx), qrx, stx)
+        let d = Dispatch::new(limits, qtx);
+        d.set_gate(Gate::Open);
+        (d, qrx)
     }
 
     fn task(expected: u32) -> PreparedTask {
@@ -1273,7 +1230,7 @@ mod tests {
 
     #[test]
     fn results_complete_after_expected_and_later_ones_are_counted() {
-        let (d, mut q, _s) = setup(Limits::default());
+        let (d, mut q) = setup(Limits::default());
         let mut h = d.submit(task(2), None).unwrap();
         assert_eq!(q.try_recv().unwrap(), h.uuid);
         d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, false);
@@ -1284,12 +1241,12 @@ mod tests {
         assert_eq!(next_result(&mut h), (1, r#"{"text":"a"}"#.into(), true));
         assert!(h.events.try_recv().is_err());
         assert_eq!(d.in_flight(), 0);
-        assert_eq!(d.counters.duplicate_results.load(Ordering::Relaxed), 1);
+        assert_eq!(d.counters.get(Counter::DuplicateResults), 1);
     }
 
     #[test]
     fn duplicate_result_ids_are_dropped() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let mut h = d.submit(task(2), None).unwrap();
         d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), false);
         d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), false);
@@ -1299,12 +1256,12 @@ mod tests {
             next_result(&mut h),
             (1, r#"{"imageUUID":"y"}"#.into(), true)
         );
-        assert_eq!(d.counters.duplicate_results.load(Ordering::Relaxed), 1);
+        assert_eq!(d.counters.get(Counter::DuplicateResults), 1);
     }
 
     #[test]
     fn errors_go_only_to_their_task() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let mut a = d.submit(task(1), None).unwrap();
         let mut b = d.submit(task(1), None).unwrap();
         d.fail(
@@ -1324,7 +1281,7 @@ mod tests {
 
     #[test]
     fn conflict_on_first_send_fails_but_on_resend_polls() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let conflict = || RunwareError {
             code: "conflictTaskUUID".into(),
             ..Default::default()
@@ -1357,7 +1314,7 @@ mod tests {
             max_task_bytes: 100,
             ..Limits::default()
         };
-        let (d, _q, _s) = setup(limits);
+        let (d, _q) = setup(limits);
         let conn = ClientConnection::default();
         let t = task(1);
         let uuid = t.uuid;
@@ -1387,7 +1344,7 @@ mod tests {
                 limit: 100
             })
         ));
-        assert_eq!(d.counters.limit_rejections.load(Ordering::Relaxed), 3);
+        assert_eq!(d.counters.get(Counter::LimitRejections), 3);
         drop(_a);
         assert_eq!(
             conn.count(),
@@ -1410,7 +1367,7 @@ mod tests {
             max_memory_bytes: 1000,
             ..Limits::default()
         };
-        let (d, _q, _s) = setup(limits);
+        let (d, _q) = setup(limits);
         let big = |n: usize| {
             let mut t = task(1);
             t.payload = format!("{}{}", t.payload, " ".repeat(n));
@@ -1437,7 +1394,7 @@ mod tests {
             Err(SubmitError::MemoryBudget { .. })
         ));
         assert!(d.attach(b.uuid, Principal::Tcp).is_ok());
-        assert_eq!(d.counters.limit_rejections.load(Ordering::Relaxed), 2);
+        assert_eq!(d.counters.get(Counter::LimitRejections), 2);
     }
 
     #[test]
@@ -1446,8 +1403,8 @@ mod tests {
             max_queued: 2,
             ..Limits::default()
         };
-        let (d, _q, s) = setup(limits);
-        s.send_modify(|st| st.state = ConnectionState::Connecting);
+        let (d, _q) = setup(limits);
+        d.set_gate(Gate::default());
         let a = d.submit(task(1), None).unwrap();
         let _b = d.submit(task(1), None).unwrap();
         assert_eq!(
@@ -1463,7 +1420,7 @@ mod tests {
 
     #[test]
     fn a_client_leaving_keeps_the_results_for_attach() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let h = d.submit(task(3), None).unwrap();
         let uuid = h.uuid;
         d.deliver(uuid, &raw(r#"{"text":"a"}"#), None, false);
@@ -1496,7 +1453,7 @@ mod tests {
             max_retained_bytes: 30,
             ..Limits::default()
         };
-        let (d, _q, _s) = setup(limits);
+        let (d, _q) = setup(limits);
         let a = d.submit(task(1), None).unwrap();
         d.deliver(a.uuid, &raw(r#"{"text":"aaaaaaaaaaaa"}"#), None, false);
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -1514,22 +1471,22 @@ mod tests {
         assert_eq!(d.known(), 0, "idle past retention: released");
         assert_eq!(d.in_flight(), 0);
         d.deliver(c_uuid, &raw("{}"), None, false);
-        assert_eq!(d.counters.late_results_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(d.counters.get(Counter::LateResultsDropped), 1);
     }
 
     #[test]
     fn cancel_releases_at_once() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let h = d.submit(task(3), None).unwrap();
         assert!(d.cancel(&h.uuid));
         assert_eq!(d.in_flight(), 0);
         d.deliver(h.uuid, &raw("{}"), None, false);
-        assert_eq!(d.counters.late_results_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(d.counters.get(Counter::LateResultsDropped), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lost_session_recovers_sent_tasks_by_polling() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let mut sent = d.submit(task(3), None).unwrap();
         let unsent = d.submit(task(1), None).unwrap();
         send(&d, &sent.uuid);
@@ -1557,7 +1514,7 @@ mod tests {
         );
         d.pending(sent.uuid);
         assert!(sent.events.try_recv().is_err());
-        assert_eq!(d.counters.duplicate_results.load(Ordering::Relaxed), 0);
+        assert_eq!(d.counters.get(Counter::DuplicateResults), 0);
         assert!(d.due_polls(10).is_empty(), "backing off");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(d.due_polls(10), vec![sent.uuid]);
@@ -1573,12 +1530,12 @@ mod tests {
         answer(&d, sent.uuid, &items);
         assert!(next_result(&mut sent).2);
         assert_eq!(d.polling(), 0);
-        assert_eq!(d.counters.recovered.load(Ordering::Relaxed), 1);
+        assert_eq!(d.counters.get(Counter::Recovered), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn recovery_takes_each_missing_result_once_whatever_the_order() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let mut h = d.submit(task(4), None).unwrap();
         send(&d, &h.uuid);
         // Pushed out of order: the third version came first.
@@ -1619,7 +1576,7 @@ mod tests {
 
     #[test]
     fn a_task_the_server_never_got_is_sent_again_under_its_own_uuid() {
-        let (d, mut q, _s) = setup(Limits::default());
+        let (d, mut q) = setup(Limits::default());
         let h = d.submit(task(1), None).unwrap();
         q.try_recv().unwrap();
         send(&d, &h.uuid);
@@ -1645,7 +1602,7 @@ mod tests {
     /// (accepted, sent, ended) brings a new table back to the same tasks.
     #[test]
     fn the_journal_of_changes_restores_a_crashed_table() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         d.start_journal();
         let dir = tempfile::tempdir().unwrap();
         let store = crate::state::StateStore::open(
@@ -1668,7 +1625,7 @@ mod tests {
         store.append(&changes).unwrap();
         // The crash: a new table from what is on disk.
         let loaded = store.load();
-        let (d2, mut q2, _s2) = setup(Limits::default());
+        let (d2, mut q2) = setup(Limits::default());
         assert_eq!(d2.restore(loaded.tasks), 2);
         assert!(
             d2.attach(done.uuid, Principal::Tcp).is_err(),
@@ -1680,13 +1637,13 @@ mod tests {
 
     #[test]
     fn snapshot_and_restore() {
-        let (d, _q, _s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let a = d.submit(task(2), None).unwrap();
         let _b = d.submit(task(1), None).unwrap();
         send(&d, &a.uuid);
         let saved = d.snapshot();
         assert_eq!(saved.len(), 2);
-        let (d2, mut q2, _s2) = setup(Limits::default());
+        let (d2, mut q2) = setup(Limits::default());
         assert_eq!(d2.restore(saved), 2);
         assert_eq!(d2.in_flight(), 2);
         assert_eq!(d2.polling(), 1, "the sent one is recovered by polling");
@@ -1696,17 +1653,16 @@ mod tests {
 
     #[test]
     fn auth_rejected_fails_everyone_and_refuses_new_tasks() {
-        let (d, _q, s) = setup(Limits::default());
+        let (d, _q) = setup(Limits::default());
         let mut h = d.submit(task(1), None).unwrap();
         d.fail_all(FailureKind::UpstreamAuthRejected, "bad key");
         assert_eq!(
             failure(h.events.try_recv().unwrap()).kind,
             FailureKind::UpstreamAuthRejected
         );
-        s.send_modify(|st| {
-            st.state = ConnectionState::AuthRejected;
-            st.last_error = Some("invalidApiKey: nope".into());
-        });
+        d.set_gate(Gate::KeyRejected(
+            "Runware rejected the daemon's API key (invalidApiKey: nope)".into(),
+        ));
         match d.submit(task(1), None) {
             Err(SubmitError::AuthRejected(m)) => assert!(m.contains("invalidApiKey: nope"), "{m}"),
             other => panic!("{:?}", other.err()),

@@ -9,8 +9,8 @@ use runwared::config::{ApiKey, ApiKeySource, Config};
 use runwared::pb;
 use runwared::pb::runware_client::RunwareClient;
 use runwared::server::Daemon;
+use runwared::session::{ConnectionState, UpstreamStatus};
 use runwared::sim::{SimConfig, SimHandle, SimStats};
-use runwared::upstream::{ConnectionState, UpstreamStatus};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -28,12 +28,13 @@ pub struct Harness {
 
 /// A daemon configured for tests: loopback, the test key, the given URL.
 pub fn test_config(upstream_url: String) -> Config {
-    Config {
-        upstream_url,
+    let mut config = Config {
         api_key: Some(ApiKeySource::Value(ApiKey::new(KEY).unwrap())),
         listen: Some(loopback0()),
         ..Config::default()
-    }
+    };
+    config.upstream_url = upstream_url;
+    config
 }
 
 /// Under paused time tokio jumps the clock to the next timer whenever the
@@ -49,11 +50,6 @@ pub fn bound_clock_steps() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    tokio::spawn(async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
 }
 
 pub async fn start(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Harness {

@@ -1,0 +1,166 @@
+//! The daemon's event counters, each declared once: its name in `GetStatus`
+//! and `runwared status`, its Prometheus name and its meaning. The task
+//! table and the listeners count into one [`Counters`]; the status snapshot
+//! ([`crate::status`]) reads them for every place that shows them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Something the daemon counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Counter {
+    LateResultsDropped,
+    BadFrames,
+    DuplicateResults,
+    Abandoned,
+    Cancelled,
+    Polls,
+    Recovered,
+    LimitRejections,
+    Unauthenticated,
+    ConnectionsRefused,
+    HandshakeTimeouts,
+}
+
+/// A counter's names and meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterInfo {
+    /// Its name in `GetStatus` and `runwared status`.
+    pub name: &'static str,
+    /// Its Prometheus name (`_total` is added when served).
+    pub metric: &'static str,
+    pub help: &'static str,
+}
+
+const COUNT: usize = 11;
+
+impl Counter {
+    /// Every counter, in the order they are shown.
+    pub const ALL: [Counter; COUNT] = [
+        Counter::LateResultsDropped,
+        Counter::BadFrames,
+        Counter::DuplicateResults,
+        Counter::Abandoned,
+        Counter::Cancelled,
+        Counter::Polls,
+        Counter::Recovered,
+        Counter::LimitRejections,
+        Counter::Unauthenticated,
+        Counter::ConnectionsRefused,
+        Counter::HandshakeTimeouts,
+    ];
+
+    pub const fn info(self) -> CounterInfo {
+        let (name, metric, help) = match self {
+            Counter::LateResultsDropped => (
+                "late_results_dropped",
+                "runwared_late_results_dropped",
+                "Results for tasks no longer kept",
+            ),
+            Counter::BadFrames => (
+                "bad_frames",
+                "runwared_bad_frames",
+                "Upstream messages or items that could not be understood",
+            ),
+            Counter::DuplicateResults => (
+                "duplicate_results",
+                "runwared_duplicate_results",
+                "Results repeated or after their task ended",
+            ),
+            Counter::Abandoned => (
+                "abandoned",
+                "runwared_tasks_abandoned",
+                "Tasks whose client left before they ended",
+            ),
+            Counter::Cancelled => (
+                "cancelled",
+                "runwared_tasks_cancelled",
+                "Tasks released by a client's cancel",
+            ),
+            Counter::Polls => (
+                "polls",
+                "runwared_get_response_polls",
+                "getResponse requests sent",
+            ),
+            Counter::Recovered => (
+                "recovered",
+                "runwared_tasks_recovered",
+                "Tasks recovered after Runware lost the session",
+            ),
+            Counter::LimitRejections => (
+                "limit_rejections",
+                "runwared_limit_rejections",
+                "Requests refused because of a limit",
+            ),
+            Counter::Unauthenticated => (
+                "unauthenticated_requests",
+                "runwared_unauthenticated_requests",
+                "gRPC requests refused for a missing or wrong bearer token",
+            ),
+            Counter::ConnectionsRefused => (
+                "connections_refused",
+                "runwared_connections_refused",
+                "Client connections closed at once because max_connections was reached",
+            ),
+            Counter::HandshakeTimeouts => (
+                "handshake_timeouts",
+                "runwared_handshake_timeouts",
+                "Client connections closed for sending no HTTP/2 preface within 10 s",
+            ),
+        };
+        CounterInfo { name, metric, help }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The counts, shared by everything that counts.
+#[derive(Debug, Default)]
+pub struct Counters([AtomicU64; COUNT]);
+
+impl Counters {
+    /// Counts one; returns the new count.
+    pub fn add(&self, counter: Counter) -> u64 {
+        self.add_n(counter, 1)
+    }
+
+    /// Counts `n`; returns the new count.
+    pub fn add_n(&self, counter: Counter, n: u64) -> u64 {
+        self.0[counter.index()].fetch_add(n, Ordering::Relaxed) + n
+    }
+
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter.index()].load(Ordering::Relaxed)
+    }
+
+    /// Every counter with its value, in [`Counter::ALL`]'s order.
+    pub fn read(&self) -> [(Counter, u64); COUNT] {
+        Counter::ALL.map(|c| (c, self.get(c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_listed_once_with_distinct_names() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{c:?} out of order in ALL");
+        }
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.info().name).collect();
+        let mut metrics: Vec<_> = Counter::ALL.iter().map(|c| c.info().metric).collect();
+        names.sort_unstable();
+        names.dedup();
+        metrics.sort_unstable();
+        metrics.dedup();
+        assert_eq!((names.len(), metrics.len()), (COUNT, COUNT));
+        let counters = Counters::default();
+        counters.add(Counter::Polls);
+        counters.add_n(Counter::BadFrames, 3);
+        assert_eq!(counters.get(Counter::Polls), 1);
+        assert_eq!(counters.read()[1], (Counter::BadFrames, 3));
+    }
+}

@@ -1,0 +1,33 @@
+//! What the state file keeps of the table: persisted tasks, and the changes
+//! the table records for the journal ([`crate::state`] writes them).
+
+use serde::{Deserialize, Serialize};
+
+use super::Principal;
+
+/// A persisted in-flight task (see `state`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedTask {
+    pub uuid: String,
+    pub payload: String,
+    pub expected: u32,
+    pub asynchronous: bool,
+    /// Whether it ever went upstream (then it is recovered by polling).
+    pub sent: bool,
+    /// Who submitted it: who may attach after a restart.
+    pub owner: Principal,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateChange {
+    /// A task accepted.
+    Add(SavedTask),
+    /// A task went upstream for the first time (by taskUUID).
+    Sent(String),
+    /// A task ended or was released (by taskUUID).
+    End(String),
+    /// A new session UUID.
+    Session(String),
+}
