@@ -629,21 +629,19 @@ pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
 
 /// The typed image message for a result item.
 pub fn image_result(task_uuid: &TaskUuid, index: u32, item: &str) -> ImageOrBad {
-    let v: Value = match serde_json::from_str(item) {
-        Ok(v) => v,
-        Err(_) => return ImageOrBad::Bad,
+    let Some(image) = protocol::ImageItem::parse(item) else {
+        return ImageOrBad::Bad;
     };
-    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     ImageOrBad::Image(pb::ImageResult {
         task_uuid: task_uuid.to_string(),
         index,
-        image_uuid: s("imageUUID").unwrap_or_default(),
-        image_url: s("imageURL"),
-        image_base64_data: s("imageBase64Data"),
-        image_data_uri: s("imageDataURI"),
-        seed: v.get("seed").and_then(Value::as_u64),
-        nsfw_content: v.get("NSFWContent").and_then(Value::as_bool),
-        cost: v.get("cost").and_then(Value::as_f64),
+        image_uuid: image.image_uuid,
+        image_url: image.image_url,
+        image_base64_data: image.image_base64_data,
+        image_data_uri: image.image_data_uri,
+        seed: image.seed,
+        nsfw_content: image.nsfw_content,
+        cost: image.cost,
         raw_json: item.to_owned(),
     })
 }
@@ -743,15 +741,8 @@ impl pb::runware_server::Runware for RunwareService {
             loop {
                 let Next::Item { item, last, .. } =
                     next_item(&mut handle, deadline, versions.len() as u32).await?;
-                let v: Value = serde_json::from_str(&item).unwrap_or(Value::Null);
-                versions.push(pb::EnhancedPrompt {
-                    text: v
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    cost: v.get("cost").and_then(Value::as_f64),
-                });
+                let (text, cost) = protocol::text_item(&item);
+                versions.push(pb::EnhancedPrompt { text, cost });
                 if last {
                     return Ok::<(), Status>(());
                 }

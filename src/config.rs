@@ -1097,6 +1097,53 @@ mod tests {
         );
     }
 
+    /// Each setting's row in the README's configuration table gives its
+    /// flag, environment variable and default as declared; every flag the
+    /// table lists is declared.
+    #[test]
+    fn the_readme_table_matches_the_declaration() {
+        let readme = include_str!("../README.md");
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let mut declared = Vec::new();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            declared.push(long.to_owned());
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}")))
+                .unwrap_or_else(|| panic!("README has no row for --{long}"));
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert_eq!(cells[1], format!("`{env}`"), "--{long}");
+            let default = arg
+                .get_default_values()
+                .first()
+                .and_then(|d| d.to_str())
+                .map(|d| match d {
+                    "false" => "off".to_owned(),
+                    "none" => "none".to_owned(),
+                    d => format!("`{d}`"),
+                });
+            if let Some(default) = default {
+                assert!(
+                    cells[2].starts_with(&default),
+                    "--{long}: README says {:?}, declared {default}",
+                    cells[2]
+                );
+            }
+        }
+        // The table lists nothing undeclared (but the global log flags).
+        for row in readme.lines().filter(|l| l.starts_with("| `--")) {
+            let flag = row[5..].split([' ', '`']).next().unwrap_or_default();
+            assert!(
+                declared.iter().any(|d| d == flag) || ["log", "log-format"].contains(&flag),
+                "README lists --{flag}, which is not declared"
+            );
+        }
+        // And the defaults parse (Settings::default relies on it).
+        assert_eq!(Settings::default().ping_interval, Duration::from_secs(30));
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));

@@ -7,15 +7,19 @@
 //! gRPC request -> api        (runware.v1 messages <-> task JSON; statuses)
 //!              -> dispatch   (task table: taskUUID -> watching clients;
 //!                             retention for Attach; getResponse recovery)
-//!              -> upstream   (the one socket: connect, authenticate, ping,
-//!                             resume, back off; batches queued tasks)
+//!              -> upstream   (the one socket's loop; batches queued tasks)
+//!                 session    (when to authenticate, ping, resume, give up,
+//!                             reconnect: synchronous decisions, no I/O)
 //! frame in     -> protocol   (pure parsing of frames into items; no I/O)
 //!              -> dispatch   (route each item by taskUUID; complete; fail)
 //!              -> api stream -> client
 //! ```
 //!
-//! - [`config`]: flags, environment and TOML file; the [`config::ApiKey`]
-//!   secret, which never prints.
+//! - [`config`]: every setting declared once ([`config::Settings`]), layered
+//!   from flags, environment and TOML file; the [`config::ApiKey`] secret,
+//!   which never prints.
+//! - [`counters`], [`status`]: every counter declared once, and the one
+//!   snapshot `GetStatus`, the metrics and `runwared status` are made from.
 //! - [`validate`]: the documented parameter limits, shared with the simulator.
 //! - [`state`]: the session and tasks in flight, persisted across restarts.
 //! - [`server`]: starts all of the above and stops it in order (draining);

@@ -1,8 +1,10 @@
 //! The Runware WebSocket wire protocol: types and pure functions, no I/O.
 //!
 //! Everything here is decided from strings, so it is unit-tested with plain
-//! JSON. Sources: `shared/runware-docs/websocket-connection-and-image-inference-v1.txt`
-//! and `shared/PROTOCOL-NOTES.md` (what the official SDKs show beyond the docs).
+//! JSON. Sources: Runware's documentation (<https://runware.ai/docs>: "How to
+//! connect and authenticate"; results and `getResponse` at
+//! <https://runware.ai/docs/en/utilities/task-responses>), and what the
+//! official SDKs and servers were seen to do beyond it.
 //!
 //! Client messages are JSON arrays of task objects. Server messages are
 //! objects with a `data` array, an `errors` array, or both; a singular
@@ -555,6 +557,79 @@ pub fn expected_results(
         .and_then(|v| v.as_u64())
         .map(|n| n.min(u64::from(u32::MAX)) as u32);
     from_task.or(stated).unwrap_or(1).max(1)
+}
+
+/// The fields of an image result item
+/// (<https://runware.ai/docs/en/image-inference/api-reference>, "Response").
+/// Lenient: a field of the wrong type reads as absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageItem {
+    pub image_uuid: String,
+    pub image_url: Option<String>,
+    pub image_base64_data: Option<String>,
+    pub image_data_uri: Option<String>,
+    pub seed: Option<u64>,
+    pub nsfw_content: Option<bool>,
+    pub cost: Option<f64>,
+}
+
+impl ImageItem {
+    /// `None` if `item` is not a JSON object.
+    pub fn parse(item: &str) -> Option<ImageItem> {
+        let v: serde_json::Value = serde_json::from_str(item).ok()?;
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        v.is_object().then(|| ImageItem {
+            image_uuid: s("imageUUID").unwrap_or_default(),
+            image_url: s("imageURL"),
+            image_base64_data: s("imageBase64Data"),
+            image_data_uri: s("imageDataURI"),
+            seed: v.get("seed").and_then(serde_json::Value::as_u64),
+            nsfw_content: v.get("NSFWContent").and_then(serde_json::Value::as_bool),
+            cost: v.get("cost").and_then(serde_json::Value::as_f64),
+        })
+    }
+}
+
+/// The fields of a prompt-enhancer result item
+/// (<https://runware.ai/docs/en/tools/prompt-enhancer>, "Response"):
+/// its text (empty if absent) and cost.
+pub fn text_item(item: &str) -> (String, Option<f64>) {
+    let v: serde_json::Value = serde_json::from_str(item).unwrap_or_default();
+    (
+        v.get("text")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        v.get("cost").and_then(serde_json::Value::as_f64),
+    )
+}
+
+/// A result item's identity across pushed and polled copies: its JSON
+/// without `status` (which only `getResponse` answers add), keys in order.
+pub fn result_fingerprint(item: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match serde_json::from_str::<serde_json::Value>(item) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.remove("status");
+            serde_json::Value::Object(m).to_string().hash(&mut h);
+        }
+        _ => item.hash(&mut h),
+    }
+    h.finish()
+}
+
+/// The `taskType` of a task's JSON, if it has one.
+pub fn task_type_of(task: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(task)
+        .ok()?
+        .get("taskType")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -66,6 +66,70 @@ const STATE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// The journal grows to the snapshot's size, or this, before a new snapshot.
 const JOURNAL_MIN_BYTES: u64 = 8 << 20;
 
+/// Where the daemon connects and with what: the in-process simulator under
+/// `--simulate` (its URL replaces the upstream's), the key's source, and
+/// TLS for `wss://`.
+async fn upstream_target(
+    config: &mut Config,
+) -> Result<(Option<SimHandle>, ApiKeySource, Option<Connector>), StartError> {
+    let mut simulator = None;
+    let key = match (&config.api_key, config.simulate) {
+        (_, true) => {
+            let sim = SimHandle::bind(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                SimConfig::default(),
+                None,
+            )
+            .await
+            .map_err(StartError::Simulator)?;
+            tracing::warn!(
+                url = %sim.url(),
+                "SIMULATION MODE: talking to the built-in Runware simulator, not to Runware; results are fake"
+            );
+            config.upstream_url = sim.url();
+            simulator = Some(sim);
+            ApiKeySource::Value(ApiKey::new("simulated").expect("non-empty"))
+        }
+        (Some(k), false) => k.clone(),
+        // Config::resolve requires one; a Config built by hand may not.
+        (None, false) => return Err(StartError::NoKey),
+    };
+    let connector = if config.upstream_url.starts_with("wss://") {
+        Some(Connector::Rustls(
+            client_tls(config.extra_ca.as_deref()).map_err(StartError::Tls)?,
+        ))
+    } else {
+        None
+    };
+    Ok((simulator, key, connector))
+}
+
+/// Opens the state directory, bound to the key: another account must not
+/// resume this one's session or pay for its tasks. None under `--simulate`.
+fn open_state(config: &Config, key: &ApiKeySource) -> Result<Option<StateStore>, StartError> {
+    Ok(match (&config.state_dir, config.simulate) {
+        (Some(dir), false) => {
+            let fingerprint = key
+                .load()
+                .map(|k| crate::state::key_fingerprint(k.expose()))
+                .map_err(StartError::Key)?;
+            Some(
+                StateStore::open(
+                    dir,
+                    &config.upstream_url,
+                    fingerprint,
+                    config.max_message_bytes,
+                )
+                .map_err(|source| StartError::State {
+                    path: dir.clone(),
+                    source,
+                })?,
+            )
+        }
+        _ => None,
+    })
+}
+
 /// The task table's limits, from the settings.
 fn limits(c: &Config) -> Limits {
     Limits {
@@ -108,35 +172,7 @@ impl Daemon {
     /// Binds the listeners, restores persisted state, connects upstream,
     /// and serves.
     pub async fn start(mut config: Config) -> Result<Daemon, StartError> {
-        let mut simulator = None;
-        let key = match (&config.api_key, config.simulate) {
-            (_, true) => {
-                let sim = SimHandle::bind(
-                    SocketAddr::from(([127, 0, 0, 1], 0)),
-                    SimConfig::default(),
-                    None,
-                )
-                .await
-                .map_err(StartError::Simulator)?;
-                tracing::warn!(
-                    url = %sim.url(),
-                    "SIMULATION MODE: talking to the built-in Runware simulator, not to Runware; results are fake"
-                );
-                config.upstream_url = sim.url();
-                simulator = Some(sim);
-                ApiKeySource::Value(ApiKey::new("simulated").expect("non-empty"))
-            }
-            (Some(k), false) => k.clone(),
-            // Config::resolve requires one; a Config built by hand may not.
-            (None, false) => return Err(StartError::NoKey),
-        };
-        let connector = if config.upstream_url.starts_with("wss://") {
-            Some(Connector::Rustls(
-                client_tls(config.extra_ca.as_deref()).map_err(StartError::Tls)?,
-            ))
-        } else {
-            None
-        };
+        let (simulator, key, connector) = upstream_target(&mut config).await?;
 
         let tcp = match config.listen {
             Some(addr) => Some(
@@ -153,29 +189,7 @@ impl Daemon {
         };
 
         // What a previous run left: its session and its tasks in flight.
-        let state = match (&config.state_dir, config.simulate) {
-            (Some(dir), false) => {
-                // Bound to the key: another account must not resume this
-                // one's session or pay for its tasks.
-                let fingerprint = key
-                    .load()
-                    .map(|k| crate::state::key_fingerprint(k.expose()))
-                    .map_err(StartError::Key)?;
-                Some(
-                    StateStore::open(
-                        dir,
-                        &config.upstream_url,
-                        fingerprint,
-                        config.max_message_bytes,
-                    )
-                    .map_err(|source| StartError::State {
-                        path: dir.clone(),
-                        source,
-                    })?,
-                )
-            }
-            _ => None,
-        };
+        let state = open_state(&config, &key)?;
         let loaded = state.as_ref().map(StateStore::load).unwrap_or_default();
 
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();

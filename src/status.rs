@@ -200,4 +200,25 @@ mod tests {
             .unwrap();
         assert_eq!(ready.value, 1);
     }
+
+    /// The README's metrics table names every gauge and counter.
+    #[test]
+    fn the_readme_lists_every_reading() {
+        let readme = include_str!("../README.md");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let dispatch = Dispatch::new(crate::dispatch::Limits::default(), tx);
+        let snapshot =
+            StatusSnapshot::take(&dispatch, UpstreamStatus::default(), &dispatch.counters);
+        for r in snapshot.readings() {
+            let name = if r.counter {
+                format!("`{}_total`", r.metric)
+            } else {
+                format!("`{}`", r.metric)
+            };
+            assert!(
+                readme.contains(&name),
+                "README's metrics table lacks {name}"
+            );
+        }
+    }
 }

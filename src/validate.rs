@@ -1,8 +1,8 @@
 //! The documented limits of task parameters, checked in one place: by the
 //! daemon before a typed request leaves the host, and by the simulator as
-//! Runware does. Sources: `shared/runware-docs/prompt-enhancer-api.md`,
-//! `llama-3-1-8b-prompt-enhancer.openapi.json` and
-//! `image-inference-api-reference.md`.
+//! Runware does. Sources: <https://runware.ai/docs/en/tools/prompt-enhancer>,
+//! <https://runware.ai/docs/models/llama-3-1-8b-prompt-enhancer> and
+//! <https://runware.ai/docs/en/image-inference/api-reference>.
 
 use serde_json::{Map, Value};
 

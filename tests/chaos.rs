@@ -10,7 +10,7 @@ use runwared::soak::{ChaosConfig, run};
 
 #[tokio::test(start_paused = true)]
 async fn every_task_ends_once_with_its_own_results_under_faults() {
-    common::bound_clock_steps();
+    common::init_test_logging();
     let report = run(ChaosConfig {
         tasks: 3000,
         clients: 64,

@@ -407,7 +407,7 @@ async fn deadline_ends_the_task_after_its_partial_results() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_server_gives_unavailable_and_growing_backoff() {
-    bound_clock_steps();
+    init_test_logging();
     // A listener that accepts and hangs up at once: every attempt fails.
     let listener = tokio::net::TcpListener::bind(loopback0()).await.unwrap();
     let url = format!("ws://{}/v1", listener.local_addr().unwrap());

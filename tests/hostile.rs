@@ -50,7 +50,7 @@ async fn say(ws: &mut Ws, v: impl ToString) {
 
 #[tokio::test(start_paused = true)]
 async fn garbage_from_upstream_is_counted_and_touches_no_task() {
-    bound_clock_steps();
+    init_test_logging();
     let listener = TcpListener::bind(loopback0()).await.unwrap();
     let url = format!("ws://{}/v1", listener.local_addr().unwrap());
     let a = uuid::Uuid::new_v4().to_string();

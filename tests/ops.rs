@@ -214,7 +214,7 @@ async fn a_bearer_token_is_required_when_configured() {
 
 #[tokio::test(start_paused = true)]
 async fn systemd_hears_ready_status_watchdog_and_stopping() {
-    bound_clock_steps();
+    init_test_logging();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify");
     let notify = tokio::net::UnixDatagram::bind(&path).unwrap();

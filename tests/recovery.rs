@@ -112,7 +112,7 @@ async fn async_delivery_is_polled_and_streamed_like_pushed_results() {
 
 #[tokio::test(start_paused = true)]
 async fn a_restarted_daemon_recovers_its_tasks_for_attach() {
-    bound_clock_steps();
+    init_test_logging();
     let sim = runwared::sim::SimHandle::bind(loopback0(), slow(), None)
         .await
         .unwrap();
@@ -175,7 +175,7 @@ async fn a_restarted_daemon_recovers_its_tasks_for_attach() {
 
 #[tokio::test(start_paused = true)]
 async fn a_corrupt_state_file_is_set_aside_not_fatal() {
-    bound_clock_steps();
+    init_test_logging();
     let sim = runwared::sim::SimHandle::bind(loopback0(), SimConfig::default(), None)
         .await
         .unwrap();

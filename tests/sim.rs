@@ -16,7 +16,7 @@ type Ws =
 
 async fn open(sim: &SimHandle) -> Ws {
     // No Nagle: under paused time a real delayed-ACK stall would let the
-    // virtual clock run far ahead (see `bound_clock_steps`).
+    // virtual clock run far ahead (see `init_test_logging`).
     tokio_tungstenite::connect_async_with_config(sim.url(), None, true)
         .await
         .unwrap()
@@ -77,7 +77,7 @@ fn enhance(uuid: &str, extra: Value) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn authentication_comes_first_and_ping_is_answered() {
-    bound_clock_steps();
+    init_test_logging();
     let sim = SimHandle::bind(loopback0(), SimConfig::default(), None)
         .await
         .unwrap();
@@ -95,7 +95,7 @@ async fn authentication_comes_first_and_ping_is_answered() {
 
 #[tokio::test(start_paused = true)]
 async fn buffered_results_are_kept_120s_then_the_session_is_lost() {
-    bound_clock_steps();
+    init_test_logging();
     let sim = SimHandle::bind(loopback0(), SimConfig::default(), None)
         .await
         .unwrap();
@@ -151,7 +151,7 @@ async fn buffered_results_are_kept_120s_then_the_session_is_lost() {
 
 #[tokio::test(start_paused = true)]
 async fn async_delivery_acknowledges_then_answers_get_response() {
-    bound_clock_steps();
+    init_test_logging();
     let config = SimConfig {
         latency: Duration::from_secs(2),
         ..SimConfig::default()
@@ -189,7 +189,7 @@ async fn async_delivery_acknowledges_then_answers_get_response() {
 
 #[tokio::test(start_paused = true)]
 async fn wrong_keys_and_bad_messages_get_documented_errors() {
-    bound_clock_steps();
+    init_test_logging();
     let config = SimConfig {
         api_keys: Some(vec![KEY.to_owned()]),
         ..SimConfig::default()

@@ -33,7 +33,7 @@ async fn tls_sim(pki: &Pki) -> SimHandle {
 
 #[tokio::test(start_paused = true)]
 async fn wss_with_an_extra_ca_works() {
-    bound_clock_steps();
+    init_test_logging();
     let pki = self_signed();
     let sim = tls_sim(&pki).await;
     assert!(sim.url().starts_with("wss://127.0.0.1:"));
@@ -60,7 +60,7 @@ async fn wss_with_an_extra_ca_works() {
 
 #[tokio::test(start_paused = true)]
 async fn an_untrusted_certificate_is_refused() {
-    bound_clock_steps();
+    init_test_logging();
     let pki = self_signed();
     let sim = tls_sim(&pki).await;
     let daemon = Daemon::start(test_config(sim.url())).await.unwrap();

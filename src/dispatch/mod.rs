@@ -602,7 +602,7 @@ impl Dispatch {
                 self.polling.fetch_add(1, Ordering::AcqRel);
                 if task.matching.is_none() {
                     // Everything taken so far came pushed.
-                    let taken = task.results.iter().map(|r| fingerprint(r));
+                    let taken = task.results.iter().map(|r| protocol::result_fingerprint(r));
                     task.matching = Some(Box::new(Matching::new(taken)));
                 }
             }
@@ -764,7 +764,7 @@ impl Dispatch {
         }
         if let Some(m) = t.matching.as_mut() {
             let message = self.message.load(Ordering::Acquire);
-            if !m.take(fingerprint(item.get()), polled, message) {
+            if !m.take(protocol::result_fingerprint(item.get()), polled, message) {
                 if !polled {
                     // Pushed after an answer had brought it.
                     self.counters.add(Counter::DuplicateResults);
@@ -979,14 +979,8 @@ impl Dispatch {
             let Entry::Vacant(v) = self.tasks.entry(uuid) else {
                 continue;
             };
-            let task_type = serde_json::from_str::<serde_json::Value>(&s.payload)
-                .ok()
-                .and_then(|v| {
-                    v.get("taskType")
-                        .and_then(|t| t.as_str())
-                        .map(task_type_label)
-                })
-                .unwrap_or("other");
+            let task_type =
+                protocol::task_type_of(&s.payload).map_or("other", |t| task_type_label(&t));
             let task = Task {
                 uuid,
                 payload: s.payload.into(),
@@ -1018,22 +1012,6 @@ impl Dispatch {
         }
         restored
     }
-}
-
-/// A result item's identity across pushed and polled copies: its JSON
-/// without `status` (which only `getResponse` adds), keys in order. Only
-/// computed on the polling path.
-fn fingerprint(item: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    match serde_json::from_str::<serde_json::Value>(item) {
-        Ok(serde_json::Value::Object(mut m)) => {
-            m.remove("status");
-            serde_json::Value::Object(m).to_string().hash(&mut h);
-        }
-        _ => item.hash(&mut h),
-    }
-    h.finish()
 }
 
 impl std::fmt::Debug for Dispatch {

@@ -1,6 +1,10 @@
 //! A Runware server for tests, benchmarks and `--simulate`.
 //!
-//! It follows `shared/runware-docs/` and `shared/PROTOCOL-NOTES.md`:
+//! It follows Runware's documentation (<https://runware.ai/docs>: "How to
+//! connect and authenticate", <https://runware.ai/docs/en/image-inference/api-reference>,
+//! <https://runware.ai/docs/en/tools/prompt-enhancer>,
+//! <https://runware.ai/docs/en/utilities/task-responses>) and what servers
+//! and the official SDKs were seen to do beyond it:
 //! authentication and session UUIDs, ping/pong, closing idle sockets,
 //! keeping undelivered results per session for `buffer_ttl` and delivering
 //! them on resume, `conflictTaskUUID` for a known taskUUID, `getResponse`,

@@ -37,14 +37,13 @@ pub fn test_config(upstream_url: String) -> Config {
     config
 }
 
-/// Under paused time tokio jumps the clock to the next timer whenever the
-/// runtime parks, even while loopback traffic is still being processed, so
-/// virtual time can race ahead of socket I/O. A 1 ms ticker bounds each
-/// jump: a chain of I/O steps costs a few virtual milliseconds, while the
-/// tests space their events hundreds of milliseconds apart. It also means
-/// every test socket must set TCP_NODELAY: a real 40 ms delayed-ACK stall
-/// would otherwise become tens of virtual seconds.
-pub fn bound_clock_steps() {
+/// Sets up a test's log (`RUST_LOG`). The connection's timing (pings,
+/// pong and authentication deadlines, reconnect delays) is decided by
+/// `runwared::session` and unit-tested there on plain instants, so the
+/// socket tests need no clock workaround; under paused time every test
+/// socket still sets TCP_NODELAY, or a real 40 ms delayed-ACK stall would
+/// become a jump of virtual time.
+pub fn init_test_logging() {
     // RUST_LOG=runwared=debug shows the daemon's log in failing tests.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -53,7 +52,7 @@ pub fn bound_clock_steps() {
 }
 
 pub async fn start(sim_config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Harness {
-    bound_clock_steps();
+    init_test_logging();
     let sim = SimHandle::bind(loopback0(), sim_config, None)
         .await
         .unwrap();
