@@ -1,6 +1,12 @@
 //! The task table: the only owner of tasks from a client's request until
 //! their results are no longer kept.
 //!
+//! By concept: this file holds the table, admission (limits, the gate),
+//! routing and completion; [`lifecycle`] is a task's delivery state machine;
+//! `recovery` the getResponse scheduler; `retention` what is kept for
+//! `Attach` and swept; `persist` and `journal` what the state file needs;
+//! [`metrics`] the task outcomes and latencies.
+//!
 //! A task ends in exactly one of two ways: all its expected results, or one
 //! error. Until then it is *in flight*. Its results are kept for
 //! `retention` after it ends, or after its last watching client went away
@@ -27,6 +33,9 @@
 mod journal;
 pub mod lifecycle;
 pub mod metrics;
+mod persist;
+mod recovery;
+mod retention;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -489,27 +498,6 @@ impl Dispatch {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Starts keeping the changes a state file needs (a state directory is
-    /// in use).
-    pub fn start_journal(&self) {
-        self.journaling.store(true, Ordering::Release);
-    }
-
-    /// What changed since the last call, in order.
-    pub fn take_changes(&self) -> Vec<StateChange> {
-        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn record(&self, change: impl FnOnce() -> StateChange) {
-        if self.journaling.load(Ordering::Acquire) {
-            let change = change();
-            self.changes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(change);
-        }
-    }
-
     /// Removes a task entirely, keeping the counters right.
     fn remove(&self, uuid: &TaskUuid) -> bool {
         let Some((_, task)) = self.tasks.remove(uuid) else {
@@ -584,13 +572,6 @@ impl Dispatch {
         self.record(|| StateChange::End(task.uuid.to_string()));
     }
 
-    fn timing(&self) -> PollTiming {
-        PollTiming {
-            min: self.limits.poll_min,
-            max: self.limits.poll_max,
-        }
-    }
-
     /// Moves a task's delivery on ([`Delivery::step`]), keeping the table's
     /// counts of polled and never-sent tasks right.
     fn step(&self, task: &mut Task, event: Event, now: Instant) -> Action {
@@ -637,62 +618,6 @@ impl Dispatch {
         }
         protocol::push_task(frame, &task.payload);
         true
-    }
-
-    /// After authenticating. If Runware resumed the session, its buffered
-    /// results will be pushed: every pushed task still waiting is sent
-    /// again under its own taskUUID (Runware answers `conflictTaskUUID` for
-    /// those it has, and never runs a task twice; the daemon then polls, in
-    /// case a result died with the old socket). If Runware gave a new
-    /// session, what was sent before is recovered by `getResponse`; only
-    /// tasks never sent go out. Returns the tasks to send now.
-    pub fn on_session(&self, resumed: bool) -> Vec<TaskUuid> {
-        let now = Instant::now();
-        let connection = self.connection.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut send = Vec::new();
-        for mut entry in self.tasks.iter_mut() {
-            let uuid = *entry.key();
-            let task = entry.value_mut();
-            if !task.in_flight() {
-                continue;
-            }
-            match self.step(
-                task,
-                Event::Ready {
-                    connection,
-                    resumed,
-                },
-                now,
-            ) {
-                Action::Enqueue => send.push(uuid),
-                Action::Recover => {
-                    self.counters.add(Counter::Recovered);
-                }
-                _ => {}
-            }
-        }
-        send
-    }
-
-    /// Polls due now: marks them asked and returns them, at most `max`.
-    pub fn due_polls(&self, max: usize) -> Vec<TaskUuid> {
-        let now = Instant::now();
-        let mut due = Vec::new();
-        for mut entry in self.tasks.iter_mut() {
-            if due.len() >= max {
-                break;
-            }
-            let uuid = *entry.key();
-            let task = entry.value_mut();
-            if !task.delivery.is_polling() || !task.in_flight() {
-                continue;
-            }
-            if self.step(task, Event::PollTick, now) == Action::Poll {
-                due.push(uuid);
-            }
-        }
-        self.counters.add_n(Counter::Polls, due.len() as u64);
-        due
     }
 
     /// A `getResponse` answer said the task is still processing, or an
@@ -887,130 +812,6 @@ impl Dispatch {
                 }
             }
         }
-    }
-
-    /// Drops what retention no longer covers: tasks idle (ended, or left by
-    /// their clients) for longer than `retention`, then the oldest ended
-    /// tasks while results take more than `max_retained_bytes`.
-    pub fn sweep(&self) {
-        let now = Instant::now();
-        let expired: Vec<TaskUuid> = self
-            .tasks
-            .iter()
-            .filter(|t| {
-                t.idle_since
-                    .is_some_and(|at| now.duration_since(at) >= self.limits.retention)
-            })
-            .map(|t| *t.key())
-            .collect();
-        for uuid in expired {
-            if let Some((_, task)) = self.tasks.remove_if(&uuid, |_, t| {
-                t.idle_since
-                    .is_some_and(|at| now.duration_since(at) >= self.limits.retention)
-            }) {
-                if task.in_flight() {
-                    tracing::debug!(task = %uuid, "nobody attached within the retention time; task released");
-                }
-                self.forget(&task);
-            }
-        }
-        if self.retained_bytes.load(Ordering::Acquire) > self.limits.max_retained_bytes
-            || self.held_bytes() > self.limits.max_memory_bytes
-        {
-            self.let_go_of_ended(self.limits.max_memory_bytes);
-        }
-    }
-
-    /// Bytes the table holds: the JSON of tasks in flight and every result
-    /// kept, the measure of `max_memory_bytes`.
-    pub fn held_bytes(&self) -> usize {
-        self.payload_bytes.load(Ordering::Acquire) + self.retained_bytes.load(Ordering::Acquire)
-    }
-
-    /// Lets go of ended tasks, oldest first, until results take at most
-    /// `max_retained_bytes` and everything held at most `target`. Never
-    /// holds a lock of the table while removing.
-    fn let_go_of_ended(&self, target: usize) {
-        let over = || {
-            self.retained_bytes.load(Ordering::Acquire) > self.limits.max_retained_bytes
-                || self.held_bytes() > target
-        };
-        let mut ended: Vec<(Instant, TaskUuid)> = self
-            .tasks
-            .iter()
-            .filter(|t| !t.in_flight())
-            .filter_map(|t| t.idle_since.map(|at| (at, *t.key())))
-            .collect();
-        ended.sort();
-        for (_, uuid) in ended {
-            if !over() {
-                break;
-            }
-            self.remove(&uuid);
-        }
-    }
-
-    /// The tasks a restarted daemon must recover.
-    pub fn snapshot(&self) -> Vec<SavedTask> {
-        self.tasks
-            .iter()
-            .filter(|t| t.in_flight())
-            .map(|t| SavedTask {
-                uuid: t.key().to_string(),
-                payload: t.payload.to_string(),
-                expected: t.expected,
-                asynchronous: t.asynchronous,
-                sent: t.delivery.sends() > 0,
-                owner: t.owner,
-            })
-            .collect()
-    }
-
-    /// Puts persisted tasks back, with no client watching: those that went
-    /// upstream are recovered by `getResponse` (which also returns results
-    /// delivered before the restart, for Attach); the others are sent.
-    pub fn restore(&self, saved: Vec<SavedTask>) -> usize {
-        let now = Instant::now();
-        let mut restored = 0;
-        for s in saved {
-            let Some(uuid) = TaskUuid::parse_any(&s.uuid) else {
-                continue;
-            };
-            let Entry::Vacant(v) = self.tasks.entry(uuid) else {
-                continue;
-            };
-            let task_type =
-                protocol::task_type_of(&s.payload).map_or("other", |t| task_type_label(&t));
-            let task = Task {
-                uuid,
-                payload: s.payload.into(),
-                label: task_type,
-                owner: s.owner,
-                started: now,
-                expected: s.expected.max(1),
-                asynchronous: s.asynchronous,
-                delivery: Delivery::restored(s.asynchronous, s.sent, self.timing(), now),
-                matching: s.sent.then(Box::default),
-                results: Vec::new(),
-                result_ids: Vec::new(),
-                outcome: None,
-                watchers: Vec::new(),
-                idle_since: Some(now),
-                bytes: 0,
-            };
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            self.payload_bytes
-                .fetch_add(task.payload.len(), Ordering::AcqRel);
-            if s.sent {
-                self.polling.fetch_add(1, Ordering::AcqRel);
-            } else {
-                self.unsent.fetch_add(1, Ordering::AcqRel);
-                let _ = self.queue.send(uuid);
-            }
-            v.insert(task);
-            restored += 1;
-        }
-        restored
     }
 }
 
