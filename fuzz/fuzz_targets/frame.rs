@@ -1,14 +1,16 @@
-//! Fuzzes what the daemon does with an upstream message: parse it, and
-//! route every item through a task table. Nothing may panic, and no item
-//! may reach a task it does not name.
+//! Fuzzes what the daemon does with an upstream message: parse it, route
+//! every item through a task table, and hand what is left to the
+//! connection's decisions. Nothing may panic, and no item may reach a task
+//! it does not name.
 #![no_main]
 
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use runwared::dispatch::{Dispatch, Limits, PreparedTask, Principal, TaskEvent};
+use runwared::dispatch::{Dispatch, Gate, Limits, PreparedTask, Principal, TaskEvent};
 use runwared::protocol::{Inbound, TaskUuid, classify_error, parse_frame};
-use runwared::upstream::UpstreamStatus;
+use runwared::session::{Connection, ReconnectPolicy, Resume, Timing};
+use tokio::time::{Duration, Instant};
 
 const KNOWN: &str = "3c8b2a9e-6f8d-4a5b-9c1e-2d3f4a5b6c7d";
 
@@ -20,8 +22,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (queue, _q) = tokio::sync::mpsc::unbounded_channel();
-    let (_s, status) = tokio::sync::watch::channel(UpstreamStatus::default());
-    let dispatch: Arc<Dispatch> = Dispatch::new(Limits::default(), queue, status);
+    let dispatch: Arc<Dispatch> = Dispatch::new(Limits::default(), queue);
+    dispatch.set_gate(Gate::Open);
     let known = TaskUuid::parse_any(KNOWN).unwrap();
     let mut handle = dispatch
         .submit(
@@ -38,11 +40,29 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     // Routed exactly as the upstream loop routes a message; what is not a
     // task's comes back.
-    for item in dispatch.route_frame(items) {
+    let rest = dispatch.route_frame(items);
+    for item in &rest {
         if let Inbound::UntargetedError(e) | Inbound::TaskError { error: e, .. } = item {
             let _ = classify_error(&e.code);
         }
     }
+    // The connection, waiting for the authentication answer, decides on
+    // the rest as the upstream loop would have it decide.
+    let now = Instant::now();
+    let second = Duration::from_secs(1);
+    let mut connection = Connection::new(
+        Timing {
+            ping_interval: second,
+            pong_timeout: second,
+            auth_timeout: second,
+        },
+        ReconnectPolicy::new(second, second, 30, second),
+        Resume::default(),
+        now,
+    );
+    connection.on_connecting();
+    connection.on_connected(now);
+    let _ = connection.on_frame(rest, now);
     // Whatever reached the known task names it.
     while let Ok(event) = handle.events.try_recv() {
         if let TaskEvent::Result { item, .. } = event {
