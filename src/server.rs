@@ -35,6 +35,8 @@ use crate::upstream::{Heartbeat, Telemetry, Upstream, client_tls};
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Tcp { addr: SocketAddr, source: io::Error },
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
     #[error("cannot listen on Unix socket {path}: {reason}")]
     Unix { path: PathBuf, reason: String },
     #[error("TLS setup: {0}")]
@@ -130,6 +132,124 @@ fn open_state(config: &Config, key: &ApiKeySource) -> Result<Option<StateStore>,
     })
 }
 
+/// Serves Prometheus metrics when `metrics_listen` asks for them: the bound
+/// address and the server's task.
+async fn serve_metrics(
+    config: &Config,
+    dispatch: &Arc<Dispatch>,
+    status: watch::Receiver<UpstreamStatus>,
+    upstream_metrics: &UpstreamMetrics,
+    stop: watch::Receiver<bool>,
+) -> Result<(Option<SocketAddr>, Option<JoinHandle<()>>), StartError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok((None, None));
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Metrics { addr, source })?;
+    let bound = listener.local_addr().ok();
+    let metrics = Metrics::new(dispatch, status, upstream_metrics);
+    let server = tokio::spawn(crate::metrics::serve(listener, metrics, stop));
+    if let Some(a) = bound {
+        tracing::info!(addr = %a, "Prometheus metrics at /metrics");
+    }
+    Ok((bound, Some(server)))
+}
+
+/// The bound gRPC listeners.
+struct Listeners {
+    tcp: Option<TcpListener>,
+    tcp_addr: Option<SocketAddr>,
+    unix: Option<UnixListener>,
+}
+
+/// Binds the TCP and Unix socket listeners the settings ask for.
+async fn bind_listeners(config: &Config) -> Result<Listeners, StartError> {
+    let tcp = match config.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Tcp { addr, source })?,
+        ),
+        None => None,
+    };
+    let unix = match &config.unix_socket {
+        Some(path) => Some(bind_unix(path, config.unix_socket_group.as_deref()).await?),
+        None => None,
+    };
+    Ok(Listeners {
+        tcp_addr: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        tcp,
+        unix,
+    })
+}
+
+/// Serves the gRPC API (with health and reflection) on every listener,
+/// under one access model: a bearer token on TCP when one is set, the
+/// socket's mode and group on the Unix socket; one bound over the
+/// connections of all of them.
+fn serve_grpc(
+    config: &Config,
+    listeners: Listeners,
+    service: RunwareService,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, StartError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    if config.insecure_listen && config.auth_token.is_none() {
+        if let Some(addr) = config.listen.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(%addr, "INSECURE: gRPC reachable beyond this host without a token; anyone who reaches it can spend your Runware credit");
+        }
+    }
+    let gate = AccessGate {
+        token: config.auth_token.clone().map(Arc::new),
+        counters: Arc::clone(&counters),
+    };
+    // Health and reflection stay open on every listener: probes
+    // cannot send tokens, and reflection shows only the API's shape.
+    let max = config.max_message_bytes;
+    let routes = |gate: AccessGate| {
+        let mut b = tonic::service::RoutesBuilder::default();
+        b.add_service(health_service.clone());
+        b.add_service(reflection.clone());
+        b.add_service(tonic::service::interceptor::InterceptedService::new(
+            service.clone().into_server(max),
+            gate,
+        ));
+        b.routes()
+    };
+    // The Unix socket is guarded by its file mode and group, not a token.
+    let unix_gate = AccessGate {
+        token: None,
+        ..gate.clone()
+    };
+    let mut servers = Vec::new();
+    // One bound over the connections of every listener.
+    let connections = Arc::new(listen::Connections::new(config.max_connections, counters));
+    if let Some(listener) = listeners.tcp {
+        if let Some(addr) = listeners.tcp_addr {
+            tracing::info!(%addr, "gRPC listening on TCP");
+        }
+        let incoming = listen::tcp(listener, Arc::clone(&connections));
+        servers.push(serve(incoming, routes(gate.clone()), stop.clone()));
+    }
+    if let Some(listener) = listeners.unix {
+        if let Some(path) = &config.unix_socket {
+            tracing::info!(path = %path.display(), "gRPC listening on Unix socket");
+        }
+        let incoming = listen::unix(listener, Arc::clone(&connections));
+        servers.push(serve(incoming, routes(unix_gate), stop));
+    }
+    Ok(servers)
+}
+
 /// The task table's limits, from the settings.
 fn limits(c: &Config) -> Limits {
     Limits {
@@ -174,19 +294,9 @@ impl Daemon {
     pub async fn start(mut config: Config) -> Result<Daemon, StartError> {
         let (simulator, key, connector) = upstream_target(&mut config).await?;
 
-        let tcp = match config.listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Tcp { addr, source })?,
-            ),
-            None => None,
-        };
-        let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
-        let unix = match &config.unix_socket {
-            Some(path) => Some(bind_unix(path, config.unix_socket_group.as_deref()).await?),
-            None => None,
-        };
+        // Bound before anything runs: a taken port fails the start.
+        let listeners = bind_listeners(&config).await?;
+        let tcp_addr = listeners.tcp_addr;
 
         // What a previous run left: its session and its tasks in flight.
         let state = open_state(&config, &key)?;
@@ -236,25 +346,15 @@ impl Daemon {
             )));
         }
 
-        let metrics_addr = match config.metrics_listen {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Metrics { addr, source })?;
-                let bound = listener.local_addr().ok();
-                let metrics = Metrics::new(&dispatch, status_rx.clone(), &upstream_metrics);
-                background.push(tokio::spawn(crate::metrics::serve(
-                    listener,
-                    metrics,
-                    stop_upstream.subscribe(),
-                )));
-                if let Some(a) = bound {
-                    tracing::info!(addr = %a, "Prometheus metrics at /metrics");
-                }
-                bound
-            }
-            None => None,
-        };
+        let (metrics_addr, metrics_server) = serve_metrics(
+            &config,
+            &dispatch,
+            status_rx.clone(),
+            &upstream_metrics,
+            stop_upstream.subscribe(),
+        )
+        .await?;
+        background.extend(metrics_server);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<RunwareServer<RunwareService>>().await;
@@ -275,60 +375,16 @@ impl Daemon {
                 Arc::clone(&heartbeat),
             )));
         }
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the compiled descriptor sets are valid");
-        if config.insecure_listen && config.auth_token.is_none() {
-            if let Some(addr) = config.listen.filter(|a| !a.ip().is_loopback()) {
-                tracing::warn!(%addr, "INSECURE: gRPC reachable beyond this host without a token; anyone who reaches it can spend your Runware credit");
-            }
-        }
-        let gate = AccessGate {
-            token: config.auth_token.clone().map(Arc::new),
-            counters: Arc::clone(&dispatch.counters),
-        };
         let service = RunwareService::new(Arc::clone(&dispatch), status_rx.clone(), &config);
-        // Health and reflection stay open on every listener: probes
-        // cannot send tokens, and reflection shows only the API's shape.
-        let max = config.max_message_bytes;
-        let routes = |gate: AccessGate| {
-            let mut b = tonic::service::RoutesBuilder::default();
-            b.add_service(health_service.clone());
-            b.add_service(reflection.clone());
-            b.add_service(tonic::service::interceptor::InterceptedService::new(
-                service.clone().into_server(max),
-                gate,
-            ));
-            b.routes()
-        };
-        // The Unix socket is guarded by its file mode and group, not a token.
-        let unix_gate = AccessGate {
-            token: None,
-            ..gate.clone()
-        };
         let (stop_listeners, stop_rx) = watch::channel(false);
-        let mut servers = Vec::new();
-        // One bound over the connections of every listener.
-        let connections = Arc::new(listen::Connections::new(
-            config.max_connections,
+        let servers = serve_grpc(
+            &config,
+            listeners,
+            service,
+            health_service,
             Arc::clone(&dispatch.counters),
-        ));
-        if let Some(listener) = tcp {
-            if let Some(addr) = tcp_addr {
-                tracing::info!(%addr, "gRPC listening on TCP");
-            }
-            let incoming = listen::tcp(listener, Arc::clone(&connections));
-            servers.push(serve(incoming, routes(gate.clone()), stop_rx.clone()));
-        }
-        if let Some(listener) = unix {
-            if let Some(path) = &config.unix_socket {
-                tracing::info!(path = %path.display(), "gRPC listening on Unix socket");
-            }
-            let incoming = listen::unix(listener, Arc::clone(&connections));
-            servers.push(serve(incoming, routes(unix_gate), stop_rx));
-        }
+            stop_rx,
+        )?;
 
         if let Some(n) = &notifier {
             n.notify("READY=1\nSTATUS=listening; connecting to Runware");
@@ -665,4 +721,15 @@ pub fn group_id(group: &str) -> Option<u32> {
         let mut fields = line.split(':');
         (fields.next()? == group).then(|| fields.nth(1)?.parse().ok())?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table's own defaults are the daemon's default settings.
+    #[test]
+    fn default_settings_give_the_default_limits() {
+        assert_eq!(limits(&Config::default()), Limits::default());
+    }
 }

@@ -129,8 +129,10 @@ pub const DEFAULT_MAX_MEMORY_BYTES: usize = 96 << 20;
 pub const DEFAULT_MAX_RETAINED_BYTES: usize = 48 << 20;
 
 /// Limits on what the table holds. Over a limit, a request is refused with
-/// an error naming it; nothing else is affected.
-#[derive(Debug, Clone)]
+/// an error naming it; nothing else is affected. The daemon's come from its
+/// settings (`config::Settings`); `Default` is the same values, for tables
+/// built without settings (a test holds the two together).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_in_flight: usize,
     pub max_in_flight_per_connection: usize,
