@@ -273,18 +273,28 @@ pub struct Daemon {
     pub unix_socket: Option<PathBuf>,
     /// The upstream connection's status, to wait on in tests and for systemd.
     pub status: watch::Receiver<UpstreamStatus>,
+    /// The task table (tests and the soak read its counters).
     pub dispatch: Arc<Dispatch>,
     /// The in-process simulator under `--simulate`.
     pub simulator: Option<SimHandle>,
+    /// The gRPC health service's state: NOT_SERVING once stopping.
     health: HealthReporter,
     /// The bound metrics address, if serving metrics.
     pub metrics_addr: Option<SocketAddr>,
+    /// systemd's notify socket, under `Type=notify`.
     notifier: Option<Notifier>,
+    /// Where the session and tasks in flight are persisted, if anywhere:
+    /// written a last time on shutdown.
     state: Option<StateStore>,
+    /// Stops accepting clients (first step of a shutdown).
     stop_listeners: watch::Sender<bool>,
+    /// Stops the upstream connection and the metrics (last step).
     stop_upstream: watch::Sender<bool>,
+    /// The gRPC servers, one per listener: awaited on shutdown.
     servers: Vec<JoinHandle<()>>,
+    /// Sweeping, persisting, health, watchdog, metrics.
     background: Vec<JoinHandle<()>>,
+    /// The connection supervisor.
     upstream: JoinHandle<()>,
 }
 

@@ -200,17 +200,23 @@ struct Task {
     label: &'static str,
     /// Who may attach: the principal that submitted it.
     owner: Principal,
+    /// When it was accepted: its latency counts from here.
     started: Instant,
+    /// Results that complete it (`numberResults`, `promptVersions`, ...).
     expected: u32,
+    /// Sent with `deliveryMethod: "async"`: its results are polled.
     asynchronous: bool,
     /// Where its results come from next: pushed, or polled.
     delivery: Delivery,
     /// Set once it is polled: which items are results not taken yet.
     matching: Option<Box<Matching>>,
+    /// Its results so far, exactly as Runware sent them (for `Attach`).
     results: Vec<Arc<str>>,
     /// Ids of the results (imageUUID, ...), to drop duplicates.
     result_ids: Vec<Box<str>>,
+    /// How it ended; `None` while in flight.
     outcome: Option<Outcome>,
+    /// The clients receiving its events (the submitter, attached ones).
     watchers: Vec<EventSender>,
     /// When it ended, or when its last watcher left: retention counts from here.
     idle_since: Option<Instant>,
@@ -231,6 +237,8 @@ impl Task {
 
 /// The table. Shared by the gRPC services and the upstream task.
 pub struct Dispatch {
+    /// Every task the table holds, in flight or kept for `Attach`; sharded,
+    /// so clients and the upstream reader rarely wait on each other.
     tasks: DashMap<TaskUuid, Task>,
     /// Tasks without an outcome; checked before inserting, so the limit
     /// holds without locking the whole map.
@@ -239,6 +247,7 @@ pub struct Dispatch {
     unsent: AtomicUsize,
     /// Tasks in Poll mode, so the upstream loop polls only when needed.
     polling: AtomicUsize,
+    /// The results of ended tasks, against `max_retained_bytes`.
     retained_bytes: AtomicUsize,
     /// The JSON of tasks in flight (kept to send them again).
     payload_bytes: AtomicUsize,
@@ -247,11 +256,14 @@ pub struct Dispatch {
     connection: AtomicU64,
     /// Numbers upstream messages: where one `getResponse` answer ends.
     message: AtomicU64,
+    /// Set on SIGTERM: new tasks are refused while those in flight finish.
     draining: AtomicBool,
     /// What changed for the state file since it was last written; kept
     /// only while a state directory is in use ([`Dispatch::start_journal`]).
     changes: std::sync::Mutex<Vec<StateChange>>,
+    /// Whether `changes` is kept (a state directory is in use).
     journaling: AtomicBool,
+    /// What the table may hold; a request past one is refused naming it.
     limits: Limits,
     /// Wakes the upstream writer: taskUUIDs to send.
     queue: mpsc::UnboundedSender<TaskUuid>,
@@ -259,6 +271,7 @@ pub struct Dispatch {
     gate: std::sync::RwLock<Gate>,
     /// What the table counts, shared with the listeners.
     pub counters: Arc<Counters>,
+    /// Outcomes and latencies by task type, registered by the metrics.
     metrics: TaskMetrics,
 }
 
