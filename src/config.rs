@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::dispatch::Limits;
 
+/// Where the Runware-protocol endpoint listens by default.
+pub const DEFAULT_RUNWARE_LISTEN: &str = "127.0.0.1:7434";
+
 /// Where Runware listens.
 pub const DEFAULT_UPSTREAM_URL: &str = "wss://ws-api.runware.ai/v1";
 /// The daemon's default gRPC address: loopback only.
@@ -174,6 +177,11 @@ pub struct Settings {
     /// $RUNTIME_DIRECTORY/runwared.sock under systemd, else none].
     #[arg(long, env = "RUNWARED_UNIX_SOCKET", value_name = "PATH")]
     pub unix_socket: Option<Switch<PathBuf>>,
+    /// Runware's own protocol (WebSocket at ws://ADDR/v1, REST at POST
+    /// http://ADDR/v1) for existing SDKs and curl: an address, a Unix
+    /// socket path, or "none".
+    #[arg(long, env = "RUNWARED_RUNWARE_LISTEN", value_name = "ADDR", default_value = DEFAULT_RUNWARE_LISTEN)]
+    pub runware_listen: Switch<Endpoint>,
     /// Group owning the Unix socket [default: the daemon's].
     #[arg(long, env = "RUNWARED_UNIX_SOCKET_GROUP", value_name = "GROUP")]
     pub unix_socket_group: Option<String>,
@@ -362,6 +370,37 @@ fn settings_map(settings: &Settings) -> serde_json::Map<String, serde_json::Valu
             map.into_iter().filter(|(_, v)| !v.is_null()).collect()
         }
         _ => serde_json::Map::new(),
+    }
+}
+
+/// Where a listener listens: a TCP address, or a Unix socket path (one
+/// that starts with `/` or `.`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with('/') || s.starts_with('.') {
+            Ok(Endpoint::Unix(PathBuf::from(s)))
+        } else {
+            s.parse()
+                .map(Endpoint::Tcp)
+                .map_err(|e| format!("{e} (an address like 127.0.0.1:7434, or a socket path)"))
+        }
+    }
+}
+
+impl SwitchValue for Endpoint {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => a.write(f),
+            Endpoint::Unix(p) => p.write(f),
+        }
     }
 }
 
@@ -804,20 +843,24 @@ impl Config {
         // pod's own network namespace). A systemd service runs on a host
         // with other users, where loopback is open to all of them: there
         // the Unix socket (its group) is the door, and TCP needs the token.
-        if let Some(addr) = listen {
+        let runware_tcp = match settings.runware_listen.on() {
+            Some(Endpoint::Tcp(addr)) => Some(("runware_listen", addr)),
+            _ => None,
+        };
+        for (name, addr) in listen.map(|a| ("listen", a)).into_iter().chain(runware_tcp) {
             if auth_token.is_none() && !settings.insecure_listen {
                 let why = if !addr.ip().is_loopback() {
-                    Some("is reachable beyond this host")
+                    Some("is reachable beyond this host".to_owned())
                 } else if env.systemd_service {
-                    Some(
-                        "is loopback, but under systemd every local user can reach it (use the Unix socket and its group: listen = none)",
-                    )
+                    Some(format!(
+                        "is loopback, but under systemd every local user can reach it (use a Unix socket and its group, or {name} = none)"
+                    ))
                 } else {
                     None
                 };
                 if let Some(why) = why {
                     return Err(invalid(
-                        "listen",
+                        name,
                         format!(
                             "{addr} {why}: give clients a bearer token with --auth-token-file \
                              (or systemd credential {TOKEN_CREDENTIAL_NAME}), or pass --insecure-listen"
@@ -1034,13 +1077,38 @@ mod tests {
         );
         assert!(resolve(&[], None, &env_with_key()).is_ok());
         let socket = dir.path().join("s.sock");
-        let unix_only = [
+        // Runware's protocol on loopback is TCP too: refused there without
+        // the token, by name.
+        let grpc_unix_only = [
             "--listen",
             "none",
             "--unix-socket",
             socket.to_str().unwrap(),
         ];
+        let err = resolve(&grpc_unix_only, None, &service).unwrap_err();
+        assert!(err.to_string().contains("runware_listen"), "{err}");
+        let unix_only = [
+            "--listen",
+            "none",
+            "--runware-listen",
+            "none",
+            "--unix-socket",
+            socket.to_str().unwrap(),
+        ];
         assert!(resolve(&unix_only, None, &service).is_ok());
+        let runware_on_a_socket = [
+            "--listen",
+            "none",
+            "--runware-listen",
+            "/run/runwared/runware.sock",
+            "--unix-socket",
+            socket.to_str().unwrap(),
+        ];
+        let c = resolve(&runware_on_a_socket, None, &service).unwrap();
+        assert_eq!(
+            c.runware_listen.on(),
+            Some(Endpoint::Unix("/run/runwared/runware.sock".into()))
+        );
         let token = dir.path().join("token");
         std::fs::write(&token, "s3cret-token\n").unwrap();
         let with_token = ["--auth-token-file", token.to_str().unwrap()];
@@ -1055,6 +1123,9 @@ mod tests {
         assert!(err.to_string().contains("--auth-token-file"), "{err}");
         let insecure = ["--listen", "0.0.0.0:7433", "--insecure-listen"];
         assert!(resolve(&insecure, None, &env_with_key()).is_ok());
+        let runware_open = ["--runware-listen", "0.0.0.0:7434"];
+        let err = resolve(&runware_open, None, &env_with_key()).unwrap_err();
+        assert!(err.to_string().contains("runware_listen"), "{err}");
         let token = dir.path().join("token");
         std::fs::write(&token, "s3cret-token\n").unwrap();
         let with_token = [

@@ -4,7 +4,9 @@
 //! The path of a task, one module per step:
 //!
 //! ```text
-//! gRPC request -> api        (runware.v1 messages <-> task JSON; statuses)
+//! gRPC request -> frontend   (one door per wire format: gRPC, Runware's own
+//! Runware WS/REST               WebSocket and REST; each converts its messages
+//!                             into daemon tasks and their events back)
 //!              -> dispatch   (task table: taskUUID -> watching clients;
 //!                             retention for Attach; getResponse recovery)
 //!              -> upstream   (the one socket's loop; batches queued tasks)
@@ -12,7 +14,7 @@
 //!                             reconnect: synchronous decisions, no I/O)
 //! frame in     -> protocol   (pure parsing of frames into items; no I/O)
 //!              -> dispatch   (route each item by taskUUID; complete; fail)
-//!              -> api stream -> client
+//!              -> frontend   -> client
 //! ```
 //!
 //! - [`config`]: every setting declared once ([`config::Settings`]), layered
@@ -32,12 +34,12 @@
 //! - [`client`]: the command-line client's gRPC calls.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod counters;
 pub mod dispatch;
+pub mod frontend;
 pub mod listen;
 pub mod metrics;
 pub mod notify;

@@ -18,10 +18,11 @@ use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::RunwareService;
-use crate::config::{ApiKey, ApiKeySource, BearerToken, Config};
+use crate::config::{ApiKey, ApiKeySource, BearerToken, Config, Endpoint};
 use crate::counters::{Counter, Counters};
 use crate::dispatch::{Dispatch, Limits, StateChange};
+use crate::frontend::grpc::RunwareService;
+use crate::frontend::runware::RunwareEndpoint;
 use crate::listen;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::notify::Notifier;
@@ -156,11 +157,15 @@ async fn serve_metrics(
     Ok((bound, Some(server)))
 }
 
-/// The bound gRPC listeners.
+/// The bound listeners.
 struct Listeners {
     tcp: Option<TcpListener>,
     tcp_addr: Option<SocketAddr>,
     unix: Option<UnixListener>,
+    /// Runware's own protocol (WebSocket and REST), on TCP or a Unix socket.
+    runware_tcp: Option<TcpListener>,
+    runware_addr: Option<SocketAddr>,
+    runware_unix: Option<UnixListener>,
 }
 
 /// Binds the TCP and Unix socket listeners the settings ask for.
@@ -177,10 +182,28 @@ async fn bind_listeners(config: &Config) -> Result<Listeners, StartError> {
         Some(path) => Some(bind_unix(path, config.unix_socket_group.as_deref()).await?),
         None => None,
     };
+    let (runware_tcp, runware_unix) = match config.runware_listen.on() {
+        Some(Endpoint::Tcp(addr)) => (
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Tcp { addr, source })?,
+            ),
+            None,
+        ),
+        Some(Endpoint::Unix(path)) => (
+            None,
+            Some(bind_unix(&path, config.unix_socket_group.as_deref()).await?),
+        ),
+        None => (None, None),
+    };
     Ok(Listeners {
         tcp_addr: tcp.as_ref().and_then(|l| l.local_addr().ok()),
         tcp,
         unix,
+        runware_addr: runware_tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        runware_tcp,
+        runware_unix,
     })
 }
 
@@ -196,6 +219,7 @@ fn serve_grpc(
         impl tonic_health::pb::health_server::Health,
     >,
     counters: Arc<Counters>,
+    connections: &Arc<listen::Connections>,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
     let reflection = tonic_reflection::server::Builder::configure()
@@ -231,23 +255,57 @@ fn serve_grpc(
         ..gate.clone()
     };
     let mut servers = Vec::new();
-    // One bound over the connections of every listener.
-    let connections = Arc::new(listen::Connections::new(config.max_connections, counters));
     if let Some(listener) = listeners.tcp {
         if let Some(addr) = listeners.tcp_addr {
             tracing::info!(%addr, "gRPC listening on TCP");
         }
-        let incoming = listen::tcp(listener, Arc::clone(&connections));
+        let incoming = listen::tcp(listener, Arc::clone(connections));
         servers.push(serve(incoming, routes(gate.clone()), stop.clone()));
     }
     if let Some(listener) = listeners.unix {
         if let Some(path) = &config.unix_socket {
             tracing::info!(path = %path.display(), "gRPC listening on Unix socket");
         }
-        let incoming = listen::unix(listener, Arc::clone(&connections));
+        let incoming = listen::unix(listener, Arc::clone(connections));
         servers.push(serve(incoming, routes(unix_gate), stop));
     }
     Ok(servers)
+}
+
+/// Serves Runware's own protocol on its listener: a bearer token (the
+/// client's `apiKey`) on TCP when one is set, the socket's mode and group
+/// on a Unix socket.
+fn serve_runware(
+    config: &Config,
+    dispatch: &Arc<Dispatch>,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    connections: &Arc<listen::Connections>,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let endpoint = |token: Option<Arc<BearerToken>>| {
+        RunwareEndpoint::new(
+            Arc::clone(dispatch),
+            token,
+            config.async_task_types.clone(),
+            config.default_task_timeout,
+            config.max_message_bytes,
+        )
+    };
+    let mut servers = Vec::new();
+    if let Some(listener) = tcp {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "Runware protocol (WebSocket and REST) at ws://{addr}/v1");
+        }
+        let incoming = listen::tcp(listener, Arc::clone(connections));
+        let token = config.auth_token.clone().map(Arc::new);
+        servers.push(tokio::spawn(endpoint(token).serve(incoming, stop.clone())));
+    }
+    if let Some(listener) = unix {
+        let incoming = listen::unix(listener, Arc::clone(connections));
+        servers.push(tokio::spawn(endpoint(None).serve(incoming, stop)));
+    }
+    servers
 }
 
 /// The task table's limits, from the settings.
@@ -279,6 +337,8 @@ pub struct Daemon {
     pub simulator: Option<SimHandle>,
     /// The gRPC health service's state: NOT_SERVING once stopping.
     health: HealthReporter,
+    /// The bound address of Runware's own protocol (WebSocket and REST).
+    pub runware_addr: Option<SocketAddr>,
     /// The bound metrics address, if serving metrics.
     pub metrics_addr: Option<SocketAddr>,
     /// systemd's notify socket, under `Type=notify`.
@@ -305,7 +365,7 @@ impl Daemon {
         let (simulator, key, connector) = upstream_target(&mut config).await?;
 
         // Bound before anything runs: a taken port fails the start.
-        let listeners = bind_listeners(&config).await?;
+        let mut listeners = bind_listeners(&config).await?;
         let tcp_addr = listeners.tcp_addr;
 
         // What a previous run left: its session and its tasks in flight.
@@ -387,19 +447,35 @@ impl Daemon {
         }
         let service = RunwareService::new(Arc::clone(&dispatch), status_rx.clone(), &config);
         let (stop_listeners, stop_rx) = watch::channel(false);
-        let servers = serve_grpc(
+        // One bound over the connections of every listener.
+        let connections = Arc::new(listen::Connections::new(
+            config.max_connections,
+            Arc::clone(&dispatch.counters),
+        ));
+        let runware_addr = listeners.runware_addr;
+        let mut servers = serve_runware(
+            &config,
+            &dispatch,
+            listeners.runware_tcp.take(),
+            listeners.runware_unix.take(),
+            &connections,
+            stop_rx.clone(),
+        );
+        servers.extend(serve_grpc(
             &config,
             listeners,
             service,
             health_service,
             Arc::clone(&dispatch.counters),
+            &connections,
             stop_rx,
-        )?;
+        )?);
 
         if let Some(n) = &notifier {
             n.notify("READY=1\nSTATUS=listening; connecting to Runware");
         }
         Ok(Daemon {
+            runware_addr,
             metrics_addr,
             notifier,
             tcp_addr,

@@ -35,7 +35,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::client::{Target, connect};
-use crate::config::{ApiKey, ApiKeySource, Config, Settings};
+use crate::config::{ApiKey, ApiKeySource, Config, Settings, Switch};
 use crate::counters::Counter;
 use crate::pb;
 use crate::server::Daemon;
@@ -339,6 +339,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
             max_in_flight_per_connection: 100_000,
             default_task_timeout: config.default_task_timeout,
             poll_max,
+            runware_listen: Switch::Off,
             ..Settings::default()
         },
         api_key: Some(ApiKeySource::Value(

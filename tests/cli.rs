@@ -12,7 +12,11 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 fn runwared() -> Command {
     let mut c = Command::new(BIN);
-    c.env_clear().env("NO_COLOR", "1");
+    // Tests run side by side: the Runware-protocol endpoint takes any
+    // free port rather than its fixed default.
+    c.env_clear()
+        .env("NO_COLOR", "1")
+        .env("RUNWARED_RUNWARE_LISTEN", "127.0.0.1:0");
     c
 }
 
@@ -451,7 +455,7 @@ fn json_logs_carry_the_task_span() {
     let mut d = Daemon::spawn(
         &["serve", "--simulate", "--listen", "127.0.0.1:0"],
         &[
-            ("RUNWARED_LOG", "info,runwared::api=debug"),
+            ("RUNWARED_LOG", "info,runwared::frontend=debug"),
             ("RUNWARED_LOG_FORMAT", "json"),
         ],
     );

@@ -17,7 +17,8 @@ def daemon(tmp_path_factory):
     binary = os.environ.get("RUNWARED_BIN", str(ROOT / "target/debug/runwared"))
     socket = tmp_path_factory.mktemp("sock") / "runwared.sock"
     proc = subprocess.Popen(
-        [binary, "serve", "--simulate", "--listen", "127.0.0.1:0", "--unix-socket", str(socket)],
+        [binary, "serve", "--simulate", "--listen", "127.0.0.1:0", "--runware-listen", "127.0.0.1:0",
+         "--unix-socket", str(socket)],
         stderr=subprocess.PIPE,
         text=True,
         env={"PATH": os.environ.get("PATH", ""), "NO_COLOR": "1"},

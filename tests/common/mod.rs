@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use runwared::client::{Target, connect};
-use runwared::config::{ApiKey, ApiKeySource, Config};
+use runwared::config::{ApiKey, ApiKeySource, Config, Endpoint, Switch};
 use runwared::pb;
 use runwared::pb::runware_client::RunwareClient;
 use runwared::server::Daemon;
@@ -34,6 +34,7 @@ pub fn test_config(upstream_url: String) -> Config {
         ..Config::default()
     };
     config.upstream_url = upstream_url;
+    config.runware_listen = Switch::On(Endpoint::Tcp(loopback0()));
     config
 }
 

@@ -17,18 +17,17 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::dispatch::{
-    ClientConnection, Dispatch, FailureKind, Gate, PreparedTask, SubmitError, TaskEvent,
-    TaskFailure, TaskHandle,
+    ClientConnection, Dispatch, FailureKind, Gate, SubmitError, TaskEvent, TaskFailure, TaskHandle,
 };
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
 use crate::session::UpstreamStatus;
 use crate::status::StatusSnapshot;
 
+use super::{
+    ClientTask, MAX_JSON_ELEMENTS, api_key_field, check_task, json_elements_within, prepare,
+};
 pub use crate::dispatch::MAX_EXPECTED_RESULTS;
-
-/// Most JSON values (about) in a client's `task_json` or `extra`.
-pub const MAX_JSON_ELEMENTS: usize = 100_000;
 
 /// Ends our deadline just before the client's, so the client receives our
 /// DEADLINE_EXCEEDED (after partial results) rather than a bare cancel.
@@ -112,31 +111,11 @@ impl RunwareService {
                 "the deadline passed before the task could be sent; nothing was sent to Runware",
             ));
         }
-        let ClientTask {
-            uuid,
-            mut task,
-            stated_results: stated,
-        } = t;
-        let task_type = task
-            .get("taskType")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let expected = protocol::expected_results(&task_type, &task, stated);
-        if self.async_task_types.contains(&task_type) && !task.contains_key("deliveryMethod") {
-            task.insert("deliveryMethod".into(), json!("async"));
-        }
-        let asynchronous = task.get("deliveryMethod").and_then(Value::as_str) == Some("async");
-        task.insert("taskUUID".into(), json!(uuid.to_string()));
-        let payload = Value::Object(task).to_string();
-        let prepared = PreparedTask {
-            uuid,
-            payload,
-            expected,
-            asynchronous,
-            label: crate::dispatch::metrics::task_type_label(&task_type),
-            owner: conn.map(|c| c.principal).unwrap_or_default(),
-        };
+        let prepared = prepare(
+            t,
+            &self.async_task_types,
+            conn.map(|c| c.principal).unwrap_or_default(),
+        );
         self.dispatch.submit(prepared, conn).map_err(submit_status)
     }
 }
@@ -162,17 +141,11 @@ fn connection<T>(request: &Request<T>) -> Option<ClientConnection> {
 }
 
 /// Checks a typed request's task against the documented limits before it
-/// leaves the host; the error names the parameter.
+/// leaves the host; the error names the proto field.
 fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Status> {
-    let task_type = task
-        .get("taskType")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    crate::validate::validate(task_type, task)
-        .map(|_| ())
-        .map_err(|i| {
-            Status::invalid_argument(format!("{}: {}", snake_case(&i.parameter), i.message))
-        })
+    super::check_documented_limits(task).map_err(|r| {
+        Status::invalid_argument(format!("{}: {}", snake_case(&r.parameter), r.detail))
+    })
 }
 
 /// `positivePrompt` -> `positive_prompt`, `CFGScale` -> `cfg_scale`: the
@@ -348,15 +321,7 @@ fn object(build: impl FnOnce(&mut Map<String, Value>)) -> Value {
 /// A JSON object given as a string (`extra`, `task_json`), naming the
 /// parameter when it is not one.
 fn json_object(param: &str, text: &str) -> Result<Map<String, Value>, Status> {
-    // Parsed JSON takes up to ~16 times its text when it is many small
-    // values: bound their number before parsing. (Nesting is bounded by
-    // serde_json's recursion limit, 128.) Brackets and commas inside
-    // strings count too: a bound that errs on the safe side.
-    let elements = text
-        .bytes()
-        .filter(|b| matches!(b, b',' | b'[' | b'{'))
-        .count();
-    if elements > MAX_JSON_ELEMENTS {
+    if let Err(elements) = json_elements_within(text, MAX_JSON_ELEMENTS) {
         return Err(Status::invalid_argument(format!(
             "{param} has about {elements} JSON values, more than the {MAX_JSON_ELEMENTS} a task may have"
         )));
@@ -365,7 +330,7 @@ fn json_object(param: &str, text: &str) -> Result<Map<String, Value>, Status> {
         Ok(Value::Object(m)) => {
             // The daemon authenticates with its own key; a client's key
             // would be sent to Runware inside a task.
-            if let Some(k) = m.keys().find(|k| k.eq_ignore_ascii_case("apiKey")) {
+            if let Some(k) = api_key_field(&m) {
                 return Err(Status::invalid_argument(format!(
                     "{param}.{k}: the daemon authenticates to Runware with its own key; a task may not carry one"
                 )));
@@ -565,54 +530,8 @@ pub fn image_inference_task(r: &pb::ImageInferenceRequest) -> Result<Map<String,
 }
 
 /// A `Run` request's task JSON, its taskUUID, and the results it waits for.
-/// A task as a client gave it, checked and ready to submit.
-#[derive(Debug)]
-pub struct ClientTask {
-    pub uuid: TaskUuid,
-    pub task: Map<String, Value>,
-    /// The result count the client stated, if any.
-    pub stated_results: Option<u32>,
-}
-
 pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
     let task = json_object("task_json", &r.task_json)?;
-    match task.get("taskType") {
-        Some(Value::String(t)) if protocol::is_reserved_task_type(t) => {
-            return Err(Status::invalid_argument(format!(
-                "task_json.taskType {t:?} is managed by the daemon and cannot be sent"
-            )));
-        }
-        Some(Value::String(t)) if !t.is_empty() => {}
-        _ => {
-            return Err(Status::invalid_argument(
-                "task_json.taskType must be a non-empty string",
-            ));
-        }
-    }
-    let uuid = match task.get("taskUUID") {
-        None => TaskUuid::new_v4(),
-        Some(Value::String(s)) => TaskUuid::parse_v4(s)
-            .map_err(|e| Status::invalid_argument(format!("task_json.taskUUID {s:?}: {e}")))?,
-        Some(_) => {
-            return Err(Status::invalid_argument(
-                "task_json.taskUUID must be a string",
-            ));
-        }
-    };
-    // The counts that decide completion are bounded like expected_results:
-    // the daemon keeps a slot per result it waits for.
-    for field in ["numberResults", "promptVersions"] {
-        if let Some(v) = task.get(field) {
-            if !v
-                .as_u64()
-                .is_some_and(|n| (1..=u64::from(MAX_EXPECTED_RESULTS)).contains(&n))
-            {
-                return Err(Status::invalid_argument(format!(
-                    "task_json.{field} must be a whole number from 1 to {MAX_EXPECTED_RESULTS}, got {v}"
-                )));
-            }
-        }
-    }
     if let Some(n) = r.expected_results {
         if n == 0 || n > MAX_EXPECTED_RESULTS {
             return Err(Status::invalid_argument(format!(
@@ -620,11 +539,8 @@ pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
             )));
         }
     }
-    Ok(ClientTask {
-        uuid,
-        task,
-        stated_results: r.expected_results,
-    })
+    check_task(task, false, r.expected_results)
+        .map_err(|r| Status::invalid_argument(format!("task_json.{} {}", r.parameter, r.detail)))
 }
 
 /// The typed image message for a result item.

@@ -1,0 +1,253 @@
+//! The doors into the daemon: one task path, three wire formats.
+//!
+//! - [`grpc`]: the `runware.v1` gRPC API (typed requests, `Run`, `Session`,
+//!   `Attach`, `GetStatus`).
+//! - [`runware`]: Runware's own protocol, so existing SDKs, `curl` and any
+//!   language use the daemon by changing only their URL: the WebSocket
+//!   (`ws://ADDR/v1`) and REST (`POST http://ADDR/v1`) on one listener.
+//!
+//! Each door only converts its messages into daemon tasks and the tasks'
+//! events back. What a task may be ([`check_task`]), how it becomes a
+//! [`PreparedTask`] ([`prepare`]), and why a task is refused or failed
+//! ([`Refusal`], [`refusal_of_submit`], [`failure_error`]) are decided here
+//! once; each door words them in its own format (gRPC statuses; Runware's
+//! error items, same `code` and `parameter`).
+
+pub mod grpc;
+pub mod runware;
+
+use serde_json::{Map, Value, json};
+
+use crate::dispatch::{
+    FailureKind, MAX_EXPECTED_RESULTS, PreparedTask, Principal, SubmitError, TaskFailure,
+};
+use crate::protocol::{self, RunwareError, TaskUuid};
+
+/// Most JSON values (about) in a client's task (`task_json`, `extra`, or a
+/// Runware message's task object).
+pub const MAX_JSON_ELEMENTS: usize = 100_000;
+
+/// A task as a client gave it, checked and ready to submit.
+#[derive(Debug)]
+pub struct ClientTask {
+    pub uuid: TaskUuid,
+    pub task: Map<String, Value>,
+    /// The result count the client stated, if any.
+    pub stated_results: Option<u32>,
+}
+
+/// Why a client's task is not taken: the parameter at fault, Runware's code
+/// for it, and what is wrong. Each door words it in its own format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// Runware's error code (`invalidTaskType`, `conflictTaskUUID`, ...).
+    pub code: String,
+    /// The task parameter, as Runware names it (`taskUUID`, `prompt`).
+    pub parameter: String,
+    /// What is wrong, after the parameter's name.
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(code: &str, parameter: &str, detail: impl Into<String>) -> Self {
+        Refusal {
+            code: code.to_owned(),
+            parameter: parameter.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    /// As Runware's error item about `task`.
+    pub fn runware_error(&self, task_type: Option<&str>, task: Option<&TaskUuid>) -> RunwareError {
+        RunwareError {
+            code: self.code.clone(),
+            message: format!("{} {}", self.parameter, self.detail),
+            parameter: Some(self.parameter.clone()),
+            task_type: task_type.map(str::to_owned),
+            task_uuid: task.map(ToString::to_string),
+        }
+    }
+}
+
+/// Bounds the number of JSON values in `text` before it is parsed: parsed
+/// JSON takes up to ~16 times its text when it is many small values.
+/// (Nesting is bounded by serde_json's recursion limit, 128.) Brackets and
+/// commas inside strings count too: a bound that errs on the safe side.
+pub fn json_elements_within(text: &str, limit: usize) -> Result<(), usize> {
+    let elements = text
+        .bytes()
+        .filter(|b| matches!(b, b',' | b'[' | b'{'))
+        .count();
+    if elements > limit {
+        Err(elements)
+    } else {
+        Ok(())
+    }
+}
+
+/// The key of a task object that would carry an API key to Runware: the
+/// daemon authenticates with its own, and a client's must not travel.
+pub fn api_key_field(task: &Map<String, Value>) -> Option<&str> {
+    task.keys()
+        .find(|k| k.eq_ignore_ascii_case("apiKey"))
+        .map(String::as_str)
+}
+
+/// Checks what every door requires of a task object: a type the daemon
+/// may send, a taskUUID (given, or a new one when `uuid_required` is
+/// false), result counts within bounds, no API key.
+pub fn check_task(
+    task: Map<String, Value>,
+    uuid_required: bool,
+    stated_results: Option<u32>,
+) -> Result<ClientTask, Refusal> {
+    if let Some(k) = api_key_field(&task) {
+        return Err(Refusal::new(
+            "invalidApiKey",
+            k,
+            "is not taken in a task: the daemon authenticates to Runware with its own key",
+        ));
+    }
+    match task.get("taskType") {
+        Some(Value::String(t)) if protocol::is_reserved_task_type(t) => {
+            return Err(Refusal::new(
+                "invalidTaskType",
+                "taskType",
+                format!("{t:?} is managed by the daemon and cannot be sent"),
+            ));
+        }
+        Some(Value::String(t)) if !t.is_empty() => {}
+        _ => {
+            return Err(Refusal::new(
+                "invalidTaskType",
+                "taskType",
+                "must be a non-empty string",
+            ));
+        }
+    }
+    let uuid = match task.get("taskUUID") {
+        None if !uuid_required => TaskUuid::new_v4(),
+        None => {
+            return Err(Refusal::new(
+                "missingTaskUUID",
+                "taskUUID",
+                "is required: a UUID v4 the client makes",
+            ));
+        }
+        Some(Value::String(s)) => TaskUuid::parse_v4(s)
+            .map_err(|e| Refusal::new("invalidTaskUUID", "taskUUID", format!("{s:?}: {e}")))?,
+        Some(_) => {
+            return Err(Refusal::new(
+                "invalidTaskUUID",
+                "taskUUID",
+                "must be a string",
+            ));
+        }
+    };
+    // The counts that decide completion are bounded like expected_results:
+    // the daemon keeps a slot per result it waits for.
+    for field in ["numberResults", "promptVersions"] {
+        if let Some(v) = task.get(field) {
+            if !v
+                .as_u64()
+                .is_some_and(|n| (1..=u64::from(MAX_EXPECTED_RESULTS)).contains(&n))
+            {
+                return Err(Refusal::new(
+                    &format!("invalid{}{}", field[..1].to_ascii_uppercase(), &field[1..]),
+                    field,
+                    format!("must be a whole number from 1 to {MAX_EXPECTED_RESULTS}, got {v}"),
+                ));
+            }
+        }
+    }
+    Ok(ClientTask {
+        uuid,
+        task,
+        stated_results,
+    })
+}
+
+/// Checks a task against the documented parameter limits
+/// ([`crate::validate`]), with Runware's code and parameter. A task type
+/// with no documented limits here passes: Runware decides on it.
+pub fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Refusal> {
+    let task_type = task
+        .get("taskType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match crate::validate::validate(task_type, task) {
+        Ok(_) => Ok(()),
+        Err(i) if i.code == "invalidTaskType" => Ok(()),
+        Err(i) => Err(Refusal {
+            code: i.code,
+            parameter: i.parameter,
+            detail: i.message,
+        }),
+    }
+}
+
+/// A checked task as the task table takes it: its taskUUID set, async
+/// delivery added for `async_task_types`, the results that complete it.
+pub fn prepare(t: ClientTask, async_task_types: &[String], owner: Principal) -> PreparedTask {
+    let ClientTask {
+        uuid,
+        mut task,
+        stated_results,
+    } = t;
+    let task_type = task
+        .get("taskType")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let expected = protocol::expected_results(&task_type, &task, stated_results);
+    if async_task_types.contains(&task_type) && !task.contains_key("deliveryMethod") {
+        task.insert("deliveryMethod".into(), json!("async"));
+    }
+    let asynchronous = task.get("deliveryMethod").and_then(Value::as_str) == Some("async");
+    task.insert("taskUUID".into(), json!(uuid.to_string()));
+    PreparedTask {
+        uuid,
+        payload: Value::Object(task).to_string(),
+        expected,
+        asynchronous,
+        label: crate::dispatch::metrics::task_type_label(&task_type),
+        owner,
+    }
+}
+
+/// Why the task table refused a task, in Runware's terms.
+pub fn refusal_of_submit(e: &SubmitError) -> Refusal {
+    let (code, parameter) = match e {
+        SubmitError::AlreadyKnown(_) => ("conflictTaskUUID", "taskUUID"),
+        SubmitError::NotFound(_) => ("taskNotFound", "taskUUID"),
+        SubmitError::AuthRejected(_) => ("invalidApiKey", "apiKey"),
+        SubmitError::TooManyInFlight(_)
+        | SubmitError::TooManyForConnection(_)
+        | SubmitError::QueueFull(_)
+        | SubmitError::MemoryBudget { .. } => ("rateLimitExceeded", "taskUUID"),
+        SubmitError::TooLarge { .. } => ("payloadTooLarge", "taskType"),
+        SubmitError::Draining => ("serviceUnavailable", "taskUUID"),
+    };
+    Refusal::new(code, parameter, format!(": {e}"))
+}
+
+/// A failed task as Runware's error item: Runware's own error as it came,
+/// or one the daemon words for a failure of its own.
+pub fn failure_error(f: &TaskFailure, task_type: Option<&str>, uuid: &TaskUuid) -> RunwareError {
+    if let Some(e) = &f.runware {
+        let mut e = e.clone();
+        e.task_uuid.get_or_insert_with(|| uuid.to_string());
+        return e;
+    }
+    let code = match f.kind {
+        FailureKind::UpstreamAuthRejected => "invalidApiKey",
+        FailureKind::Runware(_) | FailureKind::ShuttingDown => "serviceUnavailable",
+    };
+    RunwareError {
+        code: code.to_owned(),
+        message: f.message.clone(),
+        task_type: task_type.map(str::to_owned),
+        task_uuid: Some(uuid.to_string()),
+        ..RunwareError::default()
+    }
+}

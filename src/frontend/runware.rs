@@ -1,0 +1,935 @@
+//! Runware's own protocol, served locally: existing SDKs, `curl` and any
+//! language share the daemon's one upstream socket by changing only their
+//! URL (issue 10).
+//!
+//! One listener (`--runware-listen`, `127.0.0.1:7434` by default) serves
+//! both of Runware's doors
+//! (<https://runware.ai/docs>, "How to connect and authenticate"):
+//!
+//! - **WebSocket** at `ws://ADDR/v1` (and `/`): the first message
+//!   authenticates and is answered with a *local* `connectionSessionUUID`;
+//!   `ping` is answered with `pong`; task arrays are taken; results and
+//!   errors come back in Runware's shapes (`{"data":[...]}`,
+//!   `{"errors":[...]}`), only to the connection that sent the task. A client
+//!   that reconnects with its session UUID within 120 s receives what
+//!   arrived while it was away, as Runware does. `getResponse` is answered
+//!   from the daemon's task table.
+//! - **REST** at `POST http://ADDR/v1`: a JSON array (authentication as its
+//!   first element, or `Authorization: Bearer`), answered with every task's
+//!   results once all are complete; `deliveryMethod: "async"` is answered
+//!   with the acknowledgement, and `getResponse` works here too.
+//!
+//! The client's `apiKey` is never forwarded: upstream, the daemon uses its
+//! own key. Locally the `apiKey` (or bearer) must equal the daemon's client
+//! token when one is configured; the listener follows the same access rules
+//! as the gRPC ones (config). Tasks are ordinary daemon tasks: the client's
+//! taskUUID is used as given, one already in flight gets `conflictTaskUUID`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, timeout_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::{
+    MAX_JSON_ELEMENTS, Refusal, check_documented_limits, check_task, failure_error,
+    json_elements_within, prepare, refusal_of_submit,
+};
+use crate::config::BearerToken;
+use crate::counters::Counter;
+use crate::dispatch::{ClientConnection, Dispatch, Principal, TaskEvent, TaskHandle};
+use crate::protocol::{RunwareError, TaskUuid};
+
+/// How long a local session outlives its socket, keeping what arrives for
+/// a client that reconnects with its `connectionSessionUUID` (Runware's
+/// 120 s).
+pub const LOCAL_SESSION_TTL: Duration = Duration::from_secs(120);
+/// How often expired local sessions are let go.
+const SESSION_SWEEP: Duration = Duration::from_secs(1);
+/// A client that sends nothing this long is gone (Runware's 120 s).
+const IDLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// What the endpoint needs of the daemon.
+#[derive(Clone)]
+pub struct RunwareEndpoint {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dispatch: Arc<Dispatch>,
+    /// The daemon's client token: a local client's `apiKey` must equal it.
+    token: Option<Arc<BearerToken>>,
+    /// Task types the daemon runs with async delivery.
+    async_task_types: Vec<String>,
+    /// Deadline of every task taken here.
+    task_timeout: Duration,
+    /// Largest message taken or sent (frames and REST bodies).
+    max_message_bytes: usize,
+    /// Local sessions by their `connectionSessionUUID`, kept
+    /// [`LOCAL_SESSION_TTL`] after their socket went.
+    sessions: DashMap<String, Arc<LocalSession>>,
+}
+
+impl RunwareEndpoint {
+    pub fn new(
+        dispatch: Arc<Dispatch>,
+        token: Option<Arc<BearerToken>>,
+        async_task_types: Vec<String>,
+        task_timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
+        RunwareEndpoint {
+            inner: Arc::new(Inner {
+                dispatch,
+                token,
+                async_task_types,
+                task_timeout,
+                max_message_bytes,
+                sessions: DashMap::new(),
+            }),
+        }
+    }
+
+    /// Serves connections from `incoming` (a listener of [`crate::listen`])
+    /// until `stop` turns true.
+    pub async fn serve<S, IO>(self, mut incoming: S, mut stop: watch::Receiver<bool>)
+    where
+        S: futures::Stream<Item = std::io::Result<IO>> + Unpin,
+        IO: AsyncRead
+            + AsyncWrite
+            + tonic::transport::server::Connected<ConnectInfo = ClientConnection>
+            + Unpin
+            + Send
+            + 'static,
+    {
+        let sweeper = tokio::spawn(sweep_sessions(Arc::downgrade(&self.inner)));
+        loop {
+            let io = tokio::select! {
+                next = incoming.next() => match next {
+                    Some(Ok(io)) => io,
+                    Some(Err(_)) => continue,
+                    None => break,
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let client = io.connect_info();
+            let endpoint = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let endpoint = endpoint.clone();
+                    let client = client.clone();
+                    let stop = stop.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(endpoint.handle(req, client, stop).await)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+        sweeper.abort();
+    }
+
+    async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        client: ClientConnection,
+        stop: watch::Receiver<bool>,
+    ) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        if path != "/v1" && path != "/" && path != "/v1/" {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &Refusal::new("notFound", "url", "is not served: use /v1"),
+            );
+        }
+        let upgrade = req
+            .headers()
+            .get(hyper::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if upgrade {
+            return self.upgrade(req, client, stop);
+        }
+        if req.method() == hyper::Method::POST {
+            return self.rest(req, client).await;
+        }
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &Refusal::new(
+                "invalidRequest",
+                "method",
+                "must be POST (REST) or a WebSocket upgrade",
+            ),
+        )
+    }
+
+    /// Answers the WebSocket handshake and runs the socket once upgraded.
+    fn upgrade(
+        &self,
+        mut req: Request<hyper::body::Incoming>,
+        client: ClientConnection,
+        stop: watch::Receiver<bool>,
+    ) -> Response<Full<Bytes>> {
+        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &Refusal::new("invalidRequest", "Sec-WebSocket-Key", "is missing"),
+            );
+        };
+        let endpoint = self.clone();
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.inner.max_message_bytes))
+            .max_frame_size(Some(self.inner.max_message_bytes));
+        tokio::spawn(async move {
+            match hyper::upgrade::on(&mut req).await {
+                Ok(upgraded) => {
+                    let socket = WebSocketStream::from_raw_socket(
+                        hyper_util::rt::TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    endpoint.websocket(socket, client.principal, stop).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade failed"),
+            }
+        });
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(hyper::header::UPGRADE, "websocket".parse().expect("valid"));
+        headers.insert(hyper::header::CONNECTION, "Upgrade".parse().expect("valid"));
+        if let Ok(accept) = derive_accept_key(key.as_bytes()).parse() {
+            headers.insert("sec-websocket-accept", accept);
+        }
+        response
+    }
+
+    /// One local WebSocket: authentication first, then tasks, pings and
+    /// getResponse, until the client goes or the daemon stops.
+    async fn websocket<IO>(
+        &self,
+        socket: WebSocketStream<IO>,
+        principal: Principal,
+        mut stop: watch::Receiver<bool>,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sink, mut stream) = socket.split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = out_rx.recv().await {
+                if sink.send(Message::Text(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let mut session: Option<Arc<LocalSession>> = None;
+        loop {
+            let message = tokio::select! {
+                m = tokio::time::timeout(IDLE_LIMIT, stream.next()) => match m {
+                    Ok(Some(Ok(m))) => m,
+                    _ => break,
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let text = match message {
+                Message::Text(t) => t.to_string(),
+                Message::Binary(b) => match String::from_utf8(b.to_vec()) {
+                    Ok(t) => t,
+                    Err(_) => continue,
+                },
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let reply = |frame: String| {
+                let _ = out_tx.send(frame);
+            };
+            let tasks = match parse_message(&text) {
+                Ok(tasks) => tasks,
+                Err(refusal) => {
+                    reply(errors_frame(&[refusal.runware_error(None, None)]));
+                    continue;
+                }
+            };
+            for task in tasks {
+                let task_type = task
+                    .get("taskType")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                match task_type.as_str() {
+                    "authentication" => match self.authenticate(&task, principal) {
+                        Ok(s) => {
+                            // The answer first, then what the session kept
+                            // (as Runware sends a resumed session's results).
+                            reply(data_frame(&[json!({
+                                "taskType": "authentication",
+                                "connectionSessionUUID": s.id,
+                            })
+                            .to_string()]));
+                            if let Some(old) = session.replace(Arc::clone(&s)) {
+                                if !Arc::ptr_eq(&old, &s) {
+                                    old.detach();
+                                }
+                            }
+                            s.attach(out_tx.clone());
+                        }
+                        Err(e) => reply(errors_frame(&[e])),
+                    },
+                    "ping" => reply(data_frame(&[PONG.to_owned()])),
+                    _ => match &session {
+                        None => reply(errors_frame(&[not_authenticated()])),
+                        Some(s) => self.take(task, &task_type, s, principal),
+                    },
+                }
+            }
+        }
+        if let Some(s) = session {
+            s.detach();
+        }
+        drop(out_tx);
+        let _ = writer.await;
+    }
+
+    /// Checks a local authentication message and finds the local session
+    /// it resumes, or opens a new one.
+    fn authenticate(
+        &self,
+        task: &Map<String, Value>,
+        principal: Principal,
+    ) -> Result<Arc<LocalSession>, RunwareError> {
+        let given = task.get("apiKey").and_then(Value::as_str).unwrap_or("");
+        self.check_key(Some(given))?;
+        let resumed = task
+            .get("connectionSessionUUID")
+            .and_then(Value::as_str)
+            .and_then(|id| self.inner.sessions.get(id).map(|s| Arc::clone(&s)))
+            .filter(|s| s.principal == principal);
+        let session = match resumed {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(LocalSession::new(principal));
+                self.inner.sessions.insert(s.id.clone(), Arc::clone(&s));
+                s
+            }
+        };
+        Ok(session)
+    }
+
+    /// A local client's key: the daemon's token when one is configured;
+    /// anything (the SDKs insist on one) when none is.
+    fn check_key(&self, given: Option<&str>) -> Result<(), RunwareError> {
+        match (&self.inner.token, given) {
+            (None, _) => Ok(()),
+            (Some(token), Some(g)) if token.matches(g) => Ok(()),
+            (Some(_), _) => {
+                self.inner.dispatch.counters.add(Counter::Unauthenticated);
+                Err(RunwareError {
+                    code: "invalidApiKey".into(),
+                    message: "Invalid API key: this runwared takes its client token as the API key"
+                        .into(),
+                    parameter: Some("apiKey".into()),
+                    task_type: Some("authentication".into()),
+                    ..RunwareError::default()
+                })
+            }
+        }
+    }
+
+    /// A task from an authenticated WebSocket: submitted, and its events
+    /// sent to the local session (async tasks: acknowledged at once, their
+    /// results fetched with getResponse, as from Runware).
+    fn take(
+        &self,
+        task: Map<String, Value>,
+        task_type: &str,
+        session: &Arc<LocalSession>,
+        principal: Principal,
+    ) {
+        if task_type == "getResponse" {
+            let frame = match self.get_response(&task, principal, session) {
+                Ok(items) => data_frame(&items),
+                Err(e) => errors_frame(&[e]),
+            };
+            session.deliver(frame);
+            return;
+        }
+        match self.submit(task, task_type, principal) {
+            Ok((handle, asynchronous)) => {
+                session.remember(handle.uuid, task_type);
+                let deadline = Instant::now() + self.inner.task_timeout;
+                if asynchronous {
+                    session.deliver(data_frame(&[ack(task_type, &handle.uuid)]));
+                    tokio::spawn(hold(handle, deadline));
+                } else {
+                    tokio::spawn(forward(
+                        handle,
+                        task_type.to_owned(),
+                        Arc::downgrade(session),
+                        deadline,
+                    ));
+                }
+            }
+            Err(e) => session.deliver(errors_frame(&[e])),
+        }
+    }
+
+    /// Checks and submits one task under the client's own taskUUID.
+    fn submit(
+        &self,
+        task: Map<String, Value>,
+        task_type: &str,
+        principal: Principal,
+    ) -> Result<(TaskHandle, bool), RunwareError> {
+        let given_uuid = task
+            .get("taskUUID")
+            .and_then(Value::as_str)
+            .and_then(TaskUuid::parse_any);
+        let refused = |r: Refusal| {
+            r.runware_error(
+                Some(task_type).filter(|t| !t.is_empty()),
+                given_uuid.as_ref(),
+            )
+        };
+        let checked = check_task(task, true, None).map_err(refused)?;
+        check_documented_limits(&checked.task).map_err(refused)?;
+        let prepared = prepare(checked, &self.inner.async_task_types, principal);
+        let asynchronous = prepared.asynchronous;
+        let uuid = prepared.uuid;
+        self.inner
+            .dispatch
+            .submit(prepared, None)
+            .map(|h| (h, asynchronous))
+            .map_err(|e| refusal_of_submit(&e).runware_error(Some(task_type), Some(&uuid)))
+    }
+
+    /// `getResponse` answered from the task table: every item so far with
+    /// its `status`, or one `processing` item while none has come.
+    fn get_response(
+        &self,
+        task: &Map<String, Value>,
+        principal: Principal,
+        session: &LocalSession,
+    ) -> Result<Vec<String>, RunwareError> {
+        let uuid = task
+            .get("taskUUID")
+            .and_then(Value::as_str)
+            .and_then(TaskUuid::parse_any)
+            .ok_or_else(|| {
+                Refusal::new("invalidTaskUUID", "taskUUID", "must be a task's UUID")
+                    .runware_error(Some("getResponse"), None)
+            })?;
+        let mut handle =
+            self.inner.dispatch.attach(uuid, principal).map_err(|e| {
+                refusal_of_submit(&e).runware_error(Some("getResponse"), Some(&uuid))
+            })?;
+        let task_type = session.task_type(&uuid);
+        let mut items = Vec::new();
+        let mut ended = false;
+        while let Ok(event) = handle.events.try_recv() {
+            match event {
+                TaskEvent::Result { item, last, .. } => {
+                    items.push(with_status(&item, "success"));
+                    ended |= last;
+                }
+                TaskEvent::Failed(f) => {
+                    let e = failure_error(&f, task_type.as_deref(), &uuid);
+                    items.push(
+                        json!({
+                            "taskType": e.task_type, "taskUUID": uuid.to_string(),
+                            "status": "error", "error": e,
+                        })
+                        .to_string(),
+                    );
+                    ended = true;
+                }
+            }
+        }
+        if !ended && items.is_empty() {
+            items.push(
+                json!({"taskType": task_type, "taskUUID": uuid.to_string(), "status": "processing"})
+                    .to_string(),
+            );
+        }
+        Ok(items)
+    }
+
+    /// `POST /v1`: every task of the array, answered once all are complete.
+    async fn rest(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        client: ClientConnection,
+    ) -> Response<Full<Bytes>> {
+        let bearer = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let body = match Limited::new(req.into_body(), self.inner.max_message_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &Refusal::new(
+                        "payloadTooLarge",
+                        "body",
+                        "is larger than the daemon's max_message_bytes",
+                    ),
+                );
+            }
+        };
+        let text = String::from_utf8_lossy(&body);
+        let tasks = match parse_message(&text) {
+            Ok(t) => t,
+            Err(r) => return error_response(StatusCode::BAD_REQUEST, &r),
+        };
+        let key = bearer.or_else(|| {
+            tasks
+                .iter()
+                .find(|t| t.get("taskType").and_then(Value::as_str) == Some("authentication"))
+                .and_then(|t| t.get("apiKey").and_then(Value::as_str).map(str::to_owned))
+        });
+        if let Err(e) = self.check_key(key.as_deref()) {
+            return json_response(StatusCode::UNAUTHORIZED, errors_frame(&[e]));
+        }
+        let principal = client.principal;
+        // A session of this request only: its getResponse answers come
+        // from the table like the WebSocket's.
+        let session = LocalSession::new(principal);
+        let mut data: Vec<String> = Vec::new();
+        let mut errors: Vec<RunwareError> = Vec::new();
+        let mut waiting = Vec::new();
+        for task in tasks {
+            let task_type = task
+                .get("taskType")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            match task_type.as_str() {
+                "authentication" => {}
+                "ping" => data.push(PONG.to_owned()),
+                "getResponse" => match self.get_response(&task, principal, &session) {
+                    Ok(items) => data.extend(items),
+                    Err(e) => errors.push(e),
+                },
+                _ => match self.submit(task, &task_type, principal) {
+                    Ok((handle, true)) => {
+                        data.push(ack(&task_type, &handle.uuid));
+                        tokio::spawn(hold(handle, Instant::now() + self.inner.task_timeout));
+                    }
+                    Ok((handle, false)) => waiting.push((handle, task_type)),
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        let deadline = Instant::now() + self.inner.task_timeout;
+        let outcomes = futures::future::join_all(
+            waiting
+                .into_iter()
+                .map(|(handle, task_type)| collect(handle, task_type, deadline)),
+        )
+        .await;
+        for (items, error) in outcomes {
+            data.extend(items);
+            errors.extend(error);
+        }
+        let status = if data.is_empty() && !errors.is_empty() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        json_response(status, frame(&data, &errors))
+    }
+}
+
+/// A local session: where a WebSocket client's frames go, kept
+/// [`LOCAL_SESSION_TTL`] after its socket closed so a reconnect with its
+/// `connectionSessionUUID` receives what came meanwhile.
+struct LocalSession {
+    id: String,
+    /// Only the principal that opened it may resume it.
+    principal: Principal,
+    outbox: Mutex<Outbox>,
+    /// The task types of its tasks, for getResponse's `processing` items.
+    tasks: Mutex<HashMap<TaskUuid, String>>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    /// The socket's writer, while one is attached.
+    live: Option<mpsc::UnboundedSender<String>>,
+    /// Frames that came while no socket was attached, in order.
+    kept: VecDeque<String>,
+    /// Since when no socket is attached.
+    detached_since: Option<Instant>,
+}
+
+impl LocalSession {
+    fn new(principal: Principal) -> Self {
+        LocalSession {
+            id: uuid::Uuid::new_v4().to_string(),
+            principal,
+            outbox: Mutex::default(),
+            tasks: Mutex::default(),
+        }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A socket attaches: what was kept goes first, in order.
+    fn attach(&self, out: mpsc::UnboundedSender<String>) {
+        let mut outbox = self.outbox();
+        while let Some(frame) = outbox.kept.pop_front() {
+            if let Err(e) = out.send(frame) {
+                outbox.kept.push_front(e.0);
+                return;
+            }
+        }
+        outbox.live = Some(out);
+        outbox.detached_since = None;
+    }
+
+    fn detach(&self) {
+        let mut outbox = self.outbox();
+        outbox.live = None;
+        outbox.detached_since = Some(Instant::now());
+    }
+
+    /// Sends a frame to the socket, or keeps it for a reconnect.
+    fn deliver(&self, frame: String) {
+        let mut outbox = self.outbox();
+        if let Some(live) = &outbox.live {
+            match live.send(frame) {
+                Ok(()) => return,
+                Err(e) => {
+                    outbox.live = None;
+                    outbox.detached_since = Some(Instant::now());
+                    outbox.kept.push_back(e.0);
+                    return;
+                }
+            }
+        }
+        outbox.kept.push_back(frame);
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.outbox()
+            .detached_since
+            .is_some_and(|t| now.duration_since(t) >= LOCAL_SESSION_TTL)
+    }
+
+    fn remember(&self, uuid: TaskUuid, task_type: &str) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uuid, task_type.to_owned());
+    }
+
+    fn task_type(&self, uuid: &TaskUuid) -> Option<String> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uuid)
+            .cloned()
+    }
+}
+
+/// Lets go of local sessions whose socket went more than
+/// [`LOCAL_SESSION_TTL`] ago: their tasks' forwarders stop, and what the
+/// table keeps of them stays for `Attach` for the retention time.
+async fn sweep_sessions(endpoint: Weak<Inner>) {
+    let mut tick = tokio::time::interval(SESSION_SWEEP);
+    loop {
+        tick.tick().await;
+        let Some(inner) = endpoint.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        inner.sessions.retain(|_, s| !s.expired(now));
+    }
+}
+
+/// Sends a synchronous task's events to its local session, until the task
+/// ends, its deadline passes, or the session is let go.
+async fn forward(
+    mut handle: TaskHandle,
+    task_type: String,
+    session: Weak<LocalSession>,
+    deadline: Instant,
+) {
+    loop {
+        let (frame, done) = match timeout_at(deadline, handle.events.recv()).await {
+            Ok(Some(TaskEvent::Result { item, last, .. })) => {
+                (data_frame(&[item.to_string()]), last)
+            }
+            Ok(Some(TaskEvent::Failed(f))) => (
+                errors_frame(&[failure_error(&f, Some(&task_type), &handle.uuid)]),
+                true,
+            ),
+            Ok(None) => return,
+            Err(_) => (
+                errors_frame(&[timeout_error(&task_type, &handle.uuid)]),
+                true,
+            ),
+        };
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        session.deliver(frame);
+        if done {
+            return;
+        }
+    }
+}
+
+/// Keeps an async task watched until it ends (its results are fetched with
+/// getResponse), so it is not counted abandoned.
+async fn hold(mut handle: TaskHandle, deadline: Instant) {
+    while let Ok(Some(event)) = timeout_at(deadline, handle.events.recv()).await {
+        match event {
+            TaskEvent::Result { last: true, .. } | TaskEvent::Failed(_) => return,
+            TaskEvent::Result { .. } => {}
+        }
+    }
+}
+
+/// Every result of a synchronous task (REST), or its error.
+async fn collect(
+    mut handle: TaskHandle,
+    task_type: String,
+    deadline: Instant,
+) -> (Vec<String>, Option<RunwareError>) {
+    let mut items = Vec::new();
+    loop {
+        match timeout_at(deadline, handle.events.recv()).await {
+            Ok(Some(TaskEvent::Result { item, last, .. })) => {
+                items.push(item.to_string());
+                if last {
+                    return (items, None);
+                }
+            }
+            Ok(Some(TaskEvent::Failed(f))) => {
+                return (
+                    items,
+                    Some(failure_error(&f, Some(&task_type), &handle.uuid)),
+                );
+            }
+            Ok(None) => return (items, None),
+            Err(_) => return (items, Some(timeout_error(&task_type, &handle.uuid))),
+        }
+    }
+}
+
+const PONG: &str = r#"{"taskType":"ping","pong":true}"#;
+
+/// The tasks of a client message: a JSON array of objects.
+fn parse_message(text: &str) -> Result<Vec<Map<String, Value>>, Refusal> {
+    if let Err(n) = json_elements_within(text, MAX_JSON_ELEMENTS) {
+        return Err(Refusal::new(
+            "invalidRequest",
+            "body",
+            format!("has about {n} JSON values, more than the {MAX_JSON_ELEMENTS} taken"),
+        ));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Refusal::new("invalidRequest", "body", format!("is not valid JSON: {e}")))?;
+    let items = match value {
+        Value::Array(items) => items,
+        // One task object alone is taken too.
+        Value::Object(m) => vec![Value::Object(m)],
+        _ => {
+            return Err(Refusal::new(
+                "invalidRequest",
+                "body",
+                "must be a JSON array of task objects",
+            ));
+        }
+    };
+    items
+        .into_iter()
+        .map(|v| match v {
+            Value::Object(m) => Ok(m),
+            _ => Err(Refusal::new(
+                "invalidRequest",
+                "body",
+                "must hold task objects only",
+            )),
+        })
+        .collect()
+}
+
+fn not_authenticated() -> RunwareError {
+    RunwareError {
+        code: "invalidApiKey".into(),
+        message: "authenticate first: the first message must be an authentication task".into(),
+        parameter: Some("apiKey".into()),
+        task_type: Some("authentication".into()),
+        ..RunwareError::default()
+    }
+}
+
+fn timeout_error(task_type: &str, uuid: &TaskUuid) -> RunwareError {
+    RunwareError {
+        code: "timeoutProvider".into(),
+        message: format!(
+            "task {uuid}: no complete result within the daemon's default_task_timeout"
+        ),
+        task_type: Some(task_type.to_owned()),
+        task_uuid: Some(uuid.to_string()),
+        ..RunwareError::default()
+    }
+}
+
+/// Runware's acknowledgement of an async task.
+fn ack(task_type: &str, uuid: &TaskUuid) -> String {
+    json!({"taskType": task_type, "taskUUID": uuid.to_string()}).to_string()
+}
+
+/// A result item with `status` added, as getResponse answers carry it.
+fn with_status(item: &str, status: &str) -> String {
+    match serde_json::from_str::<Value>(item) {
+        Ok(Value::Object(mut m)) => {
+            m.entry("status").or_insert_with(|| json!(status));
+            Value::Object(m).to_string()
+        }
+        _ => item.to_owned(),
+    }
+}
+
+/// `{"data":[items]}`, the items as they are (raw JSON).
+fn data_frame(items: &[String]) -> String {
+    frame(items, &[])
+}
+
+fn errors_frame(errors: &[RunwareError]) -> String {
+    frame(&[], errors)
+}
+
+/// A Runware message: `data`, `errors`, or both.
+fn frame(items: &[String], errors: &[RunwareError]) -> String {
+    let mut out = String::with_capacity(items.iter().map(String::len).sum::<usize>() + 32);
+    out.push('{');
+    if !items.is_empty() || errors.is_empty() {
+        out.push_str("\"data\":[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(item);
+        }
+        out.push(']');
+    }
+    if !errors.is_empty() {
+        if !items.is_empty() {
+            out.push(',');
+        }
+        out.push_str("\"errors\":");
+        out.push_str(&serde_json::to_string(errors).unwrap_or_else(|_| "[]".to_owned()));
+    }
+    out.push('}');
+    out
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error_response(status: StatusCode, refusal: &Refusal) -> Response<Full<Bytes>> {
+    json_response(status, errors_frame(&[refusal.runware_error(None, None)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_runware_shapes() {
+        assert_eq!(
+            data_frame(&[PONG.to_owned()]),
+            r#"{"data":[{"taskType":"ping","pong":true}]}"#
+        );
+        let e = RunwareError {
+            code: "invalidPrompt".into(),
+            message: "prompt too short".into(),
+            parameter: Some("prompt".into()),
+            ..RunwareError::default()
+        };
+        let both: Value = serde_json::from_str(&frame(&[r#"{"a":1}"#.to_owned()], &[e])).unwrap();
+        assert_eq!(both["data"][0]["a"], 1);
+        assert_eq!(both["errors"][0]["code"], "invalidPrompt");
+        assert_eq!(both["errors"][0]["parameter"], "prompt");
+        assert_eq!(data_frame(&[]), r#"{"data":[]}"#);
+    }
+
+    #[test]
+    fn messages_are_arrays_of_task_objects() {
+        assert_eq!(parse_message(r#"[{"taskType":"ping"}]"#).unwrap().len(), 1);
+        assert_eq!(parse_message(r#"{"taskType":"ping"}"#).unwrap().len(), 1);
+        assert_eq!(parse_message("[1]").unwrap_err().parameter, "body");
+        assert_eq!(parse_message("nope").unwrap_err().code, "invalidRequest");
+    }
+
+    #[test]
+    fn get_response_items_carry_a_status() {
+        let v: Value = serde_json::from_str(&with_status(r#"{"text":"x"}"#, "success")).unwrap();
+        assert_eq!(v["status"], "success");
+        let kept: Value =
+            serde_json::from_str(&with_status(r#"{"status":"error"}"#, "success")).unwrap();
+        assert_eq!(kept["status"], "error");
+    }
+
+    #[test]
+    fn a_session_keeps_frames_while_detached_and_replays_them_in_order() {
+        let s = LocalSession::new(Principal::Tcp);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        s.attach(tx);
+        s.deliver("1".into());
+        s.detach();
+        s.deliver("2".into());
+        s.deliver("3".into());
+        assert!(!s.expired(Instant::now()));
+        assert!(s.expired(Instant::now() + LOCAL_SESSION_TTL));
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        s.attach(tx2);
+        s.deliver("4".into());
+        assert_eq!(rx.try_recv().unwrap(), "1");
+        let replay: Vec<String> = std::iter::from_fn(|| rx2.try_recv().ok()).collect();
+        assert_eq!(replay, ["2", "3", "4"]);
+        // A socket that went without a word: the frame is kept, not lost.
+        drop(rx2);
+        s.deliver("5".into());
+        assert_eq!(s.outbox().kept, ["5"]);
+    }
+}

@@ -1,0 +1,444 @@
+//! Runware's own protocol, served by the daemon (issue 10): a client that
+//! speaks Runware's WebSocket or REST, as the official SDKs and `curl` do,
+//! talks to the daemon over loopback exactly as it would to Runware. Timing
+//! runs on tokio's paused clock.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use runwared::sim::SimConfig;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(h: &Harness) -> Ws {
+    let addr = h.daemon.runware_addr.expect("the endpoint listens");
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("ws://{addr}/v1"),
+        None,
+        true, // TCP_NODELAY, as under paused time every test socket must
+    )
+    .await
+    .unwrap();
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next JSON message (pings and pongs of the WebSocket layer skipped).
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.next().await.expect("open").expect("readable") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(_) => panic!("closed"),
+            _ => {}
+        }
+    }
+}
+
+/// Authenticates (resuming `session` if given); returns the local session.
+async fn authenticate(ws: &mut Ws, key: &str, session: Option<&str>) -> Value {
+    let mut auth = json!({"taskType": "authentication", "apiKey": key});
+    if let Some(s) = session {
+        auth["connectionSessionUUID"] = json!(s);
+    }
+    send(ws, json!([auth])).await;
+    next(ws).await
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Reads messages until `n` data items arrived, returning them, failing on
+/// any error item.
+async fn data_items(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    while items.len() < n {
+        let m = next(ws).await;
+        assert!(m.get("errors").is_none(), "unexpected errors: {m}");
+        items.extend(m["data"].as_array().unwrap().iter().cloned());
+    }
+    items
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_sdk_shaped_client_authenticates_pings_and_gets_every_result() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    let auth = authenticate(&mut ws, "any-key-without-a-token", None).await;
+    assert_eq!(auth["data"][0]["taskType"], "authentication");
+    let session = auth["data"][0]["connectionSessionUUID"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(session).is_ok(), "{auth}");
+
+    send(&mut ws, json!([{"taskType": "ping", "ping": true}])).await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"data": [{"taskType": "ping", "pong": true}]})
+    );
+
+    // promptEnhance with three versions: all three come, to this client.
+    let t = uuid();
+    send(
+        &mut ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat in a hat",
+                "promptVersions": 3, "promptMaxLength": 64}]),
+    )
+    .await;
+    let items = data_items(&mut ws, 3).await;
+    assert!(
+        items.iter().all(|i| i["taskUUID"] == t.as_str()),
+        "{items:?}"
+    );
+    let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.len(), 3);
+
+    // imageInference with two base64 results.
+    let t = uuid();
+    send(
+        &mut ws,
+        json!([{"taskType": "imageInference", "taskUUID": t, "positivePrompt": "a red fox",
+                "model": "runware:101@1", "width": 512, "height": 512, "numberResults": 2,
+                "outputType": "base64Data"}]),
+    )
+    .await;
+    let items = data_items(&mut ws, 2).await;
+    for i in &items {
+        assert_eq!(i["taskUUID"], t.as_str());
+        assert!(!i["imageBase64Data"].as_str().unwrap().is_empty(), "{i}");
+    }
+    assert_eq!(h.sim.executions(&t), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_tasks_get_runware_errors_naming_the_parameter_and_run_nowhere() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    // Before authenticating, nothing is taken.
+    send(
+        &mut ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": uuid(), "prompt": "x"}]),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["errors"][0]["code"], "invalidApiKey");
+    authenticate(&mut ws, "k", None).await;
+
+    let t = uuid();
+    send(
+        &mut ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat",
+                "promptMaxLength": 5}]),
+    )
+    .await;
+    let m = next(&mut ws).await;
+    let e = &m["errors"][0];
+    assert_eq!(e["code"], "invalidPromptMaxLength", "{m}");
+    assert_eq!(e["parameter"], "promptMaxLength");
+    assert_eq!(e["taskUUID"], t.as_str());
+    assert_eq!(e["taskType"], "promptEnhance");
+    // A key inside a task, a daemon-managed type, no taskUUID: each named.
+    for (task, parameter) in [
+        (
+            json!({"taskType": "promptEnhance", "taskUUID": uuid(), "prompt": "a cat", "apiKey": "x"}),
+            "apiKey",
+        ),
+        (
+            json!({"taskType": "getResponse2", "taskUUID": "nope"}),
+            "taskUUID",
+        ),
+        (json!({"taskType": "PING", "taskUUID": uuid()}), "taskType"),
+        (
+            json!({"taskType": "promptEnhance", "prompt": "a cat"}),
+            "taskUUID",
+        ),
+    ] {
+        send(&mut ws, json!([task])).await;
+        let m = next(&mut ws).await;
+        assert_eq!(m["errors"][0]["parameter"], parameter, "{task} -> {m}");
+    }
+    // Not JSON at all: an error, and the socket stays usable.
+    ws.send(Message::Text("not json".into())).await.unwrap();
+    assert_eq!(next(&mut ws).await["errors"][0]["code"], "invalidRequest");
+    send(&mut ws, json!([{"taskType": "ping", "ping": true}])).await;
+    assert_eq!(next(&mut ws).await["data"][0]["pong"], true);
+    assert_eq!(h.sim.executions(&t), 0);
+    assert_eq!(h.stats().executions, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_tasks_of_two_clients_each_get_exactly_their_own_results() {
+    let h = start(
+        SimConfig {
+            latency_jitter: Duration::from_millis(80),
+            ..SimConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    h.ready().await;
+    let mut a = connect(&h).await;
+    let mut b = connect(&h).await;
+    authenticate(&mut a, "k", None).await;
+    authenticate(&mut b, "k", None).await;
+    let mut mine: HashMap<String, usize> = HashMap::new();
+    let batch = |ws_tasks: &mut HashMap<String, usize>, n: usize| {
+        (0..n)
+            .map(|i| {
+                let t = uuid();
+                let versions = 1 + i % 3;
+                ws_tasks.insert(t.clone(), versions);
+                json!({"taskType": "promptEnhance", "taskUUID": t, "prompt": format!("prompt {i}"),
+                       "promptVersions": versions})
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut theirs = HashMap::new();
+    let tasks_a = batch(&mut mine, 12);
+    let tasks_b = batch(&mut theirs, 12);
+    send(&mut a, Value::Array(tasks_a)).await;
+    send(&mut b, Value::Array(tasks_b)).await;
+    for (ws, expected) in [(&mut a, &mine), (&mut b, &theirs)] {
+        let total: usize = expected.values().sum();
+        let items = data_items(ws, total).await;
+        let mut got: HashMap<String, usize> = HashMap::new();
+        for i in items {
+            *got.entry(i["taskUUID"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        assert_eq!(&got, expected);
+    }
+    assert_eq!(h.sim.max_executions(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn async_tasks_are_acknowledged_and_fetched_with_get_response() {
+    let h = start(slow(), |_| {}).await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    authenticate(&mut ws, "k", None).await;
+    let t = uuid();
+    send(
+        &mut ws,
+        json!([{"taskType": "imageInference", "taskUUID": t, "positivePrompt": "a red fox",
+                "model": "runware:101@1", "width": 512, "height": 512, "numberResults": 2,
+                "deliveryMethod": "async"}]),
+    )
+    .await;
+    // The acknowledgement: the task, no results.
+    let ack = next(&mut ws).await;
+    assert_eq!(
+        ack,
+        json!({"data": [{"taskType": "imageInference", "taskUUID": t}]})
+    );
+    // Polled at once: still processing.
+    send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": t}])).await;
+    let m = next(&mut ws).await;
+    assert_eq!(m["data"][0]["status"], "processing", "{m}");
+    // Polled until both results are there, each with status success.
+    let items = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": t}])).await;
+        let m = next(&mut ws).await;
+        let items = m["data"].as_array().unwrap().clone();
+        if items.len() == 2 && items.iter().all(|i| i["status"] == "success") {
+            break items;
+        }
+    };
+    assert!(
+        items.iter().all(|i| i["imageUUID"].is_string()),
+        "{items:?}"
+    );
+    assert_eq!(h.sim.executions(&t), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_uuid_in_flight_is_a_conflict_and_runs_once() {
+    let h = start(slow(), |_| {}).await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    authenticate(&mut ws, "k", None).await;
+    let t = uuid();
+    let task = json!({"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat"});
+    send(&mut ws, json!([task, task])).await;
+    let m = next(&mut ws).await;
+    assert_eq!(m["errors"][0]["code"], "conflictTaskUUID", "{m}");
+    assert_eq!(m["errors"][0]["taskUUID"], t.as_str());
+    let items = data_items(&mut ws, 1).await;
+    assert_eq!(items[0]["taskUUID"], t.as_str());
+    assert_eq!(h.sim.executions(&t), 1);
+}
+
+/// A client that loses its socket and reconnects with its session UUID
+/// receives what arrived meanwhile (Runware's resume, locally); one that
+/// comes back without it starts a new session.
+#[tokio::test(start_paused = true)]
+async fn a_local_client_resumes_its_session_and_receives_what_came_meanwhile() {
+    let h = start(slow(), |_| {}).await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    let auth = authenticate(&mut ws, "k", None).await;
+    let session = auth["data"][0]["connectionSessionUUID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t = uuid();
+    send(
+        &mut ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat", "promptVersions": 2}]),
+    )
+    .await;
+    // Gone before any result.
+    drop(ws);
+    h.sim_until(|s| s.results_produced >= 2).await;
+    let mut again = connect(&h).await;
+    let auth = authenticate(&mut again, "k", Some(&session)).await;
+    assert_eq!(auth["data"][0]["connectionSessionUUID"], session.as_str());
+    let items = data_items(&mut again, 2).await;
+    assert!(items.iter().all(|i| i["taskUUID"] == t.as_str()));
+    // A new client without the UUID gets a session of its own, and nothing
+    // of this one's.
+    let mut other = connect(&h).await;
+    let auth = authenticate(&mut other, "k", None).await;
+    assert_ne!(auth["data"][0]["connectionSessionUUID"], session.as_str());
+    send(&mut other, json!([{"taskType": "ping", "ping": true}])).await;
+    assert_eq!(next(&mut other).await["data"][0]["pong"], true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_drop_mid_task_is_invisible_to_a_local_client() {
+    let h = start(slow(), |_| {}).await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    authenticate(&mut ws, "k", None).await;
+    let t = uuid();
+    send(
+        &mut ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat", "promptVersions": 3}]),
+    )
+    .await;
+    h.sim_until(|s| s.executions >= 1).await;
+    h.sim.drop_connections();
+    let items = data_items(&mut ws, 3).await;
+    assert!(items.iter().all(|i| i["taskUUID"] == t.as_str()));
+    assert_eq!(h.sim.executions(&t), 1);
+    assert!(h.daemon.status.borrow().reconnects >= 1);
+}
+
+/// A raw HTTP/1.1 POST to the endpoint, as `curl` sends it.
+async fn post(h: &Harness, body: &str, bearer: Option<&str>) -> (u16, Value) {
+    let addr = h.daemon.runware_addr.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST /v1 HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(start_paused = true)]
+async fn rest_answers_once_every_task_is_complete() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let (t1, t2, t3) = (uuid(), uuid(), uuid());
+    let body = json!([
+        {"taskType": "authentication", "apiKey": "k"},
+        {"taskType": "promptEnhance", "taskUUID": t1, "prompt": "a cat", "promptVersions": 2},
+        {"taskType": "imageInference", "taskUUID": t2, "positivePrompt": "a fox",
+         "model": "runware:101@1", "width": 512, "height": 512, "numberResults": 2},
+        {"taskType": "promptEnhance", "taskUUID": t3, "prompt": "", "promptVersions": 1},
+    ]);
+    let (status, v) = post(&h, &body.to_string(), None).await;
+    assert_eq!(status, 200, "{v}");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(
+        data.iter().filter(|i| i["taskUUID"] == t1.as_str()).count(),
+        2
+    );
+    assert_eq!(
+        data.iter().filter(|i| i["taskUUID"] == t2.as_str()).count(),
+        2
+    );
+    assert_eq!(v["errors"][0]["taskUUID"], t3.as_str(), "{v}");
+    assert_eq!(v["errors"][0]["parameter"], "prompt");
+
+    // async: the acknowledgement, then getResponse over REST.
+    let t = uuid();
+    let body = json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat",
+                       "deliveryMethod": "async"}]);
+    let (status, v) = post(&h, &body.to_string(), Some("k")).await;
+    assert_eq!(
+        (status, &v),
+        (
+            200,
+            &json!({"data": [{"taskType": "promptEnhance", "taskUUID": t}]})
+        )
+    );
+    h.sim_until(|s| s.results_produced >= 1).await;
+    let poll = json!([{"taskType": "getResponse", "taskUUID": t}]).to_string();
+    let v = loop {
+        let (_, v) = post(&h, &poll, None).await;
+        if v["data"][0]["status"] == "success" {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(v["data"][0]["text"].is_string(), "{v}");
+    // Only errors: 400, in Runware's shape.
+    let (status, v) = post(&h, "[{\"taskType\": 1}]", None).await;
+    assert_eq!(
+        (status, v["errors"][0]["parameter"].as_str()),
+        (400, Some("taskType"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_token_the_local_api_key_must_be_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "local-token-42").unwrap();
+    let h = start(SimConfig::default(), |c| {
+        c.auth_token = runwared::config::read_token_file(&token).ok();
+    })
+    .await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    let m = authenticate(&mut ws, "a-runware-key", None).await;
+    assert_eq!(m["errors"][0]["code"], "invalidApiKey", "{m}");
+    assert_eq!(m["errors"][0]["taskType"], "authentication");
+    let m = authenticate(&mut ws, "local-token-42", None).await;
+    assert_eq!(m["data"][0]["taskType"], "authentication", "{m}");
+    let ping = json!([{"taskType": "ping", "ping": true}]).to_string();
+    let (status, v) = post(&h, &ping, Some("wrong")).await;
+    assert_eq!(
+        (status, v["errors"][0]["code"].as_str()),
+        (401, Some("invalidApiKey"))
+    );
+    let (status, _) = post(&h, &ping, None).await;
+    assert_eq!(status, 401);
+    let (status, v) = post(&h, &ping, Some("local-token-42")).await;
+    assert_eq!((status, v["data"][0]["pong"].as_bool()), (200, Some(true)));
+    // The daemon's own key never went anywhere near the local client.
+    assert!(!v.to_string().contains(KEY));
+}
