@@ -413,7 +413,20 @@ async fn sim(args: SimArgs) -> CliResult {
         handle.inject_every(args.fault.clone(), every, 1);
     }
     println!("{}", handle.url());
-    wait_for_signal().await
+    wait_for_signal().await?;
+    // What a test driving the simulator from outside checks: how often the
+    // busiest taskUUID ran (more than once is a double charge).
+    let stats = handle.stats().borrow().clone();
+    println!(
+        "{}",
+        json!({
+            "executions": stats.executions,
+            "maxExecutionsPerTask": handle.max_executions(),
+            "connections": stats.connections,
+            "resumes": stats.resumes,
+        })
+    );
+    Ok(())
 }
 
 fn target(c: &ClientArgs) -> Target {

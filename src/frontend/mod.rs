@@ -61,7 +61,11 @@ impl Refusal {
     pub fn runware_error(&self, task_type: Option<&str>, task: Option<&TaskUuid>) -> RunwareError {
         RunwareError {
             code: self.code.clone(),
-            message: format!("{} {}", self.parameter, self.detail),
+            message: if self.detail.starts_with(&self.parameter) {
+                self.detail.clone()
+            } else {
+                format!("{} {}", self.parameter, self.detail)
+            },
             parameter: Some(self.parameter.clone()),
             task_type: task_type.map(str::to_owned),
             task_uuid: task.map(ToString::to_string),

@@ -1,0 +1,137 @@
+"""The official Python SDK `runware` (0.5.x) against the daemon's endpoint.
+
+Run in a virtual environment of its own (`requirements-runware.txt`): the
+newer `runware-sdk` installs a module of the same name.
+"""
+
+import asyncio
+
+import harness
+import pytest
+from runware import IImageInference, IPromptEnhance, Runware
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def connected(url):
+    r = Runware(api_key="local", url=url)
+    await r.connect()
+    return r
+
+
+def test_prompt_enhance_gets_every_version(endpoint):
+    async def go():
+        r = await connected(endpoint)
+        versions = await r.promptEnhance(
+            promptEnhancer=IPromptEnhance(prompt="a cat in a hat", promptVersions=3, promptMaxLength=64)
+        )
+        await r.disconnect()
+        return versions
+
+    versions = run(go())
+    task = versions[0].taskUUID
+    # This SDK dedupes texts with a set (order lost); the simulator's three
+    # texts differ, so all three arrive.
+    assert len(versions) == 3
+    assert all(v.text.startswith("a cat in a hat") for v in versions)
+    assert len(harness.daemon_items(endpoint, task, expect=3)) == 3
+
+
+def test_image_inference_with_several_base64_results(endpoint):
+    async def go():
+        r = await connected(endpoint)
+        images = await r.imageInference(
+            requestImage=IImageInference(
+                positivePrompt="a red fox", model="runware:101@1", numberResults=2,
+                width=512, height=512, outputType="base64Data",
+            )
+        )
+        await r.disconnect()
+        return images
+
+    images = run(go())
+    assert len(images) == 2
+    assert len({i.imageUUID for i in images}) == 2
+    assert all(i.imageBase64Data for i in images)
+
+
+def test_a_validation_error_names_its_parameter(endpoint):
+    async def go():
+        r = await connected(endpoint)
+        try:
+            await r.promptEnhance(
+                promptEnhancer=IPromptEnhance(prompt="a cat", promptVersions=1, promptMaxLength=5)
+            )
+        finally:
+            await r.disconnect()
+
+    with pytest.raises(Exception) as raised:
+        run(go())
+    text = str(raised.value)
+    assert "invalidPromptMaxLength" in text and "promptMaxLength" in text, text
+
+
+def test_twelve_concurrent_tasks_each_get_exactly_their_own(endpoint):
+    async def go():
+        r = await connected(endpoint)
+        results = await asyncio.gather(*[
+            r.promptEnhance(promptEnhancer=IPromptEnhance(
+                prompt=f"prompt number {i}", promptVersions=1 + i % 3, promptMaxLength=64,
+            ))
+            for i in range(12)
+        ])
+        await r.disconnect()
+        return results
+
+    results = run(go())
+    for i, versions in enumerate(results):
+        assert len(versions) == 1 + i % 3
+        assert all(v.text.startswith(f"prompt number {i},") for v in versions), versions
+        assert len({v.taskUUID for v in versions}) == 1
+    assert len({v[0].taskUUID for v in results}) == 12
+
+
+def test_async_delivery_with_get_response(endpoint):
+    async def go():
+        r = await connected(endpoint)
+        ack = await r.imageInference(
+            requestImage=IImageInference(
+                positivePrompt="a fox", model="runware:101@1", numberResults=1,
+                width=512, height=512, deliveryMethod="async",
+            )
+        )
+        # This SDK's getResponse waits out a long operation timeout when
+        # its first answer is `processing` (as Runware's is for a running
+        # task), so it is asked once the daemon holds the result.
+        await asyncio.to_thread(harness.daemon_items, endpoint, ack.taskUUID, 1)
+        images = await r.getResponse(taskUUID=ack.taskUUID, numberResults=1)
+        await r.disconnect()
+        return ack, images
+
+    ack, images = run(go())
+    assert ack.taskType == "imageInference"
+    assert [i.taskUUID for i in images] == [ack.taskUUID]
+    assert images[0].status == "success"
+
+
+def test_upstream_drops_are_invisible_and_nothing_runs_twice(flaky):
+    url, sim = flaky
+
+    async def go():
+        r = await connected(url)
+        results = await asyncio.gather(*[
+            r.promptEnhance(promptEnhancer=IPromptEnhance(
+                prompt=f"under drops {i}", promptVersions=2, promptMaxLength=64,
+            ))
+            for i in range(12)
+        ])
+        await r.disconnect()
+        return results
+
+    results = run(go())
+    assert [len(v) for v in results] == [2] * 12
+    counts = harness.sim_counts(sim)
+    assert counts["connections"] >= 2, counts  # the upstream socket was dropped
+    assert counts["maxExecutionsPerTask"] == 1, counts

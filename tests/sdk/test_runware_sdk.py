@@ -1,0 +1,139 @@
+"""The official Python SDK `runware-sdk` (1.x) against the daemon's endpoint,
+over both of its transports (WebSocket and REST).
+
+Run in a virtual environment of its own (`requirements-runware-sdk.txt`):
+the older `runware` installs a module of the same name.
+"""
+
+import asyncio
+import uuid
+
+import harness
+import pytest
+from runware import Runware
+
+TRANSPORTS = ["websocket", "rest"]
+
+
+def client(url, transport):
+    urls = {"websocket": {"ws_base_url": url}, "rest": {"http_base_url": url.replace("ws://", "http://")}}
+    return Runware(api_key="local", transport=transport, **urls[transport])
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_prompt_enhance_versions(endpoint, transport):
+    task = str(uuid.uuid4())
+
+    async def go():
+        async with client(endpoint, transport) as r:
+            return await r.run({
+                "taskType": "promptEnhance", "taskUUID": task, "prompt": "a cat in a hat",
+                "promptVersions": 3, "promptMaxLength": 64, "deliveryMethod": "sync",
+            })
+
+    versions = run(go())
+    # The daemon sent all three, whatever the SDK kept.
+    assert len(harness.daemon_items(endpoint, task, expect=3)) == 3
+    if transport == "websocket":
+        # This SDK's bug, not the daemon's: over WebSocket it keys results
+        # by `resultIndex` or a `*UUID` field, which promptEnhance items do
+        # not carry (Runware sends only taskUUID and text), so the three
+        # versions collapse into one.
+        assert len(versions) == 1
+    else:
+        assert len(versions) == 3
+    assert all(v["text"].startswith("a cat in a hat") for v in versions)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_image_inference_with_several_base64_results(endpoint, transport):
+    async def go():
+        async with client(endpoint, transport) as r:
+            return await r.run({
+                "taskType": "imageInference", "positivePrompt": "a red fox",
+                "model": "runware:101@1", "numberResults": 2, "width": 512, "height": 512,
+                "outputType": "base64Data", "deliveryMethod": "sync",
+            })
+
+    images = run(go())
+    assert len(images) == 2
+    assert len({i["imageUUID"] for i in images}) == 2
+    assert all(i["imageBase64Data"] for i in images)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_validation_error_names_its_parameter(endpoint, transport):
+    async def go():
+        async with client(endpoint, transport) as r:
+            await r.run({
+                "taskType": "promptEnhance", "prompt": "a cat", "promptVersions": 1,
+                "promptMaxLength": 5, "deliveryMethod": "sync",
+            })
+
+    with pytest.raises(Exception) as raised:
+        run(go())
+    e = raised.value
+    assert getattr(e, "parameter", None) == "promptMaxLength", repr(e)
+    assert "promptMaxLength" in str(e)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_twelve_concurrent_tasks_each_get_exactly_their_own(endpoint, transport):
+    tasks = [str(uuid.uuid4()) for _ in range(12)]
+
+    async def go():
+        async with client(endpoint, transport) as r:
+            return await asyncio.gather(*[
+                r.run({
+                    "taskType": "imageInference", "taskUUID": t, "positivePrompt": f"picture {i}",
+                    "model": "runware:101@1", "numberResults": 1 + i % 3, "width": 512,
+                    "height": 512, "deliveryMethod": "sync",
+                })
+                for i, t in enumerate(tasks)
+            ])
+
+    for i, (task, images) in enumerate(zip(tasks, run(go()))):
+        assert len(images) == 1 + i % 3
+        assert {im["taskUUID"] for im in images} == {task}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_async_delivery_is_polled_with_get_response(endpoint, transport):
+    task = str(uuid.uuid4())
+
+    async def go():
+        async with client(endpoint, transport) as r:
+            # This SDK's default: deliveryMethod async, then getResponse
+            # until every result is there.
+            return await r.run({
+                "taskType": "imageInference", "taskUUID": task, "positivePrompt": "a fox",
+                "model": "runware:101@1", "numberResults": 2, "width": 512, "height": 512,
+            })
+
+    images = run(go())
+    assert len(images) == 2
+    assert all(i["status"] == "success" and i["taskUUID"] == task for i in images)
+
+
+def test_upstream_drops_are_invisible_and_nothing_runs_twice(flaky):
+    url, sim = flaky
+
+    async def go():
+        async with client(url, "websocket") as r:
+            return await asyncio.gather(*[
+                r.run({
+                    "taskType": "imageInference", "positivePrompt": f"under drops {i}",
+                    "model": "runware:101@1", "numberResults": 2, "width": 512, "height": 512,
+                    "deliveryMethod": "sync",
+                })
+                for i in range(12)
+            ])
+
+    assert [len(images) for images in run(go())] == [2] * 12
+    counts = harness.sim_counts(sim)
+    assert counts["connections"] >= 2, counts
+    assert counts["maxExecutionsPerTask"] == 1, counts
