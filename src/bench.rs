@@ -112,6 +112,8 @@ pub enum Path {
     Session,
     /// No daemon: one WebSocket, pipelined.
     Direct,
+    /// The same client through the daemon's Runware-protocol endpoint.
+    Endpoint,
 }
 
 /// One scenario's figures.
@@ -269,11 +271,19 @@ fn start_sim(latency: &str) -> std::io::Result<(Proc, String)> {
 
 /// Starts a daemon against `url`; returns it and its gRPC address.
 fn start_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String)> {
+    spawn_daemon(url, extra).map(|(proc, grpc, _)| (proc, grpc))
+}
+
+/// A daemon process against `url`: the process, its gRPC address
+/// (`http://`) and its Runware-protocol endpoint (`ws://.../v1`).
+fn spawn_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String, String)> {
     let mut args = vec![
         "serve",
         "--upstream-url",
         url,
         "--listen",
+        "127.0.0.1:0",
+        "--runware-listen",
         "127.0.0.1:0",
         "--max-in-flight",
         "300000",
@@ -298,14 +308,21 @@ fn start_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String)> {
     let stderr = child.stderr.take().expect("piped");
     let mut reader = BufReader::new(stderr);
     let mut addr = None;
+    let mut endpoint = None;
     let mut line = String::new();
     let mut said = String::new();
     let mut connected = false;
-    // Both lines, in either order: listening, and connected upstream.
-    while (addr.is_none() || !connected) && reader.read_line(&mut line)? > 0 {
+    // The lines in any order: both listeners, and connected upstream.
+    while (addr.is_none() || endpoint.is_none() || !connected) && reader.read_line(&mut line)? > 0 {
         said.push_str(&line);
-        if let Some(a) = line.split("addr=").nth(1) {
-            addr = a.split_whitespace().next().map(|s| format!("http://{s}"));
+        let bound = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|a| a.split_whitespace().next());
+        if line.contains("gRPC listening on TCP") {
+            addr = bound.map(|s| format!("http://{s}"));
+        } else if line.contains("Runware protocol") {
+            endpoint = bound.map(|s| format!("ws://{s}/v1"));
         }
         connected |= line.contains("connected to Runware");
         line.clear();
@@ -317,9 +334,12 @@ fn start_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String)> {
             sink.clear();
         }
     });
-    let addr =
-        addr.ok_or_else(|| std::io::Error::other(format!("the daemon did not start:\n{said}")))?;
-    Ok((Proc { child }, addr))
+    match (addr, endpoint) {
+        (Some(addr), Some(endpoint)) => Ok((Proc { child }, addr, endpoint)),
+        _ => Err(std::io::Error::other(format!(
+            "the daemon did not start:\n{said}"
+        ))),
+    }
 }
 
 /// A simulator in this process (the scenario drives its faults and sizes)
@@ -620,12 +640,15 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
                 "{load:?} direct C={c}: {:.0} tasks/s",
                 direct.tasks_per_s
             ));
-            for path in [Path::Rpc, Path::Session] {
-                let (daemon, addr) = start_daemon(&url, &[])?;
+            for path in [Path::Rpc, Path::Session, Path::Endpoint] {
+                let (daemon, addr, endpoint) = spawn_daemon(&url, &[])?;
                 let pid = daemon.child.id();
                 let cpu0 = cpu_seconds(pid, ticks);
                 let (lat, failed, took) = match path {
                     Path::Rpc => run_rpc(&addr, load, c, total, config.scenario_limit).await?,
+                    Path::Endpoint => {
+                        run_direct(&endpoint, load, c, total, config.scenario_limit).await?
+                    }
                     _ => run_session(&addr, load, c, total, config.scenario_limit).await?,
                 };
                 let cpu = cpu_seconds(pid, ticks) - cpu0;

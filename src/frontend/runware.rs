@@ -235,9 +235,19 @@ impl RunwareEndpoint {
     {
         let (mut sink, mut stream) = socket.split();
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+        // One writer: what is ready goes out together, with one flush (one
+        // write to the socket) rather than one per message.
         let writer = tokio::spawn(async move {
             while let Some(frame) = out_rx.recv().await {
-                if sink.send(Message::Text(frame.into())).await.is_err() {
+                if sink.feed(Message::Text(frame.into())).await.is_err() {
+                    break;
+                }
+                while let Ok(more) = out_rx.try_recv() {
+                    if sink.feed(Message::Text(more.into())).await.is_err() {
+                        break;
+                    }
+                }
+                if sink.flush().await.is_err() {
                     break;
                 }
             }
