@@ -234,20 +234,11 @@ impl RunwareEndpoint {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut sink, mut stream) = socket.split();
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
-        // One writer: what is ready goes out together, with one flush (one
-        // write to the socket) rather than one per message.
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
+        // One writer: what is ready goes out together, with one flush.
         let writer = tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
-                if sink.feed(Message::Text(frame.into())).await.is_err() {
-                    break;
-                }
-                while let Ok(more) = out_rx.try_recv() {
-                    if sink.feed(Message::Text(more.into())).await.is_err() {
-                        break;
-                    }
-                }
-                if sink.flush().await.is_err() {
+            while let Some(first) = out_rx.recv().await {
+                if !write_ready(&mut sink, first, &mut out_rx).await {
                     break;
                 }
             }
@@ -272,7 +263,7 @@ impl RunwareEndpoint {
                 _ => continue,
             };
             let reply = |frame: String| {
-                let _ = out_tx.send(frame);
+                let _ = out_tx.send(Out::Message(frame));
             };
             let tasks = match parse_message(&text) {
                 Ok(tasks) => tasks,
@@ -576,6 +567,86 @@ impl RunwareEndpoint {
     }
 }
 
+/// What goes to a local WebSocket: result items, which the writer joins
+/// into one `{"data":[...]}` message with the ready items of the same
+/// task, or a whole message of its own.
+///
+/// Only one task's items share a message: `@runware/sdk-js` hands every
+/// item of a message to each task it names, so items of two tasks in one
+/// message reach it twice (its bug, seen in the SDK checks).
+#[derive(Debug, Clone, PartialEq)]
+enum Out {
+    /// One result item of a task, exactly as Runware sent it.
+    Item(TaskUuid, Arc<str>),
+    Message(String),
+}
+
+impl From<String> for Out {
+    fn from(message: String) -> Self {
+        Out::Message(message)
+    }
+}
+
+/// Largest message the writer builds by joining items.
+const JOINED_BYTES: usize = 1 << 20;
+
+/// Writes what is ready: runs of items joined into one message, then one
+/// flush (one write to the socket) for all of it.
+async fn write_ready<S>(sink: &mut S, first: Out, rx: &mut mpsc::UnboundedReceiver<Out>) -> bool
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let mut joined = String::new();
+    let mut joined_task = None;
+    let mut next = Some(first);
+    while let Some(out) = next.take().or_else(|| rx.try_recv().ok()) {
+        match out {
+            Out::Item(task, item) => {
+                let other_task = joined_task.is_some_and(|t| t != task);
+                joined_task = Some(task);
+                if !joined.is_empty() && (other_task || joined.len() + item.len() > JOINED_BYTES) {
+                    joined.push_str("]}");
+                    if sink
+                        .feed(Message::Text(std::mem::take(&mut joined).into()))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                joined.push_str(if joined.is_empty() {
+                    "{\"data\":["
+                } else {
+                    ","
+                });
+                joined.push_str(&item);
+            }
+            Out::Message(message) => {
+                if !joined.is_empty() {
+                    joined.push_str("]}");
+                    if sink
+                        .feed(Message::Text(std::mem::take(&mut joined).into()))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                if sink.feed(Message::Text(message.into())).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+    if !joined.is_empty() {
+        joined.push_str("]}");
+        if sink.feed(Message::Text(joined.into())).await.is_err() {
+            return false;
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
 /// A local session: where a WebSocket client's frames go, kept
 /// [`LOCAL_SESSION_TTL`] after its socket closed so a reconnect with its
 /// `connectionSessionUUID` receives what came meanwhile.
@@ -591,9 +662,9 @@ struct LocalSession {
 #[derive(Default)]
 struct Outbox {
     /// The socket's writer, while one is attached.
-    live: Option<mpsc::UnboundedSender<String>>,
+    live: Option<mpsc::UnboundedSender<Out>>,
     /// Frames that came while no socket was attached, in order.
-    kept: VecDeque<String>,
+    kept: VecDeque<Out>,
     /// Since when no socket is attached.
     detached_since: Option<Instant>,
 }
@@ -613,7 +684,7 @@ impl LocalSession {
     }
 
     /// A socket attaches: what was kept goes first, in order.
-    fn attach(&self, out: mpsc::UnboundedSender<String>) {
+    fn attach(&self, out: mpsc::UnboundedSender<Out>) {
         let mut outbox = self.outbox();
         while let Some(frame) = outbox.kept.pop_front() {
             if let Err(e) = out.send(frame) {
@@ -632,7 +703,8 @@ impl LocalSession {
     }
 
     /// Sends a frame to the socket, or keeps it for a reconnect.
-    fn deliver(&self, frame: String) {
+    fn deliver(&self, frame: impl Into<Out>) {
+        let frame = frame.into();
         let mut outbox = self.outbox();
         if let Some(live) = &outbox.live {
             match live.send(frame) {
@@ -695,16 +767,18 @@ async fn forward(
 ) {
     loop {
         let (frame, done) = match timeout_at(deadline, handle.events.recv()).await {
-            Ok(Some(TaskEvent::Result { item, last, .. })) => {
-                (data_frame(&[item.to_string()]), last)
-            }
+            Ok(Some(TaskEvent::Result { item, last, .. })) => (Out::Item(handle.uuid, item), last),
             Ok(Some(TaskEvent::Failed(f))) => (
-                errors_frame(&[failure_error(&f, Some(&task_type), &handle.uuid)]),
+                Out::Message(errors_frame(&[failure_error(
+                    &f,
+                    Some(&task_type),
+                    &handle.uuid,
+                )])),
                 true,
             ),
             Ok(None) => return,
             Err(_) => (
-                errors_frame(&[timeout_error(&task_type, &handle.uuid)]),
+                Out::Message(errors_frame(&[timeout_error(&task_type, &handle.uuid)])),
                 true,
             ),
         };
@@ -911,6 +985,39 @@ mod tests {
         assert_eq!(parse_message("nope").unwrap_err().code, "invalidRequest");
     }
 
+    /// Items of one task ready together go out as one message; another
+    /// task's start a new one; whole messages keep their place.
+    #[tokio::test]
+    async fn the_writer_joins_ready_items_into_one_message() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (t, u) = (TaskUuid::new_v4(), TaskUuid::new_v4());
+        for out in [
+            Out::Item(t, r#"{"a":1}"#.into()),
+            Out::Item(t, r#"{"a":2}"#.into()),
+            Out::Item(u, r#"{"b":1}"#.into()),
+            Out::Message(r#"{"errors":[]}"#.into()),
+            Out::Item(t, r#"{"a":3}"#.into()),
+        ] {
+            tx.send(out).unwrap();
+        }
+        let first = rx.try_recv().unwrap();
+        let mut sink: Vec<Message> = Vec::new();
+        assert!(write_ready(&mut sink, first, &mut rx).await);
+        let texts: Vec<String> = sink
+            .iter()
+            .map(|m| m.to_text().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                r#"{"data":[{"a":1},{"a":2}]}"#,
+                r#"{"data":[{"b":1}]}"#,
+                r#"{"errors":[]}"#,
+                r#"{"data":[{"a":3}]}"#
+            ]
+        );
+    }
+
     #[test]
     fn get_response_items_carry_a_status() {
         let v: Value = serde_json::from_str(&with_status(r#"{"text":"x"}"#, "success")).unwrap();
@@ -925,21 +1032,25 @@ mod tests {
         let s = LocalSession::new(Principal::Tcp);
         let (tx, mut rx) = mpsc::unbounded_channel();
         s.attach(tx);
-        s.deliver("1".into());
+        s.deliver("1".to_owned());
         s.detach();
-        s.deliver("2".into());
-        s.deliver("3".into());
+        s.deliver("2".to_owned());
+        s.deliver(Out::Item(TaskUuid::new_v4(), "3".into()));
         assert!(!s.expired(Instant::now()));
         assert!(s.expired(Instant::now() + LOCAL_SESSION_TTL));
         let (tx2, mut rx2) = mpsc::unbounded_channel();
         s.attach(tx2);
-        s.deliver("4".into());
-        assert_eq!(rx.try_recv().unwrap(), "1");
-        let replay: Vec<String> = std::iter::from_fn(|| rx2.try_recv().ok()).collect();
+        s.deliver("4".to_owned());
+        let text = |o: Out| match o {
+            Out::Message(m) => m,
+            Out::Item(_, i) => i.to_string(),
+        };
+        assert_eq!(text(rx.try_recv().unwrap()), "1");
+        let replay: Vec<String> = std::iter::from_fn(|| rx2.try_recv().ok().map(text)).collect();
         assert_eq!(replay, ["2", "3", "4"]);
         // A socket that went without a word: the frame is kept, not lost.
         drop(rx2);
-        s.deliver("5".into());
-        assert_eq!(s.outbox().kept, ["5"]);
+        s.deliver("5".to_owned());
+        assert_eq!(s.outbox().kept, [Out::Message("5".into())]);
     }
 }
