@@ -442,3 +442,36 @@ async fn with_a_token_the_local_api_key_must_be_it() {
     // The daemon's own key never went anywhere near the local client.
     assert!(!v.to_string().contains(KEY));
 }
+
+/// Tasks from the endpoint are ordinary daemon tasks: gRPC `Attach` (same
+/// principal: TCP) receives their results too.
+#[tokio::test(start_paused = true)]
+async fn a_task_sent_over_the_endpoint_can_be_attached_over_grpc() {
+    let h = start(slow(), |_| {}).await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    authenticate(&mut ws, "k", None).await;
+    let t = uuid();
+    send(
+        &mut ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat", "promptVersions": 2}]),
+    )
+    .await;
+    h.sim_until(|s| s.executions >= 1).await;
+    let mut client = h.client.clone();
+    let mut stream = client
+        .attach(runwared::pb::AttachRequest {
+            task_uuid: t.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut attached = Vec::new();
+    while let Some(r) = stream.message().await.unwrap() {
+        attached.push(r);
+    }
+    assert_eq!(attached.len(), 2);
+    assert!(attached.iter().all(|r| r.task_uuid == t));
+    let items = data_items(&mut ws, 2).await;
+    assert!(items.iter().all(|i| i["taskUUID"] == t.as_str()));
+}
