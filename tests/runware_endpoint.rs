@@ -475,3 +475,67 @@ async fn a_task_sent_over_the_endpoint_can_be_attached_over_grpc() {
     let items = data_items(&mut ws, 2).await;
     assert!(items.iter().all(|i| i["taskUUID"] == t.as_str()));
 }
+
+/// `getResponse` for a task the daemon never sent (made elsewhere with the
+/// same account): the daemon follows it upstream, and the local client's
+/// polls get its results; an unknown one ends in Runware's error.
+#[tokio::test(start_paused = true)]
+async fn get_response_for_a_task_made_elsewhere_is_followed_upstream() {
+    let h = start(slow(), |_| {}).await;
+    h.ready().await;
+    // Another client of the same account, straight to Runware.
+    let (mut other, _) = tokio_tungstenite::connect_async_with_config(h.sim.url(), None, true)
+        .await
+        .unwrap();
+    other
+        .send(Message::Text(
+            json!([{"taskType": "authentication", "apiKey": KEY}])
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    let t = uuid();
+    other
+        .send(Message::Text(
+            json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat",
+                    "deliveryMethod": "async"}])
+            .to_string()
+            .into(),
+        ))
+        .await
+        .unwrap();
+    h.sim_until(|s| s.executions >= 1).await;
+
+    let mut ws = connect(&h).await;
+    authenticate(&mut ws, "k", None).await;
+    let poll = json!([{"taskType": "getResponse", "taskUUID": t}]);
+    send(&mut ws, poll.clone()).await;
+    assert_eq!(next(&mut ws).await["data"][0]["status"], "processing");
+    let item = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send(&mut ws, poll.clone()).await;
+        let m = next(&mut ws).await;
+        if m["data"][0]["status"] == "success" {
+            break m["data"][0].clone();
+        }
+    };
+    assert_eq!(item["taskUUID"], t.as_str());
+    assert!(item["text"].as_str().unwrap().starts_with("a cat"));
+    assert_eq!(h.sim.executions(&t), 1);
+
+    // A taskUUID Runware does not know either: its error, in the end.
+    let unknown = uuid();
+    let poll = json!([{"taskType": "getResponse", "taskUUID": unknown}]);
+    let status = loop {
+        send(&mut ws, poll.clone()).await;
+        let m = next(&mut ws).await;
+        let s = m["data"][0]["status"].as_str().unwrap_or("?").to_owned();
+        if s != "processing" {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["data"][0]["status"], "error", "{status}");
+    assert_eq!(status["data"][0]["error"]["code"], "invalidTaskUUID");
+}

@@ -72,6 +72,9 @@ pub enum Action {
     /// The first send met `conflictTaskUUID`: another task holds this
     /// taskUUID at Runware. The task fails.
     FailConflict,
+    /// A followed task (one this daemon never sent) that Runware does not
+    /// know either: the task fails with Runware's answer.
+    FailUnknown,
 }
 
 /// Polling intervals: the first, and the cap of the doubling.
@@ -97,6 +100,9 @@ pub struct Delivery {
     penalty: Duration,
     /// `deliveryMethod: "async"`: results only come by `getResponse`.
     asynchronous: bool,
+    /// Followed for a client, never sent by this daemon: it can only be
+    /// polled (it has no task to send).
+    followed: bool,
 }
 
 impl Delivery {
@@ -107,6 +113,7 @@ impl Delivery {
             delay: timing.min,
             penalty: Duration::ZERO,
             asynchronous,
+            followed: false,
         }
     }
 
@@ -120,6 +127,14 @@ impl Delivery {
                 awaiting: false,
             };
         }
+        d
+    }
+
+    /// A task made elsewhere that a client asked about: polled from now,
+    /// never sent.
+    pub fn followed(timing: PollTiming, now: Instant) -> Self {
+        let mut d = Self::restored(true, true, timing, now);
+        d.followed = true;
         d
     }
 
@@ -213,6 +228,10 @@ impl Delivery {
             // A stale conflict (the answer to an earlier send), or one
             // while polling already.
             (Queued | Polling { .. }, Event::Conflict) => Action::None,
+            (Polling { .. }, Event::Unknown) if self.followed => {
+                self.state = Ended;
+                Action::FailUnknown
+            }
             (Polling { .. }, Event::Unknown) => {
                 // It never arrived: send it under its own taskUUID.
                 self.penalty = self.delay;
@@ -452,5 +471,19 @@ mod tests {
         assert!(!m.take(1, true, 1));
         assert!(!m.take(1, true, 2), "x again, in another answer");
         assert!(m.take(2, true, 2));
+    }
+
+    /// A task followed for a client is never sent: when Runware does not
+    /// know it either, it ends, instead of sending its getResponse as a
+    /// task again and again (which the first version did, in a loop).
+    #[test]
+    fn a_followed_task_that_runware_does_not_know_fails_and_is_never_sent() {
+        let now = Instant::now();
+        let mut d = Delivery::followed(T, now);
+        assert!(d.is_polling());
+        assert_eq!(d.step(Event::PollTick, now, T), Action::Poll);
+        assert_eq!(d.step(Event::Unknown, now, T), Action::FailUnknown);
+        assert_eq!(d.state(), State::Ended);
+        assert_eq!(d.step(Event::Unknown, now, T), Action::None);
     }
 }

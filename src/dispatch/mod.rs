@@ -748,12 +748,17 @@ impl Dispatch {
         let now = Instant::now();
         if protocol::is_get_response(&error) {
             // About the question, not the task: Runware does not know it, so
-            // it never arrived. Sent (again) under its own taskUUID.
-            if self.step(&mut task, Event::Unknown, now) == Action::Enqueue {
-                tracing::debug!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
-                let _ = self.queue.send(uuid);
+            // it never arrived. Sent (again) under its own taskUUID; a
+            // followed task, which has nothing to send, fails below.
+            match self.step(&mut task, Event::Unknown, now) {
+                Action::Enqueue => {
+                    tracing::debug!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
+                    let _ = self.queue.send(uuid);
+                    return;
+                }
+                Action::FailUnknown => {}
+                _ => return,
             }
-            return;
         }
         if class == ErrorClass::Conflict
             && self.step(&mut task, Event::Conflict, now) != Action::FailConflict

@@ -67,4 +67,37 @@ impl Dispatch {
         self.counters.add_n(Counter::Polls, due.len() as u64);
         due
     }
+
+    /// Follows a task this daemon never sent (a local client asks
+    /// `getResponse` for a taskUUID it does not know, made elsewhere with
+    /// the same account): its results are polled from Runware with
+    /// `getResponse`, like those of a task whose session was lost, until
+    /// `expected` arrived or Runware answers an error. Only `owner` may read
+    /// them, within the table's limits.
+    pub fn follow(
+        &self,
+        uuid: TaskUuid,
+        expected: u32,
+        owner: Principal,
+    ) -> Result<(), SubmitError> {
+        if self.in_flight() >= self.limits.max_in_flight {
+            return Err(SubmitError::TooManyInFlight(self.limits.max_in_flight));
+        }
+        let payload = serde_json::json!({"taskType": "getResponse", "taskUUID": uuid.to_string()});
+        let followed = self.restore(vec![SavedTask {
+            uuid: uuid.to_string(),
+            payload: payload.to_string(),
+            expected: expected.clamp(1, MAX_EXPECTED_RESULTS),
+            asynchronous: true,
+            sent: true,
+            owner,
+        }]);
+        if followed == 0 {
+            return Err(SubmitError::AlreadyKnown(uuid));
+        }
+        if let Some(mut task) = self.tasks.get_mut(&uuid) {
+            task.delivery = Delivery::followed(self.timing(), Instant::now());
+        }
+        Ok(())
+    }
 }

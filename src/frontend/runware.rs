@@ -49,7 +49,7 @@ use super::{
 };
 use crate::config::BearerToken;
 use crate::counters::Counter;
-use crate::dispatch::{ClientConnection, Dispatch, Principal, TaskEvent, TaskHandle};
+use crate::dispatch::{ClientConnection, Dispatch, Principal, SubmitError, TaskEvent, TaskHandle};
 use crate::protocol::{RunwareError, TaskUuid};
 
 /// How long a local session outlives its socket, keeping what arrives for
@@ -440,10 +440,26 @@ impl RunwareEndpoint {
                 Refusal::new("invalidTaskUUID", "taskUUID", "must be a task's UUID")
                     .runware_error(Some("getResponse"), None)
             })?;
-        let mut handle =
-            self.inner.dispatch.attach(uuid, principal).map_err(|e| {
-                refusal_of_submit(&e).runware_error(Some("getResponse"), Some(&uuid))
-            })?;
+        let dispatch = &self.inner.dispatch;
+        let refused =
+            |e: SubmitError| refusal_of_submit(&e).runware_error(Some("getResponse"), Some(&uuid));
+        let mut handle = match dispatch.attach(uuid, principal) {
+            Ok(h) => h,
+            // A task this daemon never sent: Runware may know it (made
+            // elsewhere with the same account). It is followed upstream
+            // with getResponse from now on; this answer says processing.
+            Err(SubmitError::NotFound(_)) => {
+                let expected = task
+                    .get("numberResults")
+                    .and_then(Value::as_u64)
+                    .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+                dispatch
+                    .follow(uuid, expected, principal)
+                    .map_err(refused)?;
+                dispatch.attach(uuid, principal).map_err(refused)?
+            }
+            Err(e) => return Err(refused(e)),
+        };
         let task_type = session.task_type(&uuid);
         let mut items = Vec::new();
         let mut ended = false;
