@@ -190,6 +190,14 @@ pub fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Refusal>
     }
 }
 
+/// A task object's `taskType` (empty if it has none).
+pub fn task_type_of(task: &Map<String, Value>) -> String {
+    task.get("taskType")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A checked task as the task table takes it: its taskUUID set, async
 /// delivery added for `async_task_types`, the results that complete it.
 pub fn prepare(t: ClientTask, async_task_types: &[String], owner: Principal) -> PreparedTask {
@@ -198,11 +206,7 @@ pub fn prepare(t: ClientTask, async_task_types: &[String], owner: Principal) -> 
         mut task,
         stated_results,
     } = t;
-    let task_type = task
-        .get("taskType")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let task_type = task_type_of(&task);
     let expected = protocol::expected_results(&task_type, &task, stated_results);
     if async_task_types.contains(&task_type) && !task.contains_key("deliveryMethod") {
         task.insert("deliveryMethod".into(), json!("async"));

@@ -45,7 +45,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::{
     MAX_JSON_ELEMENTS, Refusal, check_documented_limits, check_task, failure_error,
-    json_elements_within, prepare, refusal_of_submit,
+    json_elements_within, prepare, refusal_of_submit, task_type_of,
 };
 use crate::config::BearerToken;
 use crate::counters::Counter;
@@ -273,11 +273,7 @@ impl RunwareEndpoint {
                 }
             };
             for task in tasks {
-                let task_type = task
-                    .get("taskType")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                let task_type = task_type_of(&task);
                 match task_type.as_str() {
                     "authentication" => match self.authenticate(&task, principal) {
                         Ok(s) => {
@@ -541,11 +537,7 @@ impl RunwareEndpoint {
         let mut errors: Vec<RunwareError> = Vec::new();
         let mut waiting = Vec::new();
         for task in tasks {
-            let task_type = task
-                .get("taskType")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
+            let task_type = task_type_of(&task);
             match task_type.as_str() {
                 "authentication" => {}
                 "ping" => data.push(PONG.to_owned()),
