@@ -56,6 +56,20 @@ async fn authenticate(ws: &mut Ws, key: &str, session: Option<&str>) -> Value {
     next(ws).await
 }
 
+/// Waits for a task to end, on its own events: a gRPC `Attach` (the same
+/// principal, TCP) streams until the task completes or fails.
+async fn ended(h: &Harness, task: &str) {
+    let mut client = h.client.clone();
+    let mut stream = client
+        .attach(runwared::pb::AttachRequest {
+            task_uuid: task.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Ok(Some(_)) = stream.message().await {}
+}
+
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -246,16 +260,13 @@ async fn async_tasks_are_acknowledged_and_fetched_with_get_response() {
     send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": t}])).await;
     let m = next(&mut ws).await;
     assert_eq!(m["data"][0]["status"], "processing", "{m}");
-    // Polled until both results are there, each with status success.
-    let items = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": t}])).await;
-        let m = next(&mut ws).await;
-        let items = m["data"].as_array().unwrap().clone();
-        if items.len() == 2 && items.iter().all(|i| i["status"] == "success") {
-            break items;
-        }
-    };
+    // Once the task ended, one poll has both results, each a success.
+    ended(&h, &t).await;
+    send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": t}])).await;
+    let m = next(&mut ws).await;
+    let items = m["data"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 2, "{m}");
+    assert!(items.iter().all(|i| i["status"] == "success"), "{m}");
     assert!(
         items.iter().all(|i| i["imageUUID"].is_string()),
         "{items:?}"
@@ -395,15 +406,10 @@ async fn rest_answers_once_every_task_is_complete() {
             &json!({"data": [{"taskType": "promptEnhance", "taskUUID": t}]})
         )
     );
-    h.sim_until(|s| s.results_produced >= 1).await;
+    ended(&h, &t).await;
     let poll = json!([{"taskType": "getResponse", "taskUUID": t}]).to_string();
-    let v = loop {
-        let (_, v) = post(&h, &poll, None).await;
-        if v["data"][0]["status"] == "success" {
-            break v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (_, v) = post(&h, &poll, None).await;
+    assert_eq!(v["data"][0]["status"], "success", "{v}");
     assert!(v["data"][0]["text"].is_string(), "{v}");
     // Only errors: 400, in Runware's shape.
     let (status, v) = post(&h, "[{\"taskType\": 1}]", None).await;
@@ -512,14 +518,11 @@ async fn get_response_for_a_task_made_elsewhere_is_followed_upstream() {
     let poll = json!([{"taskType": "getResponse", "taskUUID": t}]);
     send(&mut ws, poll.clone()).await;
     assert_eq!(next(&mut ws).await["data"][0]["status"], "processing");
-    let item = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        send(&mut ws, poll.clone()).await;
-        let m = next(&mut ws).await;
-        if m["data"][0]["status"] == "success" {
-            break m["data"][0].clone();
-        }
-    };
+    // Followed now: once it ended, the next poll has its result.
+    ended(&h, &t).await;
+    send(&mut ws, poll.clone()).await;
+    let item = next(&mut ws).await["data"][0].clone();
+    assert_eq!(item["status"], "success", "{item}");
     assert_eq!(item["taskUUID"], t.as_str());
     assert!(item["text"].as_str().unwrap().starts_with("a cat"));
     assert_eq!(h.sim.executions(&t), 1);
@@ -527,15 +530,11 @@ async fn get_response_for_a_task_made_elsewhere_is_followed_upstream() {
     // A taskUUID Runware does not know either: its error, in the end.
     let unknown = uuid();
     let poll = json!([{"taskType": "getResponse", "taskUUID": unknown}]);
-    let status = loop {
-        send(&mut ws, poll.clone()).await;
-        let m = next(&mut ws).await;
-        let s = m["data"][0]["status"].as_str().unwrap_or("?").to_owned();
-        if s != "processing" {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    send(&mut ws, poll.clone()).await;
+    assert_eq!(next(&mut ws).await["data"][0]["status"], "processing");
+    ended(&h, &unknown).await;
+    send(&mut ws, poll.clone()).await;
+    let status = next(&mut ws).await;
     assert_eq!(status["data"][0]["status"], "error", "{status}");
     assert_eq!(status["data"][0]["error"]["code"], "invalidTaskUUID");
 }
