@@ -285,9 +285,7 @@ impl RunwareEndpoint {
                             })
                             .to_string()]));
                             if let Some(old) = session.replace(Arc::clone(&s)) {
-                                if !Arc::ptr_eq(&old, &s) {
-                                    old.detach();
-                                }
+                                old.detach(&out_tx);
                             }
                             s.attach(out_tx.clone());
                         }
@@ -302,7 +300,7 @@ impl RunwareEndpoint {
             }
         }
         if let Some(s) = session {
-            s.detach();
+            s.detach(&out_tx);
         }
         drop(out_tx);
         let _ = writer.await;
@@ -704,10 +702,19 @@ impl LocalSession {
         outbox.detached_since = None;
     }
 
-    fn detach(&self) {
+    /// The socket whose writer is `out` went. Only that one: when the
+    /// client already resumed on a new socket (the old one's end noticed
+    /// late, as with a half-open connection), the new one stays.
+    fn detach(&self, out: &mpsc::UnboundedSender<Out>) {
         let mut outbox = self.outbox();
-        outbox.live = None;
-        outbox.detached_since = Some(Instant::now());
+        if outbox
+            .live
+            .as_ref()
+            .is_some_and(|live| live.same_channel(out))
+        {
+            outbox.live = None;
+            outbox.detached_since = Some(Instant::now());
+        }
     }
 
     /// Sends a frame to the socket, or keeps it for a reconnect.
@@ -1039,15 +1046,17 @@ mod tests {
     fn a_session_keeps_frames_while_detached_and_replays_them_in_order() {
         let s = LocalSession::new(Principal::Tcp);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        s.attach(tx);
+        s.attach(tx.clone());
         s.deliver("1".to_owned());
-        s.detach();
+        s.detach(&tx);
         s.deliver("2".to_owned());
         s.deliver(Out::Item(TaskUuid::new_v4(), "3".into()));
         assert!(!s.expired(Instant::now()));
         assert!(s.expired(Instant::now() + LOCAL_SESSION_TTL));
         let (tx2, mut rx2) = mpsc::unbounded_channel();
         s.attach(tx2);
+        // The old socket's end, noticed only now, leaves the new one be.
+        s.detach(&tx);
         s.deliver("4".to_owned());
         let text = |o: Out| match o {
             Out::Message(m) => m,
