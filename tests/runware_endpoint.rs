@@ -411,8 +411,38 @@ async fn rest_answers_once_every_task_is_complete() {
     let (_, v) = post(&h, &poll, None).await;
     assert_eq!(v["data"][0]["status"], "success", "{v}");
     assert!(v["data"][0]["text"].is_string(), "{v}");
+    // A dry run is refused, not run: the daemon cannot promise one.
+    let executions = h.stats().executions;
+    let addr = h.daemon.runware_addr.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let body =
+        json!([{"taskType": "promptEnhance", "taskUUID": uuid(), "prompt": "a cat"}]).to_string();
+    s.write_all(
+        format!(
+            "POST /v1?dryRun=1 HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("\"parameter\":\"dryRun\""), "{response}");
+    assert_eq!(
+        h.stats().executions,
+        executions,
+        "nothing of the dry run ran"
+    );
     // Only errors: 400, in Runware's shape.
     let (status, v) = post(&h, "[{\"taskType\": 1}]", None).await;
+    assert_eq!(
+        h.stats().executions,
+        executions,
+        "nothing of the dry run ran"
+    );
     assert_eq!(
         (status, v["errors"][0]["parameter"].as_str()),
         (400, Some("taskType"))

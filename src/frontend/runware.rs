@@ -160,6 +160,25 @@ impl RunwareEndpoint {
                 &Refusal::new("notFound", "url", "is not served: use /v1"),
             );
         }
+        // `?dryRun=1` asks Runware to validate without running (and without
+        // charging). The daemon cannot promise that for its shared socket,
+        // so it refuses rather than run and charge what was meant as a check.
+        let dry_run = req.uri().query().is_some_and(|q| {
+            q.split('&').any(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, "1"));
+                k.eq_ignore_ascii_case("dryRun") && !matches!(v, "0" | "false")
+            })
+        });
+        if dry_run {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &Refusal::new(
+                    "unsupportedParameter",
+                    "dryRun",
+                    "is not offered by runwared: it would run (and charge) the tasks; connect without it",
+                ),
+            );
+        }
         let upgrade = req
             .headers()
             .get(hyper::header::UPGRADE)
