@@ -234,8 +234,14 @@ impl RunwareEndpoint {
         let mut response = Response::new(Full::new(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
-        headers.insert(hyper::header::UPGRADE, "websocket".parse().expect("valid"));
-        headers.insert(hyper::header::CONNECTION, "Upgrade".parse().expect("valid"));
+        headers.insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static("websocket"),
+        );
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("Upgrade"),
+        );
         if let Ok(accept) = derive_accept_key(key.as_bytes()).parse() {
             headers.insert("sec-websocket-accept", accept);
         }
