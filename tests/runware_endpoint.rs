@@ -70,6 +70,23 @@ async fn ended(h: &Harness, task: &str) {
     while let Ok(Some(_)) = stream.message().await {}
 }
 
+/// A connection that has authenticated.
+async fn authenticated(h: &Harness) -> Ws {
+    let mut ws = connect(h).await;
+    authenticate(&mut ws, "k", None).await;
+    ws
+}
+
+/// Sends a promptEnhance task asking for `versions` texts.
+async fn enhance(ws: &mut Ws, task: &str, versions: u32) {
+    send(
+        ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": task, "prompt": "a cat",
+                "promptVersions": versions}]),
+    )
+    .await;
+}
+
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -240,8 +257,7 @@ async fn concurrent_tasks_of_two_clients_each_get_exactly_their_own_results() {
 async fn async_tasks_are_acknowledged_and_fetched_with_get_response() {
     let h = start(slow(), |_| {}).await;
     h.ready().await;
-    let mut ws = connect(&h).await;
-    authenticate(&mut ws, "k", None).await;
+    let mut ws = authenticated(&h).await;
     let t = uuid();
     send(
         &mut ws,
@@ -278,8 +294,7 @@ async fn async_tasks_are_acknowledged_and_fetched_with_get_response() {
 async fn a_task_uuid_in_flight_is_a_conflict_and_runs_once() {
     let h = start(slow(), |_| {}).await;
     h.ready().await;
-    let mut ws = connect(&h).await;
-    authenticate(&mut ws, "k", None).await;
+    let mut ws = authenticated(&h).await;
     let t = uuid();
     let task = json!({"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat"});
     send(&mut ws, json!([task, task])).await;
@@ -305,11 +320,7 @@ async fn a_local_client_resumes_its_session_and_receives_what_came_meanwhile() {
         .unwrap()
         .to_owned();
     let t = uuid();
-    send(
-        &mut ws,
-        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat", "promptVersions": 2}]),
-    )
-    .await;
+    enhance(&mut ws, &t, 2).await;
     // Gone before any result.
     drop(ws);
     h.sim_until(|s| s.results_produced >= 2).await;
@@ -331,14 +342,9 @@ async fn a_local_client_resumes_its_session_and_receives_what_came_meanwhile() {
 async fn an_upstream_drop_mid_task_is_invisible_to_a_local_client() {
     let h = start(slow(), |_| {}).await;
     h.ready().await;
-    let mut ws = connect(&h).await;
-    authenticate(&mut ws, "k", None).await;
+    let mut ws = authenticated(&h).await;
     let t = uuid();
-    send(
-        &mut ws,
-        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat", "promptVersions": 3}]),
-    )
-    .await;
+    enhance(&mut ws, &t, 3).await;
     h.sim_until(|s| s.executions >= 1).await;
     h.sim.drop_connections();
     let items = data_items(&mut ws, 3).await;
@@ -485,14 +491,9 @@ async fn with_a_token_the_local_api_key_must_be_it() {
 async fn a_task_sent_over_the_endpoint_can_be_attached_over_grpc() {
     let h = start(slow(), |_| {}).await;
     h.ready().await;
-    let mut ws = connect(&h).await;
-    authenticate(&mut ws, "k", None).await;
+    let mut ws = authenticated(&h).await;
     let t = uuid();
-    send(
-        &mut ws,
-        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat", "promptVersions": 2}]),
-    )
-    .await;
+    enhance(&mut ws, &t, 2).await;
     h.sim_until(|s| s.executions >= 1).await;
     let mut client = h.client.clone();
     let mut stream = client
@@ -543,8 +544,7 @@ async fn get_response_for_a_task_made_elsewhere_is_followed_upstream() {
         .unwrap();
     h.sim_until(|s| s.executions >= 1).await;
 
-    let mut ws = connect(&h).await;
-    authenticate(&mut ws, "k", None).await;
+    let mut ws = authenticated(&h).await;
     let poll = json!([{"taskType": "getResponse", "taskUUID": t}]);
     send(&mut ws, poll.clone()).await;
     assert_eq!(next(&mut ws).await["data"][0]["status"], "processing");
