@@ -633,17 +633,11 @@ where
     while let Some(out) = next.take().or_else(|| rx.try_recv().ok()) {
         match out {
             Out::Item(task, item) => {
-                let other_task = joined_task.is_some_and(|t| t != task);
-                joined_task = Some(task);
-                if !joined.is_empty() && (other_task || joined.len() + item.len() > JOINED_BYTES) {
-                    joined.push_str("]}");
-                    if sink
-                        .feed(Message::Text(std::mem::take(&mut joined).into()))
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
+                let other_task = joined_task.replace(task).is_some_and(|t| t != task);
+                if (other_task || joined.len() + item.len() > JOINED_BYTES)
+                    && !feed_joined(sink, &mut joined).await
+                {
+                    return false;
                 }
                 joined.push_str(if joined.is_empty() {
                     "{\"data\":["
@@ -653,29 +647,29 @@ where
                 joined.push_str(&item);
             }
             Out::Message(message) => {
-                if !joined.is_empty() {
-                    joined.push_str("]}");
-                    if sink
-                        .feed(Message::Text(std::mem::take(&mut joined).into()))
-                        .await
-                        .is_err()
-                    {
-                        return false;
-                    }
-                }
-                if sink.feed(Message::Text(message.into())).await.is_err() {
+                if !feed_joined(sink, &mut joined).await
+                    || sink.feed(Message::Text(message.into())).await.is_err()
+                {
                     return false;
                 }
             }
         }
     }
-    if !joined.is_empty() {
-        joined.push_str("]}");
-        if sink.feed(Message::Text(joined.into())).await.is_err() {
-            return false;
-        }
+    feed_joined(sink, &mut joined).await && sink.flush().await.is_ok()
+}
+
+/// Closes the message of joined items, if any, and feeds it to the sink.
+async fn feed_joined<S>(sink: &mut S, joined: &mut String) -> bool
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    if joined.is_empty() {
+        return true;
     }
-    sink.flush().await.is_ok()
+    joined.push_str("]}");
+    sink.feed(Message::Text(std::mem::take(joined).into()))
+        .await
+        .is_ok()
 }
 
 /// A local session: where a WebSocket client's frames go, kept
