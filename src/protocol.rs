@@ -160,6 +160,14 @@ pub struct RunwareError {
         deserialize_with = "lenient_string"
     )]
     pub task_uuid: Option<String>,
+    /// A link to the documentation of what went wrong, when Runware gives
+    /// one: kept for clients.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string"
+    )]
+    pub documentation: Option<String>,
 }
 
 fn unknown_code() -> String {

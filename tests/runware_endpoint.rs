@@ -567,4 +567,9 @@ async fn get_response_for_a_task_made_elsewhere_is_followed_upstream() {
     let status = next(&mut ws).await;
     assert_eq!(status["data"][0]["status"], "error", "{status}");
     assert_eq!(status["data"][0]["error"]["code"], "invalidTaskUUID");
+    // Runware's link to the documentation comes through as it was sent.
+    assert_eq!(
+        status["data"][0]["error"]["documentation"],
+        "https://runware.ai/docs/en/utilities/task-responses"
+    );
 }

@@ -1126,6 +1126,7 @@ mod tests {
                 parameter: Some("width".into()),
                 task_type: None,
                 task_uuid: None,
+                documentation: None,
             }),
         };
         let s = failure_status(&f);

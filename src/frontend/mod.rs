@@ -69,6 +69,7 @@ impl Refusal {
             parameter: Some(self.parameter.clone()),
             task_type: task_type.map(str::to_owned),
             task_uuid: task.map(ToString::to_string),
+            documentation: None,
         }
     }
 }

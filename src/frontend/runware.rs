@@ -25,6 +25,10 @@
 //! as the gRPC ones (config). Tasks are ordinary daemon tasks: the client's
 //! taskUUID is used as given, one already in flight gets `conflictTaskUUID`.
 
+// Functions here return Runware's error item as their error: it is the
+// answer itself, on the refusal path only, so it is not boxed.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;

@@ -610,6 +610,16 @@ fn error_item(
     if let Some(u) = task_uuid {
         e.insert("taskUUID".into(), json!(u));
     }
+    // Runware's error items often link the documentation of the task.
+    let documentation = match task_type {
+        Some("imageInference") => Some("https://runware.ai/docs/en/image-inference/api-reference"),
+        Some("promptEnhance") => Some("https://runware.ai/docs/en/tools/prompt-enhancer"),
+        Some("getResponse") => Some("https://runware.ai/docs/en/utilities/task-responses"),
+        _ => None,
+    };
+    if let Some(d) = documentation {
+        e.insert("documentation".into(), json!(d));
+    }
     Value::Object(e)
 }
 

@@ -152,9 +152,11 @@ pub fn result_item(
                     );
                 }
             }
-            if let Some(s) = seed {
-                item.insert("seed".into(), json!(s + u64::from(index)));
-            }
+            // Every image item carries its seed (the image-inference
+            // reference lists it in each response item): the request's,
+            // else one made up, deterministic per taskUUID.
+            let seed = seed.unwrap_or_else(|| splitmix(hash(&[task_uuid.as_bytes()])) >> 34);
+            item.insert("seed".into(), json!(seed + u64::from(index)));
             if task
                 .get("checkNSFW")
                 .and_then(Value::as_bool)
@@ -202,5 +204,21 @@ mod tests {
         assert_ne!(a["imageUUID"], c["imageUUID"]);
         assert_eq!(enhanced_text("dog", 2, 100), enhanced_text("dog", 2, 100));
         assert!(enhanced_text("dog", 0, 100).starts_with("dog"));
+    }
+
+    /// Without a seed in the request, each image still has one: made up,
+    /// the same for the same taskUUID, consecutive across its results.
+    #[test]
+    fn every_image_item_has_a_seed() {
+        let t = obj(json!({"outputType": "URL"}));
+        let a = result_item("imageInference", "u1", &t, 0, 64);
+        let b = result_item("imageInference", "u1", &t, 1, 64);
+        let again = result_item("imageInference", "u1", &t, 0, 64);
+        let other = result_item("imageInference", "u2", &t, 0, 64);
+        let seed = a["seed"].as_u64().expect("a seed");
+        assert_eq!(b["seed"], json!(seed + 1));
+        assert_eq!(again["seed"], a["seed"]);
+        assert_ne!(other["seed"], a["seed"]);
+        assert!(i64::try_from(seed + 1).is_ok(), "fits Runware's integer");
     }
 }
