@@ -4,9 +4,10 @@
 //! The path of a task, one module per step:
 //!
 //! ```text
-//! gRPC request -> frontend   (one door per wire format: gRPC, Runware's own
-//! Runware WS/REST               WebSocket and REST; each converts its messages
-//!                             into daemon tasks and their events back)
+//! gRPC request,
+//! Runware WS/REST -> frontend (one door per wire format: gRPC, Runware's
+//!                             own WebSocket and REST; each converts its
+//!                             messages into daemon tasks and events back)
 //!              -> dispatch   (task table: taskUUID -> watching clients;
 //!                             retention for Attach; getResponse recovery)
 //!              -> upstream   (the one socket's loop; batches queued tasks)

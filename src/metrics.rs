@@ -17,7 +17,6 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::dispatch::Dispatch;
-pub use crate::dispatch::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
 use crate::session::UpstreamStatus;
 use crate::status::StatusSnapshot;
 
