@@ -79,6 +79,21 @@ impl fmt::Debug for SessionUuid {
 }
 
 /// The keepalive ping. Runware closes a socket after 120 s without messages.
+/// The daemon's WebSocket settings, upstream and at the local endpoint:
+/// messages up to `max_message_bytes`, and reads of at most 32 KiB at a
+/// time. tungstenite zeroes its read buffer up to this size before every
+/// read, so its 128 KiB default spent 5 % of the daemon's CPU on `memset`
+/// for messages of a few hundred bytes (BENCHMARKS.md); loopback reads
+/// rarely return more than 64 KiB, so large messages cost a few more reads.
+pub fn websocket_config(
+    max_message_bytes: usize,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+        .read_buffer_size(32 * 1024)
+}
+
 pub const PING_FRAME: &str = r#"[{"taskType":"ping","ping":true}]"#;
 
 /// The authentication message, the first on every socket. With a session

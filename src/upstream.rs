@@ -94,9 +94,7 @@ impl Upstream {
         connector: Option<Connector>,
         telemetry: Telemetry,
     ) -> Self {
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(config.max_message_bytes))
-            .max_frame_size(Some(config.max_message_bytes));
+        let ws_config = crate::protocol::websocket_config(config.max_message_bytes);
         let connection = Connection::new(
             Timing {
                 ping_interval: config.ping_interval,

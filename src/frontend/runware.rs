@@ -45,7 +45,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::{
     MAX_JSON_ELEMENTS, Refusal, check_documented_limits, check_task, failure_error,
@@ -218,9 +218,7 @@ impl RunwareEndpoint {
             );
         };
         let endpoint = self.clone();
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(self.inner.max_message_bytes))
-            .max_frame_size(Some(self.inner.max_message_bytes));
+        let config = crate::protocol::websocket_config(self.inner.max_message_bytes);
         tokio::spawn(async move {
             match hyper::upgrade::on(&mut req).await {
                 Ok(upgraded) => {
