@@ -838,7 +838,7 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
         let config = SimConfig {
             latency: Duration::from_millis(5),
             per_result_latency: Duration::from_millis(5),
-            image_bytes: image_mb << 20,
+            image_bytes: Some(image_mb << 20),
             ..SimConfig::default()
         };
         let (_sim, daemon, addr) = sim_and_daemon(config).await?;

@@ -141,6 +141,13 @@ struct SimArgs {
     /// concurrent tasks then arrive out of order).
     #[arg(long, default_value = "0s")]
     latency_jitter: String,
+    /// Time to a videoInference task's result.
+    #[arg(long, default_value = "5s")]
+    video_latency: String,
+    /// Send a frame about no task before each authentication answer, as
+    /// servers sometimes do.
+    #[arg(long)]
+    frame_before_auth: bool,
     /// Faults to inject in turn (comma-separated): drop (abort sockets),
     /// close (clean close, as a flapping load balancer), swallow (results
     /// written, then lost with their socket), lose-session.
@@ -213,6 +220,9 @@ struct ImageArgs {
     seed: Option<u64>,
     #[arg(long)]
     negative: Option<String>,
+    /// Image file format: JPG, PNG or WEBP.
+    #[arg(long, default_value = "JPG", value_parser = ["JPG", "PNG", "WEBP"])]
+    format: String,
     /// Save the images in this directory (asks for base64 data).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -389,6 +399,8 @@ async fn sim(args: SimArgs) -> CliResult {
         latency: parse_duration(&args.latency)?,
         per_result_latency: parse_duration(&args.per_result_latency)?,
         latency_jitter: parse_duration(&args.latency_jitter)?,
+        video_latency: parse_duration(&args.video_latency)?,
+        frame_before_auth: args.frame_before_auth,
         ..SimConfig::default()
     };
     if let Some(path) = &args.api_key_file {
@@ -525,8 +537,10 @@ async fn image(a: ImageArgs) -> CliResult {
         steps: a.steps,
         seed: a.seed.unwrap_or(0),
         output_type: a.out.as_ref().map(|_| "base64Data".to_owned()),
+        output_format: Some(a.format.clone()),
         ..Default::default()
     };
+    let extension = a.format.to_ascii_lowercase();
     let mut stream = c
         .image_inference(request(&a.client, req)?)
         .await
@@ -540,7 +554,8 @@ async fn image(a: ImageArgs) -> CliResult {
                     .map_err(|e| {
                         format!("image {}: bad base64 from Runware: {e}", img.image_uuid)
                     })?;
-                let path = dir.join(runwared::client::image_file_name(&img.image_uuid)?);
+                let name = runwared::client::image_file_name(&img.image_uuid, &extension)?;
+                let path = dir.join(name);
                 std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 Some(path)
             }

@@ -43,13 +43,13 @@ pub async fn connect(target: &Target) -> Result<RunwareClient<Channel>, tonic::t
 
 /// The file an image is saved as: its `imageUUID`, which comes from the
 /// server, so only a plain UUID is taken (never `/`, `..` or a path).
-pub fn image_file_name(image_uuid: &str) -> Result<String, String> {
+pub fn image_file_name(image_uuid: &str, extension: &str) -> Result<String, String> {
     let canonical = uuid::Uuid::try_parse(image_uuid)
         .ok()
         .map(|u| u.hyphenated().to_string())
         .filter(|c| c.eq_ignore_ascii_case(image_uuid));
     match canonical {
-        Some(name) => Ok(format!("{name}.jpg")),
+        Some(name) => Ok(format!("{name}.{extension}")),
         None => Err(format!(
             "Runware sent an image whose imageUUID {image_uuid:?} is not a UUID; not saving it"
         )),
@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn image_files_are_named_only_by_plain_uuids() {
         assert_eq!(
-            image_file_name("1D4C0E6A-7B1F-4A9E-8C2D-3E4F5A6B7C8D").unwrap(),
+            image_file_name("1D4C0E6A-7B1F-4A9E-8C2D-3E4F5A6B7C8D", "jpg").unwrap(),
             "1d4c0e6a-7b1f-4a9e-8c2d-3e4f5a6b7c8d.jpg"
         );
         for bad in [
@@ -74,7 +74,7 @@ mod tests {
             "urn:uuid:1d4c0e6a-7b1f-4a9e-8c2d-3e4f5a6b7c8d",
             "",
         ] {
-            let e = image_file_name(bad).unwrap_err();
+            let e = image_file_name(bad, "png").unwrap_err();
             assert!(e.contains("not a UUID"), "{bad}: {e}");
         }
     }

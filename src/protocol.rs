@@ -78,7 +78,6 @@ impl fmt::Debug for SessionUuid {
     }
 }
 
-/// The keepalive ping. Runware closes a socket after 120 s without messages.
 /// The daemon's WebSocket settings, upstream and at the local endpoint:
 /// messages up to `max_message_bytes`, and reads of at most 32 KiB at a
 /// time. tungstenite zeroes its read buffer up to this size before every
@@ -94,6 +93,7 @@ pub fn websocket_config(
         .read_buffer_size(32 * 1024)
 }
 
+/// The keepalive ping. Runware closes a socket after 120 s without messages.
 pub const PING_FRAME: &str = r#"[{"taskType":"ping","ping":true}]"#;
 
 /// The authentication message, the first on every socket. With a session
@@ -270,8 +270,8 @@ pub enum Inbound<'a> {
         /// The result's own id (`imageUUID`, `videoUUID`, ...), if it has
         /// one: the same id twice is a duplicate.
         result_id: Option<Cow<'a, str>>,
-        /// From a `getResponse` answer (it carries `status`), not pushed.
-        polled: bool,
+        /// How it came: pushed, in a `getResponse` answer, or as a step.
+        received: Received,
     },
     /// An async-delivery acknowledgement or a `getResponse` "processing"
     /// item: the task is known to the server but this is not a result.
@@ -296,13 +296,13 @@ impl PartialEq for Inbound<'_> {
                     task: a,
                     item: x,
                     result_id: i,
-                    polled: p,
+                    received: p,
                 },
                 Result {
                     task: b,
                     item: y,
                     result_id: j,
-                    polled: q,
+                    received: q,
                 },
             ) => a == b && x.get() == y.get() && i == j && p == q,
             (Pending { task: a }, Pending { task: b }) => a == b,
@@ -525,6 +525,7 @@ fn classify_data_item(item: &RawValue) -> Inbound<'_> {
     };
     match head.status.as_deref() {
         // getResponse items: https://runware.ai/docs/en/utilities/task-responses
+        // (`progress` may come with `processing`: still not a result).
         Some("processing") => Inbound::Pending { task },
         Some("error") | Some("failed") => {
             let mut error = head.error.unwrap_or_else(|| RunwareError {
@@ -539,10 +540,30 @@ fn classify_data_item(item: &RawValue) -> Inbound<'_> {
         status => Inbound::Result {
             task,
             item,
-            polled: status.is_some(),
+            received: match status {
+                None => Received::Pushed,
+                Some("success") => Received::Answered,
+                Some(step) => Received::Step {
+                    last: step == "ready",
+                },
+            },
             result_id: head.result_id,
         },
     }
+}
+
+/// How a result item came, by its `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Pushed as the task ran: no `status`.
+    Pushed,
+    /// In a `getResponse` answer: `status: "success"`.
+    Answered,
+    /// A step of a task that reports its progress in items of their own,
+    /// pushed or in an answer: a model upload's `validated`, `downloaded`,
+    /// `optimized`, `stored`, then `ready`, which ends it. The client gets
+    /// every step; only `ready` counts toward the task's results.
+    Step { last: bool },
 }
 
 /// A session UUID is echoed into the next authentication, the state file
@@ -632,13 +653,16 @@ pub fn text_item(item: &str) -> (String, Option<f64>) {
 }
 
 /// A result item's identity across pushed and polled copies: its JSON
-/// without `status` (which only `getResponse` answers add), keys in order.
+/// without `status: "success"` (which only `getResponse` answers add),
+/// keys in order. A step's status (`validated`, `ready`) is its content.
 pub fn result_fingerprint(item: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     match serde_json::from_str::<serde_json::Value>(item) {
         Ok(serde_json::Value::Object(mut m)) => {
-            m.remove("status");
+            if m.get("status").and_then(serde_json::Value::as_str) == Some("success") {
+                m.remove("status");
+            }
             serde_json::Value::Object(m).to_string().hash(&mut h);
         }
         _ => item.hash(&mut h),
@@ -737,7 +761,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(&items[1], Inbound::Result { task, polled: false, result_id: None, .. } if *task == t(T2))
+            matches!(&items[1], Inbound::Result { task, received: Received::Pushed, result_id: None, .. } if *task == t(T2))
         );
         let with_id =
             format!(r#"{{"data":[{{"taskUUID":"{T1}","imageUUID":"i-1","imageURL":"u"}}]}}"#);
@@ -805,8 +829,34 @@ mod tests {
         );
         assert!(matches!(
             &parse_frame(&success).unwrap()[0],
-            Inbound::Result { .. }
+            Inbound::Result { received: Received::Answered, .. }
         ));
+        let progress = format!(
+            r#"{{"data":[{{"taskType":"videoInference","taskUUID":"{T1}","status":"processing","progress":40}}]}}"#
+        );
+        assert_eq!(
+            parse_frame(&progress).unwrap(),
+            vec![Inbound::Pending { task: t(T1) }]
+        );
+        // A model upload's steps: results, only `ready` the last.
+        for (step, last) in [("validated", false), ("stored", false), ("ready", true)] {
+            let f = format!(
+                r#"{{"data":[{{"taskType":"modelUpload","taskUUID":"{T1}","status":"{step}","air":"a"}}]}}"#
+            );
+            assert!(
+                matches!(&parse_frame(&f).unwrap()[0], Inbound::Result { received: Received::Step { last: l }, .. } if *l == last),
+                "{step}"
+            );
+        }
+        // A step's status is part of what it is; success is not.
+        assert_ne!(
+            result_fingerprint(r#"{"air":"a","status":"validated"}"#),
+            result_fingerprint(r#"{"air":"a","status":"stored"}"#)
+        );
+        assert_eq!(
+            result_fingerprint(r#"{"text":"a","status":"success"}"#),
+            result_fingerprint(r#"{"text":"a"}"#)
+        );
         let failed = format!(
             r#"{{"data":[{{"taskType":"imageInference","taskUUID":"{T1}","status":"error","error":{{"code":"invalidModel","message":"m"}}}}]}}"#
         );

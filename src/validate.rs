@@ -1,6 +1,7 @@
 //! The documented limits of task parameters, checked in one place: by the
-//! daemon before a typed request leaves the host, and by the simulator as
-//! Runware does. Sources: <https://runware.ai/docs/en/tools/prompt-enhancer>,
+//! daemon before a task leaves the host, and by the simulator as Runware
+//! does. Only what the documentation states: task types it does not cover
+//! are the simulator's own reading (`sim::tasks`), never refused here. Sources: <https://runware.ai/docs/en/tools/prompt-enhancer>,
 //! <https://runware.ai/docs/models/llama-3-1-8b-prompt-enhancer> and
 //! <https://runware.ai/docs/en/image-inference/api-reference>.
 
@@ -14,7 +15,9 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn invalid(parameter: &str, message: impl Into<String>) -> Invalid {
+/// A failure of `parameter`, with Runware's code for it (`invalid` and
+/// the parameter's name, capitalised).
+pub fn invalid(parameter: &str, message: impl Into<String>) -> Invalid {
     let mut chars = parameter.chars();
     let cap: String = match chars.next() {
         Some(c) => c.to_uppercase().chain(chars).collect(),
@@ -139,14 +142,6 @@ pub fn validate(task_type: &str, task: &Map<String, Value>) -> Result<u32, Inval
             check_enum(task, "outputType", &["URL", "base64Data", "dataURI"])?;
             check_enum(task, "outputFormat", &["JPG", "PNG", "WEBP"])?;
             Ok(check_int(task, "numberResults", 1, 20, false)?.unwrap_or(1) as u32)
-        }
-        "imageCaption" => {
-            check_str_len(task, "inputImage", 1, usize::MAX, true)?;
-            Ok(1)
-        }
-        "imageUpscale" | "removeBackground" => {
-            check_str_len(task, "inputImage", 1, usize::MAX, true)?;
-            Ok(1)
         }
         other => Err(Invalid {
             code: "invalidTaskType".to_owned(),

@@ -400,7 +400,7 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
 #[tokio::test(start_paused = true)]
 async fn large_base64_images_fit_through() {
     let config = SimConfig {
-        image_bytes: 3 << 20,
+        image_bytes: Some(3 << 20),
         ..SimConfig::default()
     };
     let mut h = start(config, |_| {}).await;
@@ -667,7 +667,7 @@ async fn only_the_submitting_principal_may_attach() {
 #[tokio::test(start_paused = true)]
 async fn large_results_in_flight_together_all_arrive() {
     let config = SimConfig {
-        image_bytes: 4 << 20,
+        image_bytes: Some(4 << 20),
         latency: Duration::from_millis(20),
         ..SimConfig::default()
     };

@@ -168,13 +168,38 @@ fn simulate_mode_with_the_cli_client() {
             "runware:101@1",
             "-n",
             "2",
+            "--width",
+            "320",
+            "--height",
+            "192",
+            "--format",
+            "PNG",
             "--out",
             out_dir.to_str().unwrap(),
         ],
     );
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 2, "{out}");
-    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 2);
+    // Pictures an image tool opens, at the size and in the format asked.
+    let files: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 2);
+    for file in &files {
+        assert_eq!(file.extension().unwrap(), "png");
+        let bytes = std::fs::read(file).unwrap();
+        assert_eq!(
+            image::guess_format(&bytes).unwrap(),
+            image::ImageFormat::Png
+        );
+        let picture = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((picture.width(), picture.height()), (320, 192));
+    }
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        std::fs::read(&files[1]).unwrap()
+    );
 
     let task = dir.path().join("task.json");
     std::fs::write(

@@ -171,10 +171,10 @@ async fn async_delivery_acknowledges_then_answers_get_response() {
     );
     send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": t}])).await;
     let items = recv(&mut ws).await;
-    assert_eq!(
-        items,
-        vec![json!({"taskType": "promptEnhance", "taskUUID": t, "status": "processing"})]
-    );
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["status"], "processing");
+    assert_eq!(items[0]["taskUUID"], t.as_str());
+    assert!(items[0]["progress"].as_u64().is_some_and(|p| p < 100));
     let mut stats = sim.stats();
     stats.wait_for(|s| s.results_produced == 2).await.unwrap();
     send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": t}])).await;
@@ -216,4 +216,138 @@ async fn wrong_keys_and_bad_messages_get_documented_errors() {
     )
     .await;
     assert_eq!(recv(&mut ws).await[0]["code"], "invalidTaskUUID");
+}
+
+/// videoInference runs long and async: `getResponse` answers `processing`
+/// with a growing `progress`, then the video; a task that fails after
+/// starting answers a `status: "error"` item with its error.
+#[tokio::test(start_paused = true)]
+async fn get_response_reports_progress_then_the_video_or_the_failure() {
+    init_test_logging();
+    let config = SimConfig {
+        video_latency: Duration::from_secs(60),
+        ..SimConfig::default()
+    };
+    let sim = SimHandle::bind(loopback0(), config, None).await.unwrap();
+    let mut ws = open(&sim).await;
+    auth(&mut ws, None).await;
+    let video = uuid::Uuid::new_v4().to_string();
+    let failing = uuid::Uuid::new_v4().to_string();
+    let task = |uuid: &str, model: &str| {
+        json!({"taskType": "videoInference", "taskUUID": uuid, "model": model,
+            "positivePrompt": "a cat surfing", "deliveryMethod": "async"})
+    };
+    send(
+        &mut ws,
+        json!([task(&video, "klingai:5@3"), task(&failing, runwared::sim::FAILING_MODEL)]),
+    )
+    .await;
+    let mut acks = recv(&mut ws).await;
+    while acks.len() < 2 {
+        acks.extend(recv(&mut ws).await);
+    }
+    assert!(acks.iter().all(|a| a.get("videoURL").is_none()));
+    let mut progress = Vec::new();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": video}])).await;
+        let items = recv(&mut ws).await;
+        assert_eq!(items[0]["status"], "processing", "{items:?}");
+        progress.push(items[0]["progress"].as_u64().unwrap());
+    }
+    assert!(progress[0] > 0 && progress[1] > progress[0], "{progress:?}");
+
+    sim.stats()
+        .wait_for(|s| s.results_produced == 1 && s.tasks_failed == 1)
+        .await
+        .unwrap();
+    send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": video}])).await;
+    let items = recv(&mut ws).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["status"], "success");
+    assert!(items[0]["videoURL"].as_str().unwrap().ends_with(".mp4"));
+    send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": failing}])).await;
+    let items = recv(&mut ws).await;
+    assert_eq!(items[0]["status"], "error");
+    assert_eq!(items[0]["error"]["code"], "inferenceFailed");
+    assert_eq!(items[0]["error"]["taskUUID"], failing.as_str());
+}
+
+/// `?dryRun=1` validates and answers, and runs (and charges) nothing.
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_validates_without_running() {
+    init_test_logging();
+    let sim = SimHandle::bind(loopback0(), SimConfig::default(), None)
+        .await
+        .unwrap();
+    let url = format!("{}?dryRun=1", sim.url());
+    let mut ws = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .unwrap()
+        .0;
+    auth(&mut ws, None).await;
+    let ok = uuid::Uuid::new_v4().to_string();
+    send(&mut ws, json!([enhance(&ok, json!({}))])).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        vec![json!({"taskType": "promptEnhance", "taskUUID": ok})]
+    );
+    let bad = uuid::Uuid::new_v4().to_string();
+    send(&mut ws, json!([enhance(&bad, json!({"promptVersions": 9}))])).await;
+    assert_eq!(recv(&mut ws).await[0]["code"], "invalidPromptVersions");
+    assert_eq!(sim.stats().borrow().executions, 0);
+    assert_eq!(sim.executions(&ok), 0);
+}
+
+/// A model upload reports each step, pushed, the last one `ready`.
+#[tokio::test(start_paused = true)]
+async fn a_model_upload_reports_its_steps() {
+    init_test_logging();
+    let sim = SimHandle::bind(loopback0(), SimConfig::default(), None)
+        .await
+        .unwrap();
+    let mut ws = open(&sim).await;
+    auth(&mut ws, None).await;
+    let t = uuid::Uuid::new_v4().to_string();
+    send(
+        &mut ws,
+        json!([{"taskType": "modelUpload", "taskUUID": t, "air": "me:1@1", "name": "mine",
+            "downloadURL": "https://example.com/m.safetensors", "uniqueIdentifier": "abc",
+            "version": "1", "format": "safetensors", "architecture": "flux1d",
+            "category": "lora", "private": true}]),
+    )
+    .await;
+    let mut steps = Vec::new();
+    while steps.len() < 5 {
+        steps.extend(recv(&mut ws).await.into_iter().map(|i| {
+            assert_eq!(i["taskUUID"], t.as_str());
+            i["status"].as_str().unwrap().to_owned()
+        }));
+    }
+    assert_eq!(
+        steps,
+        ["validated", "downloaded", "optimized", "stored", "ready"]
+    );
+}
+
+/// With `frame_before_auth`, a frame about no task comes before the
+/// authentication answer.
+#[tokio::test(start_paused = true)]
+async fn a_frame_can_come_before_the_authentication_answer() {
+    init_test_logging();
+    let config = SimConfig {
+        frame_before_auth: true,
+        ..SimConfig::default()
+    };
+    let sim = SimHandle::bind(loopback0(), config, None).await.unwrap();
+    let mut ws = open(&sim).await;
+    send(&mut ws, json!([{"taskType": "authentication", "apiKey": KEY}])).await;
+    let items = recv(&mut ws).await;
+    assert_ne!(items[0]["taskType"], "authentication");
+    assert!(items[0].get("taskUUID").is_none());
+    let answer = match items.get(1) {
+        Some(a) => a.clone(),
+        None => recv(&mut ws).await.remove(0),
+    };
+    assert_eq!(answer["taskType"], "authentication");
 }

@@ -51,7 +51,7 @@ pub use self::journal::{SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
 use self::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
 use crate::counters::{Counter, Counters};
-use crate::protocol::{self, ErrorClass, Inbound, RunwareError, TaskUuid};
+use crate::protocol::{self, ErrorClass, Inbound, Received, RunwareError, TaskUuid};
 
 /// Most results one task may be waited on for (a `Run` client's
 /// `expected_results`, a restored task's).
@@ -212,6 +212,9 @@ struct Task {
     matching: Option<Box<Matching>>,
     /// Its results so far, exactly as Runware sent them (for `Attach`).
     results: Vec<Arc<str>>,
+    /// How many of them are steps that do not complete it (a model
+    /// upload's `validated`, ...: [`Received::Step`]).
+    steps: u32,
     /// Ids of the results (imageUUID, ...), to drop duplicates.
     result_ids: Vec<Box<str>>,
     /// How it ended; `None` while in flight.
@@ -398,6 +401,7 @@ impl Dispatch {
                     delivery: Delivery::new(task.asynchronous, self.timing()),
                     matching: None,
                     results: Vec::new(),
+                    steps: 0,
                     result_ids: Vec::new(),
                     outcome: None,
                     watchers: vec![tx],
@@ -660,8 +664,8 @@ impl Dispatch {
                 task,
                 item,
                 result_id,
-                polled,
-            } => self.deliver(task, item, result_id.as_deref(), polled),
+                received,
+            } => self.deliver(task, item, result_id.as_deref(), received),
             Inbound::TaskError { task, error } => self.fail(task, error),
             other => return Some(other),
         }
@@ -680,9 +684,14 @@ impl Dispatch {
             .count()
     }
 
-    /// Routes one result item to its task. `polled`: it came in a
-    /// `getResponse` answer.
-    fn deliver(&self, uuid: TaskUuid, item: &RawValue, result_id: Option<&str>, polled: bool) {
+    /// Routes one result item to its task.
+    fn deliver(
+        &self,
+        uuid: TaskUuid,
+        item: &RawValue,
+        result_id: Option<&str>,
+        received: Received,
+    ) {
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
             self.counters.add(Counter::LateResultsDropped);
             tracing::debug!(task = %uuid, "result for a task no longer kept; dropped");
@@ -694,6 +703,13 @@ impl Dispatch {
             return;
         }
         let t = &mut *task;
+        // A step says nothing of how it came: while the task is polled, it
+        // is part of an answer (which repeats the steps so far).
+        let polled = match received {
+            Received::Pushed => false,
+            Received::Answered => true,
+            Received::Step { .. } => t.delivery.is_polling(),
+        };
         if polled {
             if !t.delivery.is_polling() {
                 // An answer to a question no longer asked (the task was
@@ -725,7 +741,10 @@ impl Dispatch {
         self.retained_bytes.fetch_add(item.len(), Ordering::AcqRel);
         let index = t.results.len() as u32;
         t.results.push(Arc::clone(&item));
-        let last = t.results.len() as u32 >= t.expected;
+        if received == (Received::Step { last: false }) {
+            t.steps += 1;
+        }
+        let last = t.results.len() as u32 - t.steps >= t.expected;
         t.notify(&TaskEvent::Result { index, item, last });
         if last {
             self.finish(t, Outcome::Completed, Instant::now());
@@ -1009,7 +1028,7 @@ mod tests {
     fn answer(d: &Dispatch, uuid: TaskUuid, items: &[(&str, Option<&str>)]) {
         d.message.fetch_add(1, Ordering::AcqRel);
         for (item, id) in items {
-            d.deliver(uuid, &raw(item), *id, true);
+            d.deliver(uuid, &raw(item), *id, Received::Answered);
         }
     }
 
@@ -1032,9 +1051,9 @@ mod tests {
         let (d, mut q) = setup(Limits::default());
         let mut h = d.submit(task(2), None).unwrap();
         assert_eq!(q.try_recv().unwrap(), h.uuid);
-        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, false);
-        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, false);
-        d.deliver(h.uuid, &raw(r#"{"text":"c"}"#), None, false);
+        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        d.deliver(h.uuid, &raw(r#"{"text":"c"}"#), None, Received::Pushed);
         assert_eq!(next_result(&mut h), (0, r#"{"text":"a"}"#.into(), false));
         // Equal texts are both kept: only result ids mark duplicates.
         assert_eq!(next_result(&mut h), (1, r#"{"text":"a"}"#.into(), true));
@@ -1047,9 +1066,9 @@ mod tests {
     fn duplicate_result_ids_are_dropped() {
         let (d, _q) = setup(Limits::default());
         let mut h = d.submit(task(2), None).unwrap();
-        d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), false);
-        d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), false);
-        d.deliver(h.uuid, &raw(r#"{"imageUUID":"y"}"#), Some("y"), false);
+        d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), Received::Pushed);
+        d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), Received::Pushed);
+        d.deliver(h.uuid, &raw(r#"{"imageUUID":"y"}"#), Some("y"), Received::Pushed);
         assert_eq!(next_result(&mut h).0, 0);
         assert_eq!(
             next_result(&mut h),
@@ -1180,7 +1199,7 @@ mod tests {
         // The first ends with a 300-byte result: its JSON goes, the result
         // stays (for Attach).
         let result = format!(r#"{{"text":"{}"}}"#, "r".repeat(290));
-        d.deliver(a.uuid, &raw(&result), None, false);
+        d.deliver(a.uuid, &raw(&result), None, Received::Pushed);
         assert_eq!(d.held_bytes(), result.len());
         let b = d.submit(big(500), None).unwrap();
         assert!(d.attach(a.uuid, Principal::Tcp).is_ok());
@@ -1222,14 +1241,14 @@ mod tests {
         let (d, _q) = setup(Limits::default());
         let h = d.submit(task(3), None).unwrap();
         let uuid = h.uuid;
-        d.deliver(uuid, &raw(r#"{"text":"a"}"#), None, false);
+        d.deliver(uuid, &raw(r#"{"text":"a"}"#), None, Received::Pushed);
         drop(h);
         assert_eq!(d.in_flight(), 1);
-        d.deliver(uuid, &raw(r#"{"text":"b"}"#), None, false);
+        d.deliver(uuid, &raw(r#"{"text":"b"}"#), None, Received::Pushed);
         let mut again = d.attach(uuid, Principal::Tcp).unwrap();
         assert_eq!(next_result(&mut again).1, r#"{"text":"a"}"#);
         assert_eq!(next_result(&mut again).1, r#"{"text":"b"}"#);
-        d.deliver(uuid, &raw(r#"{"text":"c"}"#), None, false);
+        d.deliver(uuid, &raw(r#"{"text":"c"}"#), None, Received::Pushed);
         assert_eq!(next_result(&mut again), (2, r#"{"text":"c"}"#.into(), true));
         // After the end, a late attach still gets everything.
         let mut late = d.attach(uuid, Principal::Tcp).unwrap();
@@ -1254,10 +1273,10 @@ mod tests {
         };
         let (d, _q) = setup(limits);
         let a = d.submit(task(1), None).unwrap();
-        d.deliver(a.uuid, &raw(r#"{"text":"aaaaaaaaaaaa"}"#), None, false);
+        d.deliver(a.uuid, &raw(r#"{"text":"aaaaaaaaaaaa"}"#), None, Received::Pushed);
         tokio::time::advance(Duration::from_secs(1)).await;
         let b = d.submit(task(1), None).unwrap();
-        d.deliver(b.uuid, &raw(r#"{"text":"bbbbbbbbbbbb"}"#), None, false);
+        d.deliver(b.uuid, &raw(r#"{"text":"bbbbbbbbbbbb"}"#), None, Received::Pushed);
         d.sweep();
         // Over 30 bytes: the oldest ended task goes first.
         assert!(d.attach(a.uuid, Principal::Tcp).is_err());
@@ -1269,7 +1288,7 @@ mod tests {
         d.sweep();
         assert_eq!(d.known(), 0, "idle past retention: released");
         assert_eq!(d.in_flight(), 0);
-        d.deliver(c_uuid, &raw("{}"), None, false);
+        d.deliver(c_uuid, &raw("{}"), None, Received::Pushed);
         assert_eq!(d.counters.get(Counter::LateResultsDropped), 1);
     }
 
@@ -1279,7 +1298,7 @@ mod tests {
         let h = d.submit(task(3), None).unwrap();
         assert!(d.cancel(&h.uuid));
         assert_eq!(d.in_flight(), 0);
-        d.deliver(h.uuid, &raw("{}"), None, false);
+        d.deliver(h.uuid, &raw("{}"), None, Received::Pushed);
         assert_eq!(d.counters.get(Counter::LateResultsDropped), 1);
     }
 
@@ -1289,7 +1308,7 @@ mod tests {
         let mut sent = d.submit(task(3), None).unwrap();
         let unsent = d.submit(task(1), None).unwrap();
         send(&d, &sent.uuid);
-        d.deliver(sent.uuid, &raw(r#"{"imageUUID":"1"}"#), Some("1"), false);
+        d.deliver(sent.uuid, &raw(r#"{"imageUUID":"1"}"#), Some("1"), Received::Pushed);
         assert_eq!(next_result(&mut sent).0, 0);
         let to_send = d.on_session(false);
         assert_eq!(to_send, vec![unsent.uuid]);
@@ -1297,7 +1316,7 @@ mod tests {
         assert_eq!(d.due_polls(10), vec![sent.uuid]);
         assert!(d.due_polls(10).is_empty(), "one question at a time");
         // A push while polled is taken at once...
-        d.deliver(sent.uuid, &raw(r#"{"imageUUID":"2"}"#), Some("2"), false);
+        d.deliver(sent.uuid, &raw(r#"{"imageUUID":"2"}"#), Some("2"), Received::Pushed);
         assert_eq!(
             next_result(&mut sent),
             (1, r#"{"imageUUID":"2"}"#.into(), false)
@@ -1338,7 +1357,7 @@ mod tests {
         let mut h = d.submit(task(4), None).unwrap();
         send(&d, &h.uuid);
         // Pushed out of order: the third version came first.
-        d.deliver(h.uuid, &raw(r#"{"text":"v2"}"#), None, false);
+        d.deliver(h.uuid, &raw(r#"{"text":"v2"}"#), None, Received::Pushed);
         assert_eq!(next_result(&mut h).1, r#"{"text":"v2"}"#);
         d.on_session(false);
         d.due_polls(10);
@@ -1371,6 +1390,48 @@ mod tests {
         let (index, item, last) = next_result(&mut h);
         assert_eq!(index, 3);
         assert!(item.contains("v1") && last);
+    }
+
+    /// A model upload's steps reach the client and do not complete it;
+    /// `ready` does. After a lost session, the answer repeating the steps
+    /// gives only the ones not taken yet.
+    #[tokio::test(start_paused = true)]
+    async fn steps_are_delivered_once_and_only_ready_completes() {
+        let (d, _q) = setup(Limits::default());
+        let mut h = d.submit(task(1), None).unwrap();
+        send(&d, &h.uuid);
+        let step = |s: &str| format!(r#"{{"air":"a","status":"{s}"}}"#);
+        for s in ["validated", "downloaded"] {
+            d.deliver(h.uuid, &raw(&step(s)), None, Received::Step { last: false });
+        }
+        assert_eq!(next_result(&mut h), (0, step("validated"), false));
+        assert_eq!(next_result(&mut h), (1, step("downloaded"), false));
+        d.on_session(false);
+        assert_eq!(d.due_polls(10), vec![h.uuid]);
+        d.message.fetch_add(1, Ordering::AcqRel);
+        for (s, last) in [
+            ("validated", false),
+            ("downloaded", false),
+            ("optimized", false),
+            ("stored", false),
+        ] {
+            d.deliver(h.uuid, &raw(&step(s)), None, Received::Step { last });
+        }
+        assert_eq!(next_result(&mut h), (2, step("optimized"), false));
+        assert_eq!(next_result(&mut h), (3, step("stored"), false));
+        assert!(h.events.try_recv().is_err());
+        assert_eq!(d.in_flight(), 1, "steps do not complete it");
+        d.pending(h.uuid);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(d.due_polls(10), vec![h.uuid]);
+        d.message.fetch_add(1, Ordering::AcqRel);
+        for s in ["validated", "downloaded", "optimized", "stored", "ready"] {
+            let last = s == "ready";
+            d.deliver(h.uuid, &raw(&step(s)), None, Received::Step { last });
+        }
+        assert_eq!(next_result(&mut h), (4, step("ready"), true));
+        assert_eq!(d.in_flight(), 0);
+        assert_eq!(d.counters.get(Counter::DuplicateResults), 0);
     }
 
     #[test]
@@ -1417,7 +1478,7 @@ mod tests {
         let queued = d.submit(task(1), None).unwrap();
         send(&d, &done.uuid);
         send(&d, &sent.uuid);
-        d.deliver(done.uuid, &raw(r#"{"text":"x"}"#), None, false);
+        d.deliver(done.uuid, &raw(r#"{"text":"x"}"#), None, Received::Pushed);
         let changes = d.take_changes();
         assert_eq!(changes.len(), 3 + 2 + 1, "{changes:?}");
         assert!(d.take_changes().is_empty(), "taken once");

@@ -67,6 +67,7 @@ impl Dispatch {
                 delivery: Delivery::restored(s.asynchronous, s.sent, self.timing(), now),
                 matching: s.sent.then(Box::default),
                 results: Vec::new(),
+                steps: 0,
                 result_ids: Vec::new(),
                 outcome: None,
                 watchers: Vec::new(),

@@ -8,7 +8,12 @@
 //! authentication and session UUIDs, ping/pong, closing idle sockets,
 //! keeping undelivered results per session for `buffer_ttl` and delivering
 //! them on resume, `conflictTaskUUID` for a known taskUUID, `getResponse`,
-//! async delivery, documented validation errors, and configurable latency.
+//! async delivery with cumulative `getResponse` answers (`processing` and
+//! `progress` while a task runs, failures as `status: "error"` items),
+//! documented validation errors, `?dryRun=1`, configurable latency, and the
+//! task types of [`tasks`] (videoInference, upscale, removeBackground,
+//! caption, modelUpload with its status steps, by old names and new) with
+//! real pictures ([`picture`]) for base64 and data URI image results.
 //! Faults are injected through [`SimHandle`]: drop sockets abruptly, close
 //! them cleanly, swallow written results in a dying socket, stall, forget
 //! sessions, reject authentication; [`SimHandle::inject_every`] repeats
@@ -17,7 +22,9 @@
 //! It counts how many times it executed each taskUUID, so tests can prove
 //! nothing ran twice. It never runs unless asked for.
 
+pub mod picture;
 pub mod results;
+pub mod tasks;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -32,6 +39,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 /// The simulator's behaviour.
@@ -54,8 +62,15 @@ pub struct SimConfig {
     pub credits: Option<u64>,
     /// Tasks one session may have running; beyond it: `rateLimitExceeded`.
     pub max_running_per_session: Option<usize>,
-    /// Size of the fake image behind `base64Data` / `dataURI` outputs.
-    pub image_bytes: usize,
+    /// `None`: base64 and data URI images are real pictures of the
+    /// requested size and format. `Some(n)`: n bytes of filler instead, for
+    /// benchmarks that need results of an exact size.
+    pub image_bytes: Option<usize>,
+    /// Time from receiving a videoInference task to its first result.
+    pub video_latency: Duration,
+    /// Send a frame that is not the authentication answer before it, as
+    /// servers sometimes do (one SDK skips such frames).
+    pub frame_before_auth: bool,
     /// Largest accepted WebSocket message.
     pub max_message_bytes: usize,
 }
@@ -71,7 +86,9 @@ impl Default for SimConfig {
             buffer_ttl: Duration::from_secs(120),
             credits: None,
             max_running_per_session: None,
-            image_bytes: 16 * 1024,
+            image_bytes: None,
+            video_latency: Duration::from_secs(5),
+            frame_before_auth: false,
             max_message_bytes: 64 << 20,
         }
     }
@@ -99,6 +116,8 @@ pub struct SimStats {
     pub results_swallowed: u64,
     /// Result items produced.
     pub results_produced: u64,
+    /// Tasks that failed after starting ([`FAILING_MODEL`]).
+    pub tasks_failed: u64,
     /// Pings answered.
     pub pongs: u64,
     /// Sockets currently open.
@@ -153,10 +172,17 @@ struct Session {
     running: usize,
 }
 
+/// A task that names this model starts and then fails, as a provider's
+/// failure would: a synchronous task with an `errors` item, an async one
+/// with a `status: "error"` item in its `getResponse` answer.
+pub const FAILING_MODEL: &str = "sim:fail@1";
+
 #[derive(Debug, Clone, PartialEq)]
 enum TaskStatus {
     Processing,
     Success,
+    /// Failed, with the error object `getResponse` reports.
+    Error(Value),
 }
 
 struct TaskRecord {
@@ -164,6 +190,9 @@ struct TaskRecord {
     executions: u32,
     items: Vec<Value>,
     status: TaskStatus,
+    /// When it started, and how long it runs: for `progress`.
+    started_at: Instant,
+    run_time: Duration,
     /// When its last result was made.
     finished_at: Option<Instant>,
 }
@@ -426,7 +455,18 @@ where
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)).await else {
+    // `?dryRun=1` in the URL: tasks are validated, not run.
+    let mut dry_run = false;
+    let see_url = |request: &Request, response: Response| {
+        dry_run = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "dryRun=1" || kv == "dryRun=true"));
+        Ok(response)
+    };
+    let Ok(ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, see_url, Some(ws_config)).await
+    else {
         return;
     };
     let conn_id = {
@@ -466,7 +506,7 @@ where
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => continue,
                 };
-                handle_message(&shared, conn_id, &tx, &mut session, &text);
+                handle_message(&shared, conn_id, &tx, &mut session, &text, dry_run);
             }
             item = rx.recv(), if !stalled => {
                 let Some(first) = item else { break };
@@ -632,6 +672,7 @@ fn handle_message(
     tx: &mpsc::UnboundedSender<Outgoing>,
     session: &mut Option<String>,
     text: &str,
+    dry_run: bool,
 ) {
     let Ok(Value::Array(tasks)) = serde_json::from_str::<Value>(text) else {
         let _ = tx.send(Outgoing::Error(error_item(
@@ -684,7 +725,7 @@ fn handle_message(
                 bump(shared, |s| s.tasks_lost += 1);
             }
             _ => {
-                if let Some(reply) = start_task(shared, &session_id, &task_type, task) {
+                if let Some(reply) = start_task(shared, &session_id, &task_type, task, dry_run) {
                     replies.push(reply);
                 }
             }
@@ -737,6 +778,12 @@ fn authenticate(
         detached_at: None,
         running: 0,
     });
+    if lock(&shared.config).frame_before_auth {
+        // Not the answer, and about no task.
+        let _ = tx.send(Outgoing::Data(
+            json!({"taskType": "notification", "message": "welcome to the simulator"}),
+        ));
+    }
     // The authentication answer goes first, then what the buffer kept.
     let _ = tx.send(Outgoing::Data(
         json!({"taskType": "authentication", "connectionSessionUUID": id}),
@@ -770,20 +817,31 @@ fn get_response(shared: &Shared, task: &Map<String, Value>) -> Vec<Outgoing> {
             Some(uuid),
         ))];
     };
+    // Cumulative: every item so far, each with its status (a model
+    // upload's items carry their own step).
     let mut out: Vec<Outgoing> = record
         .items
         .iter()
         .map(|item| {
             let mut item = item.clone();
             if let Value::Object(m) = &mut item {
-                m.insert("status".into(), json!("success"));
+                m.entry("status").or_insert_with(|| json!("success"));
             }
             Outgoing::Data(item)
         })
         .collect();
     match &record.status {
-        TaskStatus::Processing => out.push(Outgoing::Data(json!({
-            "taskType": record.task_type, "taskUUID": uuid, "status": "processing"
+        TaskStatus::Processing => {
+            let elapsed = Instant::now().duration_since(record.started_at);
+            let progress = (100.0 * elapsed.as_secs_f64() / record.run_time.as_secs_f64().max(1e-3))
+                .clamp(0.0, 99.0) as u64;
+            out.push(Outgoing::Data(json!({
+                "taskType": record.task_type, "taskUUID": uuid, "status": "processing",
+                "progress": progress
+            })));
+        }
+        TaskStatus::Error(error) => out.push(Outgoing::Data(json!({
+            "taskType": record.task_type, "taskUUID": uuid, "status": "error", "error": error
         }))),
         TaskStatus::Success => {}
     }
@@ -797,6 +855,7 @@ fn start_task(
     session_id: &str,
     task_type: &str,
     task: Map<String, Value>,
+    dry_run: bool,
 ) -> Option<Outgoing> {
     let uuid = match task.get("taskUUID").and_then(Value::as_str) {
         Some(u) if uuid::Uuid::try_parse(u).is_ok_and(|u| u.get_version_num() == 4) => u.to_owned(),
@@ -823,8 +882,8 @@ fn start_task(
             Some(&uuid),
         )));
     }
-    let results = match results::validate(task_type, &task) {
-        Ok(n) => n,
+    let plan = match tasks::plan(task_type, &task) {
+        Ok(plan) => plan,
         Err(invalid) => {
             return Some(Outgoing::Error(error_item(
                 &invalid.code,
@@ -835,6 +894,12 @@ fn start_task(
             )));
         }
     };
+    if dry_run {
+        // Validated, not run and not charged: the acknowledgement's shape.
+        return Some(Outgoing::Data(
+            json!({"taskType": task_type, "taskUUID": uuid}),
+        ));
+    }
     if inner.credits == Some(0) {
         return Some(Outgoing::Error(error_item(
             "insufficientCredits",
@@ -860,6 +925,11 @@ fn start_task(
     if let Some(c) = inner.credits.as_mut() {
         *c -= 1;
     }
+    let first_latency = match plan.kind {
+        tasks::Kind::Video => config.video_latency,
+        _ => config.latency,
+    };
+    let results = plan.results;
     inner.tasks.insert(
         uuid.clone(),
         TaskRecord {
@@ -867,6 +937,8 @@ fn start_task(
             executions: 1,
             items: Vec::new(),
             status: TaskStatus::Processing,
+            started_at: Instant::now(),
+            run_time: first_latency + config.per_result_latency * results.saturating_sub(1),
             finished_at: None,
         },
     );
@@ -882,16 +954,29 @@ fn start_task(
     let task_type = task_type.to_owned();
     let ack_type = task_type.clone();
     let ack_uuid = uuid.clone();
+    let fails = task.get("model").and_then(Value::as_str) == Some(FAILING_MODEL);
     tokio::spawn(async move {
+        if fails {
+            sleep(first_latency).await;
+            fail_task(&shared, &session_id, &task_type, &uuid, asynchronous);
+            return;
+        }
         for index in 0..results {
             let base = if index == 0 {
-                config.latency
+                first_latency
             } else {
                 config.per_result_latency
             };
             let spread = results::hash(&[uuid.as_bytes(), &index.to_le_bytes()]) % 1000;
             sleep(base + config.latency_jitter.mul_f64(spread as f64 / 1000.0)).await;
-            let item = results::result_item(&task_type, &uuid, &task, index, config.image_bytes);
+            let item = results::result_item(
+                plan.kind,
+                &task_type,
+                &uuid,
+                &task,
+                index,
+                config.image_bytes,
+            );
             let mut inner = lock(&shared.inner);
             if let Some(record) = inner.tasks.get_mut(&uuid) {
                 record.items.push(item.clone());
@@ -914,6 +999,31 @@ fn start_task(
     });
     // Async delivery: acknowledge now; results only through getResponse.
     asynchronous.then(|| Outgoing::Data(json!({"taskType": ack_type, "taskUUID": ack_uuid})))
+}
+
+/// Ends a task of [`FAILING_MODEL`]: pushed as an error item when
+/// synchronous; kept for `getResponse` as a `status: "error"` item.
+fn fail_task(shared: &Shared, session_id: &str, task_type: &str, uuid: &str, asynchronous: bool) {
+    let error = error_item(
+        "inferenceFailed",
+        "model",
+        "the inference failed (the simulator's failing model)",
+        Some(task_type),
+        Some(uuid),
+    );
+    let mut inner = lock(&shared.inner);
+    if let Some(record) = inner.tasks.get_mut(uuid) {
+        record.status = TaskStatus::Error(error.clone());
+        record.finished_at = Some(Instant::now());
+    }
+    if let Some(s) = inner.sessions.get_mut(session_id) {
+        s.running = s.running.saturating_sub(1);
+        if !asynchronous {
+            route_to_session(s, Outgoing::Error(error));
+        }
+    }
+    drop(inner);
+    bump(shared, |s| s.tasks_failed += 1);
 }
 
 /// A TLS server configuration for `wss://` from PEM text (a certificate

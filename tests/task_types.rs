@@ -1,0 +1,199 @@
+//! Every task type the simulator runs, through the daemon's `Run`, the
+//! async path and `Attach`: what a client gets is what Runware sends, and
+//! each task ends with all its items or a clear error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use runwared::pb;
+use runwared::sim::{FAILING_MODEL, SimConfig};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+fn items(results: &[pb::RunResult]) -> Vec<Value> {
+    results
+        .iter()
+        .map(|r| serde_json::from_str(&r.item_json).unwrap())
+        .collect()
+}
+
+/// Every item of a `Run`, or its error.
+async fn run(
+    client: &mut pb::runware_client::RunwareClient<tonic::transport::Channel>,
+    task: Value,
+) -> Result<Vec<Value>, tonic::Status> {
+    let mut stream = client
+        .run(pb::RunRequest {
+            task_json: task.to_string(),
+            expected_results: None,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.next().await {
+        out.push(r?);
+    }
+    Ok(items(&out))
+}
+
+#[tokio::test(start_paused = true)]
+async fn image_tools_by_old_and_new_names_return_their_items() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    for task_type in [
+        "upscale",
+        "imageUpscale",
+        "removeBackground",
+        "imageBackgroundRemoval",
+    ] {
+        let got = run(
+            &mut h.client,
+            json!({"taskType": task_type, "inputImage": "b7db282d-2943-4f12-992f-77df3ad3ec71",
+                "outputFormat": "PNG"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.len(), 1, "{task_type}");
+        assert_eq!(got[0]["taskType"], task_type);
+        assert!(got[0]["imageURL"].as_str().unwrap().ends_with(".png"));
+    }
+    for task_type in ["caption", "imageCaption"] {
+        let got = run(
+            &mut h.client,
+            json!({"taskType": task_type, "inputImages": ["b7db282d-2943-4f12-992f-77df3ad3ec71"]}),
+        )
+        .await
+        .unwrap();
+        assert!(got[0]["text"].is_string(), "{task_type}");
+    }
+    // Each is checked on what it cannot run without, in Runware's shape.
+    let e = run(&mut h.client, json!({"taskType": "upscale"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("inputImage"), "{}", e.message());
+}
+
+/// A model upload's steps are items of one task: the client gets each,
+/// and the task ends with `ready`, not with the first step.
+#[tokio::test(start_paused = true)]
+async fn a_model_upload_streams_each_step_and_ends_ready() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    let got = run(
+        &mut h.client,
+        json!({"taskType": "modelUpload", "air": "me:1@1", "name": "mine",
+            "downloadURL": "https://example.com/m.safetensors", "uniqueIdentifier": "abc",
+            "version": "1", "format": "safetensors", "architecture": "flux1d",
+            "category": "lora", "private": true}),
+    )
+    .await
+    .unwrap();
+    let steps: Vec<&str> = got.iter().map(|i| i["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        steps,
+        ["validated", "downloaded", "optimized", "stored", "ready"]
+    );
+    assert!(got.iter().all(|i| i["air"] == "me:1@1"));
+    // Nothing of it arrived after the task had ended.
+    let status = h
+        .client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let counter = |name: &str| {
+        status
+            .counters
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.value)
+    };
+    assert_eq!(counter("duplicate_results"), Some(0));
+    assert_eq!(counter("late_results_dropped"), Some(0));
+}
+
+/// A long video, sent async and polled: the client sees one result when it
+/// is done, and `Attach` gives the same; progress answers are not results.
+#[tokio::test(start_paused = true)]
+async fn a_long_video_is_polled_until_done() {
+    let config = SimConfig {
+        video_latency: Duration::from_secs(90),
+        ..SimConfig::default()
+    };
+    let mut h = start(config, |c| {
+        c.async_task_types = vec!["videoInference".into()];
+    })
+    .await;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let task = json!({"taskType": "videoInference", "taskUUID": uuid, "model": "klingai:5@3",
+        "positivePrompt": "a cat surfing", "duration": 5});
+    let got = run(&mut h.client, task).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["taskUUID"], uuid.as_str());
+    assert!(got[0]["videoURL"].as_str().unwrap().ends_with(".mp4"));
+    assert!(h.stats().executions == 1);
+    let attached = attach_all(&mut h.client, &uuid).await;
+    assert_eq!(attached.len(), 1);
+    let again: Value = serde_json::from_str(&attached[0].item_json).unwrap();
+    assert_eq!(again["videoURL"], got[0]["videoURL"]);
+}
+
+/// A task that starts and then fails ends in a clear error with Runware's
+/// code, pushed (sync) or found by polling (async: a `status: "error"`
+/// item), and no other task is touched.
+#[tokio::test(start_paused = true)]
+async fn a_task_failing_after_it_started_ends_in_its_error() {
+    let mut h = start(SimConfig::default(), |c| {
+        c.async_task_types = vec!["videoInference".into()];
+    })
+    .await;
+    let image = json!({"taskType": "imageInference", "positivePrompt": "a fox",
+        "model": FAILING_MODEL, "width": 512, "height": 512});
+    let video = json!({"taskType": "videoInference", "model": FAILING_MODEL,
+        "positivePrompt": "a fox"});
+    let fine = json!({"taskType": "promptEnhance", "prompt": "a fox"});
+    let (mut c1, mut c2) = (h.client.clone(), h.client.clone());
+    let (a, b, c) = tokio::join!(
+        run(&mut c1, image),
+        run(&mut c2, video),
+        run(&mut h.client, fine),
+    );
+    for (what, e) in [("sync", a.unwrap_err()), ("async", b.unwrap_err())] {
+        assert!(
+            e.message().contains("inferenceFailed"),
+            "{what}: {}",
+            e.message()
+        );
+    }
+    assert_eq!(c.unwrap().len(), 1);
+    assert_eq!(h.stats().tasks_failed, 2);
+}
+
+/// A server frame before the authentication answer is not the answer: the
+/// daemon still authenticates, and counts the frame it could not route.
+#[tokio::test(start_paused = true)]
+async fn a_frame_before_the_authentication_answer_is_skipped() {
+    let config = SimConfig {
+        frame_before_auth: true,
+        ..SimConfig::default()
+    };
+    let mut h = start(config, |_| {}).await;
+    h.ready().await;
+    let got = run(&mut h.client, json!({"taskType": "promptEnhance", "prompt": "dog"}))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let status = h
+        .client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let unroutable = status
+        .counters
+        .iter()
+        .find(|c| c.name == "bad_frames")
+        .map(|c| c.value);
+    assert_eq!(unroutable, Some(1));
+}
