@@ -24,6 +24,8 @@
 //! - [`counters`], [`status`]: every counter declared once, and the one
 //!   snapshot `GetStatus`, the metrics and `runwared status` are made from.
 //! - [`validate`]: the documented parameter limits, shared with the simulator.
+//! - [`websocket`]: WebSocket beside plain HTTP on one listener (the
+//!   endpoint's and the simulator's), and the daemon's WebSocket settings.
 //! - [`state`]: the session and tasks in flight, persisted across restarts.
 //! - [`server`]: starts all of the above and stops it in order (draining);
 //!   [`listen`] accepts client connections within bounds.
@@ -53,6 +55,7 @@ pub mod state;
 pub mod status;
 pub mod upstream;
 pub mod validate;
+pub mod websocket;
 
 /// The generated `runware.v1` gRPC types.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -78,21 +78,6 @@ impl fmt::Debug for SessionUuid {
     }
 }
 
-/// The daemon's WebSocket settings, upstream and at the local endpoint:
-/// messages up to `max_message_bytes`, and reads of at most 32 KiB at a
-/// time. tungstenite zeroes its read buffer up to this size before every
-/// read, so its 128 KiB default spent 5 % of the daemon's CPU on `memset`
-/// for messages of a few hundred bytes (BENCHMARKS.md); loopback reads
-/// rarely return more than 64 KiB, so large messages cost a few more reads.
-pub fn websocket_config(
-    max_message_bytes: usize,
-) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(max_message_bytes))
-        .max_frame_size(Some(max_message_bytes))
-        .read_buffer_size(32 * 1024)
-}
-
 /// The keepalive ping. Runware closes a socket after 120 s without messages.
 pub const PING_FRAME: &str = r#"[{"taskType":"ping","ping":true}]"#;
 
@@ -829,7 +814,10 @@ mod tests {
         );
         assert!(matches!(
             &parse_frame(&success).unwrap()[0],
-            Inbound::Result { received: Received::Answered, .. }
+            Inbound::Result {
+                received: Received::Answered,
+                ..
+            }
         ));
         let progress = format!(
             r#"{{"data":[{{"taskType":"videoInference","taskUUID":"{T1}","status":"processing","progress":40}}]}}"#

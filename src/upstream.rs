@@ -94,7 +94,7 @@ impl Upstream {
         connector: Option<Connector>,
         telemetry: Telemetry,
     ) -> Self {
-        let ws_config = crate::protocol::websocket_config(config.max_message_bytes);
+        let ws_config = crate::websocket::config(config.max_message_bytes);
         let connection = Connection::new(
             Timing {
                 ping_interval: config.ping_interval,

@@ -355,23 +355,7 @@ async fn an_upstream_drop_mid_task_is_invisible_to_a_local_client() {
 
 /// A raw HTTP/1.1 POST to the endpoint, as `curl` sends it.
 async fn post(h: &Harness, body: &str, bearer: Option<&str>) -> (u16, Value) {
-    let addr = h.daemon.runware_addr.unwrap();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.set_nodelay(true).unwrap();
-    let auth = bearer
-        .map(|b| format!("Authorization: Bearer {b}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "POST /v1 HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    s.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8(response).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    post_json(h.daemon.runware_addr.unwrap(), body, bearer).await
 }
 
 #[tokio::test(start_paused = true)]

@@ -239,7 +239,10 @@ async fn get_response_reports_progress_then_the_video_or_the_failure() {
     };
     send(
         &mut ws,
-        json!([task(&video, "klingai:5@3"), task(&failing, runwared::sim::FAILING_MODEL)]),
+        json!([
+            task(&video, "klingai:5@3"),
+            task(&failing, runwared::sim::FAILING_MODEL)
+        ]),
     )
     .await;
     let mut acks = recv(&mut ws).await;
@@ -250,7 +253,11 @@ async fn get_response_reports_progress_then_the_video_or_the_failure() {
     let mut progress = Vec::new();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(20)).await;
-        send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": video}])).await;
+        send(
+            &mut ws,
+            json!([{"taskType": "getResponse", "taskUUID": video}]),
+        )
+        .await;
         let items = recv(&mut ws).await;
         assert_eq!(items[0]["status"], "processing", "{items:?}");
         progress.push(items[0]["progress"].as_u64().unwrap());
@@ -261,12 +268,20 @@ async fn get_response_reports_progress_then_the_video_or_the_failure() {
         .wait_for(|s| s.results_produced == 1 && s.tasks_failed == 1)
         .await
         .unwrap();
-    send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": video}])).await;
+    send(
+        &mut ws,
+        json!([{"taskType": "getResponse", "taskUUID": video}]),
+    )
+    .await;
     let items = recv(&mut ws).await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["status"], "success");
     assert!(items[0]["videoURL"].as_str().unwrap().ends_with(".mp4"));
-    send(&mut ws, json!([{"taskType": "getResponse", "taskUUID": failing}])).await;
+    send(
+        &mut ws,
+        json!([{"taskType": "getResponse", "taskUUID": failing}]),
+    )
+    .await;
     let items = recv(&mut ws).await;
     assert_eq!(items[0]["status"], "error");
     assert_eq!(items[0]["error"]["code"], "inferenceFailed");
@@ -293,7 +308,11 @@ async fn a_dry_run_validates_without_running() {
         vec![json!({"taskType": "promptEnhance", "taskUUID": ok})]
     );
     let bad = uuid::Uuid::new_v4().to_string();
-    send(&mut ws, json!([enhance(&bad, json!({"promptVersions": 9}))])).await;
+    send(
+        &mut ws,
+        json!([enhance(&bad, json!({"promptVersions": 9}))]),
+    )
+    .await;
     assert_eq!(recv(&mut ws).await[0]["code"], "invalidPromptVersions");
     assert_eq!(sim.stats().borrow().executions, 0);
     assert_eq!(sim.executions(&ok), 0);
@@ -341,7 +360,11 @@ async fn a_frame_can_come_before_the_authentication_answer() {
     };
     let sim = SimHandle::bind(loopback0(), config, None).await.unwrap();
     let mut ws = open(&sim).await;
-    send(&mut ws, json!([{"taskType": "authentication", "apiKey": KEY}])).await;
+    send(
+        &mut ws,
+        json!([{"taskType": "authentication", "apiKey": KEY}]),
+    )
+    .await;
     let items = recv(&mut ws).await;
     assert_ne!(items[0]["taskType"], "authentication");
     assert!(items[0].get("taskUUID").is_none());
@@ -350,4 +373,44 @@ async fn a_frame_can_come_before_the_authentication_answer() {
         None => recv(&mut ws).await.remove(0),
     };
     assert_eq!(answer["taskType"], "authentication");
+}
+
+/// Runware's REST door: a task array answered once every task is complete;
+/// a wrong key is `invalidApiKey`; async tasks are acknowledged.
+#[tokio::test(start_paused = true)]
+async fn rest_runs_a_task_array_and_answers_when_complete() {
+    init_test_logging();
+    let config = SimConfig {
+        api_keys: Some(vec![KEY.to_owned()]),
+        ..SimConfig::default()
+    };
+    let sim = SimHandle::bind(loopback0(), config, None).await.unwrap();
+    let (t1, t2, t3) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let body = json!([
+        {"taskType": "authentication", "apiKey": KEY},
+        enhance(&t1, json!({})),
+        enhance(&t2, json!({"deliveryMethod": "async"})),
+        enhance(&t3, json!({"promptVersions": 9})),
+    ]);
+    let (status, answer) = post_json(sim.addr(), &body.to_string(), None).await;
+    assert_eq!(status, 200);
+    let data = answer["data"].as_array().unwrap();
+    let texts = data
+        .iter()
+        .filter(|d| d["taskUUID"] == t1.as_str() && d["text"].is_string());
+    assert_eq!(texts.count(), 2);
+    assert!(data.contains(&json!({"taskType": "promptEnhance", "taskUUID": t2})));
+    assert_eq!(answer["errors"][0]["taskUUID"], t3.as_str());
+    assert_eq!(answer["errors"][0]["code"], "invalidPromptVersions");
+
+    let body = json!([enhance(&uuid::Uuid::new_v4().to_string(), json!({}))]);
+    let (status, answer) = post_json(sim.addr(), &body.to_string(), Some("wrong")).await;
+    assert_eq!(status, 401);
+    assert_eq!(answer["errors"][0]["code"], "invalidApiKey");
+    let (status, answer) = post_json(sim.addr(), &body.to_string(), Some(KEY)).await;
+    assert_eq!((status, answer["data"].as_array().unwrap().len()), (200, 2));
 }

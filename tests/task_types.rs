@@ -180,9 +180,12 @@ async fn a_frame_before_the_authentication_answer_is_skipped() {
     };
     let mut h = start(config, |_| {}).await;
     h.ready().await;
-    let got = run(&mut h.client, json!({"taskType": "promptEnhance", "prompt": "dog"}))
-        .await
-        .unwrap();
+    let got = run(
+        &mut h.client,
+        json!({"taskType": "promptEnhance", "prompt": "dog"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(got.len(), 1);
     let status = h
         .client

@@ -1066,9 +1066,24 @@ mod tests {
     fn duplicate_result_ids_are_dropped() {
         let (d, _q) = setup(Limits::default());
         let mut h = d.submit(task(2), None).unwrap();
-        d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), Received::Pushed);
-        d.deliver(h.uuid, &raw(r#"{"imageUUID":"x"}"#), Some("x"), Received::Pushed);
-        d.deliver(h.uuid, &raw(r#"{"imageUUID":"y"}"#), Some("y"), Received::Pushed);
+        d.deliver(
+            h.uuid,
+            &raw(r#"{"imageUUID":"x"}"#),
+            Some("x"),
+            Received::Pushed,
+        );
+        d.deliver(
+            h.uuid,
+            &raw(r#"{"imageUUID":"x"}"#),
+            Some("x"),
+            Received::Pushed,
+        );
+        d.deliver(
+            h.uuid,
+            &raw(r#"{"imageUUID":"y"}"#),
+            Some("y"),
+            Received::Pushed,
+        );
         assert_eq!(next_result(&mut h).0, 0);
         assert_eq!(
             next_result(&mut h),
@@ -1273,10 +1288,20 @@ mod tests {
         };
         let (d, _q) = setup(limits);
         let a = d.submit(task(1), None).unwrap();
-        d.deliver(a.uuid, &raw(r#"{"text":"aaaaaaaaaaaa"}"#), None, Received::Pushed);
+        d.deliver(
+            a.uuid,
+            &raw(r#"{"text":"aaaaaaaaaaaa"}"#),
+            None,
+            Received::Pushed,
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         let b = d.submit(task(1), None).unwrap();
-        d.deliver(b.uuid, &raw(r#"{"text":"bbbbbbbbbbbb"}"#), None, Received::Pushed);
+        d.deliver(
+            b.uuid,
+            &raw(r#"{"text":"bbbbbbbbbbbb"}"#),
+            None,
+            Received::Pushed,
+        );
         d.sweep();
         // Over 30 bytes: the oldest ended task goes first.
         assert!(d.attach(a.uuid, Principal::Tcp).is_err());
@@ -1308,7 +1333,12 @@ mod tests {
         let mut sent = d.submit(task(3), None).unwrap();
         let unsent = d.submit(task(1), None).unwrap();
         send(&d, &sent.uuid);
-        d.deliver(sent.uuid, &raw(r#"{"imageUUID":"1"}"#), Some("1"), Received::Pushed);
+        d.deliver(
+            sent.uuid,
+            &raw(r#"{"imageUUID":"1"}"#),
+            Some("1"),
+            Received::Pushed,
+        );
         assert_eq!(next_result(&mut sent).0, 0);
         let to_send = d.on_session(false);
         assert_eq!(to_send, vec![unsent.uuid]);
@@ -1316,7 +1346,12 @@ mod tests {
         assert_eq!(d.due_polls(10), vec![sent.uuid]);
         assert!(d.due_polls(10).is_empty(), "one question at a time");
         // A push while polled is taken at once...
-        d.deliver(sent.uuid, &raw(r#"{"imageUUID":"2"}"#), Some("2"), Received::Pushed);
+        d.deliver(
+            sent.uuid,
+            &raw(r#"{"imageUUID":"2"}"#),
+            Some("2"),
+            Received::Pushed,
+        );
         assert_eq!(
             next_result(&mut sent),
             (1, r#"{"imageUUID":"2"}"#.into(), false)

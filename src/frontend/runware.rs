@@ -44,8 +44,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::{
     MAX_JSON_ELEMENTS, Refusal, check_documented_limits, check_task, failure_error,
@@ -167,13 +165,7 @@ impl RunwareEndpoint {
         // `?dryRun=1` asks Runware to validate without running (and without
         // charging). The daemon cannot promise that for its shared socket,
         // so it refuses rather than run and charge what was meant as a check.
-        let dry_run = req.uri().query().is_some_and(|q| {
-            q.split('&').any(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, "1"));
-                k.eq_ignore_ascii_case("dryRun") && !matches!(v, "0" | "false")
-            })
-        });
-        if dry_run {
+        if crate::websocket::is_dry_run(req.uri().query()) {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 &Refusal::new(
@@ -183,12 +175,7 @@ impl RunwareEndpoint {
                 ),
             );
         }
-        let upgrade = req
-            .headers()
-            .get(hyper::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        if upgrade {
+        if crate::websocket::is_upgrade(&req) {
             return self.upgrade(req, client, stop);
         }
         if req.method() == hyper::Method::POST {
@@ -207,47 +194,21 @@ impl RunwareEndpoint {
     /// Answers the WebSocket handshake and runs the socket once upgraded.
     fn upgrade(
         &self,
-        mut req: Request<hyper::body::Incoming>,
+        req: Request<hyper::body::Incoming>,
         client: ClientConnection,
         stop: watch::Receiver<bool>,
     ) -> Response<Full<Bytes>> {
-        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-            return error_response(
+        let endpoint = self.clone();
+        let config = crate::websocket::config(self.inner.max_message_bytes);
+        let run = move |socket| async move {
+            endpoint.websocket(socket, client.principal, stop).await;
+        };
+        crate::websocket::upgrade(req, config, run).unwrap_or_else(|| {
+            error_response(
                 StatusCode::BAD_REQUEST,
                 &Refusal::new("invalidRequest", "Sec-WebSocket-Key", "is missing"),
-            );
-        };
-        let endpoint = self.clone();
-        let config = crate::protocol::websocket_config(self.inner.max_message_bytes);
-        tokio::spawn(async move {
-            match hyper::upgrade::on(&mut req).await {
-                Ok(upgraded) => {
-                    let socket = WebSocketStream::from_raw_socket(
-                        hyper_util::rt::TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    endpoint.websocket(socket, client.principal, stop).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade failed"),
-            }
-        });
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(
-            hyper::header::UPGRADE,
-            hyper::header::HeaderValue::from_static("websocket"),
-        );
-        headers.insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("Upgrade"),
-        );
-        if let Ok(accept) = derive_accept_key(key.as_bytes()).parse() {
-            headers.insert("sec-websocket-accept", accept);
-        }
-        response
+            )
+        })
     }
 
     /// One local WebSocket: authentication first, then tasks, pings and

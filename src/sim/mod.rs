@@ -23,6 +23,7 @@
 //! nothing ran twice. It never runs unless asked for.
 
 pub mod picture;
+mod rest;
 pub mod results;
 pub mod tasks;
 
@@ -32,14 +33,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 /// The simulator's behaviour.
@@ -282,12 +286,12 @@ impl SimHandle {
                 tokio::spawn(async move {
                     match acceptor {
                         Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(tls) => serve_connection(shared, tls).await,
+                            Ok(tls) => serve_http(shared, tls).await,
                             Err(e) => {
                                 tracing::debug!(%peer, error = %e, "simulator TLS handshake failed")
                             }
                         },
-                        None => serve_connection(shared, stream).await,
+                        None => serve_http(shared, stream).await,
                     }
                 });
             }
@@ -444,31 +448,56 @@ fn bump(shared: &Shared, f: impl FnOnce(&mut SimStats)) {
     shared.stats.send_modify(f);
 }
 
-async fn serve_connection<S>(shared: Arc<Shared>, stream: S)
+/// One client connection: HTTP/1.1, where `/v1` is a WebSocket upgrade
+/// or a REST `POST`, as Runware's URL is.
+async fn serve_http<S>(shared: Arc<Shared>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, std::convert::Infallible>(answer_http(shared, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+}
+
+async fn answer_http(shared: Arc<Shared>, req: HttpRequest<Incoming>) -> HttpResponse<Full<Bytes>> {
+    // `?dryRun=1` in the URL: tasks are validated, not run.
+    let dry_run = crate::websocket::is_dry_run(req.uri().query());
+    if crate::websocket::is_upgrade(&req) {
+        let max = lock(&shared.config).max_message_bytes;
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        let run = move |socket| serve_connection(shared, socket, dry_run);
+        return crate::websocket::upgrade(req, ws_config, run)
+            .unwrap_or_else(|| http_answer(StatusCode::BAD_REQUEST, String::new()));
+    }
+    if req.method() == hyper::Method::POST {
+        return rest::answer(&shared, req, dry_run).await;
+    }
+    http_answer(StatusCode::METHOD_NOT_ALLOWED, String::new())
+}
+
+fn http_answer(status: StatusCode, body: String) -> HttpResponse<Full<Bytes>> {
+    let mut response = HttpResponse::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// One WebSocket, authenticated by its first message, until it goes.
+async fn serve_connection<S>(shared: Arc<Shared>, ws: WebSocketStream<S>, dry_run: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (max, idle_timeout) = {
-        let c = lock(&shared.config);
-        (c.max_message_bytes, c.idle_timeout)
-    };
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    // `?dryRun=1` in the URL: tasks are validated, not run.
-    let mut dry_run = false;
-    let see_url = |request: &Request, response: Response| {
-        dry_run = request
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv == "dryRun=1" || kv == "dryRun=true"));
-        Ok(response)
-    };
-    let Ok(ws) =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, see_url, Some(ws_config)).await
-    else {
-        return;
-    };
+    let idle_timeout = lock(&shared.config).idle_timeout;
     let conn_id = {
         let mut inner = lock(&shared.inner);
         inner.next_conn += 1;
@@ -736,6 +765,27 @@ fn handle_message(
     }
 }
 
+/// `invalidApiKey` unless `key` is accepted.
+fn check_key(shared: &Shared, key: &str) -> Option<Outgoing> {
+    let accepted = !key.trim().is_empty()
+        && !*shared.reject_auth.borrow()
+        && lock(&shared.config)
+            .api_keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| k == key));
+    if accepted {
+        return None;
+    }
+    bump(shared, |s| s.auth_rejections += 1);
+    Some(Outgoing::Error(json!({
+        "code": "invalidApiKey",
+        "message": "Invalid API key. Get one at https://my.runware.ai/signup",
+        "parameter": "apiKey",
+        "type": "string",
+        "taskType": "authentication"
+    })))
+}
+
 fn authenticate(
     shared: &Arc<Shared>,
     conn_id: u64,
@@ -744,21 +794,8 @@ fn authenticate(
     task: &Map<String, Value>,
 ) -> Option<Outgoing> {
     let key = task.get("apiKey").and_then(Value::as_str).unwrap_or("");
-    let accepted = !key.trim().is_empty()
-        && !*shared.reject_auth.borrow()
-        && lock(&shared.config)
-            .api_keys
-            .as_ref()
-            .is_none_or(|keys| keys.iter().any(|k| k == key));
-    if !accepted {
-        bump(shared, |s| s.auth_rejections += 1);
-        return Some(Outgoing::Error(json!({
-            "code": "invalidApiKey",
-            "message": "Invalid API key. Get one at https://my.runware.ai/signup",
-            "parameter": "apiKey",
-            "type": "string",
-            "taskType": "authentication"
-        })));
+    if let Some(rejection) = check_key(shared, key) {
+        return Some(rejection);
     }
     let ttl = lock(&shared.config).buffer_ttl;
     let mut inner = lock(&shared.inner);

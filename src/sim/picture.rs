@@ -95,7 +95,9 @@ pub fn encode(seed: u64, width: u32, height: u32, format: Format, quality: u8) -
     let mut out = Cursor::new(Vec::new());
     let (w, h, rgb) = (img.width(), img.height(), ExtendedColorType::Rgb8);
     let written = match format {
-        Format::Jpg => JpegEncoder::new_with_quality(&mut out, quality).write_image(&img, w, h, rgb),
+        Format::Jpg => {
+            JpegEncoder::new_with_quality(&mut out, quality).write_image(&img, w, h, rgb)
+        }
         Format::Png => PngEncoder::new(&mut out).write_image(&img, w, h, rgb),
         Format::Webp => WebPEncoder::new_lossless(&mut out).write_image(&img, w, h, rgb),
     };
@@ -123,7 +125,11 @@ mod tests {
             };
             assert_eq!(image::guess_format(&bytes).unwrap(), expected);
             let decoded = image::load_from_memory(&bytes).unwrap();
-            assert_eq!((decoded.width(), decoded.height()), (192, 128), "{format:?}");
+            assert_eq!(
+                (decoded.width(), decoded.height()),
+                (192, 128),
+                "{format:?}"
+            );
         }
     }
 

@@ -325,6 +325,25 @@ mod tests {
     }
 
     #[test]
+    fn cost_and_nsfw_flags_come_only_when_asked() {
+        let plain = result_item(
+            Kind::Image,
+            "imageInference",
+            "u1",
+            &obj(json!({})),
+            0,
+            None,
+        );
+        assert!(plain.get("cost").is_none() && plain.get("NSFWContent").is_none());
+        let t = obj(json!({"includeCost": true, "checkNSFW": true}));
+        let asked = result_item(Kind::Image, "imageInference", "u1", &t, 0, None);
+        assert!(asked["cost"].as_f64().is_some_and(|c| c > 0.0));
+        assert_eq!(asked["NSFWContent"], json!(false));
+        let enhanced = result_item(Kind::Enhance, "promptEnhance", "u1", &t, 0, None);
+        assert!(enhanced["cost"].is_number() && enhanced.get("NSFWContent").is_none());
+    }
+
+    #[test]
     fn videos_and_model_uploads_have_their_own_fields() {
         let t = obj(json!({"model": "m", "positivePrompt": "p", "includeCost": true}));
         let v = result_item(Kind::Video, "videoInference", "u1", &t, 0, None);
@@ -332,7 +351,9 @@ mod tests {
         assert!(v["videoUUID"].is_string() && v["seed"].is_u64() && v["cost"].is_number());
         let t = obj(json!({"air": "me:1@1"}));
         let steps: Vec<Value> = (0..5)
-            .map(|i| result_item(Kind::ModelUpload, "modelUpload", "u1", &t, i, None)["status"].clone())
+            .map(|i| {
+                result_item(Kind::ModelUpload, "modelUpload", "u1", &t, i, None)["status"].clone()
+            })
             .collect();
         assert_eq!(steps, json!(UPLOAD_STEPS).as_array().unwrap().clone());
         let last = result_item(Kind::ModelUpload, "modelUpload", "u1", &t, 4, None);

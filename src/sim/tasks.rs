@@ -41,9 +41,8 @@ pub struct Plan {
 
 /// Checks a task on the fields its type needs and says how it runs.
 pub fn plan(task_type: &str, task: &Map<String, Value>) -> Result<Plan, Invalid> {
-    let documented = |kind| {
-        crate::validate::validate(task_type, task).map(|results| Plan { kind, results })
-    };
+    let documented =
+        |kind| crate::validate::validate(task_type, task).map(|results| Plan { kind, results });
     let one = |kind| Ok(Plan { kind, results: 1 });
     match task_type {
         "promptEnhance" => documented(Kind::Enhance),
@@ -188,7 +187,10 @@ mod tests {
             for name in names {
                 assert_eq!(plan_of(name, task.clone()), Ok(Plan { kind, results: 1 }));
                 let e = plan_of(name, json!({})).unwrap_err();
-                assert_eq!((e.code.as_str(), e.parameter.as_str()), ("invalidInputImage", field));
+                assert_eq!(
+                    (e.code.as_str(), e.parameter.as_str()),
+                    ("invalidInputImage", field)
+                );
             }
         }
         assert!(plan_of("caption", json!({"inputImages": ["u"]})).is_ok());

@@ -7,12 +7,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    """A daemon on --simulate; yields its Runware endpoint URL."""
-    d, url = harness.start_daemon("--simulate")
+@pytest.fixture(scope="module", params=["daemon", "simulator"])
+def endpoint(request):
+    """A Runware URL: the endpoint of a daemon on --simulate, or the
+    simulator on its own (`runwared sim`), which the same checks hold to
+    Runware's behaviour."""
+    if request.param == "daemon":
+        server, url = harness.start_daemon("--simulate")
+    else:
+        server, url = harness.start_simulator()
     yield url
-    d.stop()
+    server.stop()
 
 
 @pytest.fixture()

@@ -76,19 +76,23 @@ def start_daemon(*extra, env=None):
     return d, f"ws://{addr}/v1"
 
 
+def start_simulator(*extra):
+    """`runwared sim` on a free loopback port; returns the process and its URL."""
+    sim = Process(["sim", "--listen", "127.0.0.1:0", *extra], stdout=True)
+    url = sim.proc.stdout.readline().strip()
+    assert url.startswith("ws://"), url
+    return sim, url
+
+
 def start_faulty_simulator(every="700ms", latency="400ms"):
     """A separate simulator that aborts the daemon's socket every `every`.
 
     Returns the process and its URL; `stop()` prints its counts as JSON.
     """
-    sim = Process(
-        ["sim", "--listen", "127.0.0.1:0", "--latency", latency, "--per-result-latency", "150ms",
-         "--fault", "drop", "--fault-every", every],
-        stdout=True,
+    return start_simulator(
+        "--latency", latency, "--per-result-latency", "150ms", "--fault", "drop",
+        "--fault-every", every,
     )
-    url = sim.proc.stdout.readline().strip()
-    assert url.startswith("ws://"), url
-    return sim, url
 
 
 def sim_counts(sim):
@@ -98,7 +102,7 @@ def sim_counts(sim):
 
 
 def rest(url, tasks, key="local"):
-    """POST a task array to the endpoint's REST door."""
+    """POST a task array to the server's REST door."""
     http = url.replace("ws://", "http://")
     req = urllib.request.Request(
         http,
@@ -109,9 +113,10 @@ def rest(url, tasks, key="local"):
         return json.loads(r.read())
 
 
-def daemon_items(url, task_uuid, expect, timeout=15):
-    """The items the daemon holds for a task (getResponse from its table):
-    what it sent the SDK, whatever the SDK kept of it. An SDK may return
+def server_items(url, task_uuid, expect, timeout=15):
+    """The items the server holds for a task (getResponse over REST; the
+    daemon answers from its table): what it sent the SDK, whatever the SDK
+    kept of it. An SDK may return
     before the task is complete (keeping fewer results than it asked for),
     so this waits, bounded, until `expect` items are there."""
     deadline = time.monotonic() + timeout

@@ -1,6 +1,8 @@
 // The official JavaScript SDK (@runware/sdk-js) against the daemon's
-// Runware-protocol endpoint: only its URL changes. Run with `node --test`
-// after `npm ci` here; RUNWARED_BIN names the binary.
+// Runware-protocol endpoint (only its URL changes) and, with the same checks,
+// against the simulator on its own (`runwared sim`), which must be a server
+// the SDK cannot tell from Runware. Run with `node --test` after `npm ci`
+// here; RUNWARED_BIN names the binary.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -55,78 +57,83 @@ async function withClient(url, fn) {
   }
 }
 
-const url = await daemon("--simulate");
+const targets = {
+  daemon: await daemon("--simulate"),
+  simulator: (await start(["sim", "--listen", "127.0.0.1:0"], /^(ws:\/\/\S+)$/, "stdout")).match[1],
+};
 
-test("promptEnhance gets every version", async () => {
-  const versions = await withClient(url, (r) =>
-    r.promptEnhance({ prompt: "a cat in a hat", promptVersions: 3, promptMaxLength: 64 }),
-  );
-  assert.equal(versions.length, 3);
-  assert.ok(versions.every((v) => v.text.startsWith("a cat in a hat")));
-});
+for (const [target, url] of Object.entries(targets)) {
+  test(`${target}: promptEnhance gets every version`, async () => {
+    const versions = await withClient(url, (r) =>
+      r.promptEnhance({ prompt: "a cat in a hat", promptVersions: 3, promptMaxLength: 64 }),
+    );
+    assert.equal(versions.length, 3);
+    assert.ok(versions.every((v) => v.text.startsWith("a cat in a hat")));
+  });
 
-test("imageInference with several base64 results", async () => {
-  const images = await withClient(url, (r) =>
-    r.imageInference({
-      positivePrompt: "a red fox", model: "runware:101@1", numberResults: 2,
-      width: 512, height: 512, outputType: "base64Data",
-    }),
-  );
-  assert.equal(images.length, 2);
-  assert.equal(new Set(images.map((i) => i.imageUUID)).size, 2);
-  assert.ok(images.every((i) => i.imageBase64Data.length > 0));
-});
+  test(`${target}: imageInference with several base64 results`, async () => {
+    const images = await withClient(url, (r) =>
+      r.imageInference({
+        positivePrompt: "a red fox", model: "runware:101@1", numberResults: 2,
+        width: 512, height: 512, outputType: "base64Data",
+      }),
+    );
+    assert.equal(images.length, 2);
+    assert.equal(new Set(images.map((i) => i.imageUUID)).size, 2);
+    assert.ok(images.every((i) => i.imageBase64Data.length > 0));
+  });
 
-test("a validation error names its parameter", async () => {
-  await assert.rejects(
-    withClient(url, (r) => r.promptEnhance({ prompt: "a cat", promptVersions: 1, promptMaxLength: 5 })),
-    (e) => {
-      const error = e.error ?? e;
-      assert.equal(error.code, "invalidPromptMaxLength");
-      assert.equal(error.parameter, "promptMaxLength");
-      return true;
-    },
-  );
-});
+  test(`${target}: a validation error names its parameter`, async () => {
+    await assert.rejects(
+      withClient(url, (r) => r.promptEnhance({ prompt: "a cat", promptVersions: 1, promptMaxLength: 5 })),
+      (e) => {
+        const error = e.error ?? e;
+        assert.equal(error.code, "invalidPromptMaxLength");
+        assert.equal(error.parameter, "promptMaxLength");
+        return true;
+      },
+    );
+  });
 
-test("twelve concurrent tasks each get exactly their own results", async () => {
-  const results = await withClient(url, (r) =>
-    Promise.all(
-      [...Array(12).keys()].map((i) =>
-        r.imageInference({
-          positivePrompt: `picture ${i}`, model: "runware:101@1", numberResults: 1 + (i % 3),
-          width: 512, height: 512,
-        }),
+  test(`${target}: twelve concurrent tasks each get exactly their own results`, async () => {
+    const results = await withClient(url, (r) =>
+      Promise.all(
+        [...Array(12).keys()].map((i) =>
+          r.imageInference({
+            positivePrompt: `picture ${i}`, model: "runware:101@1", numberResults: 1 + (i % 3),
+            width: 512, height: 512,
+          }),
+        ),
       ),
-    ),
-  );
-  results.forEach((images, i) => {
-    assert.equal(images.length, 1 + (i % 3));
-    assert.equal(new Set(images.map((im) => im.taskUUID)).size, 1);
-  });
-  assert.equal(new Set(results.map((images) => images[0].taskUUID)).size, 12);
-});
-
-test("async delivery, then getResponse", async () => {
-  const images = await withClient(url, async (r) => {
-    const [ack] = await r.imageInference({
-      positivePrompt: "a fox", model: "runware:101@1", numberResults: 1,
-      width: 512, height: 512, deliveryMethod: "async",
+    );
+    results.forEach((images, i) => {
+      assert.equal(images.length, 1 + (i % 3));
+      assert.equal(new Set(images.map((im) => im.taskUUID)).size, 1);
     });
-    assert.equal(ack.taskType, "imageInference");
-    assert.equal(ack.imageUUID, undefined);
-    // getResponse answers what the daemon holds; poll until the image is there.
-    for (let i = 0; i < 100; i++) {
-      const got = await r.getResponse({ taskUUID: ack.taskUUID });
-      const done = got.filter((g) => g.imageUUID);
-      if (done.length) return done;
-      await new Promise((ok) => setTimeout(ok, 100));
-    }
-    return [];
+    assert.equal(new Set(results.map((images) => images[0].taskUUID)).size, 12);
   });
-  assert.equal(images.length, 1);
-  assert.equal(images[0].status, "success");
-});
+
+  test(`${target}: async delivery, then getResponse`, async () => {
+    const images = await withClient(url, async (r) => {
+      const [ack] = await r.imageInference({
+        positivePrompt: "a fox", model: "runware:101@1", numberResults: 1,
+        width: 512, height: 512, deliveryMethod: "async",
+      });
+      assert.equal(ack.taskType, "imageInference");
+      assert.equal(ack.imageUUID, undefined);
+      // getResponse answers what the server holds; poll until the image is there.
+      for (let i = 0; i < 100; i++) {
+        const got = await r.getResponse({ taskUUID: ack.taskUUID });
+        const done = got.filter((g) => g.imageUUID);
+        if (done.length) return done;
+        await new Promise((ok) => setTimeout(ok, 100));
+      }
+      return [];
+    });
+    assert.equal(images.length, 1);
+    assert.equal(images[0].status, "success");
+  });
+}
 
 test("upstream drops are invisible and nothing runs twice", async () => {
   const { proc: sim, match } = await start(

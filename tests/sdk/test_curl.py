@@ -1,4 +1,4 @@
-"""`curl` against the daemon's REST door, as the README shows it."""
+"""`curl` against the REST door of the daemon and of the simulator, as the README shows it."""
 
 import json
 import shutil

@@ -1,4 +1,4 @@
-"""The official Python SDK `runware` (0.5.x) against the daemon's endpoint.
+"""The official Python SDK `runware` (0.5.x) against the daemon's endpoint and the simulator.
 
 Run in a virtual environment of its own (`requirements-runware.txt`): the
 newer `runware-sdk` installs a module of the same name.
@@ -36,7 +36,7 @@ def test_prompt_enhance_gets_every_version(endpoint):
     # texts differ, so all three arrive.
     assert len(versions) == 3
     assert all(v.text.startswith("a cat in a hat") for v in versions)
-    assert len(harness.daemon_items(endpoint, task, expect=3)) == 3
+    assert len(harness.server_items(endpoint, task, expect=3)) == 3
 
 
 def test_image_inference_with_several_base64_results(endpoint):
@@ -104,8 +104,8 @@ def test_async_delivery_with_get_response(endpoint):
         )
         # This SDK's getResponse waits out a long operation timeout when
         # its first answer is `processing` (as Runware's is for a running
-        # task), so it is asked once the daemon holds the result.
-        await asyncio.to_thread(harness.daemon_items, endpoint, ack.taskUUID, 1)
+        # task), so it is asked once the server holds the result.
+        await asyncio.to_thread(harness.server_items, endpoint, ack.taskUUID, 1)
         images = await r.getResponse(taskUUID=ack.taskUUID, numberResults=1)
         await r.disconnect()
         return ack, images
@@ -135,3 +135,44 @@ def test_upstream_drops_are_invisible_and_nothing_runs_twice(flaky):
     counts = harness.sim_counts(sim)
     assert counts["connections"] >= 2, counts  # the upstream socket was dropped
     assert counts["maxExecutionsPerTask"] == 1, counts
+
+
+def test_other_task_types_by_this_sdks_names(endpoint):
+    """imageUpscale, imageBackgroundRemoval, imageCaption, modelUpload and a
+    polled videoInference, as this SDK sends and reads them."""
+    from runware import (
+        IImageBackgroundRemoval, IImageCaption, IImageUpscale, IUploadModelLora, IVideoInference,
+    )
+
+    image = "b7db282d-2943-4f12-992f-77df3ad3ec71"
+
+    async def go():
+        r = await connected(endpoint)
+        upscaled = await r.imageUpscale(
+            upscaleGanPayload=IImageUpscale(inputImage=image, upscaleFactor=2)
+        )
+        cut = await r.imageBackgroundRemoval(
+            removeImageBackgroundPayload=IImageBackgroundRemoval(inputImage=image)
+        )
+        caption = await r.imageCaption(requestImageToText=IImageCaption(inputImage=image))
+        steps = await r.modelUpload(requestModel=IUploadModelLora(
+            air="me:1@1", name="mine", downloadURL="https://example.com/m.safetensors",
+            uniqueIdentifier="abc", version="1", format="safetensors", private=True,
+            architecture="flux1d",
+        ))
+        # Async by this SDK's default: acknowledged, then fetched (once the
+        # server holds it, as in the async check above).
+        ack = await r.videoInference(requestVideo=IVideoInference(
+            model="klingai:5@3", positivePrompt="a cat surfing", duration=5,
+        ))
+        await asyncio.to_thread(harness.server_items, endpoint, ack.taskUUID, 1, 30)
+        videos = await r.getResponse(taskUUID=ack.taskUUID, numberResults=1)
+        await r.disconnect()
+        return upscaled, cut, caption, steps, videos
+
+    upscaled, cut, caption, steps, videos = run(go())
+    assert len(upscaled) == 1 and upscaled[0].imageUUID
+    assert len(cut) == 1 and cut[0].imageUUID
+    assert caption.text.startswith("a photo")
+    assert [s["status"] for s in steps] == ["validated", "downloaded", "optimized", "stored", "ready"]
+    assert len(videos) == 1 and videos[0].videoURL.endswith(".mp4")

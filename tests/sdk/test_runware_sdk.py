@@ -1,4 +1,4 @@
-"""The official Python SDK `runware-sdk` (1.x) against the daemon's endpoint,
+"""The official Python SDK `runware-sdk` (1.x) against the daemon's endpoint and the simulator,
 over both of its transports (WebSocket and REST).
 
 Run in a virtual environment of its own (`requirements-runware-sdk.txt`):
@@ -36,10 +36,10 @@ def test_prompt_enhance_versions(endpoint, transport):
             })
 
     versions = run(go())
-    # The daemon sent all three, whatever the SDK kept.
-    assert len(harness.daemon_items(endpoint, task, expect=3)) == 3
+    # The server sent all three, whatever the SDK kept.
+    assert len(harness.server_items(endpoint, task, expect=3)) == 3
     if transport == "websocket":
-        # This SDK's bug, not the daemon's: over WebSocket it keys results
+        # This SDK's bug, not the server's: over WebSocket it keys results
         # by `resultIndex` or a `*UUID` field, which promptEnhance items do
         # not carry (Runware sends only taskUUID and text), so the three
         # versions collapse into one.
@@ -137,3 +137,27 @@ def test_upstream_drops_are_invisible_and_nothing_runs_twice(flaky):
     counts = harness.sim_counts(sim)
     assert counts["connections"] >= 2, counts
     assert counts["maxExecutionsPerTask"] == 1, counts
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_other_task_types_by_their_current_names(endpoint, transport):
+    """upscale, removeBackground, caption and an async (polled)
+    videoInference, as this SDK sends and reads them."""
+    image = "b7db282d-2943-4f12-992f-77df3ad3ec71"
+
+    async def go():
+        async with client(endpoint, transport) as r:
+            return await asyncio.gather(
+                r.run({"taskType": "upscale", "inputImage": image, "upscaleFactor": 2,
+                       "deliveryMethod": "sync"}),
+                r.run({"taskType": "removeBackground", "inputImage": image,
+                       "deliveryMethod": "sync"}),
+                r.run({"taskType": "caption", "inputImage": image, "deliveryMethod": "sync"}),
+                r.run({"taskType": "videoInference", "model": "klingai:5@3",
+                       "positivePrompt": "a cat surfing", "duration": 5}),
+            )
+
+    upscaled, cut, caption, videos = run(go())
+    assert upscaled[0]["imageUUID"] and cut[0]["imageUUID"]
+    assert caption[0]["text"].startswith("a photo")
+    assert len(videos) == 1 and videos[0]["videoURL"].endswith(".mp4")

@@ -1,0 +1,104 @@
+//! Serving WebSockets beside plain HTTP on one hyper listener, as Runware's
+//! URL does (WebSocket and REST at `/v1`): the daemon's Runware-protocol
+//! endpoint and the simulator share this.
+
+use std::future::Future;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONNECTION, HeaderValue, UPGRADE};
+use hyper::upgrade::Upgraded;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+/// A socket accepted through [`upgrade`].
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// The WebSocket settings of the daemon, upstream and at its endpoint:
+/// messages up to `max_message_bytes`, and reads of at most 32 KiB at a
+/// time. tungstenite zeroes its read buffer up to this size before every
+/// read, so its 128 KiB default spent 5 % of the daemon's CPU on `memset`
+/// for messages of a few hundred bytes (BENCHMARKS.md); loopback reads
+/// rarely return more than 64 KiB, so large messages cost a few more reads.
+pub fn config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+        .read_buffer_size(32 * 1024)
+}
+
+/// True if `req` asks for a WebSocket.
+pub fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// True if the URL's query asks for a dry run (`?dryRun=1`, `true`, or
+/// no value): Runware validates the tasks without running them.
+pub fn is_dry_run(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, "1"));
+            k.eq_ignore_ascii_case("dryRun") && !matches!(v, "0" | "false")
+        })
+    })
+}
+
+/// Answers a WebSocket handshake: the `101` response, and `run` with the
+/// socket once hyper hands the connection over. `None` when the request
+/// has no `Sec-WebSocket-Key` (the caller answers it in its own shape).
+pub fn upgrade<F, Fut>(
+    mut req: Request<Incoming>,
+    config: WebSocketConfig,
+    run: F,
+) -> Option<Response<Full<Bytes>>>
+where
+    F: FnOnce(Socket) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let accept = derive_accept_key(req.headers().get("sec-websocket-key")?.as_bytes());
+    tokio::spawn(async move {
+        match hyper::upgrade::on(&mut req).await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                run(socket).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = accept.parse() {
+        headers.insert("sec-websocket-accept", accept);
+    }
+    Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_dry_run;
+
+    #[test]
+    fn dry_run_is_read_from_the_query() {
+        for yes in ["dryRun=1", "dryRun=true", "a=b&dryRun", "DRYRUN=1"] {
+            assert!(is_dry_run(Some(yes)), "{yes}");
+        }
+        for no in ["dryRun=0", "dryRun=false", "dry=1", ""] {
+            assert!(!is_dry_run(Some(no)), "{no}");
+        }
+        assert!(!is_dry_run(None));
+    }
+}
