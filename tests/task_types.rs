@@ -200,3 +200,45 @@ async fn a_frame_before_the_authentication_answer_is_skipped() {
         .map(|c| c.value);
     assert_eq!(unroutable, Some(1));
 }
+
+/// Each task type, by each of its names, through `Run` with async delivery
+/// (the daemon polls `getResponse`), then `Attach`: the same items both
+/// ways, each naming its task.
+#[tokio::test(start_paused = true)]
+async fn every_task_type_runs_async_and_attaches() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    let image = json!("b7db282d-2943-4f12-992f-77df3ad3ec71");
+    let upload = json!({"air": "me:1@1", "name": "mine",
+        "downloadURL": "https://example.com/m.safetensors", "uniqueIdentifier": "abc",
+        "version": "1", "format": "safetensors", "architecture": "flux1d", "category": "lora"});
+    let cases = [
+        ("upscale", json!({"inputImage": image}), 1),
+        ("imageUpscale", json!({"inputImage": image}), 1),
+        ("removeBackground", json!({"inputImage": image}), 1),
+        ("imageBackgroundRemoval", json!({"inputImage": image}), 1),
+        ("caption", json!({"inputImage": image}), 1),
+        ("imageCaption", json!({"inputImage": image}), 1),
+        (
+            "videoInference",
+            json!({"model": "klingai:5@3", "positivePrompt": "a cat surfing"}),
+            1,
+        ),
+        ("modelUpload", upload, 5),
+    ];
+    for (task_type, fields, count) in cases {
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let mut task = fields;
+        task["taskType"] = json!(task_type);
+        task["taskUUID"] = json!(uuid);
+        task["deliveryMethod"] = json!("async");
+        let got = run(&mut h.client, task).await.unwrap();
+        assert_eq!(got.len(), count, "{task_type}: {got:?}");
+        assert!(
+            got.iter().all(|i| i["taskUUID"] == uuid.as_str()),
+            "{task_type}"
+        );
+        let attached = items(&attach_all(&mut h.client, &uuid).await);
+        assert_eq!(attached, got, "{task_type}");
+    }
+    assert_eq!(h.stats().executions, 8);
+}
