@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("runware_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // A decoded image goes out as the buffer it was decoded into.
+        .bytes(".runware.v1.ImageResult.image_data")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

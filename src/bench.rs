@@ -101,6 +101,8 @@ pub enum Load {
     Enhance,
     /// Every fourth task an imageInference with 4 results, the rest promptEnhance.
     Mixed,
+    /// imageInference with one base64 result (the large-results scenario).
+    Image,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,16 +172,23 @@ pub struct StateWriteRow {
     pub flush_ms: f64,
 }
 
-/// Large results of one size.
+/// Large results of one size, along one path.
 #[derive(Debug, Clone, Serialize)]
 pub struct LargeRow {
     /// The image's size before base64, MB.
     pub image_mb: f64,
+    /// `direct` (a WebSocket client of the simulator), `base64` (typed
+    /// ImageInference, base64 in the message, default settings) or `bytes`
+    /// (`image_bytes`, retention off).
+    pub path: &'static str,
     pub tasks: usize,
     pub in_flight: usize,
     pub failed: usize,
-    /// Base64 result bytes delivered per second, MB/s.
+    /// Images delivered per second times one image's base64 size, MB/s:
+    /// the same work whichever form the image takes on the way.
     pub mb_per_s: f64,
+    /// Over the direct client's MB/s in the same run.
+    pub x_direct: f64,
     /// Daemon CPU per MB of results, ms.
     pub daemon_cpu_ms_per_mb: f64,
     /// Result bytes in flight at once (in_flight x one base64 result), MiB.
@@ -354,6 +363,13 @@ async fn sim_and_daemon(
 }
 
 fn task_json(load: Load, i: usize, uuid: &TaskUuid) -> (serde_json::Value, u32) {
+    if load == Load::Image {
+        return (
+            json!({"taskType": "imageInference", "taskUUID": uuid.to_string(), "positivePrompt": format!("large {i}"),
+                   "model": "runware:101@1", "width": 512, "height": 512, "outputType": "base64Data"}),
+            1,
+        );
+    }
     if load == Load::Mixed && i % 4 == 0 {
         (
             json!({"taskType": "imageInference", "taskUUID": uuid.to_string(), "positivePrompt": format!("bench {i}"),
@@ -546,7 +562,10 @@ async fn run_session(addr: &str, load: Load, c: usize, total: usize, limit: Dura
 
 /// The floor: one WebSocket, a writer that batches, a reader that routes.
 async fn run_direct(url: &str, load: Load, c: usize, total: usize, limit: Duration) -> Measured {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+    // Messages as large as the daemon takes (a 16 MB image is a 22 MB
+    // message, beyond tungstenite's default 16 MiB frame limit).
+    let config = crate::websocket::config(64 << 20);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .map_err(std::io::Error::other)?;
     let (mut sink, mut stream) = ws.split();
@@ -833,6 +852,7 @@ fn measure_state_writes(progress: &impl Fn(&str)) -> std::io::Result<Vec<StateWr
 async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<Vec<LargeRow>> {
     use crate::sim::SimConfig;
     const IN_FLIGHT: usize = 16;
+    let limit = Duration::from_secs(300);
     let mut rows = Vec::new();
     for (image_mb, tasks) in [(1usize, 200usize), (4, 100), (16, 48)] {
         let config = SimConfig {
@@ -841,60 +861,84 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
             image_bytes: Some(image_mb << 20),
             ..SimConfig::default()
         };
-        let (_sim, daemon, addr) = sim_and_daemon(config).await?;
-        let pid = daemon.child.id();
-        let cpu0 = cpu_seconds(pid, ticks);
-        let received = Arc::new(AtomicUsize::new(0));
-        let clients = Arc::new(channels(&addr, IN_FLIGHT).await?);
-        let counted = Arc::clone(&received);
-        let (_, failed, took) = drive(IN_FLIGHT, tasks, Duration::from_secs(300), move |i| {
-            let mut client = clients[i % clients.len()].clone();
-            let counted = Arc::clone(&counted);
-            async move {
-                let req = pb::ImageInferenceRequest {
-                    positive_prompt: format!("large {i}"),
-                    model: "runware:101@1".into(),
-                    width: Some(512),
-                    height: Some(512),
-                    number_results: Some(1),
-                    output_type: Some("base64Data".into()),
-                    ..Default::default()
-                };
-                let Ok(stream) = client.image_inference(req).await else {
-                    return false;
-                };
-                let mut stream = stream.into_inner();
-                let mut ok = false;
-                while let Some(Ok(img)) = stream.next().await {
-                    let n = img.image_base64_data.map_or(0, |b| b.len());
-                    counted.fetch_add(n, Ordering::Relaxed);
-                    ok = n > 0;
-                }
-                ok
-            }
-        })
-        .await;
-        let cpu = cpu_seconds(pid, ticks) - cpu0;
-        let (_, hwm) = memory_mib(pid);
-        drop(daemon);
-        let bytes = received.load(Ordering::Relaxed) as f64;
-        let mb = bytes / 1e6;
-        let one = bytes / (tasks - failed).max(1) as f64;
-        let row = LargeRow {
+        let base64_mb = (4 * (image_mb << 20).div_ceil(3)) as f64 / 1e6;
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let sim = crate::sim::SimHandle::bind(loopback, config.clone(), None).await?;
+        let (_, failed, took) =
+            run_direct(&sim.url(), Load::Image, IN_FLIGHT, tasks, limit).await?;
+        drop(sim);
+        let direct = (tasks - failed) as f64 * base64_mb / took.as_secs_f64();
+        rows.push(LargeRow {
             image_mb: image_mb as f64,
+            path: "direct",
             tasks,
             in_flight: IN_FLIGHT,
             failed,
-            mb_per_s: mb / took.as_secs_f64(),
-            daemon_cpu_ms_per_mb: cpu * 1000.0 / mb.max(f64::MIN_POSITIVE),
-            in_flight_mib: one * IN_FLIGHT as f64 / (1 << 20) as f64,
-            daemon_peak_rss_mib: hwm,
-        };
-        progress(&format!(
-            "large {image_mb} MB x {tasks}: {:.0} MB/s, {:.1} ms CPU/MB, peak RSS {:.0} MiB for {:.0} MiB in flight, {failed} failed",
-            row.mb_per_s, row.daemon_cpu_ms_per_mb, row.daemon_peak_rss_mib, row.in_flight_mib
-        ));
-        rows.push(row);
+            mb_per_s: direct,
+            x_direct: 1.0,
+            daemon_cpu_ms_per_mb: 0.0,
+            in_flight_mib: base64_mb * 1e6 * IN_FLIGHT as f64 / (1 << 20) as f64,
+            daemon_peak_rss_mib: 0.0,
+        });
+        for (path, extra) in [("base64", &[][..]), ("bytes", &["--retention", "0s"][..])] {
+            let sim = crate::sim::SimHandle::bind(loopback, config.clone(), None).await?;
+            let (daemon, addr) = start_daemon(&sim.url(), extra)?;
+            let pid = daemon.child.id();
+            let cpu0 = cpu_seconds(pid, ticks);
+            let clients = Arc::new(channels(&addr, IN_FLIGHT).await?);
+            let bytes = path == "bytes";
+            let (_, failed, took) = drive(IN_FLIGHT, tasks, limit, move |i| {
+                let mut client = clients[i % clients.len()].clone();
+                async move {
+                    let req = pb::ImageInferenceRequest {
+                        positive_prompt: format!("large {i}"),
+                        model: "runware:101@1".into(),
+                        width: Some(512),
+                        height: Some(512),
+                        number_results: Some(1),
+                        output_type: (!bytes).then(|| "base64Data".into()),
+                        image_bytes: bytes,
+                        ..Default::default()
+                    };
+                    let Ok(stream) = client.image_inference(req).await else {
+                        return false;
+                    };
+                    let mut stream = stream.into_inner();
+                    let mut ok = false;
+                    while let Some(Ok(img)) = stream.next().await {
+                        ok = img.image_data.is_some_and(|d| !d.is_empty())
+                            || img.image_base64_data.is_some_and(|b| !b.is_empty());
+                    }
+                    ok
+                }
+            })
+            .await;
+            let cpu = cpu_seconds(pid, ticks) - cpu0;
+            let (_, hwm) = memory_mib(pid);
+            drop(daemon);
+            let mb = (tasks - failed) as f64 * base64_mb;
+            let row = LargeRow {
+                image_mb: image_mb as f64,
+                path,
+                tasks,
+                in_flight: IN_FLIGHT,
+                failed,
+                mb_per_s: mb / took.as_secs_f64(),
+                x_direct: mb / took.as_secs_f64() / direct,
+                daemon_cpu_ms_per_mb: cpu * 1000.0 / mb.max(f64::MIN_POSITIVE),
+                in_flight_mib: base64_mb * 1e6 * IN_FLIGHT as f64 / (1 << 20) as f64,
+                daemon_peak_rss_mib: hwm,
+            };
+            progress(&format!(
+                "large {image_mb} MB x {tasks} ({path}): {:.0} MB/s ({:.2} of direct {direct:.0}), {:.1} ms CPU/MB, peak RSS {:.0} MiB for {:.0} MiB in flight, {failed} failed",
+                row.mb_per_s,
+                row.x_direct,
+                row.daemon_cpu_ms_per_mb,
+                row.daemon_peak_rss_mib,
+                row.in_flight_mib
+            ));
+            rows.push(row);
+        }
     }
     Ok(rows)
 }
@@ -1070,16 +1114,18 @@ pub fn table(r: &Report) -> String {
     }
     if !r.large.is_empty() {
         t.push_str(
-            "\n| image MB | tasks | in flight | failed | MB/s | daemon CPU ms/MB | results in flight MiB | daemon peak RSS MiB |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "\n| image MB | path | tasks | in flight | failed | MB/s | x direct | daemon CPU ms/MB | results in flight MiB | daemon peak RSS MiB |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for l in &r.large {
             t.push_str(&format!(
-                "| {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} |\n",
+                "| {:.0} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} |\n",
                 l.image_mb,
+                l.path,
                 l.tasks,
                 l.in_flight,
                 l.failed,
                 l.mb_per_s,
+                l.x_direct,
                 l.daemon_cpu_ms_per_mb,
                 l.in_flight_mib,
                 l.daemon_peak_rss_mib

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use runwared::client::{Target, connect};
 use runwared::config::{ApiKey, Config, Environment, ServeArgs, parse_duration};
@@ -536,7 +535,8 @@ async fn image(a: ImageArgs) -> CliResult {
         height: Some(a.height),
         steps: a.steps,
         seed: a.seed.unwrap_or(0),
-        output_type: a.out.as_ref().map(|_| "base64Data".to_owned()),
+        // Saving: each image comes as its bytes, decoded once by the daemon.
+        image_bytes: a.out.is_some(),
         output_format: Some(a.format.clone()),
         ..Default::default()
     };
@@ -547,24 +547,21 @@ async fn image(a: ImageArgs) -> CliResult {
         .map_err(explain)?
         .into_inner();
     while let Some(img) = stream.message().await.map_err(explain)? {
-        let saved = match (&a.out, &img.image_base64_data) {
-            (Some(dir), Some(b64)) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| {
-                        format!("image {}: bad base64 from Runware: {e}", img.image_uuid)
-                    })?;
+        let saved = match (&a.out, &img.image_data) {
+            (Some(dir), Some(bytes)) => {
                 let name = runwared::client::image_file_name(&img.image_uuid, &extension)?;
                 let path = dir.join(name);
                 std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 Some(path)
+            }
+            (Some(_), None) => {
+                return Err(format!("image {}: Runware sent no image data", img.image_uuid).into());
             }
             _ => None,
         };
         if a.client.json {
             let mut v: Value = serde_json::from_str(&img.raw_json).unwrap_or(Value::Null);
             if let (Some(p), Value::Object(m)) = (&saved, &mut v) {
-                m.remove("imageBase64Data");
                 m.insert("savedTo".into(), json!(p));
             }
             println!("{v}");

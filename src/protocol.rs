@@ -590,36 +590,98 @@ pub fn expected_results(
 
 /// The fields of an image result item
 /// (<https://runware.ai/docs/en/image-inference/api-reference>, "Response").
-/// Lenient: a field of the wrong type reads as absent.
+/// Lenient: a field of the wrong type reads as absent. Read in one pass
+/// over the item, borrowing from it: a base64 image of megabytes is not
+/// copied to be read.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ImageItem {
-    pub image_uuid: String,
-    pub image_url: Option<String>,
-    pub image_base64_data: Option<String>,
-    pub image_data_uri: Option<String>,
+pub struct ImageItem<'a> {
+    pub image_uuid: Cow<'a, str>,
+    pub image_url: Option<Cow<'a, str>>,
+    pub image_base64_data: Option<Cow<'a, str>>,
+    pub image_data_uri: Option<Cow<'a, str>>,
     pub seed: Option<u64>,
     pub nsfw_content: Option<bool>,
     pub cost: Option<f64>,
+    /// The item without `imageBase64Data` and `imageDataURI` (the image
+    /// itself, typed above), keys in order: everything else it says.
+    pub rest_json: String,
 }
 
-impl ImageItem {
+/// The image fields [`ImageItem::rest_json`] leaves out.
+const IMAGE_FIELDS: [&str; 2] = ["imageBase64Data", "imageDataURI"];
+
+impl<'a> ImageItem<'a> {
     /// `None` if `item` is not a JSON object.
-    pub fn parse(item: &str) -> Option<ImageItem> {
-        let v: serde_json::Value = serde_json::from_str(item).ok()?;
-        let s = |k: &str| {
-            v.get(k)
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_owned)
+    pub fn parse(item: &'a str) -> Option<ImageItem<'a>> {
+        let Fields(fields) = serde_json::from_str(item).ok()?;
+        let text = |k: &str| {
+            let raw = fields.iter().find(|(key, _)| key == k)?.1;
+            json_str(raw)
         };
-        v.is_object().then(|| ImageItem {
-            image_uuid: s("imageUUID").unwrap_or_default(),
-            image_url: s("imageURL"),
-            image_base64_data: s("imageBase64Data"),
-            image_data_uri: s("imageDataURI"),
-            seed: v.get("seed").and_then(serde_json::Value::as_u64),
-            nsfw_content: v.get("NSFWContent").and_then(serde_json::Value::as_bool),
-            cost: v.get("cost").and_then(serde_json::Value::as_f64),
+        let value = |k: &str| {
+            let raw = fields.iter().find(|(key, _)| key == k)?.1;
+            serde_json::from_str::<serde_json::Value>(raw.get()).ok()
+        };
+        let mut rest_json = String::with_capacity(256);
+        rest_json.push('{');
+        for (key, raw) in fields
+            .iter()
+            .filter(|(k, _)| !IMAGE_FIELDS.contains(&k.as_ref()))
+        {
+            if rest_json.len() > 1 {
+                rest_json.push(',');
+            }
+            rest_json.push_str(&serde_json::Value::from(key.as_ref()).to_string());
+            rest_json.push(':');
+            rest_json.push_str(raw.get());
+        }
+        rest_json.push('}');
+        Some(ImageItem {
+            image_uuid: text("imageUUID").unwrap_or_default(),
+            image_url: text("imageURL"),
+            image_base64_data: text("imageBase64Data"),
+            image_data_uri: text("imageDataURI"),
+            seed: value("seed").and_then(|v| v.as_u64()),
+            nsfw_content: value("NSFWContent").and_then(|v| v.as_bool()),
+            cost: value("cost").and_then(|v| v.as_f64()),
+            rest_json,
         })
+    }
+}
+
+/// A JSON string's text, borrowed when it has no escapes (base64 never
+/// has); `None` for anything else.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let s = raw.get();
+    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(s).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// An object's members in order, each value as its raw JSON.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for FieldsVisitor<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'a>, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    fields.push((key, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(FieldsVisitor(std::marker::PhantomData))
     }
 }
 
@@ -903,6 +965,33 @@ mod tests {
         assert_eq!(classify_error("rateLimitExceeded"), ErrorClass::RateLimited);
         assert_eq!(classify_error("timeoutProvider"), ErrorClass::Timeout);
         assert_eq!(classify_error("somethingElse"), ErrorClass::Other);
+    }
+
+    /// An image item is read in one pass: a base64 image is borrowed, not
+    /// copied; everything but the image stays in `rest_json`, in order.
+    #[test]
+    fn an_image_item_borrows_its_image_and_keeps_the_rest() {
+        let item = r#"{"taskType":"imageInference","imageUUID":"u1","imageBase64Data":"QUJD","seed":7,"NSFWContent":false,"cost":0.5,"x":{"y":[1]}}"#;
+        let image = ImageItem::parse(item).unwrap();
+        assert!(matches!(
+            image.image_base64_data,
+            Some(Cow::Borrowed("QUJD"))
+        ));
+        assert_eq!(image.image_uuid, "u1");
+        assert_eq!(
+            (image.seed, image.nsfw_content, image.cost),
+            (Some(7), Some(false), Some(0.5))
+        );
+        assert_eq!(
+            image.rest_json,
+            r#"{"taskType":"imageInference","imageUUID":"u1","seed":7,"NSFWContent":false,"cost":0.5,"x":{"y":[1]}}"#
+        );
+        // Escapes are read; wrong types read as absent; not an object: None.
+        let odd = ImageItem::parse(r#"{"imageURL":"a\/b","seed":"7","imageDataURI":1}"#).unwrap();
+        assert_eq!(odd.image_url.as_deref(), Some("a/b"));
+        assert_eq!((odd.seed, odd.image_data_uri), (None, None));
+        assert_eq!(odd.rest_json, r#"{"imageURL":"a\/b","seed":"7"}"#);
+        assert!(ImageItem::parse("[1]").is_none());
     }
 
     #[test]

@@ -690,3 +690,158 @@ async fn large_results_in_flight_together_all_arrive() {
         "no message too large"
     );
 }
+
+fn submit(request_id: &str, task: Value) -> pb::SessionSubmit {
+    pb::SessionSubmit {
+        request_id: request_id.to_owned(),
+        task: Some(pb::RunRequest {
+            task_json: task.to_string(),
+            expected_results: None,
+        }),
+        timeout: None,
+    }
+}
+
+/// `BatchSession`: many submits in one message, events in batches of what
+/// was ready; each task gets its accept, all its results and its
+/// completion, nothing of another task's; a bad submit in a batch is
+/// refused alone. The batch form works on `Session` too.
+#[tokio::test(start_paused = true)]
+async fn batch_session_takes_many_submits_in_one_message_and_answers_in_batches() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut stream = h
+        .client
+        .batch_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut submits: Vec<pb::SessionSubmit> = (0..200u32)
+        .map(|i| {
+            let task = json!({"taskType": "promptEnhance", "prompt": format!("prompt {i}"),
+                "promptVersions": i % 3 + 1});
+            submit(&format!("r{i}"), task)
+        })
+        .collect();
+    submits.insert(7, submit("bad", json!({"taskType": "promptEnhance"})));
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submits(pb::SessionSubmits {
+            submits,
+        })),
+    })
+    .await
+    .unwrap();
+    // One more, alone, on the same stream.
+    let single = json!({"taskType": "promptEnhance", "prompt": "alone"});
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submit(submit("r200", single))),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+
+    use pb::session_event::Event;
+    let (mut messages, mut events) = (0, 0);
+    let mut accepted = HashMap::new();
+    let mut texts: HashMap<String, Vec<String>> = HashMap::new();
+    let mut completed = HashSet::new();
+    let mut refused = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.unwrap();
+        messages += 1;
+        events += batch.events.len();
+        for ev in batch.events {
+            match ev.event.unwrap() {
+                Event::Accepted(_) => {
+                    accepted.insert(ev.task_uuid.clone(), ev.request_id.clone());
+                }
+                Event::Result(r) => {
+                    let item: Value = serde_json::from_str(&r.item_json).unwrap();
+                    assert_eq!(item["taskUUID"], ev.task_uuid.as_str());
+                    let prompt = item["text"].as_str().unwrap().to_owned();
+                    texts.entry(ev.request_id.clone()).or_default().push(prompt);
+                }
+                Event::Completed(c) => {
+                    assert_eq!(accepted[&ev.task_uuid], ev.request_id);
+                    assert_eq!(c.results as usize, texts[&ev.request_id].len());
+                    completed.insert(ev.request_id);
+                }
+                Event::Error(e) => refused.push((ev.request_id, e.message)),
+            }
+        }
+    }
+    assert_eq!(completed.len(), 201);
+    for i in 0..200u32 {
+        let got = &texts[&format!("r{i}")];
+        assert_eq!(got.len() as u32, i % 3 + 1);
+        assert!(
+            got.iter().all(|t| t.starts_with(&format!("prompt {i}"))),
+            "{got:?}"
+        );
+    }
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0, "bad");
+    assert!(refused[0].1.contains("prompt"), "{}", refused[0].1);
+    assert!(
+        messages * 4 < events,
+        "{events} events in {messages} messages: batched"
+    );
+
+    // Session takes the batch form as well, answering event by event.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut stream = h
+        .client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let two = (0..2)
+        .map(|i| {
+            submit(
+                &format!("s{i}"),
+                json!({"taskType": "promptEnhance", "prompt": "x"}),
+            )
+        })
+        .collect();
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submits(pb::SessionSubmits {
+            submits: two,
+        })),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let mut done = 0;
+    while let Some(ev) = stream.next().await {
+        done += usize::from(matches!(ev.unwrap().event, Some(Event::Completed(_))));
+    }
+    assert_eq!(done, 2);
+}
+
+/// `image_bytes`: each image decoded once into `image_data` (a picture of
+/// the size asked), no base64 anywhere in the message; with output_type
+/// also set, refused naming image_bytes.
+#[tokio::test(start_paused = true)]
+async fn image_bytes_come_decoded_once() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    let mut req = image("a cat", 2);
+    req.width = Some(256);
+    req.height = Some(192);
+    req.output_format = Some("PNG".into());
+    req.image_bytes = true;
+    let images = collect(h.client.clone(), req.clone()).await.unwrap();
+    assert_eq!(images.len(), 2);
+    for img in &images {
+        let data = img.image_data.as_ref().expect("image_data");
+        let picture = image::load_from_memory(data).unwrap();
+        assert_eq!((picture.width(), picture.height()), (256, 192));
+        assert!(img.image_base64_data.is_none());
+        let raw: Value = serde_json::from_str(&img.raw_json).unwrap();
+        assert!(raw.get("imageBase64Data").is_none(), "{raw}");
+        assert_eq!(raw["imageUUID"], img.image_uuid.as_str());
+    }
+    req.output_type = Some("URL".into());
+    let e = h.client.image_inference(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("image_bytes"), "{}", e.message());
+}

@@ -2,10 +2,13 @@
 //! task JSON, and between task outcomes and gRPC statuses. Nothing else:
 //! tasks live in [`Dispatch`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Bytes;
+use prost::Message as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -77,6 +80,95 @@ impl RunwareService {
 
     /// A `Session` task's deadline, counted from its submit: its own
     /// `timeout` or the default, never past the stream's deadline.
+    /// A `Session` or `BatchSession` stream: submits (alone or many in one
+    /// message) and cancels in, each task's events out on `tx`.
+    async fn run_session(
+        self,
+        request: Request<Streaming<pb::SessionRequest>>,
+        tx: mpsc::Sender<Result<pb::SessionEvent, Status>>,
+    ) {
+        // Each task's deadline counts from its own submit: a long-lived
+        // stream must not age its new tasks.
+        let stream_deadline = client_deadline(request.metadata());
+        let conn = connection(&request);
+        let mut inbound = request.into_inner();
+        // Each task's driver; cancelling one aborts it, which drops its
+        // handle and releases the task.
+        let mut tasks: HashMap<TaskUuid, tokio::task::AbortHandle> = HashMap::new();
+        let mut drivers = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                Some(done) = drivers.join_next(), if !drivers.is_empty() => {
+                    if let Ok(uuid) = done {
+                        tasks.remove(&uuid);
+                    }
+                }
+                msg = inbound.message() => {
+                    let req = match msg {
+                        Ok(Some(r)) => r,
+                        // The client finished sending: deliver what is in
+                        // flight, then end.
+                        Ok(None) => break,
+                        Err(_) => { drivers.abort_all(); return; }
+                    };
+                    let submits = match req.request {
+                        Some(pb::session_request::Request::Submit(s)) => vec![s],
+                        Some(pb::session_request::Request::Submits(many)) => many.submits,
+                        Some(pb::session_request::Request::Cancel(c)) => {
+                            let cancelled = TaskUuid::parse_any(&c.task_uuid)
+                                .and_then(|uuid| Some((uuid, tasks.remove(&uuid)?)));
+                            if let Some((uuid, abort)) = cancelled {
+                                abort.abort();
+                                // An explicit cancel releases the task itself.
+                                self.dispatch.cancel(&uuid);
+                                let _ = tx.send(Ok(session_event(&uuid, "", pb::session_event::Event::Error(pb::TaskError {
+                                    grpc_code: Code::Cancelled as i32,
+                                    message: "cancelled by the client".into(),
+                                    ..Default::default()
+                                })))).await;
+                            }
+                            Vec::new()
+                        }
+                        None => Vec::new(),
+                    };
+                    for s in submits {
+                        let request_id = s.request_id.clone();
+                        let started = self
+                            .session_task_deadline(s.timeout, stream_deadline)
+                            .and_then(|deadline| {
+                                let task = s
+                                    .task
+                                    .as_ref()
+                                    .ok_or_else(|| Status::invalid_argument("submit.task is required"))
+                                    .and_then(run_task)?;
+                                Ok((self.submit(task, conn.as_ref(), deadline)?, deadline))
+                            });
+                        let event = match started {
+                            Ok((handle, deadline)) => {
+                                let uuid = handle.uuid;
+                                let accepted = session_event(&uuid, &request_id, pb::session_event::Event::Accepted(pb::TaskAccepted {}));
+                                let abort = drivers.spawn({
+                                    let span = task_span(&handle.uuid);
+                                    session_task(handle, deadline, request_id, tx.clone()).instrument(span)
+                                });
+                                tasks.insert(uuid, abort);
+                                accepted
+                            }
+                            Err(status) => pb::SessionEvent {
+                                task_uuid: String::new(),
+                                request_id,
+                                event: Some(pb::session_event::Event::Error(task_error(&status))),
+                            },
+                        };
+                        let _ = tx.send(Ok(event)).await;
+                    }
+                }
+            }
+        }
+        while drivers.join_next().await.is_some() {}
+    }
+
     fn session_task_deadline(
         &self,
         timeout: Option<prost_types::Duration>,
@@ -391,6 +483,14 @@ pub fn image_inference_task(r: &pb::ImageInferenceRequest) -> Result<Map<String,
     opt(&mut t, "promptWeighting", r.prompt_weighting.clone());
     opt(&mut t, "numberResults", r.number_results);
     opt(&mut t, "outputType", r.output_type.clone());
+    if r.image_bytes {
+        if r.output_type.is_some() {
+            return Err(Status::invalid_argument(
+                "image_bytes: leave output_type unset; the daemon asks Runware for base64Data",
+            ));
+        }
+        t.insert("outputType".into(), json!("base64Data"));
+    }
     opt(&mut t, "outputFormat", r.output_format.clone());
     opt(&mut t, "outputQuality", r.output_quality);
     opt(&mut t, "uploadEndpoint", r.upload_endpoint.clone());
@@ -543,22 +643,36 @@ pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
         .map_err(|r| Status::invalid_argument(format!("task_json.{} {}", r.parameter, r.detail)))
 }
 
-/// The typed image message for a result item.
-pub fn image_result(task_uuid: &TaskUuid, index: u32, item: &str) -> ImageOrBad {
+/// The typed image message for a result item: the image once (in its
+/// typed field, or decoded into `image_data` when `decode`), and the rest
+/// of the item in `raw_json`.
+pub fn image_result(task_uuid: &TaskUuid, index: u32, item: &str, decode: bool) -> ImageOrBad {
+    use base64::Engine as _;
     let Some(image) = protocol::ImageItem::parse(item) else {
         return ImageOrBad::Bad;
+    };
+    let decoded = image
+        .image_base64_data
+        .as_deref()
+        .filter(|_| decode)
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
+    let image_base64_data = match decoded {
+        Some(_) => None,
+        // Not asked for, or not base64 after all: kept as Runware sent it.
+        None => image.image_base64_data.map(Cow::into_owned),
     };
     ImageOrBad::Image(pb::ImageResult {
         task_uuid: task_uuid.to_string(),
         index,
-        image_uuid: image.image_uuid,
-        image_url: image.image_url,
-        image_base64_data: image.image_base64_data,
-        image_data_uri: image.image_data_uri,
+        image_uuid: image.image_uuid.into_owned(),
+        image_url: image.image_url.map(Cow::into_owned),
+        image_base64_data,
+        image_data_uri: image.image_data_uri.map(Cow::into_owned),
         seed: image.seed,
         nsfw_content: image.nsfw_content,
         cost: image.cost,
-        raw_json: item.to_owned(),
+        raw_json: image.rest_json,
+        image_data: decoded.map(Bytes::from),
     })
 }
 
@@ -568,6 +682,12 @@ pub enum ImageOrBad {
 }
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+/// A `BatchSession` message holds at most this many events...
+const BATCH_EVENTS: usize = 4096;
+/// ...and stops growing past this many bytes (large results go one or a
+/// few a message, far below any client's message limit).
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Drives one task into a response stream until it completes, fails, hits
 /// its deadline, or the client goes away (then the handle is dropped and
@@ -694,17 +814,23 @@ impl pb::runware_server::Runware for RunwareService {
             deadline,
         )?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(stream_task(handle, deadline, tx, |uuid, index, item| {
-            match image_result(uuid, index, item) {
-                ImageOrBad::Image(img) => img,
-                // Routing only needed the taskUUID; keep the bytes for the client.
-                ImageOrBad::Bad => pb::ImageResult {
-                    task_uuid: uuid.to_string(),
-                    index,
-                    ..Default::default()
-                },
-            }
-        }));
+        let decode = r.image_bytes;
+        tokio::spawn(stream_task(
+            handle,
+            deadline,
+            tx,
+            move |uuid, index, item| {
+                match image_result(uuid, index, item, decode) {
+                    ImageOrBad::Image(img) => img,
+                    // Routing only needed the taskUUID; keep the bytes for the client.
+                    ImageOrBad::Bad => pb::ImageResult {
+                        task_uuid: uuid.to_string(),
+                        index,
+                        ..Default::default()
+                    },
+                }
+            },
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -731,88 +857,55 @@ impl pb::runware_server::Runware for RunwareService {
         &self,
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        // Each task's deadline counts from its own submit: a long-lived
-        // stream must not age its new tasks.
-        let stream_deadline = client_deadline(request.metadata());
-        let conn = connection(&request);
-        let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
-        let service = self.clone();
+        tokio::spawn(self.clone().run_session(request, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type BatchSessionStream = Stream<pb::SessionEvents>;
+
+    async fn batch_session(
+        &self,
+        request: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::BatchSessionStream>, Status> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (batches, out) = mpsc::channel(4);
+        tokio::spawn(self.clone().run_session(request, tx));
+        // What is ready goes in one message, at once: a batch never waits
+        // for more events, it only takes those already there.
         tokio::spawn(async move {
-            // Each task's driver; cancelling one aborts it, which drops its
-            // handle and releases the task.
-            let mut tasks: HashMap<TaskUuid, tokio::task::AbortHandle> = HashMap::new();
-            let mut drivers = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = tx.closed() => break,
-                    Some(done) = drivers.join_next(), if !drivers.is_empty() => {
-                        if let Ok(uuid) = done {
-                            tasks.remove(&uuid);
+            while let Some(first) = rx.recv().await {
+                let mut events = Vec::new();
+                let mut bytes = 0;
+                let mut next = Some(first);
+                while let Some(event) = next.take() {
+                    match event {
+                        Ok(e) => {
+                            bytes += e.encoded_len();
+                            events.push(e);
+                        }
+                        Err(status) => {
+                            if !events.is_empty() {
+                                let _ = batches.send(Ok(pb::SessionEvents { events })).await;
+                            }
+                            let _ = batches.send(Err(status)).await;
+                            return;
                         }
                     }
-                    msg = inbound.message() => {
-                        let req = match msg {
-                            Ok(Some(r)) => r,
-                            // The client finished sending: deliver what is
-                            // in flight, then end.
-                            Ok(None) => break,
-                            Err(_) => { drivers.abort_all(); return; }
-                        };
-                        match req.request {
-                            Some(pb::session_request::Request::Submit(s)) => {
-                                let request_id = s.request_id.clone();
-                                let started = service
-                                    .session_task_deadline(s.timeout, stream_deadline)
-                                    .and_then(|deadline| {
-                                        let task = s
-                                            .task
-                                            .as_ref()
-                                            .ok_or_else(|| Status::invalid_argument("submit.task is required"))
-                                            .and_then(run_task)?;
-                                        Ok((service.submit(task, conn.as_ref(), deadline)?, deadline))
-                                    });
-                                match started {
-                                    Ok((handle, deadline)) => {
-                                        let uuid = handle.uuid;
-                                        let _ = tx.send(Ok(session_event(&uuid, &request_id, pb::session_event::Event::Accepted(pb::TaskAccepted {})))).await;
-                                        let abort = drivers.spawn({
-                                            let span = task_span(&handle.uuid);
-                                            session_task(handle, deadline, request_id, tx.clone()).instrument(span)
-                                        });
-                                        tasks.insert(uuid, abort);
-                                    }
-                                    Err(status) => {
-                                        let _ = tx.send(Ok(pb::SessionEvent {
-                                            task_uuid: String::new(),
-                                            request_id,
-                                            event: Some(pb::session_event::Event::Error(task_error(&status))),
-                                        })).await;
-                                    }
-                                }
-                            }
-                            Some(pb::session_request::Request::Cancel(c)) => {
-                                if let Some(uuid) = TaskUuid::parse_any(&c.task_uuid) {
-                                    if let Some(abort) = tasks.remove(&uuid) {
-                                        abort.abort();
-                                        // An explicit cancel releases the task itself.
-                                        service.dispatch.cancel(&uuid);
-                                        let _ = tx.send(Ok(session_event(&uuid, "", pb::session_event::Event::Error(pb::TaskError {
-                                            grpc_code: Code::Cancelled as i32,
-                                            message: "cancelled by the client".into(),
-                                            ..Default::default()
-                                        })))).await;
-                                    }
-                                }
-                            }
-                            None => {}
-                        }
+                    if events.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
+                        next = rx.try_recv().ok();
                     }
                 }
+                if batches
+                    .send(Ok(pb::SessionEvents { events }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
-            while drivers.join_next().await.is_some() {}
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(ReceiverStream::new(out)))
     }
 
     async fn get_status(
