@@ -646,11 +646,15 @@ pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
 /// The typed image message for a result item: the image once (in its
 /// typed field, or decoded into `image_data` when `decode`), and the rest
 /// of the item in `raw_json`.
-pub fn image_result(task_uuid: &TaskUuid, index: u32, item: &str, decode: bool) -> ImageOrBad {
+/// `None` if the item is not a JSON object.
+pub fn image_result(
+    task_uuid: &TaskUuid,
+    index: u32,
+    item: &str,
+    decode: bool,
+) -> Option<pb::ImageResult> {
     use base64::Engine as _;
-    let Some(image) = protocol::ImageItem::parse(item) else {
-        return ImageOrBad::Bad;
-    };
+    let image = protocol::ImageItem::parse(item)?;
     let decoded = image
         .image_base64_data
         .as_deref()
@@ -661,7 +665,7 @@ pub fn image_result(task_uuid: &TaskUuid, index: u32, item: &str, decode: bool) 
         // Not asked for, or not base64 after all: kept as Runware sent it.
         None => image.image_base64_data.map(Cow::into_owned),
     };
-    ImageOrBad::Image(pb::ImageResult {
+    Some(pb::ImageResult {
         task_uuid: task_uuid.to_string(),
         index,
         image_uuid: image.image_uuid.into_owned(),
@@ -674,11 +678,6 @@ pub fn image_result(task_uuid: &TaskUuid, index: u32, item: &str, decode: bool) 
         raw_json: image.rest_json,
         image_data: decoded.map(Bytes::from),
     })
-}
-
-pub enum ImageOrBad {
-    Image(pb::ImageResult),
-    Bad,
 }
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
@@ -821,9 +820,9 @@ impl pb::runware_server::Runware for RunwareService {
             tx,
             move |uuid, index, item| {
                 match image_result(uuid, index, item, decode) {
-                    ImageOrBad::Image(img) => img,
+                    Some(img) => img,
                     // Routing only needed the taskUUID; keep the bytes for the client.
-                    ImageOrBad::Bad => pb::ImageResult {
+                    None => pb::ImageResult {
                         task_uuid: uuid.to_string(),
                         index,
                         ..Default::default()
