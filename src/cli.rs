@@ -555,7 +555,10 @@ async fn image(a: ImageArgs) -> CliResult {
                 Some(path)
             }
             (Some(_), None) => {
-                return Err(format!("image {}: Runware sent no image data", img.image_uuid).into());
+                return Err(format!(
+                    "image {}: Runware sent no image data",
+                    img.image_uuid
+                ));
             }
             _ => None,
         };
