@@ -147,6 +147,10 @@ struct SimArgs {
     /// servers sometimes do.
     #[arg(long)]
     frame_before_auth: bool,
+    /// base64 and data URI images of exactly this many bytes of filler
+    /// instead of pictures (for benchmarks of large results).
+    #[arg(long, value_name = "BYTES")]
+    image_bytes: Option<usize>,
     /// Faults to inject in turn (comma-separated): drop (abort sockets),
     /// close (clean close, as a flapping load balancer), swallow (results
     /// written, then lost with their socket), lose-session.
@@ -400,6 +404,7 @@ async fn sim(args: SimArgs) -> CliResult {
         latency_jitter: parse_duration(&args.latency_jitter)?,
         video_latency: parse_duration(&args.video_latency)?,
         frame_before_auth: args.frame_before_auth,
+        image_bytes: args.image_bytes,
         ..SimConfig::default()
     };
     if let Some(path) = &args.api_key_file {

@@ -653,13 +653,14 @@ pub fn image_result(
     item: &str,
     decode: bool,
 ) -> Option<pb::ImageResult> {
-    use base64::Engine as _;
     let image = protocol::ImageItem::parse(item)?;
+    // SIMD decoding: the base64 crate's took a quarter of the daemon's CPU
+    // on 4 MB images (BENCHMARKS.md).
     let decoded = image
         .image_base64_data
         .as_deref()
         .filter(|_| decode)
-        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
+        .and_then(|b64| base64_simd::STANDARD.decode_to_vec(b64).ok());
     let image_base64_data = match decoded {
         Some(_) => None,
         // Not asked for, or not base64 after all: kept as Runware sent it.
@@ -868,7 +869,8 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::BatchSessionStream>, Status> {
         let (tx, mut rx) = mpsc::channel(1024);
-        let (batches, out) = mpsc::channel(4);
+        // One batch waits at a time: while tonic writes it, the next grows.
+        let (batches, out) = mpsc::channel(1);
         tokio::spawn(self.clone().run_session(request, tx));
         // What is ready goes in one message, at once: a batch never waits
         // for more events, it only takes those already there.
