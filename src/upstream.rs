@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytestring::ByteString;
 use futures::{SinkExt, StreamExt};
+use hyper::body::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -78,6 +80,9 @@ pub struct Upstream {
 const MAX_BATCH_TASKS: usize = 512;
 const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How often due `getResponse` polls are sent.
+/// Messages from this size on may lend their items to the task table
+/// as slices (`dispatch` keeps items of 64 KiB or more that way).
+const LARGE_MESSAGE_BYTES: usize = 64 << 10;
 const POLL_TICK: Duration = Duration::from_millis(100);
 
 impl Upstream {
@@ -307,8 +312,14 @@ impl Upstream {
                     let rest = match &text {
                         Some(text) => {
                             self.metrics.received(text.len());
+                            // A large message's items may be kept as slices
+                            // of it rather than copied (one more pass to
+                            // check its UTF-8 again, cheaper than a copy).
+                            let frame = (text.len() >= LARGE_MESSAGE_BYTES)
+                                .then(|| ByteString::try_from(Bytes::from(text.clone())).ok())
+                                .flatten();
                             match protocol::parse_frame(text) {
-                                Ok(items) => self.dispatch.route_frame(items),
+                                Ok(items) => self.dispatch.route_frame(items, frame.as_ref()),
                                 Err(e) => {
                                     self.bad_frame(&e.to_string());
                                     Vec::new()

@@ -337,7 +337,7 @@ impl Model {
             return;
         };
         let items = protocol::parse_frame(&frame).expect("the model writes valid frames");
-        for other in self.dispatch.route_frame(items) {
+        for other in self.dispatch.route_frame(items, None) {
             self.violations
                 .push(format!("an item not routed to a task: {other:?}"));
         }

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         .unwrap();
     // Routed exactly as the upstream loop routes a message; what is not a
     // task's comes back.
-    let rest = dispatch.route_frame(items);
+    let rest = dispatch.route_frame(items, None);
     for item in &rest {
         if let Inbound::UntargetedError(e) | Inbound::TaskError { error: e, .. } = item {
             let _ = classify_error(&e.code);

@@ -51,6 +51,8 @@ pub use self::journal::{SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
 use self::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
 use crate::counters::{Counter, Counters};
+use bytestring::ByteString;
+
 use crate::protocol::{self, ErrorClass, Inbound, Received, RunwareError, TaskUuid};
 
 /// Most results one task may be waited on for (a `Run` client's
@@ -64,7 +66,7 @@ pub enum TaskEvent {
     /// that completed the task; nothing follows it.
     Result {
         index: u32,
-        item: Arc<str>,
+        item: ByteString,
         last: bool,
     },
     /// The task ended with an error; nothing follows it. Boxed: it is
@@ -211,7 +213,7 @@ struct Task {
     /// Set once it is polled: which items are results not taken yet.
     matching: Option<Box<Matching>>,
     /// Its results so far, exactly as Runware sent them (for `Attach`).
-    results: Vec<Arc<str>>,
+    results: Vec<ByteString>,
     /// How many of them are steps that do not complete it (a model
     /// upload's `validated`, ...: [`Received::Step`]).
     steps: u32,
@@ -225,6 +227,32 @@ struct Task {
     idle_since: Option<Instant>,
     /// The bytes its results take, for the retention bound.
     bytes: usize,
+}
+
+/// A result item as the table keeps it, and the bytes that keeping it holds.
+struct Kept {
+    text: ByteString,
+    bytes: usize,
+}
+
+/// Items of at least this many bytes may be kept as a slice of their message.
+const SLICE_MIN_BYTES: usize = 64 << 10;
+
+/// Keeps `item`: a slice of `frame` when it is large and most of it (the
+/// whole message is then held, and counted), else a copy of its own, so
+/// that a small item never pins a large message.
+fn kept(item: &RawValue, frame: Option<&ByteString>) -> Kept {
+    let text = item.get();
+    match frame {
+        Some(frame) if text.len() >= SLICE_MIN_BYTES && text.len() * 2 > frame.len() => Kept {
+            text: frame.slice_ref(text),
+            bytes: frame.len(),
+        },
+        _ => Kept {
+            text: ByteString::from(text),
+            bytes: text.len(),
+        },
+    }
 }
 
 impl Task {
@@ -458,7 +486,7 @@ impl Dispatch {
                 && matches!(task.outcome, Some(Outcome::Completed));
             let _ = tx.unbounded_send(TaskEvent::Result {
                 index: i as u32,
-                item: Arc::clone(item),
+                item: item.clone(),
                 last,
             });
         }
@@ -651,13 +679,23 @@ impl Dispatch {
     /// task and only to it. Items that are about the connection, not a task
     /// (authentication, pong, errors naming no task, unroutable ones), are
     /// handed back.
-    pub fn route_frame<'a>(&self, items: Vec<Inbound<'a>>) -> Vec<Inbound<'a>> {
+    /// Routes a message's items to their tasks; returns what is the
+    /// connection's. `frame` is the message's text when it is large: an
+    /// item that is most of it is kept as a slice of it, not copied.
+    pub fn route_frame<'a>(
+        &self,
+        items: Vec<Inbound<'a>>,
+        frame: Option<&ByteString>,
+    ) -> Vec<Inbound<'a>> {
         // A getResponse answer is the polled items of one task in one message.
         self.message.fetch_add(1, Ordering::AcqRel);
-        items.into_iter().filter_map(|i| self.route(i)).collect()
+        items
+            .into_iter()
+            .filter_map(|i| self.route(i, frame))
+            .collect()
     }
 
-    fn route<'a>(&self, item: Inbound<'a>) -> Option<Inbound<'a>> {
+    fn route<'a>(&self, item: Inbound<'a>, frame: Option<&ByteString>) -> Option<Inbound<'a>> {
         match item {
             Inbound::Pending { task } => self.pending(task),
             Inbound::Result {
@@ -665,7 +703,7 @@ impl Dispatch {
                 item,
                 result_id,
                 received,
-            } => self.deliver(task, item, result_id.as_deref(), received),
+            } => self.deliver(task, kept(item, frame), result_id.as_deref(), received),
             Inbound::TaskError { task, error } => self.fail(task, error),
             other => return Some(other),
         }
@@ -685,13 +723,7 @@ impl Dispatch {
     }
 
     /// Routes one result item to its task.
-    fn deliver(
-        &self,
-        uuid: TaskUuid,
-        item: &RawValue,
-        result_id: Option<&str>,
-        received: Received,
-    ) {
+    fn deliver(&self, uuid: TaskUuid, item: Kept, result_id: Option<&str>, received: Received) {
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
             self.counters.add(Counter::LateResultsDropped);
             tracing::debug!(task = %uuid, "result for a task no longer kept; dropped");
@@ -720,7 +752,7 @@ impl Dispatch {
         }
         if let Some(m) = t.matching.as_mut() {
             let message = self.message.load(Ordering::Acquire);
-            if !m.take(protocol::result_fingerprint(item.get()), polled, message) {
+            if !m.take(protocol::result_fingerprint(&item.text), polled, message) {
                 if !polled {
                     // Pushed after an answer had brought it.
                     self.counters.add(Counter::DuplicateResults);
@@ -736,11 +768,11 @@ impl Dispatch {
             }
             t.result_ids.push(id.into());
         }
-        let item: Arc<str> = item.get().into();
-        t.bytes += item.len();
-        self.retained_bytes.fetch_add(item.len(), Ordering::AcqRel);
+        let Kept { text: item, bytes } = item;
+        t.bytes += bytes;
+        self.retained_bytes.fetch_add(bytes, Ordering::AcqRel);
         let index = t.results.len() as u32;
-        t.results.push(Arc::clone(&item));
+        t.results.push(item.clone());
         if received == (Received::Step { last: false }) {
             t.steps += 1;
         }
@@ -1015,8 +1047,9 @@ mod tests {
         }
     }
 
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
+    /// An item as the table keeps it, copied.
+    fn raw(s: &str) -> Kept {
+        kept(&RawValue::from_string(s.to_owned()).unwrap(), None)
     }
 
     fn send(d: &Dispatch, uuid: &TaskUuid) {
@@ -1028,7 +1061,7 @@ mod tests {
     fn answer(d: &Dispatch, uuid: TaskUuid, items: &[(&str, Option<&str>)]) {
         d.message.fetch_add(1, Ordering::AcqRel);
         for (item, id) in items {
-            d.deliver(uuid, &raw(item), *id, Received::Answered);
+            d.deliver(uuid, raw(item), *id, Received::Answered);
         }
     }
 
@@ -1046,14 +1079,45 @@ mod tests {
         }
     }
 
+    /// A large item that is most of its message is kept as a slice of the
+    /// message (no copy), counted as the whole message; a small one, or one
+    /// sharing its message with others, is copied and counted alone.
+    #[test]
+    fn large_items_are_slices_of_their_message_and_counted_as_it() {
+        let big = "x".repeat(SLICE_MIN_BYTES);
+        let text = format!(r#"{{"data":[{{"text":"{big}"}},{{"text":"small"}}]}}"#);
+        let frame = ByteString::from(text.as_str());
+        let items: Vec<&RawValue> = {
+            #[derive(serde::Deserialize)]
+            struct F<'a> {
+                #[serde(borrow)]
+                data: Vec<&'a RawValue>,
+            }
+            serde_json::from_str::<F<'_>>(&frame).unwrap().data
+        };
+        let inside = |k: &Kept| {
+            let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+            range.contains(&(k.text.as_ptr() as usize))
+        };
+        let large = kept(items[0], Some(&frame));
+        assert!(inside(&large), "sliced, not copied");
+        assert_eq!(large.text, items[0].get());
+        assert_eq!(large.bytes, frame.len());
+        let small = kept(items[1], Some(&frame));
+        assert!(!inside(&small));
+        assert_eq!(small.bytes, items[1].get().len());
+        // Without the message at hand (small messages), always a copy.
+        assert!(!inside(&kept(items[0], None)));
+    }
+
     #[test]
     fn results_complete_after_expected_and_later_ones_are_counted() {
         let (d, mut q) = setup(Limits::default());
         let mut h = d.submit(task(2), None).unwrap();
         assert_eq!(q.try_recv().unwrap(), h.uuid);
-        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, Received::Pushed);
-        d.deliver(h.uuid, &raw(r#"{"text":"a"}"#), None, Received::Pushed);
-        d.deliver(h.uuid, &raw(r#"{"text":"c"}"#), None, Received::Pushed);
+        d.deliver(h.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        d.deliver(h.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        d.deliver(h.uuid, raw(r#"{"text":"c"}"#), None, Received::Pushed);
         assert_eq!(next_result(&mut h), (0, r#"{"text":"a"}"#.into(), false));
         // Equal texts are both kept: only result ids mark duplicates.
         assert_eq!(next_result(&mut h), (1, r#"{"text":"a"}"#.into(), true));
@@ -1068,19 +1132,19 @@ mod tests {
         let mut h = d.submit(task(2), None).unwrap();
         d.deliver(
             h.uuid,
-            &raw(r#"{"imageUUID":"x"}"#),
+            raw(r#"{"imageUUID":"x"}"#),
             Some("x"),
             Received::Pushed,
         );
         d.deliver(
             h.uuid,
-            &raw(r#"{"imageUUID":"x"}"#),
+            raw(r#"{"imageUUID":"x"}"#),
             Some("x"),
             Received::Pushed,
         );
         d.deliver(
             h.uuid,
-            &raw(r#"{"imageUUID":"y"}"#),
+            raw(r#"{"imageUUID":"y"}"#),
             Some("y"),
             Received::Pushed,
         );
@@ -1214,7 +1278,7 @@ mod tests {
         // The first ends with a 300-byte result: its JSON goes, the result
         // stays (for Attach).
         let result = format!(r#"{{"text":"{}"}}"#, "r".repeat(290));
-        d.deliver(a.uuid, &raw(&result), None, Received::Pushed);
+        d.deliver(a.uuid, raw(&result), None, Received::Pushed);
         assert_eq!(d.held_bytes(), result.len());
         let b = d.submit(big(500), None).unwrap();
         assert!(d.attach(a.uuid, Principal::Tcp).is_ok());
@@ -1256,14 +1320,14 @@ mod tests {
         let (d, _q) = setup(Limits::default());
         let h = d.submit(task(3), None).unwrap();
         let uuid = h.uuid;
-        d.deliver(uuid, &raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        d.deliver(uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
         drop(h);
         assert_eq!(d.in_flight(), 1);
-        d.deliver(uuid, &raw(r#"{"text":"b"}"#), None, Received::Pushed);
+        d.deliver(uuid, raw(r#"{"text":"b"}"#), None, Received::Pushed);
         let mut again = d.attach(uuid, Principal::Tcp).unwrap();
         assert_eq!(next_result(&mut again).1, r#"{"text":"a"}"#);
         assert_eq!(next_result(&mut again).1, r#"{"text":"b"}"#);
-        d.deliver(uuid, &raw(r#"{"text":"c"}"#), None, Received::Pushed);
+        d.deliver(uuid, raw(r#"{"text":"c"}"#), None, Received::Pushed);
         assert_eq!(next_result(&mut again), (2, r#"{"text":"c"}"#.into(), true));
         // After the end, a late attach still gets everything.
         let mut late = d.attach(uuid, Principal::Tcp).unwrap();
@@ -1290,7 +1354,7 @@ mod tests {
         let a = d.submit(task(1), None).unwrap();
         d.deliver(
             a.uuid,
-            &raw(r#"{"text":"aaaaaaaaaaaa"}"#),
+            raw(r#"{"text":"aaaaaaaaaaaa"}"#),
             None,
             Received::Pushed,
         );
@@ -1298,7 +1362,7 @@ mod tests {
         let b = d.submit(task(1), None).unwrap();
         d.deliver(
             b.uuid,
-            &raw(r#"{"text":"bbbbbbbbbbbb"}"#),
+            raw(r#"{"text":"bbbbbbbbbbbb"}"#),
             None,
             Received::Pushed,
         );
@@ -1313,7 +1377,7 @@ mod tests {
         d.sweep();
         assert_eq!(d.known(), 0, "idle past retention: released");
         assert_eq!(d.in_flight(), 0);
-        d.deliver(c_uuid, &raw("{}"), None, Received::Pushed);
+        d.deliver(c_uuid, raw("{}"), None, Received::Pushed);
         assert_eq!(d.counters.get(Counter::LateResultsDropped), 1);
     }
 
@@ -1323,7 +1387,7 @@ mod tests {
         let h = d.submit(task(3), None).unwrap();
         assert!(d.cancel(&h.uuid));
         assert_eq!(d.in_flight(), 0);
-        d.deliver(h.uuid, &raw("{}"), None, Received::Pushed);
+        d.deliver(h.uuid, raw("{}"), None, Received::Pushed);
         assert_eq!(d.counters.get(Counter::LateResultsDropped), 1);
     }
 
@@ -1335,7 +1399,7 @@ mod tests {
         send(&d, &sent.uuid);
         d.deliver(
             sent.uuid,
-            &raw(r#"{"imageUUID":"1"}"#),
+            raw(r#"{"imageUUID":"1"}"#),
             Some("1"),
             Received::Pushed,
         );
@@ -1348,7 +1412,7 @@ mod tests {
         // A push while polled is taken at once...
         d.deliver(
             sent.uuid,
-            &raw(r#"{"imageUUID":"2"}"#),
+            raw(r#"{"imageUUID":"2"}"#),
             Some("2"),
             Received::Pushed,
         );
@@ -1392,7 +1456,7 @@ mod tests {
         let mut h = d.submit(task(4), None).unwrap();
         send(&d, &h.uuid);
         // Pushed out of order: the third version came first.
-        d.deliver(h.uuid, &raw(r#"{"text":"v2"}"#), None, Received::Pushed);
+        d.deliver(h.uuid, raw(r#"{"text":"v2"}"#), None, Received::Pushed);
         assert_eq!(next_result(&mut h).1, r#"{"text":"v2"}"#);
         d.on_session(false);
         d.due_polls(10);
@@ -1437,7 +1501,7 @@ mod tests {
         send(&d, &h.uuid);
         let step = |s: &str| format!(r#"{{"air":"a","status":"{s}"}}"#);
         for s in ["validated", "downloaded"] {
-            d.deliver(h.uuid, &raw(&step(s)), None, Received::Step { last: false });
+            d.deliver(h.uuid, raw(&step(s)), None, Received::Step { last: false });
         }
         assert_eq!(next_result(&mut h), (0, step("validated"), false));
         assert_eq!(next_result(&mut h), (1, step("downloaded"), false));
@@ -1450,7 +1514,7 @@ mod tests {
             ("optimized", false),
             ("stored", false),
         ] {
-            d.deliver(h.uuid, &raw(&step(s)), None, Received::Step { last });
+            d.deliver(h.uuid, raw(&step(s)), None, Received::Step { last });
         }
         assert_eq!(next_result(&mut h), (2, step("optimized"), false));
         assert_eq!(next_result(&mut h), (3, step("stored"), false));
@@ -1462,7 +1526,7 @@ mod tests {
         d.message.fetch_add(1, Ordering::AcqRel);
         for s in ["validated", "downloaded", "optimized", "stored", "ready"] {
             let last = s == "ready";
-            d.deliver(h.uuid, &raw(&step(s)), None, Received::Step { last });
+            d.deliver(h.uuid, raw(&step(s)), None, Received::Step { last });
         }
         assert_eq!(next_result(&mut h), (4, step("ready"), true));
         assert_eq!(d.in_flight(), 0);
@@ -1513,7 +1577,7 @@ mod tests {
         let queued = d.submit(task(1), None).unwrap();
         send(&d, &done.uuid);
         send(&d, &sent.uuid);
-        d.deliver(done.uuid, &raw(r#"{"text":"x"}"#), None, Received::Pushed);
+        d.deliver(done.uuid, raw(r#"{"text":"x"}"#), None, Received::Pushed);
         let changes = d.take_changes();
         assert_eq!(changes.len(), 3 + 2 + 1, "{changes:?}");
         assert!(d.take_changes().is_empty(), "taken once");

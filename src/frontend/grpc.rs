@@ -303,7 +303,7 @@ fn task_uuid(given: &str) -> Result<TaskUuid, Status> {
 enum Next {
     Item {
         index: u32,
-        item: Arc<str>,
+        item: bytestring::ByteString,
         last: bool,
     },
 }

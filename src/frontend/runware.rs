@@ -571,7 +571,7 @@ impl RunwareEndpoint {
 #[derive(Debug, Clone, PartialEq)]
 enum Out {
     /// One result item of a task, exactly as Runware sent it.
-    Item(TaskUuid, Arc<str>),
+    Item(TaskUuid, bytestring::ByteString),
     Message(String),
 }
 
