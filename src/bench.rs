@@ -194,6 +194,10 @@ pub struct LargeRow {
     /// Result bytes in flight at once (in_flight x one base64 result), MiB.
     pub in_flight_mib: f64,
     pub daemon_peak_rss_mib: f64,
+    /// After the run: the results the daemon keeps (retention on), MiB...
+    pub retained_mib: f64,
+    /// ...and its resident memory then, MiB.
+    pub daemon_rss_after_mib: f64,
 }
 
 /// One run of the flaky-network scenario.
@@ -879,6 +883,8 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
             daemon_cpu_ms_per_mb: 0.0,
             in_flight_mib: base64_mb * 1e6 * IN_FLIGHT as f64 / (1 << 20) as f64,
             daemon_peak_rss_mib: 0.0,
+            retained_mib: 0.0,
+            daemon_rss_after_mib: 0.0,
         });
         for (path, extra) in [("base64", &[][..]), ("bytes", &["--retention", "0s"][..])] {
             let sim = crate::sim::SimHandle::bind(loopback, config.clone(), None).await?;
@@ -886,6 +892,7 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
             let pid = daemon.child.id();
             let cpu0 = cpu_seconds(pid, ticks);
             let clients = Arc::new(channels(&addr, IN_FLIGHT).await?);
+            let mut status_client = clients[0].clone();
             let bytes = path == "bytes";
             let (_, failed, took) = drive(IN_FLIGHT, tasks, limit, move |i| {
                 let mut client = clients[i % clients.len()].clone();
@@ -914,7 +921,11 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
             })
             .await;
             let cpu = cpu_seconds(pid, ticks) - cpu0;
-            let (_, hwm) = memory_mib(pid);
+            let (rss_after, hwm) = memory_mib(pid);
+            let retained = match status_client.get_status(pb::GetStatusRequest {}).await {
+                Ok(s) => s.into_inner().retained_bytes as f64 / (1 << 20) as f64,
+                Err(_) => f64::NAN,
+            };
             drop(daemon);
             let mb = (tasks - failed) as f64 * base64_mb;
             let row = LargeRow {
@@ -928,6 +939,8 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
                 daemon_cpu_ms_per_mb: cpu * 1000.0 / mb.max(f64::MIN_POSITIVE),
                 in_flight_mib: base64_mb * 1e6 * IN_FLIGHT as f64 / (1 << 20) as f64,
                 daemon_peak_rss_mib: hwm,
+                retained_mib: retained,
+                daemon_rss_after_mib: rss_after,
             };
             progress(&format!(
                 "large {image_mb} MB x {tasks} ({path}): {:.0} MB/s ({:.2} of direct {direct:.0}), {:.1} ms CPU/MB, peak RSS {:.0} MiB for {:.0} MiB in flight, {failed} failed",
@@ -1114,11 +1127,11 @@ pub fn table(r: &Report) -> String {
     }
     if !r.large.is_empty() {
         t.push_str(
-            "\n| image MB | path | tasks | in flight | failed | MB/s | x direct | daemon CPU ms/MB | results in flight MiB | daemon peak RSS MiB |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "\n| image MB | path | tasks | in flight | failed | MB/s | x direct | daemon CPU ms/MB | results in flight MiB | daemon peak RSS MiB | retained after MiB | RSS after MiB |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for l in &r.large {
             t.push_str(&format!(
-                "| {:.0} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} |\n",
+                "| {:.0} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
                 l.image_mb,
                 l.path,
                 l.tasks,
@@ -1128,7 +1141,9 @@ pub fn table(r: &Report) -> String {
                 l.x_direct,
                 l.daemon_cpu_ms_per_mb,
                 l.in_flight_mib,
-                l.daemon_peak_rss_mib
+                l.daemon_peak_rss_mib,
+                l.retained_mib,
+                l.daemon_rss_after_mib
             ));
         }
     }

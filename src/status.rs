@@ -17,6 +17,8 @@ pub struct StatusSnapshot {
     pub known_tasks: u64,
     /// Tasks whose results are polled with getResponse.
     pub polling: u64,
+    /// Bytes the kept results of ended tasks hold.
+    pub retained_bytes: u64,
     /// The daemon is stopping and accepts no new tasks.
     pub draining: bool,
     pub counters: [(Counter, u64); Counter::ALL.len()],
@@ -39,6 +41,7 @@ impl StatusSnapshot {
             in_flight: dispatch.in_flight() as u64,
             known_tasks: dispatch.known() as u64,
             polling: dispatch.polling() as u64,
+            retained_bytes: dispatch.retained_bytes() as u64,
             draining: dispatch.is_draining(),
             counters: counters.read(),
         }
@@ -103,6 +106,11 @@ impl StatusSnapshot {
                 "Tasks whose results are polled with getResponse",
                 self.polling,
             ),
+            gauge(
+                "runwared_results_retained_bytes",
+                "Bytes the kept results of ended tasks hold (max_retained_bytes bounds them)",
+                self.retained_bytes,
+            ),
         ];
         out.extend(self.counters.iter().map(|(c, v)| {
             let info = c.info();
@@ -139,6 +147,7 @@ impl StatusSnapshot {
             simulated,
             known_tasks: self.known_tasks,
             draining: self.draining,
+            retained_bytes: self.retained_bytes,
             // The fields from before the list, kept for existing clients.
             late_results_dropped: self.counter(Counter::LateResultsDropped),
             bad_frames: self.counter(Counter::BadFrames),

@@ -17,9 +17,10 @@ client ending with the image's bytes:
     grpc-base64   ImageInference, base64 in the message, decoded by the client
     grpc-bytes    ImageInference with image_bytes (decoded once by the daemon)
 
-It starts `runwared sim` and `runwared serve` itself (loopback only), writes
-the figures as JSON and a chart (SVG) of each path's throughput over the
-direct client's, by concurrency:
+It starts `runwared sim` and `runwared serve` itself (loopback only), also
+runs `runwared bench --scenarios large` (the same sizes from a Rust client,
+with the daemon's CPU and memory), and writes the figures as JSON and charts
+(SVG) of each path's throughput over the direct client's:
 
     python examples/python/bench.py --bin target/release/runwared --out bench-out
 
@@ -341,6 +342,12 @@ async def main_async(a):
                 print(json.dumps(row), flush=True)
         finally:
             servers.stop()
+    if a.rust_large:
+        run = subprocess.run([a.bin, "bench", "--scenarios", "large", "--json", "--log", "warn"],
+                             capture_output=True, text=True, timeout=900, check=True)
+        report["rust_large"] = json.loads(run.stdout)["large"]
+        for row in report["rust_large"]:
+            print(json.dumps(row), flush=True)
     out = pathlib.Path(a.out)
     (out / "bench-python.json").write_text(json.dumps(report, indent=1) + "\n")
     if report["small"]:
@@ -362,6 +369,8 @@ def main(argv=None):
     p.add_argument("--large-mb", default="1,4", help="image sizes, MB (empty: none)")
     p.add_argument("--large-tasks", type=int, default=64)
     p.add_argument("--limit", type=float, default=120, help="seconds at most per run")
+    p.add_argument("--rust-large", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run `runwared bench --scenarios large`")
     p.add_argument("--out", default="bench-out")
     a = p.parse_args(argv)
     pathlib.Path(a.out).mkdir(parents=True, exist_ok=True)

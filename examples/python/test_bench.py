@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 def test_a_short_run_measures_every_path_and_draws_the_charts(tmp_path):
     binary = os.environ.get("RUNWARED_BIN", str(ROOT / "target/debug/runwared"))
     report = bench.main(["--bin", binary, "--concurrency", "1,4", "--tasks", "40",
-                         "--large-mb", "1", "--large-tasks", "4", "--limit", "60",
+                         "--large-mb", "1", "--large-tasks", "4", "--limit", "60", "--no-rust-large",
                          "--out", str(tmp_path)])
     assert {(r["path"], r["concurrency"]) for r in report["small"]} == {
         (p, c) for p in bench.SMALL_PATHS for c in (1, 4)}

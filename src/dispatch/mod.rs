@@ -516,6 +516,11 @@ impl Dispatch {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Bytes the results of ended tasks hold (against `max_retained_bytes`).
+    pub fn retained_bytes(&self) -> usize {
+        self.retained_bytes.load(Ordering::Acquire)
+    }
+
     /// Tasks in the table: in flight, or ended with results kept.
     pub fn known(&self) -> usize {
         self.tasks.len()
@@ -780,6 +785,8 @@ impl Dispatch {
         t.notify(&TaskEvent::Result { index, item, last });
         if last {
             self.finish(t, Outcome::Completed, Instant::now());
+            drop(task);
+            self.ended(uuid);
         }
     }
 
@@ -830,6 +837,8 @@ impl Dispatch {
             runware: Some(error),
         };
         self.finish(&mut task, Outcome::Failed(Box::new(failure)), now);
+        drop(task);
+        self.ended(uuid);
     }
 
     /// Ends every task in flight with the same failure.
@@ -1108,6 +1117,38 @@ mod tests {
         assert_eq!(small.bytes, items[1].get().len());
         // Without the message at hand (small messages), always a copy.
         assert!(!inside(&kept(items[0], None)));
+    }
+
+    /// Results are let go of when their task ends, not at the next sweep:
+    /// at once without retention, and the oldest when they overshoot
+    /// `max_retained_bytes` by an eighth.
+    #[test]
+    fn ended_tasks_let_go_of_results_without_waiting_for_the_sweep() {
+        let item = format!(r#"{{"text":"{}"}}"#, "x".repeat(1000));
+        let (off, _q) = setup(Limits {
+            retention: Duration::ZERO,
+            ..Limits::default()
+        });
+        let h = off.submit(task(1), None).unwrap();
+        off.deliver(h.uuid, raw(&item), None, Received::Pushed);
+        assert_eq!((off.known(), off.retained_bytes()), (0, 0));
+
+        let (on, _q) = setup(Limits {
+            max_retained_bytes: 8 * item.len(),
+            ..Limits::default()
+        });
+        let mut handles = Vec::new();
+        for _ in 0..40 {
+            let h = on.submit(task(1), None).unwrap();
+            on.deliver(h.uuid, raw(&item), None, Received::Pushed);
+            assert!(
+                on.retained_bytes() <= 9 * item.len(),
+                "{}",
+                on.retained_bytes()
+            );
+            handles.push(h);
+        }
+        assert!(on.known() < 40);
     }
 
     #[test]

@@ -37,6 +37,25 @@ impl Dispatch {
         }
     }
 
+    /// A task just ended (called holding no lock of the table). Without
+    /// retention its results go at once; and when results overshoot
+    /// `max_retained_bytes` by an eighth, the oldest ended tasks go now
+    /// rather than at the next sweep: large results arrive at hundreds of
+    /// MB/s, a second's worth is far beyond the bound. (The eighth spreads
+    /// the scan of the table over many ends.)
+    pub(super) fn ended(&self, uuid: TaskUuid) {
+        if self.limits.retention.is_zero() {
+            let idle = |_: &TaskUuid, t: &Task| !t.in_flight() && t.watchers.is_empty();
+            if let Some((_, task)) = self.tasks.remove_if(&uuid, idle) {
+                self.forget(&task);
+            }
+        }
+        let max = self.limits.max_retained_bytes;
+        if self.retained_bytes.load(Ordering::Acquire) > max + max / 8 {
+            self.let_go_of_ended(self.limits.max_memory_bytes);
+        }
+    }
+
     /// Bytes the table holds: the JSON of tasks in flight and every result
     /// kept, the measure of `max_memory_bytes`.
     pub fn held_bytes(&self) -> usize {
