@@ -1019,7 +1019,11 @@ async fn measure_resume(drops: usize, progress: &impl Fn(&str)) -> std::io::Resu
         .map_err(std::io::Error::other)?;
     let mut out = Vec::new();
     for _ in 0..drops {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Drops 2.1 s apart: each one alone, as the reconnect policy sees
+        // it (quick reconnects are a bucket of 10 refilled at 30 a minute;
+        // drops every 300 ms ran it dry after ten, and the rest waited on
+        // its backoff, 126 to 590 ms, by design: a reconnect storm).
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         let mut c = client.clone();
         let call = tokio::spawn(async move {
             c.prompt_enhance(pb::PromptEnhanceRequest {
