@@ -1,6 +1,7 @@
 //! Serving WebSockets beside plain HTTP on one hyper listener, as Runware's
 //! URL does (WebSocket and REST at `/v1`): the daemon's Runware-protocol
-//! endpoint and the simulator share this.
+//! endpoint and the simulator share this, and what the two read of a
+//! request (upgrade, bearer token, dry run).
 
 use std::future::Future;
 
@@ -36,6 +37,16 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The token of an `Authorization: Bearer` header, if any (Runware's REST
+/// takes the API key so, as the first task's `apiKey` or this).
+pub fn bearer(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
 }
 
 /// True if the URL's query asks for a dry run (`?dryRun=1`, `true`, or

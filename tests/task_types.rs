@@ -96,21 +96,9 @@ async fn a_model_upload_streams_each_step_and_ends_ready() {
     );
     assert!(got.iter().all(|i| i["air"] == "me:1@1"));
     // Nothing of it arrived after the task had ended.
-    let status = h
-        .client
-        .get_status(pb::GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let counter = |name: &str| {
-        status
-            .counters
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.value)
-    };
-    assert_eq!(counter("duplicate_results"), Some(0));
-    assert_eq!(counter("late_results_dropped"), Some(0));
+    for name in ["duplicate_results", "late_results_dropped"] {
+        assert_eq!(status_counter(&mut h.client, name).await, Some(0), "{name}");
+    }
 }
 
 /// A long video, sent async and polled: the client sees one result when it
@@ -187,17 +175,7 @@ async fn a_frame_before_the_authentication_answer_is_skipped() {
     .await
     .unwrap();
     assert_eq!(got.len(), 1);
-    let status = h
-        .client
-        .get_status(pb::GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let unroutable = status
-        .counters
-        .iter()
-        .find(|c| c.name == "bad_frames")
-        .map(|c| c.value);
+    let unroutable = status_counter(&mut h.client, "bad_frames").await;
     assert_eq!(unroutable, Some(1));
 }
 

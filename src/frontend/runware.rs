@@ -479,12 +479,7 @@ impl RunwareEndpoint {
         req: Request<hyper::body::Incoming>,
         client: ClientConnection,
     ) -> Response<Full<Bytes>> {
-        let bearer = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned);
+        let bearer = crate::websocket::bearer(&req);
         let body = match Limited::new(req.into_body(), self.inner.max_message_bytes)
             .collect()
             .await

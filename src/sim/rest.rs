@@ -28,12 +28,7 @@ pub(super) async fn answer(
             encode(&[Outgoing::Error(error_item(code, "", message, None, None))]),
         )
     };
-    let bearer = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let bearer = crate::websocket::bearer(&req);
     let max = lock(&shared.config).max_message_bytes;
     let Ok(body) = Limited::new(req.into_body(), max).collect().await else {
         return refuse(

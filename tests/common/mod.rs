@@ -221,3 +221,17 @@ pub async fn post_json(
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// A counter of the daemon's `GetStatus`, by name.
+pub async fn status_counter(client: &mut RunwareClient<Channel>, name: &str) -> Option<u64> {
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    status
+        .counters
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.value)
+}
