@@ -31,6 +31,17 @@ pub fn config(max_message_bytes: usize) -> WebSocketConfig {
         .read_buffer_size(32 * 1024)
 }
 
+/// A JSON answer with `status`.
+pub fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// True if `req` asks for a WebSocket.
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.headers()

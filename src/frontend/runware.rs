@@ -53,6 +53,7 @@ use crate::config::BearerToken;
 use crate::counters::Counter;
 use crate::dispatch::{ClientConnection, Dispatch, Principal, SubmitError, TaskEvent, TaskHandle};
 use crate::protocol::{RunwareError, TaskUuid};
+use crate::websocket::json_response;
 
 /// How long a local session outlives its socket, keeping what arrives for
 /// a client that reconnects with its `connectionSessionUUID` (Runware's
@@ -930,16 +931,6 @@ fn frame(items: &[String], errors: &[RunwareError]) -> String {
     }
     out.push('}');
     out
-}
-
-fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 fn error_response(status: StatusCode, refusal: &Refusal) -> Response<Full<Bytes>> {

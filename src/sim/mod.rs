@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::websocket::json_response as http_answer;
 use futures::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -480,16 +481,6 @@ async fn answer_http(shared: Arc<Shared>, req: HttpRequest<Incoming>) -> HttpRes
         return rest::answer(&shared, req, dry_run).await;
     }
     http_answer(StatusCode::METHOD_NOT_ALLOWED, String::new())
-}
-
-fn http_answer(status: StatusCode, body: String) -> HttpResponse<Full<Bytes>> {
-    let mut response = HttpResponse::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 /// One WebSocket, authenticated by its first message, until it goes.
