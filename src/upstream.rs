@@ -79,10 +79,10 @@ pub struct Upstream {
 /// growing; both keep one message from starving the reader.
 const MAX_BATCH_TASKS: usize = 512;
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// How often due `getResponse` polls are sent.
 /// Messages from this size on may lend their items to the task table
 /// as slices (`dispatch` keeps items of 64 KiB or more that way).
 const LARGE_MESSAGE_BYTES: usize = 64 << 10;
+/// How often due `getResponse` polls are sent.
 const POLL_TICK: Duration = Duration::from_millis(100);
 
 impl Upstream {

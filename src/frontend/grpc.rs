@@ -660,7 +660,13 @@ pub fn image_result(
         .image_base64_data
         .as_deref()
         .filter(|_| decode)
-        .and_then(|b64| base64_simd::STANDARD.decode_to_vec(b64).ok());
+        .and_then(|b64| match base64_simd::STANDARD.decode_to_vec(b64) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                tracing::warn!(task = %task_uuid, error = %e, "imageBase64Data from Runware is not base64; sent as it came");
+                None
+            }
+        });
     let image_base64_data = match decoded {
         Some(_) => None,
         // Not asked for, or not base64 after all: kept as Runware sent it.
