@@ -38,6 +38,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -90,7 +91,6 @@ class Servers:
             raise RuntimeError("the daemon did not start")
         self.grpc_addr, self.endpoint = grpc_addr, endpoint
         # Keep reading the log so the daemon never blocks on a full pipe.
-        import threading
         threading.Thread(target=lambda: [None for _ in self.daemon.stderr], daemon=True).start()
 
     def daemon_cpu(self):
