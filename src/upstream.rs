@@ -79,9 +79,6 @@ pub struct Upstream {
 /// growing; both keep one message from starving the reader.
 const MAX_BATCH_TASKS: usize = 512;
 const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Messages from this size on may lend their items to the task table
-/// as slices (`dispatch` keeps items of 64 KiB or more that way).
-const LARGE_MESSAGE_BYTES: usize = 64 << 10;
 /// How often due `getResponse` polls are sent.
 const POLL_TICK: Duration = Duration::from_millis(100);
 
@@ -315,7 +312,7 @@ impl Upstream {
                             // A large message's items may be kept as slices
                             // of it rather than copied (one more pass to
                             // check its UTF-8 again, cheaper than a copy).
-                            let frame = (text.len() >= LARGE_MESSAGE_BYTES)
+                            let frame = (text.len() >= crate::dispatch::SLICE_MIN_BYTES)
                                 .then(|| ByteString::try_from(Bytes::from(text.clone())).ok())
                                 .flatten();
                             match protocol::parse_frame(text) {

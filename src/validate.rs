@@ -55,7 +55,7 @@ fn check_str_len(
     }
 }
 
-fn check_int(
+pub fn check_int(
     task: &Map<String, Value>,
     name: &str,
     min: i64,
@@ -75,7 +75,12 @@ fn check_int(
     }
 }
 
-fn check_float(task: &Map<String, Value>, name: &str, min: f64, max: f64) -> Result<(), Invalid> {
+pub fn check_float(
+    task: &Map<String, Value>,
+    name: &str,
+    min: f64,
+    max: f64,
+) -> Result<(), Invalid> {
     match task.get(name) {
         None => Ok(()),
         Some(v) => match v.as_f64() {

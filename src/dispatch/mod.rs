@@ -235,8 +235,9 @@ struct Kept {
     bytes: usize,
 }
 
-/// Items of at least this many bytes may be kept as a slice of their message.
-const SLICE_MIN_BYTES: usize = 64 << 10;
+/// Items of at least this many bytes may be kept as a slice of their
+/// message (so upstream lends messages from this size on).
+pub const SLICE_MIN_BYTES: usize = 64 << 10;
 
 /// Keeps `item`: a slice of `frame` when it is large and most of it (the
 /// whole message is then held, and counted), else a copy of its own, so

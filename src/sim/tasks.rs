@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::validate::{Invalid, invalid};
+use crate::validate::{Invalid, check_float, check_int, invalid};
 
 /// What a task produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +53,7 @@ pub fn plan(task_type: &str, task: &Map<String, Value>) -> Result<Plan, Invalid>
         }
         "upscale" | "imageUpscale" => {
             require_input(task, &["inputImage", "inputs"])?;
-            if let Some(f) = task.get("upscaleFactor") {
-                if !f.as_f64().is_some_and(|f| (1.0..=4.0).contains(&f)) {
-                    return Err(invalid(
-                        "upscaleFactor",
-                        "upscaleFactor must be a number from 1 to 4",
-                    ));
-                }
-            }
+            check_float(task, "upscaleFactor", 1.0, 4.0)?;
             one(Kind::Image)
         }
         "removeBackground" | "imageBackgroundRemoval" => {
@@ -86,9 +79,10 @@ pub fn plan(task_type: &str, task: &Map<String, Value>) -> Result<Plan, Invalid>
                     ));
                 }
             }
+            let results = check_int(task, "numberResults", 1, 4, false)?;
             Ok(Plan {
                 kind: Kind::Video,
-                results: number_results(task)?,
+                results: results.unwrap_or(1) as u32,
             })
         }
         "modelUpload" => {
@@ -137,19 +131,6 @@ fn require_input(task: &Map<String, Value>, names: &[&str]) -> Result<(), Invali
         Ok(())
     } else {
         Err(invalid(names[0], format!("{} is required", names[0])))
-    }
-}
-
-fn number_results(task: &Map<String, Value>) -> Result<u32, Invalid> {
-    match task.get("numberResults") {
-        None => Ok(1),
-        Some(v) => match v.as_u64() {
-            Some(n @ 1..=4) => Ok(n as u32),
-            _ => Err(invalid(
-                "numberResults",
-                "numberResults must be an integer from 1 to 4",
-            )),
-        },
     }
 }
 
