@@ -45,6 +45,11 @@ pub struct BenchConfig {
     pub flaky_tasks: usize,
     /// Which scenarios run.
     pub scenarios: Vec<Scenario>,
+    /// Which loads the throughput scenario runs.
+    pub loads: Vec<Load>,
+    /// Which paths through the daemon the throughput scenario measures
+    /// (the direct client always runs: each ratio is against it).
+    pub paths: Vec<Path>,
 }
 
 /// The parts of `runwared bench`.
@@ -90,11 +95,13 @@ impl Default for BenchConfig {
             drops: 20,
             flaky_tasks: 200,
             scenarios: Scenario::ALL.to_vec(),
+            loads: vec![Load::Enhance, Load::Mixed],
+            paths: vec![Path::Rpc, Path::Session, Path::Endpoint],
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Load {
     /// promptEnhance, one version each.
@@ -105,7 +112,7 @@ pub enum Load {
     Image,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
     /// PromptEnhance (unary) and ImageInference (server streaming).
@@ -649,7 +656,7 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     } else {
         Vec::new()
     };
-    for load in [Load::Enhance, Load::Mixed] {
+    for &load in &config.loads {
         for &c in &concurrency {
             let total = if c == 1 {
                 config.tasks_single
@@ -663,7 +670,7 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
                 "{load:?} direct C={c}: {:.0} tasks/s",
                 direct.tasks_per_s
             ));
-            for path in [Path::Rpc, Path::Session, Path::Endpoint] {
+            for &path in config.paths.iter().filter(|p| **p != Path::Direct) {
                 let (daemon, addr, endpoint) = spawn_daemon(&url, &[])?;
                 let pid = daemon.child.id();
                 let cpu0 = cpu_seconds(pid, ticks);

@@ -101,6 +101,13 @@ struct BenchArgs {
     /// Scenarios to run (comma-separated); all by default.
     #[arg(long, value_delimiter = ',', value_enum)]
     scenarios: Vec<runwared::bench::Scenario>,
+    /// Loads of the throughput scenario (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    loads: Vec<runwared::bench::Load>,
+    /// Paths through the daemon the throughput scenario measures
+    /// (comma-separated; the direct client always runs); all by default.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    paths: Vec<runwared::bench::Path>,
     /// A short run: 2000 tasks, no idle minute, 10000 in flight, 5 drops.
     #[arg(long)]
     quick: bool,
@@ -330,6 +337,12 @@ async fn bench(a: BenchArgs) -> CliResult {
     };
     if !a.scenarios.is_empty() {
         config.scenarios = a.scenarios;
+    }
+    if !a.loads.is_empty() {
+        config.loads = a.loads;
+    }
+    if !a.paths.is_empty() {
+        config.paths = a.paths;
     }
     if a.quick {
         config.tasks = 2_000;

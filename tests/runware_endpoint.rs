@@ -557,3 +557,38 @@ async fn get_response_for_a_task_made_elsewhere_is_followed_upstream() {
         "https://runware.ai/docs/en/utilities/task-responses"
     );
 }
+
+/// A task whose results do not come within the daemon's task timeout ends
+/// in Runware's timeout error, naming the task and its type, once; the
+/// result that comes later goes to nobody.
+#[tokio::test(start_paused = true)]
+async fn a_task_past_its_deadline_gets_one_timeout_error_and_nothing_after() {
+    let h = start(
+        SimConfig {
+            latency: Duration::from_secs(40),
+            ..SimConfig::default()
+        },
+        |c| c.default_task_timeout = Duration::from_secs(30),
+    )
+    .await;
+    h.ready().await;
+    let mut ws = authenticated(&h).await;
+    let slow = uuid();
+    enhance(&mut ws, &slow, 1).await;
+    let m = next(&mut ws).await;
+    let e = &m["errors"][0];
+    assert_eq!(e["code"], "timeoutProvider", "{m}");
+    assert_eq!(e["taskType"], "promptEnhance", "{m}");
+    assert_eq!(e["taskUUID"], slow.as_str(), "{m}");
+    assert_eq!(
+        status_counter(&mut h.client.clone(), "abandoned").await,
+        Some(1)
+    );
+    // Its result arrives 40 s after it was sent and reaches nobody: the
+    // next message the client gets is the answer to its ping.
+    ended(&h, &slow).await;
+    assert_eq!(h.stats().results_produced, 1);
+    send(&mut ws, json!([{"taskType": "ping", "ping": true}])).await;
+    let m = next(&mut ws).await;
+    assert_eq!(m["data"][0]["pong"], true, "{m}");
+}

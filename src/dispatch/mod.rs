@@ -222,7 +222,7 @@ struct Task {
     /// How it ended; `None` while in flight.
     outcome: Option<Outcome>,
     /// The clients receiving its events (the submitter, attached ones).
-    watchers: Vec<EventSender>,
+    watchers: Vec<Watcher>,
     /// When it ended, or when its last watcher left: retention counts from here.
     idle_since: Option<Instant>,
     /// The bytes its results take, for the retention bound.
@@ -262,8 +262,8 @@ impl Task {
     }
 
     fn notify(&mut self, event: &TaskEvent) {
-        self.watchers
-            .retain(|w| w.unbounded_send(event.clone()).is_ok());
+        let uuid = self.uuid;
+        self.watchers.retain(|w| w.send(uuid, event));
     }
 }
 
@@ -288,6 +288,8 @@ pub struct Dispatch {
     connection: AtomicU64,
     /// Numbers upstream messages: where one `getResponse` answer ends.
     message: AtomicU64,
+    /// Numbers tagged watches ([`Dispatch::submit_tagged`]).
+    watches: AtomicU64,
     /// Set on SIGTERM: new tasks are refused while those in flight finish.
     draining: AtomicBool,
     /// What changed for the state file since it was last written; kept
@@ -318,6 +320,7 @@ impl Dispatch {
             payload_bytes: AtomicUsize::new(0),
             connection: AtomicU64::new(0),
             message: AtomicU64::new(0),
+            watches: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),
@@ -365,6 +368,47 @@ impl Dispatch {
         task: PreparedTask,
         conn: Option<&ClientConnection>,
     ) -> Result<TaskHandle, SubmitError> {
+        let (tx, rx) = events();
+        let (uuid, expected) = (task.uuid, task.expected);
+        let conn = self.admit(task, conn, Watcher::Own(tx))?;
+        Ok(self.handle(uuid, expected, rx, conn))
+    }
+
+    /// Accepts a task like [`Dispatch::submit`], its events going to a
+    /// channel shared by many tasks (one client's), each tagged with its
+    /// taskUUID: no channel or forwarding task per task.
+    pub fn submit_tagged(
+        self: &Arc<Self>,
+        task: PreparedTask,
+        conn: Option<&ClientConnection>,
+        events: &TaggedSender,
+    ) -> Result<Watch, SubmitError> {
+        let watch = self.watches.fetch_add(1, Ordering::Relaxed);
+        let uuid = task.uuid;
+        let watcher = Watcher::Tagged {
+            tx: events.clone(),
+            watch,
+        };
+        let conn = self.admit(task, conn, watcher)?;
+        Ok(Watch {
+            uuid,
+            guard: WatchGuard {
+                dispatch: Arc::clone(self),
+                uuid,
+                watch: Some(watch),
+                _conn: conn,
+            },
+        })
+    }
+
+    /// Takes a task into the table, checking every limit, with its first
+    /// watcher; the connection's reservation comes back for its guard.
+    fn admit(
+        self: &Arc<Self>,
+        task: PreparedTask,
+        conn: Option<&ClientConnection>,
+        watcher: Watcher,
+    ) -> Result<Option<ConnectionGuard>, SubmitError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(SubmitError::Draining);
         }
@@ -402,7 +446,6 @@ impl Dispatch {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(SubmitError::TooManyInFlight(self.limits.max_in_flight)));
         }
-        let (tx, rx) = events();
         match self.tasks.entry(task.uuid) {
             Entry::Occupied(_) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -433,7 +476,7 @@ impl Dispatch {
                     steps: 0,
                     result_ids: Vec::new(),
                     outcome: None,
-                    watchers: vec![tx],
+                    watchers: vec![watcher],
                     idle_since: None,
                     bytes: 0,
                 });
@@ -443,7 +486,7 @@ impl Dispatch {
         self.payload_bytes.fetch_add(need, Ordering::AcqRel);
         // The receiver lives as long as the upstream task.
         let _ = self.queue.send(task.uuid);
-        Ok(self.handle(task.uuid, task.expected, rx, conn_guard))
+        Ok(conn_guard)
     }
 
     fn handle(
@@ -460,6 +503,7 @@ impl Dispatch {
             guard: WatchGuard {
                 dispatch: Arc::clone(self),
                 uuid,
+                watch: None,
                 _conn: conn,
             },
         }
@@ -495,7 +539,7 @@ impl Dispatch {
             let _ = tx.unbounded_send(TaskEvent::Failed(f.clone()));
         }
         if task.outcome.is_none() {
-            task.watchers.push(tx);
+            task.watchers.push(Watcher::Own(tx));
             task.idle_since = None;
         }
         let expected = task.expected;
@@ -882,9 +926,11 @@ impl Dispatch {
             .count()
     }
 
-    fn unwatched(&self, uuid: &TaskUuid) {
+    /// A watch ended: `watch` names a tagged one; a task's own channels
+    /// are known gone by their closed receivers.
+    fn unwatched(&self, uuid: &TaskUuid, watch: Option<u64>) {
         if let Some(mut task) = self.tasks.get_mut(uuid) {
-            task.watchers.retain(|w| !w.is_closed());
+            task.watchers.retain(|w| !w.is_gone(watch));
             if task.watchers.is_empty() && task.idle_since.is_none() {
                 task.idle_since = Some(Instant::now());
                 if task.in_flight() {
@@ -977,6 +1023,37 @@ impl Drop for ConnectionGuard {
 
 type EventSender = futures::channel::mpsc::UnboundedSender<TaskEvent>;
 
+/// A channel shared by many watched tasks, each event tagged with its task.
+pub type TaggedSender = mpsc::UnboundedSender<(TaskUuid, TaskEvent)>;
+
+/// Where a watched task's events go.
+enum Watcher {
+    /// A handle's own channel ([`TaskHandle::events`]).
+    Own(EventSender),
+    /// A shared channel ([`Dispatch::submit_tagged`]); `watch` tells this
+    /// watch from the others on the same channel.
+    Tagged { tx: TaggedSender, watch: u64 },
+}
+
+impl Watcher {
+    /// Sends one event; false once the reader is gone.
+    fn send(&self, uuid: TaskUuid, event: &TaskEvent) -> bool {
+        match self {
+            Watcher::Own(tx) => tx.unbounded_send(event.clone()).is_ok(),
+            Watcher::Tagged { tx, .. } => tx.send((uuid, event.clone())).is_ok(),
+        }
+    }
+
+    /// Whether this watcher is gone: its reader closed, or it is the
+    /// tagged watch `ended`.
+    fn is_gone(&self, ended: Option<u64>) -> bool {
+        match self {
+            Watcher::Own(tx) => tx.is_closed(),
+            Watcher::Tagged { tx, watch } => tx.is_closed() || ended == Some(*watch),
+        }
+    }
+}
+
 /// A watcher's channel. `futures`' unbounded channel allocates per message;
 /// tokio's allocates a 32-slot block up front, which for every task in
 /// flight cost more than the task itself.
@@ -1024,12 +1101,33 @@ impl TaskHandle {
 struct WatchGuard {
     dispatch: Arc<Dispatch>,
     uuid: TaskUuid,
+    /// A tagged watcher's number; `None` for a task's own channel.
+    watch: Option<u64>,
     _conn: Option<ConnectionGuard>,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.dispatch.unwatched(&self.uuid);
+        self.dispatch.unwatched(&self.uuid, self.watch);
+    }
+}
+
+/// A client's watch on a task whose events go to a shared, tagged channel
+/// ([`Dispatch::submit_tagged`]). Dropping it stops the watch: a task in
+/// flight then counts as abandoned, its results kept for `Attach`.
+/// Not to be dropped while the table calls into its caller (the table
+/// only sends into channels, so a channel's reader drops it).
+pub struct Watch {
+    pub uuid: TaskUuid,
+    guard: WatchGuard,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("uuid", &self.uuid)
+            .field("watch", &self.guard.watch)
+            .finish_non_exhaustive()
     }
 }
 
@@ -1150,6 +1248,35 @@ mod tests {
             handles.push(h);
         }
         assert!(on.known() < 40);
+    }
+
+    #[test]
+    fn tagged_watches_share_one_channel_and_end_one_by_one() {
+        let (d, _q) = setup(Limits::default());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let a = d.submit_tagged(task(2), None, &tx).unwrap();
+        let b = d.submit_tagged(task(1), None, &tx).unwrap();
+        let c = d.submit_tagged(task(1), None, &tx).unwrap();
+        d.deliver(a.uuid, raw(r#"{"text":"a1"}"#), None, Received::Pushed);
+        d.deliver(b.uuid, raw(r#"{"text":"b"}"#), None, Received::Pushed);
+        let mut tagged = || match rx.try_recv().unwrap() {
+            (uuid, TaskEvent::Result { item, last, .. }) => (uuid, item.to_string(), last),
+            (uuid, TaskEvent::Failed(_)) => (uuid, "failed".into(), true),
+        };
+        assert_eq!(tagged(), (a.uuid, r#"{"text":"a1"}"#.into(), false));
+        assert_eq!(tagged(), (b.uuid, r#"{"text":"b"}"#.into(), true));
+        // One watch ends while its task is in flight: only that task is
+        // abandoned, and its events stop; the others' still come.
+        let a_uuid = a.uuid;
+        drop(a);
+        assert_eq!(d.counters.get(Counter::Abandoned), 1);
+        d.deliver(a_uuid, raw(r#"{"text":"a2"}"#), None, Received::Pushed);
+        d.deliver(c.uuid, raw(r#"{"text":"c"}"#), None, Received::Pushed);
+        assert_eq!(tagged(), (c.uuid, r#"{"text":"c"}"#.into(), true));
+        assert!(rx.try_recv().is_err());
+        // Watches of tasks that ended count nothing when they go.
+        drop((b, c));
+        assert_eq!(d.counters.get(Counter::Abandoned), 1);
     }
 
     #[test]

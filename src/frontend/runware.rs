@@ -29,7 +29,7 @@
 // answer itself, on the refusal path only, so it is not boxed.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -51,7 +51,10 @@ use super::{
 };
 use crate::config::BearerToken;
 use crate::counters::Counter;
-use crate::dispatch::{ClientConnection, Dispatch, Principal, SubmitError, TaskEvent, TaskHandle};
+use crate::dispatch::{
+    ClientConnection, Dispatch, PreparedTask, Principal, SubmitError, TaggedSender, TaskEvent,
+    TaskHandle, Watch,
+};
 use crate::protocol::{RunwareError, TaskUuid};
 use crate::websocket::json_response;
 
@@ -312,7 +315,9 @@ impl RunwareEndpoint {
         let session = match resumed {
             Some(s) => s,
             None => {
-                let s = Arc::new(LocalSession::new(principal));
+                let (s, events) = LocalSession::new(principal);
+                let s = Arc::new(s);
+                tokio::spawn(forward(Arc::downgrade(&s), events, self.inner.task_timeout));
                 self.inner.sessions.insert(s.id.clone(), Arc::clone(&s));
                 s
             }
@@ -351,40 +356,65 @@ impl RunwareEndpoint {
         principal: Principal,
     ) {
         if task_type == "getResponse" {
-            let frame = match self.get_response(&task, principal, session) {
+            let frame = match self.get_response(&task, principal, Some(session)) {
                 Ok(items) => data_frame(&items),
                 Err(e) => errors_frame(&[e]),
             };
             session.deliver(frame);
             return;
         }
-        match self.submit(task, task_type, principal) {
-            Ok((handle, asynchronous)) => {
-                session.remember(handle.uuid, task_type);
-                let deadline = Instant::now() + self.inner.task_timeout;
+        // Held across the submit: the session's forwarder, reading the
+        // task's first event, finds the task already here.
+        let mut tasks = session.tasks();
+        let submitted = self.check(task, task_type, principal).and_then(|prepared| {
+            let asynchronous = prepared.asynchronous;
+            let uuid = prepared.uuid;
+            self.inner
+                .dispatch
+                .submit_tagged(prepared, None, &session.events)
+                .map(|watch| (watch, asynchronous))
+                .map_err(|e| submit_error(&e, task_type, &uuid))
+        });
+        match submitted {
+            Ok((watch, asynchronous)) => {
                 if asynchronous {
-                    session.deliver(data_frame(&[ack(task_type, &handle.uuid)]));
-                    tokio::spawn(hold(handle, deadline));
-                } else {
-                    tokio::spawn(forward(
-                        handle,
-                        task_type.to_owned(),
-                        Arc::downgrade(session),
-                        deadline,
-                    ));
+                    session.deliver(data_frame(&[ack(task_type, &watch.uuid)]));
                 }
+                tasks.insert(LocalTask {
+                    task_type: task_type.into(),
+                    asynchronous,
+                    deadline: Instant::now() + self.inner.task_timeout,
+                    watch,
+                });
             }
             Err(e) => session.deliver(errors_frame(&[e])),
         }
     }
 
-    /// Checks and submits one task under the client's own taskUUID.
+    /// Submits one task of a REST request, watched by its own handle.
     fn submit(
         &self,
         task: Map<String, Value>,
         task_type: &str,
         principal: Principal,
     ) -> Result<(TaskHandle, bool), RunwareError> {
+        let prepared = self.check(task, task_type, principal)?;
+        let asynchronous = prepared.asynchronous;
+        let uuid = prepared.uuid;
+        self.inner
+            .dispatch
+            .submit(prepared, None)
+            .map(|h| (h, asynchronous))
+            .map_err(|e| submit_error(&e, task_type, &uuid))
+    }
+
+    /// Checks one task, to be submitted under the client's own taskUUID.
+    fn check(
+        &self,
+        task: Map<String, Value>,
+        task_type: &str,
+        principal: Principal,
+    ) -> Result<PreparedTask, RunwareError> {
         let given_uuid = task
             .get("taskUUID")
             .and_then(Value::as_str)
@@ -397,14 +427,7 @@ impl RunwareEndpoint {
         };
         let checked = check_task(task, true, None).map_err(refused)?;
         check_documented_limits(&checked.task).map_err(refused)?;
-        let prepared = prepare(checked, &self.inner.async_task_types, principal);
-        let asynchronous = prepared.asynchronous;
-        let uuid = prepared.uuid;
-        self.inner
-            .dispatch
-            .submit(prepared, None)
-            .map(|h| (h, asynchronous))
-            .map_err(|e| refusal_of_submit(&e).runware_error(Some(task_type), Some(&uuid)))
+        Ok(prepare(checked, &self.inner.async_task_types, principal))
     }
 
     /// `getResponse` answered from the task table: every item so far with
@@ -413,7 +436,7 @@ impl RunwareEndpoint {
         &self,
         task: &Map<String, Value>,
         principal: Principal,
-        session: &LocalSession,
+        session: Option<&LocalSession>,
     ) -> Result<Vec<String>, RunwareError> {
         let uuid = task
             .get("taskUUID")
@@ -443,7 +466,7 @@ impl RunwareEndpoint {
             }
             Err(e) => return Err(refused(e)),
         };
-        let task_type = session.task_type(&uuid);
+        let task_type = session.and_then(|s| s.task_type(&uuid));
         let mut items = Vec::new();
         let mut ended = false;
         while let Ok(event) = handle.events.try_recv() {
@@ -512,9 +535,6 @@ impl RunwareEndpoint {
             return json_response(StatusCode::UNAUTHORIZED, errors_frame(&[e]));
         }
         let principal = client.principal;
-        // A session of this request only: its getResponse answers come
-        // from the table like the WebSocket's.
-        let session = LocalSession::new(principal);
         let mut data: Vec<String> = Vec::new();
         let mut errors: Vec<RunwareError> = Vec::new();
         let mut waiting = Vec::new();
@@ -523,7 +543,7 @@ impl RunwareEndpoint {
             match task_type.as_str() {
                 "authentication" => {}
                 "ping" => data.push(PONG.to_owned()),
-                "getResponse" => match self.get_response(&task, principal, &session) {
+                "getResponse" => match self.get_response(&task, principal, None) {
                     Ok(items) => data.extend(items),
                     Err(e) => errors.push(e),
                 },
@@ -639,8 +659,89 @@ struct LocalSession {
     /// Only the principal that opened it may resume it.
     principal: Principal,
     outbox: Mutex<Outbox>,
-    /// The task types of its tasks, for getResponse's `processing` items.
-    tasks: Mutex<HashMap<TaskUuid, String>>,
+    /// Its tasks in flight. Locked before `outbox` when both are.
+    tasks: Mutex<SessionTasks>,
+    /// Where the task table sends the events of its tasks, tagged with
+    /// their taskUUIDs; one [`forward`] task reads them all.
+    events: TaggedSender,
+}
+
+/// A session's tasks in flight, what their events mean for its client,
+/// and their deadlines: synchronous, so tested without sockets.
+#[derive(Default)]
+struct SessionTasks {
+    live: HashMap<TaskUuid, LocalTask>,
+    /// The live tasks by deadline, soonest first.
+    deadlines: BTreeSet<(Instant, TaskUuid)>,
+}
+
+/// A task a session sent and still waits on.
+struct LocalTask {
+    task_type: Box<str>,
+    /// Its results are fetched with getResponse: its events send nothing.
+    asynchronous: bool,
+    deadline: Instant,
+    /// The table's watch on it. Dropped by the forwarder, never inside a
+    /// call of the table: a task still in flight then counts as abandoned.
+    watch: Watch,
+}
+
+impl SessionTasks {
+    fn insert(&mut self, task: LocalTask) {
+        self.deadlines.insert((task.deadline, task.watch.uuid));
+        self.live.insert(task.watch.uuid, task);
+    }
+
+    fn remove(&mut self, uuid: &TaskUuid) -> Option<LocalTask> {
+        let task = self.live.remove(uuid)?;
+        self.deadlines.remove(&(task.deadline, *uuid));
+        Some(task)
+    }
+
+    /// One event of a task: what goes to the client (nothing for an async
+    /// task, nor for a task no longer waited on), and the task once it
+    /// ended, for the caller to drop.
+    fn event(&mut self, uuid: TaskUuid, event: TaskEvent) -> (Option<Out>, Option<LocalTask>) {
+        let Some(task) = self.live.get(&uuid) else {
+            return (None, None);
+        };
+        let (out, ended) = match event {
+            TaskEvent::Result { item, last, .. } => (Out::Item(uuid, item), last),
+            TaskEvent::Failed(f) => (
+                Out::Message(errors_frame(&[failure_error(
+                    &f,
+                    Some(&task.task_type),
+                    &uuid,
+                )])),
+                true,
+            ),
+        };
+        let out = (!task.asynchronous).then_some(out);
+        (out, if ended { self.remove(&uuid) } else { None })
+    }
+
+    /// Ends the tasks whose deadline passed by `now`: a synchronous one's
+    /// client gets Runware's timeout error.
+    fn expire(&mut self, now: Instant, out: &mut Vec<Out>, ended: &mut Vec<LocalTask>) {
+        while let Some(&(deadline, uuid)) = self.deadlines.first() {
+            if deadline > now {
+                return;
+            }
+            if let Some(task) = self.remove(&uuid) {
+                if !task.asynchronous {
+                    out.push(Out::Message(errors_frame(&[timeout_error(
+                        &task.task_type,
+                        &uuid,
+                    )])));
+                }
+                ended.push(task);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(d, _)| *d)
+    }
 }
 
 #[derive(Default)]
@@ -654,17 +755,26 @@ struct Outbox {
 }
 
 impl LocalSession {
-    fn new(principal: Principal) -> Self {
-        LocalSession {
+    /// A new session, and the receiving end of its tasks' events (for
+    /// [`forward`]).
+    fn new(principal: Principal) -> (Self, mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let session = LocalSession {
             id: uuid::Uuid::new_v4().to_string(),
             principal,
             outbox: Mutex::default(),
             tasks: Mutex::default(),
-        }
+            events,
+        };
+        (session, rx)
     }
 
     fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, SessionTasks> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A socket attaches: what was kept goes first, in order.
@@ -697,20 +807,23 @@ impl LocalSession {
 
     /// Sends a frame to the socket, or keeps it for a reconnect.
     fn deliver(&self, frame: impl Into<Out>) {
-        let frame = frame.into();
+        self.deliver_all(std::iter::once(frame.into()));
+    }
+
+    /// Sends frames to the socket in order, or keeps them for a reconnect.
+    fn deliver_all(&self, frames: impl IntoIterator<Item = Out>) {
         let mut outbox = self.outbox();
-        if let Some(live) = &outbox.live {
-            match live.send(frame) {
-                Ok(()) => return,
-                Err(e) => {
-                    outbox.live = None;
-                    outbox.detached_since = Some(Instant::now());
-                    outbox.kept.push_back(e.0);
-                    return;
-                }
+        for frame in frames {
+            let Some(live) = &outbox.live else {
+                outbox.kept.push_back(frame);
+                continue;
+            };
+            if let Err(e) = live.send(frame) {
+                outbox.live = None;
+                outbox.detached_since = Some(Instant::now());
+                outbox.kept.push_back(e.0);
             }
         }
-        outbox.kept.push_back(frame);
     }
 
     fn expired(&self, now: Instant) -> bool {
@@ -719,19 +832,9 @@ impl LocalSession {
             .is_some_and(|t| now.duration_since(t) >= LOCAL_SESSION_TTL)
     }
 
-    fn remember(&self, uuid: TaskUuid, task_type: &str) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uuid, task_type.to_owned());
-    }
-
+    /// The type of a task of this session still in flight.
     fn task_type(&self, uuid: &TaskUuid) -> Option<String> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(uuid)
-            .cloned()
+        self.tasks().live.get(uuid).map(|t| t.task_type.to_string())
     }
 }
 
@@ -750,37 +853,50 @@ async fn sweep_sessions(endpoint: Weak<Inner>) {
     }
 }
 
-/// Sends a synchronous task's events to its local session, until the task
-/// ends, its deadline passes, or the session is let go.
+/// Most events the forwarder takes at once.
+const FORWARD_BATCH: usize = 256;
+
+/// Sends the events of a session's tasks to its client, and their
+/// timeout errors when their deadlines pass, until the session is let go.
+/// One per session (not one per task): it reads the tagged events the
+/// table sends and wakes for the soonest deadline.
 async fn forward(
-    mut handle: TaskHandle,
-    task_type: String,
     session: Weak<LocalSession>,
-    deadline: Instant,
+    mut events: mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>,
+    task_timeout: Duration,
 ) {
+    let mut batch = Vec::with_capacity(FORWARD_BATCH);
+    let mut frames = Vec::new();
+    let mut ended = Vec::new();
+    let sleep = tokio::time::sleep(task_timeout);
+    tokio::pin!(sleep);
     loop {
-        let (frame, done) = match timeout_at(deadline, handle.events.recv()).await {
-            Ok(Some(TaskEvent::Result { item, last, .. })) => (Out::Item(handle.uuid, item), last),
-            Ok(Some(TaskEvent::Failed(f))) => (
-                Out::Message(errors_frame(&[failure_error(
-                    &f,
-                    Some(&task_type),
-                    &handle.uuid,
-                )])),
-                true,
-            ),
-            Ok(None) => return,
-            Err(_) => (
-                Out::Message(errors_frame(&[timeout_error(&task_type, &handle.uuid)])),
-                true,
-            ),
-        };
-        let Some(session) = session.upgrade() else {
-            return;
-        };
-        session.deliver(frame);
-        if done {
-            return;
+        {
+            let Some(s) = session.upgrade() else { return };
+            let mut tasks = s.tasks();
+            for (uuid, event) in batch.drain(..) {
+                let (out, done) = tasks.event(uuid, event);
+                frames.extend(out);
+                ended.extend(done);
+            }
+            tasks.expire(Instant::now(), &mut frames, &mut ended);
+            s.deliver_all(frames.drain(..));
+            // With no task waiting, the next one's deadline is at least a
+            // task_timeout away.
+            let wake = tasks
+                .next_deadline()
+                .unwrap_or_else(|| Instant::now() + task_timeout);
+            if sleep.deadline() != wake {
+                sleep.as_mut().reset(wake);
+            }
+        }
+        // Outside every lock: the watches call into the task table.
+        ended.clear();
+        tokio::select! {
+            n = events.recv_many(&mut batch, FORWARD_BATCH) => if n == 0 {
+                return;
+            },
+            () = &mut sleep => {}
         }
     }
 }
@@ -794,6 +910,11 @@ async fn hold(mut handle: TaskHandle, deadline: Instant) {
             TaskEvent::Result { .. } => {}
         }
     }
+}
+
+/// A refusal of the task table, as Runware's error item about the task.
+fn submit_error(e: &SubmitError, task_type: &str, uuid: &TaskUuid) -> RunwareError {
+    refusal_of_submit(e).runware_error(Some(task_type), Some(uuid))
 }
 
 /// Every result of a synchronous task (REST), or its error.
@@ -1010,9 +1131,132 @@ mod tests {
         assert_eq!(kept["status"], "error");
     }
 
+    /// A session's task watched by a real table, with `deadline`.
+    fn local_task(
+        d: &Arc<Dispatch>,
+        events: &TaggedSender,
+        expected: u32,
+        asynchronous: bool,
+        deadline: Instant,
+    ) -> LocalTask {
+        let uuid = TaskUuid::new_v4();
+        let prepared = PreparedTask {
+            uuid,
+            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#),
+            expected,
+            asynchronous,
+            label: "promptEnhance",
+            owner: Principal::Tcp,
+        };
+        LocalTask {
+            task_type: "promptEnhance".into(),
+            asynchronous,
+            deadline,
+            watch: d.submit_tagged(prepared, None, events).unwrap(),
+        }
+    }
+
+    fn table() -> Arc<Dispatch> {
+        let (queue, _) = mpsc::unbounded_channel();
+        let d = Dispatch::new(crate::dispatch::Limits::default(), queue);
+        d.set_gate(crate::dispatch::Gate::Open);
+        d
+    }
+
+    fn result(item: &str, last: bool) -> TaskEvent {
+        TaskEvent::Result {
+            index: 0,
+            item: item.into(),
+            last,
+        }
+    }
+
+    #[test]
+    fn session_tasks_send_each_event_once_and_let_go_of_ended_tasks() {
+        let d = table();
+        let (events, _rx) = mpsc::unbounded_channel();
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut tasks = SessionTasks::default();
+        let sync = local_task(&d, &events, 2, false, later);
+        let asynchronous = local_task(&d, &events, 1, true, later);
+        let (s, a) = (sync.watch.uuid, asynchronous.watch.uuid);
+        tasks.insert(sync);
+        tasks.insert(asynchronous);
+
+        let (out, ended) = tasks.event(s, result("1", false));
+        assert_eq!(out, Some(Out::Item(s, "1".into())));
+        assert!(ended.is_none());
+        let (out, ended) = tasks.event(s, result("2", true));
+        assert_eq!(out, Some(Out::Item(s, "2".into())));
+        assert_eq!(ended.map(|t| t.watch.uuid), Some(s));
+        // An ended task is no longer waited on: nothing of it goes out.
+        assert_eq!(tasks.event(s, result("3", true)).0, None);
+        // An async task's results are fetched with getResponse: its events
+        // send nothing, and its end lets it go.
+        let (out, ended) = tasks.event(a, result("x", true));
+        assert_eq!(out, None);
+        assert!(ended.is_some());
+        assert!(tasks.live.is_empty() && tasks.deadlines.is_empty());
+    }
+
+    #[test]
+    fn a_failed_task_sends_its_error_with_its_type() {
+        let d = table();
+        let (events, _rx) = mpsc::unbounded_channel();
+        let mut tasks = SessionTasks::default();
+        let task = local_task(&d, &events, 1, false, Instant::now());
+        let uuid = task.watch.uuid;
+        tasks.insert(task);
+        let failure = crate::dispatch::TaskFailure {
+            kind: crate::dispatch::FailureKind::ShuttingDown,
+            message: "the daemon is stopping".into(),
+            runware: None,
+        };
+        let (out, ended) = tasks.event(uuid, TaskEvent::Failed(Box::new(failure)));
+        let Some(Out::Message(m)) = out else {
+            panic!("an error message, not {out:?}")
+        };
+        let m: Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(m["errors"][0]["taskType"], "promptEnhance", "{m}");
+        assert_eq!(m["errors"][0]["taskUUID"], uuid.to_string(), "{m}");
+        assert!(ended.is_some() && tasks.live.is_empty());
+    }
+
+    #[test]
+    fn deadlines_end_tasks_soonest_first_with_timeout_errors() {
+        let d = table();
+        let (events, _rx) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut tasks = SessionTasks::default();
+        // Inserted out of deadline order; the async one sends no error.
+        let late = local_task(&d, &events, 1, false, at(3));
+        let first = local_task(&d, &events, 1, false, at(1));
+        let quiet = local_task(&d, &events, 1, true, at(2));
+        let (late_uuid, first_uuid) = (late.watch.uuid, first.watch.uuid);
+        for t in [late, first, quiet] {
+            tasks.insert(t);
+        }
+        assert_eq!(tasks.next_deadline(), Some(at(1)));
+        let (mut out, mut ended) = (Vec::new(), Vec::new());
+        tasks.expire(at(2), &mut out, &mut ended);
+        assert_eq!(ended.len(), 2);
+        let [Out::Message(m)] = &out[..] else {
+            panic!("one timeout error, not {out:?}")
+        };
+        let m: Value = serde_json::from_str(m).unwrap();
+        assert_eq!(m["errors"][0]["code"], "timeoutProvider", "{m}");
+        assert_eq!(m["errors"][0]["taskUUID"], first_uuid.to_string(), "{m}");
+        assert_eq!(tasks.next_deadline(), Some(at(3)));
+        assert!(tasks.live.contains_key(&late_uuid));
+        // Their watches gone, the table counts them abandoned.
+        drop(ended);
+        assert_eq!(d.counters.get(Counter::Abandoned), 2);
+    }
+
     #[test]
     fn a_session_keeps_frames_while_detached_and_replays_them_in_order() {
-        let s = LocalSession::new(Principal::Tcp);
+        let (s, _events) = LocalSession::new(Principal::Tcp);
         let (tx, mut rx) = mpsc::unbounded_channel();
         s.attach(tx.clone());
         s.deliver("1".to_owned());
