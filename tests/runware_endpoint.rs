@@ -199,6 +199,16 @@ async fn bad_tasks_get_runware_errors_naming_the_parameter_and_run_nowhere() {
         let m = next(&mut ws).await;
         assert_eq!(m["errors"][0]["parameter"], parameter, "{task} -> {m}");
     }
+    // A key given twice: the daemon would check one value and Runware
+    // might read the other (here, run under another task's UUID).
+    let twice = format!(
+        r#"[{{"taskType":"promptEnhance","taskUUID":"{}","prompt":"a cat","taskUUID":"{}"}}]"#,
+        uuid(),
+        uuid()
+    );
+    ws.send(Message::Text(twice.into())).await.unwrap();
+    let m = next(&mut ws).await;
+    assert_eq!(m["errors"][0]["parameter"], "taskUUID", "{m}");
     // Not JSON at all: an error, and the socket stays usable.
     ws.send(Message::Text("not json".into())).await.unwrap();
     assert_eq!(next(&mut ws).await["errors"][0]["code"], "invalidRequest");

@@ -28,7 +28,8 @@ use crate::session::UpstreamStatus;
 use crate::status::StatusSnapshot;
 
 use super::{
-    ClientTask, MAX_JSON_ELEMENTS, api_key_field, check_task, json_elements_within, prepare,
+    ClientTask, MAX_JSON_ELEMENTS, ObjectError, api_key_field, check_task, json_elements_within,
+    prepare, task_object,
 };
 pub use crate::dispatch::MAX_EXPECTED_RESULTS;
 
@@ -418,8 +419,8 @@ fn json_object(param: &str, text: &str) -> Result<Map<String, Value>, Status> {
             "{param} has about {elements} JSON values, more than the {MAX_JSON_ELEMENTS} a task may have"
         )));
     }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => {
+    match task_object(text) {
+        Ok(m) => {
             // The daemon authenticates with its own key; a client's key
             // would be sent to Runware inside a task.
             if let Some(k) = api_key_field(&m) {
@@ -429,17 +430,13 @@ fn json_object(param: &str, text: &str) -> Result<Map<String, Value>, Status> {
             }
             Ok(m)
         }
-        Ok(other) => Err(Status::invalid_argument(format!(
-            "{param} must be a JSON object, got {}",
-            match other {
-                Value::Array(_) => "an array",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "null",
-            }
+        Err(ObjectError::NotObject(kind)) => Err(Status::invalid_argument(format!(
+            "{param} must be a JSON object, got {kind}"
         ))),
-        Err(e) => Err(Status::invalid_argument(format!(
+        Err(ObjectError::Duplicate(k)) => Err(Status::invalid_argument(format!(
+            "{param}.{k} is given twice; give each key once"
+        ))),
+        Err(ObjectError::Json(e)) => Err(Status::invalid_argument(format!(
             "{param} is not valid JSON: {e}"
         ))),
     }

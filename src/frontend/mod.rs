@@ -90,6 +90,70 @@ pub fn json_elements_within(text: &str, limit: usize) -> Result<(), usize> {
     }
 }
 
+/// Why a client's text is not a task object.
+#[derive(Debug)]
+pub enum ObjectError {
+    /// Not JSON at all.
+    Json(serde_json::Error),
+    /// JSON, but not an object: what it is ("an array", "a string", ...).
+    NotObject(&'static str),
+    /// A key given twice: the daemon would check one value and Runware
+    /// might read the other.
+    Duplicate(String),
+}
+
+/// A JSON object, every key of it once. (serde_json keeps the last of
+/// two equal keys; another reader may keep the first.)
+pub fn task_object(text: &str) -> Result<Map<String, Value>, ObjectError> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    struct Unique(Option<String>);
+    impl<'de> Visitor<'de> for &mut Unique {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let mut m = Map::new();
+            while let Some(k) = a.next_key::<String>()? {
+                let v = a.next_value::<Value>()?;
+                if m.contains_key(&k) {
+                    self.0.get_or_insert(k);
+                } else {
+                    m.insert(k, v);
+                }
+            }
+            Ok(m)
+        }
+    }
+    let kind = match text.trim_start().as_bytes().first() {
+        Some(b'{') => None,
+        Some(b'[') => Some("an array"),
+        Some(b'"') => Some("a string"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(b'n') => Some("null"),
+        _ => Some("a number"),
+    };
+    let mut unique = Unique(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let map = match (&mut de).deserialize_map(&mut unique).and_then(|m| {
+        de.end()?;
+        Ok(m)
+    }) {
+        Ok(m) => m,
+        // Valid JSON of another kind, or not JSON.
+        Err(e) => match kind {
+            Some(kind) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                return Err(ObjectError::NotObject(kind));
+            }
+            _ => return Err(ObjectError::Json(e)),
+        },
+    };
+    match unique.0 {
+        Some(k) => Err(ObjectError::Duplicate(k)),
+        None => Ok(map),
+    }
+}
+
 /// The key of a task object that would carry an API key to Runware: the
 /// daemon authenticates with its own, and a client's must not travel.
 pub fn api_key_field(task: &Map<String, Value>) -> Option<&str> {
@@ -202,6 +266,19 @@ pub fn task_type_of(task: &Map<String, Value>) -> String {
 /// A checked task as the task table takes it: its taskUUID set, async
 /// delivery added for `async_task_types`, the results that complete it.
 pub fn prepare(t: ClientTask, async_task_types: &[String], owner: Principal) -> PreparedTask {
+    prepare_from(t, None, async_task_types, owner)
+}
+
+/// As [`prepare`]; when the daemon adds nothing to the task, `raw` (the
+/// object as the client wrote it, which [`task_object`] parsed into `t`:
+/// no key twice, so Runware reads what the daemon checked) is sent as it
+/// is instead of being written again.
+pub fn prepare_from(
+    t: ClientTask,
+    raw: Option<&str>,
+    async_task_types: &[String],
+    owner: Principal,
+) -> PreparedTask {
     let ClientTask {
         uuid,
         mut task,
@@ -209,14 +286,26 @@ pub fn prepare(t: ClientTask, async_task_types: &[String], owner: Principal) -> 
     } = t;
     let task_type = task_type_of(&task);
     let expected = protocol::expected_results(&task_type, &task, stated_results);
-    if async_task_types.contains(&task_type) && !task.contains_key("deliveryMethod") {
+    let add_async = async_task_types.contains(&task_type) && !task.contains_key("deliveryMethod");
+    if add_async {
         task.insert("deliveryMethod".into(), json!("async"));
     }
     let asynchronous = task.get("deliveryMethod").and_then(Value::as_str) == Some("async");
-    task.insert("taskUUID".into(), json!(uuid.to_string()));
+    let uuid_text = uuid.to_string();
+    let payload = match raw {
+        Some(raw)
+            if !add_async && task.get("taskUUID").and_then(Value::as_str) == Some(&uuid_text) =>
+        {
+            raw.to_owned()
+        }
+        _ => {
+            task.insert("taskUUID".into(), Value::String(uuid_text));
+            Value::Object(task).to_string()
+        }
+    };
     PreparedTask {
         uuid,
-        payload: Value::Object(task).to_string(),
+        payload,
         expected,
         asynchronous,
         label: crate::dispatch::metrics::task_type_label(&task_type),
@@ -258,5 +347,59 @@ pub fn failure_error(f: &TaskFailure, task_type: Option<&str>, uuid: &TaskUuid) 
         task_type: task_type.map(str::to_owned),
         task_uuid: Some(uuid.to_string()),
         ..RunwareError::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_objects_take_each_key_once() {
+        let m = task_object(r#"{"taskType":"promptEnhance","nested":{"a":1,"a":2}}"#).unwrap();
+        assert_eq!(m["taskType"], "promptEnhance");
+        let dup = task_object(r#"{"taskUUID":"a","prompt":"x","taskUUID":"b"}"#);
+        assert!(matches!(dup, Err(ObjectError::Duplicate(k)) if k == "taskUUID"));
+        // Escapes name the same key: still twice.
+        let dup = task_object(r#"{"numberResults":1,"number\u0052esults":4}"#);
+        assert!(matches!(dup, Err(ObjectError::Duplicate(k)) if k == "numberResults"));
+        for (text, kind) in [
+            ("[1]", "an array"),
+            (" \"x\"", "a string"),
+            ("3", "a number"),
+        ] {
+            assert!(
+                matches!(task_object(text), Err(ObjectError::NotObject(k)) if k == kind),
+                "{text}"
+            );
+        }
+        assert!(matches!(task_object("{\"a\":"), Err(ObjectError::Json(_))));
+        assert!(matches!(task_object("{} {}"), Err(ObjectError::Json(_))));
+    }
+
+    fn client_task(raw: &str) -> ClientTask {
+        check_task(task_object(raw).unwrap(), true, None).unwrap()
+    }
+
+    #[test]
+    fn a_task_the_daemon_adds_nothing_to_is_sent_as_the_client_wrote_it() {
+        let uuid = TaskUuid::new_v4();
+        let raw = format!(
+            r#"{{ "taskType": "promptEnhance", "prompt": "a cat", "taskUUID": "{uuid}" }}"#
+        );
+        let p = prepare_from(client_task(&raw), Some(&raw), &[], Principal::Tcp);
+        assert_eq!(p.payload, raw);
+        // Async delivery added: written again, with it.
+        let asynchronous = ["promptEnhance".to_owned()];
+        let p = prepare_from(client_task(&raw), Some(&raw), &asynchronous, Principal::Tcp);
+        let v: Value = serde_json::from_str(&p.payload).unwrap();
+        assert_eq!(v["deliveryMethod"], "async");
+        assert_eq!(v["taskUUID"], uuid.to_string());
+        assert!(p.asynchronous);
+        // A taskUUID not in its canonical form: sent in it.
+        let upper = raw.replace(&uuid.to_string(), &uuid.to_string().to_uppercase());
+        let p = prepare_from(client_task(&upper), Some(&upper), &[], Principal::Tcp);
+        let v: Value = serde_json::from_str(&p.payload).unwrap();
+        assert_eq!(v["taskUUID"], uuid.to_string());
     }
 }

@@ -38,6 +38,7 @@ use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -46,8 +47,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    MAX_JSON_ELEMENTS, Refusal, check_documented_limits, check_task, failure_error,
-    json_elements_within, prepare, refusal_of_submit, task_type_of,
+    MAX_JSON_ELEMENTS, ObjectError, Refusal, check_documented_limits, check_task, failure_error,
+    json_elements_within, prepare_from, refusal_of_submit, task_object, task_type_of,
 };
 use crate::config::BearerToken;
 use crate::counters::Counter;
@@ -264,7 +265,7 @@ impl RunwareEndpoint {
                     continue;
                 }
             };
-            for task in tasks {
+            for (task, raw) in tasks {
                 let task_type = task_type_of(&task);
                 match task_type.as_str() {
                     "authentication" => match self.authenticate(&task, principal) {
@@ -286,7 +287,7 @@ impl RunwareEndpoint {
                     "ping" => reply(data_frame(&[PONG.to_owned()])),
                     _ => match &session {
                         None => reply(errors_frame(&[not_authenticated()])),
-                        Some(s) => self.take(task, &task_type, s, principal),
+                        Some(s) => self.take(task, raw, &task_type, s, principal),
                     },
                 }
             }
@@ -351,6 +352,7 @@ impl RunwareEndpoint {
     fn take(
         &self,
         task: Map<String, Value>,
+        raw: &str,
         task_type: &str,
         session: &Arc<LocalSession>,
         principal: Principal,
@@ -366,15 +368,17 @@ impl RunwareEndpoint {
         // Held across the submit: the session's forwarder, reading the
         // task's first event, finds the task already here.
         let mut tasks = session.tasks();
-        let submitted = self.check(task, task_type, principal).and_then(|prepared| {
-            let asynchronous = prepared.asynchronous;
-            let uuid = prepared.uuid;
-            self.inner
-                .dispatch
-                .submit_tagged(prepared, None, &session.events)
-                .map(|watch| (watch, asynchronous))
-                .map_err(|e| submit_error(&e, task_type, &uuid))
-        });
+        let submitted = self
+            .check(task, raw, task_type, principal)
+            .and_then(|prepared| {
+                let asynchronous = prepared.asynchronous;
+                let uuid = prepared.uuid;
+                self.inner
+                    .dispatch
+                    .submit_tagged(prepared, None, &session.events)
+                    .map(|watch| (watch, asynchronous))
+                    .map_err(|e| submit_error(&e, task_type, &uuid))
+            });
         match submitted {
             Ok((watch, asynchronous)) => {
                 if asynchronous {
@@ -395,10 +399,11 @@ impl RunwareEndpoint {
     fn submit(
         &self,
         task: Map<String, Value>,
+        raw: &str,
         task_type: &str,
         principal: Principal,
     ) -> Result<(TaskHandle, bool), RunwareError> {
-        let prepared = self.check(task, task_type, principal)?;
+        let prepared = self.check(task, raw, task_type, principal)?;
         let asynchronous = prepared.asynchronous;
         let uuid = prepared.uuid;
         self.inner
@@ -408,10 +413,12 @@ impl RunwareEndpoint {
             .map_err(|e| submit_error(&e, task_type, &uuid))
     }
 
-    /// Checks one task, to be submitted under the client's own taskUUID.
+    /// Checks one task, to be submitted under the client's own taskUUID;
+    /// `raw` is its text, sent as it is when the daemon adds nothing.
     fn check(
         &self,
         task: Map<String, Value>,
+        raw: &str,
         task_type: &str,
         principal: Principal,
     ) -> Result<PreparedTask, RunwareError> {
@@ -427,7 +434,12 @@ impl RunwareEndpoint {
         };
         let checked = check_task(task, true, None).map_err(refused)?;
         check_documented_limits(&checked.task).map_err(refused)?;
-        Ok(prepare(checked, &self.inner.async_task_types, principal))
+        Ok(prepare_from(
+            checked,
+            Some(raw),
+            &self.inner.async_task_types,
+            principal,
+        ))
     }
 
     /// `getResponse` answered from the task table: every item so far with
@@ -528,8 +540,8 @@ impl RunwareEndpoint {
         let key = bearer.or_else(|| {
             tasks
                 .iter()
-                .find(|t| t.get("taskType").and_then(Value::as_str) == Some("authentication"))
-                .and_then(|t| t.get("apiKey").and_then(Value::as_str).map(str::to_owned))
+                .find(|(t, _)| t.get("taskType").and_then(Value::as_str) == Some("authentication"))
+                .and_then(|(t, _)| t.get("apiKey").and_then(Value::as_str).map(str::to_owned))
         });
         if let Err(e) = self.check_key(key.as_deref()) {
             return json_response(StatusCode::UNAUTHORIZED, errors_frame(&[e]));
@@ -538,7 +550,7 @@ impl RunwareEndpoint {
         let mut data: Vec<String> = Vec::new();
         let mut errors: Vec<RunwareError> = Vec::new();
         let mut waiting = Vec::new();
-        for task in tasks {
+        for (task, raw) in tasks {
             let task_type = task_type_of(&task);
             match task_type.as_str() {
                 "authentication" => {}
@@ -547,7 +559,7 @@ impl RunwareEndpoint {
                     Ok(items) => data.extend(items),
                     Err(e) => errors.push(e),
                 },
-                _ => match self.submit(task, &task_type, principal) {
+                _ => match self.submit(task, raw, &task_type, principal) {
                     Ok((handle, true)) => {
                         data.push(ack(&task_type, &handle.uuid));
                         tokio::spawn(hold(handle, Instant::now() + self.inner.task_timeout));
@@ -946,8 +958,9 @@ async fn collect(
 
 const PONG: &str = r#"{"taskType":"ping","pong":true}"#;
 
-/// The tasks of a client message: a JSON array of objects.
-fn parse_message(text: &str) -> Result<Vec<Map<String, Value>>, Refusal> {
+/// The tasks of a client message (a JSON array of objects, or one object),
+/// each with its text as the client wrote it.
+fn parse_message(text: &str) -> Result<Vec<(Map<String, Value>, &str)>, Refusal> {
     if let Err(n) = json_elements_within(text, MAX_JSON_ELEMENTS) {
         return Err(Refusal::new(
             "invalidRequest",
@@ -955,28 +968,40 @@ fn parse_message(text: &str) -> Result<Vec<Map<String, Value>>, Refusal> {
             format!("has about {n} JSON values, more than the {MAX_JSON_ELEMENTS} taken"),
         ));
     }
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Refusal::new("invalidRequest", "body", format!("is not valid JSON: {e}")))?;
-    let items = match value {
-        Value::Array(items) => items,
-        // One task object alone is taken too.
-        Value::Object(m) => vec![Value::Object(m)],
-        _ => {
-            return Err(Refusal::new(
-                "invalidRequest",
-                "body",
-                "must be a JSON array of task objects",
-            ));
-        }
+    let not_json = |e: serde_json::Error| {
+        Refusal::new("invalidRequest", "body", format!("is not valid JSON: {e}"))
     };
-    items
-        .into_iter()
-        .map(|v| match v {
-            Value::Object(m) => Ok(m),
-            _ => Err(Refusal::new(
+    let trimmed = text.trim();
+    let raws: Vec<&str> = if trimmed.starts_with('[') {
+        serde_json::from_str::<Vec<&RawValue>>(trimmed)
+            .map_err(not_json)?
+            .into_iter()
+            .map(RawValue::get)
+            .collect()
+    } else if trimmed.starts_with('{') {
+        // One task object alone is taken too.
+        vec![trimmed]
+    } else {
+        serde_json::from_str::<serde::de::IgnoredAny>(trimmed).map_err(not_json)?;
+        return Err(Refusal::new(
+            "invalidRequest",
+            "body",
+            "must be a JSON array of task objects",
+        ));
+    };
+    raws.into_iter()
+        .map(|raw| match task_object(raw) {
+            Ok(task) => Ok((task, raw)),
+            Err(ObjectError::Json(e)) => Err(not_json(e)),
+            Err(ObjectError::NotObject(_)) => Err(Refusal::new(
                 "invalidRequest",
                 "body",
                 "must hold task objects only",
+            )),
+            Err(ObjectError::Duplicate(k)) => Err(Refusal::new(
+                "invalidRequest",
+                &k,
+                "is given twice in one task object; give each key once",
             )),
         })
         .collect()
