@@ -958,9 +958,11 @@ async fn collect(
 
 const PONG: &str = r#"{"taskType":"ping","pong":true}"#;
 
-/// The tasks of a client message (a JSON array of objects, or one object),
-/// each with its text as the client wrote it.
-fn parse_message(text: &str) -> Result<Vec<(Map<String, Value>, &str)>, Refusal> {
+/// A task object of a client message, and its text as the client wrote it.
+type MessageTask<'a> = (Map<String, Value>, &'a str);
+
+/// The tasks of a client message (a JSON array of objects, or one object).
+fn parse_message(text: &str) -> Result<Vec<MessageTask<'_>>, Refusal> {
     if let Err(n) = json_elements_within(text, MAX_JSON_ELEMENTS) {
         return Err(Refusal::new(
             "invalidRequest",
