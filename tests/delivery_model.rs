@@ -284,7 +284,7 @@ impl Model {
             );
             let prepared = PreparedTask {
                 uuid,
-                payload: payload.to_string(),
+                payload: payload.to_string().into(),
                 expected: spec.results.len() as u32,
                 asynchronous: spec.asynchronous,
                 label: "other",

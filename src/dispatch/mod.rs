@@ -176,7 +176,7 @@ impl Default for Limits {
 pub struct PreparedTask {
     pub uuid: TaskUuid,
     /// The task object as JSON, `taskUUID` included.
-    pub payload: String,
+    pub payload: Arc<str>,
     /// Result items that complete it.
     pub expected: u32,
     /// Results come by `getResponse` (`deliveryMethod: "async"`).
@@ -396,6 +396,7 @@ impl Dispatch {
                 dispatch: Arc::clone(self),
                 uuid,
                 watch: Some(watch),
+                ended: false,
                 _conn: conn,
             },
         })
@@ -455,7 +456,7 @@ impl Dispatch {
                 self.record(|| {
                     StateChange::Add(SavedTask {
                         uuid: task.uuid.to_string(),
-                        payload: task.payload.clone(),
+                        payload: task.payload.to_string(),
                         expected: task.expected,
                         asynchronous: task.asynchronous,
                         sent: false,
@@ -464,7 +465,7 @@ impl Dispatch {
                 });
                 v.insert(Task {
                     uuid: task.uuid,
-                    payload: task.payload.into(),
+                    payload: task.payload,
                     label: task.label,
                     owner: task.owner,
                     started: Instant::now(),
@@ -504,6 +505,7 @@ impl Dispatch {
                 dispatch: Arc::clone(self),
                 uuid,
                 watch: None,
+                ended: false,
                 _conn: conn,
             },
         }
@@ -1103,12 +1105,16 @@ struct WatchGuard {
     uuid: TaskUuid,
     /// A tagged watcher's number; `None` for a task's own channel.
     watch: Option<u64>,
+    /// The task ended: the table let go of its watchers then.
+    ended: bool,
     _conn: Option<ConnectionGuard>,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.dispatch.unwatched(&self.uuid, self.watch);
+        if !self.ended {
+            self.dispatch.unwatched(&self.uuid, self.watch);
+        }
     }
 }
 
@@ -1120,6 +1126,15 @@ impl Drop for WatchGuard {
 pub struct Watch {
     pub uuid: TaskUuid,
     guard: WatchGuard,
+}
+
+impl Watch {
+    /// Ends the watch of a task whose last event (its last result, or its
+    /// failure) came: the table let go of its watchers when it sent it, so
+    /// nothing is asked of the table, and this may be dropped anywhere.
+    pub fn ended(mut self) {
+        self.guard.ended = true;
+    }
 }
 
 impl std::fmt::Debug for Watch {
@@ -1147,7 +1162,7 @@ mod tests {
         let uuid = TaskUuid::new_v4();
         PreparedTask {
             uuid,
-            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#),
+            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
             expected,
             asynchronous: false,
             label: "promptEnhance",
@@ -1400,7 +1415,7 @@ mod tests {
             Some(SubmitError::TooManyInFlight(3))
         );
         let big = PreparedTask {
-            payload: "x".repeat(101),
+            payload: "x".repeat(101).into(),
             ..task(1)
         };
         assert!(matches!(
@@ -1436,7 +1451,7 @@ mod tests {
         let (d, _q) = setup(limits);
         let big = |n: usize| {
             let mut t = task(1);
-            t.payload = format!("{}{}", t.payload, " ".repeat(n));
+            t.payload = format!("{}{}", t.payload, " ".repeat(n)).into();
             t
         };
         let a = d.submit(big(500), None).unwrap();

@@ -16,6 +16,8 @@
 pub mod grpc;
 pub mod runware;
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use crate::dispatch::{
@@ -296,11 +298,11 @@ pub fn prepare_from(
         Some(raw)
             if !add_async && task.get("taskUUID").and_then(Value::as_str) == Some(&uuid_text) =>
         {
-            raw.to_owned()
+            Arc::from(raw)
         }
         _ => {
             task.insert("taskUUID".into(), Value::String(uuid_text));
-            Value::Object(task).to_string()
+            Arc::from(Value::Object(task).to_string())
         }
     };
     PreparedTask {
@@ -388,7 +390,7 @@ mod tests {
             r#"{{ "taskType": "promptEnhance", "prompt": "a cat", "taskUUID": "{uuid}" }}"#
         );
         let p = prepare_from(client_task(&raw), Some(&raw), &[], Principal::Tcp);
-        assert_eq!(p.payload, raw);
+        assert_eq!(&*p.payload, raw);
         // Async delivery added: written again, with it.
         let asynchronous = ["promptEnhance".to_owned()];
         let p = prepare_from(client_task(&raw), Some(&raw), &asynchronous, Principal::Tcp);

@@ -29,6 +29,7 @@
 // answer itself, on the refusal path only, so it is not boxed.
 #![allow(clippy::result_large_err)]
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -52,6 +53,7 @@ use super::{
 };
 use crate::config::BearerToken;
 use crate::counters::Counter;
+use crate::dispatch::metrics::task_type_label;
 use crate::dispatch::{
     ClientConnection, Dispatch, PreparedTask, Principal, SubmitError, TaggedSender, TaskEvent,
     TaskHandle, Watch,
@@ -385,7 +387,11 @@ impl RunwareEndpoint {
                     session.deliver(data_frame(&[ack(task_type, &watch.uuid)]));
                 }
                 tasks.insert(LocalTask {
-                    task_type: task_type.into(),
+                    task_type: match task_type_label(task_type) {
+                        // A known type's name is a constant: no copy.
+                        "other" => Cow::Owned(task_type.to_owned()),
+                        known => Cow::Borrowed(known),
+                    },
                     asynchronous,
                     deadline: Instant::now() + self.inner.task_timeout,
                     watch,
@@ -689,12 +695,13 @@ struct SessionTasks {
 
 /// A task a session sent and still waits on.
 struct LocalTask {
-    task_type: Box<str>,
+    task_type: Cow<'static, str>,
     /// Its results are fetched with getResponse: its events send nothing.
     asynchronous: bool,
     deadline: Instant,
-    /// The table's watch on it. Dropped by the forwarder, never inside a
-    /// call of the table: a task still in flight then counts as abandoned.
+    /// The table's watch on it: ended with the task, or dropped by the
+    /// forwarder (never inside a call of the table) when its deadline
+    /// passes, the task then counting as abandoned.
     watch: Watch,
 }
 
@@ -711,12 +718,10 @@ impl SessionTasks {
     }
 
     /// One event of a task: what goes to the client (nothing for an async
-    /// task, nor for a task no longer waited on), and the task once it
-    /// ended, for the caller to drop.
-    fn event(&mut self, uuid: TaskUuid, event: TaskEvent) -> (Option<Out>, Option<LocalTask>) {
-        let Some(task) = self.live.get(&uuid) else {
-            return (None, None);
-        };
+    /// task, nor for a task no longer waited on). Its last event lets go
+    /// of the task.
+    fn event(&mut self, uuid: TaskUuid, event: TaskEvent) -> Option<Out> {
+        let task = self.live.get(&uuid)?;
         let (out, ended) = match event {
             TaskEvent::Result { item, last, .. } => (Out::Item(uuid, item), last),
             TaskEvent::Failed(f) => (
@@ -729,7 +734,12 @@ impl SessionTasks {
             ),
         };
         let out = (!task.asynchronous).then_some(out);
-        (out, if ended { self.remove(&uuid) } else { None })
+        if ended {
+            if let Some(task) = self.remove(&uuid) {
+                task.watch.ended();
+            }
+        }
+        out
     }
 
     /// Ends the tasks whose deadline passed by `now`: a synchronous one's
@@ -887,9 +897,7 @@ async fn forward(
             let Some(s) = session.upgrade() else { return };
             let mut tasks = s.tasks();
             for (uuid, event) in batch.drain(..) {
-                let (out, done) = tasks.event(uuid, event);
-                frames.extend(out);
-                ended.extend(done);
+                frames.extend(tasks.event(uuid, event));
             }
             tasks.expire(Instant::now(), &mut frames, &mut ended);
             s.deliver_all(frames.drain(..));
@@ -902,7 +910,8 @@ async fn forward(
                 sleep.as_mut().reset(wake);
             }
         }
-        // Outside every lock: the watches call into the task table.
+        // Outside every lock: the watches of tasks in flight call into the
+        // task table.
         ended.clear();
         tokio::select! {
             n = events.recv_many(&mut batch, FORWARD_BATCH) => if n == 0 {
@@ -1169,7 +1178,7 @@ mod tests {
         let uuid = TaskUuid::new_v4();
         let prepared = PreparedTask {
             uuid,
-            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#),
+            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
             expected,
             asynchronous,
             label: "promptEnhance",
@@ -1210,19 +1219,21 @@ mod tests {
         tasks.insert(sync);
         tasks.insert(asynchronous);
 
-        let (out, ended) = tasks.event(s, result("1", false));
-        assert_eq!(out, Some(Out::Item(s, "1".into())));
-        assert!(ended.is_none());
-        let (out, ended) = tasks.event(s, result("2", true));
-        assert_eq!(out, Some(Out::Item(s, "2".into())));
-        assert_eq!(ended.map(|t| t.watch.uuid), Some(s));
+        assert_eq!(
+            tasks.event(s, result("1", false)),
+            Some(Out::Item(s, "1".into()))
+        );
+        assert!(tasks.live.contains_key(&s));
+        assert_eq!(
+            tasks.event(s, result("2", true)),
+            Some(Out::Item(s, "2".into()))
+        );
+        assert!(!tasks.live.contains_key(&s));
         // An ended task is no longer waited on: nothing of it goes out.
-        assert_eq!(tasks.event(s, result("3", true)).0, None);
+        assert_eq!(tasks.event(s, result("3", true)), None);
         // An async task's results are fetched with getResponse: its events
         // send nothing, and its end lets it go.
-        let (out, ended) = tasks.event(a, result("x", true));
-        assert_eq!(out, None);
-        assert!(ended.is_some());
+        assert_eq!(tasks.event(a, result("x", true)), None);
         assert!(tasks.live.is_empty() && tasks.deadlines.is_empty());
     }
 
@@ -1239,14 +1250,14 @@ mod tests {
             message: "the daemon is stopping".into(),
             runware: None,
         };
-        let (out, ended) = tasks.event(uuid, TaskEvent::Failed(Box::new(failure)));
+        let out = tasks.event(uuid, TaskEvent::Failed(Box::new(failure)));
         let Some(Out::Message(m)) = out else {
             panic!("an error message, not {out:?}")
         };
         let m: Value = serde_json::from_str(&m).unwrap();
         assert_eq!(m["errors"][0]["taskType"], "promptEnhance", "{m}");
         assert_eq!(m["errors"][0]["taskUUID"], uuid.to_string(), "{m}");
-        assert!(ended.is_some() && tasks.live.is_empty());
+        assert!(tasks.live.is_empty());
     }
 
     #[test]
