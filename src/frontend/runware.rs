@@ -248,9 +248,9 @@ impl RunwareEndpoint {
                 },
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let text = match message {
-                Message::Text(t) => t.to_string(),
-                Message::Binary(b) => match String::from_utf8(b.to_vec()) {
+            let text = match &message {
+                Message::Text(t) => t.as_str(),
+                Message::Binary(b) => match std::str::from_utf8(b) {
                     Ok(t) => t,
                     Err(_) => continue,
                 },
@@ -260,7 +260,7 @@ impl RunwareEndpoint {
             let reply = |frame: String| {
                 let _ = out_tx.send(Out::Message(frame));
             };
-            let tasks = match parse_message(&text) {
+            let tasks = match parse_message(text) {
                 Ok(tasks) => tasks,
                 Err(refusal) => {
                     reply(errors_frame(&[refusal.runware_error(None, None)]));
@@ -636,11 +636,12 @@ where
                 {
                     return false;
                 }
-                joined.push_str(if joined.is_empty() {
-                    "{\"data\":["
+                if joined.is_empty() {
+                    joined.reserve(item.len() + 12);
+                    joined.push_str("{\"data\":[");
                 } else {
-                    ","
-                });
+                    joined.push(',');
+                }
                 joined.push_str(&item);
             }
             Out::Message(message) => {
