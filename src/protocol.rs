@@ -49,6 +49,15 @@ impl TaskUuid {
     }
 }
 
+impl TaskUuid {
+    /// Whether `text` is this UUID as the daemon writes it (lowercase,
+    /// hyphenated), without writing it.
+    pub fn is_written_as(&self, text: &str) -> bool {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        self.0.hyphenated().encode_lower(&mut buf).as_bytes() == text.as_bytes()
+    }
+}
+
 impl fmt::Display for TaskUuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.hyphenated().fmt(f)
@@ -729,6 +738,15 @@ pub fn task_type_of(task: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_uuid_knows_its_written_form() {
+        let u = TaskUuid::new_v4();
+        assert!(u.is_written_as(&u.to_string()));
+        assert!(!u.is_written_as(&u.to_string().to_uppercase()));
+        assert!(!u.is_written_as(&u.to_string().replace('-', "")));
+        assert!(!u.is_written_as(&TaskUuid::new_v4().to_string()));
+    }
 
     const T1: &str = "3c8b2a9e-6f8d-4a5b-9c1e-2d3f4a5b6c7d";
     const T2: &str = "7d6c5b4a-3f2d-4e1c-9b5a-8d6f9e2a8b3c";

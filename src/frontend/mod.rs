@@ -286,22 +286,29 @@ pub fn prepare_from(
         mut task,
         stated_results,
     } = t;
-    let task_type = task_type_of(&task);
-    let expected = protocol::expected_results(&task_type, &task, stated_results);
-    let add_async = async_task_types.contains(&task_type) && !task.contains_key("deliveryMethod");
+    let (expected, add_async, label) = {
+        let task_type = task
+            .get("taskType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        (
+            protocol::expected_results(task_type, &task, stated_results),
+            async_task_types.iter().any(|t| t == task_type) && !task.contains_key("deliveryMethod"),
+            crate::dispatch::metrics::task_type_label(task_type),
+        )
+    };
     if add_async {
         task.insert("deliveryMethod".into(), json!("async"));
     }
     let asynchronous = task.get("deliveryMethod").and_then(Value::as_str) == Some("async");
-    let uuid_text = uuid.to_string();
+    let as_given = task
+        .get("taskUUID")
+        .and_then(Value::as_str)
+        .is_some_and(|given| uuid.is_written_as(given));
     let payload = match raw {
-        Some(raw)
-            if !add_async && task.get("taskUUID").and_then(Value::as_str) == Some(&uuid_text) =>
-        {
-            Arc::from(raw)
-        }
+        Some(raw) if !add_async && as_given => Arc::from(raw),
         _ => {
-            task.insert("taskUUID".into(), Value::String(uuid_text));
+            task.insert("taskUUID".into(), Value::String(uuid.to_string()));
             Arc::from(Value::Object(task).to_string())
         }
     };
@@ -310,7 +317,7 @@ pub fn prepare_from(
         payload,
         expected,
         asynchronous,
-        label: crate::dispatch::metrics::task_type_label(&task_type),
+        label,
         owner,
     }
 }
