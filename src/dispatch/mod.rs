@@ -384,7 +384,7 @@ impl Dispatch {
         events: &TaggedSender,
     ) -> Result<Watch, SubmitError> {
         let watch = self.watches.fetch_add(1, Ordering::Relaxed);
-        let uuid = task.uuid;
+        let (uuid, expected) = (task.uuid, task.expected);
         let watcher = Watcher::Tagged {
             tx: events.clone(),
             watch,
@@ -392,6 +392,7 @@ impl Dispatch {
         let conn = self.admit(task, conn, watcher)?;
         Ok(Watch {
             uuid,
+            expected,
             guard: WatchGuard {
                 dispatch: Arc::clone(self),
                 uuid,
@@ -1125,6 +1126,8 @@ impl Drop for WatchGuard {
 /// only sends into channels, so a channel's reader drops it).
 pub struct Watch {
     pub uuid: TaskUuid,
+    /// Results that complete it.
+    pub expected: u32,
     guard: WatchGuard,
 }
 

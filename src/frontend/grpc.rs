@@ -20,13 +20,15 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::dispatch::{
-    ClientConnection, Dispatch, FailureKind, Gate, SubmitError, TaskEvent, TaskFailure, TaskHandle,
+    ClientConnection, Dispatch, FailureKind, Gate, SubmitError, TaggedSender, TaskEvent,
+    TaskFailure, TaskHandle, Watch,
 };
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
 use crate::session::UpstreamStatus;
 use crate::status::StatusSnapshot;
 
+use super::watched::{self, Watched, Woken};
 use super::{
     ClientTask, MAX_JSON_ELEMENTS, ObjectError, api_key_field, check_task, json_elements_within,
     prepare, task_object,
@@ -88,53 +90,76 @@ impl RunwareService {
         request: Request<Streaming<pb::SessionRequest>>,
         tx: mpsc::Sender<Result<pb::SessionEvent, Status>>,
     ) {
+        use pb::session_event::Event;
         // Each task's deadline counts from its own submit: a long-lived
         // stream must not age its new tasks.
         let stream_deadline = client_deadline(request.metadata());
         let conn = connection(&request);
         let mut inbound = request.into_inner();
-        // Each task's driver; cancelling one aborts it, which drops its
-        // handle and releases the task.
-        let mut tasks: HashMap<TaskUuid, tokio::task::AbortHandle> = HashMap::new();
-        let mut drivers = tokio::task::JoinSet::new();
-        loop {
+        let mut inbound_open = true;
+        // The stream's tasks: their events come tagged on one channel, and
+        // this one task turns them into the stream's events.
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let mut tasks: Watched<StreamTask> = Watched::default();
+        let mut batch = Vec::with_capacity(watched::EVENT_BATCH);
+        let sleep = tokio::time::sleep(watched::NO_DEADLINE);
+        tokio::pin!(sleep);
+        // The client finished sending: what is in flight is delivered, then
+        // the stream ends.
+        while inbound_open || !tasks.is_empty() {
+            let wake = tasks
+                .next_deadline()
+                .unwrap_or_else(|| Instant::now() + watched::NO_DEADLINE);
+            watched::set_wake(sleep.as_mut(), wake);
+            let mut out = Vec::new();
             tokio::select! {
-                _ = tx.closed() => break,
-                Some(done) = drivers.join_next(), if !drivers.is_empty() => {
-                    if let Ok(uuid) = done {
-                        tasks.remove(&uuid);
+                _ = tx.closed() => return,
+                woken = watched::wait(&mut events, &mut batch, sleep.as_mut()) => match woken {
+                    Woken::Events => {
+                        for (uuid, event) in batch.drain(..) {
+                            stream_event(&mut tasks, uuid, event, &mut out);
+                        }
                     }
-                }
-                msg = inbound.message() => {
+                    Woken::Deadline => {
+                        for r in tasks.expire(Instant::now()) {
+                            let status = deadline_status_of(&self.dispatch, &r.uuid, r.meta.received, r.meta.expected);
+                            out.push(session_event(&r.uuid, &r.meta.request_id, Event::Error(task_error(&status))));
+                        }
+                    }
+                    // This task holds a sender: never.
+                    Woken::Closed => return,
+                },
+                msg = inbound.message(), if inbound_open => {
                     let req = match msg {
                         Ok(Some(r)) => r,
-                        // The client finished sending: deliver what is in
-                        // flight, then end.
-                        Ok(None) => break,
-                        Err(_) => { drivers.abort_all(); return; }
+                        Ok(None) => {
+                            inbound_open = false;
+                            continue;
+                        }
+                        Err(_) => return,
                     };
                     let submits = match req.request {
                         Some(pb::session_request::Request::Submit(s)) => vec![s],
                         Some(pb::session_request::Request::Submits(many)) => many.submits,
                         Some(pb::session_request::Request::Cancel(c)) => {
                             let cancelled = TaskUuid::parse_any(&c.task_uuid)
-                                .and_then(|uuid| Some((uuid, tasks.remove(&uuid)?)));
-                            if let Some((uuid, abort)) = cancelled {
-                                abort.abort();
+                                .and_then(|uuid| tasks.release(&uuid));
+                            if let Some(r) = cancelled {
+                                drop(r.watch);
                                 // An explicit cancel releases the task itself.
-                                self.dispatch.cancel(&uuid);
-                                let _ = tx.send(Ok(session_event(&uuid, "", pb::session_event::Event::Error(pb::TaskError {
+                                self.dispatch.cancel(&r.uuid);
+                                out.push(session_event(&r.uuid, "", Event::Error(pb::TaskError {
                                     grpc_code: Code::Cancelled as i32,
                                     message: "cancelled by the client".into(),
                                     ..Default::default()
-                                })))).await;
+                                })));
                             }
                             Vec::new()
                         }
                         None => Vec::new(),
                     };
                     for s in submits {
-                        let request_id = s.request_id.clone();
+                        let request_id = s.request_id;
                         let started = self
                             .session_task_deadline(s.timeout, stream_deadline)
                             .and_then(|deadline| {
@@ -143,31 +168,32 @@ impl RunwareService {
                                     .as_ref()
                                     .ok_or_else(|| Status::invalid_argument("submit.task is required"))
                                     .and_then(run_task)?;
-                                Ok((self.submit(task, conn.as_ref(), deadline)?, deadline))
+                                let watch = self.submit_tagged(task, conn.as_ref(), deadline, &events_tx)?;
+                                Ok((watch, deadline))
                             });
-                        let event = match started {
-                            Ok((handle, deadline)) => {
-                                let uuid = handle.uuid;
-                                let accepted = session_event(&uuid, &request_id, pb::session_event::Event::Accepted(pb::TaskAccepted {}));
-                                let abort = drivers.spawn({
-                                    let span = task_span(&handle.uuid);
-                                    session_task(handle, deadline, request_id, tx.clone()).instrument(span)
-                                });
-                                tasks.insert(uuid, abort);
+                        out.push(match started {
+                            Ok((watch, deadline)) => {
+                                let uuid = watch.uuid;
+                                let expected = watch.expected;
+                                let accepted = session_event(&uuid, &request_id, Event::Accepted(pb::TaskAccepted {}));
+                                tasks.insert(watch, deadline, StreamTask { request_id, received: 0, expected });
                                 accepted
                             }
                             Err(status) => pb::SessionEvent {
                                 task_uuid: String::new(),
                                 request_id,
-                                event: Some(pb::session_event::Event::Error(task_error(&status))),
+                                event: Some(Event::Error(task_error(&status))),
                             },
-                        };
-                        let _ = tx.send(Ok(event)).await;
+                        });
                     }
                 }
             }
+            for event in out {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
         }
-        while drivers.join_next().await.is_some() {}
     }
 
     fn session_task_deadline(
@@ -210,6 +236,30 @@ impl RunwareService {
             conn.map(|c| c.principal).unwrap_or_default(),
         );
         self.dispatch.submit(prepared, conn).map_err(submit_status)
+    }
+
+    /// As [`RunwareService::submit`], the task's events going to a
+    /// stream's tagged channel.
+    fn submit_tagged(
+        &self,
+        t: ClientTask,
+        conn: Option<&ClientConnection>,
+        deadline: Instant,
+        events: &TaggedSender,
+    ) -> Result<Watch, Status> {
+        if deadline <= Instant::now() {
+            return Err(Status::deadline_exceeded(
+                "the deadline passed before the task could be sent; nothing was sent to Runware",
+            ));
+        }
+        let prepared = prepare(
+            t,
+            &self.async_task_types,
+            conn.map(|c| c.principal).unwrap_or_default(),
+        );
+        self.dispatch
+            .submit_tagged(prepared, conn, events)
+            .map_err(submit_status)
     }
 }
 
@@ -328,20 +378,28 @@ async fn next_item(
 
 /// At the deadline: DEADLINE_EXCEEDED, or UNAVAILABLE if the socket is down.
 fn deadline_status(handle: &TaskHandle, received: u32) -> Status {
-    let why = match handle.dispatch().gate() {
+    deadline_status_of(handle.dispatch(), &handle.uuid, received, handle.expected)
+}
+
+/// At a task's deadline, with `received` of its `expected` results.
+fn deadline_status_of(
+    dispatch: &Dispatch,
+    uuid: &TaskUuid,
+    received: u32,
+    expected: u32,
+) -> Status {
+    let why = match dispatch.gate() {
         Gate::Open => None,
         Gate::Closed { why } => Some(why.unwrap_or_else(|| "not connected yet".to_owned())),
         Gate::KeyRejected(why) => Some(why),
     };
     if let Some(why) = why {
         return Status::unavailable(format!(
-            "task {}: the Runware connection is down ({why}); {received} of {} results arrived before the deadline",
-            handle.uuid, handle.expected
+            "task {uuid}: the Runware connection is down ({why}); {received} of {expected} results arrived before the deadline"
         ));
     }
     Status::deadline_exceeded(format!(
-        "task {}: {received} of {} results arrived before the deadline",
-        handle.uuid, handle.expected
+        "task {uuid}: {received} of {expected} results arrived before the deadline"
     ))
 }
 
@@ -980,41 +1038,59 @@ fn task_error(status: &Status) -> pb::TaskError {
     }
 }
 
-/// Drives one `Session` task; returns its taskUUID when it ended.
-async fn session_task(
-    mut handle: TaskHandle,
-    deadline: Instant,
+/// What a `Session` stream keeps of each task it waits on.
+struct StreamTask {
     request_id: String,
-    tx: mpsc::Sender<Result<pb::SessionEvent, Status>>,
-) -> TaskUuid {
+    /// Results sent so far.
+    received: u32,
+    /// Results that complete it.
+    expected: u32,
+}
+
+/// One tagged event of a stream's task, as the stream's events: a result
+/// (and `completed` after the last), or the task's error. Its last event
+/// lets go of the task.
+fn stream_event(
+    tasks: &mut Watched<StreamTask>,
+    uuid: TaskUuid,
+    event: TaskEvent,
+    out: &mut Vec<pb::SessionEvent>,
+) {
     use pb::session_event::Event;
-    let uuid = handle.uuid;
-    let mut received = 0;
-    loop {
-        let next = tokio::select! {
-            _ = tx.closed() => return uuid,
-            next = next_item(&mut handle, deadline, received) => next,
-        };
-        let event = match next {
-            Ok(Next::Item { index, item, last }) => {
-                received += 1;
-                let result = session_event(
+    let Some(task) = tasks.get_mut(&uuid) else {
+        return;
+    };
+    let last = match event {
+        TaskEvent::Result { index, item, last } => {
+            task.received += 1;
+            out.push(session_event(
+                &uuid,
+                &task.request_id,
+                Event::Result(run_result(&uuid, index, &item)),
+            ));
+            if last {
+                out.push(session_event(
                     &uuid,
-                    &request_id,
-                    Event::Result(run_result(&uuid, index, &item)),
-                );
-                if tx.send(Ok(result)).await.is_err() {
-                    return uuid;
-                }
-                if !last {
-                    continue;
-                }
-                Event::Completed(pb::TaskCompleted { results: received })
+                    &task.request_id,
+                    Event::Completed(pb::TaskCompleted {
+                        results: task.received,
+                    }),
+                ));
             }
-            Err(status) => Event::Error(task_error(&status)),
-        };
-        let _ = tx.send(Ok(session_event(&uuid, &request_id, event))).await;
-        return uuid;
+            last
+        }
+        TaskEvent::Failed(f) => {
+            let status = failure_status(&f);
+            out.push(session_event(
+                &uuid,
+                &task.request_id,
+                Event::Error(task_error(&status)),
+            ));
+            true
+        }
+    };
+    if last {
+        tasks.ended(&uuid);
     }
 }
 

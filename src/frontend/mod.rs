@@ -15,6 +15,7 @@
 
 pub mod grpc;
 pub mod runware;
+pub mod watched;
 
 use std::sync::Arc;
 

@@ -30,7 +30,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::watched::{self, Released, Watched, Woken};
 use super::{
     MAX_JSON_ELEMENTS, ObjectError, Refusal, check_documented_limits, check_task, failure_error,
     json_elements_within, prepare_from, refusal_of_submit, task_object, task_type_of,
@@ -56,7 +57,7 @@ use crate::counters::Counter;
 use crate::dispatch::metrics::task_type_label;
 use crate::dispatch::{
     ClientConnection, Dispatch, PreparedTask, Principal, SubmitError, TaggedSender, TaskEvent,
-    TaskHandle, Watch,
+    TaskHandle,
 };
 use crate::protocol::{RunwareError, TaskUuid};
 use crate::websocket::json_response;
@@ -386,16 +387,15 @@ impl RunwareEndpoint {
                 if asynchronous {
                     session.deliver(data_frame(&[ack(task_type, &watch.uuid)]));
                 }
-                tasks.insert(LocalTask {
+                let task = LocalTask {
                     task_type: match task_type_label(task_type) {
                         // A known type's name is a constant: no copy.
                         "other" => Cow::Owned(task_type.to_owned()),
                         known => Cow::Borrowed(known),
                     },
                     asynchronous,
-                    deadline: Instant::now() + self.inner.task_timeout,
-                    watch,
-                });
+                };
+                tasks.insert(watch, Instant::now() + self.inner.task_timeout, task);
             }
             Err(e) => session.deliver(errors_frame(&[e])),
         }
@@ -685,86 +685,54 @@ struct LocalSession {
     events: TaggedSender,
 }
 
-/// A session's tasks in flight, what their events mean for its client,
-/// and their deadlines: synchronous, so tested without sockets.
-#[derive(Default)]
-struct SessionTasks {
-    live: HashMap<TaskUuid, LocalTask>,
-    /// The live tasks by deadline, soonest first.
-    deadlines: BTreeSet<(Instant, TaskUuid)>,
-}
+/// A session's tasks in flight and their deadlines.
+type SessionTasks = Watched<LocalTask>;
 
-/// A task a session sent and still waits on.
+/// What a session keeps of a task it sent and still waits on.
 struct LocalTask {
     task_type: Cow<'static, str>,
     /// Its results are fetched with getResponse: its events send nothing.
     asynchronous: bool,
-    deadline: Instant,
-    /// The table's watch on it: ended with the task, or dropped by the
-    /// forwarder (never inside a call of the table) when its deadline
-    /// passes, the task then counting as abandoned.
-    watch: Watch,
 }
 
-impl SessionTasks {
-    fn insert(&mut self, task: LocalTask) {
-        self.deadlines.insert((task.deadline, task.watch.uuid));
-        self.live.insert(task.watch.uuid, task);
+/// One event of a session's task: what goes to the client (nothing for an
+/// async task, nor for a task no longer waited on). Its last event lets go
+/// of the task.
+fn session_event(tasks: &mut SessionTasks, uuid: TaskUuid, event: TaskEvent) -> Option<Out> {
+    let task = tasks.get(&uuid)?;
+    let (out, ended) = match event {
+        TaskEvent::Result { item, last, .. } => (Out::Item(uuid, item), last),
+        TaskEvent::Failed(f) => (
+            Out::Message(errors_frame(&[failure_error(
+                &f,
+                Some(&task.task_type),
+                &uuid,
+            )])),
+            true,
+        ),
+    };
+    let out = (!task.asynchronous).then_some(out);
+    if ended {
+        tasks.ended(&uuid);
     }
+    out
+}
 
-    fn remove(&mut self, uuid: &TaskUuid) -> Option<LocalTask> {
-        let task = self.live.remove(uuid)?;
-        self.deadlines.remove(&(task.deadline, *uuid));
-        Some(task)
-    }
-
-    /// One event of a task: what goes to the client (nothing for an async
-    /// task, nor for a task no longer waited on). Its last event lets go
-    /// of the task.
-    fn event(&mut self, uuid: TaskUuid, event: TaskEvent) -> Option<Out> {
-        let task = self.live.get(&uuid)?;
-        let (out, ended) = match event {
-            TaskEvent::Result { item, last, .. } => (Out::Item(uuid, item), last),
-            TaskEvent::Failed(f) => (
-                Out::Message(errors_frame(&[failure_error(
-                    &f,
-                    Some(&task.task_type),
-                    &uuid,
-                )])),
-                true,
-            ),
-        };
-        let out = (!task.asynchronous).then_some(out);
-        if ended {
-            if let Some(task) = self.remove(&uuid) {
-                task.watch.ended();
-            }
-        }
-        out
-    }
-
-    /// Ends the tasks whose deadline passed by `now`: a synchronous one's
-    /// client gets Runware's timeout error.
-    fn expire(&mut self, now: Instant, out: &mut Vec<Out>, ended: &mut Vec<LocalTask>) {
-        while let Some(&(deadline, uuid)) = self.deadlines.first() {
-            if deadline > now {
-                return;
-            }
-            if let Some(task) = self.remove(&uuid) {
-                if !task.asynchronous {
-                    out.push(Out::Message(errors_frame(&[timeout_error(
-                        &task.task_type,
-                        &uuid,
-                    )])));
-                }
-                ended.push(task);
-            }
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(d, _)| *d)
-    }
+/// The session's tasks whose deadline passed by `now`: a synchronous one's
+/// client gets Runware's timeout error. Their watches come back, to be
+/// dropped outside every lock.
+fn expire_session(
+    tasks: &mut SessionTasks,
+    now: Instant,
+    out: &mut Vec<Out>,
+) -> Vec<Released<LocalTask>> {
+    let due = tasks.expire(now);
+    out.extend(
+        due.iter()
+            .filter(|r| !r.meta.asynchronous)
+            .map(|r| Out::Message(errors_frame(&[timeout_error(&r.meta.task_type, &r.uuid)]))),
+    );
+    due
 }
 
 #[derive(Default)]
@@ -857,7 +825,7 @@ impl LocalSession {
 
     /// The type of a task of this session still in flight.
     fn task_type(&self, uuid: &TaskUuid) -> Option<String> {
-        self.tasks().live.get(uuid).map(|t| t.task_type.to_string())
+        self.tasks().get(uuid).map(|t| t.task_type.to_string())
     }
 }
 
@@ -877,8 +845,6 @@ async fn sweep_sessions(endpoint: Weak<Inner>) {
 }
 
 /// Most events the forwarder takes at once.
-const FORWARD_BATCH: usize = 256;
-
 /// Sends the events of a session's tasks to its client, and their
 /// timeout errors when their deadlines pass, until the session is let go.
 /// One per session (not one per task): it reads the tagged events the
@@ -888,37 +854,33 @@ async fn forward(
     mut events: mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>,
     task_timeout: Duration,
 ) {
-    let mut batch = Vec::with_capacity(FORWARD_BATCH);
+    let mut batch = Vec::with_capacity(watched::EVENT_BATCH);
     let mut frames = Vec::new();
-    let mut ended = Vec::new();
     let sleep = tokio::time::sleep(task_timeout);
     tokio::pin!(sleep);
     loop {
-        {
+        let released = {
             let Some(s) = session.upgrade() else { return };
             let mut tasks = s.tasks();
             for (uuid, event) in batch.drain(..) {
-                frames.extend(tasks.event(uuid, event));
+                frames.extend(session_event(&mut tasks, uuid, event));
             }
-            tasks.expire(Instant::now(), &mut frames, &mut ended);
+            let released = expire_session(&mut tasks, Instant::now(), &mut frames);
             s.deliver_all(frames.drain(..));
-            // With no task waiting, the next one's deadline is at least a
-            // task_timeout away.
+            // Tasks are taken on another task (the socket's reader), each
+            // due a task_timeout after it: with none waiting now, none is
+            // due sooner than a task_timeout from now.
             let wake = tasks
                 .next_deadline()
                 .unwrap_or_else(|| Instant::now() + task_timeout);
-            if sleep.deadline() != wake {
-                sleep.as_mut().reset(wake);
-            }
-        }
+            watched::set_wake(sleep.as_mut(), wake);
+            released
+        };
         // Outside every lock: the watches of tasks in flight call into the
         // task table.
-        ended.clear();
-        tokio::select! {
-            n = events.recv_many(&mut batch, FORWARD_BATCH) => if n == 0 {
-                return;
-            },
-            () = &mut sleep => {}
+        drop(released);
+        if let Woken::Closed = watched::wait(&mut events, &mut batch, sleep.as_mut()).await {
+            return;
         }
     }
 }
@@ -1168,29 +1130,30 @@ mod tests {
         assert_eq!(kept["status"], "error");
     }
 
-    /// A session's task watched by a real table, with `deadline`.
-    fn local_task(
+    /// Inserts a session's task, watched by a real table, due at `deadline`.
+    fn add_task(
+        tasks: &mut SessionTasks,
         d: &Arc<Dispatch>,
         events: &TaggedSender,
-        expected: u32,
         asynchronous: bool,
         deadline: Instant,
-    ) -> LocalTask {
+    ) -> TaskUuid {
         let uuid = TaskUuid::new_v4();
         let prepared = PreparedTask {
             uuid,
             payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
-            expected,
+            expected: 2,
             asynchronous,
             label: "promptEnhance",
             owner: Principal::Tcp,
         };
-        LocalTask {
-            task_type: "promptEnhance".into(),
+        let watch = d.submit_tagged(prepared, None, events).unwrap();
+        let task = LocalTask {
+            task_type: Cow::Borrowed("promptEnhance"),
             asynchronous,
-            deadline,
-            watch: d.submit_tagged(prepared, None, events).unwrap(),
-        }
+        };
+        tasks.insert(watch, deadline, task);
+        uuid
     }
 
     fn table() -> Arc<Dispatch> {
@@ -1214,28 +1177,20 @@ mod tests {
         let (events, _rx) = mpsc::unbounded_channel();
         let later = Instant::now() + Duration::from_secs(60);
         let mut tasks = SessionTasks::default();
-        let sync = local_task(&d, &events, 2, false, later);
-        let asynchronous = local_task(&d, &events, 1, true, later);
-        let (s, a) = (sync.watch.uuid, asynchronous.watch.uuid);
-        tasks.insert(sync);
-        tasks.insert(asynchronous);
+        let s = add_task(&mut tasks, &d, &events, false, later);
+        let a = add_task(&mut tasks, &d, &events, true, later);
 
-        assert_eq!(
-            tasks.event(s, result("1", false)),
-            Some(Out::Item(s, "1".into()))
-        );
-        assert!(tasks.live.contains_key(&s));
-        assert_eq!(
-            tasks.event(s, result("2", true)),
-            Some(Out::Item(s, "2".into()))
-        );
-        assert!(!tasks.live.contains_key(&s));
+        let item = |t: &str| Some(Out::Item(s, t.into()));
+        assert_eq!(session_event(&mut tasks, s, result("1", false)), item("1"));
+        assert!(tasks.get(&s).is_some());
+        assert_eq!(session_event(&mut tasks, s, result("2", true)), item("2"));
+        assert!(tasks.get(&s).is_none());
         // An ended task is no longer waited on: nothing of it goes out.
-        assert_eq!(tasks.event(s, result("3", true)), None);
+        assert_eq!(session_event(&mut tasks, s, result("3", true)), None);
         // An async task's results are fetched with getResponse: its events
         // send nothing, and its end lets it go.
-        assert_eq!(tasks.event(a, result("x", true)), None);
-        assert!(tasks.live.is_empty() && tasks.deadlines.is_empty());
+        assert_eq!(session_event(&mut tasks, a, result("x", true)), None);
+        assert!(tasks.is_empty() && tasks.next_deadline().is_none());
     }
 
     #[test]
@@ -1243,53 +1198,44 @@ mod tests {
         let d = table();
         let (events, _rx) = mpsc::unbounded_channel();
         let mut tasks = SessionTasks::default();
-        let task = local_task(&d, &events, 1, false, Instant::now());
-        let uuid = task.watch.uuid;
-        tasks.insert(task);
+        let uuid = add_task(&mut tasks, &d, &events, false, Instant::now());
         let failure = crate::dispatch::TaskFailure {
             kind: crate::dispatch::FailureKind::ShuttingDown,
             message: "the daemon is stopping".into(),
             runware: None,
         };
-        let out = tasks.event(uuid, TaskEvent::Failed(Box::new(failure)));
+        let out = session_event(&mut tasks, uuid, TaskEvent::Failed(Box::new(failure)));
         let Some(Out::Message(m)) = out else {
             panic!("an error message, not {out:?}")
         };
         let m: Value = serde_json::from_str(&m).unwrap();
         assert_eq!(m["errors"][0]["taskType"], "promptEnhance", "{m}");
         assert_eq!(m["errors"][0]["taskUUID"], uuid.to_string(), "{m}");
-        assert!(tasks.live.is_empty());
+        assert!(tasks.is_empty());
     }
 
     #[test]
-    fn deadlines_end_tasks_soonest_first_with_timeout_errors() {
+    fn at_the_deadline_a_synchronous_task_gets_the_timeout_error_an_async_one_nothing() {
         let d = table();
         let (events, _rx) = mpsc::unbounded_channel();
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
         let mut tasks = SessionTasks::default();
-        // Inserted out of deadline order; the async one sends no error.
-        let late = local_task(&d, &events, 1, false, at(3));
-        let first = local_task(&d, &events, 1, false, at(1));
-        let quiet = local_task(&d, &events, 1, true, at(2));
-        let (late_uuid, first_uuid) = (late.watch.uuid, first.watch.uuid);
-        for t in [late, first, quiet] {
-            tasks.insert(t);
-        }
-        assert_eq!(tasks.next_deadline(), Some(at(1)));
-        let (mut out, mut ended) = (Vec::new(), Vec::new());
-        tasks.expire(at(2), &mut out, &mut ended);
-        assert_eq!(ended.len(), 2);
+        let late = add_task(&mut tasks, &d, &events, false, at(3));
+        let first = add_task(&mut tasks, &d, &events, false, at(1));
+        add_task(&mut tasks, &d, &events, true, at(2));
+        let mut out = Vec::new();
+        let released = expire_session(&mut tasks, at(2), &mut out);
+        assert_eq!(released.len(), 2);
         let [Out::Message(m)] = &out[..] else {
             panic!("one timeout error, not {out:?}")
         };
         let m: Value = serde_json::from_str(m).unwrap();
         assert_eq!(m["errors"][0]["code"], "timeoutProvider", "{m}");
-        assert_eq!(m["errors"][0]["taskUUID"], first_uuid.to_string(), "{m}");
-        assert_eq!(tasks.next_deadline(), Some(at(3)));
-        assert!(tasks.live.contains_key(&late_uuid));
+        assert_eq!(m["errors"][0]["taskUUID"], first.to_string(), "{m}");
+        assert!(tasks.get(&late).is_some());
         // Their watches gone, the table counts them abandoned.
-        drop(ended);
+        drop(released);
         assert_eq!(d.counters.get(Counter::Abandoned), 2);
     }
 

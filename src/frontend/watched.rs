@@ -1,0 +1,217 @@
+//! The tasks one client stream waits on, and their deadlines: shared by the
+//! Runware WebSocket's local sessions and gRPC's `Session` streams.
+//!
+//! A stream submits with [`Dispatch::submit_tagged`], so the events of all
+//! its tasks come on one channel, tagged with their taskUUIDs, and one task
+//! of the stream reads them (none per task). [`Watched`] is what that reader
+//! knows: each task's front-end data, its deadline (soonest first), and the
+//! table's [`Watch`] on it. It is synchronous: its transitions are tested
+//! without sockets.
+//!
+//! [`Dispatch::submit_tagged`]: crate::dispatch::Dispatch::submit_tagged
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+
+use crate::dispatch::{TaskEvent, Watch};
+use crate::protocol::TaskUuid;
+
+/// Most tagged events a stream's reader takes at once.
+pub const EVENT_BATCH: usize = 256;
+
+/// A stream's tasks in flight: `M` is what its front-end keeps of each.
+pub struct Watched<M> {
+    live: HashMap<TaskUuid, Entry<M>>,
+    /// The live tasks by deadline, soonest first.
+    deadlines: BTreeSet<(Instant, TaskUuid)>,
+}
+
+struct Entry<M> {
+    meta: M,
+    deadline: Instant,
+    watch: Watch,
+}
+
+/// A task whose deadline passed, or that the client stopped waiting on.
+/// Its watch goes with it: drop it outside any call of the task table (a
+/// task still in flight then counts as abandoned).
+pub struct Released<M> {
+    pub uuid: TaskUuid,
+    pub meta: M,
+    pub watch: Watch,
+}
+
+impl<M> Default for Watched<M> {
+    fn default() -> Self {
+        Watched {
+            live: HashMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+}
+
+impl<M> Watched<M> {
+    /// Waits on a task until it ends or `deadline` passes.
+    pub fn insert(&mut self, watch: Watch, deadline: Instant, meta: M) {
+        self.deadlines.insert((deadline, watch.uuid));
+        self.live.insert(
+            watch.uuid,
+            Entry {
+                meta,
+                deadline,
+                watch,
+            },
+        );
+    }
+
+    pub fn get(&self, uuid: &TaskUuid) -> Option<&M> {
+        self.live.get(uuid).map(|e| &e.meta)
+    }
+
+    pub fn get_mut(&mut self, uuid: &TaskUuid) -> Option<&mut M> {
+        self.live.get_mut(uuid).map(|e| &mut e.meta)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The task's last event came (its last result, or its failure): it is
+    /// let go of, asking nothing of the table (which let go of its
+    /// watchers when it sent that event).
+    pub fn ended(&mut self, uuid: &TaskUuid) -> Option<M> {
+        self.take(uuid).map(|r| {
+            r.watch.ended();
+            r.meta
+        })
+    }
+
+    /// Stops waiting on a task still in flight (the client cancelled it).
+    pub fn release(&mut self, uuid: &TaskUuid) -> Option<Released<M>> {
+        self.take(uuid)
+    }
+
+    /// The tasks whose deadline passed by `now`, soonest first.
+    pub fn expire(&mut self, now: Instant) -> Vec<Released<M>> {
+        let mut due = Vec::new();
+        while let Some(&(deadline, uuid)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            due.extend(self.take(&uuid));
+        }
+        due
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(d, _)| *d)
+    }
+
+    fn take(&mut self, uuid: &TaskUuid) -> Option<Released<M>> {
+        let e = self.live.remove(uuid)?;
+        self.deadlines.remove(&(e.deadline, *uuid));
+        Some(Released {
+            uuid: *uuid,
+            meta: e.meta,
+            watch: e.watch,
+        })
+    }
+}
+
+/// What woke a stream's reader.
+pub enum Woken {
+    /// Tagged events, in the batch given to [`wait`].
+    Events,
+    /// The soonest deadline (or the fallback wake) came.
+    Deadline,
+    /// Every sender is gone: no event can come any more.
+    Closed,
+}
+
+/// Sets `sleep` for `wake` (moving its timer only when it changed).
+pub fn set_wake(sleep: std::pin::Pin<&mut Sleep>, wake: Instant) {
+    if sleep.deadline() != wake {
+        sleep.reset(wake);
+    }
+}
+
+/// Waits for the next tagged events (taken into `batch`) or for `sleep`.
+pub async fn wait(
+    events: &mut mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>,
+    batch: &mut Vec<(TaskUuid, TaskEvent)>,
+    sleep: std::pin::Pin<&mut Sleep>,
+) -> Woken {
+    tokio::select! {
+        n = events.recv_many(batch, EVENT_BATCH) => if n == 0 { Woken::Closed } else { Woken::Events },
+        () = sleep => Woken::Deadline,
+    }
+}
+
+/// A wake far enough off to mean "none": a day.
+pub const NO_DEADLINE: Duration = Duration::from_secs(86_400);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Counter;
+    use crate::dispatch::{Dispatch, Gate, Limits, PreparedTask, Principal, TaggedSender};
+    use std::sync::Arc;
+
+    fn table() -> Arc<Dispatch> {
+        let (queue, _) = mpsc::unbounded_channel();
+        let d = Dispatch::new(Limits::default(), queue);
+        d.set_gate(Gate::Open);
+        d
+    }
+
+    fn watch(d: &Arc<Dispatch>, events: &TaggedSender) -> Watch {
+        let uuid = TaskUuid::new_v4();
+        let task = PreparedTask {
+            uuid,
+            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
+            expected: 1,
+            asynchronous: false,
+            label: "promptEnhance",
+            owner: Principal::Tcp,
+        };
+        d.submit_tagged(task, None, events).unwrap()
+    }
+
+    #[test]
+    fn deadlines_come_soonest_first_and_ended_tasks_leave_them() {
+        let d = table();
+        let (events, _rx) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut w = Watched::default();
+        let (late, first, done) = (watch(&d, &events), watch(&d, &events), watch(&d, &events));
+        let (late_uuid, first_uuid, done_uuid) = (late.uuid, first.uuid, done.uuid);
+        // Inserted out of deadline order, with different deadlines.
+        w.insert(late, at(3), "late");
+        w.insert(first, at(1), "first");
+        w.insert(done, at(2), "done");
+        assert_eq!(w.next_deadline(), Some(at(1)));
+        assert_eq!(w.ended(&done_uuid), Some("done"));
+        assert_eq!(w.ended(&done_uuid), None);
+        let due = w.expire(at(2));
+        assert_eq!(due.iter().map(|r| r.uuid).collect::<Vec<_>>(), [first_uuid]);
+        assert_eq!(w.next_deadline(), Some(at(3)));
+        assert_eq!(w.get(&late_uuid), Some(&"late"));
+        assert_eq!(w.len(), 1);
+        // A released watch, dropped, leaves its task abandoned; an ended
+        // one asked nothing of the table.
+        drop(due);
+        assert_eq!(d.counters.get(Counter::Abandoned), 1);
+        let released = w.release(&late_uuid).map(|r| r.meta);
+        assert_eq!(released, Some("late"));
+        assert_eq!(d.counters.get(Counter::Abandoned), 2);
+        assert!(w.is_empty() && w.next_deadline().is_none());
+    }
+}
