@@ -336,6 +336,25 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
     assert!(e.message().starts_with("width: "), "{}", e.message());
     assert_eq!(h.stats().executions, 0);
 
+    // A key given twice: Runware might read the other value.
+    let twice =
+        r#"{"taskType":"promptEnhance","prompt":"a cat","promptVersions":1,"promptVersions":5}"#;
+    let e = h
+        .client
+        .run(pb::RunRequest {
+            task_json: twice.into(),
+            expected_results: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("task_json.promptVersions"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(h.stats().executions, 0);
+
     // Runware's invalid parameter -> INVALID_ARGUMENT with code, parameter, message.
     let task = json!({"taskType": "imageInference", "positivePrompt": "a cat", "model": "m:1@1", "width": 500, "height": 512});
     let e = h
