@@ -331,6 +331,9 @@ async fn a_cancelled_task_is_released_and_its_late_results_go_nowhere() {
         .into_inner();
     assert_eq!(status.in_flight, 0);
     assert_eq!(status.late_results_dropped, 3);
+    // Counted as cancelled, not as abandoned by its client.
+    assert_eq!(status_counter(&mut h.client, "cancelled").await, Some(1));
+    assert_eq!(status_counter(&mut h.client, "abandoned").await, Some(0));
     let gone = h
         .client
         .attach(pb::AttachRequest {

@@ -20,8 +20,8 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::dispatch::{
-    ClientConnection, Dispatch, FailureKind, Gate, SubmitError, TaggedSender, TaskEvent,
-    TaskFailure, TaskHandle, Watch,
+    ClientConnection, Dispatch, FailureKind, Gate, PreparedTask, SubmitError, TaggedSender,
+    TaskEvent, TaskFailure, TaskHandle, Watch,
 };
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
@@ -145,9 +145,11 @@ impl RunwareService {
                             let cancelled = TaskUuid::parse_any(&c.task_uuid)
                                 .and_then(|uuid| tasks.release(&uuid));
                             if let Some(r) = cancelled {
-                                drop(r.watch);
-                                // An explicit cancel releases the task itself.
+                                // An explicit cancel releases the task itself
+                                // (first: the watch then finds it gone, and the
+                                // task is counted cancelled, not abandoned).
                                 self.dispatch.cancel(&r.uuid);
+                                drop(r.watch);
                                 out.push(session_event(&r.uuid, "", Event::Error(pb::TaskError {
                                     grpc_code: Code::Cancelled as i32,
                                     message: "cancelled by the client".into(),
@@ -225,16 +227,7 @@ impl RunwareService {
         conn: Option<&ClientConnection>,
         deadline: Instant,
     ) -> Result<TaskHandle, Status> {
-        if deadline <= Instant::now() {
-            return Err(Status::deadline_exceeded(
-                "the deadline passed before the task could be sent; nothing was sent to Runware",
-            ));
-        }
-        let prepared = prepare(
-            t,
-            &self.async_task_types,
-            conn.map(|c| c.principal).unwrap_or_default(),
-        );
+        let prepared = self.prepare(t, conn, deadline)?;
         self.dispatch.submit(prepared, conn).map_err(submit_status)
     }
 
@@ -247,19 +240,29 @@ impl RunwareService {
         deadline: Instant,
         events: &TaggedSender,
     ) -> Result<Watch, Status> {
+        let prepared = self.prepare(t, conn, deadline)?;
+        self.dispatch
+            .submit_tagged(prepared, conn, events)
+            .map_err(submit_status)
+    }
+
+    /// The task as the table takes it, unless its deadline has passed.
+    fn prepare(
+        &self,
+        t: ClientTask,
+        conn: Option<&ClientConnection>,
+        deadline: Instant,
+    ) -> Result<PreparedTask, Status> {
         if deadline <= Instant::now() {
             return Err(Status::deadline_exceeded(
                 "the deadline passed before the task could be sent; nothing was sent to Runware",
             ));
         }
-        let prepared = prepare(
+        Ok(prepare(
             t,
             &self.async_task_types,
             conn.map(|c| c.principal).unwrap_or_default(),
-        );
-        self.dispatch
-            .submit_tagged(prepared, conn, events)
-            .map_err(submit_status)
+        ))
     }
 }
 

@@ -844,7 +844,6 @@ async fn sweep_sessions(endpoint: Weak<Inner>) {
     }
 }
 
-/// Most events the forwarder takes at once.
 /// Sends the events of a session's tasks to its client, and their
 /// timeout errors when their deadlines pass, until the session is let go.
 /// One per session (not one per task): it reads the tagged events the
