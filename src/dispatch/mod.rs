@@ -1149,6 +1149,33 @@ impl std::fmt::Debug for Watch {
     }
 }
 
+/// A table and tasks for the unit tests of the table's users.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A table whose connection is ready; what it queues goes nowhere.
+    pub fn table() -> Arc<Dispatch> {
+        let (queue, _) = mpsc::unbounded_channel();
+        let d = Dispatch::new(Limits::default(), queue);
+        d.set_gate(Gate::Open);
+        d
+    }
+
+    /// A promptEnhance task that `expected` results complete.
+    pub fn task(expected: u32) -> PreparedTask {
+        let uuid = TaskUuid::new_v4();
+        PreparedTask {
+            uuid,
+            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
+            expected,
+            asynchronous: false,
+            label: "promptEnhance",
+            owner: Principal::Tcp,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1161,17 +1188,7 @@ mod tests {
         (d, qrx)
     }
 
-    fn task(expected: u32) -> PreparedTask {
-        let uuid = TaskUuid::new_v4();
-        PreparedTask {
-            uuid,
-            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
-            expected,
-            asynchronous: false,
-            label: "promptEnhance",
-            owner: Principal::Tcp,
-        }
-    }
+    use super::testing::task;
 
     /// An item as the table keeps it, copied.
     fn raw(s: &str) -> Kept {

@@ -1129,6 +1129,8 @@ mod tests {
         assert_eq!(kept["status"], "error");
     }
 
+    use crate::dispatch::testing::{table, task};
+
     /// Inserts a session's task, watched by a real table, due at `deadline`.
     fn add_task(
         tasks: &mut SessionTasks,
@@ -1137,29 +1139,14 @@ mod tests {
         asynchronous: bool,
         deadline: Instant,
     ) -> TaskUuid {
-        let uuid = TaskUuid::new_v4();
-        let prepared = PreparedTask {
-            uuid,
-            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
-            expected: 2,
-            asynchronous,
-            label: "promptEnhance",
-            owner: Principal::Tcp,
-        };
-        let watch = d.submit_tagged(prepared, None, events).unwrap();
+        let watch = d.submit_tagged(task(2), None, events).unwrap();
+        let uuid = watch.uuid;
         let task = LocalTask {
             task_type: Cow::Borrowed("promptEnhance"),
             asynchronous,
         };
         tasks.insert(watch, deadline, task);
         uuid
-    }
-
-    fn table() -> Arc<Dispatch> {
-        let (queue, _) = mpsc::unbounded_channel();
-        let d = Dispatch::new(crate::dispatch::Limits::default(), queue);
-        d.set_gate(crate::dispatch::Gate::Open);
-        d
     }
 
     fn result(item: &str, last: bool) -> TaskEvent {

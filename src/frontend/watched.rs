@@ -161,27 +161,12 @@ pub const NO_DEADLINE: Duration = Duration::from_secs(86_400);
 mod tests {
     use super::*;
     use crate::counters::Counter;
-    use crate::dispatch::{Dispatch, Gate, Limits, PreparedTask, Principal, TaggedSender};
+    use crate::dispatch::testing::{table, task};
+    use crate::dispatch::{Dispatch, TaggedSender};
     use std::sync::Arc;
 
-    fn table() -> Arc<Dispatch> {
-        let (queue, _) = mpsc::unbounded_channel();
-        let d = Dispatch::new(Limits::default(), queue);
-        d.set_gate(Gate::Open);
-        d
-    }
-
     fn watch(d: &Arc<Dispatch>, events: &TaggedSender) -> Watch {
-        let uuid = TaskUuid::new_v4();
-        let task = PreparedTask {
-            uuid,
-            payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
-            expected: 1,
-            asynchronous: false,
-            label: "promptEnhance",
-            owner: Principal::Tcp,
-        };
-        d.submit_tagged(task, None, events).unwrap()
+        d.submit_tagged(task(1), None, events).unwrap()
     }
 
     #[test]
