@@ -1121,9 +1121,10 @@ impl Drop for WatchGuard {
 
 /// A client's watch on a task whose events go to a shared, tagged channel
 /// ([`Dispatch::submit_tagged`]). Dropping it stops the watch: a task in
-/// flight then counts as abandoned, its results kept for `Attach`.
-/// Not to be dropped while the table calls into its caller (the table
-/// only sends into channels, so a channel's reader drops it).
+/// flight then counts as abandoned, its results kept for `Attach`. The drop
+/// looks the task up in the table, so it must not happen under a lock the
+/// table's callers hold (the table itself calls no one: it only sends into
+/// channels).
 pub struct Watch {
     pub uuid: TaskUuid,
     /// Results that complete it.
