@@ -1122,9 +1122,9 @@ impl Drop for WatchGuard {
 /// A client's watch on a task whose events go to a shared, tagged channel
 /// ([`Dispatch::submit_tagged`]). Dropping it stops the watch: a task in
 /// flight then counts as abandoned, its results kept for `Attach`. The drop
-/// looks the task up in the table, so it must not happen under a lock the
-/// table's callers hold (the table itself calls no one: it only sends into
-/// channels).
+/// looks the task up in the table, unless the task ended ([`Watch::ended`]).
+/// The table calls no one (it only sends into channels), so a watch may be
+/// dropped anywhere outside the table's own code.
 pub struct Watch {
     pub uuid: TaskUuid,
     /// Results that complete it.
