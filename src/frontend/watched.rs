@@ -199,4 +199,87 @@ mod tests {
         assert_eq!(d.counters.get(Counter::Abandoned), 2);
         assert!(w.is_empty() && w.next_deadline().is_none());
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A task due `secs` from the start.
+        Insert(u64),
+        /// The nth live task's last event came.
+        Ended(usize),
+        /// The client stopped waiting on the nth live task.
+        Release(usize),
+        /// The clock is now `secs` from the start.
+        Expire(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0u64..20).prop_map(Op::Insert),
+            1 => (0usize..8).prop_map(Op::Ended),
+            1 => (0usize..8).prop_map(Op::Release),
+            1 => (0u64..20).prop_map(Op::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        /// In any order of events, a stream's tasks leave exactly once: by
+        /// their end, a release, or their deadline, soonest first; and only
+        /// a task left while in flight counts as abandoned.
+        #[test]
+        fn every_task_leaves_once_and_deadlines_come_in_order(
+            ops in proptest::collection::vec(op(), 1..60)
+        ) {
+            let d = table();
+            let (events, _rx) = mpsc::unbounded_channel();
+            let t0 = Instant::now();
+            let mut w = Watched::default();
+            // The model: live tasks and their deadlines.
+            let mut live: Vec<(TaskUuid, Instant)> = Vec::new();
+            let mut left_in_flight = 0;
+            for op in ops {
+                match op {
+                    Op::Insert(secs) => {
+                        let watch = watch(&d, &events);
+                        let due = t0 + Duration::from_secs(secs);
+                        live.push((watch.uuid, due));
+                        w.insert(watch, due, secs);
+                    }
+                    Op::Ended(n) if !live.is_empty() => {
+                        let (uuid, _) = live.remove(n % live.len());
+                        proptest::prop_assert!(w.ended(&uuid).is_some());
+                        proptest::prop_assert!(w.ended(&uuid).is_none());
+                    }
+                    Op::Release(n) if !live.is_empty() => {
+                        let (uuid, _) = live.remove(n % live.len());
+                        let r = w.release(&uuid);
+                        proptest::prop_assert_eq!(r.as_ref().map(|r| r.uuid), Some(uuid));
+                        drop(r);
+                        left_in_flight += 1;
+                    }
+                    Op::Expire(secs) => {
+                        let now = t0 + Duration::from_secs(secs);
+                        let mut due: Vec<(Instant, TaskUuid)> = live
+                            .iter()
+                            .filter(|(_, at)| *at <= now)
+                            .map(|(u, at)| (*at, *u))
+                            .collect();
+                        due.sort();
+                        live.retain(|(_, at)| *at > now);
+                        let got: Vec<(Instant, TaskUuid)> = w
+                            .expire(now)
+                            .into_iter()
+                            .map(|r| (t0 + Duration::from_secs(r.meta), r.uuid))
+                            .collect();
+                        left_in_flight += got.len();
+                        proptest::prop_assert_eq!(got, due);
+                    }
+                    _ => {}
+                }
+                proptest::prop_assert_eq!(w.len(), live.len());
+                proptest::prop_assert_eq!(w.next_deadline(), live.iter().map(|(_, at)| *at).min());
+                proptest::prop_assert_eq!(d.counters.get(Counter::Abandoned), left_in_flight as u64);
+            }
+        }
+    }
 }
