@@ -8,7 +8,8 @@
 //! Runware WS/REST -> frontend (one door per wire format: gRPC, Runware's
 //!                             own WebSocket and REST; each converts its
 //!                             messages into daemon tasks and events back)
-//!              -> dispatch   (task table: taskUUID -> watching clients;
+//!              -> dispatch   (task table: taskUUID -> watching clients,
+//!                             a stream's tasks on one tagged channel;
 //!                             retention for Attach; getResponse recovery)
 //!              -> upstream   (the one socket's loop; batches queued tasks)
 //!                 session    (when to authenticate, ping, resume, give up,

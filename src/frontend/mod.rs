@@ -5,6 +5,8 @@
 //! - [`runware`]: Runware's own protocol, so existing SDKs, `curl` and any
 //!   language use the daemon by changing only their URL: the WebSocket
 //!   (`ws://ADDR/v1`) and REST (`POST http://ADDR/v1`) on one listener.
+//! - [`watched`]: what a stream (a `Session`, a local WebSocket session)
+//!   knows of its tasks in flight and their deadlines, shared by both.
 //!
 //! Each door only converts its messages into daemon tasks and the tasks'
 //! events back. What a task may be ([`check_task`]), how it becomes a
