@@ -56,15 +56,20 @@ impl<M> Default for Watched<M> {
 impl<M> Watched<M> {
     /// Waits on a task until it ends or `deadline` passes.
     pub fn insert(&mut self, watch: Watch, deadline: Instant, meta: M) {
-        self.deadlines.insert((deadline, watch.uuid));
-        self.live.insert(
-            watch.uuid,
-            Entry {
-                meta,
-                deadline,
-                watch,
-            },
-        );
+        let uuid = watch.uuid;
+        self.deadlines.insert((deadline, uuid));
+        let entry = Entry {
+            meta,
+            deadline,
+            watch,
+        };
+        // The table takes a taskUUID once while it holds it, so this never
+        // replaces a live task; if it did, the old deadline must not stay.
+        if let Some(old) = self.live.insert(uuid, entry) {
+            if old.deadline != deadline {
+                self.deadlines.remove(&(old.deadline, uuid));
+            }
+        }
     }
 
     pub fn get(&self, uuid: &TaskUuid) -> Option<&M> {
@@ -105,7 +110,14 @@ impl<M> Watched<M> {
             if deadline > now {
                 break;
             }
-            due.extend(self.take(&uuid));
+            self.deadlines.pop_first();
+            if let Some(e) = self.live.remove(&uuid) {
+                due.push(Released {
+                    uuid,
+                    meta: e.meta,
+                    watch: e.watch,
+                });
+            }
         }
         due
     }
