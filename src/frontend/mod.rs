@@ -107,8 +107,9 @@ pub enum ObjectError {
     Duplicate(String),
 }
 
-/// A JSON object, every key of it once. (serde_json keeps the last of
-/// two equal keys; another reader may keep the first.)
+/// A JSON object whose keys are each given once at its top level, where
+/// the daemon reads a task (nested values go to Runware unread). serde_json
+/// keeps the last of two equal keys; another reader may keep the first.
 pub fn task_object(text: &str) -> Result<Map<String, Value>, ObjectError> {
     use serde::de::{Deserializer, MapAccess, Visitor};
     struct Unique(Option<String>);
