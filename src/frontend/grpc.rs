@@ -227,7 +227,7 @@ impl RunwareService {
         conn: Option<&ClientConnection>,
         deadline: Instant,
     ) -> Result<TaskHandle, Status> {
-        let prepared = self.prepare(t, conn, deadline)?;
+        let prepared = self.prepare_in_time(t, conn, deadline)?;
         self.dispatch.submit(prepared, conn).map_err(submit_status)
     }
 
@@ -240,14 +240,15 @@ impl RunwareService {
         deadline: Instant,
         events: &TaggedSender,
     ) -> Result<Watch, Status> {
-        let prepared = self.prepare(t, conn, deadline)?;
+        let prepared = self.prepare_in_time(t, conn, deadline)?;
         self.dispatch
             .submit_tagged(prepared, conn, events)
             .map_err(submit_status)
     }
 
-    /// The task as the table takes it, unless its deadline has passed.
-    fn prepare(
+    /// The task as the table takes it ([`prepare`]), unless its deadline
+    /// has passed.
+    fn prepare_in_time(
         &self,
         t: ClientTask,
         conn: Option<&ClientConnection>,
