@@ -50,6 +50,9 @@ pub struct BenchConfig {
     /// Which paths through the daemon the throughput scenario measures
     /// (the direct client always runs: each ratio is against it).
     pub paths: Vec<Path>,
+    /// Rounds of the throughput scenario: each runs the direct client and
+    /// then every path once; ratios are the median over rounds.
+    pub rounds: usize,
 }
 
 /// The parts of `runwared bench`.
@@ -97,6 +100,7 @@ impl Default for BenchConfig {
             scenarios: Scenario::ALL.to_vec(),
             loads: vec![Load::Enhance, Load::Mixed],
             paths: vec![Path::Rpc, Path::Session, Path::Endpoint],
+            rounds: 3,
         }
     }
 }
@@ -131,8 +135,13 @@ pub struct Row {
     pub load: Load,
     pub path: Path,
     pub concurrency: usize,
+    /// Tasks per run.
     pub tasks: usize,
+    /// Runs of this path (each against a fresh simulator, after a warm-up).
+    pub rounds: usize,
+    /// Failed tasks over every run.
     pub failed: usize,
+    /// Median over the runs.
     pub tasks_per_s: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -141,8 +150,11 @@ pub struct Row {
     /// Daemon CPU seconds per 1000 tasks (none for direct).
     pub daemon_cpu_s_per_1k: Option<f64>,
     pub daemon_peak_rss_mib: Option<f64>,
-    /// Throughput through the daemon over direct, same load and C.
+    /// Throughput through the daemon over direct, same load and C: the
+    /// median over rounds of each round's ratio...
     pub ratio_to_direct: Option<f64>,
+    /// ...and the lowest and highest of them.
+    pub ratio_range: Option<(f64, f64)>,
     /// p99 through the daemon minus p99 direct, ms.
     pub added_p99_ms: Option<f64>,
 }
@@ -645,6 +657,79 @@ async fn run_direct(url: &str, load: Load, c: usize, total: usize, limit: Durati
     .await)
 }
 
+/// One timed run of a path.
+struct Pass {
+    lat: Vec<f64>,
+    failed: usize,
+    took: Duration,
+    /// Through the daemon: its CPU seconds in the run and peak RSS MiB.
+    daemon: Option<(f64, f64)>,
+}
+
+impl Pass {
+    fn tasks_per_s(&self) -> f64 {
+        self.lat.len() as f64 / self.took.as_secs_f64()
+    }
+}
+
+/// Runs `total` tasks along `path` against a simulator of its own, so that
+/// no run finds the tasks of another in the simulator's tables, after an
+/// untimed warm-up of a tenth as many along the same path (connections up,
+/// first tables grown: a daemon in use, not one just started; the direct
+/// client gets the same).
+async fn pass(
+    path: Path,
+    load: Load,
+    c: usize,
+    total: usize,
+    limit: Duration,
+    ticks: f64,
+) -> std::io::Result<Pass> {
+    let (_sim, url) = start_sim("0ms")?;
+    let warmup = (total / 10).clamp(1, 2_000);
+    if path == Path::Direct {
+        run_direct(&url, load, c, warmup, limit).await?;
+        let (lat, failed, took) = run_direct(&url, load, c, total, limit).await?;
+        return Ok(Pass {
+            lat,
+            failed,
+            took,
+            daemon: None,
+        });
+    }
+    let (daemon, addr, endpoint) = spawn_daemon(&url, &[])?;
+    let pid = daemon.child.id();
+    let run = |n: usize| {
+        let (addr, endpoint) = (addr.clone(), endpoint.clone());
+        async move {
+            match path {
+                Path::Rpc => run_rpc(&addr, load, c, n, limit).await,
+                Path::Endpoint => run_direct(&endpoint, load, c, n, limit).await,
+                _ => run_session(&addr, load, c, n, limit).await,
+            }
+        }
+    };
+    run(warmup).await?;
+    let cpu0 = cpu_seconds(pid, ticks);
+    let (lat, failed, took) = run(total).await?;
+    let cpu = cpu_seconds(pid, ticks) - cpu0;
+    let (_, hwm) = memory_mib(pid);
+    Ok(Pass {
+        lat,
+        failed,
+        took,
+        daemon: Some((cpu, hwm)),
+    })
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// Runs the benchmark; `progress` gets a line per step.
 pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Result<Report> {
     let ticks = clock_ticks();
@@ -663,39 +748,45 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
             } else {
                 config.tasks
             };
-            let (lat, failed, took) =
-                run_direct(&url, load, c, total, config.scenario_limit).await?;
-            let direct = summarize(load, Path::Direct, c, total, lat, failed, took, None);
-            progress(&format!(
-                "{load:?} direct C={c}: {:.0} tasks/s",
-                direct.tasks_per_s
-            ));
-            for &path in config.paths.iter().filter(|p| **p != Path::Direct) {
-                let (daemon, addr, endpoint) = spawn_daemon(&url, &[])?;
-                let pid = daemon.child.id();
-                let cpu0 = cpu_seconds(pid, ticks);
-                let (lat, failed, took) = match path {
-                    Path::Rpc => run_rpc(&addr, load, c, total, config.scenario_limit).await?,
-                    Path::Endpoint => {
-                        run_direct(&endpoint, load, c, total, config.scenario_limit).await?
-                    }
-                    _ => run_session(&addr, load, c, total, config.scenario_limit).await?,
-                };
-                let cpu = cpu_seconds(pid, ticks) - cpu0;
-                let (_, hwm) = memory_mib(pid);
-                let mut row = summarize(load, path, c, total, lat, failed, took, Some((cpu, hwm)));
-                row.ratio_to_direct =
-                    Some(row.tasks_per_s / direct.tasks_per_s.max(f64::MIN_POSITIVE));
-                row.added_p99_ms = Some(row.p99_ms - direct.p99_ms);
+            // The direct client first, then each path, round after round:
+            // a quiet or busy moment of the shared machine falls on both
+            // sides of a ratio.
+            let mut passes: Vec<(Path, Vec<Pass>)> = std::iter::once(Path::Direct)
+                .chain(config.paths.iter().copied().filter(|p| *p != Path::Direct))
+                .map(|p| (p, Vec::new()))
+                .collect();
+            for _ in 0..config.rounds.max(1) {
+                for (path, done) in &mut passes {
+                    let pass = pass(*path, load, c, total, config.scenario_limit, ticks).await?;
+                    progress(&format!(
+                        "{load:?} {path:?} C={c}: {:.0} tasks/s",
+                        pass.tasks_per_s()
+                    ));
+                    done.push(pass);
+                }
+            }
+            let direct: Vec<f64> = passes[0].1.iter().map(Pass::tasks_per_s).collect();
+            let direct_row = summarize(load, Path::Direct, c, total, &passes[0].1);
+            for (path, done) in passes.iter().skip(1) {
+                let mut row = summarize(load, *path, c, total, done);
+                let mut ratios: Vec<f64> = done
+                    .iter()
+                    .zip(&direct)
+                    .map(|(p, d)| p.tasks_per_s() / d.max(f64::MIN_POSITIVE))
+                    .collect();
+                ratios.sort_by(f64::total_cmp);
+                row.ratio_to_direct = Some(median(&ratios));
+                row.ratio_range = ratios.first().copied().zip(ratios.last().copied());
+                row.added_p99_ms = Some(row.p99_ms - direct_row.p99_ms);
                 progress(&format!(
-                    "{load:?} {path:?} C={c}: {:.0} tasks/s ({:.2} of direct), p99 {:.2} ms",
-                    row.tasks_per_s,
+                    "{load:?} {path:?} C={c}: {:.2} of direct by median of {} rounds, p99 {:.2} ms",
                     row.ratio_to_direct.unwrap_or(0.0),
+                    ratios.len(),
                     row.p99_ms
                 ));
                 rows.push(row);
             }
-            rows.push(direct);
+            rows.push(direct_row);
         }
     }
 
@@ -1063,32 +1154,45 @@ async fn measure_resume(drops: usize, progress: &impl Fn(&str)) -> std::io::Resu
 }
 
 #[allow(clippy::too_many_arguments)]
-fn summarize(
-    load: Load,
-    path: Path,
-    c: usize,
-    total: usize,
-    mut lat: Vec<f64>,
-    failed: usize,
-    took: Duration,
-    daemon: Option<(f64, f64)>,
-) -> Row {
+/// The row of one path's runs: tasks/s and daemon CPU by median, latency
+/// over every task of every run, peak RSS the highest.
+fn summarize(load: Load, path: Path, c: usize, total: usize, passes: &[Pass]) -> Row {
+    let mut lat: Vec<f64> = passes.iter().flat_map(|p| p.lat.iter().copied()).collect();
     lat.sort_by(f64::total_cmp);
-    let done = lat.len();
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let tasks_per_s = sorted(passes.iter().map(Pass::tasks_per_s).collect());
+    let cpu_per_1k = sorted(
+        passes
+            .iter()
+            .filter_map(|p| {
+                p.daemon
+                    .map(|(cpu, _)| cpu / (p.lat.len().max(1) as f64 / 1000.0))
+            })
+            .collect(),
+    );
+    let peak_rss = passes
+        .iter()
+        .filter_map(|p| p.daemon.map(|(_, rss)| rss))
+        .reduce(f64::max);
     Row {
         load,
         path,
         concurrency: c,
         tasks: total,
-        failed,
-        tasks_per_s: done as f64 / took.as_secs_f64(),
+        rounds: passes.len(),
+        failed: passes.iter().map(|p| p.failed).sum(),
+        tasks_per_s: median(&tasks_per_s),
         p50_ms: percentile(&lat, 0.5),
         p90_ms: percentile(&lat, 0.9),
         p99_ms: percentile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(0.0),
-        daemon_cpu_s_per_1k: daemon.map(|(cpu, _)| cpu / (done.max(1) as f64 / 1000.0)),
-        daemon_peak_rss_mib: daemon.map(|(_, rss)| rss),
+        daemon_cpu_s_per_1k: peak_rss.map(|_| median(&cpu_per_1k)),
+        daemon_peak_rss_mib: peak_rss,
         ratio_to_direct: None,
+        ratio_range: None,
         added_p99_ms: None,
     }
 }
@@ -1096,17 +1200,18 @@ fn summarize(
 /// The report as Markdown tables.
 pub fn table(r: &Report) -> String {
     let mut t = String::from(
-        "| load | path | C | tasks | failed | tasks/s | p50 ms | p90 ms | p99 ms | max ms | daemon CPU s/1k | daemon peak RSS MiB | x direct | +p99 ms |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| load | path | C | tasks x rounds | failed | tasks/s | p50 ms | p90 ms | p99 ms | max ms | daemon CPU s/1k | daemon peak RSS MiB | x direct | x direct, lowest-highest | +p99 ms |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     let opt = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
     for row in &r.rows {
         t.push_str(&format!(
-            "| {:?} | {:?} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            "| {:?} | {:?} | {} | {} x {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
             row.load,
             row.path,
             row.concurrency,
             row.tasks,
+            row.rounds,
             row.failed,
             row.tasks_per_s,
             row.p50_ms,
@@ -1116,6 +1221,8 @@ pub fn table(r: &Report) -> String {
             opt(row.daemon_cpu_s_per_1k, 3),
             opt(row.daemon_peak_rss_mib, 1),
             opt(row.ratio_to_direct, 2),
+            row.ratio_range
+                .map_or("-".to_owned(), |(lo, hi)| format!("{lo:.2}-{hi:.2}")),
             opt(row.added_p99_ms, 2),
         ));
     }

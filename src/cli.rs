@@ -108,7 +108,13 @@ struct BenchArgs {
     /// (comma-separated; the direct client always runs); all by default.
     #[arg(long, value_delimiter = ',', value_enum)]
     paths: Vec<runwared::bench::Path>,
-    /// A short run: 2000 tasks, no idle minute, 10000 in flight, 5 drops.
+    /// Rounds of the throughput scenario: the direct client and every path
+    /// once per round, each run on a fresh simulator after a warm-up; each
+    /// figure is the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// A short run: 2000 tasks, one round, no idle minute, 10000 in flight,
+    /// 5 drops.
     #[arg(long)]
     quick: bool,
     /// Print the report as JSON instead of tables.
@@ -333,6 +339,7 @@ async fn bench(a: BenchArgs) -> CliResult {
         in_flight: a.in_flight.into_iter().filter(|n| *n > 0).collect(),
         drops: a.drops,
         flaky_tasks: a.flaky_tasks,
+        rounds: a.rounds,
         ..BenchConfig::default()
     };
     if !a.scenarios.is_empty() {
@@ -350,6 +357,7 @@ async fn bench(a: BenchArgs) -> CliResult {
         config.idle = Duration::ZERO;
         config.in_flight = vec![10_000];
         config.drops = 5;
+        config.rounds = 1;
     }
     let report = run(config, |line| eprintln!("bench: {line}"))
         .await
