@@ -320,15 +320,58 @@ pub enum FrameError {
 #[derive(Deserialize)]
 struct RawFrame<'a> {
     #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
+    data: Option<Items<'a>>,
     #[serde(borrow, default)]
-    errors: Option<&'a RawValue>,
+    errors: Option<Items<'a>>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
     #[serde(rename = "errorId", default)]
     error_id: Option<serde_json::Value>,
     #[serde(rename = "errorMessage", default)]
     error_message: Option<serde_json::Value>,
+}
+
+/// The items of `data` or `errors` as they came, read in the same pass as
+/// the message; `None` when it is not an array.
+struct Items<'a>(Option<Vec<&'a RawValue>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Items<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ItemsVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ItemsVisitor<'a> {
+            type Value = Items<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of items")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Items<'a>, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    items.push(item);
+                }
+                Ok(Items(Some(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Items<'a>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Items(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Items<'a>, E> {
+                Ok(Items(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Items<'a>, E> {
+                Ok(Items(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Items<'a>, E> {
+                Ok(Items(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Items<'a>, E> {
+                Ok(Items(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Items<'a>, E> {
+                Ok(Items(None))
+            }
+        }
+        d.deserialize_any(ItemsVisitor(std::marker::PhantomData))
+    }
 }
 
 /// The fields of a data item that routing needs, read without building the
@@ -456,16 +499,16 @@ pub fn parse_frame(text: &str) -> Result<Vec<Inbound<'_>>, FrameError> {
     let frame: RawFrame<'_> =
         serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
     let mut out = Vec::new();
-    if let Some(data) = frame.data {
-        match serde_json::from_str::<Vec<&RawValue>>(data.get()) {
-            Ok(items) => out.extend(items.into_iter().map(classify_data_item)),
-            Err(_) => out.push(Inbound::Unroutable("`data` is not an array")),
+    if let Some(Items(data)) = frame.data {
+        match data {
+            Some(items) => out.extend(items.into_iter().map(classify_data_item)),
+            None => out.push(Inbound::Unroutable("`data` is not an array")),
         }
     }
-    if let Some(errors) = frame.errors {
-        match serde_json::from_str::<Vec<&RawValue>>(errors.get()) {
-            Ok(items) => out.extend(items.into_iter().map(classify_error_item)),
-            Err(_) => out.push(Inbound::Unroutable("`errors` is not an array")),
+    if let Some(Items(errors)) = frame.errors {
+        match errors {
+            Some(items) => out.extend(items.into_iter().map(classify_error_item)),
+            None => out.push(Inbound::Unroutable("`errors` is not an array")),
         }
     }
     if let Some(error) = frame.error {
@@ -943,6 +986,10 @@ mod tests {
         assert_eq!(parse_frame("{}"), Err(FrameError::Empty));
         let cases = [
             r#"{"data":5}"#,
+            r#"{"data":-5.5}"#,
+            r#"{"data":true}"#,
+            r#"{"data":"[]"}"#,
+            r#"{"data":{"a":[1,{"b":2}]}}"#,
             r#"{"data":[5]}"#,
             r#"{"data":[{"taskUUID":7,"text":"x"}]}"#,
             r#"{"data":[{"taskUUID":"not-a-uuid","text":"x"}]}"#,
@@ -957,6 +1004,11 @@ mod tests {
                 "{c}: {items:?}"
             );
         }
+        // A `data` that is no array spoils nothing else of its message.
+        let frame = format!(r#"{{"data":{{"x":1}},"errors":[{{"code":"x","taskUUID":"{T1}"}}]}}"#);
+        let items = parse_frame(&frame).unwrap();
+        assert!(matches!(&items[0], Inbound::Unroutable(_)), "{items:?}");
+        assert!(matches!(&items[1], Inbound::TaskError { .. }), "{items:?}");
         // An error with a non-string taskUUID belongs to no task.
         let items = parse_frame(r#"{"errors":[{"code":"x","taskUUID":12}]}"#).unwrap();
         assert!(matches!(&items[0], Inbound::UntargetedError(_)));

@@ -49,7 +49,7 @@ use tokio::time::Instant;
 
 pub use self::journal::{SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
-use self::metrics::{TaskLabels, TaskMetrics, TypeLabel, task_type_label};
+use self::metrics::{TaskLabels, TaskMetrics, task_type_label};
 use crate::counters::{Counter, Counters};
 use bytestring::ByteString;
 
@@ -292,6 +292,8 @@ pub struct Dispatch {
     watches: AtomicU64,
     /// Set on SIGTERM: new tasks are refused while those in flight finish.
     draining: AtomicBool,
+    /// Idle tasks, oldest first, for retention ([`retention`]).
+    idle: std::sync::Mutex<retention::IdleQueue>,
     /// What changed for the state file since it was last written; kept
     /// only while a state directory is in use ([`Dispatch::start_journal`]).
     changes: std::sync::Mutex<Vec<StateChange>>,
@@ -322,6 +324,7 @@ impl Dispatch {
             message: AtomicU64::new(0),
             watches: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            idle: std::sync::Mutex::default(),
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),
             limits,
@@ -629,17 +632,9 @@ impl Dispatch {
     /// Ends a task: it leaves the in-flight count; its results stay for
     /// the retention time.
     fn finish(&self, task: &mut Task, outcome: Outcome, now: Instant) {
-        let label = match &outcome {
-            Outcome::Completed => {
-                self.metrics
-                    .latency
-                    .get_or_create(&TypeLabel {
-                        task_type: task.label,
-                    })
-                    .observe(now.duration_since(task.started).as_secs_f64());
-                "completed"
-            }
-            Outcome::Failed(f) => match f.kind {
+        let failure = match &outcome {
+            Outcome::Completed => None,
+            Outcome::Failed(f) => Some(match f.kind {
                 FailureKind::UpstreamAuthRejected => "key_rejected",
                 FailureKind::ShuttingDown => "stopping",
                 FailureKind::Runware(c) => match c {
@@ -651,20 +646,26 @@ impl Dispatch {
                     ErrorClass::Timeout => "timeout",
                     ErrorClass::Other => "error",
                 },
-            },
+            }),
         };
-        self.count_outcome(task.label, label);
+        match failure {
+            None => self
+                .metrics
+                .completed(task.label, now.duration_since(task.started).as_secs_f64()),
+            Some(outcome) => self.count_outcome(task.label, outcome),
+        }
         if let Outcome::Failed(f) = &outcome {
             task.notify(&TaskEvent::Failed(f.clone()));
         }
         task.outcome = Some(outcome);
         task.watchers.clear();
-        task.idle_since = Some(now);
+        self.went_idle(task, now);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         // Only a task in flight may be sent again: its JSON goes now.
         self.payload_bytes
             .fetch_sub(task.payload.len(), Ordering::AcqRel);
-        task.payload = Arc::from("");
+        // The empty default is shared: nothing is allocated.
+        task.payload = Arc::default();
         if task.delivery.sends() == 0 {
             self.unsent.fetch_sub(1, Ordering::AcqRel);
         }
@@ -935,7 +936,7 @@ impl Dispatch {
         if let Some(mut task) = self.tasks.get_mut(uuid) {
             task.watchers.retain(|w| !w.is_gone(watch));
             if task.watchers.is_empty() && task.idle_since.is_none() {
-                task.idle_since = Some(Instant::now());
+                self.went_idle(&mut task, Instant::now());
                 if task.in_flight() {
                     self.counters.add(Counter::Abandoned);
                     tracing::debug!(task = %uuid, "client went away; results are kept for Attach");
@@ -1584,6 +1585,153 @@ mod tests {
         assert_eq!(d.in_flight(), 0);
         d.deliver(c_uuid, raw("{}"), None, Received::Pushed);
         assert_eq!(d.counters.get(Counter::LateResultsDropped), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_takes_idle_tasks_oldest_first_and_passes_stale_entries_over() {
+        let limits = Limits {
+            retention: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let (d, _q) = setup(limits);
+        let start = Instant::now();
+        let at = move |s: u64| tokio::time::sleep_until(start + Duration::from_secs(s));
+        // a ends at 0 s, b at 10 s; c's client leaves at 20 s, attaches
+        // again at 30 s and leaves for good at 40 s.
+        let a = d.submit(task(1), None).unwrap();
+        let b = d.submit(task(1), None).unwrap();
+        let c = d.submit(task(1), None).unwrap();
+        let c_uuid = c.uuid;
+        d.deliver(a.uuid, raw("{}"), None, Received::Pushed);
+        at(10).await;
+        d.deliver(b.uuid, raw("{}"), None, Received::Pushed);
+        at(20).await;
+        drop(c);
+        at(30).await;
+        let c = d.attach(c_uuid, Principal::Tcp).unwrap();
+        at(40).await;
+        drop(c);
+        assert_eq!((d.known(), d.idle_queued()), (3, 4));
+        at(59).await;
+        d.sweep();
+        assert_eq!(d.known(), 3, "nothing is due before its retention");
+        at(61).await;
+        d.sweep();
+        assert!(d.attach(a.uuid, Principal::Tcp).is_err(), "a went first");
+        assert_eq!(d.known(), 2);
+        at(71).await;
+        d.sweep();
+        assert_eq!(d.known(), 1, "b went next");
+        at(81).await;
+        d.sweep();
+        assert_eq!(
+            (d.known(), d.idle_queued()),
+            (1, 1),
+            "c's entry from 20 s is stale: it has been idle since 40 s"
+        );
+        at(101).await;
+        d.sweep();
+        assert_eq!((d.known(), d.in_flight(), d.idle_queued()), (0, 0, 0));
+    }
+
+    #[derive(Debug, Clone)]
+    enum IdleOp {
+        Submit,
+        End(usize),
+        Leave(usize),
+        Attach(usize),
+        Advance(u64),
+        Sweep,
+    }
+
+    fn idle_op() -> impl proptest::strategy::Strategy<Value = IdleOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(IdleOp::Submit),
+            (0..6usize).prop_map(IdleOp::End),
+            (0..6usize).prop_map(IdleOp::Leave),
+            (0..6usize).prop_map(IdleOp::Attach),
+            (0..40u64).prop_map(IdleOp::Advance),
+            Just(IdleOp::Sweep),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of ends, leaves, attaches and sweeps, a sweep
+        /// leaves exactly the tasks not idle for the retention time, and
+        /// the idle queue holds no more than it must.
+        #[test]
+        fn a_sweep_keeps_exactly_the_tasks_within_retention(
+            ops in proptest::collection::vec(idle_op(), 1..80)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let retention = Duration::from_secs(60);
+                let (d, _q) = setup(Limits { retention, ..Limits::default() });
+                // The model: each task's uuid, its clients' handles, and
+                // since when it is idle (None while someone watches it).
+                let mut tasks: Vec<(TaskUuid, Vec<TaskHandle>, Option<Instant>, bool)> = Vec::new();
+                for op in ops {
+                    let now = Instant::now();
+                    match op {
+                        IdleOp::Submit => {
+                            let h = d.submit(task(1), None).unwrap();
+                            tasks.push((h.uuid, vec![h], None, true));
+                        }
+                        IdleOp::End(i) => {
+                            if let Some((uuid, _, idle, in_flight)) = tasks.get_mut(i) {
+                                if *in_flight && d.tasks.contains_key(uuid) {
+                                    d.deliver(*uuid, raw("{}"), None, Received::Pushed);
+                                    *in_flight = false;
+                                    *idle = Some(now);
+                                }
+                            }
+                        }
+                        IdleOp::Leave(i) => {
+                            if let Some((_, handles, idle, in_flight)) = tasks.get_mut(i) {
+                                if !handles.is_empty() {
+                                    handles.clear();
+                                    if *in_flight && idle.is_none() {
+                                        *idle = Some(now);
+                                    }
+                                }
+                            }
+                        }
+                        IdleOp::Attach(i) => {
+                            if let Some((uuid, handles, idle, in_flight)) = tasks.get_mut(i) {
+                                if let Ok(h) = d.attach(*uuid, Principal::Tcp) {
+                                    handles.push(h);
+                                    if *in_flight {
+                                        *idle = None;
+                                    }
+                                }
+                            }
+                        }
+                        IdleOp::Advance(s) => tokio::time::advance(Duration::from_secs(s)).await,
+                        IdleOp::Sweep => {
+                            d.sweep();
+                            for (uuid, _, idle, _) in &tasks {
+                                let kept = idle.is_none_or(|at| now.duration_since(at) < retention);
+                                assert_eq!(d.tasks.contains_key(uuid), kept, "{uuid} idle since {idle:?}");
+                            }
+                            // Each task in the table has at most its
+                            // current entry plus one per time it went idle
+                            // before; none stays once its task is gone.
+                            assert!(d.idle_queued() <= 2 * tasks.len());
+                        }
+                    }
+                }
+                tokio::time::advance(retention).await;
+                d.sweep();
+                let watched = tasks.iter().filter(|t| t.2.is_none() && d.tasks.contains_key(&t.0)).count();
+                assert_eq!(d.known(), watched, "only watched tasks outlive the retention");
+                assert_eq!(d.idle_queued(), 0);
+            });
+        }
     }
 
     #[test]

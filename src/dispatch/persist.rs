@@ -56,7 +56,7 @@ impl Dispatch {
             };
             let task_type =
                 protocol::task_type_of(&s.payload).map_or("other", |t| task_type_label(&t));
-            let task = Task {
+            let mut task = Task {
                 uuid,
                 payload: s.payload.into(),
                 label: task_type,
@@ -71,9 +71,11 @@ impl Dispatch {
                 result_ids: Vec::new(),
                 outcome: None,
                 watchers: Vec::new(),
-                idle_since: Some(now),
+                idle_since: None,
                 bytes: 0,
             };
+            // Nobody watches it until a client attaches.
+            self.went_idle(&mut task, now);
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             self.payload_bytes
                 .fetch_add(task.payload.len(), Ordering::AcqRel);

@@ -1,29 +1,74 @@
 //! Retention and sweeping: how long the table keeps ended tasks' results
 //! (for `Attach`), and what it lets go of first when its memory budget is
 //! reached.
+//!
+//! Tasks are queued in the order they went idle, so the sweep and the
+//! memory bound take the oldest from the front: their work follows the
+//! tasks that go, not the size of the table (which holds every ended task
+//! for the retention time: hundreds of thousands at tens of thousands of
+//! tasks a second).
+
+use std::collections::VecDeque;
 
 use super::*;
 
+/// Tasks by when they went idle, oldest first. An entry whose task went
+/// idle again since, was attached to, or left the table is stale: the
+/// task's own `idle_since` decides, and stale entries are passed over.
+#[derive(Debug, Default)]
+pub(super) struct IdleQueue {
+    /// Ended tasks: what the memory bound lets go of, oldest first.
+    ended: VecDeque<(Instant, TaskUuid)>,
+    /// Tasks in flight whose clients all left.
+    left: VecDeque<(Instant, TaskUuid)>,
+}
+
 impl Dispatch {
+    /// The idle queue. Locked alone: never while waiting for the table.
+    fn idle(&self) -> std::sync::MutexGuard<'_, IdleQueue> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A task went idle at `now`: it ended, or its last watcher left.
+    /// Its retention counts from here.
+    pub(super) fn went_idle(&self, task: &mut Task, now: Instant) {
+        task.idle_since = Some(now);
+        let mut idle = self.idle();
+        let queue = if task.in_flight() {
+            &mut idle.left
+        } else {
+            &mut idle.ended
+        };
+        queue.push_back((now, task.uuid));
+    }
+
     /// Drops what retention no longer covers: tasks idle (ended, or left by
     /// their clients) for longer than `retention`, then the oldest ended
     /// tasks while results take more than `max_retained_bytes`.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let expired: Vec<TaskUuid> = self
-            .tasks
-            .iter()
-            .filter(|t| {
-                t.idle_since
-                    .is_some_and(|at| now.duration_since(at) >= self.limits.retention)
-            })
-            .map(|t| *t.key())
-            .collect();
+        let due = |at: Instant| now.duration_since(at) >= self.limits.retention;
+        let expired: Vec<TaskUuid> = {
+            let mut idle = self.idle();
+            let IdleQueue { ended, left } = &mut *idle;
+            let mut expired = Vec::new();
+            for queue in [ended, left] {
+                while let Some(&(_, uuid)) = queue.front().filter(|(at, _)| due(*at)) {
+                    queue.pop_front();
+                    expired.push(uuid);
+                }
+                // What a burst left behind goes back to the allocator.
+                if queue.capacity() > 1024 && queue.len() < queue.capacity() / 4 {
+                    queue.shrink_to(queue.len() * 2);
+                }
+            }
+            expired
+        };
         for uuid in expired {
-            if let Some((_, task)) = self.tasks.remove_if(&uuid, |_, t| {
-                t.idle_since
-                    .is_some_and(|at| now.duration_since(at) >= self.limits.retention)
-            }) {
+            if let Some((_, task)) = self
+                .tasks
+                .remove_if(&uuid, |_, t| t.idle_since.is_some_and(due))
+            {
                 if task.in_flight() {
                     tracing::debug!(task = %uuid, "nobody attached within the retention time; task released");
                 }
@@ -41,8 +86,7 @@ impl Dispatch {
     /// retention its results go at once; and when results overshoot
     /// `max_retained_bytes` by an eighth, the oldest ended tasks go now
     /// rather than at the next sweep: large results arrive at hundreds of
-    /// MB/s, a second's worth is far beyond the bound. (The eighth spreads
-    /// the scan of the table over many ends.)
+    /// MB/s, a second's worth is far beyond the bound.
     pub(super) fn ended(&self, uuid: TaskUuid) {
         if self.limits.retention.is_zero() {
             let idle = |_: &TaskUuid, t: &Task| !t.in_flight() && t.watchers.is_empty();
@@ -63,25 +107,29 @@ impl Dispatch {
     }
 
     /// Lets go of ended tasks, oldest first, until results take at most
-    /// `max_retained_bytes` and everything held at most `target`. Never
-    /// holds a lock of the table while removing.
+    /// `max_retained_bytes` and everything held at most `target`. Ended
+    /// tasks a client is attached to stay. Never holds a lock of the table
+    /// and the queue together.
     pub(super) fn let_go_of_ended(&self, target: usize) {
         let over = || {
             self.retained_bytes.load(Ordering::Acquire) > self.limits.max_retained_bytes
                 || self.held_bytes() > target
         };
-        let mut ended: Vec<(Instant, TaskUuid)> = self
-            .tasks
-            .iter()
-            .filter(|t| !t.in_flight())
-            .filter_map(|t| t.idle_since.map(|at| (at, *t.key())))
-            .collect();
-        ended.sort();
-        for (_, uuid) in ended {
-            if !over() {
-                break;
+        while over() {
+            let Some((at, uuid)) = self.idle().ended.pop_front() else {
+                return;
+            };
+            let oldest = |_: &TaskUuid, t: &Task| !t.in_flight() && t.idle_since == Some(at);
+            if let Some((_, task)) = self.tasks.remove_if(&uuid, oldest) {
+                self.forget(&task);
             }
-            self.remove(&uuid);
         }
+    }
+
+    /// Entries in the idle queue (stale ones too), for tests.
+    #[cfg(test)]
+    pub(super) fn idle_queued(&self) -> usize {
+        let idle = self.idle();
+        idle.ended.len() + idle.left.len()
     }
 }

@@ -84,6 +84,10 @@ impl Refusal {
 /// (Nesting is bounded by serde_json's recursion limit, 128.) Brackets and
 /// commas inside strings count too: a bound that errs on the safe side.
 pub fn json_elements_within(text: &str, limit: usize) -> Result<(), usize> {
+    // Each one counted is a byte of its own.
+    if text.len() <= limit {
+        return Ok(());
+    }
     let elements = text
         .bytes()
         .filter(|b| matches!(b, b',' | b'[' | b'{'))
@@ -262,11 +266,10 @@ pub fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Refusal>
 }
 
 /// A task object's `taskType` (empty if it has none).
-pub fn task_type_of(task: &Map<String, Value>) -> String {
+pub fn task_type_of(task: &Map<String, Value>) -> &str {
     task.get("taskType")
         .and_then(Value::as_str)
         .unwrap_or_default()
-        .to_owned()
 }
 
 /// A checked task as the task table takes it: its taskUUID set, async

@@ -269,8 +269,7 @@ impl RunwareEndpoint {
                 }
             };
             for (task, raw) in tasks {
-                let task_type = task_type_of(&task);
-                match task_type.as_str() {
+                match task_type_of(&task) {
                     "authentication" => match self.authenticate(&task, principal) {
                         Ok(s) => {
                             // The answer first, then what the session kept
@@ -290,7 +289,7 @@ impl RunwareEndpoint {
                     "ping" => reply(data_frame(&[PONG.to_owned()])),
                     _ => match &session {
                         None => reply(errors_frame(&[not_authenticated()])),
-                        Some(s) => self.take(task, raw, &task_type, s, principal),
+                        Some(s) => self.take(task, raw, s, principal),
                     },
                 }
             }
@@ -356,10 +355,10 @@ impl RunwareEndpoint {
         &self,
         task: Map<String, Value>,
         raw: &str,
-        task_type: &str,
         session: &Arc<LocalSession>,
         principal: Principal,
     ) {
+        let task_type = task_type_of(&task);
         if task_type == "getResponse" {
             let frame = match self.get_response(&task, principal, Some(session)) {
                 Ok(items) => data_frame(&items),
@@ -368,11 +367,16 @@ impl RunwareEndpoint {
             session.deliver(frame);
             return;
         }
+        let task_type = match task_type_label(task_type) {
+            // A known type's name is a constant: no copy.
+            "other" => Cow::Owned(task_type.to_owned()),
+            known => Cow::Borrowed(known),
+        };
         // Held across the submit: the session's forwarder, reading the
         // task's first event, finds the task already here.
         let mut tasks = session.tasks();
         let submitted = self
-            .check(task, raw, task_type, principal)
+            .check(task, raw, &task_type, principal)
             .and_then(|prepared| {
                 let asynchronous = prepared.asynchronous;
                 let uuid = prepared.uuid;
@@ -380,19 +384,15 @@ impl RunwareEndpoint {
                     .dispatch
                     .submit_tagged(prepared, None, &session.events)
                     .map(|watch| (watch, asynchronous))
-                    .map_err(|e| submit_error(&e, task_type, &uuid))
+                    .map_err(|e| submit_error(&e, &task_type, &uuid))
             });
         match submitted {
             Ok((watch, asynchronous)) => {
                 if asynchronous {
-                    session.deliver(data_frame(&[ack(task_type, &watch.uuid)]));
+                    session.deliver(data_frame(&[ack(&task_type, &watch.uuid)]));
                 }
                 let task = LocalTask {
-                    task_type: match task_type_label(task_type) {
-                        // A known type's name is a constant: no copy.
-                        "other" => Cow::Owned(task_type.to_owned()),
-                        known => Cow::Borrowed(known),
-                    },
+                    task_type,
                     asynchronous,
                 };
                 tasks.insert(watch, Instant::now() + self.inner.task_timeout, task);
@@ -557,7 +557,7 @@ impl RunwareEndpoint {
         let mut errors: Vec<RunwareError> = Vec::new();
         let mut waiting = Vec::new();
         for (task, raw) in tasks {
-            let task_type = task_type_of(&task);
+            let task_type = task_type_of(&task).to_owned();
             match task_type.as_str() {
                 "authentication" => {}
                 "ping" => data.push(PONG.to_owned()),
