@@ -1153,7 +1153,6 @@ async fn measure_resume(drops: usize, progress: &impl Fn(&str)) -> std::io::Resu
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
 /// The row of one path's runs: tasks/s and daemon CPU by median, latency
 /// over every task of every run, peak RSS the highest.
 fn summarize(load: Load, path: Path, c: usize, total: usize, passes: &[Pass]) -> Row {

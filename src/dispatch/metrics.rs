@@ -84,6 +84,8 @@ impl TaskMetrics {
             .iter()
             .position(|t| *t == label)
             .unwrap_or(KNOWN_TASK_TYPES.len());
+        // Whatever else is asked for counts as "other", as its label says.
+        let label = KNOWN_TASK_TYPES.get(i).copied().unwrap_or("other");
         let (count, latency) = self.completed[i].get_or_init(|| {
             let labels = TaskLabels {
                 task_type: label,
@@ -111,6 +113,7 @@ mod tests {
         m.completed("promptEnhance", 0.5);
         m.completed("promptEnhance", 0.5);
         m.completed(task_type_label("somethingNew"), 1.0);
+        m.completed("notALabel", 1.0);
         let count = |task_type| {
             m.ended
                 .get_or_create(&TaskLabels {
@@ -120,7 +123,8 @@ mod tests {
                 .get()
         };
         assert_eq!(count("promptEnhance"), 2);
-        assert_eq!(count("other"), 1);
+        assert_eq!(count("other"), 2);
+        assert_eq!(count("notALabel"), 0);
         assert_eq!(count("imageInference"), 0);
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register("latency", "", m.latency.clone());
@@ -131,7 +135,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"latency_count{task_type="other"} 1"#),
+            text.contains(r#"latency_count{task_type="other"} 2"#),
             "{text}"
         );
     }
