@@ -85,7 +85,7 @@ impl Dispatch {
                 self.unsent.fetch_add(1, Ordering::AcqRel);
                 let _ = self.queue.send(uuid);
             }
-            v.insert(task);
+            v.insert(Box::new(task));
             restored += 1;
         }
         restored

@@ -90,7 +90,7 @@ impl Dispatch {
     pub(super) fn ended(&self, uuid: TaskUuid) {
         if self.limits.retention.is_zero() {
             let idle = |_: &TaskUuid, t: &Task| !t.in_flight() && t.watchers.is_empty();
-            if let Some((_, task)) = self.tasks.remove_if(&uuid, idle) {
+            if let Some((_, task)) = self.tasks.remove_if(&uuid, |k, t| idle(k, t)) {
                 self.forget(&task);
             }
         }
@@ -120,7 +120,7 @@ impl Dispatch {
                 return;
             };
             let oldest = |_: &TaskUuid, t: &Task| !t.in_flight() && t.idle_since == Some(at);
-            if let Some((_, task)) = self.tasks.remove_if(&uuid, oldest) {
+            if let Some((_, task)) = self.tasks.remove_if(&uuid, |k, t| oldest(k, t)) {
                 self.forget(&task);
             }
         }
