@@ -5,7 +5,7 @@
 //! <https://runware.ai/docs/models/llama-3-1-8b-prompt-enhancer> and
 //! <https://runware.ai/docs/en/image-inference/api-reference>.
 
-use serde_json::{Map, Value};
+use crate::protocol::{Field, TaskFields};
 
 /// A validation failure, as Runware reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,16 +31,16 @@ pub fn invalid(parameter: &str, message: impl Into<String>) -> Invalid {
 }
 
 fn check_str_len(
-    task: &Map<String, Value>,
+    task: &impl TaskFields,
     name: &str,
     min: usize,
     max: usize,
     required: bool,
 ) -> Result<(), Invalid> {
-    match task.get(name) {
+    match task.field(name) {
         None if required => Err(invalid(name, format!("{name} is required"))),
         None => Ok(()),
-        Some(Value::String(s)) => {
+        Some(Field::Str(s)) => {
             let n = s.chars().count();
             if n < min || n > max {
                 Err(invalid(
@@ -56,13 +56,13 @@ fn check_str_len(
 }
 
 pub fn check_int(
-    task: &Map<String, Value>,
+    task: &impl TaskFields,
     name: &str,
     min: i64,
     max: i64,
     required: bool,
 ) -> Result<Option<i64>, Invalid> {
-    match task.get(name) {
+    match task.field(name) {
         None if required => Err(invalid(name, format!("{name} is required"))),
         None => Ok(None),
         Some(v) => match v.as_i64() {
@@ -75,13 +75,8 @@ pub fn check_int(
     }
 }
 
-pub fn check_float(
-    task: &Map<String, Value>,
-    name: &str,
-    min: f64,
-    max: f64,
-) -> Result<(), Invalid> {
-    match task.get(name) {
+pub fn check_float(task: &impl TaskFields, name: &str, min: f64, max: f64) -> Result<(), Invalid> {
+    match task.field(name) {
         None => Ok(()),
         Some(v) => match v.as_f64() {
             Some(n) if n >= min && n <= max => Ok(()),
@@ -93,10 +88,10 @@ pub fn check_float(
     }
 }
 
-fn check_enum(task: &Map<String, Value>, name: &str, allowed: &[&str]) -> Result<(), Invalid> {
-    match task.get(name) {
+fn check_enum(task: &impl TaskFields, name: &str, allowed: &[&str]) -> Result<(), Invalid> {
+    match task.field(name) {
         None => Ok(()),
-        Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(()),
+        Some(Field::Str(s)) if allowed.contains(&s.as_ref()) => Ok(()),
         Some(_) => Err(invalid(
             name,
             format!("{name} must be one of {}", allowed.join(", ")),
@@ -106,8 +101,8 @@ fn check_enum(task: &Map<String, Value>, name: &str, allowed: &[&str]) -> Result
 
 /// Validates a task against the documented limits (prompt-enhancer and
 /// image-inference references). Returns how many results it will produce.
-pub fn validate(task_type: &str, task: &Map<String, Value>) -> Result<u32, Invalid> {
-    if let Some(m) = task.get("deliveryMethod") {
+pub fn validate(task_type: &str, task: &impl TaskFields) -> Result<u32, Invalid> {
+    if let Some(m) = task.field("deliveryMethod") {
         if !matches!(m.as_str(), Some("sync" | "async")) {
             return Err(invalid(
                 "deliveryMethod",
@@ -124,8 +119,8 @@ pub fn validate(task_type: &str, task: &Map<String, Value>) -> Result<u32, Inval
         "imageInference" => {
             check_str_len(task, "positivePrompt", 2, 3000, true)?;
             check_str_len(task, "negativePrompt", 2, 3000, false)?;
-            match task.get("model") {
-                Some(Value::String(s)) if !s.is_empty() => {}
+            match task.field("model") {
+                Some(Field::Str(s)) if !s.is_empty() => {}
                 _ => return Err(invalid("model", "model is required (an AIR identifier)")),
             }
             for dim in ["width", "height"] {
@@ -159,7 +154,7 @@ pub fn validate(task_type: &str, task: &Map<String, Value>) -> Result<u32, Inval
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Map, Value, json};
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()

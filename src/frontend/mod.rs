@@ -21,22 +21,23 @@ pub mod watched;
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::dispatch::{
     FailureKind, MAX_EXPECTED_RESULTS, PreparedTask, Principal, SubmitError, TaskFailure,
 };
-use crate::protocol::{self, RunwareError, TaskUuid};
+use crate::protocol::{self, Field, RunwareError, TaskFields, TaskObject, TaskUuid};
 
 /// Most JSON values (about) in a client's task (`task_json`, `extra`, or a
 /// Runware message's task object).
 pub const MAX_JSON_ELEMENTS: usize = 100_000;
 
-/// A task as a client gave it, checked and ready to submit.
+/// A task as a client gave it, checked and ready to submit: a `Map` the
+/// gRPC front-end built, or the client's own text read in place.
 #[derive(Debug)]
-pub struct ClientTask {
+pub struct ClientTask<T = Map<String, Value>> {
     pub uuid: TaskUuid,
-    pub task: Map<String, Value>,
+    pub task: T,
     /// The result count the client stated, if any.
     pub stated_results: Option<u32>,
 }
@@ -99,87 +100,32 @@ pub fn json_elements_within(text: &str, limit: usize) -> Result<(), usize> {
     }
 }
 
-/// Why a client's text is not a task object.
-#[derive(Debug)]
-pub enum ObjectError {
-    /// Not JSON at all.
-    Json(serde_json::Error),
-    /// JSON, but not an object: what it is ("an array", "a string", ...).
-    NotObject(&'static str),
-    /// A key given twice: the daemon would check one value and Runware
-    /// might read the other.
-    Duplicate(String),
-}
+pub use crate::protocol::ObjectError;
 
 /// A JSON object whose keys are each given once at its top level, where
-/// the daemon reads a task (nested values go to Runware unread). serde_json
-/// keeps the last of two equal keys; another reader may keep the first.
+/// the daemon reads a task (nested values go to Runware unread), as a `Map`
+/// for a front-end that adds to it. serde_json keeps the last of two equal
+/// keys; another reader may keep the first.
 pub fn task_object(text: &str) -> Result<Map<String, Value>, ObjectError> {
-    use serde::de::{Deserializer, MapAccess, Visitor};
-    struct Unique(Option<String>);
-    impl<'de> Visitor<'de> for &mut Unique {
-        type Value = Map<String, Value>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-            let mut m = Map::new();
-            while let Some(k) = a.next_key::<String>()? {
-                let v = a.next_value::<Value>()?;
-                if m.contains_key(&k) {
-                    self.0.get_or_insert(k);
-                } else {
-                    m.insert(k, v);
-                }
-            }
-            Ok(m)
-        }
-    }
-    let kind = match text.trim_start().as_bytes().first() {
-        Some(b'{') => None,
-        Some(b'[') => Some("an array"),
-        Some(b'"') => Some("a string"),
-        Some(b't' | b'f') => Some("a boolean"),
-        Some(b'n') => Some("null"),
-        _ => Some("a number"),
-    };
-    let mut unique = Unique(None);
-    let mut de = serde_json::Deserializer::from_str(text);
-    let map = match (&mut de).deserialize_map(&mut unique).and_then(|m| {
-        de.end()?;
-        Ok(m)
-    }) {
-        Ok(m) => m,
-        // Valid JSON of another kind, or not JSON.
-        Err(e) => match kind {
-            Some(kind) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-                return Err(ObjectError::NotObject(kind));
-            }
-            _ => return Err(ObjectError::Json(e)),
-        },
-    };
-    match unique.0 {
-        Some(k) => Err(ObjectError::Duplicate(k)),
-        None => Ok(map),
-    }
+    TaskObject::parse(text)?
+        .into_map()
+        .map_err(ObjectError::Json)
 }
 
 /// The key of a task object that would carry an API key to Runware: the
 /// daemon authenticates with its own, and a client's must not travel.
-pub fn api_key_field(task: &Map<String, Value>) -> Option<&str> {
-    task.keys()
-        .find(|k| k.eq_ignore_ascii_case("apiKey"))
-        .map(String::as_str)
+pub fn api_key_field(task: &impl TaskFields) -> Option<&str> {
+    task.key_like("apiKey")
 }
 
 /// Checks what every door requires of a task object: a type the daemon
 /// may send, a taskUUID (given, or a new one when `uuid_required` is
 /// false), result counts within bounds, no API key.
-pub fn check_task(
-    task: Map<String, Value>,
+pub fn check_task<T: TaskFields>(
+    task: T,
     uuid_required: bool,
     stated_results: Option<u32>,
-) -> Result<ClientTask, Refusal> {
+) -> Result<ClientTask<T>, Refusal> {
     if let Some(k) = api_key_field(&task) {
         return Err(Refusal::new(
             "invalidApiKey",
@@ -187,15 +133,15 @@ pub fn check_task(
             "is not taken in a task: the daemon authenticates to Runware with its own key",
         ));
     }
-    match task.get("taskType") {
-        Some(Value::String(t)) if protocol::is_reserved_task_type(t) => {
+    match task.field("taskType") {
+        Some(Field::Str(t)) if protocol::is_reserved_task_type(&t) => {
             return Err(Refusal::new(
                 "invalidTaskType",
                 "taskType",
                 format!("{t:?} is managed by the daemon and cannot be sent"),
             ));
         }
-        Some(Value::String(t)) if !t.is_empty() => {}
+        Some(Field::Str(t)) if !t.is_empty() => {}
         _ => {
             return Err(Refusal::new(
                 "invalidTaskType",
@@ -204,7 +150,7 @@ pub fn check_task(
             ));
         }
     }
-    let uuid = match task.get("taskUUID") {
+    let uuid = match task.field("taskUUID") {
         None if !uuid_required => TaskUuid::new_v4(),
         None => {
             return Err(Refusal::new(
@@ -213,7 +159,7 @@ pub fn check_task(
                 "is required: a UUID v4 the client makes",
             ));
         }
-        Some(Value::String(s)) => TaskUuid::parse_v4(s)
+        Some(Field::Str(s)) => TaskUuid::parse_v4(&s)
             .map_err(|e| Refusal::new("invalidTaskUUID", "taskUUID", format!("{s:?}: {e}")))?,
         Some(_) => {
             return Err(Refusal::new(
@@ -226,7 +172,7 @@ pub fn check_task(
     // The counts that decide completion are bounded like expected_results:
     // the daemon keeps a slot per result it waits for.
     for field in ["numberResults", "promptVersions"] {
-        if let Some(v) = task.get(field) {
+        if let Some(v) = task.field(field) {
             if !v
                 .as_u64()
                 .is_some_and(|n| (1..=u64::from(MAX_EXPECTED_RESULTS)).contains(&n))
@@ -249,10 +195,11 @@ pub fn check_task(
 /// Checks a task against the documented parameter limits
 /// ([`crate::validate`]), with Runware's code and parameter. A task type
 /// with no documented limits here passes: Runware decides on it.
-pub fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Refusal> {
-    let task_type = task
-        .get("taskType")
-        .and_then(Value::as_str)
+pub fn check_documented_limits(task: &impl TaskFields) -> Result<(), Refusal> {
+    let task_type = task.field("taskType");
+    let task_type = task_type
+        .as_ref()
+        .and_then(Field::as_str)
         .unwrap_or_default();
     match crate::validate::validate(task_type, task) {
         Ok(_) => Ok(()),
@@ -265,16 +212,13 @@ pub fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Refusal>
     }
 }
 
-/// A task object's `taskType` (empty if it has none).
-pub fn task_type_of(task: &Map<String, Value>) -> &str {
-    task.get("taskType")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
 /// A checked task as the task table takes it: its taskUUID set, async
 /// delivery added for `async_task_types`, the results that complete it.
-pub fn prepare(t: ClientTask, async_task_types: &[String], owner: Principal) -> PreparedTask {
+pub fn prepare(
+    t: ClientTask<impl TaskFields>,
+    async_task_types: &[String],
+    owner: Principal,
+) -> PreparedTask {
     prepare_from(t, None, async_task_types, owner)
 }
 
@@ -283,41 +227,38 @@ pub fn prepare(t: ClientTask, async_task_types: &[String], owner: Principal) -> 
 /// no key twice, so Runware reads what the daemon checked) is sent as it
 /// is instead of being written again.
 pub fn prepare_from(
-    t: ClientTask,
+    t: ClientTask<impl TaskFields>,
     raw: Option<&str>,
     async_task_types: &[String],
     owner: Principal,
 ) -> PreparedTask {
     let ClientTask {
         uuid,
-        mut task,
+        task,
         stated_results,
     } = t;
-    let (expected, add_async, label) = {
-        let task_type = task
-            .get("taskType")
-            .and_then(Value::as_str)
+    let (expected, add_async, asynchronous, as_given, label) = {
+        let task_type = task.field("taskType");
+        let task_type = task_type
+            .as_ref()
+            .and_then(Field::as_str)
             .unwrap_or_default();
+        let delivery = task.field("deliveryMethod");
+        let add_async = async_task_types.iter().any(|t| t == task_type) && delivery.is_none();
         (
             protocol::expected_results(task_type, &task, stated_results),
-            async_task_types.iter().any(|t| t == task_type) && !task.contains_key("deliveryMethod"),
+            add_async,
+            add_async || delivery.as_ref().and_then(Field::as_str) == Some("async"),
+            task.field("taskUUID")
+                .as_ref()
+                .and_then(Field::as_str)
+                .is_some_and(|given| uuid.is_written_as(given)),
             crate::dispatch::metrics::task_type_label(task_type),
         )
     };
-    if add_async {
-        task.insert("deliveryMethod".into(), json!("async"));
-    }
-    let asynchronous = task.get("deliveryMethod").and_then(Value::as_str) == Some("async");
-    let as_given = task
-        .get("taskUUID")
-        .and_then(Value::as_str)
-        .is_some_and(|given| uuid.is_written_as(given));
     let payload = match raw {
         Some(raw) if !add_async && as_given => Arc::from(raw),
-        _ => {
-            task.insert("taskUUID".into(), Value::String(uuid.to_string()));
-            Arc::from(Value::Object(task).to_string())
-        }
+        _ => Arc::from(task.into_payload(&uuid, add_async)),
     };
     PreparedTask {
         uuid,
@@ -417,5 +358,145 @@ mod tests {
         let p = prepare_from(client_task(&upper), Some(&upper), &[], Principal::Tcp);
         let v: Value = serde_json::from_str(&p.payload).unwrap();
         assert_eq!(v["taskUUID"], uuid.to_string());
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// A value of any kind the checks read differently.
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("promptEnhance")),
+            Just(json!("imageInference")),
+            Just(json!("ping")),
+            Just(json!("")),
+            Just(json!("a \"quoted\" cat")),
+            Just(json!("ünïcode")),
+            Just(json!("URL")),
+            Just(json!("async")),
+            Just(json!("runware:101@1")),
+            (-2i64..600).prop_map(|n| json!(n)),
+            Just(json!(1.5)),
+            Just(json!(1e3)),
+            Just(json!(u64::MAX)),
+            Just(json!(true)),
+            Just(Value::Null),
+            Just(json!([1, "a"])),
+            Just(json!({"a": {"b": 1}})),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("taskType"),
+            Just("taskUUID"),
+            Just("prompt"),
+            Just("promptVersions"),
+            Just("promptMaxLength"),
+            Just("positivePrompt"),
+            Just("model"),
+            Just("width"),
+            Just("height"),
+            Just("numberResults"),
+            Just("outputType"),
+            Just("CFGScale"),
+            Just("deliveryMethod"),
+            Just("APIkey"),
+            Just("with \"quotes\""),
+        ]
+        .prop_map(str::to_owned)
+    }
+
+    fn task() -> impl Strategy<Value = Map<String, Value>> {
+        let uuid = prop_oneof![
+            Just(Some(json!(TaskUuid::new_v4().to_string()))),
+            Just(Some(json!(TaskUuid::new_v4().to_string().to_uppercase()))),
+            Just(Some(json!("not-a-uuid"))),
+            Just(Some(json!(7))),
+            Just(None),
+        ];
+        let task_type = prop_oneof![
+            Just(json!("promptEnhance")),
+            Just(json!("imageInference")),
+            Just(json!("videoInference")),
+            value(),
+        ];
+        (
+            proptest::collection::btree_map(key(), value(), 0..8),
+            task_type,
+            uuid,
+        )
+            .prop_map(|(fields, task_type, uuid)| {
+                let mut m: Map<String, Value> = fields.into_iter().collect();
+                m.insert("taskType".into(), task_type);
+                match uuid {
+                    Some(u) => m.insert("taskUUID".into(), u),
+                    None => m.remove("taskUUID"),
+                };
+                m
+            })
+    }
+
+    proptest! {
+        /// A task read in place gets exactly the checks, result count and
+        /// payload it would get parsed into a `Map`.
+        #[test]
+        fn a_task_read_in_place_is_checked_and_sent_as_a_parsed_one(m in task()) {
+            let text = Value::Object(m.clone()).to_string();
+            let view = TaskObject::parse(&text).unwrap();
+            let asynchronous = ["videoInference".to_owned()];
+            let by_map = check_task(m, true, None);
+            let by_view = check_task(view, true, None);
+            match (by_map, by_view) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a.uuid, b.uuid);
+                    prop_assert_eq!(
+                        check_documented_limits(&a.task),
+                        check_documented_limits(&b.task)
+                    );
+                    let (a, b) = (
+                        prepare_from(a, Some(&text), &asynchronous, Principal::Tcp),
+                        prepare_from(b, Some(&text), &asynchronous, Principal::Tcp),
+                    );
+                    let json = |p: &PreparedTask| serde_json::from_str::<Value>(&p.payload).unwrap();
+                    prop_assert_eq!(json(&a), json(&b));
+                    prop_assert_eq!(
+                        (a.uuid, a.expected, a.asynchronous, a.label),
+                        (b.uuid, b.expected, b.asynchronous, b.label)
+                    );
+                }
+                (a, b) => prop_assert_eq!(a.err(), b.err()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_task_read_in_place_keeps_its_text_and_rewrites_only_what_it_must() {
+        let uuid = TaskUuid::new_v4();
+        let raw = format!(
+            r#"{{"taskType":"videoInference","taskUUID":"{}","positivePrompt":"a \u0063at","x":[1, 2]}}"#,
+            uuid.to_string().to_uppercase()
+        );
+        let task = check_task(TaskObject::parse(&raw).unwrap(), true, None).unwrap();
+        let p = prepare_from(
+            task,
+            Some(&raw),
+            &["videoInference".to_owned()],
+            Principal::Tcp,
+        );
+        let v: Value = serde_json::from_str(&p.payload).unwrap();
+        assert_eq!(v["taskUUID"], uuid.to_string());
+        assert_eq!(v["deliveryMethod"], "async");
+        assert_eq!(v["positivePrompt"], "a cat");
+        assert!(
+            p.payload.contains(r#""x":[1, 2]"#),
+            "values go as written: {}",
+            p.payload
+        );
+        assert!(p.asynchronous);
     }
 }

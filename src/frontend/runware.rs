@@ -40,7 +40,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
@@ -50,7 +50,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::watched::{self, Released, Watched, Woken};
 use super::{
     MAX_JSON_ELEMENTS, ObjectError, Refusal, check_documented_limits, check_task, failure_error,
-    json_elements_within, prepare_from, refusal_of_submit, task_object, task_type_of,
+    json_elements_within, prepare_from, refusal_of_submit,
 };
 use crate::config::BearerToken;
 use crate::counters::Counter;
@@ -59,7 +59,7 @@ use crate::dispatch::{
     ClientConnection, Dispatch, PreparedTask, Principal, SubmitError, TaggedSender, TaskEvent,
     TaskHandle,
 };
-use crate::protocol::{RunwareError, TaskUuid};
+use crate::protocol::{Field, RunwareError, TaskFields, TaskObject, TaskUuid};
 use crate::websocket::json_response;
 
 /// How long a local session outlives its socket, keeping what arrives for
@@ -269,7 +269,7 @@ impl RunwareEndpoint {
                 }
             };
             for (task, raw) in tasks {
-                match task_type_of(&task) {
+                match &*task.task_type() {
                     "authentication" => match self.authenticate(&task, principal) {
                         Ok(s) => {
                             // The answer first, then what the session kept
@@ -305,14 +305,15 @@ impl RunwareEndpoint {
     /// it resumes, or opens a new one.
     fn authenticate(
         &self,
-        task: &Map<String, Value>,
+        task: &TaskObject<'_>,
         principal: Principal,
     ) -> Result<Arc<LocalSession>, RunwareError> {
-        let given = task.get("apiKey").and_then(Value::as_str).unwrap_or("");
-        self.check_key(Some(given))?;
+        let given = task.field("apiKey");
+        self.check_key(Some(given.as_ref().and_then(Field::as_str).unwrap_or("")))?;
         let resumed = task
-            .get("connectionSessionUUID")
-            .and_then(Value::as_str)
+            .field("connectionSessionUUID")
+            .as_ref()
+            .and_then(Field::as_str)
             .and_then(|id| self.inner.sessions.get(id).map(|s| Arc::clone(&s)))
             .filter(|s| s.principal == principal);
         let session = match resumed {
@@ -353,12 +354,12 @@ impl RunwareEndpoint {
     /// results fetched with getResponse, as from Runware).
     fn take(
         &self,
-        task: Map<String, Value>,
+        task: TaskObject<'_>,
         raw: &str,
         session: &Arc<LocalSession>,
         principal: Principal,
     ) {
-        let task_type = task_type_of(&task);
+        let task_type = task.task_type();
         if task_type == "getResponse" {
             let frame = match self.get_response(&task, principal, Some(session)) {
                 Ok(items) => data_frame(&items),
@@ -367,9 +368,9 @@ impl RunwareEndpoint {
             session.deliver(frame);
             return;
         }
-        let task_type = match task_type_label(task_type) {
+        let task_type: Cow<'static, str> = match task_type_label(&task_type) {
             // A known type's name is a constant: no copy.
-            "other" => Cow::Owned(task_type.to_owned()),
+            "other" => Cow::Owned(task_type.into_owned()),
             known => Cow::Borrowed(known),
         };
         // Held across the submit: the session's forwarder, reading the
@@ -404,7 +405,7 @@ impl RunwareEndpoint {
     /// Submits one task of a REST request, watched by its own handle.
     fn submit(
         &self,
-        task: Map<String, Value>,
+        task: TaskObject<'_>,
         raw: &str,
         task_type: &str,
         principal: Principal,
@@ -423,14 +424,15 @@ impl RunwareEndpoint {
     /// `raw` is its text, sent as it is when the daemon adds nothing.
     fn check(
         &self,
-        task: Map<String, Value>,
+        task: TaskObject<'_>,
         raw: &str,
         task_type: &str,
         principal: Principal,
     ) -> Result<PreparedTask, RunwareError> {
         let given_uuid = task
-            .get("taskUUID")
-            .and_then(Value::as_str)
+            .field("taskUUID")
+            .as_ref()
+            .and_then(Field::as_str)
             .and_then(TaskUuid::parse_any);
         let refused = |r: Refusal| {
             r.runware_error(
@@ -452,13 +454,14 @@ impl RunwareEndpoint {
     /// its `status`, or one `processing` item while none has come.
     fn get_response(
         &self,
-        task: &Map<String, Value>,
+        task: &TaskObject<'_>,
         principal: Principal,
         session: Option<&LocalSession>,
     ) -> Result<Vec<String>, RunwareError> {
         let uuid = task
-            .get("taskUUID")
-            .and_then(Value::as_str)
+            .field("taskUUID")
+            .as_ref()
+            .and_then(Field::as_str)
             .and_then(TaskUuid::parse_any)
             .ok_or_else(|| {
                 Refusal::new("invalidTaskUUID", "taskUUID", "must be a task's UUID")
@@ -474,8 +477,8 @@ impl RunwareEndpoint {
             // with getResponse from now on; this answer says processing.
             Err(SubmitError::NotFound(_)) => {
                 let expected = task
-                    .get("numberResults")
-                    .and_then(Value::as_u64)
+                    .field("numberResults")
+                    .and_then(|n| n.as_u64())
                     .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
                 dispatch
                     .follow(uuid, expected, principal)
@@ -546,8 +549,8 @@ impl RunwareEndpoint {
         let key = bearer.or_else(|| {
             tasks
                 .iter()
-                .find(|(t, _)| t.get("taskType").and_then(Value::as_str) == Some("authentication"))
-                .and_then(|(t, _)| t.get("apiKey").and_then(Value::as_str).map(str::to_owned))
+                .find(|(t, _)| t.task_type() == "authentication")
+                .and_then(|(t, _)| t.field("apiKey")?.as_str().map(str::to_owned))
         });
         if let Err(e) = self.check_key(key.as_deref()) {
             return json_response(StatusCode::UNAUTHORIZED, errors_frame(&[e]));
@@ -557,7 +560,7 @@ impl RunwareEndpoint {
         let mut errors: Vec<RunwareError> = Vec::new();
         let mut waiting = Vec::new();
         for (task, raw) in tasks {
-            let task_type = task_type_of(&task).to_owned();
+            let task_type = task.task_type().into_owned();
             match task_type.as_str() {
                 "authentication" => {}
                 "ping" => data.push(PONG.to_owned()),
@@ -930,7 +933,7 @@ async fn collect(
 const PONG: &str = r#"{"taskType":"ping","pong":true}"#;
 
 /// A task object of a client message, and its text as the client wrote it.
-type MessageTask<'a> = (Map<String, Value>, &'a str);
+type MessageTask<'a> = (TaskObject<'a>, &'a str);
 
 /// The tasks of a client message (a JSON array of objects, or one object).
 fn parse_message(text: &str) -> Result<Vec<MessageTask<'_>>, Refusal> {
@@ -963,7 +966,7 @@ fn parse_message(text: &str) -> Result<Vec<MessageTask<'_>>, Refusal> {
         ));
     };
     raws.into_iter()
-        .map(|raw| match task_object(raw) {
+        .map(|raw| match TaskObject::parse(raw) {
             Ok(task) => Ok((task, raw)),
             Err(ObjectError::Json(e)) => Err(not_json(e)),
             Err(ObjectError::NotObject(_)) => Err(Refusal::new(
