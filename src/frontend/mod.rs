@@ -9,7 +9,9 @@
 //!   knows of its tasks in flight and their deadlines, shared by both.
 //!
 //! Each door only converts its messages into daemon tasks and the tasks'
-//! events back. What a task may be ([`check_task`]), how it becomes a
+//! events back. What a task may be ([`check_task`], reading a task's
+//! fields one way whether it is a `Map` or the client's text read in place:
+//! [`TaskFields`]), how it becomes a
 //! [`PreparedTask`] ([`prepare`]), and why a task is refused or failed
 //! ([`Refusal`], [`refusal_of_submit`], [`failure_error`]) are decided here
 //! once; each door words them in its own format (gRPC statuses; Runware's
@@ -223,9 +225,9 @@ pub fn prepare(
 }
 
 /// As [`prepare`]; when the daemon adds nothing to the task, `raw` (the
-/// object as the client wrote it, which [`task_object`] parsed into `t`:
-/// no key twice, so Runware reads what the daemon checked) is sent as it
-/// is instead of being written again.
+/// object as the client wrote it, which `t` was read from by
+/// [`TaskObject::parse`]: no key twice, so Runware reads what the daemon
+/// checked) is sent as it is instead of being written again.
 pub fn prepare_from(
     t: ClientTask<impl TaskFields>,
     raw: Option<&str>,
