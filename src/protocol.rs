@@ -401,8 +401,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for ItemHead<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ItemHead<'a>, A::Error> {
                 let mut head = ItemHead::default();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-                    match key.as_ref() {
+                while let Some(MaybeStr(key)) = map.next_key::<MaybeStr<'de>>()? {
+                    match key.unwrap_or_default().as_ref() {
                         "taskUUID" => head.task_uuid = map.next_value::<MaybeStr>()?.0,
                         "taskType" => head.task_type = map.next_value::<MaybeStr>()?.0,
                         "status" => head.status = map.next_value::<MaybeStr>()?.0,
@@ -435,33 +435,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for ItemHead<'a> {
     }
 }
 
-/// An object's key, borrowed from the message when it has no escapes
-/// (serde's own `Cow<str>` always copies).
-pub(crate) struct Key<'a>(pub Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Key<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'a>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'a>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'a>, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-/// A string field, or `None` for any other JSON type.
+/// A string field (or an object's key), borrowed from the message when it
+/// has no escapes (serde's own `Cow<str>` always copies); `None` for any
+/// other JSON type.
 struct MaybeStr<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for MaybeStr<'a> {
@@ -748,7 +724,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'a>, A::Error> {
                 let mut fields = Vec::new();
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                while let Some(MaybeStr(key)) = map.next_key::<MaybeStr<'de>>()? {
+                    // JSON keys are strings.
+                    let key = key.unwrap_or_default();
                     let value: &'de RawValue = map.next_value()?;
                     fields.push((key, value));
                 }
