@@ -814,6 +814,13 @@ impl fmt::Display for Field<'_> {
 pub trait TaskFields {
     /// A field, `None` when the task has none of that name.
     fn field(&self, name: &str) -> Option<Field<'_>>;
+    /// A string field's text; `None` when absent or of another type.
+    fn str_field(&self, name: &str) -> Option<Cow<'_, str>> {
+        match self.field(name)? {
+            Field::Str(s) => Some(s),
+            _ => None,
+        }
+    }
     /// The first key equal to `name` ignoring ASCII case.
     fn key_like(&self, name: &str) -> Option<&str>;
     /// The task as JSON, its `taskUUID` written as `uuid` and, when

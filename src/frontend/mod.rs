@@ -198,12 +198,8 @@ pub fn check_task<T: TaskFields>(
 /// ([`crate::validate`]), with Runware's code and parameter. A task type
 /// with no documented limits here passes: Runware decides on it.
 pub fn check_documented_limits(task: &impl TaskFields) -> Result<(), Refusal> {
-    let task_type = task.field("taskType");
-    let task_type = task_type
-        .as_ref()
-        .and_then(Field::as_str)
-        .unwrap_or_default();
-    match crate::validate::validate(task_type, task) {
+    let task_type = task.str_field("taskType");
+    match crate::validate::validate(task_type.as_deref().unwrap_or_default(), task) {
         Ok(_) => Ok(()),
         Err(i) if i.code == "invalidTaskType" => Ok(()),
         Err(i) => Err(Refusal {
@@ -240,21 +236,16 @@ pub fn prepare_from(
         stated_results,
     } = t;
     let (expected, add_async, asynchronous, as_given, label) = {
-        let task_type = task.field("taskType");
-        let task_type = task_type
-            .as_ref()
-            .and_then(Field::as_str)
-            .unwrap_or_default();
+        let task_type = task.str_field("taskType");
+        let task_type = task_type.as_deref().unwrap_or_default();
         let delivery = task.field("deliveryMethod");
         let add_async = async_task_types.iter().any(|t| t == task_type) && delivery.is_none();
         (
             protocol::expected_results(task_type, &task, stated_results),
             add_async,
             add_async || delivery.as_ref().and_then(Field::as_str) == Some("async"),
-            task.field("taskUUID")
-                .as_ref()
-                .and_then(Field::as_str)
-                .is_some_and(|given| uuid.is_written_as(given)),
+            task.str_field("taskUUID")
+                .is_some_and(|given| uuid.is_written_as(&given)),
             crate::dispatch::metrics::task_type_label(task_type),
         )
     };

@@ -59,7 +59,7 @@ use crate::dispatch::{
     ClientConnection, Dispatch, PreparedTask, Principal, SubmitError, TaggedSender, TaskEvent,
     TaskHandle,
 };
-use crate::protocol::{Field, RunwareError, TaskFields, TaskObject, TaskUuid};
+use crate::protocol::{RunwareError, TaskFields, TaskObject, TaskUuid};
 use crate::websocket::json_response;
 
 /// How long a local session outlives its socket, keeping what arrives for
@@ -308,13 +308,10 @@ impl RunwareEndpoint {
         task: &TaskObject<'_>,
         principal: Principal,
     ) -> Result<Arc<LocalSession>, RunwareError> {
-        let given = task.field("apiKey");
-        self.check_key(Some(given.as_ref().and_then(Field::as_str).unwrap_or("")))?;
+        self.check_key(Some(task.str_field("apiKey").as_deref().unwrap_or("")))?;
         let resumed = task
-            .field("connectionSessionUUID")
-            .as_ref()
-            .and_then(Field::as_str)
-            .and_then(|id| self.inner.sessions.get(id).map(|s| Arc::clone(&s)))
+            .str_field("connectionSessionUUID")
+            .and_then(|id| self.inner.sessions.get(&*id).map(|s| Arc::clone(&s)))
             .filter(|s| s.principal == principal);
         let session = match resumed {
             Some(s) => s,
@@ -430,10 +427,8 @@ impl RunwareEndpoint {
         principal: Principal,
     ) -> Result<PreparedTask, RunwareError> {
         let given_uuid = task
-            .field("taskUUID")
-            .as_ref()
-            .and_then(Field::as_str)
-            .and_then(TaskUuid::parse_any);
+            .str_field("taskUUID")
+            .and_then(|s| TaskUuid::parse_any(&s));
         let refused = |r: Refusal| {
             r.runware_error(
                 Some(task_type).filter(|t| !t.is_empty()),
@@ -459,10 +454,8 @@ impl RunwareEndpoint {
         session: Option<&LocalSession>,
     ) -> Result<Vec<String>, RunwareError> {
         let uuid = task
-            .field("taskUUID")
-            .as_ref()
-            .and_then(Field::as_str)
-            .and_then(TaskUuid::parse_any)
+            .str_field("taskUUID")
+            .and_then(|s| TaskUuid::parse_any(&s))
             .ok_or_else(|| {
                 Refusal::new("invalidTaskUUID", "taskUUID", "must be a task's UUID")
                     .runware_error(Some("getResponse"), None)
@@ -550,7 +543,7 @@ impl RunwareEndpoint {
             tasks
                 .iter()
                 .find(|(t, _)| t.task_type() == "authentication")
-                .and_then(|(t, _)| t.field("apiKey")?.as_str().map(str::to_owned))
+                .and_then(|(t, _)| t.str_field("apiKey").map(Cow::into_owned))
         });
         if let Err(e) = self.check_key(key.as_deref()) {
             return json_response(StatusCode::UNAUTHORIZED, errors_frame(&[e]));
