@@ -602,3 +602,36 @@ async fn a_task_past_its_deadline_gets_one_timeout_error_and_nothing_after() {
     let m = next(&mut ws).await;
     assert_eq!(m["data"][0]["pong"], true, "{m}");
 }
+
+/// As Runware closes a socket after 120 s of silence, the endpoint closes a
+/// local client's; a client that pings is kept however long it stays.
+#[tokio::test(start_paused = true)]
+async fn a_silent_local_client_is_closed_after_two_minutes_and_a_pinging_one_is_kept() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let mut silent = authenticated(&h).await;
+    let mut pinging = authenticated(&h).await;
+    let started = tokio::time::Instant::now();
+    let ping = async |ws: &mut Ws| {
+        send(ws, json!([{"taskType": "ping", "ping": true}])).await;
+        assert_eq!(next(ws).await["data"][0]["pong"], true);
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    ping(&mut pinging).await;
+    tokio::time::sleep_until(started + Duration::from_secs(119)).await;
+    assert!(
+        tokio::time::timeout(Duration::ZERO, silent.next())
+            .await
+            .is_err(),
+        "open and sent nothing before its two minutes"
+    );
+    for at in [121, 180, 240] {
+        tokio::time::sleep_until(started + Duration::from_secs(at)).await;
+        ping(&mut pinging).await;
+    }
+    // Closed since 120 s: its close is waiting to be read.
+    match tokio::time::timeout(Duration::from_millis(1), silent.next()).await {
+        Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => {}
+        other => panic!("a silent client still open after four minutes: {other:?}"),
+    }
+}
