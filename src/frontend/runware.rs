@@ -269,7 +269,8 @@ impl RunwareEndpoint {
                 }
             };
             for (task, raw) in tasks {
-                match &*task.task_type() {
+                let task_type = task.task_type();
+                match &*task_type {
                     "authentication" => match self.authenticate(&task, principal) {
                         Ok(s) => {
                             // The answer first, then what the session kept
@@ -289,7 +290,7 @@ impl RunwareEndpoint {
                     "ping" => reply(data_frame(&[PONG.to_owned()])),
                     _ => match &session {
                         None => reply(errors_frame(&[not_authenticated()])),
-                        Some(s) => self.take(task, raw, s, principal),
+                        Some(s) => self.take(task, raw, task_type, s, principal),
                     },
                 }
             }
@@ -346,17 +347,18 @@ impl RunwareEndpoint {
         }
     }
 
-    /// A task from an authenticated WebSocket: submitted, and its events
-    /// sent to the local session (async tasks: acknowledged at once, their
-    /// results fetched with getResponse, as from Runware).
+    /// A task from an authenticated WebSocket (`task_type` as read from it):
+    /// submitted, and its events sent to the local session (async tasks:
+    /// acknowledged at once, their results fetched with getResponse, as
+    /// from Runware).
     fn take(
         &self,
         task: TaskObject<'_>,
         raw: &str,
+        task_type: Cow<'_, str>,
         session: &Arc<LocalSession>,
         principal: Principal,
     ) {
-        let task_type = task.task_type();
         if task_type == "getResponse" {
             let frame = match self.get_response(&task, principal, Some(session)) {
                 Ok(items) => data_frame(&items),
