@@ -335,6 +335,10 @@ struct RawFrame<'a> {
 /// the message; `None` when it is not an array.
 struct Items<'a>(Option<Vec<&'a RawValue>>);
 
+/// Room made for a message's items before reading them, so that a batch
+/// does not grow its list a doubling at a time.
+const ITEMS_AT_FIRST: usize = 16;
+
 impl<'de: 'a, 'a> Deserialize<'de> for Items<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct ItemsVisitor<'a>(std::marker::PhantomData<&'a ()>);
@@ -344,7 +348,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Items<'a> {
                 f.write_str("an array of items")
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Items<'a>, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                // serde_json gives no size hint; a message carries a batch.
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(ITEMS_AT_FIRST));
                 while let Some(item) = seq.next_element::<&'de RawValue>()? {
                     items.push(item);
                 }
@@ -714,6 +719,10 @@ fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 /// An object's members in order, each value as its raw JSON.
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
+/// Room made for a task's fields before reading them: most tasks have a
+/// handful to a dozen (taskType, taskUUID, prompt, model, sizes, ...).
+const FIELDS_AT_FIRST: usize = 12;
+
 impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct FieldsVisitor<'a>(std::marker::PhantomData<&'a ()>);
@@ -723,7 +732,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'a>, A::Error> {
-                let mut fields = Vec::new();
+                let mut fields = Vec::with_capacity(FIELDS_AT_FIRST);
                 while let Some(MaybeStr(key)) = map.next_key::<MaybeStr<'de>>()? {
                     // JSON keys are strings.
                     let key = key.unwrap_or_default();

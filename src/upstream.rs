@@ -73,6 +73,9 @@ pub struct Upstream {
     connect_timeout: Duration,
     /// A write that cannot finish within this is a dead socket.
     write_timeout: Duration,
+    /// The size of the last batch of new tasks: the next one's text starts
+    /// with that much room instead of growing a doubling at a time.
+    batch_bytes: usize,
 }
 
 /// Most tasks in one outbound message, and the size at which a batch stops
@@ -123,6 +126,7 @@ impl Upstream {
             connection,
             connect_timeout: config.connect_timeout,
             write_timeout: config.pong_timeout.max(Duration::from_secs(30)),
+            batch_bytes: 0,
             metrics: telemetry.metrics,
             heartbeat: telemetry.heartbeat,
         }
@@ -453,7 +457,7 @@ impl Upstream {
 
     /// Sends `first` and whatever else is queued right now, in one message.
     async fn send_batch(&mut self, socket: &mut Socket, first: TaskUuid) -> Result<(), DropReason> {
-        let mut frame = String::new();
+        let mut frame = String::with_capacity(self.batch_bytes);
         self.dispatch.append_for_send(&first, &mut frame);
         let mut count = 1;
         while count < MAX_BATCH_TASKS && frame.len() < MAX_BATCH_BYTES {
@@ -469,6 +473,7 @@ impl Upstream {
             return Ok(()); // all cancelled meanwhile
         }
         protocol::finish_batch(&mut frame);
+        self.batch_bytes = frame.len().min(MAX_BATCH_BYTES);
         self.send(socket, frame).await
     }
 

@@ -229,6 +229,10 @@ struct Task {
     bytes: usize,
 }
 
+/// Most result slots made at a task's first result: `expected` comes from
+/// the client, so a task expecting more grows its list as results come.
+const RESULTS_AT_FIRST: usize = 32;
+
 /// A result item as the table keeps it, and the bytes that keeping it holds.
 struct Kept {
     text: ByteString,
@@ -829,6 +833,12 @@ impl Dispatch {
         t.bytes += bytes;
         self.retained_bytes.fetch_add(bytes, Ordering::AcqRel);
         let index = t.results.len() as u32;
+        if t.results.is_empty() {
+            // Room for the results it expects, not the doubling's four
+            // (kept for as long as the task is retained).
+            t.results
+                .reserve_exact((t.expected as usize).clamp(1, RESULTS_AT_FIRST));
+        }
         t.results.push(item.clone());
         if received == (Received::Step { last: false }) {
             t.steps += 1;
@@ -1256,6 +1266,31 @@ mod tests {
         assert_eq!(small.bytes, items[1].get().len());
         // Without the message at hand (small messages), always a copy.
         assert!(!inside(&kept(items[0], None)));
+    }
+
+    /// A task's results take the room it expects (what a retained task
+    /// holds), up to a bound the client cannot raise; a task sent more than
+    /// the bound still keeps every result.
+    #[test]
+    fn a_tasks_results_take_the_room_it_expects_and_no_more_than_a_bound() {
+        let (d, _q) = setup(Limits::default());
+        let room = |uuid: &TaskUuid| d.tasks.get(uuid).unwrap().results.capacity();
+        let one = d.submit(task(1), None).unwrap();
+        d.deliver(one.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        assert_eq!(room(&one.uuid), 1);
+        let three = d.submit(task(3), None).unwrap();
+        d.deliver(three.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        assert_eq!(room(&three.uuid), 3);
+        let many = RESULTS_AT_FIRST as u32 + 8;
+        let big = d.submit(task(many), None).unwrap();
+        d.deliver(big.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        assert_eq!(room(&big.uuid), RESULTS_AT_FIRST);
+        for _ in 1..many {
+            d.deliver(big.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
+        }
+        let kept = d.tasks.get(&big.uuid).unwrap();
+        assert_eq!(kept.results.len(), many as usize);
+        assert!(matches!(kept.outcome, Some(Outcome::Completed)));
     }
 
     /// Results are let go of when their task ends, not at the next sweep:
