@@ -157,6 +157,17 @@ pub struct Row {
     pub ratio_range: Option<(f64, f64)>,
     /// p99 through the daemon minus p99 direct, ms.
     pub added_p99_ms: Option<f64>,
+    /// CPU time per task of every process in the run (the client, the
+    /// simulator and the daemon, if any), µs: median over the runs.
+    pub cpu_us_per_task: f64,
+    /// Direct's CPU per task over this path's, each round's own pair: the
+    /// median. On a machine whose cores the run keeps busy, throughput
+    /// follows it; it does not depend on how the scheduler shared them.
+    pub cpu_ratio_to_direct: Option<f64>,
+    /// The most of the machine's CPU time the hypervisor took for others
+    /// (steal) in any run of the row, percent: a run with much of it was
+    /// measured on a machine slower than the others.
+    pub steal_percent: f64,
 }
 
 /// Everything measured.
@@ -251,6 +262,46 @@ fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
     let utime: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let stime: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     (utime + stime) / ticks
+}
+
+/// The machine's CPU time so far, from the first line of `/proc/stat`:
+/// all of it, and what the hypervisor gave to other guests (steal).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct MachineTicks {
+    total: u64,
+    steal: u64,
+}
+
+impl MachineTicks {
+    fn now() -> Self {
+        Self::parse(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
+    }
+
+    /// `cpu  user nice system idle iowait irq softirq steal ...`; zero
+    /// where the line is missing (not Linux).
+    fn parse(stat: &str) -> Self {
+        let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+            return Self::default();
+        };
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        MachineTicks {
+            total: ticks.iter().sum(),
+            steal: ticks.get(7).copied().unwrap_or(0),
+        }
+    }
+
+    fn steal_percent_since(&self, before: &Self) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * self.steal.saturating_sub(before.steal) as f64 / total as f64
+    }
 }
 
 /// VmRSS and VmHWM of a process, MiB.
@@ -664,11 +715,41 @@ struct Pass {
     took: Duration,
     /// Through the daemon: its CPU seconds in the run and peak RSS MiB.
     daemon: Option<(f64, f64)>,
+    /// CPU seconds in the run of this process (the client) and of the
+    /// simulator (the daemon's are in `daemon`).
+    client_cpu: f64,
+    sim_cpu: f64,
+    /// The machine's CPU time stolen during the run, percent.
+    steal_percent: f64,
 }
 
 impl Pass {
     fn tasks_per_s(&self) -> f64 {
         self.lat.len() as f64 / self.took.as_secs_f64()
+    }
+
+    /// CPU time per task of every process in the run, µs.
+    fn cpu_us_per_task(&self) -> f64 {
+        let daemon = self.daemon.map_or(0.0, |(cpu, _)| cpu);
+        self.per_task_us(self.client_cpu + self.sim_cpu + daemon)
+    }
+
+    fn per_task_us(&self, seconds: f64) -> f64 {
+        seconds * 1e6 / self.lat.len().max(1) as f64
+    }
+
+    /// Its throughput and who spent the CPU, for the progress lines.
+    fn describe(&self) -> String {
+        let daemon = self.daemon.map_or(String::new(), |(cpu, _)| {
+            format!(", daemon {:.1}", self.per_task_us(cpu))
+        });
+        format!(
+            "{:.0} tasks/s; CPU µs per task: client {:.1}, simulator {:.1}{daemon}; steal {:.1} %",
+            self.tasks_per_s(),
+            self.per_task_us(self.client_cpu),
+            self.per_task_us(self.sim_cpu),
+            self.steal_percent,
+        )
     }
 }
 
@@ -685,16 +766,24 @@ async fn pass(
     limit: Duration,
     ticks: f64,
 ) -> std::io::Result<Pass> {
-    let (_sim, url) = start_sim("0ms")?;
+    let (sim, url) = start_sim("0ms")?;
+    let (client_pid, sim_pid) = (std::process::id(), sim.child.id());
+    let cpu_of = || (cpu_seconds(client_pid, ticks), cpu_seconds(sim_pid, ticks));
     let warmup = (total / 10).clamp(1, 2_000);
     if path == Path::Direct {
         run_direct(&url, load, c, warmup, limit).await?;
+        let (client0, sim0) = cpu_of();
+        let machine0 = MachineTicks::now();
         let (lat, failed, took) = run_direct(&url, load, c, total, limit).await?;
+        let (client1, sim1) = cpu_of();
         return Ok(Pass {
             lat,
             failed,
             took,
             daemon: None,
+            client_cpu: client1 - client0,
+            sim_cpu: sim1 - sim0,
+            steal_percent: MachineTicks::now().steal_percent_since(&machine0),
         });
     }
     let (daemon, addr, endpoint) = spawn_daemon(&url, &[])?;
@@ -710,15 +799,21 @@ async fn pass(
         }
     };
     run(warmup).await?;
+    let (client0, sim0) = cpu_of();
     let cpu0 = cpu_seconds(pid, ticks);
+    let machine0 = MachineTicks::now();
     let (lat, failed, took) = run(total).await?;
     let cpu = cpu_seconds(pid, ticks) - cpu0;
+    let (client1, sim1) = cpu_of();
     let (_, hwm) = memory_mib(pid);
     Ok(Pass {
         lat,
         failed,
         took,
         daemon: Some((cpu, hwm)),
+        client_cpu: client1 - client0,
+        sim_cpu: sim1 - sim0,
+        steal_percent: MachineTicks::now().steal_percent_since(&machine0),
     })
 }
 
@@ -758,10 +853,7 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
             for _ in 0..config.rounds.max(1) {
                 for (path, done) in &mut passes {
                     let pass = pass(*path, load, c, total, config.scenario_limit, ticks).await?;
-                    progress(&format!(
-                        "{load:?} {path:?} C={c}: {:.0} tasks/s",
-                        pass.tasks_per_s()
-                    ));
+                    progress(&format!("{load:?} {path:?} C={c}: {}", pass.describe()));
                     done.push(pass);
                 }
             }
@@ -777,11 +869,19 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
                 ratios.sort_by(f64::total_cmp);
                 row.ratio_to_direct = Some(median(&ratios));
                 row.ratio_range = ratios.first().copied().zip(ratios.last().copied());
+                let mut cpu_ratios: Vec<f64> = done
+                    .iter()
+                    .zip(&passes[0].1)
+                    .map(|(p, d)| d.cpu_us_per_task() / p.cpu_us_per_task().max(f64::MIN_POSITIVE))
+                    .collect();
+                cpu_ratios.sort_by(f64::total_cmp);
+                row.cpu_ratio_to_direct = Some(median(&cpu_ratios));
                 row.added_p99_ms = Some(row.p99_ms - direct_row.p99_ms);
                 progress(&format!(
-                    "{load:?} {path:?} C={c}: {:.2} of direct by median of {} rounds, p99 {:.2} ms",
+                    "{load:?} {path:?} C={c}: {:.2} of direct by median of {} rounds ({:.2} by CPU per task), p99 {:.2} ms",
                     row.ratio_to_direct.unwrap_or(0.0),
                     ratios.len(),
+                    row.cpu_ratio_to_direct.unwrap_or(0.0),
                     row.p99_ms
                 ));
                 rows.push(row);
@@ -1176,6 +1276,7 @@ fn summarize(load: Load, path: Path, c: usize, total: usize, passes: &[Pass]) ->
         .iter()
         .filter_map(|p| p.daemon.map(|(_, rss)| rss))
         .reduce(f64::max);
+    let cpu_per_task = sorted(passes.iter().map(Pass::cpu_us_per_task).collect());
     Row {
         load,
         path,
@@ -1193,19 +1294,22 @@ fn summarize(load: Load, path: Path, c: usize, total: usize, passes: &[Pass]) ->
         ratio_to_direct: None,
         ratio_range: None,
         added_p99_ms: None,
+        cpu_us_per_task: median(&cpu_per_task),
+        cpu_ratio_to_direct: None,
+        steal_percent: passes.iter().map(|p| p.steal_percent).fold(0.0, f64::max),
     }
 }
 
 /// The report as Markdown tables.
 pub fn table(r: &Report) -> String {
     let mut t = String::from(
-        "| load | path | C | tasks x rounds | failed | tasks/s | p50 ms | p90 ms | p99 ms | max ms | daemon CPU s/1k | daemon peak RSS MiB | x direct | x direct, lowest-highest | +p99 ms |\n\
-         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| load | path | C | tasks x rounds | failed | tasks/s | p50 ms | p90 ms | p99 ms | max ms | daemon CPU s/1k | daemon peak RSS MiB | x direct | x direct, lowest-highest | +p99 ms | CPU µs per task, all processes | x direct by CPU | most steal % |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     let opt = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
     for row in &r.rows {
         t.push_str(&format!(
-            "| {:?} | {:?} | {} | {} x {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            "| {:?} | {:?} | {} | {} x {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {:.1} | {} | {:.1} |\n",
             row.load,
             row.path,
             row.concurrency,
@@ -1223,6 +1327,9 @@ pub fn table(r: &Report) -> String {
             row.ratio_range
                 .map_or("-".to_owned(), |(lo, hi)| format!("{lo:.2}-{hi:.2}")),
             opt(row.added_p99_ms, 2),
+            row.cpu_us_per_task,
+            opt(row.cpu_ratio_to_direct, 2),
+            row.steal_percent,
         ));
     }
     t.push_str(&format!(
@@ -1295,4 +1402,47 @@ pub fn table(r: &Report) -> String {
         ));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steal is the eighth number of the `cpu` line, as a share of all
+    /// of them between two readings; a machine without the line reads zero.
+    #[test]
+    fn steal_is_the_share_of_stolen_ticks_between_two_readings() {
+        let before =
+            MachineTicks::parse("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n");
+        assert_eq!(
+            before,
+            MachineTicks {
+                total: 1000,
+                steal: 35
+            }
+        );
+        let after = MachineTicks::parse("cpu  160 0 70 880 10 0 5 75 0 0\n");
+        assert_eq!(after.total - before.total, 200);
+        assert!((after.steal_percent_since(&before) - 20.0).abs() < 1e-9);
+        assert_eq!(before.steal_percent_since(&before), 0.0);
+        assert_eq!(MachineTicks::parse("intr 1 2 3\n"), MachineTicks::default());
+    }
+
+    /// A round's CPU per task counts every process in it: the client, the
+    /// simulator and the daemon, per completed task.
+    #[test]
+    fn cpu_per_task_counts_every_process_of_the_run() {
+        let pass = |daemon: Option<(f64, f64)>| Pass {
+            lat: vec![1.0; 1000],
+            failed: 0,
+            took: Duration::from_secs(1),
+            daemon,
+            client_cpu: 0.010,
+            sim_cpu: 0.020,
+            steal_percent: 0.0,
+        };
+        assert!((pass(None).cpu_us_per_task() - 30.0).abs() < 1e-9);
+        assert!((pass(Some((0.005, 20.0))).cpu_us_per_task() - 35.0).abs() < 1e-9);
+        assert!(pass(Some((0.005, 20.0))).describe().contains("daemon 5.0"));
+    }
 }
