@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::dispatch::Dispatch;
+use crate::dispatch::TaskTable;
 use crate::session::UpstreamStatus;
 use crate::status::StatusSnapshot;
 
@@ -81,7 +81,7 @@ impl UpstreamMetrics {
 /// Reads, at each scrape, what the daemon keeps anyway.
 #[derive(Debug)]
 struct StateCollector {
-    dispatch: Arc<Dispatch>,
+    table: Arc<TaskTable>,
     status: watch::Receiver<UpstreamStatus>,
 }
 
@@ -98,9 +98,9 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Resu
 impl prometheus_client::collector::Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         let snapshot = StatusSnapshot::take(
-            &self.dispatch,
+            &self.table,
             self.status.borrow().clone(),
-            &self.dispatch.counters,
+            &self.table.counters,
         );
         for r in snapshot.readings() {
             if r.counter {
@@ -121,12 +121,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(
-        dispatch: &Arc<Dispatch>,
+        table: &Arc<TaskTable>,
         status: watch::Receiver<UpstreamStatus>,
         upstream: &UpstreamMetrics,
     ) -> Arc<Self> {
         let mut registry = Registry::default();
-        let tasks = dispatch.metrics();
+        let tasks = table.metrics();
         registry.register(
             "runwared_tasks_ended",
             "Tasks ended, by type and outcome",
@@ -168,7 +168,7 @@ impl Metrics {
             upstream.drops.clone(),
         );
         registry.register_collector(Box::new(StateCollector {
-            dispatch: Arc::clone(dispatch),
+            table: Arc::clone(table),
             status,
         }));
         Arc::new(Metrics { registry })

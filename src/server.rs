@@ -20,8 +20,9 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::{ApiKey, ApiKeySource, BearerToken, Config, Endpoint};
 use crate::counters::{Counter, Counters};
-use crate::dispatch::{Dispatch, Limits, StateChange};
+use crate::dispatch::{Limits, StateChange, TaskTable};
 use crate::frontend::grpc::RunwareService;
+use crate::frontend::intake::Intake;
 use crate::frontend::runware::RunwareEndpoint;
 use crate::listen;
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -137,7 +138,7 @@ fn open_state(config: &Config, key: &ApiKeySource) -> Result<Option<StateStore>,
 /// address and the server's task.
 async fn serve_metrics(
     config: &Config,
-    dispatch: &Arc<Dispatch>,
+    table: &Arc<TaskTable>,
     status: watch::Receiver<UpstreamStatus>,
     upstream_metrics: &UpstreamMetrics,
     stop: watch::Receiver<bool>,
@@ -149,7 +150,7 @@ async fn serve_metrics(
         .await
         .map_err(|source| StartError::Metrics { addr, source })?;
     let bound = listener.local_addr().ok();
-    let metrics = Metrics::new(dispatch, status, upstream_metrics);
+    let metrics = Metrics::new(table, status, upstream_metrics);
     let server = tokio::spawn(crate::metrics::serve(listener, metrics, stop));
     if let Some(a) = bound {
         tracing::info!(addr = %a, "Prometheus metrics at /metrics");
@@ -277,7 +278,7 @@ fn serve_grpc(
 /// on a Unix socket.
 fn serve_runware(
     config: &Config,
-    dispatch: &Arc<Dispatch>,
+    intake: &Intake,
     tcp: Option<TcpListener>,
     unix: Option<UnixListener>,
     connections: &Arc<listen::Connections>,
@@ -285,9 +286,8 @@ fn serve_runware(
 ) -> Vec<JoinHandle<()>> {
     let endpoint = |token: Option<Arc<BearerToken>>| {
         RunwareEndpoint::new(
-            Arc::clone(dispatch),
+            intake.clone(),
             token,
-            config.async_task_types.clone(),
             config.default_task_timeout,
             config.max_message_bytes,
         )
@@ -332,7 +332,7 @@ pub struct Daemon {
     /// The upstream connection's status, to wait on in tests and for systemd.
     pub status: watch::Receiver<UpstreamStatus>,
     /// The task table (tests and the soak read its counters).
-    pub dispatch: Arc<Dispatch>,
+    pub table: Arc<TaskTable>,
     /// The in-process simulator under `--simulate`.
     pub simulator: Option<SimHandle>,
     /// The gRPC health service's state: NOT_SERVING once stopping.
@@ -374,7 +374,7 @@ impl Daemon {
 
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(UpstreamStatus::default());
-        let dispatch = Dispatch::new(limits(&config), queue_tx);
+        let table = TaskTable::new(limits(&config), queue_tx);
         if loaded.rejected > 0 {
             tracing::warn!(
                 tasks = loaded.rejected,
@@ -382,7 +382,7 @@ impl Daemon {
             );
         }
         if !loaded.tasks.is_empty() {
-            let n = dispatch.restore(loaded.tasks);
+            let n = table.restore(loaded.tasks);
             tracing::info!(tasks = n, session = ?loaded.session, "recovering tasks from the previous run");
         }
         let (stop_upstream, stop_upstream_rx) = watch::channel(false);
@@ -394,7 +394,7 @@ impl Daemon {
             Resume {
                 session: loaded.session.clone(),
             },
-            Arc::clone(&dispatch),
+            Arc::clone(&table),
             queue_rx,
             status_tx,
             connector,
@@ -405,20 +405,20 @@ impl Daemon {
         );
         let upstream = tokio::spawn(upstream.run(stop_upstream_rx));
 
-        let mut background = vec![tokio::spawn(sweep(Arc::clone(&dispatch)))];
+        let mut background = vec![tokio::spawn(sweep(Arc::clone(&table)))];
         if let Some(store) = &state {
             // Before any client can submit: every change is kept.
-            dispatch.start_journal();
+            table.start_journal();
             background.push(tokio::spawn(persist(
                 store.clone(),
-                Arc::clone(&dispatch),
+                Arc::clone(&table),
                 status_rx.clone(),
             )));
         }
 
         let (metrics_addr, metrics_server) = serve_metrics(
             &config,
-            &dispatch,
+            &table,
             status_rx.clone(),
             &upstream_metrics,
             stop_upstream.subscribe(),
@@ -431,7 +431,7 @@ impl Daemon {
         let notifier = config.notify.as_ref().map(Notifier::new);
         background.push(tokio::spawn(report_health(
             health.clone(),
-            Arc::clone(&dispatch),
+            Arc::clone(&table),
             status_rx.clone(),
             Arc::clone(&heartbeat),
             notifier.clone(),
@@ -445,17 +445,19 @@ impl Daemon {
                 Arc::clone(&heartbeat),
             )));
         }
-        let service = RunwareService::new(Arc::clone(&dispatch), status_rx.clone(), &config);
+        // One intake for every door.
+        let intake = Intake::new(Arc::clone(&table), config.async_task_types.clone().into());
+        let service = RunwareService::new(intake.clone(), status_rx.clone(), &config);
         let (stop_listeners, stop_rx) = watch::channel(false);
         // One bound over the connections of every listener.
         let connections = Arc::new(listen::Connections::new(
             config.max_connections,
-            Arc::clone(&dispatch.counters),
+            Arc::clone(&table.counters),
         ));
         let runware_addr = listeners.runware_addr;
         let mut servers = serve_runware(
             &config,
-            &dispatch,
+            &intake,
             listeners.runware_tcp.take(),
             listeners.runware_unix.take(),
             &connections,
@@ -466,7 +468,7 @@ impl Daemon {
             listeners,
             service,
             health_service,
-            Arc::clone(&dispatch.counters),
+            Arc::clone(&table.counters),
             &connections,
             stop_rx,
         )?);
@@ -481,7 +483,7 @@ impl Daemon {
             tcp_addr,
             unix_socket: config.unix_socket.clone(),
             status: status_rx,
-            dispatch,
+            table,
             simulator,
             health,
             state,
@@ -499,10 +501,10 @@ impl Daemon {
     /// writes the state, and closes the upstream socket.
     pub async fn shutdown(mut self, drain: Duration) {
         tracing::info!(
-            in_flight = self.dispatch.in_flight(),
+            in_flight = self.table.in_flight(),
             "stopping: no new tasks accepted"
         );
-        self.dispatch.start_draining();
+        self.table.start_draining();
         if let Some(n) = &self.notifier {
             n.notify("STOPPING=1\nSTATUS=stopping: draining tasks in flight");
         }
@@ -517,19 +519,19 @@ impl Daemon {
         self.stop_listeners.send_replace(true);
         // Wait for the tasks clients are waiting on, not for every open
         // stream: an idle Session or a health Watch would never end.
-        let dispatch = Arc::clone(&self.dispatch);
+        let table = Arc::clone(&self.table);
         let drained = tokio::time::timeout(drain, async move {
-            while dispatch.watched() > 0 {
+            while table.watched() > 0 {
                 tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
             }
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
-                in_flight = self.dispatch.in_flight(),
+                in_flight = self.table.in_flight(),
                 "drain timeout: ending the remaining tasks for their clients"
             );
-            self.dispatch.release_watchers(
+            self.table.release_watchers(
                 "runwared is stopping: the task did not finish within the drain timeout; \
                  it is kept and a restarted daemon recovers it (Attach with its taskUUID)",
             );
@@ -550,7 +552,7 @@ impl Daemon {
         }
         if let Some(store) = &self.state {
             let session = self.status.borrow().session.clone();
-            let tasks = self.dispatch.snapshot();
+            let tasks = self.table.snapshot();
             if let Err(e) = store.save(session.as_ref(), &tasks) {
                 tracing::error!(error = %e, "cannot write the state file");
             }
@@ -627,7 +629,7 @@ where
 /// accepted, `""` while not stopping.
 async fn report_health(
     health: HealthReporter,
-    dispatch: Arc<Dispatch>,
+    table: Arc<TaskTable>,
     mut status: watch::Receiver<UpstreamStatus>,
     heartbeat: Arc<Heartbeat>,
     notifier: Option<Notifier>,
@@ -636,13 +638,13 @@ async fn report_health(
     loop {
         let s = status.borrow_and_update().clone();
         let alive = heartbeat.age() < LIVENESS_STALE;
-        let ready = s.state == ConnectionState::Ready && !dispatch.is_draining();
-        let serving = !dispatch.is_draining();
+        let ready = s.state == ConnectionState::Ready && !table.is_draining();
+        let serving = !table.is_draining();
         let line = match s.state {
             ConnectionState::Ready => format!(
                 "upstream ready (session {}); {} tasks in flight",
                 s.session.as_ref().map(|x| x.0.as_str()).unwrap_or("?"),
-                dispatch.in_flight()
+                table.in_flight()
             ),
             ConnectionState::AuthRejected => "Runware REJECTED THE API KEY; retrying".to_owned(),
             other => format!(
@@ -697,12 +699,12 @@ async fn feed_watchdog(notifier: Notifier, period: Duration, heartbeat: Arc<Hear
 }
 
 /// Drops results past their retention, every second.
-async fn sweep(dispatch: Arc<Dispatch>) {
+async fn sweep(table: Arc<TaskTable>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        dispatch.sweep();
+        table.sweep();
     }
 }
 
@@ -712,7 +714,7 @@ async fn sweep(dispatch: Arc<Dispatch>) {
 /// A failed write makes the next one a snapshot, so nothing is lost.
 async fn persist(
     store: StateStore,
-    dispatch: Arc<Dispatch>,
+    table: Arc<TaskTable>,
     status: watch::Receiver<UpstreamStatus>,
 ) {
     let mut saved_session = status.borrow().session.clone();
@@ -723,7 +725,7 @@ async fn persist(
     loop {
         tick.tick().await;
         let session = status.borrow().session.clone();
-        let mut changes = dispatch.take_changes();
+        let mut changes = table.take_changes();
         if session != saved_session {
             if let Some(s) = &session {
                 changes.push(StateChange::Session(s.0.clone()));
@@ -735,7 +737,7 @@ async fn persist(
         let store = store.clone();
         let snapshot = journal_bytes > snapshot_bytes.max(JOURNAL_MIN_BYTES);
         let written = if snapshot {
-            let tasks = dispatch.snapshot();
+            let tasks = table.snapshot();
             let s = session.clone();
             tokio::task::spawn_blocking(move || store.save(s.as_ref(), &tasks)).await
         } else {

@@ -475,7 +475,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
     let st = daemon.status.borrow().clone();
     report.reconnects = st.reconnects;
     report.resumes = st.resumes;
-    report.recovered = daemon.dispatch.counters.get(Counter::Recovered);
+    report.recovered = daemon.table.counters.get(Counter::Recovered);
     report.results_swallowed = stats.results_swallowed;
     report.recovery_bound = recovery_bound;
     let accounted = report.completed

@@ -3,7 +3,7 @@
 //! never assembled field by field in each.
 
 use crate::counters::{Counter, Counters};
-use crate::dispatch::Dispatch;
+use crate::dispatch::TaskTable;
 use crate::pb;
 use crate::session::{ConnectionState, UpstreamStatus};
 
@@ -35,14 +35,14 @@ pub struct Reading {
 }
 
 impl StatusSnapshot {
-    pub fn take(dispatch: &Dispatch, connection: UpstreamStatus, counters: &Counters) -> Self {
+    pub fn take(table: &TaskTable, connection: UpstreamStatus, counters: &Counters) -> Self {
         StatusSnapshot {
             connection,
-            in_flight: dispatch.in_flight() as u64,
-            known_tasks: dispatch.known() as u64,
-            polling: dispatch.polling() as u64,
-            retained_bytes: dispatch.retained_bytes() as u64,
-            draining: dispatch.is_draining(),
+            in_flight: table.in_flight() as u64,
+            known_tasks: table.known() as u64,
+            polling: table.polling() as u64,
+            retained_bytes: table.retained_bytes() as u64,
+            draining: table.is_draining(),
             counters: counters.read(),
         }
     }
@@ -175,18 +175,18 @@ mod tests {
     #[test]
     fn every_counter_reaches_the_metrics_and_get_status() {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let dispatch = Dispatch::new(crate::dispatch::Limits::default(), tx);
+        let table = TaskTable::new(crate::dispatch::Limits::default(), tx);
         for (i, c) in Counter::ALL.iter().enumerate() {
-            dispatch.counters.add_n(*c, i as u64 + 1);
+            table.counters.add_n(*c, i as u64 + 1);
         }
         let snapshot = StatusSnapshot::take(
-            &dispatch,
+            &table,
             UpstreamStatus {
                 state: ConnectionState::Ready,
                 reconnects: 4,
                 ..UpstreamStatus::default()
             },
-            &dispatch.counters,
+            &table.counters,
         );
         let readings = snapshot.readings();
         let status = snapshot.to_proto("ws://127.0.0.1:1/v1", true);
@@ -215,9 +215,8 @@ mod tests {
     fn the_readme_lists_every_reading() {
         let readme = include_str!("../README.md");
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let dispatch = Dispatch::new(crate::dispatch::Limits::default(), tx);
-        let snapshot =
-            StatusSnapshot::take(&dispatch, UpstreamStatus::default(), &dispatch.counters);
+        let table = TaskTable::new(crate::dispatch::Limits::default(), tx);
+        let snapshot = StatusSnapshot::take(&table, UpstreamStatus::default(), &table.counters);
         for r in snapshot.readings() {
             let name = if r.counter {
                 format!("`{}_total`", r.metric)

@@ -6,7 +6,7 @@
 //! reconnecting) is decided by the synchronous [`crate::session::Connection`];
 //! what a frame means by [`protocol::parse_frame`]; which task an item
 //! belongs to, what a new session resends and what is polled, by the task
-//! table ([`Dispatch`]). This loop only reads, writes and waits.
+//! table ([`TaskTable`]). This loop only reads, writes and waits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::config::{ApiKeySource, Config};
 use crate::counters::Counter;
-use crate::dispatch::{Dispatch, FailureKind, Gate};
+use crate::dispatch::{FailureKind, Gate, TaskTable};
 use crate::metrics::UpstreamMetrics;
 use crate::protocol::{self, RunwareError, TaskUuid};
 use crate::session::{
@@ -51,8 +51,8 @@ pub struct Upstream {
     /// without a restart.
     key: ApiKeySource,
     /// Where inbound items are routed and outbound tasks come from.
-    dispatch: Arc<Dispatch>,
-    /// taskUUIDs of newly submitted tasks, from [`Dispatch::submit`]: a
+    table: Arc<TaskTable>,
+    /// taskUUIDs of newly submitted tasks, from [`TaskTable::submit`]: a
     /// wake-up to send them, the table being the truth.
     queue: mpsc::UnboundedReceiver<TaskUuid>,
     /// What `GetStatus`, metrics and systemd see: copies of
@@ -93,7 +93,7 @@ impl Upstream {
         config: &Config,
         key: ApiKeySource,
         resume: Resume,
-        dispatch: Arc<Dispatch>,
+        table: Arc<TaskTable>,
         queue: mpsc::UnboundedReceiver<TaskUuid>,
         status: watch::Sender<UpstreamStatus>,
         connector: Option<Connector>,
@@ -118,7 +118,7 @@ impl Upstream {
         Upstream {
             url: config.upstream_url.clone(),
             key,
-            dispatch,
+            table,
             queue,
             status,
             connector,
@@ -184,7 +184,7 @@ impl Upstream {
                     );
                     self.publish();
                     let message = self.connection.status().key_rejected_message();
-                    self.dispatch
+                    self.table
                         .fail_all(FailureKind::UpstreamAuthRejected, &message);
                 }
             }
@@ -195,7 +195,7 @@ impl Upstream {
     /// the task table whether tasks go out.
     fn publish(&self) {
         let status = self.connection.status();
-        self.dispatch.set_gate(match status.state {
+        self.table.set_gate(match status.state {
             ConnectionState::Ready => Gate::Open,
             ConnectionState::AuthRejected => Gate::KeyRejected(status.key_rejected_message()),
             _ => Gate::Closed {
@@ -320,7 +320,7 @@ impl Upstream {
                                 .then(|| ByteString::try_from(Bytes::from(text.clone())).ok())
                                 .flatten();
                             match protocol::parse_frame(text) {
-                                Ok(items) => self.dispatch.route_frame(items, frame.as_ref()),
+                                Ok(items) => self.table.route_frame(items, frame.as_ref()),
                                 Err(e) => {
                                     self.bad_frame(&e.to_string());
                                     Vec::new()
@@ -340,7 +340,7 @@ impl Upstream {
                         return SessionEnd::Dropped(reason);
                     }
                 }
-                _ = poll.tick(), if ready && self.dispatch.polling() > 0 => {
+                _ = poll.tick(), if ready && self.table.polling() > 0 => {
                     if let Err(reason) = self.send_polls(&mut socket).await {
                         return SessionEnd::Dropped(reason);
                     }
@@ -403,12 +403,12 @@ impl Upstream {
     }
 
     fn bad_frame(&self, why: &str) {
-        self.dispatch.counters.add(Counter::BadFrames);
+        self.table.counters.add(Counter::BadFrames);
         tracing::warn!(reason = why, "ignored a bad message from Runware");
     }
 
     /// After authenticating: the table decides what goes (again) under its
-    /// own taskUUID and what is recovered by polling ([`Dispatch::on_session`]).
+    /// own taskUUID and what is recovered by polling ([`TaskTable::on_session`]).
     /// Queued wake-ups are dropped first: the table is the truth and covers
     /// them; a task queued in between may go twice, which Runware answers
     /// with `conflictTaskUUID` and never runs twice.
@@ -418,20 +418,20 @@ impl Upstream {
         resumed: bool,
     ) -> Result<(), DropReason> {
         while self.queue.try_recv().is_ok() {}
-        let waiting = self.dispatch.on_session(resumed);
+        let waiting = self.table.on_session(resumed);
         if !waiting.is_empty() {
             tracing::info!(tasks = waiting.len(), "sending tasks waiting for results");
         }
-        if self.dispatch.polling() > 0 {
+        if self.table.polling() > 0 {
             tracing::info!(
-                tasks = self.dispatch.polling(),
+                tasks = self.table.polling(),
                 "recovering tasks with getResponse"
             );
         }
         for chunk in waiting.chunks(MAX_BATCH_TASKS) {
             let mut frame = String::new();
             for uuid in chunk {
-                self.dispatch.append_for_send(uuid, &mut frame);
+                self.table.append_for_send(uuid, &mut frame);
             }
             if !frame.is_empty() {
                 protocol::finish_batch(&mut frame);
@@ -443,7 +443,7 @@ impl Upstream {
 
     /// Sends the `getResponse` polls that are due, in one message.
     async fn send_polls(&mut self, socket: &mut Socket) -> Result<(), DropReason> {
-        let due = self.dispatch.due_polls(MAX_BATCH_TASKS);
+        let due = self.table.due_polls(MAX_BATCH_TASKS);
         if due.is_empty() {
             return Ok(());
         }
@@ -458,13 +458,13 @@ impl Upstream {
     /// Sends `first` and whatever else is queued right now, in one message.
     async fn send_batch(&mut self, socket: &mut Socket, first: TaskUuid) -> Result<(), DropReason> {
         let mut frame = String::with_capacity(self.batch_bytes);
-        self.dispatch.append_for_send(&first, &mut frame);
+        self.table.append_for_send(&first, &mut frame);
         let mut count = 1;
         while count < MAX_BATCH_TASKS && frame.len() < MAX_BATCH_BYTES {
             match self.queue.try_recv() {
                 Ok(uuid) => {
                     count += 1;
-                    self.dispatch.append_for_send(&uuid, &mut frame);
+                    self.table.append_for_send(&uuid, &mut frame);
                 }
                 Err(_) => break,
             }

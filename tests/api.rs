@@ -38,7 +38,7 @@ async fn prompt_enhance_returns_every_version_in_order() {
     assert_eq!(texts, expected);
     assert_eq!(h.sim.executions(&resp.task_uuid), 1);
     assert!(runwared::protocol::TaskUuid::parse_v4(&resp.task_uuid).is_ok());
-    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+    assert_eq!(h.daemon.table.in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -263,7 +263,7 @@ async fn two_hundred_concurrent_clients_get_only_their_own_results() {
     }
     assert_eq!(h.stats().executions, 200);
     assert_eq!(h.sim.max_executions(), 1);
-    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+    assert_eq!(h.daemon.table.in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -413,7 +413,7 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
         broke.metadata().get("runware-code").unwrap(),
         "insufficientCredits"
     );
-    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+    assert_eq!(h.daemon.table.in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,6 +1,6 @@
 //! Property test of the task table's delivery decisions, without sockets.
 //!
-//! A model Runware server and the daemon's task table ([`Dispatch`], the
+//! A model Runware server and the daemon's task table ([`TaskTable`], the
 //! code the upstream loop calls) go through random sequences of network
 //! events: sends, result pushes, drops that swallow what the server had
 //! written (it counts it delivered and does not keep it), requests lost on
@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use runwared::dispatch::{Dispatch, Gate, Limits, PreparedTask, Principal, TaskEvent, TaskHandle};
+use runwared::dispatch::{
+    ClientConnection, Gate, Limits, PreparedTask, Principal, TaskEvent, TaskHandle, TaskTable,
+};
 use runwared::protocol::{self, TaskUuid};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -213,7 +215,7 @@ impl Server {
 }
 
 struct Model {
-    dispatch: Arc<Dispatch>,
+    table: Arc<TaskTable>,
     queue: mpsc::UnboundedReceiver<TaskUuid>,
     server: Server,
     uuids: Vec<TaskUuid>,
@@ -241,8 +243,8 @@ impl Model {
             poll_max: POLL_MAX,
             ..Limits::default()
         };
-        let dispatch = Dispatch::new(limits, qtx);
-        dispatch.set_gate(Gate::Open);
+        let table = TaskTable::new(limits, qtx);
+        table.set_gate(Gate::Open);
         let mut server = Server::default();
         let mut uuids = Vec::new();
         let mut handles = Vec::new();
@@ -290,12 +292,16 @@ impl Model {
                 label: "other",
                 owner: Principal::Tcp,
             };
-            handles.push(dispatch.submit(prepared, None).expect("accepted"));
+            handles.push(
+                table
+                    .submit(prepared, &ClientConnection::default())
+                    .expect("accepted"),
+            );
             uuids.push(uuid);
         }
         let n = specs.len();
         Model {
-            dispatch,
+            table,
             queue,
             server,
             uuids,
@@ -315,13 +321,13 @@ impl Model {
         }
         let mut frame = String::new();
         for uuid in &send {
-            self.dispatch.append_for_send(uuid, &mut frame);
+            self.table.append_for_send(uuid, &mut frame);
         }
         if !frame.is_empty() {
             protocol::finish_batch(&mut frame);
             self.server.inbox.push_back(frame);
         }
-        let due = self.dispatch.due_polls(100);
+        let due = self.table.due_polls(100);
         if !due.is_empty() {
             let mut frame = String::new();
             for uuid in &due {
@@ -337,7 +343,7 @@ impl Model {
             return;
         };
         let items = protocol::parse_frame(&frame).expect("the model writes valid frames");
-        for other in self.dispatch.route_frame(items, None) {
+        for other in self.table.route_frame(items, None) {
             self.violations
                 .push(format!("an item not routed to a task: {other:?}"));
         }
@@ -355,7 +361,7 @@ impl Model {
         }
         // As the upstream loop: queued wake-ups are covered by the table.
         while self.queue.try_recv().is_ok() {}
-        let send = self.dispatch.on_session(!lose_session);
+        let send = self.table.on_session(!lose_session);
         self.write(send);
     }
 
@@ -390,10 +396,10 @@ impl Model {
             }
         }
         self.collect();
-        if self.server.connected && self.dispatch.without_way_forward() > 0 {
+        if self.server.connected && self.table.without_way_forward() > 0 {
             self.violations.push(format!(
                 "after {step:?}: {} task(s) in flight with no way forward",
-                self.dispatch.without_way_forward()
+                self.table.without_way_forward()
             ));
         }
     }

@@ -73,7 +73,7 @@ async fn survive_a_drop(clean: bool) {
     assert_eq!(stats.conflicts, 6);
     assert_eq!(h.sim.max_executions(), 1);
     assert_eq!(stats.resumes, 1);
-    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+    assert_eq!(h.daemon.table.in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -405,7 +405,7 @@ async fn deadline_ends_the_task_after_its_partial_results() {
         .to_owned();
     let all = attach_all(&mut h.client, &uuid).await;
     assert_eq!(all.len(), 5);
-    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+    assert_eq!(h.daemon.table.in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -495,8 +495,8 @@ async fn a_result_lost_in_a_dying_socket_is_recovered_well_before_the_deadline()
     assert_eq!(stats.results_swallowed, 1);
     assert_eq!(stats.executions, 1, "never run twice");
     assert!(stats.conflicts >= 1, "the resend met conflictTaskUUID");
-    assert!(h.daemon.dispatch.counters.get(Counter::Polls) >= 1);
-    assert_eq!(h.daemon.dispatch.in_flight(), 0);
+    assert!(h.daemon.table.counters.get(Counter::Polls) >= 1);
+    assert_eq!(h.daemon.table.in_flight(), 0);
 }
 
 /// Issue 8, bug 3: a network that keeps dropping a reachable Runware (clean

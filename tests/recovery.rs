@@ -232,7 +232,7 @@ async fn shutdown_drains_refuses_new_tasks_and_reports_not_serving() {
         serving.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-    let dispatch = h.daemon.dispatch.clone();
+    let table = h.daemon.table.clone();
     let mut watch = health
         .watch(tonic_health::pb::HealthCheckRequest {
             service: "runware.v1.Runware".into(),
@@ -247,7 +247,7 @@ async fn shutdown_drains_refuses_new_tasks_and_reports_not_serving() {
         not_serving.status,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
     );
-    assert!(dispatch.is_draining());
+    assert!(table.is_draining());
     // The task in flight finishes within the drain.
     assert_eq!(running.await.unwrap().unwrap().len(), 3);
     stopping.await.unwrap();

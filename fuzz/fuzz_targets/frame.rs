@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use runwared::dispatch::{Dispatch, Gate, Limits, PreparedTask, Principal, TaskEvent};
+use runwared::dispatch::{
+    ClientConnection, Gate, Limits, PreparedTask, Principal, TaskEvent, TaskTable,
+};
 use runwared::protocol::{Inbound, TaskUuid, classify_error, parse_frame};
 use runwared::session::{Connection, ReconnectPolicy, Resume, Timing};
 use tokio::time::{Duration, Instant};
@@ -22,10 +24,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (queue, _q) = tokio::sync::mpsc::unbounded_channel();
-    let dispatch: Arc<Dispatch> = Dispatch::new(Limits::default(), queue);
-    dispatch.set_gate(Gate::Open);
+    let table: Arc<TaskTable> = TaskTable::new(Limits::default(), queue);
+    table.set_gate(Gate::Open);
     let known = TaskUuid::parse_any(KNOWN).unwrap();
-    let mut handle = dispatch
+    let mut handle = table
         .submit(
             PreparedTask {
                 uuid: known,
@@ -35,12 +37,12 @@ fuzz_target!(|data: &[u8]| {
                 label: "promptEnhance",
                 owner: Principal::Tcp,
             },
-            None,
+            &ClientConnection::default(),
         )
         .unwrap();
     // Routed exactly as the upstream loop routes a message; what is not a
     // task's comes back.
-    let rest = dispatch.route_frame(items, None);
+    let rest = table.route_frame(items, None);
     for item in &rest {
         if let Inbound::UntargetedError(e) | Inbound::TaskError { error: e, .. } = item {
             let _ = classify_error(&e.code);
@@ -67,7 +69,10 @@ fuzz_target!(|data: &[u8]| {
     while let Ok(event) = handle.events.try_recv() {
         if let TaskEvent::Result { item, .. } = event {
             let v: serde_json::Value = serde_json::from_str(&item).expect("a routed item is JSON");
-            let named = v.get("taskUUID").and_then(|t| t.as_str()).and_then(TaskUuid::parse_any);
+            let named = v
+                .get("taskUUID")
+                .and_then(|t| t.as_str())
+                .and_then(TaskUuid::parse_any);
             assert_eq!(named, Some(known), "{item}");
         }
     }

@@ -10,7 +10,7 @@
 //! A task ends in exactly one of two ways: all its expected results, or one
 //! error. Until then it is *in flight*. Its results are kept for
 //! `retention` after it ends, or after its last watching client went away
-//! while it was still running, so a client can [`Dispatch::attach`] and
+//! while it was still running, so a client can [`TaskTable::attach`] and
 //! receive them all (those already delivered included). An explicit cancel
 //! releases a task at once; results that arrive for a task no longer in the
 //! table are dropped and counted, never given to anyone.
@@ -272,7 +272,7 @@ impl Task {
 }
 
 /// The table. Shared by the gRPC services and the upstream task.
-pub struct Dispatch {
+pub struct TaskTable {
     /// Every task the table holds, in flight or kept for `Attach`; sharded,
     /// so clients and the upstream reader rarely wait on each other. Boxed:
     /// a slot is 24 bytes, not the task's 272, so the table's growth moves
@@ -295,14 +295,14 @@ pub struct Dispatch {
     connection: AtomicU64,
     /// Numbers upstream messages: where one `getResponse` answer ends.
     message: AtomicU64,
-    /// Numbers tagged watches ([`Dispatch::submit_tagged`]).
+    /// Numbers tagged watches ([`TaskTable::submit_tagged`]).
     watches: AtomicU64,
     /// Set on SIGTERM: new tasks are refused while those in flight finish.
     draining: AtomicBool,
     /// Idle tasks, oldest first, for retention ([`retention`]).
     idle: std::sync::Mutex<retention::IdleQueue>,
     /// What changed for the state file since it was last written; kept
-    /// only while a state directory is in use ([`Dispatch::start_journal`]).
+    /// only while a state directory is in use ([`TaskTable::start_journal`]).
     changes: std::sync::Mutex<Vec<StateChange>>,
     /// Whether `changes` is kept (a state directory is in use).
     journaling: AtomicBool,
@@ -318,9 +318,9 @@ pub struct Dispatch {
     metrics: TaskMetrics,
 }
 
-impl Dispatch {
+impl TaskTable {
     pub fn new(limits: Limits, queue: mpsc::UnboundedSender<TaskUuid>) -> Arc<Self> {
-        Arc::new(Dispatch {
+        Arc::new(TaskTable {
             tasks: DashMap::new(),
             in_flight: AtomicUsize::new(0),
             unsent: AtomicUsize::new(0),
@@ -371,30 +371,30 @@ impl Dispatch {
         e
     }
 
-    /// Accepts a task and queues it for the upstream socket. `conn` counts
-    /// the tasks of one client connection.
+    /// Accepts a task sent on the client connection `conn` (which counts
+    /// its tasks in flight) and queues it for the upstream socket.
     pub fn submit(
         self: &Arc<Self>,
         task: PreparedTask,
-        conn: Option<&ClientConnection>,
+        conn: &ClientConnection,
     ) -> Result<TaskHandle, SubmitError> {
         let (tx, rx) = events();
-        let (uuid, expected) = (task.uuid, task.expected);
+        let (uuid, expected, asynchronous) = (task.uuid, task.expected, task.asynchronous);
         let conn = self.admit(task, conn, Watcher::Own(tx))?;
-        Ok(self.handle(uuid, expected, rx, conn))
+        Ok(self.handle(uuid, (expected, asynchronous), rx, Some(conn)))
     }
 
-    /// Accepts a task like [`Dispatch::submit`], its events going to a
+    /// Accepts a task like [`TaskTable::submit`], its events going to a
     /// channel shared by many tasks (one client's), each tagged with its
     /// taskUUID: no channel or forwarding task per task.
     pub fn submit_tagged(
         self: &Arc<Self>,
         task: PreparedTask,
-        conn: Option<&ClientConnection>,
+        conn: &ClientConnection,
         events: &TaggedSender,
     ) -> Result<Watch, SubmitError> {
         let watch = self.watches.fetch_add(1, Ordering::Relaxed);
-        let (uuid, expected) = (task.uuid, task.expected);
+        let (uuid, expected, asynchronous) = (task.uuid, task.expected, task.asynchronous);
         let watcher = Watcher::Tagged {
             tx: events.clone(),
             watch,
@@ -403,12 +403,13 @@ impl Dispatch {
         Ok(Watch {
             uuid,
             expected,
+            asynchronous,
             guard: WatchGuard {
-                dispatch: Arc::clone(self),
+                table: Arc::clone(self),
                 uuid,
                 watch: Some(watch),
                 ended: false,
-                _conn: conn,
+                _conn: Some(conn),
             },
         })
     }
@@ -418,9 +419,9 @@ impl Dispatch {
     fn admit(
         self: &Arc<Self>,
         task: PreparedTask,
-        conn: Option<&ClientConnection>,
+        conn: &ClientConnection,
         watcher: Watcher,
-    ) -> Result<Option<ConnectionGuard>, SubmitError> {
+    ) -> Result<ConnectionGuard, SubmitError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(SubmitError::Draining);
         }
@@ -447,13 +448,9 @@ impl Dispatch {
         if !ready && self.unsent.load(Ordering::Acquire) >= self.limits.max_queued {
             return Err(self.refuse(SubmitError::QueueFull(self.limits.max_queued)));
         }
-        let conn_guard = match conn {
-            Some(c) => Some(
-                c.reserve(self.limits.max_in_flight_per_connection)
-                    .map_err(|e| self.refuse(e))?,
-            ),
-            None => None,
-        };
+        let conn_guard = conn
+            .reserve(self.limits.max_in_flight_per_connection)
+            .map_err(|e| self.refuse(e))?;
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limits.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(SubmitError::TooManyInFlight(self.limits.max_in_flight)));
@@ -504,16 +501,17 @@ impl Dispatch {
     fn handle(
         self: &Arc<Self>,
         uuid: TaskUuid,
-        expected: u32,
+        (expected, asynchronous): (u32, bool),
         events: Events,
         conn: Option<ConnectionGuard>,
     ) -> TaskHandle {
         TaskHandle {
             uuid,
             expected,
+            asynchronous,
             events,
             guard: WatchGuard {
-                dispatch: Arc::clone(self),
+                table: Arc::clone(self),
                 uuid,
                 watch: None,
                 ended: false,
@@ -555,9 +553,9 @@ impl Dispatch {
             task.watchers.push(Watcher::Own(tx));
             task.idle_since = None;
         }
-        let expected = task.expected;
+        let shape = (task.expected, task.asynchronous);
         drop(task);
-        Ok(self.handle(uuid, expected, rx, None))
+        Ok(self.handle(uuid, shape, rx, None))
     }
 
     /// Releases a task at once (a client's explicit cancel).
@@ -959,9 +957,9 @@ impl Dispatch {
     }
 }
 
-impl std::fmt::Debug for Dispatch {
+impl std::fmt::Debug for TaskTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatch")
+        f.debug_struct("TaskTable")
             .field("in_flight", &self.in_flight())
             .field("known", &self.known())
             .field("polling", &self.polling())
@@ -1047,7 +1045,7 @@ pub type TaggedSender = mpsc::UnboundedSender<(TaskUuid, TaskEvent)>;
 enum Watcher {
     /// A handle's own channel ([`TaskHandle::events`]).
     Own(EventSender),
-    /// A shared channel ([`Dispatch::submit_tagged`]); `watch` tells this
+    /// A shared channel ([`TaskTable::submit_tagged`]); `watch` tells this
     /// watch from the others on the same channel.
     Tagged { tx: TaggedSender, watch: u64 },
 }
@@ -1104,19 +1102,21 @@ pub struct Empty;
 pub struct TaskHandle {
     pub uuid: TaskUuid,
     pub expected: u32,
+    /// Its results come by `getResponse` (`deliveryMethod: "async"`).
+    pub asynchronous: bool,
     pub events: Events,
     guard: WatchGuard,
 }
 
 impl TaskHandle {
     /// The table this task belongs to.
-    pub fn dispatch(&self) -> &Arc<Dispatch> {
-        &self.guard.dispatch
+    pub fn table(&self) -> &Arc<TaskTable> {
+        &self.guard.table
     }
 }
 
 struct WatchGuard {
-    dispatch: Arc<Dispatch>,
+    table: Arc<TaskTable>,
     uuid: TaskUuid,
     /// A tagged watcher's number; `None` for a task's own channel.
     watch: Option<u64>,
@@ -1128,13 +1128,13 @@ struct WatchGuard {
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         if !self.ended {
-            self.dispatch.unwatched(&self.uuid, self.watch);
+            self.table.unwatched(&self.uuid, self.watch);
         }
     }
 }
 
 /// A client's watch on a task whose events go to a shared, tagged channel
-/// ([`Dispatch::submit_tagged`]). Dropping it stops the watch: a task in
+/// ([`TaskTable::submit_tagged`]). Dropping it stops the watch: a task in
 /// flight then counts as abandoned, its results kept for `Attach`. The drop
 /// looks the task up in the table, unless the task ended ([`Watch::ended`]).
 /// The table calls no one (it only sends into channels), so a watch may be
@@ -1143,6 +1143,8 @@ pub struct Watch {
     pub uuid: TaskUuid,
     /// Results that complete it.
     pub expected: u32,
+    /// Its results come by `getResponse` (`deliveryMethod: "async"`).
+    pub asynchronous: bool,
     guard: WatchGuard,
 }
 
@@ -1170,9 +1172,9 @@ pub(crate) mod testing {
     use super::*;
 
     /// A table whose connection is ready; what it queues goes nowhere.
-    pub fn table() -> Arc<Dispatch> {
+    pub fn table() -> Arc<TaskTable> {
         let (queue, _) = mpsc::unbounded_channel();
-        let d = Dispatch::new(Limits::default(), queue);
+        let d = TaskTable::new(Limits::default(), queue);
         d.set_gate(Gate::Open);
         d
     }
@@ -1196,9 +1198,9 @@ mod tests {
     use super::*;
 
     /// A table whose connection is ready.
-    fn setup(limits: Limits) -> (Arc<Dispatch>, mpsc::UnboundedReceiver<TaskUuid>) {
+    fn setup(limits: Limits) -> (Arc<TaskTable>, mpsc::UnboundedReceiver<TaskUuid>) {
         let (qtx, qrx) = mpsc::unbounded_channel();
-        let d = Dispatch::new(limits, qtx);
+        let d = TaskTable::new(limits, qtx);
         d.set_gate(Gate::Open);
         (d, qrx)
     }
@@ -1210,13 +1212,13 @@ mod tests {
         kept(&RawValue::from_string(s.to_owned()).unwrap(), None)
     }
 
-    fn send(d: &Dispatch, uuid: &TaskUuid) {
+    fn send(d: &TaskTable, uuid: &TaskUuid) {
         let mut frame = String::new();
         assert!(d.append_for_send(uuid, &mut frame));
     }
 
     /// One `getResponse` answer: its items in one message.
-    fn answer(d: &Dispatch, uuid: TaskUuid, items: &[(&str, Option<&str>)]) {
+    fn answer(d: &TaskTable, uuid: TaskUuid, items: &[(&str, Option<&str>)]) {
         d.message.fetch_add(1, Ordering::AcqRel);
         for (item, id) in items {
             d.deliver(uuid, raw(item), *id, Received::Answered);
@@ -1275,14 +1277,14 @@ mod tests {
     fn a_tasks_results_take_the_room_it_expects_and_no_more_than_a_bound() {
         let (d, _q) = setup(Limits::default());
         let room = |uuid: &TaskUuid| d.tasks.get(uuid).unwrap().results.capacity();
-        let one = d.submit(task(1), None).unwrap();
+        let one = d.submit(task(1), &ClientConnection::default()).unwrap();
         d.deliver(one.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
         assert_eq!(room(&one.uuid), 1);
-        let three = d.submit(task(3), None).unwrap();
+        let three = d.submit(task(3), &ClientConnection::default()).unwrap();
         d.deliver(three.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
         assert_eq!(room(&three.uuid), 3);
         let many = RESULTS_AT_FIRST as u32 + 8;
-        let big = d.submit(task(many), None).unwrap();
+        let big = d.submit(task(many), &ClientConnection::default()).unwrap();
         d.deliver(big.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
         assert_eq!(room(&big.uuid), RESULTS_AT_FIRST);
         for _ in 1..many {
@@ -1303,7 +1305,7 @@ mod tests {
             retention: Duration::ZERO,
             ..Limits::default()
         });
-        let h = off.submit(task(1), None).unwrap();
+        let h = off.submit(task(1), &ClientConnection::default()).unwrap();
         off.deliver(h.uuid, raw(&item), None, Received::Pushed);
         assert_eq!((off.known(), off.retained_bytes()), (0, 0));
 
@@ -1313,7 +1315,7 @@ mod tests {
         });
         let mut handles = Vec::new();
         for _ in 0..40 {
-            let h = on.submit(task(1), None).unwrap();
+            let h = on.submit(task(1), &ClientConnection::default()).unwrap();
             on.deliver(h.uuid, raw(&item), None, Received::Pushed);
             assert!(
                 on.retained_bytes() <= 9 * item.len(),
@@ -1329,9 +1331,15 @@ mod tests {
     fn tagged_watches_share_one_channel_and_end_one_by_one() {
         let (d, _q) = setup(Limits::default());
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let a = d.submit_tagged(task(2), None, &tx).unwrap();
-        let b = d.submit_tagged(task(1), None, &tx).unwrap();
-        let c = d.submit_tagged(task(1), None, &tx).unwrap();
+        let a = d
+            .submit_tagged(task(2), &ClientConnection::default(), &tx)
+            .unwrap();
+        let b = d
+            .submit_tagged(task(1), &ClientConnection::default(), &tx)
+            .unwrap();
+        let c = d
+            .submit_tagged(task(1), &ClientConnection::default(), &tx)
+            .unwrap();
         d.deliver(a.uuid, raw(r#"{"text":"a1"}"#), None, Received::Pushed);
         d.deliver(b.uuid, raw(r#"{"text":"b"}"#), None, Received::Pushed);
         let mut tagged = || match rx.try_recv().unwrap() {
@@ -1357,7 +1365,7 @@ mod tests {
     #[test]
     fn results_complete_after_expected_and_later_ones_are_counted() {
         let (d, mut q) = setup(Limits::default());
-        let mut h = d.submit(task(2), None).unwrap();
+        let mut h = d.submit(task(2), &ClientConnection::default()).unwrap();
         assert_eq!(q.try_recv().unwrap(), h.uuid);
         d.deliver(h.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
         d.deliver(h.uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
@@ -1373,7 +1381,7 @@ mod tests {
     #[test]
     fn duplicate_result_ids_are_dropped() {
         let (d, _q) = setup(Limits::default());
-        let mut h = d.submit(task(2), None).unwrap();
+        let mut h = d.submit(task(2), &ClientConnection::default()).unwrap();
         d.deliver(
             h.uuid,
             raw(r#"{"imageUUID":"x"}"#),
@@ -1403,8 +1411,8 @@ mod tests {
     #[test]
     fn errors_go_only_to_their_task() {
         let (d, _q) = setup(Limits::default());
-        let mut a = d.submit(task(1), None).unwrap();
-        let mut b = d.submit(task(1), None).unwrap();
+        let mut a = d.submit(task(1), &ClientConnection::default()).unwrap();
+        let mut b = d.submit(task(1), &ClientConnection::default()).unwrap();
         d.fail(
             a.uuid,
             RunwareError {
@@ -1427,8 +1435,8 @@ mod tests {
             code: "conflictTaskUUID".into(),
             ..Default::default()
         };
-        let mut fresh = d.submit(task(1), None).unwrap();
-        let mut resent = d.submit(task(1), None).unwrap();
+        let mut fresh = d.submit(task(1), &ClientConnection::default()).unwrap();
+        let mut resent = d.submit(task(1), &ClientConnection::default()).unwrap();
         send(&d, &fresh.uuid);
         send(&d, &resent.uuid);
         assert_eq!(d.on_session(true).len(), 2);
@@ -1459,19 +1467,19 @@ mod tests {
         let conn = ClientConnection::default();
         let t = task(1);
         let uuid = t.uuid;
-        let _a = d.submit(t.clone(), Some(&conn)).unwrap();
+        let _a = d.submit(t.clone(), &conn).unwrap();
         assert_eq!(
-            d.submit(t, None).err(),
+            d.submit(t, &ClientConnection::default()).err(),
             Some(SubmitError::AlreadyKnown(uuid))
         );
-        let _b = d.submit(task(1), Some(&conn)).unwrap();
+        let _b = d.submit(task(1), &conn).unwrap();
         assert_eq!(
-            d.submit(task(1), Some(&conn)).err(),
+            d.submit(task(1), &conn).err(),
             Some(SubmitError::TooManyForConnection(2))
         );
-        let _c = d.submit(task(1), None).unwrap();
+        let _c = d.submit(task(1), &ClientConnection::default()).unwrap();
         assert_eq!(
-            d.submit(task(1), None).err(),
+            d.submit(task(1), &ClientConnection::default()).err(),
             Some(SubmitError::TooManyInFlight(3))
         );
         let big = PreparedTask {
@@ -1479,7 +1487,7 @@ mod tests {
             ..task(1)
         };
         assert!(matches!(
-            d.submit(big, None),
+            d.submit(big, &ClientConnection::default()),
             Err(SubmitError::TooLarge {
                 size: 101,
                 limit: 100
@@ -1514,9 +1522,12 @@ mod tests {
             t.payload = format!("{}{}", t.payload, " ".repeat(n)).into();
             t
         };
-        let a = d.submit(big(500), None).unwrap();
+        let a = d.submit(big(500), &ClientConnection::default()).unwrap();
         assert!(d.held_bytes() > 500);
-        let e = d.submit(big(500), None).err().unwrap();
+        let e = d
+            .submit(big(500), &ClientConnection::default())
+            .err()
+            .unwrap();
         assert_eq!(e, SubmitError::MemoryBudget { limit: 1000 });
         assert!(e.to_string().contains("max_memory_bytes"), "{e}");
         // The first ends with a 300-byte result: its JSON goes, the result
@@ -1524,14 +1535,14 @@ mod tests {
         let result = format!(r#"{{"text":"{}"}}"#, "r".repeat(290));
         d.deliver(a.uuid, raw(&result), None, Received::Pushed);
         assert_eq!(d.held_bytes(), result.len());
-        let b = d.submit(big(500), None).unwrap();
+        let b = d.submit(big(500), &ClientConnection::default()).unwrap();
         assert!(d.attach(a.uuid, Principal::Tcp).is_ok());
         // Now the ended task's result is let go to make room.
-        let _c = d.submit(big(300), None).unwrap();
+        let _c = d.submit(big(300), &ClientConnection::default()).unwrap();
         assert!(d.attach(a.uuid, Principal::Tcp).is_err());
         // Tasks in flight are never let go: the next is refused.
         assert!(matches!(
-            d.submit(big(300), None),
+            d.submit(big(300), &ClientConnection::default()),
             Err(SubmitError::MemoryBudget { .. })
         ));
         assert!(d.attach(b.uuid, Principal::Tcp).is_ok());
@@ -1546,15 +1557,15 @@ mod tests {
         };
         let (d, _q) = setup(limits);
         d.set_gate(Gate::default());
-        let a = d.submit(task(1), None).unwrap();
-        let _b = d.submit(task(1), None).unwrap();
+        let a = d.submit(task(1), &ClientConnection::default()).unwrap();
+        let _b = d.submit(task(1), &ClientConnection::default()).unwrap();
         assert_eq!(
-            d.submit(task(1), None).err(),
+            d.submit(task(1), &ClientConnection::default()).err(),
             Some(SubmitError::QueueFull(2))
         );
         send(&d, &a.uuid);
         assert!(
-            d.submit(task(1), None).is_ok(),
+            d.submit(task(1), &ClientConnection::default()).is_ok(),
             "a sent task leaves the queue"
         );
     }
@@ -1562,7 +1573,7 @@ mod tests {
     #[test]
     fn a_client_leaving_keeps_the_results_for_attach() {
         let (d, _q) = setup(Limits::default());
-        let h = d.submit(task(3), None).unwrap();
+        let h = d.submit(task(3), &ClientConnection::default()).unwrap();
         let uuid = h.uuid;
         d.deliver(uuid, raw(r#"{"text":"a"}"#), None, Received::Pushed);
         drop(h);
@@ -1595,7 +1606,7 @@ mod tests {
             ..Limits::default()
         };
         let (d, _q) = setup(limits);
-        let a = d.submit(task(1), None).unwrap();
+        let a = d.submit(task(1), &ClientConnection::default()).unwrap();
         d.deliver(
             a.uuid,
             raw(r#"{"text":"aaaaaaaaaaaa"}"#),
@@ -1603,7 +1614,7 @@ mod tests {
             Received::Pushed,
         );
         tokio::time::advance(Duration::from_secs(1)).await;
-        let b = d.submit(task(1), None).unwrap();
+        let b = d.submit(task(1), &ClientConnection::default()).unwrap();
         d.deliver(
             b.uuid,
             raw(r#"{"text":"bbbbbbbbbbbb"}"#),
@@ -1614,7 +1625,7 @@ mod tests {
         // Over 30 bytes: the oldest ended task goes first.
         assert!(d.attach(a.uuid, Principal::Tcp).is_err());
         assert!(d.attach(b.uuid, Principal::Tcp).is_ok());
-        let c = d.submit(task(2), None).unwrap();
+        let c = d.submit(task(2), &ClientConnection::default()).unwrap();
         let c_uuid = c.uuid;
         drop(c);
         tokio::time::advance(Duration::from_secs(61)).await;
@@ -1636,9 +1647,9 @@ mod tests {
         let at = move |s: u64| tokio::time::sleep_until(start + Duration::from_secs(s));
         // a ends at 0 s, b at 10 s; c's client leaves at 20 s, attaches
         // again at 30 s and leaves for good at 40 s.
-        let a = d.submit(task(1), None).unwrap();
-        let b = d.submit(task(1), None).unwrap();
-        let c = d.submit(task(1), None).unwrap();
+        let a = d.submit(task(1), &ClientConnection::default()).unwrap();
+        let b = d.submit(task(1), &ClientConnection::default()).unwrap();
+        let c = d.submit(task(1), &ClientConnection::default()).unwrap();
         let c_uuid = c.uuid;
         d.deliver(a.uuid, raw("{}"), None, Received::Pushed);
         at(10).await;
@@ -1719,7 +1730,7 @@ mod tests {
                     let now = Instant::now();
                     match op {
                         IdleOp::Submit => {
-                            let h = d.submit(task(1), None).unwrap();
+                            let h = d.submit(task(1), &ClientConnection::default()).unwrap();
                             tasks.push((h.uuid, vec![h], None, true));
                         }
                         IdleOp::End(i) => {
@@ -1779,7 +1790,7 @@ mod tests {
     #[test]
     fn cancel_releases_at_once() {
         let (d, _q) = setup(Limits::default());
-        let h = d.submit(task(3), None).unwrap();
+        let h = d.submit(task(3), &ClientConnection::default()).unwrap();
         assert!(d.cancel(&h.uuid));
         assert_eq!(d.in_flight(), 0);
         d.deliver(h.uuid, raw("{}"), None, Received::Pushed);
@@ -1789,8 +1800,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_session_recovers_sent_tasks_by_polling() {
         let (d, _q) = setup(Limits::default());
-        let mut sent = d.submit(task(3), None).unwrap();
-        let unsent = d.submit(task(1), None).unwrap();
+        let mut sent = d.submit(task(3), &ClientConnection::default()).unwrap();
+        let unsent = d.submit(task(1), &ClientConnection::default()).unwrap();
         send(&d, &sent.uuid);
         d.deliver(
             sent.uuid,
@@ -1848,7 +1859,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn recovery_takes_each_missing_result_once_whatever_the_order() {
         let (d, _q) = setup(Limits::default());
-        let mut h = d.submit(task(4), None).unwrap();
+        let mut h = d.submit(task(4), &ClientConnection::default()).unwrap();
         send(&d, &h.uuid);
         // Pushed out of order: the third version came first.
         d.deliver(h.uuid, raw(r#"{"text":"v2"}"#), None, Received::Pushed);
@@ -1892,7 +1903,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn steps_are_delivered_once_and_only_ready_completes() {
         let (d, _q) = setup(Limits::default());
-        let mut h = d.submit(task(1), None).unwrap();
+        let mut h = d.submit(task(1), &ClientConnection::default()).unwrap();
         send(&d, &h.uuid);
         let step = |s: &str| format!(r#"{{"air":"a","status":"{s}"}}"#);
         for s in ["validated", "downloaded"] {
@@ -1931,7 +1942,7 @@ mod tests {
     #[test]
     fn a_task_the_server_never_got_is_sent_again_under_its_own_uuid() {
         let (d, mut q) = setup(Limits::default());
-        let h = d.submit(task(1), None).unwrap();
+        let h = d.submit(task(1), &ClientConnection::default()).unwrap();
         q.try_recv().unwrap();
         send(&d, &h.uuid);
         d.on_session(false);
@@ -1967,9 +1978,9 @@ mod tests {
         )
         .unwrap();
         store.save(None, &[]).unwrap();
-        let done = d.submit(task(1), None).unwrap();
-        let sent = d.submit(task(2), None).unwrap();
-        let queued = d.submit(task(1), None).unwrap();
+        let done = d.submit(task(1), &ClientConnection::default()).unwrap();
+        let sent = d.submit(task(2), &ClientConnection::default()).unwrap();
+        let queued = d.submit(task(1), &ClientConnection::default()).unwrap();
         send(&d, &done.uuid);
         send(&d, &sent.uuid);
         d.deliver(done.uuid, raw(r#"{"text":"x"}"#), None, Received::Pushed);
@@ -1992,8 +2003,8 @@ mod tests {
     #[test]
     fn snapshot_and_restore() {
         let (d, _q) = setup(Limits::default());
-        let a = d.submit(task(2), None).unwrap();
-        let _b = d.submit(task(1), None).unwrap();
+        let a = d.submit(task(2), &ClientConnection::default()).unwrap();
+        let _b = d.submit(task(1), &ClientConnection::default()).unwrap();
         send(&d, &a.uuid);
         let saved = d.snapshot();
         assert_eq!(saved.len(), 2);
@@ -2008,7 +2019,7 @@ mod tests {
     #[test]
     fn auth_rejected_fails_everyone_and_refuses_new_tasks() {
         let (d, _q) = setup(Limits::default());
-        let mut h = d.submit(task(1), None).unwrap();
+        let mut h = d.submit(task(1), &ClientConnection::default()).unwrap();
         d.fail_all(FailureKind::UpstreamAuthRejected, "bad key");
         assert_eq!(
             failure(h.events.try_recv().unwrap()).kind,
@@ -2017,11 +2028,14 @@ mod tests {
         d.set_gate(Gate::KeyRejected(
             "Runware rejected the daemon's API key (invalidApiKey: nope)".into(),
         ));
-        match d.submit(task(1), None) {
+        match d.submit(task(1), &ClientConnection::default()) {
             Err(SubmitError::AuthRejected(m)) => assert!(m.contains("invalidApiKey: nope"), "{m}"),
             other => panic!("{:?}", other.err()),
         }
         d.start_draining();
-        assert_eq!(d.submit(task(1), None).err(), Some(SubmitError::Draining));
+        assert_eq!(
+            d.submit(task(1), &ClientConnection::default()).err(),
+            Some(SubmitError::Draining)
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Dispatch {
+impl TaskTable {
     /// Starts keeping the changes a state file needs (a state directory is
     /// in use).
     pub fn start_journal(&self) {

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Dispatch {
+impl TaskTable {
     pub(super) fn timing(&self) -> PollTiming {
         PollTiming {
             min: self.limits.poll_min,

@@ -23,7 +23,7 @@ pub(super) struct IdleQueue {
     left: VecDeque<(Instant, TaskUuid)>,
 }
 
-impl Dispatch {
+impl TaskTable {
     /// The idle queue. Locked alone: never while waiting for the table.
     fn idle(&self) -> std::sync::MutexGuard<'_, IdleQueue> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())

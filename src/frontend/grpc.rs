@@ -1,10 +1,9 @@
 //! The gRPC services: conversions between `runware.v1` messages and Runware
 //! task JSON, and between task outcomes and gRPC statuses. Nothing else:
-//! tasks live in [`Dispatch`].
+//! tasks live in [`TaskTable`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Bytes;
@@ -20,19 +19,18 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::dispatch::{
-    ClientConnection, Dispatch, FailureKind, Gate, PreparedTask, SubmitError, TaggedSender,
-    TaskEvent, TaskFailure, TaskHandle, Watch,
+    ClientConnection, FailureKind, Gate, SubmitError, TaskEvent, TaskFailure, TaskHandle, TaskTable,
 };
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
 use crate::session::UpstreamStatus;
 use crate::status::StatusSnapshot;
 
-use super::watched::{self, Watched, Woken};
-use super::{
-    ClientTask, MAX_JSON_ELEMENTS, ObjectError, api_key_field, check_task, json_elements_within,
-    prepare, task_object,
+use super::intake::{
+    ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, api_key_field, check_task,
+    json_elements_within, task_object,
 };
+use super::watched::{self, Watched, Woken};
 pub use crate::dispatch::MAX_EXPECTED_RESULTS;
 
 /// Ends our deadline just before the client's, so the client receives our
@@ -42,7 +40,8 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
 /// The `runware.v1.Runware` service.
 #[derive(Clone)]
 pub struct RunwareService {
-    dispatch: Arc<Dispatch>,
+    /// Where tasks go in (and the table they go into).
+    intake: Intake,
     /// The connection's status, for `GetStatus`.
     status: watch::Receiver<UpstreamStatus>,
     /// Deadline of tasks whose client sent no `grpc-timeout`.
@@ -50,23 +49,16 @@ pub struct RunwareService {
     /// Shown in `GetStatus`.
     upstream_url: String,
     simulated: bool,
-    /// Task types the daemon runs with async delivery.
-    async_task_types: Arc<[String]>,
 }
 
 impl RunwareService {
-    pub fn new(
-        dispatch: Arc<Dispatch>,
-        status: watch::Receiver<UpstreamStatus>,
-        config: &Config,
-    ) -> Self {
+    pub fn new(intake: Intake, status: watch::Receiver<UpstreamStatus>, config: &Config) -> Self {
         RunwareService {
-            dispatch,
+            intake,
             status,
             default_timeout: config.default_task_timeout,
             upstream_url: config.upstream_url.clone(),
             simulated: config.simulate,
-            async_task_types: config.async_task_types.clone().into(),
         }
     }
 
@@ -94,7 +86,13 @@ impl RunwareService {
         // Each task's deadline counts from its own submit: a long-lived
         // stream must not age its new tasks.
         let stream_deadline = client_deadline(request.metadata());
-        let conn = connection(&request);
+        let conn = match connection(&request) {
+            Ok(c) => c,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
         let mut inbound = request.into_inner();
         let mut inbound_open = true;
         // The stream's tasks: their events come tagged on one channel, and
@@ -122,7 +120,7 @@ impl RunwareService {
                     }
                     Woken::Deadline => {
                         for r in tasks.expire(Instant::now()) {
-                            let status = deadline_status_of(&self.dispatch, &r.uuid, r.meta.received, r.meta.expected);
+                            let status = deadline_status_of(self.intake.table(), &r.uuid, r.meta.received, r.meta.expected);
                             out.push(session_event(&r.uuid, &r.meta.request_id, Event::Error(task_error(&status))));
                         }
                     }
@@ -148,7 +146,7 @@ impl RunwareService {
                                 // An explicit cancel releases the task itself
                                 // (first: the watch then finds it gone, and the
                                 // task is counted cancelled, not abandoned).
-                                self.dispatch.cancel(&r.uuid);
+                                self.intake.table().cancel(&r.uuid);
                                 drop(r.watch);
                                 out.push(session_event(&r.uuid, "", Event::Error(pb::TaskError {
                                     grpc_code: Code::Cancelled as i32,
@@ -170,7 +168,7 @@ impl RunwareService {
                                     .as_ref()
                                     .ok_or_else(|| Status::invalid_argument("submit.task is required"))
                                     .and_then(run_task)?;
-                                let watch = self.submit_tagged(task, conn.as_ref(), deadline, &events_tx)?;
+                                let watch = self.intake.submit_tagged(&conn, task, None, deadline, &events_tx).map_err(not_taken_status)?;
                                 Ok((watch, deadline))
                             });
                         out.push(match started {
@@ -218,52 +216,13 @@ impl RunwareService {
         let own = Instant::now() + timeout;
         Ok(stream.map_or(own, |s| s.min(own)))
     }
+}
 
-    /// Accepts a task unless its deadline has passed already: then nothing
-    /// is sent upstream (nor paid for).
-    fn submit(
-        &self,
-        t: ClientTask,
-        conn: Option<&ClientConnection>,
-        deadline: Instant,
-    ) -> Result<TaskHandle, Status> {
-        let prepared = self.prepare_in_time(t, conn, deadline)?;
-        self.dispatch.submit(prepared, conn).map_err(submit_status)
-    }
-
-    /// As [`RunwareService::submit`], the task's events going to a
-    /// stream's tagged channel.
-    fn submit_tagged(
-        &self,
-        t: ClientTask,
-        conn: Option<&ClientConnection>,
-        deadline: Instant,
-        events: &TaggedSender,
-    ) -> Result<Watch, Status> {
-        let prepared = self.prepare_in_time(t, conn, deadline)?;
-        self.dispatch
-            .submit_tagged(prepared, conn, events)
-            .map_err(submit_status)
-    }
-
-    /// The task as the table takes it ([`prepare`]), unless its deadline
-    /// has passed.
-    fn prepare_in_time(
-        &self,
-        t: ClientTask,
-        conn: Option<&ClientConnection>,
-        deadline: Instant,
-    ) -> Result<PreparedTask, Status> {
-        if deadline <= Instant::now() {
-            return Err(Status::deadline_exceeded(
-                "the deadline passed before the task could be sent; nothing was sent to Runware",
-            ));
-        }
-        Ok(prepare(
-            t,
-            &self.async_task_types,
-            conn.map(|c| c.principal).unwrap_or_default(),
-        ))
+/// The status for a task the intake did not take.
+fn not_taken_status(e: NotTaken) -> Status {
+    match e {
+        NotTaken::Late => Status::deadline_exceeded(e.to_string()),
+        NotTaken::Refused(e) => submit_status(e),
     }
 }
 
@@ -282,15 +241,20 @@ fn submit_status(e: SubmitError) -> Status {
     }
 }
 
-/// The client connection's task counter, put there by the listener.
-fn connection<T>(request: &Request<T>) -> Option<ClientConnection> {
-    request.extensions().get::<ClientConnection>().cloned()
+/// The client connection a request came on (who it is, its tasks in
+/// flight), put there by the listener, which every request passes.
+fn connection<T>(request: &Request<T>) -> Result<ClientConnection, Status> {
+    request
+        .extensions()
+        .get::<ClientConnection>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the request came on no client connection of the daemon"))
 }
 
 /// Checks a typed request's task against the documented limits before it
 /// leaves the host; the error names the proto field.
 fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Status> {
-    super::check_documented_limits(task).map_err(|r| {
+    super::intake::check_documented_limits(task).map_err(|r| {
         Status::invalid_argument(format!("{}: {}", snake_case(&r.parameter), r.detail))
     })
 }
@@ -382,17 +346,12 @@ async fn next_item(
 
 /// At the deadline: DEADLINE_EXCEEDED, or UNAVAILABLE if the socket is down.
 fn deadline_status(handle: &TaskHandle, received: u32) -> Status {
-    deadline_status_of(handle.dispatch(), &handle.uuid, received, handle.expected)
+    deadline_status_of(handle.table(), &handle.uuid, received, handle.expected)
 }
 
 /// At a task's deadline, with `received` of its `expected` results.
-fn deadline_status_of(
-    dispatch: &Dispatch,
-    uuid: &TaskUuid,
-    received: u32,
-    expected: u32,
-) -> Status {
-    let why = match dispatch.gate() {
+fn deadline_status_of(table: &TaskTable, uuid: &TaskUuid, received: u32, expected: u32) -> Status {
+    let why = match table.gate() {
         Gate::Open => None,
         Gate::Closed { why } => Some(why.unwrap_or_else(|| "not connected yet".to_owned())),
         Gate::KeyRejected(why) => Some(why),
@@ -823,20 +782,20 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<pb::PromptEnhanceRequest>,
     ) -> Result<Response<pb::PromptEnhanceResponse>, Status> {
         let deadline = self.deadline(request.metadata());
-        let conn = connection(&request);
+        let conn = connection(&request)?;
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
         let task = prompt_enhance_task(&r);
         check_documented_limits(&task)?;
-        let mut handle = self.submit(
-            ClientTask {
-                uuid,
-                task,
-                stated_results: None,
-            },
-            conn.as_ref(),
-            deadline,
-        )?;
+        let task = ClientTask {
+            uuid,
+            task,
+            stated_results: None,
+        };
+        let mut handle = self
+            .intake
+            .submit(&conn, task, None, deadline)
+            .map_err(not_taken_status)?;
         let mut versions = Vec::with_capacity(handle.expected as usize);
         async {
             loop {
@@ -864,20 +823,20 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<pb::ImageInferenceRequest>,
     ) -> Result<Response<Self::ImageInferenceStream>, Status> {
         let deadline = self.deadline(request.metadata());
-        let conn = connection(&request);
+        let conn = connection(&request)?;
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
         let task = image_inference_task(&r)?;
         check_documented_limits(&task)?;
-        let handle = self.submit(
-            ClientTask {
-                uuid,
-                task,
-                stated_results: None,
-            },
-            conn.as_ref(),
-            deadline,
-        )?;
+        let task = ClientTask {
+            uuid,
+            task,
+            stated_results: None,
+        };
+        let handle = self
+            .intake
+            .submit(&conn, task, None, deadline)
+            .map_err(not_taken_status)?;
         let (tx, rx) = mpsc::channel(8);
         let decode = r.image_bytes;
         tokio::spawn(stream_task(
@@ -906,11 +865,11 @@ impl pb::runware_server::Runware for RunwareService {
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let deadline = self.deadline(request.metadata());
-        let handle = self.submit(
-            run_task(request.get_ref())?,
-            connection(&request).as_ref(),
-            deadline,
-        )?;
+        let conn = connection(&request)?;
+        let handle = self
+            .intake
+            .submit(&conn, run_task(request.get_ref())?, None, deadline)
+            .map_err(not_taken_status)?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, run_result));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -979,9 +938,9 @@ impl pb::runware_server::Runware for RunwareService {
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::DaemonStatus>, Status> {
         let snapshot = StatusSnapshot::take(
-            &self.dispatch,
+            self.intake.table(),
             self.status.borrow().clone(),
-            &self.dispatch.counters,
+            &self.intake.table().counters,
         );
         Ok(Response::new(
             snapshot.to_proto(&self.upstream_url, self.simulated),
@@ -999,10 +958,12 @@ impl pb::runware_server::Runware for RunwareService {
         let uuid = TaskUuid::parse_any(given).ok_or_else(|| {
             Status::invalid_argument(format!("task_uuid {given:?} is not a UUID"))
         })?;
-        let who = connection(&request)
-            .map(|c| c.principal)
-            .unwrap_or_default();
-        let handle = self.dispatch.attach(uuid, who).map_err(submit_status)?;
+        let who = connection(&request)?.principal;
+        let handle = self
+            .intake
+            .table()
+            .attach(uuid, who)
+            .map_err(submit_status)?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, run_result));
         Ok(Response::new(ReceiverStream::new(rx)))

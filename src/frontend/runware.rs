@@ -45,19 +45,21 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::watched::{self, Released, Watched, Woken};
-use super::{
-    MAX_JSON_ELEMENTS, ObjectError, Refusal, check_documented_limits, check_task, failure_error,
-    json_elements_within, prepare_from, refusal_of_submit,
+use super::intake::{
+    ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, check_documented_limits,
+    check_task, json_elements_within,
 };
+use super::refusal::{Refusal, failure_error, refusal_of, refusal_of_submit};
+use super::watched::{self, Released, Watched, Woken};
 use crate::config::BearerToken;
 use crate::counters::Counter;
 use crate::dispatch::metrics::task_type_label;
 use crate::dispatch::{
-    ClientConnection, Dispatch, PreparedTask, Principal, SubmitError, TaggedSender, TaskEvent,
-    TaskHandle,
+    ClientConnection, Principal, SubmitError, TaggedSender, TaskEvent, TaskHandle,
 };
 use crate::protocol::{RunwareError, TaskFields, TaskObject, TaskUuid};
 use crate::websocket::json_response;
@@ -78,11 +80,10 @@ pub struct RunwareEndpoint {
 }
 
 struct Inner {
-    dispatch: Arc<Dispatch>,
+    /// Where tasks go in (and the table they go into).
+    intake: Intake,
     /// The daemon's client token: a local client's `apiKey` must equal it.
     token: Option<Arc<BearerToken>>,
-    /// Task types the daemon runs with async delivery.
-    async_task_types: Vec<String>,
     /// Deadline of every task taken here.
     task_timeout: Duration,
     /// Largest message taken or sent (frames and REST bodies).
@@ -94,17 +95,15 @@ struct Inner {
 
 impl RunwareEndpoint {
     pub fn new(
-        dispatch: Arc<Dispatch>,
+        intake: Intake,
         token: Option<Arc<BearerToken>>,
-        async_task_types: Vec<String>,
         task_timeout: Duration,
         max_message_bytes: usize,
     ) -> Self {
         RunwareEndpoint {
             inner: Arc::new(Inner {
-                dispatch,
+                intake,
                 token,
-                async_task_types,
                 task_timeout,
                 max_message_bytes,
                 sessions: DashMap::new(),
@@ -209,7 +208,7 @@ impl RunwareEndpoint {
         let endpoint = self.clone();
         let config = crate::websocket::config(self.inner.max_message_bytes);
         let run = move |socket| async move {
-            endpoint.websocket(socket, client.principal, stop).await;
+            endpoint.websocket(socket, client, stop).await;
         };
         crate::websocket::upgrade(req, config, run).unwrap_or_else(|| {
             error_response(
@@ -224,7 +223,7 @@ impl RunwareEndpoint {
     async fn websocket<IO>(
         &self,
         socket: WebSocketStream<IO>,
-        principal: Principal,
+        client: ClientConnection,
         mut stop: watch::Receiver<bool>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -240,11 +239,22 @@ impl RunwareEndpoint {
             }
             let _ = sink.close().await;
         });
+        let principal = client.principal;
         let mut session: Option<Arc<LocalSession>> = None;
         loop {
             let message = tokio::select! {
                 m = tokio::time::timeout(IDLE_LIMIT, stream.next()) => match m {
                     Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(WsError::Capacity(_)))) => {
+                        // Said in the close frame, as Runware's socket would:
+                        // the client learns which limit it passed.
+                        let reason = format!(
+                            "a message is larger than the daemon's max_message_bytes ({})",
+                            self.inner.max_message_bytes
+                        );
+                        let _ = out_tx.send(Out::Close(CloseCode::Size, reason));
+                        break;
+                    }
                     _ => break,
                 },
                 _ = stop.wait_for(|s| *s) => break,
@@ -290,7 +300,7 @@ impl RunwareEndpoint {
                     "ping" => reply(data_frame(&[PONG.to_owned()])),
                     _ => match &session {
                         None => reply(errors_frame(&[not_authenticated()])),
-                        Some(s) => self.take(task, raw, task_type, s, principal),
+                        Some(s) => self.submit_from_socket(task, raw, task_type, s, &client),
                     },
                 }
             }
@@ -334,7 +344,11 @@ impl RunwareEndpoint {
             (None, _) => Ok(()),
             (Some(token), Some(g)) if token.matches(g) => Ok(()),
             (Some(_), _) => {
-                self.inner.dispatch.counters.add(Counter::Unauthenticated);
+                self.inner
+                    .intake
+                    .table()
+                    .counters
+                    .add(Counter::Unauthenticated);
                 Err(RunwareError {
                     code: "invalidApiKey".into(),
                     message: "Invalid API key: this runwared takes its client token as the API key"
@@ -351,16 +365,16 @@ impl RunwareEndpoint {
     /// submitted, and its events sent to the local session (async tasks:
     /// acknowledged at once, their results fetched with getResponse, as
     /// from Runware).
-    fn take(
+    fn submit_from_socket(
         &self,
         task: TaskObject<'_>,
         raw: &str,
         task_type: Cow<'_, str>,
         session: &Arc<LocalSession>,
-        principal: Principal,
+        client: &ClientConnection,
     ) {
         if task_type == "getResponse" {
-            let frame = match self.get_response(&task, principal, Some(session)) {
+            let frame = match self.get_response(&task, client.principal, Some(session)) {
                 Ok(items) => data_frame(&items),
                 Err(e) => errors_frame(&[e]),
             };
@@ -375,59 +389,52 @@ impl RunwareEndpoint {
         // Held across the submit: the session's forwarder, reading the
         // task's first event, finds the task already here.
         let mut tasks = session.tasks();
-        let submitted = self
-            .check(task, raw, &task_type, principal)
-            .and_then(|prepared| {
-                let asynchronous = prepared.asynchronous;
-                let uuid = prepared.uuid;
-                self.inner
-                    .dispatch
-                    .submit_tagged(prepared, None, &session.events)
-                    .map(|watch| (watch, asynchronous))
-                    .map_err(|e| submit_error(&e, &task_type, &uuid))
-            });
+        let deadline = Instant::now() + self.inner.task_timeout;
+        let submitted = self.check(task, &task_type).and_then(|checked| {
+            let uuid = checked.uuid;
+            self.inner
+                .intake
+                .submit_tagged(client, checked, Some(raw), deadline, &session.events)
+                .map_err(|e| not_taken_error(&e, &task_type, &uuid))
+        });
         match submitted {
-            Ok((watch, asynchronous)) => {
-                if asynchronous {
+            Ok(watch) => {
+                if watch.asynchronous {
                     session.deliver(data_frame(&[ack(&task_type, &watch.uuid)]));
                 }
                 let task = LocalTask {
                     task_type,
-                    asynchronous,
+                    asynchronous: watch.asynchronous,
                 };
-                tasks.insert(watch, Instant::now() + self.inner.task_timeout, task);
+                tasks.insert(watch, deadline, task);
             }
             Err(e) => session.deliver(errors_frame(&[e])),
         }
     }
 
     /// Submits one task of a REST request, watched by its own handle.
-    fn submit(
+    fn submit_from_rest(
         &self,
         task: TaskObject<'_>,
         raw: &str,
         task_type: &str,
-        principal: Principal,
-    ) -> Result<(TaskHandle, bool), RunwareError> {
-        let prepared = self.check(task, raw, task_type, principal)?;
-        let asynchronous = prepared.asynchronous;
-        let uuid = prepared.uuid;
+        client: &ClientConnection,
+    ) -> Result<TaskHandle, RunwareError> {
+        let checked = self.check(task, task_type)?;
+        let uuid = checked.uuid;
+        let deadline = Instant::now() + self.inner.task_timeout;
         self.inner
-            .dispatch
-            .submit(prepared, None)
-            .map(|h| (h, asynchronous))
-            .map_err(|e| submit_error(&e, task_type, &uuid))
+            .intake
+            .submit(client, checked, Some(raw), deadline)
+            .map_err(|e| not_taken_error(&e, task_type, &uuid))
     }
 
-    /// Checks one task, to be submitted under the client's own taskUUID;
-    /// `raw` is its text, sent as it is when the daemon adds nothing.
-    fn check(
+    /// Checks one task, to be submitted under the client's own taskUUID.
+    fn check<'a>(
         &self,
-        task: TaskObject<'_>,
-        raw: &str,
+        task: TaskObject<'a>,
         task_type: &str,
-        principal: Principal,
-    ) -> Result<PreparedTask, RunwareError> {
+    ) -> Result<ClientTask<TaskObject<'a>>, RunwareError> {
         let given_uuid = task
             .str_field("taskUUID")
             .and_then(|s| TaskUuid::parse_any(&s));
@@ -439,12 +446,7 @@ impl RunwareEndpoint {
         };
         let checked = check_task(task, true, None).map_err(refused)?;
         check_documented_limits(&checked.task).map_err(refused)?;
-        Ok(prepare_from(
-            checked,
-            Some(raw),
-            &self.inner.async_task_types,
-            principal,
-        ))
+        Ok(checked)
     }
 
     /// `getResponse` answered from the task table: every item so far with
@@ -462,10 +464,10 @@ impl RunwareEndpoint {
                 Refusal::new("invalidTaskUUID", "taskUUID", "must be a task's UUID")
                     .runware_error(Some("getResponse"), None)
             })?;
-        let dispatch = &self.inner.dispatch;
+        let table = &self.inner.intake.table();
         let refused =
             |e: SubmitError| refusal_of_submit(&e).runware_error(Some("getResponse"), Some(&uuid));
-        let mut handle = match dispatch.attach(uuid, principal) {
+        let mut handle = match table.attach(uuid, principal) {
             Ok(h) => h,
             // A task this daemon never sent: Runware may know it (made
             // elsewhere with the same account). It is followed upstream
@@ -475,10 +477,8 @@ impl RunwareEndpoint {
                     .field("numberResults")
                     .and_then(|n| n.as_u64())
                     .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
-                dispatch
-                    .follow(uuid, expected, principal)
-                    .map_err(refused)?;
-                dispatch.attach(uuid, principal).map_err(refused)?
+                table.follow(uuid, expected, principal).map_err(refused)?;
+                table.attach(uuid, principal).map_err(refused)?
             }
             Err(e) => return Err(refused(e)),
         };
@@ -563,12 +563,12 @@ impl RunwareEndpoint {
                     Ok(items) => data.extend(items),
                     Err(e) => errors.push(e),
                 },
-                _ => match self.submit(task, raw, &task_type, principal) {
-                    Ok((handle, true)) => {
+                _ => match self.submit_from_rest(task, raw, &task_type, &client) {
+                    Ok(handle) if handle.asynchronous => {
                         data.push(ack(&task_type, &handle.uuid));
                         tokio::spawn(hold(handle, Instant::now() + self.inner.task_timeout));
                     }
-                    Ok((handle, false)) => waiting.push((handle, task_type)),
+                    Ok(handle) => waiting.push((handle, task_type)),
                     Err(e) => errors.push(e),
                 },
             }
@@ -605,6 +605,8 @@ enum Out {
     /// One result item of a task, exactly as Runware sent it.
     Item(TaskUuid, bytestring::ByteString),
     Message(String),
+    /// The socket's last frame: it closes, saying why.
+    Close(CloseCode, String),
 }
 
 impl From<String> for Out {
@@ -648,6 +650,17 @@ where
                 {
                     return false;
                 }
+            }
+            Out::Close(code, reason) => {
+                let close = Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }));
+                // Nothing follows a close frame.
+                let _ = feed_joined(sink, &mut joined).await
+                    && sink.feed(close).await.is_ok()
+                    && sink.flush().await.is_ok();
+                return false;
             }
         }
     }
@@ -893,9 +906,9 @@ async fn hold(mut handle: TaskHandle, deadline: Instant) {
     }
 }
 
-/// A refusal of the task table, as Runware's error item about the task.
-fn submit_error(e: &SubmitError, task_type: &str, uuid: &TaskUuid) -> RunwareError {
-    refusal_of_submit(e).runware_error(Some(task_type), Some(uuid))
+/// A task the intake did not take, as Runware's error item about it.
+fn not_taken_error(e: &NotTaken, task_type: &str, uuid: &TaskUuid) -> RunwareError {
+    refusal_of(e).runware_error(Some(task_type), Some(uuid))
 }
 
 /// Every result of a synchronous task (REST), or its error.
@@ -1128,16 +1141,19 @@ mod tests {
     }
 
     use crate::dispatch::testing::{table, task};
+    use crate::dispatch::{ClientConnection, TaskTable};
 
     /// Inserts a session's task, watched by a real table, due at `deadline`.
     fn add_task(
         tasks: &mut SessionTasks,
-        d: &Arc<Dispatch>,
+        d: &Arc<TaskTable>,
         events: &TaggedSender,
         asynchronous: bool,
         deadline: Instant,
     ) -> TaskUuid {
-        let watch = d.submit_tagged(task(2), None, events).unwrap();
+        let watch = d
+            .submit_tagged(task(2), &ClientConnection::default(), events)
+            .unwrap();
         let uuid = watch.uuid;
         let task = LocalTask {
             task_type: Cow::Borrowed("promptEnhance"),
@@ -1242,6 +1258,7 @@ mod tests {
         let text = |o: Out| match o {
             Out::Message(m) => m,
             Out::Item(_, i) => i.to_string(),
+            Out::Close(..) => panic!("a session closes no socket"),
         };
         assert_eq!(text(rx.try_recv().unwrap()), "1");
         let replay: Vec<String> = std::iter::from_fn(|| rx2.try_recv().ok().map(text)).collect();

@@ -1,14 +1,14 @@
 //! The tasks one client stream waits on, and their deadlines: shared by the
 //! Runware WebSocket's local sessions and gRPC's `Session` streams.
 //!
-//! A stream submits with [`Dispatch::submit_tagged`], so the events of all
+//! A stream submits with [`TaskTable::submit_tagged`], so the events of all
 //! its tasks come on one channel, tagged with their taskUUIDs, and one task
 //! of the stream reads them (none per task). [`Watched`] is what that reader
 //! knows: each task's front-end data, its deadline (soonest first), and the
 //! table's [`Watch`] on it. It is synchronous: its transitions are tested
 //! without sockets.
 //!
-//! [`Dispatch::submit_tagged`]: crate::dispatch::Dispatch::submit_tagged
+//! [`TaskTable::submit_tagged`]: crate::dispatch::TaskTable::submit_tagged
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -173,12 +173,14 @@ pub const NO_DEADLINE: Duration = Duration::from_secs(86_400);
 mod tests {
     use super::*;
     use crate::counters::Counter;
+    use crate::dispatch::ClientConnection;
     use crate::dispatch::testing::{table, task};
-    use crate::dispatch::{Dispatch, TaggedSender};
+    use crate::dispatch::{TaggedSender, TaskTable};
     use std::sync::Arc;
 
-    fn watch(d: &Arc<Dispatch>, events: &TaggedSender) -> Watch {
-        d.submit_tagged(task(1), None, events).unwrap()
+    fn watch(d: &Arc<TaskTable>, events: &TaggedSender) -> Watch {
+        d.submit_tagged(task(1), &ClientConnection::default(), events)
+            .unwrap()
     }
 
     #[test]

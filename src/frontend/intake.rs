@@ -1,0 +1,480 @@
+//! The one way any door puts a task into the task table.
+//!
+//! A door turns its message into a task object and hands it here: the
+//! task's fields are read once ([`check_task`]: its type, taskUUID and
+//! result counts), the documented limits are checked where the door asks
+//! ([`check_documented_limits`]), the task is prepared as the table takes
+//! it ([`prepare`]), and [`Intake`] admits it for the client connection that
+//! sent it, so every limit of the table (per connection, in flight, queued,
+//! memory, size) applies to every door alike. Each door words a refusal
+//! ([`NotTaken`]) in its own format, in one place.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use super::refusal::Refusal;
+use crate::dispatch::{
+    ClientConnection, MAX_EXPECTED_RESULTS, PreparedTask, Principal, SubmitError, TaggedSender,
+    TaskHandle, TaskTable, Watch,
+};
+use crate::protocol::{self, Field, TaskFields, TaskObject, TaskUuid};
+
+pub use crate::protocol::ObjectError;
+
+/// Most JSON values (about) in a client's task (`task_json`, `extra`, or a
+/// Runware message's task object).
+pub const MAX_JSON_ELEMENTS: usize = 100_000;
+
+/// A task as a client gave it, checked and ready to submit: a `Map` the
+/// gRPC front-end built, or the client's own text read in place.
+#[derive(Debug)]
+pub struct ClientTask<T = Map<String, Value>> {
+    pub uuid: TaskUuid,
+    pub task: T,
+    /// The result count the client stated, if any.
+    pub stated_results: Option<u32>,
+}
+
+/// Bounds the number of JSON values in `text` before it is parsed: parsed
+/// JSON takes up to ~16 times its text when it is many small values.
+/// (Nesting is bounded by serde_json's recursion limit, 128.) Brackets and
+/// commas inside strings count too: a bound that errs on the safe side.
+pub fn json_elements_within(text: &str, limit: usize) -> Result<(), usize> {
+    // Each one counted is a byte of its own.
+    if text.len() <= limit {
+        return Ok(());
+    }
+    let elements = text
+        .bytes()
+        .filter(|b| matches!(b, b',' | b'[' | b'{'))
+        .count();
+    if elements > limit {
+        Err(elements)
+    } else {
+        Ok(())
+    }
+}
+
+/// A JSON object whose keys are each given once at its top level, where
+/// the daemon reads a task (nested values go to Runware unread), as a `Map`
+/// for a front-end that adds to it. serde_json keeps the last of two equal
+/// keys; another reader may keep the first.
+pub fn task_object(text: &str) -> Result<Map<String, Value>, ObjectError> {
+    TaskObject::parse(text)?
+        .into_map()
+        .map_err(ObjectError::Json)
+}
+
+/// The key of a task object that would carry an API key to Runware: the
+/// daemon authenticates with its own, and a client's must not travel.
+pub fn api_key_field(task: &impl TaskFields) -> Option<&str> {
+    task.key_like("apiKey")
+}
+
+/// Checks what every door requires of a task object: a type the daemon
+/// may send, a taskUUID (given, or a new one when `uuid_required` is
+/// false), result counts within bounds, no API key.
+pub fn check_task<T: TaskFields>(
+    task: T,
+    uuid_required: bool,
+    stated_results: Option<u32>,
+) -> Result<ClientTask<T>, Refusal> {
+    if let Some(k) = api_key_field(&task) {
+        return Err(Refusal::new(
+            "invalidApiKey",
+            k,
+            "is not taken in a task: the daemon authenticates to Runware with its own key",
+        ));
+    }
+    match task.field("taskType") {
+        Some(Field::Str(t)) if protocol::is_reserved_task_type(&t) => {
+            return Err(Refusal::new(
+                "invalidTaskType",
+                "taskType",
+                format!("{t:?} is managed by the daemon and cannot be sent"),
+            ));
+        }
+        Some(Field::Str(t)) if !t.is_empty() => {}
+        _ => {
+            return Err(Refusal::new(
+                "invalidTaskType",
+                "taskType",
+                "must be a non-empty string",
+            ));
+        }
+    }
+    let uuid = match task.field("taskUUID") {
+        None if !uuid_required => TaskUuid::new_v4(),
+        None => {
+            return Err(Refusal::new(
+                "missingTaskUUID",
+                "taskUUID",
+                "is required: a UUID v4 the client makes",
+            ));
+        }
+        Some(Field::Str(s)) => TaskUuid::parse_v4(&s)
+            .map_err(|e| Refusal::new("invalidTaskUUID", "taskUUID", format!("{s:?}: {e}")))?,
+        Some(_) => {
+            return Err(Refusal::new(
+                "invalidTaskUUID",
+                "taskUUID",
+                "must be a string",
+            ));
+        }
+    };
+    // The counts that decide completion are bounded like expected_results:
+    // the daemon keeps a slot per result it waits for.
+    for field in ["numberResults", "promptVersions"] {
+        if let Some(v) = task.field(field) {
+            if !v
+                .as_u64()
+                .is_some_and(|n| (1..=u64::from(MAX_EXPECTED_RESULTS)).contains(&n))
+            {
+                return Err(Refusal::new(
+                    &format!("invalid{}{}", field[..1].to_ascii_uppercase(), &field[1..]),
+                    field,
+                    format!("must be a whole number from 1 to {MAX_EXPECTED_RESULTS}, got {v}"),
+                ));
+            }
+        }
+    }
+    Ok(ClientTask {
+        uuid,
+        task,
+        stated_results,
+    })
+}
+
+/// Checks a task against the documented parameter limits
+/// ([`crate::validate`]), with Runware's code and parameter. A task type
+/// with no documented limits here passes: Runware decides on it.
+pub fn check_documented_limits(task: &impl TaskFields) -> Result<(), Refusal> {
+    let task_type = task.str_field("taskType");
+    match crate::validate::validate(task_type.as_deref().unwrap_or_default(), task) {
+        Ok(_) => Ok(()),
+        Err(i) if i.code == "invalidTaskType" => Ok(()),
+        Err(i) => Err(Refusal {
+            code: i.code,
+            parameter: i.parameter,
+            detail: i.message,
+        }),
+    }
+}
+
+/// A checked task as the task table takes it: its taskUUID set, async
+/// delivery added for `async_task_types`, the results that complete it.
+/// When the daemon adds nothing to the task, `raw` (the object as the
+/// client wrote it, which `t` was read from by [`TaskObject::parse`]: no key
+/// twice, so Runware reads what the daemon checked) is sent as it is
+/// instead of being written again.
+pub fn prepare(
+    t: ClientTask<impl TaskFields>,
+    raw: Option<&str>,
+    async_task_types: &[String],
+    owner: Principal,
+) -> PreparedTask {
+    let ClientTask {
+        uuid,
+        task,
+        stated_results,
+    } = t;
+    let (expected, add_async, asynchronous, as_given, label) = {
+        let task_type = task.str_field("taskType");
+        let task_type = task_type.as_deref().unwrap_or_default();
+        let delivery = task.field("deliveryMethod");
+        let add_async = async_task_types.iter().any(|t| t == task_type) && delivery.is_none();
+        (
+            protocol::expected_results(task_type, &task, stated_results),
+            add_async,
+            add_async || delivery.as_ref().and_then(Field::as_str) == Some("async"),
+            task.str_field("taskUUID")
+                .is_some_and(|given| uuid.is_written_as(&given)),
+            crate::dispatch::metrics::task_type_label(task_type),
+        )
+    };
+    let payload = match raw {
+        Some(raw) if !add_async && as_given => Arc::from(raw),
+        _ => Arc::from(task.into_payload(&uuid, add_async)),
+    };
+    PreparedTask {
+        uuid,
+        payload,
+        expected,
+        asynchronous,
+        label,
+        owner,
+    }
+}
+
+/// Why a checked task was not taken into the table.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NotTaken {
+    /// Its deadline passed before it could be sent: nothing went upstream.
+    #[error("the deadline passed before the task could be sent; nothing was sent to Runware")]
+    Late,
+    /// The table refused it (a limit, a taskUUID it knows, stopping, ...).
+    #[error(transparent)]
+    Refused(#[from] SubmitError),
+}
+
+/// Admits checked tasks into the task table for the connection that sent
+/// them. Shared by every door.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    table: Arc<TaskTable>,
+    /// Task types the daemon runs with async delivery.
+    async_task_types: Arc<[String]>,
+}
+
+impl Intake {
+    pub fn new(table: Arc<TaskTable>, async_task_types: Arc<[String]>) -> Self {
+        Intake {
+            table,
+            async_task_types,
+        }
+    }
+
+    /// The table tasks are admitted into.
+    pub fn table(&self) -> &Arc<TaskTable> {
+        &self.table
+    }
+
+    /// Admits a task sent on `from`, its events going to a handle of its
+    /// own. `raw` is the object as the client wrote it, sent as it is when
+    /// the daemon adds nothing ([`prepare`]).
+    pub fn submit(
+        &self,
+        from: &ClientConnection,
+        task: ClientTask<impl TaskFields>,
+        raw: Option<&str>,
+        deadline: Instant,
+    ) -> Result<TaskHandle, NotTaken> {
+        let prepared = self.prepare_in_time(from, task, raw, deadline)?;
+        Ok(self.table.submit(prepared, from)?)
+    }
+
+    /// As [`Intake::submit`], the task's events going to a channel shared
+    /// by the tasks of one stream, tagged with its taskUUID.
+    pub fn submit_tagged(
+        &self,
+        from: &ClientConnection,
+        task: ClientTask<impl TaskFields>,
+        raw: Option<&str>,
+        deadline: Instant,
+        events: &TaggedSender,
+    ) -> Result<Watch, NotTaken> {
+        let prepared = self.prepare_in_time(from, task, raw, deadline)?;
+        Ok(self.table.submit_tagged(prepared, from, events)?)
+    }
+
+    /// The task as the table takes it, unless its deadline has passed (then
+    /// nothing is sent upstream, nor paid for).
+    fn prepare_in_time(
+        &self,
+        from: &ClientConnection,
+        task: ClientTask<impl TaskFields>,
+        raw: Option<&str>,
+        deadline: Instant,
+    ) -> Result<PreparedTask, NotTaken> {
+        if deadline <= Instant::now() {
+            return Err(NotTaken::Late);
+        }
+        Ok(prepare(task, raw, &self.async_task_types, from.principal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_objects_take_each_key_once() {
+        let m = task_object(r#"{"taskType":"promptEnhance","nested":{"a":1,"a":2}}"#).unwrap();
+        assert_eq!(m["taskType"], "promptEnhance");
+        let dup = task_object(r#"{"taskUUID":"a","prompt":"x","taskUUID":"b"}"#);
+        assert!(matches!(dup, Err(ObjectError::Duplicate(k)) if k == "taskUUID"));
+        // Escapes name the same key: still twice.
+        let dup = task_object(r#"{"numberResults":1,"number\u0052esults":4}"#);
+        assert!(matches!(dup, Err(ObjectError::Duplicate(k)) if k == "numberResults"));
+        for (text, kind) in [
+            ("[1]", "an array"),
+            (" \"x\"", "a string"),
+            ("3", "a number"),
+        ] {
+            assert!(
+                matches!(task_object(text), Err(ObjectError::NotObject(k)) if k == kind),
+                "{text}"
+            );
+        }
+        assert!(matches!(task_object("{\"a\":"), Err(ObjectError::Json(_))));
+        assert!(matches!(task_object("{} {}"), Err(ObjectError::Json(_))));
+    }
+
+    fn client_task(raw: &str) -> ClientTask {
+        check_task(task_object(raw).unwrap(), true, None).unwrap()
+    }
+
+    #[test]
+    fn a_task_the_daemon_adds_nothing_to_is_sent_as_the_client_wrote_it() {
+        let uuid = TaskUuid::new_v4();
+        let raw = format!(
+            r#"{{ "taskType": "promptEnhance", "prompt": "a cat", "taskUUID": "{uuid}" }}"#
+        );
+        let p = prepare(client_task(&raw), Some(&raw), &[], Principal::Tcp);
+        assert_eq!(&*p.payload, raw);
+        // Async delivery added: written again, with it.
+        let asynchronous = ["promptEnhance".to_owned()];
+        let p = prepare(client_task(&raw), Some(&raw), &asynchronous, Principal::Tcp);
+        let v: Value = serde_json::from_str(&p.payload).unwrap();
+        assert_eq!(v["deliveryMethod"], "async");
+        assert_eq!(v["taskUUID"], uuid.to_string());
+        assert!(p.asynchronous);
+        // A taskUUID not in its canonical form: sent in it.
+        let upper = raw.replace(&uuid.to_string(), &uuid.to_string().to_uppercase());
+        let p = prepare(client_task(&upper), Some(&upper), &[], Principal::Tcp);
+        let v: Value = serde_json::from_str(&p.payload).unwrap();
+        assert_eq!(v["taskUUID"], uuid.to_string());
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// A value of any kind the checks read differently.
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("promptEnhance")),
+            Just(json!("imageInference")),
+            Just(json!("ping")),
+            Just(json!("")),
+            Just(json!("a \"quoted\" cat")),
+            Just(json!("ünïcode")),
+            Just(json!("URL")),
+            Just(json!("async")),
+            Just(json!("runware:101@1")),
+            (-2i64..600).prop_map(|n| json!(n)),
+            Just(json!(1.5)),
+            Just(json!(1e3)),
+            Just(json!(u64::MAX)),
+            Just(json!(true)),
+            Just(Value::Null),
+            Just(json!([1, "a"])),
+            Just(json!({"a": {"b": 1}})),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("taskType"),
+            Just("taskUUID"),
+            Just("prompt"),
+            Just("promptVersions"),
+            Just("promptMaxLength"),
+            Just("positivePrompt"),
+            Just("model"),
+            Just("width"),
+            Just("height"),
+            Just("numberResults"),
+            Just("outputType"),
+            Just("CFGScale"),
+            Just("deliveryMethod"),
+            Just("APIkey"),
+            Just("with \"quotes\""),
+        ]
+        .prop_map(str::to_owned)
+    }
+
+    fn task() -> impl Strategy<Value = Map<String, Value>> {
+        let uuid = prop_oneof![
+            Just(Some(json!(TaskUuid::new_v4().to_string()))),
+            Just(Some(json!(TaskUuid::new_v4().to_string().to_uppercase()))),
+            Just(Some(json!("not-a-uuid"))),
+            Just(Some(json!(7))),
+            Just(None),
+        ];
+        let task_type = prop_oneof![
+            Just(json!("promptEnhance")),
+            Just(json!("imageInference")),
+            Just(json!("videoInference")),
+            value(),
+        ];
+        (
+            proptest::collection::btree_map(key(), value(), 0..8),
+            task_type,
+            uuid,
+        )
+            .prop_map(|(fields, task_type, uuid)| {
+                let mut m: Map<String, Value> = fields.into_iter().collect();
+                m.insert("taskType".into(), task_type);
+                match uuid {
+                    Some(u) => m.insert("taskUUID".into(), u),
+                    None => m.remove("taskUUID"),
+                };
+                m
+            })
+    }
+
+    proptest! {
+        /// A task read in place gets exactly the checks, result count and
+        /// payload it would get parsed into a `Map`.
+        #[test]
+        fn a_task_read_in_place_is_checked_and_sent_as_a_parsed_one(m in task()) {
+            let text = Value::Object(m.clone()).to_string();
+            let view = TaskObject::parse(&text).unwrap();
+            let asynchronous = ["videoInference".to_owned()];
+            let by_map = check_task(m, true, None);
+            let by_view = check_task(view, true, None);
+            match (by_map, by_view) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a.uuid, b.uuid);
+                    prop_assert_eq!(
+                        check_documented_limits(&a.task),
+                        check_documented_limits(&b.task)
+                    );
+                    let (a, b) = (
+                        prepare(a, Some(&text), &asynchronous, Principal::Tcp),
+                        prepare(b, Some(&text), &asynchronous, Principal::Tcp),
+                    );
+                    let json = |p: &PreparedTask| serde_json::from_str::<Value>(&p.payload).unwrap();
+                    prop_assert_eq!(json(&a), json(&b));
+                    prop_assert_eq!(
+                        (a.uuid, a.expected, a.asynchronous, a.label),
+                        (b.uuid, b.expected, b.asynchronous, b.label)
+                    );
+                }
+                (a, b) => prop_assert_eq!(a.err(), b.err()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_task_read_in_place_keeps_its_text_and_rewrites_only_what_it_must() {
+        let uuid = TaskUuid::new_v4();
+        let raw = format!(
+            r#"{{"taskType":"videoInference","taskUUID":"{}","positivePrompt":"a \u0063at","x":[1, 2]}}"#,
+            uuid.to_string().to_uppercase()
+        );
+        let task = check_task(TaskObject::parse(&raw).unwrap(), true, None).unwrap();
+        let p = prepare(
+            task,
+            Some(&raw),
+            &["videoInference".to_owned()],
+            Principal::Tcp,
+        );
+        let v: Value = serde_json::from_str(&p.payload).unwrap();
+        assert_eq!(v["taskUUID"], uuid.to_string());
+        assert_eq!(v["deliveryMethod"], "async");
+        assert_eq!(v["positivePrompt"], "a cat");
+        assert!(
+            p.payload.contains(r#""x":[1, 2]"#),
+            "values go as written: {}",
+            p.payload
+        );
+        assert!(p.asynchronous);
+    }
+}

@@ -1,0 +1,297 @@
+//! Every limit of the task table holds on every door alike: gRPC, the
+//! Runware-protocol WebSocket and its REST door all put tasks into the table
+//! through one intake, so a task refused on one door is refused on each,
+//! with an error naming the limit. Over loopback, on tokio's paused clock.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use runwared::config::Config;
+use runwared::session::ConnectionState;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, Clone, Copy)]
+enum Door {
+    Grpc,
+    WebSocket,
+    Rest,
+}
+
+/// One client connection on a door.
+enum Connection {
+    Grpc(runwared::pb::runware_client::RunwareClient<tonic::transport::Channel>),
+    WebSocket(Box<Ws>),
+    Rest,
+}
+
+async fn open(h: &Harness, door: Door) -> Connection {
+    match door {
+        Door::Grpc => Connection::Grpc(client_for(&h.daemon).await),
+        Door::WebSocket => {
+            let addr = h.daemon.runware_addr.expect("the endpoint listens");
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/v1"), None, true)
+                    .await
+                    .unwrap();
+            send(
+                &mut ws,
+                &json!([{"taskType": "authentication", "apiKey": "k"}]),
+            )
+            .await;
+            let auth = next(&mut ws).await;
+            assert_eq!(auth["data"][0]["taskType"], "authentication", "{auth}");
+            Connection::WebSocket(Box::new(ws))
+        }
+        Door::Rest => Connection::Rest,
+    }
+}
+
+async fn send(ws: &mut Ws, v: &Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.next().await.expect("open").expect("readable") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// A task Runware's `imageInference` takes, with a prompt of `prompt_len`.
+fn image_task(prompt_len: usize) -> Value {
+    json!({
+        "taskType": "imageInference",
+        "taskUUID": uuid::Uuid::new_v4().to_string(),
+        "positivePrompt": "a".repeat(prompt_len),
+        "model": "runware:101@1",
+        "width": 512,
+        "height": 512,
+        "numberResults": 1,
+        "outputType": "URL",
+    })
+}
+
+/// Sends `tasks` on `conn` at once (one message where the door has
+/// messages) and returns the messages of those refused; the others were
+/// taken and are still in flight (their results are not waited for).
+async fn submit_at_once(h: &Harness, conn: &mut Connection, tasks: &[Value]) -> Vec<String> {
+    match conn {
+        Connection::Grpc(client) => {
+            let calls = tasks.iter().map(|t| {
+                let mut client = client.clone();
+                let task_json = t.to_string();
+                async move {
+                    client
+                        .run(runwared::pb::RunRequest {
+                            task_json,
+                            expected_results: None,
+                        })
+                        .await
+                        .map(|_| ())
+                }
+            });
+            let mut refused = Vec::new();
+            // The accepted calls' streams are dropped: their tasks stay in
+            // flight upstream, kept for Attach, while the refusals are read.
+            for r in futures::future::join_all(calls).await {
+                if let Err(e) = r {
+                    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                    refused.push(e.message().to_owned());
+                }
+            }
+            refused
+        }
+        Connection::WebSocket(ws) => {
+            send(ws, &Value::Array(tasks.to_vec())).await;
+            // A ping after the tasks: its pong comes after every refusal.
+            send(ws, &json!([{"taskType": "ping", "ping": true}])).await;
+            let mut refused = Vec::new();
+            loop {
+                let m = next(ws).await;
+                if m["data"][0]["pong"] == true {
+                    return refused;
+                }
+                for e in m["errors"].as_array().into_iter().flatten() {
+                    assert_eq!(e["code"], "rateLimitExceeded", "{e}");
+                    refused.push(e["message"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        Connection::Rest => {
+            // Async delivery: the answer comes at once, acknowledgements
+            // for the tasks taken and errors for those refused.
+            let tasks: Vec<Value> = tasks
+                .iter()
+                .map(|t| {
+                    let mut t = t.clone();
+                    t["deliveryMethod"] = json!("async");
+                    t
+                })
+                .collect();
+            let addr = h.daemon.runware_addr.unwrap();
+            let (_, answer) = post_json(addr, &Value::Array(tasks).to_string(), Some("k")).await;
+            answer["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    assert_eq!(e["code"], "rateLimitExceeded", "{e}");
+                    e["message"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        }
+    }
+}
+
+/// Starts a daemon whose simulator holds each task a while, so the tasks
+/// of a test are all in flight at once.
+async fn daemon(tweak: impl FnOnce(&mut Config)) -> Harness {
+    let h = start(slow(), tweak).await;
+    h.ready().await;
+    h
+}
+
+fn all_name(refused: &[String], limit: &str) -> bool {
+    refused.iter().all(|m| m.contains(limit))
+}
+
+/// A connection has at most `max_in_flight_per_connection` tasks in flight.
+async fn per_connection(door: Door) {
+    let h = daemon(|c| c.max_in_flight_per_connection = 3).await;
+    let tasks: Vec<Value> = (0..10).map(|_| image_task(10)).collect();
+    let mut one = open(&h, door).await;
+    let refused = submit_at_once(&h, &mut one, &tasks).await;
+    assert_eq!(refused.len(), 7, "{door:?}: {refused:?}");
+    assert!(
+        all_name(&refused, "max_in_flight_per_connection"),
+        "{door:?}: {refused:?}"
+    );
+    // Another connection has a count of its own.
+    let mut other = open(&h, door).await;
+    let tasks: Vec<Value> = (0..3).map(|_| image_task(10)).collect();
+    let refused = submit_at_once(&h, &mut other, &tasks).await;
+    assert!(refused.is_empty(), "{door:?}: {refused:?}");
+}
+
+/// The daemon has at most `max_in_flight` tasks in flight.
+async fn in_flight(door: Door) {
+    let h = daemon(|c| c.max_in_flight = 4).await;
+    let tasks: Vec<Value> = (0..6).map(|_| image_task(10)).collect();
+    let mut one = open(&h, door).await;
+    let refused = submit_at_once(&h, &mut one, &tasks).await;
+    assert_eq!(refused.len(), 2, "{door:?}: {refused:?}");
+    assert!(
+        all_name(&refused, "limit max_in_flight is 4"),
+        "{door:?}: {refused:?}"
+    );
+}
+
+/// At most `max_queued` tasks wait while Runware is unreachable.
+async fn queued(door: Door) {
+    let h = daemon(|c| c.max_queued = 2).await;
+    h.sim.set_stall(true);
+    wait_status(&h.daemon, |s| s.state != ConnectionState::Ready).await;
+    let tasks: Vec<Value> = (0..5).map(|_| image_task(10)).collect();
+    let mut one = open(&h, door).await;
+    let refused = submit_at_once(&h, &mut one, &tasks).await;
+    assert_eq!(refused.len(), 3, "{door:?}: {refused:?}");
+    assert!(all_name(&refused, "max_queued"), "{door:?}: {refused:?}");
+}
+
+/// Tasks in flight fit in `max_memory_bytes`.
+async fn memory(door: Door) {
+    let h = daemon(|c| c.max_memory_bytes = 7_000).await;
+    // About 3 KB of JSON each: two fit, the third would pass the budget.
+    let tasks: Vec<Value> = (0..3).map(|_| image_task(2_900)).collect();
+    let mut one = open(&h, door).await;
+    let refused = submit_at_once(&h, &mut one, &tasks).await;
+    assert_eq!(refused.len(), 1, "{door:?}: {refused:?}");
+    assert!(
+        all_name(&refused, "max_memory_bytes"),
+        "{door:?}: {refused:?}"
+    );
+}
+
+/// Each check on each door, each in a runtime (and daemon) of its own.
+macro_rules! on_every_door {
+    ($($check:ident),* $(,)?) => {
+        $(mod $check {
+            use super::*;
+
+            #[tokio::test(start_paused = true)]
+            async fn grpc() {
+                super::$check(Door::Grpc).await
+            }
+
+            #[tokio::test(start_paused = true)]
+            async fn websocket() {
+                super::$check(Door::WebSocket).await
+            }
+
+            #[tokio::test(start_paused = true)]
+            async fn rest() {
+                super::$check(Door::Rest).await
+            }
+        })*
+    };
+}
+
+on_every_door!(per_connection, in_flight, queued, memory);
+
+#[tokio::test(start_paused = true)]
+async fn a_message_past_max_message_bytes_is_refused_naming_it_on_every_door() {
+    const LIMIT: usize = 64 << 10;
+    let h = daemon(|c| c.max_message_bytes = LIMIT).await;
+    let big = json!({"taskType": "imageCaption", "inputImage": "x".repeat(LIMIT + 1)});
+
+    let mut grpc = client_for(&h.daemon).await;
+    let e = grpc
+        .run(runwared::pb::RunRequest {
+            task_json: big.to_string(),
+            expected_results: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange
+        ),
+        "{e:?}"
+    );
+
+    let addr = h.daemon.runware_addr.unwrap();
+    let (status, answer) = post_json(addr, &json!([big]).to_string(), Some("k")).await;
+    assert_eq!(status, 413, "{answer}");
+    let message = answer["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("max_message_bytes"), "{answer}");
+
+    let Connection::WebSocket(mut ws) = open(&h, Door::WebSocket).await else {
+        unreachable!()
+    };
+    send(&mut ws, &json!([big])).await;
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(c))) => break c.expect("a close frame with a reason"),
+            Some(Ok(_)) => {}
+            other => panic!("a close frame, not {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Size, "{close:?}");
+    assert!(close.reason.contains("max_message_bytes"), "{close:?}");
+
+    // The daemon serves the next client as before.
+    let mut again = open(&h, Door::WebSocket).await;
+    let refused = submit_at_once(&h, &mut again, &[image_task(10)]).await;
+    assert!(refused.is_empty(), "{refused:?}");
+}
