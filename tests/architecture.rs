@@ -1,5 +1,6 @@
 //! The shape of the source: no module of `src/` reaches, through `crate::`
-//! imports, back to itself. A circle makes every module in it change with
+//! imports, back to itself, and no file of a folder reaches back to itself
+//! through its siblings. A circle makes every module in it change with
 //! every other; this test keeps the layering (protocol and validate at the
 //! bottom; session, dispatch and config above; upstream, the front-ends and the
 //! listeners on those; server wiring them) from eroding.
@@ -21,6 +22,12 @@ fn module_of(path: &Path, src: &Path) -> String {
 
 /// The modules a file's code (not its comments or tests) names as `crate::x`.
 fn imports(text: &str) -> BTreeSet<String> {
+    names_after(text, "crate::")
+}
+
+/// The names a file's code (not its comments or tests) reaches through
+/// `prefix` (`crate::`, `super::`): `prefix{a, b::c}` names a and b.
+fn names_after(text: &str, prefix: &str) -> BTreeSet<String> {
     let code: String = text
         .split("#[cfg(test)]")
         .next()
@@ -30,9 +37,15 @@ fn imports(text: &str) -> BTreeSet<String> {
         .collect::<Vec<_>>()
         .join("\n");
     let mut found = BTreeSet::new();
-    let mut rest = code.as_str();
-    while let Some(i) = rest.find("crate::") {
-        rest = &rest[i + "crate::".len()..];
+    let mut at = 0;
+    while let Some(i) = code[at..].find(prefix) {
+        let before = code[..at + i].chars().next_back();
+        at += i + prefix.len();
+        let rest = &code[at..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            // `super::super::x`, `a::crate::x`: not this prefix's name.
+            continue;
+        }
         if let Some(group) = rest.strip_prefix('{') {
             // use crate::{a::X, b};
             let end = group.find('}').unwrap_or(group.len());
@@ -42,7 +55,7 @@ fn imports(text: &str) -> BTreeSet<String> {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                if !name.is_empty() {
+                if !matches!(name.as_str(), "" | "super" | "self") {
                     found.insert(name);
                 }
             }
@@ -51,7 +64,7 @@ fn imports(text: &str) -> BTreeSet<String> {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            if !name.is_empty() {
+            if !matches!(name.as_str(), "" | "super" | "self") {
                 found.insert(name);
             }
         }
@@ -77,6 +90,49 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     graph
+}
+
+/// For each folder of `src/`, its files (not `mod.rs`, which is the
+/// folder's face) and the siblings each names through `super::` or the
+/// folder's own `crate::` path.
+fn sibling_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut folders = BTreeMap::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && path.file_name().is_some_and(|n| n != "mod.rs")
+            {
+                let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                files.insert(name, std::fs::read_to_string(&path).unwrap());
+            }
+        }
+        if dir == src {
+            continue; // the top level: the module graph above
+        }
+        let folder = dir
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('/', "::");
+        let own = format!("crate::{folder}::");
+        let graph: BTreeMap<String, BTreeSet<String>> = files
+            .iter()
+            .map(|(name, text)| {
+                let mut named = names_after(text, "super::");
+                named.extend(names_after(text, &own));
+                named.retain(|n| n != name && files.contains_key(n));
+                (name.clone(), named)
+            })
+            .collect();
+        folders.insert(folder, graph);
+    }
+    folders
 }
 
 /// A path from `from` back to itself, if there is one.
@@ -124,4 +180,33 @@ fn the_scan_finds_a_circle_when_there_is_one() {
         .unwrap()
         .insert("dispatch".to_owned());
     assert!(circle(&graph, "protocol").is_some());
+}
+
+#[test]
+fn no_file_imports_itself_through_its_siblings() {
+    let folders = sibling_graphs();
+    assert!(
+        folders.get("dispatch").is_some_and(|g| g.len() > 3),
+        "found the folders: {folders:?}"
+    );
+    for (folder, graph) in &folders {
+        for file in graph.keys() {
+            if let Some(path) = circle(graph, file) {
+                panic!("import circle in src/{folder}: {}", path.join(" -> "));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_sibling_scan_sees_super_and_crate_paths() {
+    let text = "use super::{a::X, b};\nuse crate::f::c::Y;\nuse super::super::d;\n";
+    assert_eq!(
+        names_after(text, "super::"),
+        BTreeSet::from(["a".to_owned(), "b".to_owned()])
+    );
+    assert_eq!(
+        names_after(text, "crate::f::"),
+        BTreeSet::from(["c".to_owned()])
+    );
 }

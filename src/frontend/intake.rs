@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::refusal::Refusal;
+use super::refusal::{Refusal, refusal_of_submit};
 use crate::dispatch::{
     ClientConnection, MAX_EXPECTED_RESULTS, PreparedTask, Principal, SubmitError, TaggedSender,
     TaskHandle, TaskTable, Watch,
@@ -217,6 +217,16 @@ pub enum NotTaken {
     /// The table refused it (a limit, a taskUUID it knows, stopping, ...).
     #[error(transparent)]
     Refused(#[from] SubmitError),
+}
+
+impl NotTaken {
+    /// Why, in Runware's terms.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            NotTaken::Refused(e) => refusal_of_submit(e),
+            NotTaken::Late => Refusal::new("timeoutProvider", "taskUUID", format!(": {self}")),
+        }
+    }
 }
 
 /// Admits checked tasks into the task table for the connection that sent

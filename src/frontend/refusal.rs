@@ -3,7 +3,6 @@
 //! worded by each door in its own format (gRPC statuses; Runware's error
 //! items).
 
-use super::intake::NotTaken;
 use crate::dispatch::{FailureKind, SubmitError, TaskFailure};
 use crate::protocol::{RunwareError, TaskUuid};
 
@@ -59,14 +58,6 @@ pub fn refusal_of_submit(e: &SubmitError) -> Refusal {
         SubmitError::Draining => ("serviceUnavailable", "taskUUID"),
     };
     Refusal::new(code, parameter, format!(": {e}"))
-}
-
-/// Why the intake did not take a task, in Runware's terms.
-pub fn refusal_of(e: &NotTaken) -> Refusal {
-    match e {
-        NotTaken::Refused(e) => refusal_of_submit(e),
-        NotTaken::Late => Refusal::new("timeoutProvider", "taskUUID", format!(": {e}")),
-    }
 }
 
 /// A failed task as Runware's error item: Runware's own error as it came,

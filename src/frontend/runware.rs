@@ -53,7 +53,7 @@ use super::intake::{
     ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, check_documented_limits,
     check_task, json_elements_within,
 };
-use super::refusal::{Refusal, failure_error, refusal_of, refusal_of_submit};
+use super::refusal::{Refusal, failure_error, refusal_of_submit};
 use super::watched::{self, Released, Watched, Woken};
 use crate::config::BearerToken;
 use crate::counters::Counter;
@@ -908,7 +908,7 @@ async fn hold(mut handle: TaskHandle, deadline: Instant) {
 
 /// A task the intake did not take, as Runware's error item about it.
 fn not_taken_error(e: &NotTaken, task_type: &str, uuid: &TaskUuid) -> RunwareError {
-    refusal_of(e).runware_error(Some(task_type), Some(uuid))
+    e.refusal().runware_error(Some(task_type), Some(uuid))
 }
 
 /// Every result of a synchronous task (REST), or its error.

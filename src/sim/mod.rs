@@ -25,6 +25,7 @@
 pub mod picture;
 mod rest;
 pub mod results;
+pub mod seed;
 pub mod tasks;
 
 use std::collections::{HashMap, VecDeque};
@@ -380,7 +381,7 @@ impl SimHandle {
             }
             let mut state = seed;
             for fault in faults.iter().cycle() {
-                state = results::hash(&[&state.to_le_bytes()]);
+                state = seed::hash(&[&state.to_le_bytes()]);
                 sleep(every.mul_f64(0.5 + (state % 1000) as f64 / 1000.0)).await;
                 tracing::info!(?fault, "simulator: injecting a fault");
                 sim.inject(*fault);
@@ -996,7 +997,7 @@ fn start_task(
             } else {
                 config.per_result_latency
             };
-            let spread = results::hash(&[uuid.as_bytes(), &index.to_le_bytes()]) % 1000;
+            let spread = seed::hash(&[uuid.as_bytes(), &index.to_le_bytes()]) % 1000;
             sleep(base + config.latency_jitter.mul_f64(spread as f64 / 1000.0)).await;
             let item = results::result_item(
                 plan.kind,

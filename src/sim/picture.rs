@@ -10,7 +10,7 @@ use image::codecs::png::PngEncoder;
 use image::codecs::webp::WebPEncoder;
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
 
-use super::results::splitmix;
+use super::seed::splitmix;
 
 /// An image file format Runware's `outputFormat` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
