@@ -1,0 +1,69 @@
+//! What a watching client receives of a task, and why a task is refused
+//! or ended without its results.
+
+use super::*;
+
+/// What a watching client receives.
+#[derive(Debug, Clone)]
+pub enum TaskEvent {
+    /// One result item, exactly as Runware sent it. `last` marks the item
+    /// that completed the task; nothing follows it.
+    Result {
+        index: u32,
+        item: ByteString,
+        last: bool,
+    },
+    /// The task ended with an error; nothing follows it. Boxed: it is
+    /// rare, and the event's size is paid by every result.
+    Failed(Box<TaskFailure>),
+}
+
+/// Why a task ended without all its results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFailure {
+    pub kind: FailureKind,
+    pub message: String,
+    /// The Runware error, when Runware reported it.
+    pub runware: Option<RunwareError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Runware reported an error for this task.
+    Runware(ErrorClass),
+    /// Runware rejected the daemon's API key.
+    UpstreamAuthRejected,
+    /// The daemon is stopping.
+    ShuttingDown,
+}
+
+/// Why a task was not accepted, or cannot be attached to.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SubmitError {
+    #[error(
+        "taskUUID {0} is already known to the daemon (in flight, or its results are kept); use Attach to receive them"
+    )]
+    AlreadyKnown(TaskUuid),
+    #[error("too many tasks in flight: the daemon's limit max_in_flight is {0}")]
+    TooManyInFlight(usize),
+    #[error(
+        "too many tasks in flight on this client connection: the limit max_in_flight_per_connection is {0}"
+    )]
+    TooManyForConnection(usize),
+    #[error(
+        "the queue of tasks waiting for the Runware connection is full: the limit max_queued is {0}"
+    )]
+    QueueFull(usize),
+    #[error("the task is {size} bytes of JSON, above the limit max_message_bytes ({limit})")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    AuthRejected(String),
+    #[error("runwared is stopping and accepts no new tasks")]
+    Draining,
+    #[error("no task {0} is in flight or kept (results are kept for the retention time only)")]
+    NotFound(TaskUuid),
+    #[error(
+        "the daemon's memory budget max_memory_bytes ({limit}) is taken by tasks in flight and their results; retry when some have ended"
+    )]
+    MemoryBudget { limit: usize },
+}

@@ -1,0 +1,54 @@
+//! What the table may hold: every limit a task is admitted within.
+
+use super::*;
+
+/// Most results one task may be waited on for (a `Run` client's
+/// `expected_results`, a restored task's).
+pub const MAX_EXPECTED_RESULTS: u32 = 10_000;
+
+/// The defaults of `max_memory_bytes` and `max_retained_bytes`, sized from
+/// measurements with large results (BENCHMARKS.md): the daemon's resident
+/// memory stays within the Kubernetes example's limit.
+pub const DEFAULT_MAX_MEMORY_BYTES: usize = 96 << 20;
+pub const DEFAULT_MAX_RETAINED_BYTES: usize = 48 << 20;
+
+/// Limits on what the table holds. Over a limit, a request is refused with
+/// an error naming it; nothing else is affected. The daemon's come from its
+/// settings (`config::Settings`); `Default` is the same values, for tables
+/// built without settings (a test holds the two together).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_in_flight: usize,
+    pub max_in_flight_per_connection: usize,
+    /// Tasks not yet sent while the Runware connection is down.
+    pub max_queued: usize,
+    /// Bytes of results kept for tasks that ended; the oldest go first.
+    pub max_retained_bytes: usize,
+    /// Everything the table holds: the JSON of tasks in flight and every
+    /// result kept (in flight or ended). A task that would pass it is
+    /// refused, after the oldest ended tasks' results were let go.
+    pub max_memory_bytes: usize,
+    /// How long results are kept after a task ends or its client leaves.
+    pub retention: Duration,
+    /// A task's JSON must fit in one WebSocket message.
+    pub max_task_bytes: usize,
+    /// First and longest `getResponse` polling interval.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: 100_000,
+            max_in_flight_per_connection: 10_000,
+            max_queued: 10_000,
+            max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            retention: Duration::from_secs(300),
+            max_task_bytes: 64 << 20,
+            poll_min: Duration::from_millis(500),
+            poll_max: Duration::from_secs(10),
+        }
+    }
+}

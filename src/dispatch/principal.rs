@@ -1,0 +1,54 @@
+//! Who submitted a task, and the client connections whose tasks are
+//! counted against `max_in_flight_per_connection`.
+
+use super::*;
+
+/// Who submitted a task: only the same principal may `Attach` to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Principal {
+    /// A Unix socket client, by its user id (`SO_PEERCRED`).
+    Uid(u32),
+    /// A TCP client: on loopback of a one-user machine or a pod, or one
+    /// holding the daemon's token. They cannot be told apart.
+    #[default]
+    Tcp,
+}
+
+/// One client connection: who it is, and the tasks it waits on (for its
+/// limit).
+#[derive(Debug, Clone, Default)]
+pub struct ClientConnection {
+    tasks: Arc<AtomicUsize>,
+    pub principal: Principal,
+}
+
+impl ClientConnection {
+    pub fn new(principal: Principal) -> Self {
+        ClientConnection {
+            tasks: Arc::default(),
+            principal,
+        }
+    }
+
+    pub(super) fn reserve(&self, limit: usize) -> Result<ConnectionGuard, SubmitError> {
+        if self.tasks.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.tasks.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::TooManyForConnection(limit));
+        }
+        Ok(ConnectionGuard(Arc::clone(&self.tasks)))
+    }
+
+    pub fn count(&self) -> usize {
+        self.tasks.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,218 @@
+//! Tasks out and items in: what goes upstream next, and each item of an
+//! upstream message routed to its task by taskUUID, and only to it.
+
+use super::*;
+
+impl TaskTable {
+    /// Appends the task's payload to a batch frame if it is waiting to be
+    /// sent, and counts the send. False if there is nothing to send (it was
+    /// sent already, is polled, or ended).
+    pub fn append_for_send(&self, uuid: &TaskUuid, frame: &mut String) -> bool {
+        let Some(mut task) = self.tasks.get_mut(uuid) else {
+            return false;
+        };
+        if !task.in_flight() {
+            return false;
+        }
+        let connection = self.connection.load(Ordering::Acquire);
+        if self.step(&mut task, Event::Send { connection }, Instant::now()) != Action::Transmit {
+            return false;
+        }
+        if task.delivery.sends() == 1 {
+            // From now on a restart recovers it by polling.
+            self.record(|| StateChange::Sent(uuid.to_string()));
+        }
+        protocol::push_task(frame, &task.payload);
+        true
+    }
+
+    /// A `getResponse` answer said the task is still processing, or an
+    /// async task was acknowledged.
+    pub(super) fn pending(&self, uuid: TaskUuid) {
+        if let Some(mut task) = self.tasks.get_mut(&uuid) {
+            self.step(&mut task, Event::Answered, Instant::now());
+        }
+    }
+
+    /// Routes the understood items of one upstream message, each to its
+    /// task and only to it. Items that are about the connection, not a task
+    /// (authentication, pong, errors naming no task, unroutable ones), are
+    /// handed back.
+    /// Routes a message's items to their tasks; returns what is the
+    /// connection's. `frame` is the message's text when it is large: an
+    /// item that is most of it is kept as a slice of it, not copied.
+    pub fn route_frame<'a>(
+        &self,
+        items: Vec<Inbound<'a>>,
+        frame: Option<&ByteString>,
+    ) -> Vec<Inbound<'a>> {
+        // A getResponse answer is the polled items of one task in one message.
+        self.message.fetch_add(1, Ordering::AcqRel);
+        items
+            .into_iter()
+            .filter_map(|i| self.route(i, frame))
+            .collect()
+    }
+
+    pub(super) fn route<'a>(
+        &self,
+        item: Inbound<'a>,
+        frame: Option<&ByteString>,
+    ) -> Option<Inbound<'a>> {
+        match item {
+            Inbound::Pending { task } => self.pending(task),
+            Inbound::Result {
+                task,
+                item,
+                result_id,
+                received,
+            } => self.deliver(
+                task,
+                stored_result(item, frame),
+                result_id.as_deref(),
+                received,
+            ),
+            Inbound::TaskError { task, error } => self.fail(task, error),
+            other => return Some(other),
+        }
+        None
+    }
+
+    /// Tasks in flight with no way forward on the current connection (see
+    /// [`lifecycle`]): sent on an older connection and neither sent again
+    /// nor polled. Zero whenever the connection is ready; for tests and
+    /// diagnostics.
+    pub fn without_way_forward(&self) -> usize {
+        let connection = self.connection.load(Ordering::Acquire);
+        self.tasks
+            .iter()
+            .filter(|t| t.in_flight() && !t.delivery.has_way_forward(connection))
+            .count()
+    }
+
+    /// Routes one result item to its task.
+    pub(super) fn deliver(
+        &self,
+        uuid: TaskUuid,
+        item: StoredResult,
+        result_id: Option<&str>,
+        received: Received,
+    ) {
+        let Some(mut task) = self.tasks.get_mut(&uuid) else {
+            self.counters.add(Counter::LateResultsDropped);
+            tracing::debug!(task = %uuid, "result for a task no longer kept; dropped");
+            return;
+        };
+        if !task.in_flight() {
+            self.counters.add(Counter::DuplicateResults);
+            tracing::debug!(task = %uuid, "result after the task ended; ignored");
+            return;
+        }
+        let t = &mut *task;
+        // A step says nothing of how it came: while the task is polled, it
+        // is part of an answer (which repeats the steps so far).
+        let polled = match received {
+            Received::Pushed => false,
+            Received::Answered => true,
+            Received::Step { .. } => t.delivery.is_polling(),
+        };
+        if polled {
+            if !t.delivery.is_polling() {
+                // An answer to a question no longer asked (the task was
+                // sent again meanwhile): its pushes bring the results.
+                return;
+            }
+            self.step(t, Event::Answered, Instant::now());
+        }
+        if let Some(m) = t.matching.as_mut() {
+            let message = self.message.load(Ordering::Acquire);
+            if !m.take(protocol::result_fingerprint(&item.text), polled, message) {
+                if !polled {
+                    // Pushed after an answer had brought it.
+                    self.counters.add(Counter::DuplicateResults);
+                }
+                return;
+            }
+        }
+        if let Some(id) = result_id {
+            if t.result_ids.iter().any(|seen| &**seen == id) {
+                self.counters.add(Counter::DuplicateResults);
+                tracing::warn!(task = %uuid, result = id, "duplicate result from Runware; ignored");
+                return;
+            }
+            t.result_ids.push(id.into());
+        }
+        let StoredResult { text: item, bytes } = item;
+        t.bytes += bytes;
+        self.retained_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let index = t.results.len() as u32;
+        if t.results.is_empty() {
+            // Room for the results it expects, not the doubling's four
+            // (kept for as long as the task is retained).
+            t.results
+                .reserve_exact((t.expected as usize).clamp(1, RESULTS_AT_FIRST));
+        }
+        t.results.push(item.clone());
+        if received == (Received::Step { last: false }) {
+            t.steps += 1;
+        }
+        let last = t.results.len() as u32 - t.steps >= t.expected;
+        t.notify(&TaskEvent::Result { index, item, last });
+        if last {
+            self.finish(t, Outcome::Completed, Instant::now());
+            drop(task);
+            self.ended(uuid);
+        }
+    }
+
+    /// Routes a Runware error to its task, and only to it.
+    pub(super) fn fail(&self, uuid: TaskUuid, error: RunwareError) {
+        let class = protocol::classify_error(&error.code);
+        let Some(mut task) = self.tasks.get_mut(&uuid) else {
+            if class != ErrorClass::Conflict {
+                self.counters.add(Counter::LateResultsDropped);
+            }
+            tracing::debug!(task = %uuid, code = %error.code, "error for a task no longer kept; dropped");
+            return;
+        };
+        if !task.in_flight() {
+            return;
+        }
+        let now = Instant::now();
+        if protocol::is_get_response(&error) {
+            // About the question, not the task: Runware does not know it, so
+            // it never arrived. Sent (again) under its own taskUUID; a
+            // followed task, which has nothing to send, fails below.
+            match self.step(&mut task, Event::Unknown, now) {
+                Action::Enqueue => {
+                    tracing::debug!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
+                    let _ = self.queue.send(uuid);
+                    return;
+                }
+                Action::FailUnknown => {}
+                _ => return,
+            }
+        }
+        if class == ErrorClass::Conflict
+            && self.step(&mut task, Event::Conflict, now) != Action::FailConflict
+        {
+            // A resend Runware already has (now polled), or a stale answer.
+            tracing::debug!(task = %uuid, "conflictTaskUUID on resend: Runware has the task");
+            return;
+        }
+        let message = match class {
+            ErrorClass::Conflict => format!(
+                "Runware already has a task with taskUUID {uuid} (conflictTaskUUID); a taskUUID must be unique per API key"
+            ),
+            _ => format!("Runware error {error}"),
+        };
+        let failure = TaskFailure {
+            kind: FailureKind::Runware(class),
+            message,
+            runware: Some(error),
+        };
+        self.finish(&mut task, Outcome::Failed(Box::new(failure)), now);
+        drop(task);
+        self.ended(uuid);
+    }
+}

@@ -1,0 +1,24 @@
+//! A table and tasks for the unit tests of the table's users.
+
+use super::*;
+
+/// A table whose connection is ready; what it queues goes nowhere.
+pub fn table() -> Arc<TaskTable> {
+    let (queue, _) = mpsc::unbounded_channel();
+    let d = TaskTable::new(Limits::default(), queue);
+    d.set_gate(Gate::Open);
+    d
+}
+
+/// A promptEnhance task that `expected` results complete.
+pub fn task(expected: u32) -> PreparedTask {
+    let uuid = TaskUuid::new_v4();
+    PreparedTask {
+        uuid,
+        payload: format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}"}}"#).into(),
+        expected,
+        asynchronous: false,
+        label: "promptEnhance",
+        owner: Principal::Tcp,
+    }
+}
