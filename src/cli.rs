@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use runwared::client::{Target, connect};
-use runwared::config::{ApiKey, Config, Environment, ServeArgs, parse_duration};
+use runwared::config::{
+    ApiKey, Config, DEFAULT_LOG, DEFAULT_LOG_FORMAT, Environment, LOG_FORMATS, ServeArgs, Settings,
+    parse_duration,
+};
 use runwared::pb;
 use runwared::server::Daemon;
 use runwared::sim::{SimConfig, SimHandle, server_tls};
@@ -24,10 +27,10 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log filter (tracing's EnvFilter syntax), e.g. "info" or "runwared=debug".
-    #[arg(long, global = true, env = "RUNWARED_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "RUNWARED_LOG", default_value = DEFAULT_LOG)]
     log: String,
     /// Log format: "text" for people, "json" (one object per line) for log collectors.
-    #[arg(long, global = true, env = "RUNWARED_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, global = true, env = "RUNWARED_LOG_FORMAT", default_value = DEFAULT_LOG_FORMAT, value_parser = LOG_FORMATS)]
     log_format: String,
 }
 
@@ -35,6 +38,7 @@ impl Cli {
     /// Parses the process's arguments and environment, noting which
     /// `serve` settings were given (they beat the TOML file).
     pub fn from_process() -> Cli {
+        use clap::parser::ValueSource;
         use clap::{CommandFactory as _, FromArgMatches as _};
         let matches = Cli::command().get_matches();
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -42,6 +46,28 @@ impl Cli {
             (&mut cli.command, matches.subcommand())
         {
             args.note_given(sub);
+            // The log flags belong to every command; for the daemon they
+            // are settings like the others, which beat its TOML file.
+            args.settings.log.clone_from(&cli.log);
+            args.settings.log_format.clone_from(&cli.log_format);
+            for (id, key) in [("log", "log"), ("log_format", "log_format")] {
+                let given = [sub.value_source(id), matches.value_source(id)];
+                if given.iter().any(|source| {
+                    matches!(
+                        source,
+                        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                    )
+                }) {
+                    args.given.push(key.to_owned());
+                }
+            }
+            // The daemon logs as its layered settings say (a TOML file may
+            // set both). A file that cannot be read is reported by the
+            // command itself, with the flags' logging.
+            if let Ok(settings) = Settings::resolve(args) {
+                cli.log = settings.log;
+                cli.log_format = settings.log_format;
+            }
         }
         cli
     }
@@ -185,7 +211,7 @@ struct SimArgs {
 
 #[derive(Debug, Args, Clone)]
 struct ClientArgs {
-    /// The daemon's gRPC address.
+    /// The daemon's gRPC address: `host:port` or `http://host:port`.
     #[arg(long, env = "RUNWARED_ADDR", default_value = "http://127.0.0.1:7433")]
     addr: String,
     /// Talk to the daemon over this Unix socket instead of TCP.
@@ -469,7 +495,7 @@ async fn sim(args: SimArgs) -> CliResult {
 fn target(c: &ClientArgs) -> Target {
     match &c.socket {
         Some(p) => Target::Unix(p.clone()),
-        None => Target::Tcp(c.addr.clone()),
+        None => Target::tcp(&c.addr),
     }
 }
 

@@ -17,6 +17,19 @@ pub enum Target {
     Unix(PathBuf),
 }
 
+impl Target {
+    /// A TCP address as a user writes it: `http://host:port`, or a bare
+    /// `host:port` (as the daemon's `--listen` takes it), which means plain
+    /// HTTP/2.
+    pub fn tcp(addr: &str) -> Self {
+        if addr.contains("://") {
+            Target::Tcp(addr.to_owned())
+        } else {
+            Target::Tcp(format!("http://{addr}"))
+        }
+    }
+}
+
 /// Opens a gRPC channel to the daemon.
 pub async fn connect(target: &Target) -> Result<RunwareClient<Channel>, tonic::transport::Error> {
     let channel = match target {
@@ -58,6 +71,20 @@ pub fn image_file_name(image_uuid: &str, extension: &str) -> Result<String, Stri
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_address_means_plain_http() {
+        let url = |a: &str| match Target::tcp(a) {
+            Target::Tcp(u) => u,
+            Target::Unix(_) => unreachable!(),
+        };
+        assert_eq!(url("127.0.0.1:7433"), "http://127.0.0.1:7433");
+        assert_eq!(url("[::1]:7433"), "http://[::1]:7433");
+        assert_eq!(url("http://127.0.0.1:7433"), "http://127.0.0.1:7433");
+        assert_eq!(url("https://daemon:7433"), "https://daemon:7433");
+    }
+
     use super::image_file_name;
 
     #[test]

@@ -309,6 +309,41 @@ pub struct Settings {
     /// reach the port can then spend your Runware credit.
     #[arg(long, env = "RUNWARED_INSECURE_LISTEN")]
     pub insecure_listen: bool,
+    /// The log filter (`--log`, a flag of every command, so declared there;
+    /// a TOML key here like every other setting).
+    #[arg(skip = String::from(DEFAULT_LOG))]
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// The log format, `text` or `json` (`--log-format`, as `log`).
+    #[arg(skip = String::from(DEFAULT_LOG_FORMAT))]
+    #[serde(default = "default_log_format", deserialize_with = "log_format")]
+    pub log_format: String,
+}
+
+/// The log filter when none is given.
+pub const DEFAULT_LOG: &str = "info";
+/// The log format when none is given.
+pub const DEFAULT_LOG_FORMAT: &str = "text";
+/// What `log_format` takes.
+pub const LOG_FORMATS: [&str; 2] = ["text", "json"];
+
+fn default_log() -> String {
+    DEFAULT_LOG.to_owned()
+}
+
+fn default_log_format() -> String {
+    DEFAULT_LOG_FORMAT.to_owned()
+}
+
+fn log_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let format = String::deserialize(d)?;
+    if LOG_FORMATS.contains(&format.as_str()) {
+        Ok(format)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "log_format must be \"text\" or \"json\", got {format:?}"
+        )))
+    }
 }
 
 impl Default for Settings {
@@ -495,8 +530,20 @@ mod duration_text {
         }
     }
 
+    /// Text ("30s"), or a bare number of seconds (`30`, `0.5`), as the
+    /// flags take it.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        super::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Text(String),
+            Seconds(f64),
+        }
+        match Given::deserialize(d)? {
+            Given::Text(t) => super::parse_duration(&t),
+            Given::Seconds(n) => super::parse_duration(&n.to_string()),
+        }
+        .map_err(serde::de::Error::custom)
     }
 }
 
@@ -504,7 +551,8 @@ mod duration_text {
 /// may hold more of them.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (keys as the long flags, with underscores).
+    /// TOML configuration file: the long flags' names with underscores as
+    /// keys, their values as the flags take them.
     #[arg(long, env = "RUNWARED_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -553,6 +601,8 @@ impl ServeArgs {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub settings: Settings,
+    /// The TOML file the settings were read from, if any.
+    pub config_file: Option<PathBuf>,
     /// The API key's source; `None` only with `simulate`.
     pub api_key: Option<ApiKeySource>,
     /// Clients must send `authorization: Bearer <token>` (TCP listener).
@@ -589,6 +639,7 @@ impl Default for Config {
     fn default() -> Self {
         let settings = Settings::default();
         Config {
+            config_file: None,
             api_key: None,
             auth_token: None,
             listen: settings.listen.on(),
@@ -643,10 +694,15 @@ impl Config {
     /// show only where they come from.
     pub fn describe(&self) -> String {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
-        let mut lines: Vec<(String, String)> = settings_map(&self.settings)
+        let every = match serde_json::to_value(&self.settings) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let mut lines: Vec<(String, String)> = every
             .into_iter()
             .map(|(k, v)| {
                 let text = match v {
+                    serde_json::Value::Null => "none".to_owned(),
                     serde_json::Value::String(s) => s,
                     serde_json::Value::Array(a) if a.is_empty() => "none".to_owned(),
                     serde_json::Value::Array(a) => a
@@ -668,6 +724,7 @@ impl Config {
             None => "none".to_owned(),
         };
         let path = |p: &Option<PathBuf>| opt(p.as_ref().map(|p| p.display().to_string()));
+        lines.insert(0, ("config".to_owned(), path(&self.config_file)));
         // What follows from the environment (systemd's directories,
         // credentials and notify socket), as the daemon will use it.
         for (k, v) in [
@@ -736,7 +793,9 @@ impl Config {
     /// Resolves flags and environment (`args`), the TOML file it names, and
     /// the process environment into the daemon's settings.
     pub fn resolve(args: &ServeArgs, env: &Environment) -> Result<Config, ConfigError> {
-        Self::from_settings(Settings::resolve(args)?, env)
+        let mut config = Self::from_settings(Settings::resolve(args)?, env)?;
+        config.config_file.clone_from(&args.config);
+        Ok(config)
     }
 
     /// Checks the rules between settings and adds what comes from the
@@ -877,6 +936,7 @@ impl Config {
             .filter(|t| !t.is_empty())
             .collect();
         Ok(Config {
+            config_file: None,
             api_key,
             auth_token,
             listen,
@@ -1213,6 +1273,48 @@ mod tests {
         }
         // And the defaults parse (Settings::default relies on it).
         assert_eq!(Settings::default().ping_interval, Duration::from_secs(30));
+    }
+
+    /// The TOML file takes the same keys and values as the flags: the log
+    /// settings too, and durations as text or a bare number of seconds.
+    #[test]
+    fn the_file_takes_what_the_flags_take() {
+        let file = "log = \"runwared=debug\"\nlog_format = \"json\"\ndrain_timeout = 12\nping_interval = 0.5\n";
+        let c = resolve(&[], Some(file), &env_with_key()).unwrap();
+        assert_eq!(c.log, "runwared=debug");
+        assert_eq!(c.log_format, "json");
+        assert_eq!(c.drain_timeout, Duration::from_secs(12));
+        assert_eq!(c.ping_interval, Duration::from_millis(500));
+        let bad = resolve(&[], Some("log_format = \"xml\"\n"), &env_with_key()).unwrap_err();
+        assert!(bad.to_string().contains("log_format"), "{bad}");
+        let bad = resolve(&[], Some("drain_timeout = \"soon\"\n"), &env_with_key()).unwrap_err();
+        assert!(bad.to_string().contains("soon"), "{bad}");
+    }
+
+    /// `check-config` prints every setting, one a line: those left unset
+    /// as `none`, the file they came from, and the log settings.
+    #[test]
+    fn describe_prints_every_setting() {
+        let c = resolve(&[], None, &env_with_key()).unwrap();
+        let text = c.describe();
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).filter(|r| r.starts_with(' ')))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("no line for {key}: {text}"))
+        };
+        let every = match serde_json::to_value(&c.settings).unwrap() {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        for key in every.keys() {
+            value(key);
+        }
+        assert_eq!(value("config"), "none");
+        assert_eq!(value("extra_ca"), "none");
+        assert_eq!(value("unix_socket_group"), "none");
+        assert_eq!(value("log"), DEFAULT_LOG);
+        assert_eq!(value("log_format"), DEFAULT_LOG_FORMAT);
     }
 
     #[test]

@@ -516,7 +516,9 @@ impl Daemon {
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
-        self.stop_listeners.send_replace(true);
+        // The listeners stay open while tasks drain: a probe's fresh health
+        // Check is answered NOT_SERVING, a new task is refused as the daemon
+        // stopping, and a client's socket stays open while its tasks finish.
         // Wait for the tasks clients are waiting on, not for every open
         // stream: an idle Session or a health Watch would never end.
         let table = Arc::clone(&self.table);
@@ -536,6 +538,7 @@ impl Daemon {
                  it is kept and a restarted daemon recovers it (Attach with its taskUUID)",
             );
         }
+        self.stop_listeners.send_replace(true);
         // A moment for the last statuses to reach their clients, then the
         // remaining streams are cut.
         let servers = std::mem::take(&mut self.servers).into_iter().map(|server| {

@@ -25,17 +25,30 @@ fn imports(text: &str) -> BTreeSet<String> {
     names_after(text, "crate::")
 }
 
+/// A file's code: its lines up to its inline test module (`#[cfg(test)]`
+/// before `mod tests {`), without comments or test-only declarations
+/// (`#[cfg(test)] mod testing;`, whose files are not code either).
+fn code_of(text: &str) -> String {
+    let mut code = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.trim() == "#[cfg(test)]" {
+            match lines.next() {
+                Some(next) if next.trim_end().ends_with(';') => continue,
+                _ => break,
+            }
+        }
+        if !line.trim_start().starts_with("//") {
+            code.push(line);
+        }
+    }
+    code.join("\n")
+}
+
 /// The names a file's code (not its comments or tests) reaches through
 /// `prefix` (`crate::`, `super::`): `prefix{a, b::c}` names a and b.
 fn names_after(text: &str, prefix: &str) -> BTreeSet<String> {
-    let code: String = text
-        .split("#[cfg(test)]")
-        .next()
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let code = code_of(text);
     let mut found = BTreeSet::new();
     let mut at = 0;
     while let Some(i) = code[at..].find(prefix) {
@@ -72,6 +85,15 @@ fn names_after(text: &str, prefix: &str) -> BTreeSet<String> {
     found
 }
 
+/// A source file of the library's code: not a file of unit tests (`tests.rs`,
+/// `testing.rs`, declared under `#[cfg(test)]`).
+fn is_code(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "rs")
+        && path
+            .file_stem()
+            .is_some_and(|n| n != "tests" && n != "testing")
+}
+
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -81,7 +103,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            } else if is_code(&path) {
                 let module = module_of(&path, &src);
                 let text = std::fs::read_to_string(&path).unwrap();
                 let deps = graph.entry(module.clone()).or_default();
@@ -105,9 +127,7 @@ fn sibling_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs")
-                && path.file_name().is_some_and(|n| n != "mod.rs")
-            {
+            } else if is_code(&path) && path.file_name().is_some_and(|n| n != "mod.rs") {
                 let name = path.file_stem().unwrap().to_string_lossy().into_owned();
                 files.insert(name, std::fs::read_to_string(&path).unwrap());
             }

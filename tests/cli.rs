@@ -156,6 +156,10 @@ fn simulate_mode_with_the_cli_client() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines.iter().all(|l| l.starts_with("a dog")), "{out}");
+    // The address as `--listen` takes it, without a scheme, works too.
+    let bare = addr.trim_start_matches("http://");
+    let (ok, out, err) = cli(bare, &["status"]);
+    assert!(ok && out.contains("ready"), "{bare}: {out} {err}");
 
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("images");
@@ -375,6 +379,29 @@ fn check_config_prints_the_effective_settings_without_secrets() {
     );
     assert!(!text.contains("sk-check-config-secret"), "{text}");
     assert!(text.contains("api_key") && text.contains("***"), "{text}");
+
+    // A file sets the log settings like any other, and says where it is.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runwared.toml");
+    std::fs::write(&file, "log_format = \"json\"\ndrain_timeout = 12\n").unwrap();
+    let out = runwared()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("RUNWARE_API_KEY", "k")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} line: {text}"))
+            .to_owned()
+    };
+    assert!(line("config").contains("runwared.toml"), "{text}");
+    assert!(line("log_format").ends_with("json"), "{text}");
+    assert!(line("drain_timeout").ends_with("12s"), "{text}");
+    assert!(line("extra_ca").ends_with("none"), "{text}");
 
     let bad = runwared()
         .args(["check-config", "--listen", "0.0.0.0:7433"])

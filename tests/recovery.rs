@@ -241,6 +241,7 @@ async fn shutdown_drains_refuses_new_tasks_and_reports_not_serving() {
         .unwrap()
         .into_inner();
     watch.next().await.unwrap().unwrap();
+    let tcp_addr = h.daemon.tcp_addr.unwrap();
     let stopping = tokio::spawn(h.daemon.shutdown(Duration::from_secs(30)));
     let not_serving = watch.next().await.unwrap().unwrap();
     assert_eq!(
@@ -248,6 +249,29 @@ async fn shutdown_drains_refuses_new_tasks_and_reports_not_serving() {
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
     );
     assert!(table.is_draining());
+    // A probe's fresh Check, on a connection of its own, is answered too
+    // while the daemon drains: NOT_SERVING, not a refused connection.
+    let mut probe = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{tcp_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for service in ["", "runware.v1.Runware", "readiness"] {
+        let answer = probe
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.status,
+            tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
+            "{service:?}"
+        );
+    }
     // The task in flight finishes within the drain.
     assert_eq!(running.await.unwrap().unwrap().len(), 3);
     stopping.await.unwrap();
