@@ -1,0 +1,718 @@
+//! Typed requests as Runware task JSON: each proto field under its
+//! Runware name, a client's JSON objects read once, and refusals that name
+//! the proto field.
+
+use super::*;
+
+/// Checks a typed request's task against the documented limits before it
+/// leaves the host; the error names the proto field.
+pub(super) fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Status> {
+    crate::frontend::intake::check_documented_limits(task).map_err(|r| {
+        Status::invalid_argument(format!("{}: {}", snake_case(&r.parameter), r.detail))
+    })
+}
+
+/// `positivePrompt` -> `positive_prompt`, `CFGScale` -> `cfg_scale`: the
+/// proto field a typed client set.
+pub(super) fn snake_case(camel: &str) -> String {
+    let chars: Vec<char> = camel.chars().collect();
+    let mut out = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev_lower = i > 0 && chars[i - 1].is_ascii_lowercase();
+            let acronym_end = i > 0
+                && chars[i - 1].is_ascii_uppercase()
+                && chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            if prev_lower || acronym_end {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(*c);
+        }
+    }
+    out
+}
+
+/// The client's taskUUID, or a fresh one.
+pub(super) fn task_uuid(given: &str) -> Result<TaskUuid, Status> {
+    if given.is_empty() {
+        return Ok(TaskUuid::new_v4());
+    }
+    TaskUuid::parse_v4(given)
+        .map_err(|e| Status::invalid_argument(format!("task_uuid {given:?}: {e}")))
+}
+
+pub(super) fn opt<T: Into<Value>>(map: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        map.insert(key.to_owned(), v.into());
+    }
+}
+
+pub(super) fn non_empty(map: &mut Map<String, Value>, key: &str, v: &str) {
+    if !v.is_empty() {
+        map.insert(key.to_owned(), json!(v));
+    }
+}
+
+pub(super) fn strings(map: &mut Map<String, Value>, key: &str, v: &[String]) {
+    if !v.is_empty() {
+        map.insert(key.to_owned(), json!(v));
+    }
+}
+
+pub(super) fn object(build: impl FnOnce(&mut Map<String, Value>)) -> Value {
+    let mut m = Map::new();
+    build(&mut m);
+    Value::Object(m)
+}
+
+/// A JSON object given as a string (`extra`, `task_json`), naming the
+/// parameter when it is not one.
+pub(super) fn json_object(param: &str, text: &str) -> Result<Map<String, Value>, Status> {
+    if let Err(elements) = json_elements_within(text, MAX_JSON_ELEMENTS) {
+        return Err(Status::invalid_argument(format!(
+            "{param} has about {elements} JSON values, more than the {MAX_JSON_ELEMENTS} a task may have"
+        )));
+    }
+    match task_object(text) {
+        Ok(m) => {
+            // The daemon authenticates with its own key; a client's key
+            // would be sent to Runware inside a task.
+            if let Some(k) = api_key_field(&m) {
+                return Err(Status::invalid_argument(format!(
+                    "{param}.{k}: the daemon authenticates to Runware with its own key; a task may not carry one"
+                )));
+            }
+            Ok(m)
+        }
+        Err(ObjectError::NotObject(kind)) => Err(Status::invalid_argument(format!(
+            "{param} must be a JSON object, got {kind}"
+        ))),
+        Err(ObjectError::Duplicate(k)) => Err(Status::invalid_argument(format!(
+            "{param}.{k} is given twice; give each key once"
+        ))),
+        Err(ObjectError::Json(e)) => Err(Status::invalid_argument(format!(
+            "{param} is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// `promptEnhance` task JSON from the typed request.
+pub fn prompt_enhance_task(r: &pb::PromptEnhanceRequest) -> Map<String, Value> {
+    let mut t = Map::new();
+    t.insert("taskType".into(), json!("promptEnhance"));
+    t.insert("prompt".into(), json!(r.prompt));
+    opt(&mut t, "promptMaxLength", r.prompt_max_length);
+    opt(&mut t, "promptVersions", r.prompt_versions);
+    opt(&mut t, "includeCost", r.include_cost);
+    opt(&mut t, "model", r.model.clone());
+    opt(&mut t, "webhookURL", r.webhook_url.clone());
+    opt(&mut t, "deliveryMethod", r.delivery_method.clone());
+    t
+}
+
+/// `imageInference` task JSON from the typed request, `extra` merged under
+/// the typed fields.
+pub fn image_inference_task(r: &pb::ImageInferenceRequest) -> Result<Map<String, Value>, Status> {
+    let mut t = if r.extra.trim().is_empty() {
+        Map::new()
+    } else {
+        json_object("extra", &r.extra)?
+    };
+    t.insert("taskType".into(), json!("imageInference"));
+    t.insert("positivePrompt".into(), json!(r.positive_prompt));
+    opt(&mut t, "negativePrompt", r.negative_prompt.clone());
+    non_empty(&mut t, "model", &r.model);
+    opt(&mut t, "width", r.width);
+    opt(&mut t, "height", r.height);
+    opt(&mut t, "steps", r.steps);
+    opt(&mut t, "scheduler", r.scheduler.clone());
+    if r.seed != 0 {
+        t.insert("seed".into(), json!(r.seed));
+    }
+    opt(&mut t, "CFGScale", r.cfg_scale);
+    opt(&mut t, "clipSkip", r.clip_skip);
+    opt(&mut t, "promptWeighting", r.prompt_weighting.clone());
+    opt(&mut t, "numberResults", r.number_results);
+    opt(&mut t, "outputType", r.output_type.clone());
+    if r.image_bytes {
+        if r.output_type.is_some() {
+            return Err(Status::invalid_argument(
+                "image_bytes: leave output_type unset; the daemon asks Runware for base64Data",
+            ));
+        }
+        t.insert("outputType".into(), json!("base64Data"));
+    }
+    opt(&mut t, "outputFormat", r.output_format.clone());
+    opt(&mut t, "outputQuality", r.output_quality);
+    opt(&mut t, "uploadEndpoint", r.upload_endpoint.clone());
+    opt(&mut t, "webhookURL", r.webhook_url.clone());
+    opt(&mut t, "deliveryMethod", r.delivery_method.clone());
+    opt(&mut t, "checkNSFW", r.check_nsfw);
+    opt(&mut t, "includeCost", r.include_cost);
+    opt(&mut t, "seedImage", r.seed_image.clone());
+    opt(&mut t, "maskImage", r.mask_image.clone());
+    opt(&mut t, "maskMargin", r.mask_margin);
+    opt(&mut t, "strength", r.strength);
+    strings(&mut t, "referenceImages", &r.reference_images);
+    opt(&mut t, "vae", r.vae.clone());
+    opt(&mut t, "ttl", r.ttl);
+    opt(&mut t, "acceleration", r.acceleration.clone());
+    if let Some(o) = &r.outpaint {
+        t.insert(
+            "outpaint".into(),
+            object(|m| {
+                opt(m, "top", o.top);
+                opt(m, "right", o.right);
+                opt(m, "bottom", o.bottom);
+                opt(m, "left", o.left);
+                opt(m, "blur", o.blur);
+            }),
+        );
+    }
+    if let Some(x) = &r.refiner {
+        t.insert(
+            "refiner".into(),
+            object(|m| {
+                non_empty(m, "model", &x.model);
+                opt(m, "startStep", x.start_step);
+                opt(m, "startStepPercentage", x.start_step_percentage);
+            }),
+        );
+    }
+    if !r.embeddings.is_empty() {
+        let list = r.embeddings.iter().map(|e| {
+            object(|m| {
+                non_empty(m, "model", &e.model);
+                opt(m, "weight", e.weight);
+            })
+        });
+        t.insert("embeddings".into(), Value::Array(list.collect()));
+    }
+    if !r.control_net.is_empty() {
+        let list = r.control_net.iter().map(|c| {
+            object(|m| {
+                non_empty(m, "model", &c.model);
+                non_empty(m, "guideImage", &c.guide_image);
+                opt(m, "weight", c.weight);
+                opt(m, "startStep", c.start_step);
+                opt(m, "startStepPercentage", c.start_step_percentage);
+                opt(m, "endStep", c.end_step);
+                opt(m, "endStepPercentage", c.end_step_percentage);
+                opt(m, "controlMode", c.control_mode.clone());
+            })
+        });
+        t.insert("controlNet".into(), Value::Array(list.collect()));
+    }
+    if !r.lora.is_empty() {
+        let list = r.lora.iter().map(|l| {
+            object(|m| {
+                non_empty(m, "model", &l.model);
+                opt(m, "weight", l.weight);
+            })
+        });
+        t.insert("lora".into(), Value::Array(list.collect()));
+    }
+    if !r.ip_adapters.is_empty() {
+        let list = r.ip_adapters.iter().map(|a| {
+            object(|m| {
+                non_empty(m, "model", &a.model);
+                non_empty(m, "guideImage", &a.guide_image);
+                opt(m, "weight", a.weight);
+            })
+        });
+        t.insert("ipAdapters".into(), Value::Array(list.collect()));
+    }
+    if let Some(s) = &r.safety {
+        t.insert(
+            "safety".into(),
+            object(|m| {
+                opt(m, "checkContent", s.check_content);
+                opt(m, "mode", s.mode.clone());
+            }),
+        );
+    }
+    if let Some(a) = &r.advanced_features {
+        t.insert(
+            "advancedFeatures".into(),
+            object(|m| opt(m, "layerDiffuse", a.layer_diffuse)),
+        );
+    }
+    if let Some(a) = &r.accelerator_options {
+        t.insert(
+            "acceleratorOptions".into(),
+            object(|m| {
+                opt(m, "teaCache", a.tea_cache);
+                opt(m, "teaCacheDistance", a.tea_cache_distance);
+                opt(m, "deepCache", a.deep_cache);
+                opt(m, "deepCacheInterval", a.deep_cache_interval);
+                opt(m, "deepCacheBranchId", a.deep_cache_branch_id);
+                opt(m, "cacheStartStep", a.cache_start_step);
+                opt(m, "cacheStartStepPercentage", a.cache_start_step_percentage);
+                opt(m, "cacheEndStep", a.cache_end_step);
+                opt(m, "cacheEndStepPercentage", a.cache_end_step_percentage);
+                opt(m, "cacheMaxConsecutiveSteps", a.cache_max_consecutive_steps);
+            }),
+        );
+    }
+    if let Some(p) = &r.pu_lid {
+        t.insert(
+            "puLID".into(),
+            object(|m| {
+                strings(m, "inputImages", &p.input_images);
+                opt(m, "idWeight", p.id_weight);
+                opt(m, "trueCFGScale", p.true_cfg_scale);
+                opt(m, "CFGStartStep", p.cfg_start_step);
+                opt(m, "CFGStartStepPercentage", p.cfg_start_step_percentage);
+            }),
+        );
+    }
+    if let Some(a) = &r.ace_plus_plus {
+        t.insert(
+            "acePlusPlus".into(),
+            object(|m| {
+                opt(m, "type", a.r#type.clone());
+                strings(m, "inputImages", &a.input_images);
+                strings(m, "inputMasks", &a.input_masks);
+                opt(m, "repaintingScale", a.repainting_scale);
+            }),
+        );
+    }
+    Ok(t)
+}
+
+/// A `Run` request's task JSON, its taskUUID, and the results it waits for.
+pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
+    let task = json_object("task_json", &r.task_json)?;
+    if let Some(n) = r.expected_results {
+        if n == 0 || n > MAX_EXPECTED_RESULTS {
+            return Err(Status::invalid_argument(format!(
+                "expected_results must be between 1 and {MAX_EXPECTED_RESULTS}, got {n}"
+            )));
+        }
+    }
+    check_task(task, false, r.expected_results)
+        .map_err(|r| Status::invalid_argument(format!("task_json.{} {}", r.parameter, r.detail)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_image_request_becomes_documented_json() {
+        let r = pb::ImageInferenceRequest {
+            positive_prompt: "a cat".into(),
+            model: "runware:101@1".into(),
+            width: Some(512),
+            height: Some(768),
+            seed: 9_223_372_036_854_775_000,
+            cfg_scale: Some(7.5),
+            number_results: Some(2),
+            lora: vec![pb::Lora {
+                model: "runware:13090@1".into(),
+                weight: Some(1.5),
+            }],
+            control_net: vec![pb::ControlNet {
+                model: "cn".into(),
+                guide_image: "img".into(),
+                end_step_percentage: Some(80),
+                ..Default::default()
+            }],
+            outpaint: Some(pb::Outpaint {
+                top: Some(256),
+                blur: Some(16),
+                ..Default::default()
+            }),
+            safety: Some(pb::Safety {
+                check_content: Some(true),
+                mode: None,
+            }),
+            extra: r#"{"providerSettings":{"x":1},"width":1}"#.into(),
+            ..Default::default()
+        };
+        let t = Value::Object(image_inference_task(&r).unwrap());
+        assert_eq!(t["taskType"], "imageInference");
+        assert_eq!(t["positivePrompt"], "a cat");
+        assert_eq!(t["width"], 512, "typed fields win over extra");
+        assert_eq!(t["seed"], json!(9_223_372_036_854_775_000u64));
+        assert_eq!(t["CFGScale"], 7.5);
+        assert_eq!(t["numberResults"], 2);
+        assert_eq!(
+            t["lora"],
+            json!([{"model": "runware:13090@1", "weight": 1.5}])
+        );
+        assert_eq!(
+            t["controlNet"],
+            json!([{"model": "cn", "guideImage": "img", "endStepPercentage": 80}])
+        );
+        assert_eq!(t["outpaint"], json!({"top": 256, "blur": 16}));
+        assert_eq!(t["safety"], json!({"checkContent": true}));
+        assert_eq!(t["providerSettings"], json!({"x": 1}));
+        assert!(t.get("negativePrompt").is_none());
+    }
+
+    #[test]
+    fn bad_client_json_names_the_parameter() {
+        let bad_extra = pb::ImageInferenceRequest {
+            extra: "[1]".into(),
+            ..Default::default()
+        };
+        let e = image_inference_task(&bad_extra).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("extra"), "{}", e.message());
+        let keyed_extra = pb::ImageInferenceRequest {
+            extra: r#"{"apiKey":"someone-else's"}"#.into(),
+            ..Default::default()
+        };
+        let e = image_inference_task(&keyed_extra).unwrap_err();
+        assert!(e.message().contains("extra.apiKey"), "{}", e.message());
+
+        // Bounded before parsing: many small values (which parse to many
+        // times their text), and deep nesting.
+        let flood = format!(
+            r#"{{"taskType":"x","v":[{}0]}}"#,
+            "0,".repeat(MAX_JSON_ELEMENTS)
+        );
+        let e = run_task(&pb::RunRequest {
+            task_json: flood,
+            expected_results: None,
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("task_json has about"),
+            "{}",
+            e.message()
+        );
+        let deep = format!(
+            r#"{{"taskType":"x","v":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let e = run_task(&pb::RunRequest {
+            task_json: deep,
+            expected_results: None,
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("task_json is not valid JSON"),
+            "{}",
+            e.message()
+        );
+
+        let run = |json: &str, n: Option<u32>| {
+            run_task(&pb::RunRequest {
+                task_json: json.into(),
+                expected_results: n,
+            })
+        };
+        for (json, n, param) in [
+            ("nope", None, "task_json"),
+            ("[]", None, "task_json"),
+            (r#"{"prompt":"x"}"#, None, "task_json.taskType"),
+            (r#"{"taskType":"ping"}"#, None, "task_json.taskType"),
+            (
+                r#"{"taskType":"x","taskUUID":"abc"}"#,
+                None,
+                "task_json.taskUUID",
+            ),
+            (
+                r#"{"taskType":"x","taskUUID":5}"#,
+                None,
+                "task_json.taskUUID",
+            ),
+            (r#"{"taskType":"x"}"#, Some(0), "expected_results"),
+            // Reserved task types in any letter case.
+            (r#"{"taskType":"PING"}"#, None, "task_json.taskType"),
+            (
+                r#"{"taskType":"Authentication"}"#,
+                None,
+                "task_json.taskType",
+            ),
+            (
+                r#"{"taskType":" getresponse "}"#,
+                None,
+                "task_json.taskType",
+            ),
+            // A key of the client's own, which would go to Runware.
+            (r#"{"taskType":"x","apiKey":"k"}"#, None, "task_json.apiKey"),
+            (r#"{"taskType":"x","APIKEY":"k"}"#, None, "task_json.APIKEY"),
+            // The counts that decide completion are bounded.
+            (
+                r#"{"taskType":"imageInference","numberResults":4000000000}"#,
+                None,
+                "task_json.numberResults",
+            ),
+            (
+                r#"{"taskType":"promptEnhance","promptVersions":-1}"#,
+                None,
+                "task_json.promptVersions",
+            ),
+            (
+                r#"{"taskType":"x"}"#,
+                Some(MAX_EXPECTED_RESULTS + 1),
+                "expected_results",
+            ),
+        ] {
+            let e = run(json, n).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{json}");
+            assert!(e.message().contains(param), "{json}: {}", e.message());
+        }
+        let ClientTask {
+            task,
+            stated_results: n,
+            ..
+        } = run(
+            r#"{"taskType":"imageCaption","seed":18446744073709551615}"#,
+            Some(2),
+        )
+        .unwrap();
+        assert_eq!(task["seed"], json!(u64::MAX), "64-bit seeds survive");
+        assert_eq!(n, Some(2));
+        assert!(
+            task_uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+                .unwrap_err()
+                .message()
+                .contains("task_uuid")
+        );
+    }
+
+    /// Every documented limit, on both sides of the edge, through the
+    /// typed requests' pre-flight check.
+    #[test]
+    fn documented_limits_on_both_sides_of_the_edge() {
+        type Edit = Box<dyn Fn(&mut pb::PromptEnhanceRequest)>;
+        let pe: Vec<(&str, Edit, bool)> = vec![
+            ("prompt", Box::new(|r| r.prompt = String::new()), false),
+            ("prompt", Box::new(|r| r.prompt = "x".into()), true),
+            ("prompt", Box::new(|r| r.prompt = "x".repeat(300)), true),
+            ("prompt", Box::new(|r| r.prompt = "x".repeat(301)), false),
+            (
+                "prompt_max_length",
+                Box::new(|r| r.prompt_max_length = Some(11)),
+                false,
+            ),
+            (
+                "prompt_max_length",
+                Box::new(|r| r.prompt_max_length = Some(12)),
+                true,
+            ),
+            (
+                "prompt_max_length",
+                Box::new(|r| r.prompt_max_length = Some(400)),
+                true,
+            ),
+            (
+                "prompt_max_length",
+                Box::new(|r| r.prompt_max_length = Some(401)),
+                false,
+            ),
+            (
+                "prompt_versions",
+                Box::new(|r| r.prompt_versions = Some(0)),
+                false,
+            ),
+            (
+                "prompt_versions",
+                Box::new(|r| r.prompt_versions = Some(1)),
+                true,
+            ),
+            (
+                "prompt_versions",
+                Box::new(|r| r.prompt_versions = Some(5)),
+                true,
+            ),
+            (
+                "prompt_versions",
+                Box::new(|r| r.prompt_versions = Some(6)),
+                false,
+            ),
+            (
+                "delivery_method",
+                Box::new(|r| r.delivery_method = Some("later".into())),
+                false,
+            ),
+        ];
+        for (param, edit, ok) in pe {
+            let mut r = pb::PromptEnhanceRequest {
+                prompt: "a dog".into(),
+                ..Default::default()
+            };
+            edit(&mut r);
+            let result = check_documented_limits(&prompt_enhance_task(&r));
+            assert_eq!(result.is_ok(), ok, "{param}: {result:?}");
+            if let Err(e) = result {
+                assert_eq!(e.code(), Code::InvalidArgument);
+                assert!(
+                    e.message().starts_with(&format!("{param}: ")),
+                    "{param}: {}",
+                    e.message()
+                );
+            }
+        }
+
+        type ImgEdit = Box<dyn Fn(&mut pb::ImageInferenceRequest)>;
+        let ii: Vec<(&str, ImgEdit, bool)> = vec![
+            (
+                "positive_prompt",
+                Box::new(|r| r.positive_prompt = "x".into()),
+                false,
+            ),
+            (
+                "positive_prompt",
+                Box::new(|r| r.positive_prompt = "xy".into()),
+                true,
+            ),
+            (
+                "positive_prompt",
+                Box::new(|r| r.positive_prompt = "x".repeat(3000)),
+                true,
+            ),
+            (
+                "positive_prompt",
+                Box::new(|r| r.positive_prompt = "x".repeat(3001)),
+                false,
+            ),
+            (
+                "negative_prompt",
+                Box::new(|r| r.negative_prompt = Some("x".into())),
+                false,
+            ),
+            (
+                "negative_prompt",
+                Box::new(|r| r.negative_prompt = Some("xy".into())),
+                true,
+            ),
+            (
+                "negative_prompt",
+                Box::new(|r| r.negative_prompt = Some("x".repeat(3001))),
+                false,
+            ),
+            ("model", Box::new(|r| r.model = String::new()), false),
+            ("width", Box::new(|r| r.width = None), false),
+            ("width", Box::new(|r| r.width = Some(64)), false),
+            ("width", Box::new(|r| r.width = Some(128)), true),
+            ("width", Box::new(|r| r.width = Some(2048)), true),
+            ("width", Box::new(|r| r.width = Some(2112)), false),
+            ("width", Box::new(|r| r.width = Some(200)), false),
+            ("height", Box::new(|r| r.height = Some(64)), false),
+            ("height", Box::new(|r| r.height = Some(128)), true),
+            ("height", Box::new(|r| r.height = Some(2048)), true),
+            ("height", Box::new(|r| r.height = Some(2112)), false),
+            (
+                "number_results",
+                Box::new(|r| r.number_results = Some(0)),
+                false,
+            ),
+            (
+                "number_results",
+                Box::new(|r| r.number_results = Some(1)),
+                true,
+            ),
+            (
+                "number_results",
+                Box::new(|r| r.number_results = Some(20)),
+                true,
+            ),
+            (
+                "number_results",
+                Box::new(|r| r.number_results = Some(21)),
+                false,
+            ),
+            ("steps", Box::new(|r| r.steps = Some(0)), false),
+            ("steps", Box::new(|r| r.steps = Some(1)), true),
+            ("steps", Box::new(|r| r.steps = Some(100)), true),
+            ("steps", Box::new(|r| r.steps = Some(101)), false),
+            ("cfg_scale", Box::new(|r| r.cfg_scale = Some(-0.1)), false),
+            ("cfg_scale", Box::new(|r| r.cfg_scale = Some(0.0)), true),
+            ("cfg_scale", Box::new(|r| r.cfg_scale = Some(50.0)), true),
+            ("cfg_scale", Box::new(|r| r.cfg_scale = Some(50.1)), false),
+            ("clip_skip", Box::new(|r| r.clip_skip = Some(2)), true),
+            ("clip_skip", Box::new(|r| r.clip_skip = Some(3)), false),
+            (
+                "output_quality",
+                Box::new(|r| r.output_quality = Some(19)),
+                false,
+            ),
+            (
+                "output_quality",
+                Box::new(|r| r.output_quality = Some(20)),
+                true,
+            ),
+            (
+                "output_quality",
+                Box::new(|r| r.output_quality = Some(99)),
+                true,
+            ),
+            (
+                "output_quality",
+                Box::new(|r| r.output_quality = Some(100)),
+                false,
+            ),
+            ("strength", Box::new(|r| r.strength = Some(0.0)), true),
+            ("strength", Box::new(|r| r.strength = Some(1.0)), true),
+            ("strength", Box::new(|r| r.strength = Some(1.01)), false),
+            ("mask_margin", Box::new(|r| r.mask_margin = Some(31)), false),
+            ("mask_margin", Box::new(|r| r.mask_margin = Some(32)), true),
+            ("mask_margin", Box::new(|r| r.mask_margin = Some(128)), true),
+            (
+                "mask_margin",
+                Box::new(|r| r.mask_margin = Some(129)),
+                false,
+            ),
+            ("seed", Box::new(|r| r.seed = 1), true),
+            ("seed", Box::new(|r| r.seed = i64::MAX as u64), true),
+            ("seed", Box::new(|r| r.seed = i64::MAX as u64 + 1), false),
+            (
+                "output_type",
+                Box::new(|r| r.output_type = Some("base64Data".into())),
+                true,
+            ),
+            (
+                "output_type",
+                Box::new(|r| r.output_type = Some("PDF".into())),
+                false,
+            ),
+            (
+                "output_format",
+                Box::new(|r| r.output_format = Some("WEBP".into())),
+                true,
+            ),
+            (
+                "output_format",
+                Box::new(|r| r.output_format = Some("GIF".into())),
+                false,
+            ),
+        ];
+        for (param, edit, ok) in ii {
+            let mut r = pb::ImageInferenceRequest {
+                positive_prompt: "a cat".into(),
+                model: "runware:101@1".into(),
+                width: Some(512),
+                height: Some(512),
+                ..Default::default()
+            };
+            edit(&mut r);
+            let result = check_documented_limits(&image_inference_task(&r).unwrap());
+            assert_eq!(result.is_ok(), ok, "{param}: {result:?}");
+            if let Err(e) = result {
+                assert!(
+                    e.message().starts_with(&format!("{param}: ")),
+                    "{param}: {}",
+                    e.message()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn proto_names_from_runware_names() {
+        assert_eq!(snake_case("positivePrompt"), "positive_prompt");
+        assert_eq!(snake_case("CFGScale"), "cfg_scale");
+        assert_eq!(snake_case("width"), "width");
+        assert_eq!(snake_case("checkNSFW"), "check_nsfw");
+    }
+}
