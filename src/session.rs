@@ -837,8 +837,8 @@ mod tests {
         }
     }
 
-    /// Issue 8, bug 3: drops of short sessions grew the backoff (185 ms,
-    /// 240 ms, ... 5.7 s) while Runware accepted every reconnect at once.
+    /// Drops of short sessions must not grow the backoff while Runware
+    /// accepts every reconnect at once.
     #[test]
     fn a_dropped_session_is_retried_at_once_however_short_it_lived() {
         let mut p = policy();

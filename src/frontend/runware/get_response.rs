@@ -1,0 +1,94 @@
+//! `getResponse` answered from the task table, on either door.
+
+use super::*;
+
+impl RunwareEndpoint {
+    /// `getResponse` answered from the task table: every item so far with
+    /// its `status`, or one `processing` item while none has come.
+    pub(super) fn get_response(
+        &self,
+        task: &TaskObject<'_>,
+        principal: Principal,
+        session: Option<&LocalSession>,
+    ) -> Result<Vec<String>, RunwareError> {
+        let uuid = task
+            .str_field("taskUUID")
+            .and_then(|s| TaskUuid::parse_any(&s))
+            .ok_or_else(|| {
+                Refusal::new("invalidTaskUUID", "taskUUID", "must be a task's UUID")
+                    .runware_error(Some("getResponse"), None)
+            })?;
+        let table = &self.inner.intake.table();
+        let refused =
+            |e: SubmitError| refusal_of_submit(&e).runware_error(Some("getResponse"), Some(&uuid));
+        let mut handle = match table.attach(uuid, principal) {
+            Ok(h) => h,
+            // A task this daemon never sent: Runware may know it (made
+            // elsewhere with the same account). It is followed upstream
+            // with getResponse from now on; this answer says processing.
+            Err(SubmitError::NotFound(_)) => {
+                let expected = task
+                    .field("numberResults")
+                    .and_then(|n| n.as_u64())
+                    .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+                table.follow(uuid, expected, principal).map_err(refused)?;
+                table.attach(uuid, principal).map_err(refused)?
+            }
+            Err(e) => return Err(refused(e)),
+        };
+        let task_type = session.and_then(|s| s.task_type(&uuid));
+        let mut items = Vec::new();
+        let mut ended = false;
+        while let Ok(event) = handle.events.try_recv() {
+            match event {
+                TaskEvent::Result { item, last, .. } => {
+                    items.push(with_status(&item, "success"));
+                    ended |= last;
+                }
+                TaskEvent::Failed(f) => {
+                    let e = failure_error(&f, task_type.as_deref(), &uuid);
+                    items.push(
+                        json!({
+                            "taskType": e.task_type, "taskUUID": uuid.to_string(),
+                            "status": "error", "error": e,
+                        })
+                        .to_string(),
+                    );
+                    ended = true;
+                }
+            }
+        }
+        if !ended && items.is_empty() {
+            items.push(
+                json!({"taskType": task_type, "taskUUID": uuid.to_string(), "status": "processing"})
+                    .to_string(),
+            );
+        }
+        Ok(items)
+    }
+}
+
+/// A result item with `status` added, as getResponse answers carry it.
+pub(super) fn with_status(item: &str, status: &str) -> String {
+    match serde_json::from_str::<Value>(item) {
+        Ok(Value::Object(mut m)) => {
+            m.entry("status").or_insert_with(|| json!(status));
+            Value::Object(m).to_string()
+        }
+        _ => item.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_response_items_carry_a_status() {
+        let v: Value = serde_json::from_str(&with_status(r#"{"text":"x"}"#, "success")).unwrap();
+        assert_eq!(v["status"], "success");
+        let kept: Value =
+            serde_json::from_str(&with_status(r#"{"status":"error"}"#, "success")).unwrap();
+        assert_eq!(kept["status"], "error");
+    }
+}

@@ -1,0 +1,235 @@
+//! Runware's own protocol, served locally: existing SDKs, `curl` and any
+//! language share the daemon's one upstream socket by changing only their
+//! URL.
+//!
+//! One listener (`--runware-listen`, `127.0.0.1:7434` by default) serves
+//! both of Runware's doors
+//! (<https://runware.ai/docs>, "How to connect and authenticate"):
+//!
+//! - **WebSocket** at `ws://ADDR/v1` (and `/`): the first message
+//!   authenticates and is answered with a *local* `connectionSessionUUID`;
+//!   `ping` is answered with `pong`; task arrays are taken; results and
+//!   errors come back in Runware's shapes (`{"data":[...]}`,
+//!   `{"errors":[...]}`), only to the connection that sent the task. A client
+//!   that reconnects with its session UUID within 120 s receives what
+//!   arrived while it was away, as Runware does. `getResponse` is answered
+//!   from the daemon's task table.
+//! - **REST** at `POST http://ADDR/v1`: a JSON array (authentication as its
+//!   first element, or `Authorization: Bearer`), answered with every task's
+//!   results once all are complete; `deliveryMethod: "async"` is answered
+//!   with the acknowledgement, and `getResponse` works here too.
+//!
+//! The client's `apiKey` is never forwarded: upstream, the daemon uses its
+//! own key. Locally the `apiKey` (or bearer) must equal the daemon's client
+//! token when one is configured; the listener follows the same access rules
+//! as the gRPC ones (config). Tasks are ordinary daemon tasks: the client's
+//! taskUUID is used as given, one already in flight gets `conflictTaskUUID`.
+
+// Functions here return Runware's error item as their error: it is the
+// answer itself, on the refusal path only, so it is not boxed.
+#![allow(clippy::result_large_err)]
+
+//! The door by file, in the order a message passes them: this file routes a
+//! request (WebSocket upgrade or REST) and checks a task for the intake;
+//! `socket` runs one local WebSocket; `rest` answers `POST /v1`;
+//! `get_response` answers `getResponse` from the table; `local_session`
+//! keeps a WebSocket client's session and turns its tasks' events into
+//! frames; `writer` writes them to the socket; `frames` holds Runware's wire
+//! shapes.
+
+mod frames;
+mod get_response;
+mod local_session;
+mod rest;
+mod socket;
+mod writer;
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, timeout_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::intake::{
+    ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, check_documented_limits,
+    check_task, json_elements_within,
+};
+use super::refusal::{Refusal, failure_error, refusal_of_submit};
+use super::watched::{self, Released, Watched, Woken};
+use crate::config::BearerToken;
+use crate::counters::Counter;
+use crate::dispatch::metrics::task_type_label;
+use crate::dispatch::{
+    ClientConnection, Principal, SubmitError, TaggedSender, TaskEvent, TaskHandle,
+};
+use crate::protocol::{RunwareError, TaskFields, TaskObject, TaskUuid};
+use crate::websocket::json_response;
+
+use self::frames::{
+    PONG, ack, data_frame, error_response, errors_frame, frame, not_authenticated, not_taken_error,
+    parse_message, timeout_error,
+};
+pub use self::local_session::LOCAL_SESSION_TTL;
+use self::local_session::{LocalSession, LocalTask, forward, sweep_sessions};
+use self::writer::{LocalFrame, write_ready};
+
+/// What the endpoint needs of the daemon.
+#[derive(Clone)]
+pub struct RunwareEndpoint {
+    inner: Arc<Shared>,
+}
+
+/// What every connection of the endpoint shares.
+struct Shared {
+    /// Where tasks go in (and the table they go into).
+    intake: Intake,
+    /// The daemon's client token: a local client's `apiKey` must equal it.
+    token: Option<Arc<BearerToken>>,
+    /// Deadline of every task taken here.
+    task_timeout: Duration,
+    /// Largest message taken or sent (frames and REST bodies).
+    max_message_bytes: usize,
+    /// Local sessions by their `connectionSessionUUID`, kept
+    /// [`LOCAL_SESSION_TTL`] after their socket went.
+    sessions: DashMap<String, Arc<LocalSession>>,
+}
+
+impl RunwareEndpoint {
+    pub fn new(
+        intake: Intake,
+        token: Option<Arc<BearerToken>>,
+        task_timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
+        RunwareEndpoint {
+            inner: Arc::new(Shared {
+                intake,
+                token,
+                task_timeout,
+                max_message_bytes,
+                sessions: DashMap::new(),
+            }),
+        }
+    }
+
+    /// Serves connections from `incoming` (a listener of [`crate::listen`])
+    /// until `stop` turns true.
+    pub async fn serve<S, IO>(self, mut incoming: S, mut stop: watch::Receiver<bool>)
+    where
+        S: futures::Stream<Item = std::io::Result<IO>> + Unpin,
+        IO: AsyncRead
+            + AsyncWrite
+            + tonic::transport::server::Connected<ConnectInfo = ClientConnection>
+            + Unpin
+            + Send
+            + 'static,
+    {
+        let sweeper = tokio::spawn(sweep_sessions(Arc::downgrade(&self.inner)));
+        loop {
+            let io = tokio::select! {
+                next = incoming.next() => match next {
+                    Some(Ok(io)) => io,
+                    Some(Err(_)) => continue,
+                    None => break,
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let client = io.connect_info();
+            let endpoint = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let endpoint = endpoint.clone();
+                    let client = client.clone();
+                    let stop = stop.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(endpoint.handle(req, client, stop).await)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+        sweeper.abort();
+    }
+
+    async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        client: ClientConnection,
+        stop: watch::Receiver<bool>,
+    ) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        if path != "/v1" && path != "/" && path != "/v1/" {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &Refusal::new("notFound", "url", "is not served: use /v1"),
+            );
+        }
+        // `?dryRun=1` asks Runware to validate without running (and without
+        // charging). The daemon cannot promise that for its shared socket,
+        // so it refuses rather than run and charge what was meant as a check.
+        if crate::websocket::is_dry_run(req.uri().query()) {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &Refusal::new(
+                    "unsupportedParameter",
+                    "dryRun",
+                    "is not offered by runwared: it would run (and charge) the tasks; connect without it",
+                ),
+            );
+        }
+        if crate::websocket::is_upgrade(&req) {
+            return self.upgrade(req, client, stop);
+        }
+        if req.method() == hyper::Method::POST {
+            return self.rest(req, client).await;
+        }
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &Refusal::new(
+                "invalidRequest",
+                "method",
+                "must be POST (REST) or a WebSocket upgrade",
+            ),
+        )
+    }
+
+    /// Checks one task, to be submitted under the client's own taskUUID.
+    fn check<'a>(
+        &self,
+        task: TaskObject<'a>,
+        task_type: &str,
+    ) -> Result<ClientTask<TaskObject<'a>>, RunwareError> {
+        let given_uuid = task
+            .str_field("taskUUID")
+            .and_then(|s| TaskUuid::parse_any(&s));
+        let refused = |r: Refusal| {
+            r.runware_error(
+                Some(task_type).filter(|t| !t.is_empty()),
+                given_uuid.as_ref(),
+            )
+        };
+        let checked = check_task(task, true, None).map_err(refused)?;
+        check_documented_limits(&checked.task).map_err(refused)?;
+        Ok(checked)
+    }
+}

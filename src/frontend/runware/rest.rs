@@ -1,0 +1,140 @@
+//! `POST /v1`: every task of a JSON array, answered once all are
+//! complete (async ones with their acknowledgement).
+
+use super::*;
+
+impl RunwareEndpoint {
+    /// `POST /v1`: every task of the array, answered once all are complete.
+    pub(super) async fn rest(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        client: ClientConnection,
+    ) -> Response<Full<Bytes>> {
+        let bearer = crate::websocket::bearer(&req);
+        let body = match Limited::new(req.into_body(), self.inner.max_message_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &Refusal::new(
+                        "payloadTooLarge",
+                        "body",
+                        "is larger than the daemon's max_message_bytes",
+                    ),
+                );
+            }
+        };
+        let text = String::from_utf8_lossy(&body);
+        let tasks = match parse_message(&text) {
+            Ok(t) => t,
+            Err(r) => return error_response(StatusCode::BAD_REQUEST, &r),
+        };
+        let key = bearer.or_else(|| {
+            tasks
+                .iter()
+                .find(|(t, _)| t.task_type() == "authentication")
+                .and_then(|(t, _)| t.str_field("apiKey").map(Cow::into_owned))
+        });
+        if let Err(e) = self.check_key(key.as_deref()) {
+            return json_response(StatusCode::UNAUTHORIZED, errors_frame(&[e]));
+        }
+        let principal = client.principal;
+        let mut data: Vec<String> = Vec::new();
+        let mut errors: Vec<RunwareError> = Vec::new();
+        let mut waiting = Vec::new();
+        for (task, raw) in tasks {
+            let task_type = task.task_type().into_owned();
+            match task_type.as_str() {
+                "authentication" => {}
+                "ping" => data.push(PONG.to_owned()),
+                "getResponse" => match self.get_response(&task, principal, None) {
+                    Ok(items) => data.extend(items),
+                    Err(e) => errors.push(e),
+                },
+                _ => match self.submit_from_rest(task, raw, &task_type, &client) {
+                    Ok(handle) if handle.asynchronous => {
+                        data.push(ack(&task_type, &handle.uuid));
+                        tokio::spawn(hold(handle, Instant::now() + self.inner.task_timeout));
+                    }
+                    Ok(handle) => waiting.push((handle, task_type)),
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        let deadline = Instant::now() + self.inner.task_timeout;
+        let outcomes = futures::future::join_all(
+            waiting
+                .into_iter()
+                .map(|(handle, task_type)| collect(handle, task_type, deadline)),
+        )
+        .await;
+        for (items, error) in outcomes {
+            data.extend(items);
+            errors.extend(error);
+        }
+        let status = if data.is_empty() && !errors.is_empty() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        json_response(status, frame(&data, &errors))
+    }
+
+    /// Submits one task of a REST request, watched by its own handle.
+    pub(super) fn submit_from_rest(
+        &self,
+        task: TaskObject<'_>,
+        raw: &str,
+        task_type: &str,
+        client: &ClientConnection,
+    ) -> Result<TaskHandle, RunwareError> {
+        let checked = self.check(task, task_type)?;
+        let uuid = checked.uuid;
+        let deadline = Instant::now() + self.inner.task_timeout;
+        self.inner
+            .intake
+            .submit(client, checked, Some(raw), deadline)
+            .map_err(|e| not_taken_error(&e, task_type, &uuid))
+    }
+}
+
+/// Keeps an async task watched until it ends (its results are fetched with
+/// getResponse), so it is not counted abandoned.
+pub(super) async fn hold(mut handle: TaskHandle, deadline: Instant) {
+    while let Ok(Some(event)) = timeout_at(deadline, handle.events.recv()).await {
+        match event {
+            TaskEvent::Result { last: true, .. } | TaskEvent::Failed(_) => return,
+            TaskEvent::Result { .. } => {}
+        }
+    }
+}
+
+/// Every result of a synchronous task (REST), or its error.
+pub(super) async fn collect(
+    mut handle: TaskHandle,
+    task_type: String,
+    deadline: Instant,
+) -> (Vec<String>, Option<RunwareError>) {
+    let mut items = Vec::new();
+    loop {
+        match timeout_at(deadline, handle.events.recv()).await {
+            Ok(Some(TaskEvent::Result { item, last, .. })) => {
+                items.push(item.to_string());
+                if last {
+                    return (items, None);
+                }
+            }
+            Ok(Some(TaskEvent::Failed(f))) => {
+                return (
+                    items,
+                    Some(failure_error(&f, Some(&task_type), &handle.uuid)),
+                );
+            }
+            Ok(None) => return (items, None),
+            Err(_) => return (items, Some(timeout_error(&task_type, &handle.uuid))),
+        }
+    }
+}

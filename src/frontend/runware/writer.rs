@@ -1,0 +1,134 @@
+//! What goes to a local WebSocket, and the one writer per socket that
+//! joins ready items into messages and flushes once.
+
+use super::*;
+
+/// What goes to a local WebSocket: result items, which the writer joins
+/// into one `{"data":[...]}` message with the ready items of the same
+/// task, or a whole message of its own.
+///
+/// Only one task's items share a message: `@runware/sdk-js` hands every
+/// item of a message to each task it names, so items of two tasks in one
+/// message reach it twice (its bug, seen in the SDK checks).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum LocalFrame {
+    /// One result item of a task, exactly as Runware sent it.
+    Item(TaskUuid, bytestring::ByteString),
+    Message(String),
+    /// The socket's last frame: it closes, saying why.
+    Close(CloseCode, String),
+}
+
+impl From<String> for LocalFrame {
+    fn from(message: String) -> Self {
+        LocalFrame::Message(message)
+    }
+}
+
+/// Largest message the writer builds by joining items.
+pub(super) const JOINED_BYTES: usize = 1 << 20;
+
+/// Writes what is ready: runs of items joined into one message, then one
+/// flush (one write to the socket) for all of it.
+pub(super) async fn write_ready<S>(
+    sink: &mut S,
+    first: LocalFrame,
+    rx: &mut mpsc::UnboundedReceiver<LocalFrame>,
+) -> bool
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let mut joined = String::new();
+    let mut joined_task = None;
+    let mut next = Some(first);
+    while let Some(out) = next.take().or_else(|| rx.try_recv().ok()) {
+        match out {
+            LocalFrame::Item(task, item) => {
+                let other_task = joined_task.replace(task).is_some_and(|t| t != task);
+                if (other_task || joined.len() + item.len() > JOINED_BYTES)
+                    && !feed_joined(sink, &mut joined).await
+                {
+                    return false;
+                }
+                if joined.is_empty() {
+                    joined.reserve(item.len() + 12);
+                    joined.push_str("{\"data\":[");
+                } else {
+                    joined.push(',');
+                }
+                joined.push_str(&item);
+            }
+            LocalFrame::Message(message) => {
+                if !feed_joined(sink, &mut joined).await
+                    || sink.feed(Message::Text(message.into())).await.is_err()
+                {
+                    return false;
+                }
+            }
+            LocalFrame::Close(code, reason) => {
+                let close = Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }));
+                // Nothing follows a close frame.
+                let _ = feed_joined(sink, &mut joined).await
+                    && sink.feed(close).await.is_ok()
+                    && sink.flush().await.is_ok();
+                return false;
+            }
+        }
+    }
+    feed_joined(sink, &mut joined).await && sink.flush().await.is_ok()
+}
+
+/// Closes the message of joined items, if any, and feeds it to the sink.
+pub(super) async fn feed_joined<S>(sink: &mut S, joined: &mut String) -> bool
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    if joined.is_empty() {
+        return true;
+    }
+    joined.push_str("]}");
+    sink.feed(Message::Text(std::mem::take(joined).into()))
+        .await
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items of one task ready together go out as one message; another
+    /// task's start a new one; whole messages keep their place.
+    #[tokio::test]
+    async fn the_writer_joins_ready_items_into_one_message() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (t, u) = (TaskUuid::new_v4(), TaskUuid::new_v4());
+        for out in [
+            LocalFrame::Item(t, r#"{"a":1}"#.into()),
+            LocalFrame::Item(t, r#"{"a":2}"#.into()),
+            LocalFrame::Item(u, r#"{"b":1}"#.into()),
+            LocalFrame::Message(r#"{"errors":[]}"#.into()),
+            LocalFrame::Item(t, r#"{"a":3}"#.into()),
+        ] {
+            tx.send(out).unwrap();
+        }
+        let first = rx.try_recv().unwrap();
+        let mut sink: Vec<Message> = Vec::new();
+        assert!(write_ready(&mut sink, first, &mut rx).await);
+        let texts: Vec<String> = sink
+            .iter()
+            .map(|m| m.to_text().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                r#"{"data":[{"a":1},{"a":2}]}"#,
+                r#"{"data":[{"b":1}]}"#,
+                r#"{"errors":[]}"#,
+                r#"{"data":[{"a":3}]}"#
+            ]
+        );
+    }
+}
