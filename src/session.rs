@@ -421,7 +421,7 @@ impl Connection {
                 Inbound::Pending { .. } | Inbound::Result { .. } | Inbound::TaskError { .. } => {}
                 Inbound::UntargetedError(error) => {
                     let about_auth = error.task_type.as_deref() == Some("authentication")
-                        || protocol::classify_error(&error.code) == ErrorClass::AuthRejected;
+                        || ErrorClass::of(&error.code) == ErrorClass::AuthRejected;
                     if about_auth {
                         actions.push(self.on_key_rejected(error, now));
                         // Nothing after a rejection counts.

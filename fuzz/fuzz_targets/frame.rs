@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use runwared::dispatch::{
     ClientConnection, Gate, Limits, PreparedTask, Principal, TaskEvent, TaskTable,
 };
-use runwared::protocol::{Inbound, TaskUuid, classify_error, parse_frame};
+use runwared::protocol::{ErrorClass, Inbound, TaskUuid, parse_frame};
 use runwared::session::{Connection, ReconnectPolicy, Resume, Timing};
 use tokio::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     let rest = table.route_frame(items, None);
     for item in &rest {
         if let Inbound::UntargetedError(e) | Inbound::TaskError { error: e, .. } = item {
-            let _ = classify_error(&e.code);
+            let _ = ErrorClass::of(&e.code);
         }
     }
     // The connection, waiting for the authentication answer, decides on

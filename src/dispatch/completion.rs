@@ -19,19 +19,7 @@ impl TaskTable {
     pub(super) fn finish(&self, task: &mut Task, outcome: Outcome, now: Instant) {
         let failure = match &outcome {
             Outcome::Completed => None,
-            Outcome::Failed(f) => Some(match f.kind {
-                FailureKind::UpstreamAuthRejected => "key_rejected",
-                FailureKind::ShuttingDown => "stopping",
-                FailureKind::Runware(c) => match c {
-                    ErrorClass::InvalidArgument => "invalid_argument",
-                    ErrorClass::NoCredit => "no_credit",
-                    ErrorClass::RateLimited => "rate_limited",
-                    ErrorClass::Conflict => "conflict",
-                    ErrorClass::AuthRejected => "key_rejected",
-                    ErrorClass::Timeout => "timeout",
-                    ErrorClass::Other => "error",
-                },
-            }),
+            Outcome::Failed(f) => Some(f.kind.outcome_label()),
         };
         match failure {
             None => self

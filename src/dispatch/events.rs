@@ -37,6 +37,25 @@ pub enum FailureKind {
     ShuttingDown,
 }
 
+impl FailureKind {
+    /// The outcome label of a task that failed so, in the task metrics.
+    pub fn outcome_label(self) -> &'static str {
+        match self {
+            FailureKind::UpstreamAuthRejected => "key_rejected",
+            FailureKind::ShuttingDown => "stopping",
+            FailureKind::Runware(c) => match c {
+                ErrorClass::InvalidArgument => "invalid_argument",
+                ErrorClass::NoCredit => "no_credit",
+                ErrorClass::RateLimited => "rate_limited",
+                ErrorClass::Conflict => "conflict",
+                ErrorClass::AuthRejected => "key_rejected",
+                ErrorClass::Timeout => "timeout",
+                ErrorClass::Other => "error",
+            },
+        }
+    }
+}
+
 /// Why a task was not accepted, or cannot be attached to.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SubmitError {

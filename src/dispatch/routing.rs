@@ -167,7 +167,7 @@ impl TaskTable {
 
     /// Routes a Runware error to its task, and only to it.
     pub(super) fn fail(&self, uuid: TaskUuid, error: RunwareError) {
-        let class = protocol::classify_error(&error.code);
+        let class = ErrorClass::of(&error.code);
         let Some(mut task) = self.tasks.get_mut(&uuid) else {
             if class != ErrorClass::Conflict {
                 self.counters.add(Counter::LateResultsDropped);
