@@ -13,7 +13,7 @@ use runwared::config::{
 };
 use runwared::pb;
 use runwared::server::Daemon;
-use runwared::sim::{SimConfig, SimHandle, server_tls};
+use runwared::tools::sim::{SimConfig, SimHandle, server_tls};
 use serde_json::{Value, json};
 use tonic::Request;
 
@@ -126,14 +126,14 @@ struct BenchArgs {
     flaky_tasks: usize,
     /// Scenarios to run (comma-separated); all by default.
     #[arg(long, value_delimiter = ',', value_enum)]
-    scenarios: Vec<runwared::bench::Scenario>,
+    scenarios: Vec<runwared::tools::bench::Scenario>,
     /// Loads of the throughput scenario (comma-separated); all by default.
     #[arg(long, value_delimiter = ',', value_enum)]
-    loads: Vec<runwared::bench::Load>,
+    loads: Vec<runwared::tools::bench::Load>,
     /// Paths through the daemon the throughput scenario measures
     /// (comma-separated; the direct client always runs); all by default.
     #[arg(long, value_delimiter = ',', value_enum)]
-    paths: Vec<runwared::bench::Path>,
+    paths: Vec<runwared::tools::bench::Path>,
     /// Rounds of the throughput scenario: the direct client and every path
     /// once per round, each run on a fresh simulator after a warm-up; each
     /// figure is the median over rounds.
@@ -194,7 +194,7 @@ struct SimArgs {
     /// close (clean close, as a flapping load balancer), swallow (results
     /// written, then lost with their socket), lose-session.
     #[arg(long, value_delimiter = ',', requires = "fault_every")]
-    fault: Vec<runwared::sim::Fault>,
+    fault: Vec<runwared::tools::sim::Fault>,
     /// Mean time between injected faults.
     #[arg(long)]
     fault_every: Option<String>,
@@ -356,7 +356,7 @@ pub async fn run(cli: Cli) -> CliResult {
 }
 
 async fn bench(a: BenchArgs) -> CliResult {
-    use runwared::bench::{BenchConfig, run, table};
+    use runwared::tools::bench::{BenchConfig, run, table};
     let mut config = BenchConfig {
         concurrency: a.concurrency,
         tasks: a.tasks,
@@ -400,7 +400,7 @@ async fn bench(a: BenchArgs) -> CliResult {
 }
 
 async fn soak(a: SoakArgs) -> CliResult {
-    use runwared::soak::{ChaosConfig, run};
+    use runwared::tools::soak::{ChaosConfig, run};
     let config = ChaosConfig {
         tasks: a.tasks,
         clients: a.clients,

@@ -1,46 +1,66 @@
 //! runwared: one shared, always-healthy Runware WebSocket behind a local
-//! gRPC API.
+//! gRPC API and Runware's own protocol.
 //!
-//! The path of a task, one module per step:
+//! # One task's path
 //!
-//! ```text
-//! gRPC request,
-//! Runware WS/REST -> frontend (one door per wire format: gRPC, Runware's
-//!                             own WebSocket and REST; each converts its
-//!                             messages into daemon tasks and events back)
-//!              -> dispatch   (task table: taskUUID -> watching clients,
-//!                             a stream's tasks on one tagged channel;
-//!                             retention for Attach; getResponse recovery)
-//!              -> upstream   (the one socket's loop; batches queued tasks)
-//!                 session    (when to authenticate, ping, resume, give up,
-//!                             reconnect: synchronous decisions, no I/O)
-//! frame in     -> protocol   (pure parsing of frames into items; no I/O)
-//!              -> dispatch   (route each item by taskUUID; complete; fail)
-//!              -> frontend   -> client
-//! ```
+//! In, from a client to the socket (each step a file, in the order a task
+//! passes them; no step calls back up a layer):
+//!
+//! 1. [`listen`]: a client connection is accepted within bounds; it becomes
+//!    a [`dispatch::ClientConnection`] (who it is, its tasks in flight).
+//! 2. The door converts the client's message into a task object:
+//!    - gRPC: `frontend/grpc/mod.rs` (the RPCs), `request.rs` (typed requests
+//!      as Runware JSON), `deadline.rs` (`grpc-timeout`), and for streams
+//!      `session.rs`;
+//!    - Runware's protocol: `frontend/runware/mod.rs` (routing),
+//!      `socket.rs` (a WebSocket) or `rest.rs` (`POST /v1`), reading the
+//!      message with `frames.rs` and [`protocol`]'s `task.rs`.
+//! 3. `frontend/intake.rs`: the one way in for every door: the task's fields
+//!    read once, checked (with [`validate`]'s documented limits), prepared,
+//!    admitted for its client connection.
+//! 4. [`dispatch`] (the task table): `admission.rs` checks every limit and
+//!    inserts the task (`record.rs`), its watcher (`watch.rs`) and journal
+//!    entry (`journal.rs`, written by [`state`]); the task is queued.
+//! 5. [`upstream`]: the socket's loop takes queued tasks in batches
+//!    (`dispatch/routing.rs` appends each one's JSON) and writes them with
+//!    `protocol/outbound.rs`; [`connection`] decides when to authenticate,
+//!    ping, resume and reconnect.
+//!
+//! Back, from the socket to the client:
+//!
+//! 6. [`upstream`] reads a message; `protocol/inbound.rs` parses it into
+//!    items (`protocol/errors.rs` for errors).
+//! 7. `dispatch/routing.rs` routes each item to its task by taskUUID;
+//!    `dispatch/lifecycle.rs` decides how its results arrive (pushed, or
+//!    polled with `getResponse`: `dispatch/recovery.rs`) and
+//!    `dispatch/completion.rs` ends it; `dispatch/retention.rs` keeps its
+//!    results for `Attach`.
+//! 8. The task's events go to its watcher's channel (`dispatch/watch.rs`),
+//!    and the door turns them into its answer: `frontend/grpc/stream.rs` or
+//!    `session.rs` and `response.rs`; `frontend/runware/local_session.rs`,
+//!    `writer.rs`, or `rest.rs` and `get_response.rs`. `frontend/refusal.rs`
+//!    words refusals and failures in Runware's terms, `frontend/watched.rs`
+//!    holds a stream's tasks and deadlines.
+//!
+//! # Around the path
 //!
 //! - [`config`]: every setting declared once ([`config::Settings`]), layered
 //!   from flags, environment and TOML file; the [`config::ApiKey`] secret,
 //!   which never prints.
 //! - [`counters`], [`status`]: every counter declared once, and the one
 //!   snapshot `GetStatus`, the metrics and `runwared status` are made from.
-//! - [`validate`]: the documented parameter limits, shared with the simulator.
 //! - [`websocket`]: WebSocket beside plain HTTP on one listener (the
 //!   endpoint's and the simulator's), and the daemon's WebSocket settings.
-//! - [`state`]: the session and tasks in flight, persisted across restarts.
-//! - [`server`]: starts all of the above and stops it in order (draining);
-//!   [`listen`] accepts client connections within bounds.
+//! - [`server`]: starts all of the above and stops it in order (draining).
 //! - [`metrics`], [`notify`]: Prometheus metrics; systemd's notify protocol.
-//! - [`bench`]: `runwared bench`, the daemon against a direct client.
-//! - [`soak`]: the fault-injection suite (`tests/chaos.rs`, `runwared soak`).
-//! - [`sim`]: a Runware simulator with fault injection, for tests,
-//!   benchmarks and `runwared serve --simulate`. It never runs unless asked.
 //! - [`client`]: the command-line client's gRPC calls.
+//! - [`tools`]: the simulator, the benchmark and the soak suite, apart from
+//!   the daemon.
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod client;
 pub mod config;
+pub mod connection;
 pub mod counters;
 pub mod dispatch;
 pub mod frontend;
@@ -49,11 +69,9 @@ pub mod metrics;
 pub mod notify;
 pub mod protocol;
 pub mod server;
-pub mod session;
-pub mod sim;
-pub mod soak;
 pub mod state;
 pub mod status;
+pub mod tools;
 pub mod upstream;
 pub mod validate;
 pub mod websocket;

@@ -16,8 +16,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use crate::connection::UpstreamStatus;
 use crate::dispatch::TaskTable;
-use crate::session::UpstreamStatus;
 use crate::status::StatusSnapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,7 +26,7 @@ pub struct DirectionLabel {
 }
 
 /// Why an upstream connection ended or an attempt failed
-/// ([`crate::session::DropReason::kind`]).
+/// ([`crate::connection::DropReason::kind`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabel {
     pub reason: &'static str,

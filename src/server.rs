@@ -19,6 +19,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{ApiKey, ApiKeySource, BearerToken, Config, Endpoint};
+use crate::connection::{ConnectionState, Resume, UpstreamStatus};
 use crate::counters::{Counter, Counters};
 use crate::dispatch::{Limits, StateChange, TaskTable};
 use crate::frontend::grpc::RunwareService;
@@ -28,9 +29,8 @@ use crate::listen;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::notify::Notifier;
 use crate::pb::runware_server::RunwareServer;
-use crate::session::{ConnectionState, Resume, UpstreamStatus};
-use crate::sim::{SimConfig, SimHandle};
 use crate::state::StateStore;
+use crate::tools::sim::{SimConfig, SimHandle};
 use crate::upstream::{Heartbeat, Telemetry, Upstream, client_tls};
 
 #[derive(Debug, thiserror::Error)]

@@ -2,10 +2,10 @@
 //! metrics and `runwared status` show, taken in one place and converted,
 //! never assembled field by field in each.
 
+use crate::connection::{ConnectionState, UpstreamStatus};
 use crate::counters::{Counter, Counters};
 use crate::dispatch::TaskTable;
 use crate::pb;
-use crate::session::{ConnectionState, UpstreamStatus};
 
 /// A reading of everything the daemon reports.
 #[derive(Debug, Clone)]

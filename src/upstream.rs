@@ -3,7 +3,7 @@
 //!
 //! One task owns the socket ([`Upstream::run`]). What the connection does
 //! next (authenticate, resume, ping, give up on a silent socket, wait before
-//! reconnecting) is decided by the synchronous [`crate::session::Connection`];
+//! reconnecting) is decided by the synchronous [`crate::connection::Connection`];
 //! what a frame means by [`protocol::parse_frame`]; which task an item
 //! belongs to, what a new session resends and what is polled, by the task
 //! table ([`TaskTable`]). This loop only reads, writes and waits.
@@ -22,14 +22,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::config::{ApiKeySource, Config};
+use crate::connection::{
+    Action, Connection, ConnectionState, DropReason, ReconnectPolicy, Resume, Timing,
+    UpstreamStatus,
+};
 use crate::counters::Counter;
 use crate::dispatch::{FailureKind, Gate, TaskTable};
 use crate::metrics::UpstreamMetrics;
 use crate::protocol::{self, RunwareError, TaskUuid};
-use crate::session::{
-    Action, Connection, ConnectionState, DropReason, ReconnectPolicy, Resume, Timing,
-    UpstreamStatus,
-};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

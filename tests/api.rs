@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use runwared::pb;
-use runwared::sim::SimConfig;
-use runwared::sim::results::enhanced_text;
+use runwared::tools::sim::SimConfig;
+use runwared::tools::sim::results::enhanced_text;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tonic::Code;

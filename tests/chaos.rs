@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use runwared::soak::{ChaosConfig, run};
+use runwared::tools::soak::{ChaosConfig, run};
 
 #[tokio::test(start_paused = true)]
 async fn every_task_ends_once_with_its_own_results_under_faults() {

@@ -8,10 +8,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
+use runwared::connection::ConnectionState;
 use runwared::counters::Counter;
 use runwared::pb;
-use runwared::session::ConnectionState;
-use runwared::sim::SimConfig;
+use runwared::tools::sim::SimConfig;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::Code;

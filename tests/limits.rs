@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use runwared::config::Config;
-use runwared::session::ConnectionState;
+use runwared::connection::ConnectionState;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use common::*;
 use runwared::config::BearerToken;
+use runwared::connection::ConnectionState;
 use runwared::notify::NotifyConfig;
 use runwared::pb;
 use runwared::server::Daemon;
-use runwared::session::ConnectionState;
-use runwared::sim::SimConfig;
+use runwared::tools::sim::SimConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -218,7 +218,7 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify");
     let notify = tokio::net::UnixDatagram::bind(&path).unwrap();
-    let sim = runwared::sim::SimHandle::bind(loopback0(), SimConfig::default(), None)
+    let sim = runwared::tools::sim::SimHandle::bind(loopback0(), SimConfig::default(), None)
         .await
         .unwrap();
     let mut config = test_config(sim.url());

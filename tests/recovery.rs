@@ -7,10 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use runwared::connection::ConnectionState;
 use runwared::pb;
 use runwared::server::Daemon;
-use runwared::session::ConnectionState;
-use runwared::sim::SimConfig;
+use runwared::tools::sim::SimConfig;
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -113,7 +113,7 @@ async fn async_delivery_is_polled_and_streamed_like_pushed_results() {
 #[tokio::test(start_paused = true)]
 async fn a_restarted_daemon_recovers_its_tasks_for_attach() {
     init_test_logging();
-    let sim = runwared::sim::SimHandle::bind(loopback0(), slow(), None)
+    let sim = runwared::tools::sim::SimHandle::bind(loopback0(), slow(), None)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +176,7 @@ async fn a_restarted_daemon_recovers_its_tasks_for_attach() {
 #[tokio::test(start_paused = true)]
 async fn a_corrupt_state_file_is_set_aside_not_fatal() {
     init_test_logging();
-    let sim = runwared::sim::SimHandle::bind(loopback0(), SimConfig::default(), None)
+    let sim = runwared::tools::sim::SimHandle::bind(loopback0(), SimConfig::default(), None)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use runwared::sim::{SimConfig, SimHandle};
+use runwared::tools::sim::{SimConfig, SimHandle};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -241,7 +241,7 @@ async fn get_response_reports_progress_then_the_video_or_the_failure() {
         &mut ws,
         json!([
             task(&video, "klingai:5@3"),
-            task(&failing, runwared::sim::FAILING_MODEL)
+            task(&failing, runwared::tools::sim::FAILING_MODEL)
         ]),
     )
     .await;

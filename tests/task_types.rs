@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use runwared::pb;
-use runwared::sim::{FAILING_MODEL, SimConfig};
+use runwared::tools::sim::{FAILING_MODEL, SimConfig};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 

@@ -4,10 +4,10 @@
 mod common;
 
 use common::*;
+use runwared::connection::ConnectionState;
 use runwared::pb;
 use runwared::server::Daemon;
-use runwared::session::ConnectionState;
-use runwared::sim::{SimConfig, SimHandle, server_tls};
+use runwared::tools::sim::{SimConfig, SimHandle, server_tls};
 
 struct Pki {
     cert_pem: String,

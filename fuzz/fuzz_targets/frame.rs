@@ -11,7 +11,7 @@ use runwared::dispatch::{
     ClientConnection, Gate, Limits, PreparedTask, Principal, TaskEvent, TaskTable,
 };
 use runwared::protocol::{ErrorClass, Inbound, TaskUuid, parse_frame};
-use runwared::session::{Connection, ReconnectPolicy, Resume, Timing};
+use runwared::connection::{Connection, ReconnectPolicy, Resume, Timing};
 use tokio::time::{Duration, Instant};
 
 const KNOWN: &str = "3c8b2a9e-6f8d-4a5b-9c1e-2d3f4a5b6c7d";

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use runwared::client::{Target, connect};
 use runwared::config::{ApiKey, ApiKeySource, Config, Endpoint, Switch};
+use runwared::connection::{ConnectionState, UpstreamStatus};
 use runwared::pb;
 use runwared::pb::runware_client::RunwareClient;
 use runwared::server::Daemon;
-use runwared::session::{ConnectionState, UpstreamStatus};
-use runwared::sim::{SimConfig, SimHandle, SimStats};
+use runwared::tools::sim::{SimConfig, SimHandle, SimStats};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 

@@ -31,12 +31,12 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument as _;
 
 use crate::config::Config;
+use crate::connection::UpstreamStatus;
 use crate::dispatch::{
     ClientConnection, FailureKind, Gate, SubmitError, TaskEvent, TaskFailure, TaskHandle, TaskTable,
 };
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
-use crate::session::UpstreamStatus;
 use crate::status::StatusSnapshot;
 
 use super::intake::{

@@ -428,10 +428,10 @@ fn spawn_daemon(url: &str, extra: &[&str]) -> std::io::Result<(Proc, String, Str
 /// A simulator in this process (the scenario drives its faults and sizes)
 /// and a daemon process against it; returns both and the daemon's address.
 async fn sim_and_daemon(
-    config: crate::sim::SimConfig,
-) -> std::io::Result<(crate::sim::SimHandle, Proc, String)> {
+    config: crate::tools::sim::SimConfig,
+) -> std::io::Result<(crate::tools::sim::SimHandle, Proc, String)> {
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let sim = crate::sim::SimHandle::bind(loopback, config, None).await?;
+    let sim = crate::tools::sim::SimHandle::bind(loopback, config, None).await?;
     let (daemon, addr) = start_daemon(&sim.url(), &[])?;
     Ok((sim, daemon, addr))
 }
@@ -1052,7 +1052,7 @@ fn measure_state_writes(progress: &impl Fn(&str)) -> std::io::Result<Vec<StateWr
 /// through a daemon with its default settings (retention on): the figures
 /// the default memory budget and the Kubernetes limit are sized from.
 async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<Vec<LargeRow>> {
-    use crate::sim::SimConfig;
+    use crate::tools::sim::SimConfig;
     const IN_FLIGHT: usize = 16;
     let limit = Duration::from_secs(300);
     let mut rows = Vec::new();
@@ -1065,7 +1065,7 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
         };
         let base64_mb = (4 * (image_mb << 20).div_ceil(3)) as f64 / 1e6;
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let sim = crate::sim::SimHandle::bind(loopback, config.clone(), None).await?;
+        let sim = crate::tools::sim::SimHandle::bind(loopback, config.clone(), None).await?;
         let (_, failed, took) =
             run_direct(&sim.url(), Load::Image, IN_FLIGHT, tasks, limit).await?;
         drop(sim);
@@ -1085,7 +1085,7 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
             daemon_rss_after_mib: 0.0,
         });
         for (path, extra) in [("base64", &[][..]), ("bytes", &["--retention", "0s"][..])] {
-            let sim = crate::sim::SimHandle::bind(loopback, config.clone(), None).await?;
+            let sim = crate::tools::sim::SimHandle::bind(loopback, config.clone(), None).await?;
             let (daemon, addr) = start_daemon(&sim.url(), extra)?;
             let pid = daemon.child.id();
             let cpu0 = cpu_seconds(pid, ticks);
@@ -1158,7 +1158,7 @@ async fn measure_large(ticks: f64, progress: &impl Fn(&str)) -> std::io::Result<
 /// Runware: a fault every ~2 s (1 to 3 s), results 0.5 to 1.5 s after each
 /// request, 16 in flight; and the same run without faults.
 async fn measure_flaky(tasks: usize, progress: &impl Fn(&str)) -> std::io::Result<Vec<FlakyRow>> {
-    use crate::sim::{Fault, SimConfig};
+    use crate::tools::sim::{Fault, SimConfig};
     if tasks == 0 {
         return Ok(Vec::new());
     }
@@ -1207,9 +1207,9 @@ async fn measure_resume(drops: usize, progress: &impl Fn(&str)) -> std::io::Resu
     if drops == 0 {
         return Ok(Vec::new());
     }
-    let config = crate::sim::SimConfig {
+    let config = crate::tools::sim::SimConfig {
         latency: Duration::from_millis(20),
-        ..crate::sim::SimConfig::default()
+        ..crate::tools::sim::SimConfig::default()
     };
     let (sim, daemon, addr) = sim_and_daemon(config).await?;
     let client = connect(&Target::Tcp(addr))

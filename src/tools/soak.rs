@@ -36,12 +36,12 @@ use tonic::Code;
 
 use crate::client::{Target, connect};
 use crate::config::{ApiKey, ApiKeySource, Config, Settings, Switch};
+use crate::connection::{ConnectionState, UpstreamStatus};
 use crate::counters::Counter;
 use crate::pb;
 use crate::server::Daemon;
-use crate::session::{ConnectionState, UpstreamStatus};
-use crate::sim::results::enhanced_text;
-use crate::sim::{SimConfig, SimHandle};
+use crate::tools::sim::results::enhanced_text;
+use crate::tools::sim::{SimConfig, SimHandle};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::protocol::{self, ErrorClass, Inbound, RunwareError, SessionUuid};
+use crate::protocol::{ErrorClass, Inbound, RunwareError, SessionUuid};
 
 /// Where the connection is, as clients and `GetStatus` see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
