@@ -404,7 +404,7 @@ async fn soak(a: SoakArgs) -> CliResult {
     let config = ChaosConfig {
         tasks: a.tasks,
         clients: a.clients,
-        fault_every: parse_duration(&a.fault_every)?,
+        fault_every: duration(&a.fault_every)?,
         seed: a.seed,
         ..ChaosConfig::default()
     };
@@ -446,10 +446,10 @@ async fn wait_for_signal() -> CliResult {
 
 async fn sim(args: SimArgs) -> CliResult {
     let mut config = SimConfig {
-        latency: parse_duration(&args.latency)?,
-        per_result_latency: parse_duration(&args.per_result_latency)?,
-        latency_jitter: parse_duration(&args.latency_jitter)?,
-        video_latency: parse_duration(&args.video_latency)?,
+        latency: duration(&args.latency)?,
+        per_result_latency: duration(&args.per_result_latency)?,
+        latency_jitter: duration(&args.latency_jitter)?,
+        video_latency: duration(&args.video_latency)?,
         frame_before_auth: args.frame_before_auth,
         image_bytes: args.image_bytes,
         ..SimConfig::default()
@@ -471,7 +471,7 @@ async fn sim(args: SimArgs) -> CliResult {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     tracing::warn!(url = %handle.url(), "Runware SIMULATOR listening (fake results, for testing only)");
     if let Some(every) = &args.fault_every {
-        let every = parse_duration(every)?;
+        let every = duration(every)?;
         tracing::warn!(faults = ?args.fault, ?every, "simulator: injecting faults");
         handle.inject_every(args.fault.clone(), every, 1);
     }
@@ -502,7 +502,7 @@ fn target(c: &ClientArgs) -> Target {
 fn request<T>(c: &ClientArgs, msg: T) -> Result<Request<T>, String> {
     let mut req = Request::new(msg);
     if let Some(t) = &c.timeout {
-        req.set_timeout(parse_duration(t)?);
+        req.set_timeout(duration(t)?);
     }
     if let Some(path) = &c.token_file {
         let token = runwared::config::read_token_file(path).map_err(|e| e.to_string())?;
@@ -601,7 +601,8 @@ async fn image(a: ImageArgs) -> CliResult {
     while let Some(img) = stream.message().await.map_err(explain)? {
         let saved = match (&a.out, &img.image_data) {
             (Some(dir), Some(bytes)) => {
-                let name = runwared::client::image_file_name(&img.image_uuid, &extension)?;
+                let name = runwared::client::image_file_name(&img.image_uuid, &extension)
+                    .map_err(|e| e.to_string())?;
                 let path = dir.join(name);
                 std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                 Some(path)
@@ -719,4 +720,9 @@ async fn status(a: ClientArgs) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// A duration given on the command line, its error worded for the user.
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
 }

@@ -54,18 +54,21 @@ pub async fn connect(target: &Target) -> Result<RunwareClient<Channel>, tonic::t
         .max_encoding_message_size(256 << 20))
 }
 
+/// An image whose `imageUUID` cannot name a file.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("Runware sent an image whose imageUUID {0:?} is not a UUID; not saving it")]
+pub struct NotAnImageUuid(pub String);
+
 /// The file an image is saved as: its `imageUUID`, which comes from the
 /// server, so only a plain UUID is taken (never `/`, `..` or a path).
-pub fn image_file_name(image_uuid: &str, extension: &str) -> Result<String, String> {
+pub fn image_file_name(image_uuid: &str, extension: &str) -> Result<String, NotAnImageUuid> {
     let canonical = uuid::Uuid::try_parse(image_uuid)
         .ok()
         .map(|u| u.hyphenated().to_string())
         .filter(|c| c.eq_ignore_ascii_case(image_uuid));
     match canonical {
         Some(name) => Ok(format!("{name}.{extension}")),
-        None => Err(format!(
-            "Runware sent an image whose imageUUID {image_uuid:?} is not a UUID; not saving it"
-        )),
+        None => Err(NotAnImageUuid(image_uuid.to_owned())),
     }
 }
 
@@ -102,7 +105,7 @@ mod tests {
             "",
         ] {
             let e = image_file_name(bad, "png").unwrap_err();
-            assert!(e.contains("not a UUID"), "{bad}: {e}");
+            assert!(e.to_string().contains("not a UUID"), "{bad}: {e}");
         }
     }
 }

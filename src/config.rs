@@ -140,8 +140,18 @@ pub enum ConfigError {
     },
     #[error("the API key file {0} is empty")]
     EmptyKeyFile(PathBuf),
-    #[error("cannot read the config file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    #[error("cannot read the config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the config file {path}: {source}")]
+    Settings {
+        path: PathBuf,
+        #[source]
+        source: Box<figment::Error>,
+    },
     #[error("invalid setting {name}: {reason}")]
     Invalid { name: &'static str, reason: String },
 }
@@ -365,9 +375,9 @@ impl Settings {
         let file = match &args.config {
             Some(path) => Some((
                 path.clone(),
-                std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::File {
                     path: path.clone(),
-                    reason: e.to_string(),
+                    source,
                 })?,
             )),
             None => None,
@@ -391,9 +401,9 @@ impl Settings {
         layers
             .merge(Serialized::defaults(given))
             .extract()
-            .map_err(|e| ConfigError::File {
+            .map_err(|e| ConfigError::Settings {
                 path: file.map(|(p, _)| p.to_owned()).unwrap_or_default(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })
     }
 }
@@ -416,16 +426,19 @@ pub enum Endpoint {
     Unix(PathBuf),
 }
 
-impl std::str::FromStr for Endpoint {
-    type Err = String;
+/// A listener's address that is neither a TCP address nor a socket path.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} (an address like 127.0.0.1:7434, or a socket path)")]
+pub struct EndpointError(#[from] std::net::AddrParseError);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(s: &str) -> Result<Self, EndpointError> {
         if s.starts_with('/') || s.starts_with('.') {
             Ok(Endpoint::Unix(PathBuf::from(s)))
         } else {
-            s.parse()
-                .map(Endpoint::Tcp)
-                .map_err(|e| format!("{e} (an address like 127.0.0.1:7434, or a socket path)"))
+            Ok(Endpoint::Tcp(s.parse()?))
         }
     }
 }
@@ -455,18 +468,29 @@ impl<T: Clone> Switch<T> {
     }
 }
 
+/// A switch's value that its type does not take.
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?}: {source}")]
+pub struct SwitchError<E: std::error::Error + 'static> {
+    given: String,
+    source: E,
+}
+
 impl<T: std::str::FromStr> std::str::FromStr for Switch<T>
 where
-    T::Err: fmt::Display,
+    T::Err: std::error::Error + 'static,
 {
-    type Err = String;
+    type Err = SwitchError<T::Err>;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.is_empty() || s.eq_ignore_ascii_case("none") {
             return Ok(Switch::Off);
         }
-        s.parse().map(Switch::On).map_err(|e| format!("{s:?}: {e}"))
+        s.parse().map(Switch::On).map_err(|source| SwitchError {
+            given: s.to_owned(),
+            source,
+        })
     }
 }
 
@@ -504,7 +528,7 @@ impl<T: SwitchValue> Serialize for Switch<T> {
 
 impl<'de, T: std::str::FromStr> Deserialize<'de> for Switch<T>
 where
-    T::Err: fmt::Display,
+    T::Err: std::error::Error + 'static,
 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
@@ -765,8 +789,22 @@ impl Config {
     }
 }
 
+/// Why a text is not a duration.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration like 250ms, 30s, 2m")]
+    NotANumber(String),
+    #[error("unknown unit {unit:?} in {given:?} (use ms, s, m or h)")]
+    Unit { unit: String, given: String },
+    #[error("{given:?}: {source}")]
+    OutOfRange {
+        given: String,
+        source: std::time::TryFromFloatSecsError,
+    },
+}
+
 /// Parses "250ms", "30s", "2m", "1h", or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => s.split_at(i),
@@ -774,19 +812,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 250ms, 30s, 2m"))?;
+        .map_err(|_| DurationError::NotANumber(s.to_owned()))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
-            ));
+            return Err(DurationError::Unit {
+                unit: other.to_owned(),
+                given: s.to_owned(),
+            });
         }
     };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    Duration::try_from_secs_f64(secs).map_err(|source| DurationError::OutOfRange {
+        given: s.to_owned(),
+        source,
+    })
 }
 
 impl Config {

@@ -38,11 +38,11 @@ pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Tcp { addr: SocketAddr, source: io::Error },
     #[error("gRPC reflection: {0}")]
-    Reflection(String),
-    #[error("cannot listen on Unix socket {path}: {reason}")]
-    Unix { path: PathBuf, reason: String },
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen on Unix socket {path}: {why}")]
+    Unix { path: PathBuf, why: UnixSocketError },
     #[error("TLS setup: {0}")]
-    Tls(String),
+    Tls(#[from] crate::upstream::TlsError),
     #[error("cannot start the simulator: {0}")]
     Simulator(io::Error),
     #[error("state directory {path}: {source}")]
@@ -99,9 +99,7 @@ async fn upstream_target(
         (None, false) => return Err(StartError::NoKey),
     };
     let connector = if config.upstream_url.starts_with("wss://") {
-        Some(Connector::Rustls(
-            client_tls(config.extra_ca.as_deref()).map_err(StartError::Tls)?,
-        ))
+        Some(Connector::Rustls(client_tls(config.extra_ca.as_deref())?))
     } else {
         None
     };
@@ -226,8 +224,7 @@ fn serve_grpc(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+        .build_v1()?;
     if config.insecure_listen && config.auth_token.is_none() {
         if let Some(addr) = config.listen.filter(|a| !a.ip().is_loopback()) {
             tracing::warn!(%addr, "INSECURE: gRPC reachable beyond this host without a token; anyone who reaches it can spend your Runware credit");
@@ -768,36 +765,65 @@ async fn persist(
     }
 }
 
+/// Why a Unix socket cannot be listened on.
+#[derive(Debug, thiserror::Error)]
+pub enum UnixSocketError {
+    #[error("another process is serving on it")]
+    InUse,
+    #[error("cannot remove the stale socket: {0}")]
+    Stale(#[source] io::Error),
+    #[error("directory {0} does not exist")]
+    NoDirectory(PathBuf),
+    #[error("{0}")]
+    Bind(#[source] io::Error),
+    #[error("cannot set its mode: {0}")]
+    Mode(#[source] io::Error),
+    #[error("no group {0:?} in /etc/group")]
+    NoGroup(String),
+    #[error("cannot give it to group {group}: {source}")]
+    Group { group: String, source: io::Error },
+}
+
 /// Binds a Unix socket, replacing a stale socket file but never a live one.
 async fn bind_unix(path: &Path, group: Option<&str>) -> Result<UnixListener, StartError> {
-    let err = |reason: String| StartError::Unix {
-        path: path.to_owned(),
-        reason,
-    };
+    bind_unix_socket(path, group)
+        .await
+        .map_err(|why| StartError::Unix {
+            path: path.to_owned(),
+            why,
+        })
+}
+
+async fn bind_unix_socket(
+    path: &Path,
+    group: Option<&str>,
+) -> Result<UnixListener, UnixSocketError> {
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(err("another process is serving on it".to_owned()));
+            return Err(UnixSocketError::InUse);
         }
-        std::fs::remove_file(path)
-            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+        std::fs::remove_file(path).map_err(UnixSocketError::Stale)?;
     }
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
-            return Err(err(format!("directory {} does not exist", dir.display())));
+            return Err(UnixSocketError::NoDirectory(dir.to_owned()));
         }
     }
-    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    let listener = UnixListener::bind(path).map_err(UnixSocketError::Bind)?;
     {
         use std::os::unix::fs::PermissionsExt;
         // Owner and group only: the group decides who may use the daemon.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(|e| err(format!("cannot set its mode: {e}")))?;
+            .map_err(UnixSocketError::Mode)?;
     }
     if let Some(group) = group {
-        let gid =
-            group_id(group).ok_or_else(|| err(format!("no group {group:?} in /etc/group")))?;
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| err(format!("cannot give it to group {group}: {e}")))?;
+        let gid = group_id(group).ok_or_else(|| UnixSocketError::NoGroup(group.to_owned()))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| {
+            UnixSocketError::Group {
+                group: group.to_owned(),
+                source,
+            }
+        })?;
     }
     Ok(listener)
 }

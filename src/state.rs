@@ -263,27 +263,30 @@ impl StateStore {
     /// A restored task passes the checks a client's task passes: a UUID v4,
     /// a JSON object of bounded size carrying that taskUUID, a task type a
     /// client may send, no API key.
-    fn check(&self, t: &SavedTask) -> Result<(), String> {
-        let uuid =
-            TaskUuid::parse_v4(&t.uuid).map_err(|e| format!("taskUUID {:?}: {e}", t.uuid))?;
+    fn check(&self, t: &SavedTask) -> Result<(), BadTask> {
+        let uuid = TaskUuid::parse_v4(&t.uuid).map_err(|source| BadTask::Uuid {
+            given: t.uuid.clone(),
+            source,
+        })?;
+        let bad = |why| BadTask::Task { uuid, why };
         if t.payload.len() > self.max_task_bytes {
-            return Err(format!("task {uuid}: {} bytes", t.payload.len()));
+            return Err(bad(format!("{} bytes", t.payload.len())));
         }
         let Ok(serde_json::Value::Object(task)) = serde_json::from_str(&t.payload) else {
-            return Err(format!("task {uuid}: not a JSON object"));
+            return Err(bad("not a JSON object".into()));
         };
         if task.get("taskUUID").and_then(|v| v.as_str()) != Some(t.uuid.as_str()) {
-            return Err(format!("task {uuid}: its JSON names another taskUUID"));
+            return Err(bad("its JSON names another taskUUID".into()));
         }
         match task.get("taskType").and_then(|v| v.as_str()) {
             Some(tt) if !tt.is_empty() && !protocol::is_reserved_task_type(tt) => {}
-            other => return Err(format!("task {uuid}: task type {other:?}")),
+            other => return Err(bad(format!("task type {other:?}"))),
         }
         if task.keys().any(|k| k.eq_ignore_ascii_case("apiKey")) {
-            return Err(format!("task {uuid}: carries an apiKey"));
+            return Err(bad("carries an apiKey".into()));
         }
         if !(1..=crate::dispatch::MAX_EXPECTED_RESULTS).contains(&t.expected) {
-            return Err(format!("task {uuid}: {} expected results", t.expected));
+            return Err(bad(format!("{} expected results", t.expected)));
         }
         Ok(())
     }
@@ -367,6 +370,18 @@ impl StateStore {
         }
         Ok(std::fs::metadata(self.path())?.len())
     }
+}
+
+/// Why a task in the state file is not restored.
+#[derive(Debug, thiserror::Error)]
+enum BadTask {
+    #[error("taskUUID {given:?}: {source}")]
+    Uuid {
+        given: String,
+        source: protocol::TaskUuidError,
+    },
+    #[error("task {uuid}: {why}")]
+    Task { uuid: TaskUuid, why: String },
 }
 
 #[cfg(test)]

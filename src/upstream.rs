@@ -544,7 +544,9 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// A rustls client configuration with the system's roots and, optionally,
 /// an extra CA. The crypto provider is chosen here, explicitly: ring.
-pub fn client_tls(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_tls(
+    extra_ca: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
 
@@ -555,27 +557,52 @@ pub fn client_tls(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::Clie
     }
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(path) = extra_ca {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("extra CA {}: {e}", path.display()))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("extra CA {}: {e}", path.display()))?;
+        let pem = |source| TlsError::ExtraCaFile {
+            path: path.to_owned(),
+            source,
+        };
+        for cert in CertificateDer::pem_file_iter(path).map_err(pem)? {
             roots
-                .add(cert)
-                .map_err(|e| format!("extra CA {}: {e}", path.display()))?;
+                .add(cert.map_err(pem)?)
+                .map_err(|source| TlsError::ExtraCa {
+                    path: path.to_owned(),
+                    source,
+                })?;
         }
     }
     if roots.is_empty() {
-        return Err("no trusted root certificates: install the system's CA certificates or give an extra CA".to_owned());
+        return Err(TlsError::NoRoots);
     }
     tracing::debug!(system_roots = added, "TLS roots loaded");
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .map_err(TlsError::Rustls)?
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Why the TLS client for Runware cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("extra CA {path}: {source}")]
+    ExtraCaFile {
+        path: std::path::PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("extra CA {path}: {source}")]
+    ExtraCa {
+        path: std::path::PathBuf,
+        source: rustls::Error,
+    },
+    #[error(
+        "no trusted root certificates: install the system's CA certificates or give an extra CA"
+    )]
+    NoRoots,
+    #[error("{0}")]
+    Rustls(rustls::Error),
 }
 
 #[cfg(test)]

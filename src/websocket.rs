@@ -21,9 +21,9 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// The WebSocket settings of the daemon, upstream and at its endpoint:
 /// messages up to `max_message_bytes`, and reads of at most 32 KiB at a
 /// time. tungstenite zeroes its read buffer up to this size before every
-/// read, so its 128 KiB default spent 5 % of the daemon's CPU on `memset`
-/// for messages of a few hundred bytes (BENCHMARKS.md); loopback reads
-/// rarely return more than 64 KiB, so large messages cost a few more reads.
+/// read, so a larger buffer costs a `memset` per message of a few hundred
+/// bytes; loopback reads rarely return more than 64 KiB, so large messages
+/// cost a few more reads.
 pub fn config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_message_bytes))

@@ -6,10 +6,10 @@ use super::*;
 /// `expected_results`, a restored task's).
 pub const MAX_EXPECTED_RESULTS: u32 = 10_000;
 
-/// The defaults of `max_memory_bytes` and `max_retained_bytes`, sized from
-/// measurements with large results (BENCHMARKS.md): the daemon's resident
-/// memory stays within the Kubernetes example's limit.
+/// The default of `max_memory_bytes`, sized so that with large results the
+/// daemon's resident memory stays within the Kubernetes example's limit.
 pub const DEFAULT_MAX_MEMORY_BYTES: usize = 96 << 20;
+/// The default of `max_retained_bytes`, half the memory budget.
 pub const DEFAULT_MAX_RETAINED_BYTES: usize = 48 << 20;
 
 /// Limits on what the table holds. Over a limit, a request is refused with

@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// Why a client-given taskUUID is not taken.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TaskUuidError {
+    #[error("not a UUID: {0}")]
+    NotAUuid(#[from] uuid::Error),
+    #[error("must be a UUID v4, this is version {version}")]
+    NotV4 { version: usize },
+}
+
 /// A task's `taskUUID`: a client-made UUID v4, unique per API key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskUuid(Uuid);
@@ -16,15 +25,12 @@ impl TaskUuid {
     /// Parses a client-given taskUUID: it must be a UUID v4 (the docs require
     /// v4, and a wrong version is the kind of mistake to catch before it
     /// leaves the host).
-    pub fn parse_v4(s: &str) -> Result<Self, String> {
-        let uuid = Uuid::try_parse(s).map_err(|e| format!("not a UUID: {e}"))?;
-        if uuid.get_version_num() != 4 {
-            return Err(format!(
-                "must be a UUID v4, this is version {}",
-                uuid.get_version_num()
-            ));
+    pub fn parse_v4(s: &str) -> Result<Self, TaskUuidError> {
+        let uuid = Uuid::try_parse(s)?;
+        match uuid.get_version_num() {
+            4 => Ok(TaskUuid(uuid)),
+            version => Err(TaskUuidError::NotV4 { version }),
         }
-        Ok(TaskUuid(uuid))
     }
 
     /// Parses a taskUUID as Runware echoes it, without insisting on v4.
@@ -111,6 +117,6 @@ mod tests {
         assert!(TaskUuid::parse_v4("nope").is_err());
         // A v1 UUID.
         let err = TaskUuid::parse_v4("6ba7b810-9dad-11d1-80b4-00c04fd430c8").unwrap_err();
-        assert!(err.contains("version 1"), "{err}");
+        assert!(err.to_string().contains("version 1"), "{err}");
     }
 }

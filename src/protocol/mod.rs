@@ -33,7 +33,7 @@ mod task;
 
 use self::errors::unknown_code;
 pub use self::errors::{ErrorClass, RunwareError, is_get_response};
-pub use self::ids::{SessionUuid, TaskUuid, is_session_uuid};
+pub use self::ids::{SessionUuid, TaskUuid, TaskUuidError, is_session_uuid};
 pub use self::inbound::{
     FrameError, ImageItem, Inbound, Received, parse_frame, result_fingerprint, text_item,
 };

@@ -274,21 +274,30 @@ impl Probe {
     /// How long the task's client waited for its last result after Runware
     /// had finished it and the daemon had a ready connection: the reconnect
     /// that could have recovered it, not a later one.
-    fn wait(&self, uuid: &str) -> Result<Duration, String> {
+    fn wait(&self, uuid: &str) -> Result<Duration, Violation> {
         let done = Instant::now();
         let Some(finished) = self.sim.finished_at(uuid) else {
-            return Err(format!(
-                "completed, but the simulator never finished {uuid}"
-            ));
+            return Err(format!("completed, but the simulator never finished {uuid}").into());
         };
         let wait = done.saturating_duration_since(self.recoverable_from(finished, done));
         if wait > self.bound {
             return Err(format!(
                 "waited {wait:?} for its last result after it could have been recovered (bound {:?})",
                 self.bound
-            ));
+            ).into());
         }
         Ok(wait)
+    }
+}
+
+/// A broken guarantee, as the report says it.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
+impl<T: Into<String>> From<T> for Violation {
+    fn from(what: T) -> Self {
+        Violation(what.into())
     }
 }
 
@@ -377,7 +386,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
             let mut rng = Rng(config.seed ^ (w as u64).wrapping_mul(0x1000_0001));
             let mut client = match connect(&target).await {
                 Ok(c) => c,
-                Err(e) => return Err(format!("a client could not connect: {e}")),
+                Err(e) => return Err(Violation(format!("a client could not connect: {e}"))),
             };
             // Opened at the first Session task and kept for the whole run,
             // longer than the daemon's default task deadline.
@@ -392,7 +401,9 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
                 if rng.below(10) == 0 {
                     client = match connect(&target).await {
                         Ok(c) => c,
-                        Err(e) => return Err(format!("a client could not reconnect: {e}")),
+                        Err(e) => {
+                            return Err(Violation(format!("a client could not reconnect: {e}")));
+                        }
                     };
                 }
                 let behaviour = match rng.below(12) {
@@ -428,7 +439,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
     };
     for w in workers {
         match w.await {
-            Ok(Err(failed)) => report.violations.push(failed),
+            Ok(Err(failed)) => report.violations.push(failed.to_string()),
             Ok(Ok(records)) => {
                 for (i, r) in records {
                     match r {
@@ -501,7 +512,7 @@ async fn one_task(
     behaviour: Behaviour,
     config: &ChaosConfig,
     probe: &Probe,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Violation> {
     // A hang is a task that outlives its deadline by more than the time a
     // clear error takes to arrive.
     let limit = config.task_deadline + Duration::from_secs(10);
@@ -538,7 +549,7 @@ async fn one_task(
                         texts.sort();
                         want.sort();
                         if texts != want {
-                            return Err(format!("wrong versions: {texts:?}, want {want:?}"));
+                            return Err(format!("wrong versions: {texts:?}, want {want:?}").into());
                         }
                         Ok(Outcome::Completed {
                             results: texts.len(),
@@ -582,7 +593,7 @@ async fn one_task(
                 }
                 if !leave {
                     if got.len() as u32 != n {
-                        return Err(format!("{} of {n} images and no error", got.len()));
+                        return Err(format!("{} of {n} images and no error", got.len()).into());
                     }
                     return Ok(Outcome::Completed {
                         results: got.len(),
@@ -590,7 +601,7 @@ async fn one_task(
                     });
                 }
                 if got.first() != Some(&uuid) {
-                    return Err(format!("the first image is not of task {uuid}: {got:?}"));
+                    return Err(format!("the first image is not of task {uuid}: {got:?}").into());
                 }
                 drop(stream);
                 let mut req = tonic::Request::new(pb::AttachRequest {
@@ -606,8 +617,8 @@ async fn one_task(
                 while let Some(item) = again.next().await {
                     match item {
                         Ok(r) => {
-                            let v: Value =
-                                serde_json::from_str(&r.item_json).map_err(|e| e.to_string())?;
+                            let v: Value = serde_json::from_str(&r.item_json)
+                                .map_err(|e| Violation(e.to_string()))?;
                             let img = pb::ImageResult {
                                 task_uuid: r.task_uuid,
                                 index: r.index,
@@ -621,7 +632,7 @@ async fn one_task(
                     }
                 }
                 if index != n {
-                    return Err(format!("Attach replayed {index} of {n} images"));
+                    return Err(format!("Attach replayed {index} of {n} images").into());
                 }
                 Ok(Outcome::LeftAndAttached {
                     results: n as usize,
@@ -632,10 +643,7 @@ async fn one_task(
     };
     match tokio::time::timeout(limit, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "hung past its deadline ({:?})",
-            config.task_deadline
-        )),
+        Err(_) => Err(format!("hung past its deadline ({:?})", config.task_deadline).into()),
     }
 }
 
@@ -649,14 +657,14 @@ async fn session_task(
     versions: u32,
     uuid: &str,
     probe: &Probe,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Violation> {
     use pb::session_event::Event;
     if session.is_none() {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let events = client
             .session(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map_err(|s| format!("opening a Session: {s}"))?
+            .map_err(|s| Violation(format!("opening a Session: {s}")))?
             .into_inner();
         *session = Some((tx, events, Instant::now()));
     }
@@ -679,17 +687,18 @@ async fn session_task(
     };
     tx.send(submit)
         .await
-        .map_err(|_| "the Session stream closed".to_string())?;
+        .map_err(|_| Violation("the Session stream closed".into()))?;
     let mut texts = Vec::new();
     while let Some(event) = events.next().await {
-        let event = event.map_err(|s| format!("Session stream failed: {s}"))?;
+        let event = event.map_err(|s| Violation(format!("Session stream failed: {s}")))?;
         if event.request_id != request_id {
-            return Err(format!("an event of request {:?}", event.request_id));
+            return Err(format!("an event of request {:?}", event.request_id).into());
         }
         match event.event {
             Some(Event::Accepted(_)) => {}
             Some(Event::Result(r)) => {
-                let v: Value = serde_json::from_str(&r.item_json).map_err(|e| e.to_string())?;
+                let v: Value =
+                    serde_json::from_str(&r.item_json).map_err(|e| Violation(e.to_string()))?;
                 texts.push(v["text"].as_str().unwrap_or_default().to_owned());
             }
             Some(Event::Completed(_)) => {
@@ -699,7 +708,7 @@ async fn session_task(
                 texts.sort();
                 want.sort();
                 if texts != want {
-                    return Err(format!("wrong versions: {texts:?}, want {want:?}"));
+                    return Err(format!("wrong versions: {texts:?}, want {want:?}").into());
                 }
                 return Ok(Outcome::OnSession {
                     results: texts.len(),
@@ -724,29 +733,30 @@ fn check_image(
     n: u32,
     index: u32,
     seen: &mut Vec<u64>,
-) -> Result<(), String> {
+) -> Result<(), Violation> {
     if img.index != index {
-        return Err(format!("image index {} where {index} was due", img.index));
+        return Err(format!("image index {} where {index} was due", img.index).into());
     }
     let Some(s) = img.seed.filter(|s| (seed..seed + u64::from(n)).contains(s)) else {
         return Err(format!(
             "image of another task: seed {:?}, want {seed}..{}",
             img.seed,
             seed + u64::from(n)
-        ));
+        )
+        .into());
     };
     if seen.contains(&s) {
-        return Err(format!("image with seed {s} delivered twice"));
+        return Err(format!("image with seed {s} delivered twice").into());
     }
     seen.push(s);
     Ok(())
 }
 
 /// A clear error the faults can cause, or a broken guarantee.
-fn judge(s: tonic::Status) -> Result<Outcome, String> {
+fn judge(s: tonic::Status) -> Result<Outcome, Violation> {
     match s.code() {
         Code::Unauthenticated if s.message().contains("invalidApiKey") => Ok(Outcome::AuthRejected),
-        _ => Err(format!("{:?}: {}", s.code(), s.message())),
+        _ => Err(format!("{:?}: {}", s.code(), s.message()).into()),
     }
 }
 

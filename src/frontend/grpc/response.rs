@@ -79,8 +79,7 @@ pub fn image_result(
     decode: bool,
 ) -> Option<pb::ImageResult> {
     let image = protocol::ImageItem::parse(item)?;
-    // SIMD decoding: the base64 crate's took a quarter of the daemon's CPU
-    // on 4 MB images (BENCHMARKS.md).
+    // SIMD decoding: large images make base64 the daemon's largest cost.
     let decoded = image
         .image_base64_data
         .as_deref()

@@ -145,18 +145,21 @@ pub enum Fault {
     LoseSession,
 }
 
-impl std::str::FromStr for Fault {
-    type Err = String;
+/// A fault the simulator does not know.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("unknown fault {0:?}: use drop, close, swallow or lose-session")]
+pub struct UnknownFault(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for Fault {
+    type Err = UnknownFault;
+
+    fn from_str(s: &str) -> Result<Self, UnknownFault> {
         match s {
             "drop" => Ok(Fault::Drop),
             "close" => Ok(Fault::Close),
             "swallow" => Ok(Fault::Swallow),
             "lose-session" => Ok(Fault::LoseSession),
-            other => Err(format!(
-                "unknown fault {other:?}: use drop, close, swallow or lose-session"
-            )),
+            other => Err(UnknownFault(other.to_owned())),
         }
     }
 }
