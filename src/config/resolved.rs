@@ -1,0 +1,334 @@
+//! The daemon's resolved configuration: the settings with what follows
+//! from them and from the process environment (the key, the token,
+//! systemd's directories), checked against each other in one place.
+
+use super::*;
+
+/// The daemon's resolved settings: every [`Settings`] value (through
+/// `Deref`), and what follows from them and the environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: Settings,
+    /// The TOML file the settings were read from, if any.
+    pub config_file: Option<PathBuf>,
+    /// The API key's source; `None` only with `simulate`.
+    pub api_key: Option<ApiKeySource>,
+    /// Clients must send `authorization: Bearer <token>` (TCP listener).
+    pub auth_token: Option<BearerToken>,
+    /// gRPC over TCP; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// gRPC over a Unix socket; `None` disables it.
+    pub unix_socket: Option<PathBuf>,
+    /// Where the session and the tasks in flight are persisted, so a
+    /// restarted daemon recovers them; `None` keeps nothing.
+    pub state_dir: Option<PathBuf>,
+    /// Prometheus metrics over HTTP (`/metrics`); `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// systemd notification, when run as a `Type=notify` service.
+    pub notify: Option<crate::notify::NotifyConfig>,
+}
+
+impl std::ops::Deref for Config {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+impl std::ops::DerefMut for Config {
+    fn deref_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+}
+
+impl Default for Config {
+    /// The defaults, with no key and nothing from the environment.
+    fn default() -> Self {
+        let settings = Settings::default();
+        Config {
+            config_file: None,
+            api_key: None,
+            auth_token: None,
+            listen: settings.listen.on(),
+            unix_socket: None,
+            state_dir: None,
+            metrics_listen: settings.metrics_listen.on(),
+            notify: None,
+            settings,
+        }
+    }
+}
+
+impl Config {
+    /// The effective settings, one per line, for `runwared check-config`:
+    /// every declared setting, then what the environment added. Secrets
+    /// show only where they come from.
+    pub fn describe(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
+        let every = match serde_json::to_value(&self.settings) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let mut lines: Vec<(String, String)> = every
+            .into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::Null => "none".to_owned(),
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Array(a) if a.is_empty() => "none".to_owned(),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .map(|t| t.as_str().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                (k, text)
+            })
+            .collect();
+        let key = match &self.api_key {
+            Some(ApiKeySource::Value(_)) => "*** (from RUNWARE_API_KEY)".to_owned(),
+            Some(ApiKeySource::File(p)) => {
+                format!("*** (file {}, read again on each reconnect)", p.display())
+            }
+            None if self.simulate => "none (simulator)".to_owned(),
+            None => "none".to_owned(),
+        };
+        let path = |p: &Option<PathBuf>| opt(p.as_ref().map(|p| p.display().to_string()));
+        lines.insert(0, ("config".to_owned(), path(&self.config_file)));
+        // What follows from the environment (systemd's directories,
+        // credentials and notify socket), as the daemon will use it.
+        for (k, v) in [
+            ("api_key", key),
+            (
+                "auth_token",
+                if self.auth_token.is_some() {
+                    "*** (set)"
+                } else {
+                    "none"
+                }
+                .to_owned(),
+            ),
+            ("unix_socket", path(&self.unix_socket)),
+            ("state_dir", path(&self.state_dir)),
+            (
+                "systemd_notify",
+                opt(self
+                    .notify
+                    .as_ref()
+                    .map(|n| format!("{} (watchdog {:?})", n.socket, n.watchdog))),
+            ),
+        ] {
+            match lines.iter_mut().find(|(name, _)| name == k) {
+                Some(line) => line.1 = v,
+                None => lines.push((k.to_owned(), v)),
+            }
+        }
+        if self.simulate {
+            if let Some(line) = lines.iter_mut().find(|(k, _)| k == "upstream_url") {
+                line.1 = "built-in simulator".to_owned();
+            }
+        }
+        lines
+            .iter()
+            .map(|(k, v)| format!("{k:<30} {v}\n"))
+            .collect()
+    }
+}
+
+impl Config {
+    /// Resolves flags and environment (`args`), the TOML file it names, and
+    /// the process environment into the daemon's settings.
+    pub fn resolve(args: &ServeArgs, env: &Environment) -> Result<Config, ConfigError> {
+        let mut config = Self::from_settings(Settings::resolve(args)?, env)?;
+        config.config_file.clone_from(&args.config);
+        Ok(config)
+    }
+
+    /// Checks the rules between settings and adds what comes from the
+    /// environment: the key, the token, systemd's directories.
+    pub fn from_settings(settings: Settings, env: &Environment) -> Result<Config, ConfigError> {
+        let invalid = |name: &'static str, reason: String| ConfigError::Invalid { name, reason };
+
+        // Key precedence: RUNWARE_API_KEY, then a key file (flag/env, then the
+        // TOML file), then the systemd credential.
+        let credential = env
+            .credentials_directory
+            .as_ref()
+            .map(|dir| dir.join(CREDENTIAL_NAME))
+            .filter(|p| p.exists());
+        let api_key = match (&env.api_key, settings.api_key_file.clone(), credential) {
+            (Some(k), _, _) => Some(ApiKeySource::Value(k.clone())),
+            (None, Some(f), _) | (None, None, Some(f)) => Some(ApiKeySource::File(f)),
+            (None, None, None) => None,
+        };
+        if let Some(source) = &api_key {
+            // Fail at start-up, not at the first connection.
+            source.load()?;
+        } else if !settings.simulate {
+            return Err(ConfigError::NoApiKey);
+        }
+
+        let url = &settings.upstream_url;
+        if !(url.starts_with("wss://") || url.starts_with("ws://")) {
+            return Err(invalid(
+                "upstream_url",
+                format!("{url:?} must start with wss:// (or ws:// for local use)"),
+            ));
+        }
+        let listen = settings.listen.on();
+        let unix_socket = match &settings.unix_socket {
+            Some(switch) => switch.on(),
+            None => env
+                .runtime_directory
+                .as_ref()
+                .map(|dir| dir.join("runwared.sock")),
+        };
+        if listen.is_none() && unix_socket.is_none() {
+            return Err(invalid(
+                "listen",
+                "both the TCP and the Unix socket listener are off".to_owned(),
+            ));
+        }
+        if settings.max_message_bytes < (1 << 20) {
+            return Err(invalid(
+                "max_message_bytes",
+                format!(
+                    "{} is below 1 MiB; Runware results are larger",
+                    settings.max_message_bytes
+                ),
+            ));
+        }
+        for (name, value) in [
+            ("max_in_flight", settings.max_in_flight),
+            (
+                "max_in_flight_per_connection",
+                settings.max_in_flight_per_connection,
+            ),
+            ("max_queued", settings.max_queued),
+            ("max_memory_bytes", settings.max_memory_bytes),
+            ("max_connections", settings.max_connections),
+            (
+                "quick_reconnects_per_minute",
+                settings.quick_reconnects_per_minute,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "must be at least 1".to_owned()));
+            }
+        }
+        let poll_min = Limits::default().poll_min;
+        if settings.poll_max < poll_min {
+            return Err(invalid(
+                "poll_max",
+                format!("must be at least the first polling interval, {poll_min:?}"),
+            ));
+        }
+        if settings.ping_interval.is_zero() || settings.ping_interval >= Duration::from_secs(120) {
+            return Err(invalid(
+                "ping_interval",
+                "must be above 0 and below Runware's 120 s idle limit".to_owned(),
+            ));
+        }
+        if settings.backoff_min > settings.backoff_max {
+            return Err(invalid("backoff_min", "is above backoff_max".to_owned()));
+        }
+        let state_dir = match &settings.state_dir {
+            Some(switch) => switch.on(),
+            None => env.state_directory.clone(),
+        };
+        let token_file = settings.auth_token_file.clone().or_else(|| {
+            env.credentials_directory
+                .as_ref()
+                .map(|dir| dir.join(TOKEN_CREDENTIAL_NAME))
+                .filter(|p| p.exists())
+        });
+        let auth_token = token_file.as_deref().map(read_token_file).transpose()?;
+        // One access model for every TCP listener: a token, unless the
+        // address is loopback on a machine of one user (a developer's, or a
+        // pod's own network namespace). A systemd service runs on a host
+        // with other users, where loopback is open to all of them: there
+        // the Unix socket (its group) is the door, and TCP needs the token.
+        let runware_tcp = match settings.runware_listen.on() {
+            Some(Endpoint::Tcp(addr)) => Some(("runware_listen", addr)),
+            _ => None,
+        };
+        for (name, addr) in listen.map(|a| ("listen", a)).into_iter().chain(runware_tcp) {
+            if auth_token.is_none() && !settings.insecure_listen {
+                let why = if !addr.ip().is_loopback() {
+                    Some("is reachable beyond this host".to_owned())
+                } else if env.systemd_service {
+                    Some(format!(
+                        "is loopback, but under systemd every local user can reach it (use a Unix socket and its group, or {name} = none)"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(invalid(
+                        name,
+                        format!(
+                            "{addr} {why}: give clients a bearer token with --auth-token-file \
+                             (or systemd credential {TOKEN_CREDENTIAL_NAME}), or pass --insecure-listen"
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut settings = settings;
+        settings.async_task_types = settings
+            .async_task_types
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        Ok(Config {
+            config_file: None,
+            api_key,
+            auth_token,
+            listen,
+            unix_socket,
+            state_dir,
+            metrics_listen: settings.metrics_listen.on(),
+            notify: env.notify.clone(),
+            settings,
+        })
+    }
+}
+
+/// What the process environment offers beyond `RUNWARED_*` (which clap reads).
+#[derive(Debug, Default, Clone)]
+pub struct Environment {
+    /// `RUNWARE_API_KEY`.
+    pub api_key: Option<ApiKey>,
+    /// `CREDENTIALS_DIRECTORY`, set by systemd's `LoadCredential=`.
+    pub credentials_directory: Option<PathBuf>,
+    /// `RUNTIME_DIRECTORY`, set by systemd's `RuntimeDirectory=`.
+    pub runtime_directory: Option<PathBuf>,
+    /// `STATE_DIRECTORY`, set by systemd's `StateDirectory=`.
+    pub state_directory: Option<PathBuf>,
+    /// `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`, for `Type=notify`.
+    pub notify: Option<crate::notify::NotifyConfig>,
+    /// `INVOCATION_ID` is set: running as a systemd service, on a host
+    /// with other users, where loopback is open to every one of them.
+    pub systemd_service: bool,
+}
+
+impl Environment {
+    pub fn from_process() -> Self {
+        let path = |name| std::env::var_os(name).map(PathBuf::from);
+        Environment {
+            api_key: std::env::var("RUNWARE_API_KEY").ok().and_then(ApiKey::new),
+            credentials_directory: path("CREDENTIALS_DIRECTORY"),
+            runtime_directory: path("RUNTIME_DIRECTORY"),
+            state_directory: path("STATE_DIRECTORY"),
+            notify: crate::notify::NotifyConfig::from_env(
+                std::env::var("NOTIFY_SOCKET").ok(),
+                std::env::var("WATCHDOG_USEC").ok(),
+                std::env::var("WATCHDOG_PID").ok(),
+            ),
+            systemd_service: std::env::var_os("INVOCATION_ID").is_some(),
+        }
+    }
+}
