@@ -1,0 +1,289 @@
+//! The daemon's listeners: bound at start (TCP, Unix sockets with their
+//! mode and group), and served, gRPC behind its access gate and Runware's
+//! own protocol on its endpoint.
+
+use super::*;
+
+/// The bound listeners.
+pub(super) struct Listeners {
+    pub(super) tcp: Option<TcpListener>,
+    pub(super) tcp_addr: Option<SocketAddr>,
+    pub(super) unix: Option<UnixListener>,
+    /// Runware's own protocol (WebSocket and REST), on TCP or a Unix socket.
+    pub(super) runware_tcp: Option<TcpListener>,
+    pub(super) runware_addr: Option<SocketAddr>,
+    pub(super) runware_unix: Option<UnixListener>,
+}
+
+/// Binds the TCP and Unix socket listeners the settings ask for.
+pub(super) async fn bind_listeners(config: &Config) -> Result<Listeners, StartError> {
+    let tcp = match config.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Tcp { addr, source })?,
+        ),
+        None => None,
+    };
+    let unix = match &config.unix_socket {
+        Some(path) => Some(bind_unix(path, config.unix_socket_group.as_deref()).await?),
+        None => None,
+    };
+    let (runware_tcp, runware_unix) = match config.runware_listen.on() {
+        Some(Endpoint::Tcp(addr)) => (
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Tcp { addr, source })?,
+            ),
+            None,
+        ),
+        Some(Endpoint::Unix(path)) => (
+            None,
+            Some(bind_unix(&path, config.unix_socket_group.as_deref()).await?),
+        ),
+        None => (None, None),
+    };
+    Ok(Listeners {
+        tcp_addr: tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        tcp,
+        unix,
+        runware_addr: runware_tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        runware_tcp,
+        runware_unix,
+    })
+}
+
+/// Serves the gRPC API (with health and reflection) on every listener,
+/// under one access model: a bearer token on TCP when one is set, the
+/// socket's mode and group on the Unix socket; one bound over the
+/// connections of all of them.
+pub(super) fn serve_grpc(
+    config: &Config,
+    listeners: Listeners,
+    service: RunwareService,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    counters: Arc<Counters>,
+    connections: &Arc<listen::Connections>,
+    stop: watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, StartError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    if config.insecure_listen && config.auth_token.is_none() {
+        if let Some(addr) = config.listen.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(%addr, "INSECURE: gRPC reachable beyond this host without a token; anyone who reaches it can spend your Runware credit");
+        }
+    }
+    let gate = AccessGate {
+        token: config.auth_token.clone().map(Arc::new),
+        counters: Arc::clone(&counters),
+    };
+    // Health and reflection stay open on every listener: probes
+    // cannot send tokens, and reflection shows only the API's shape.
+    let max = config.max_message_bytes;
+    let routes = |gate: AccessGate| {
+        let mut b = tonic::service::RoutesBuilder::default();
+        b.add_service(health_service.clone());
+        b.add_service(reflection.clone());
+        b.add_service(tonic::service::interceptor::InterceptedService::new(
+            service.clone().into_server(max),
+            gate,
+        ));
+        b.routes()
+    };
+    // The Unix socket is guarded by its file mode and group, not a token.
+    let unix_gate = AccessGate {
+        token: None,
+        ..gate.clone()
+    };
+    let mut servers = Vec::new();
+    if let Some(listener) = listeners.tcp {
+        if let Some(addr) = listeners.tcp_addr {
+            tracing::info!(%addr, "gRPC listening on TCP");
+        }
+        let incoming = listen::tcp(listener, Arc::clone(connections));
+        servers.push(serve(incoming, routes(gate.clone()), stop.clone()));
+    }
+    if let Some(listener) = listeners.unix {
+        if let Some(path) = &config.unix_socket {
+            tracing::info!(path = %path.display(), "gRPC listening on Unix socket");
+        }
+        let incoming = listen::unix(listener, Arc::clone(connections));
+        servers.push(serve(incoming, routes(unix_gate), stop));
+    }
+    Ok(servers)
+}
+
+/// Serves Runware's own protocol on its listener: a bearer token (the
+/// client's `apiKey`) on TCP when one is set, the socket's mode and group
+/// on a Unix socket.
+pub(super) fn serve_runware(
+    config: &Config,
+    intake: &Intake,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    connections: &Arc<listen::Connections>,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let endpoint = |token: Option<Arc<BearerToken>>| {
+        RunwareEndpoint::new(
+            intake.clone(),
+            token,
+            config.default_task_timeout,
+            config.max_message_bytes,
+        )
+    };
+    let mut servers = Vec::new();
+    if let Some(listener) = tcp {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "Runware protocol (WebSocket and REST) at ws://{addr}/v1");
+        }
+        let incoming = listen::tcp(listener, Arc::clone(connections));
+        let token = config.auth_token.clone().map(Arc::new);
+        servers.push(tokio::spawn(endpoint(token).serve(incoming, stop.clone())));
+    }
+    if let Some(listener) = unix {
+        let incoming = listen::unix(listener, Arc::clone(connections));
+        servers.push(tokio::spawn(endpoint(None).serve(incoming, stop)));
+    }
+    servers
+}
+
+/// Checks the bearer token on `runware.v1.Runware` calls.
+#[derive(Clone)]
+pub(super) struct AccessGate {
+    pub(super) token: Option<Arc<BearerToken>>,
+    pub(super) counters: Arc<Counters>,
+}
+
+impl tonic::service::Interceptor for AccessGate {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(token) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if token.matches(g) => Ok(request),
+            _ => {
+                self.counters.add(Counter::Unauthenticated);
+                Err(tonic::Status::unauthenticated(
+                    "this daemon requires metadata \"authorization: Bearer <token>\" (the token in its --auth-token-file)",
+                ))
+            }
+        }
+    }
+}
+
+pub(super) fn serve<S, IO>(
+    incoming: S,
+    routes: tonic::service::Routes,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()>
+where
+    S: futures::Stream<Item = io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(listen::MAX_STREAMS_PER_CONNECTION)
+            .http2_max_pending_accept_reset_streams(Some(listen::MAX_PENDING_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(listen::MAX_LOCAL_RESET_STREAMS))
+            .http2_max_header_list_size(listen::MAX_HEADER_LIST_BYTES)
+            .http2_keepalive_interval(Some(listen::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(listen::KEEPALIVE_TIMEOUT))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    })
+}
+
+/// Why a Unix socket cannot be listened on.
+#[derive(Debug, thiserror::Error)]
+pub enum UnixSocketError {
+    #[error("another process is serving on it")]
+    InUse,
+    #[error("cannot remove the stale socket: {0}")]
+    Stale(#[source] io::Error),
+    #[error("directory {0} does not exist")]
+    NoDirectory(PathBuf),
+    #[error("{0}")]
+    Bind(#[source] io::Error),
+    #[error("cannot set its mode: {0}")]
+    Mode(#[source] io::Error),
+    #[error("no group {0:?} in /etc/group")]
+    NoGroup(String),
+    #[error("cannot give it to group {group}: {source}")]
+    Group { group: String, source: io::Error },
+}
+
+/// Binds a Unix socket, replacing a stale socket file but never a live one.
+pub(super) async fn bind_unix(
+    path: &Path,
+    group: Option<&str>,
+) -> Result<UnixListener, StartError> {
+    bind_unix_socket(path, group)
+        .await
+        .map_err(|why| StartError::Unix {
+            path: path.to_owned(),
+            why,
+        })
+}
+
+pub(super) async fn bind_unix_socket(
+    path: &Path,
+    group: Option<&str>,
+) -> Result<UnixListener, UnixSocketError> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(UnixSocketError::InUse);
+        }
+        std::fs::remove_file(path).map_err(UnixSocketError::Stale)?;
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            return Err(UnixSocketError::NoDirectory(dir.to_owned()));
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(UnixSocketError::Bind)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Owner and group only: the group decides who may use the daemon.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(UnixSocketError::Mode)?;
+    }
+    if let Some(group) = group {
+        let gid = group_id(group).ok_or_else(|| UnixSocketError::NoGroup(group.to_owned()))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| {
+            UnixSocketError::Group {
+                group: group.to_owned(),
+                source,
+            }
+        })?;
+    }
+    Ok(listener)
+}
+
+/// A group's id, from its name (in /etc/group) or a number.
+pub fn group_id(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == group).then(|| fields.nth(1)?.parse().ok())?
+    })
+}

@@ -1,0 +1,407 @@
+//! Wires the daemon together: the task table, the upstream task, the gRPC
+//! listeners, persisted state, and an orderly shutdown. Listeners are bound
+//! here and handed back with their addresses, so tests start a daemon on
+//! `127.0.0.1:0` and talk to it over a real socket.
+//!
+//! This file starts the daemon and stops it in order ([`Daemon`]);
+//! `listeners` binds and serves every listener; `background` runs the loops
+//! beside the task path (health, watchdog, sweep, state file, metrics).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::Connector;
+use tonic::transport::server::Connected;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::{ApiKey, ApiKeySource, BearerToken, Config, Endpoint};
+use crate::connection::{ConnectionState, Resume, UpstreamStatus};
+use crate::counters::{Counter, Counters};
+use crate::dispatch::{Limits, StateChange, TaskTable};
+use crate::frontend::grpc::RunwareService;
+use crate::frontend::intake::Intake;
+use crate::frontend::runware::RunwareEndpoint;
+use crate::listen;
+use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::notify::Notifier;
+use crate::pb::runware_server::RunwareServer;
+use crate::state::StateStore;
+use crate::tools::sim::{SimConfig, SimHandle};
+use crate::upstream::{Heartbeat, Telemetry, Upstream, client_tls};
+
+mod background;
+mod listeners;
+
+use self::background::{feed_watchdog, persist, report_health, serve_metrics, sweep};
+pub use self::listeners::{UnixSocketError, group_id};
+use self::listeners::{bind_listeners, serve_grpc, serve_runware};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Tcp { addr: SocketAddr, source: io::Error },
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen on Unix socket {path}: {why}")]
+    Unix { path: PathBuf, why: UnixSocketError },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] crate::upstream::TlsError),
+    #[error("cannot start the simulator: {0}")]
+    Simulator(io::Error),
+    #[error("state directory {path}: {source}")]
+    State { path: PathBuf, source: io::Error },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics { addr: SocketAddr, source: io::Error },
+    #[error("the API key: {0}")]
+    Key(#[source] crate::config::ConfigError),
+    #[error("no Runware API key: set RUNWARE_API_KEY, give a key file, or run with --simulate")]
+    NoKey,
+}
+
+/// How often a stopping daemon checks whether clients still wait.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// After the drain, how long servers get to send the last statuses.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// Where the daemon connects and with what: the in-process simulator under
+/// `--simulate` (its URL replaces the upstream's), the key's source, and
+/// TLS for `wss://`.
+async fn upstream_target(
+    config: &mut Config,
+) -> Result<(Option<SimHandle>, ApiKeySource, Option<Connector>), StartError> {
+    let mut simulator = None;
+    let key = match (&config.api_key, config.simulate) {
+        (_, true) => {
+            let sim = SimHandle::bind(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                SimConfig::default(),
+                None,
+            )
+            .await
+            .map_err(StartError::Simulator)?;
+            tracing::warn!(
+                url = %sim.url(),
+                "SIMULATION MODE: talking to the built-in Runware simulator, not to Runware; results are fake"
+            );
+            config.upstream_url = sim.url();
+            simulator = Some(sim);
+            ApiKeySource::Value(ApiKey::new("simulated").expect("non-empty"))
+        }
+        (Some(k), false) => k.clone(),
+        // Config::resolve requires one; a Config built by hand may not.
+        (None, false) => return Err(StartError::NoKey),
+    };
+    let connector = if config.upstream_url.starts_with("wss://") {
+        Some(Connector::Rustls(client_tls(config.extra_ca.as_deref())?))
+    } else {
+        None
+    };
+    Ok((simulator, key, connector))
+}
+
+/// Opens the state directory, bound to the key: another account must not
+/// resume this one's session or pay for its tasks. None under `--simulate`.
+fn open_state(config: &Config, key: &ApiKeySource) -> Result<Option<StateStore>, StartError> {
+    Ok(match (&config.state_dir, config.simulate) {
+        (Some(dir), false) => {
+            let fingerprint = key
+                .load()
+                .map(|k| crate::state::key_fingerprint(k.expose()))
+                .map_err(StartError::Key)?;
+            Some(
+                StateStore::open(
+                    dir,
+                    &config.upstream_url,
+                    fingerprint,
+                    config.max_message_bytes,
+                )
+                .map_err(|source| StartError::State {
+                    path: dir.clone(),
+                    source,
+                })?,
+            )
+        }
+        _ => None,
+    })
+}
+
+/// The task table's limits, from the settings.
+fn limits(c: &Config) -> Limits {
+    Limits {
+        max_in_flight: c.max_in_flight,
+        max_in_flight_per_connection: c.max_in_flight_per_connection,
+        max_queued: c.max_queued,
+        max_retained_bytes: c.max_retained_bytes,
+        max_memory_bytes: c.max_memory_bytes,
+        retention: c.retention,
+        max_task_bytes: c.max_message_bytes,
+        poll_max: c.poll_max,
+        ..Limits::default()
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The bound TCP address (useful when the config asked for port 0).
+    pub tcp_addr: Option<SocketAddr>,
+    /// The Unix socket path, if listening on one.
+    pub unix_socket: Option<PathBuf>,
+    /// The upstream connection's status, to wait on in tests and for systemd.
+    pub status: watch::Receiver<UpstreamStatus>,
+    /// The task table (tests and the soak read its counters).
+    pub table: Arc<TaskTable>,
+    /// The in-process simulator under `--simulate`.
+    pub simulator: Option<SimHandle>,
+    /// The gRPC health service's state: NOT_SERVING once stopping.
+    health: HealthReporter,
+    /// The bound address of Runware's own protocol (WebSocket and REST).
+    pub runware_addr: Option<SocketAddr>,
+    /// The bound metrics address, if serving metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    /// systemd's notify socket, under `Type=notify`.
+    notifier: Option<Notifier>,
+    /// Where the session and tasks in flight are persisted, if anywhere:
+    /// written a last time on shutdown.
+    state: Option<StateStore>,
+    /// Stops accepting clients (first step of a shutdown).
+    stop_listeners: watch::Sender<bool>,
+    /// Stops the upstream connection and the metrics (last step).
+    stop_upstream: watch::Sender<bool>,
+    /// The gRPC servers, one per listener: awaited on shutdown.
+    servers: Vec<JoinHandle<()>>,
+    /// Sweeping, persisting, health, watchdog, metrics.
+    background: Vec<JoinHandle<()>>,
+    /// The connection supervisor.
+    upstream: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Binds the listeners, restores persisted state, connects upstream,
+    /// and serves.
+    pub async fn start(mut config: Config) -> Result<Daemon, StartError> {
+        let (simulator, key, connector) = upstream_target(&mut config).await?;
+
+        // Bound before anything runs: a taken port fails the start.
+        let mut listeners = bind_listeners(&config).await?;
+        let tcp_addr = listeners.tcp_addr;
+
+        // What a previous run left: its session and its tasks in flight.
+        let state = open_state(&config, &key)?;
+        let loaded = state.as_ref().map(StateStore::load).unwrap_or_default();
+
+        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let (status_tx, status_rx) = watch::channel(UpstreamStatus::default());
+        let table = TaskTable::new(limits(&config), queue_tx);
+        if loaded.rejected > 0 {
+            tracing::warn!(
+                tasks = loaded.rejected,
+                "tasks in the state file failed the checks and are not recovered"
+            );
+        }
+        if !loaded.tasks.is_empty() {
+            let n = table.restore(loaded.tasks);
+            tracing::info!(tasks = n, session = ?loaded.session, "recovering tasks from the previous run");
+        }
+        let (stop_upstream, stop_upstream_rx) = watch::channel(false);
+        let upstream_metrics = UpstreamMetrics::default();
+        let heartbeat = Heartbeat::new();
+        let upstream = Upstream::new(
+            &config,
+            key,
+            Resume {
+                session: loaded.session.clone(),
+            },
+            Arc::clone(&table),
+            queue_rx,
+            status_tx,
+            connector,
+            Telemetry {
+                metrics: upstream_metrics.clone(),
+                heartbeat: Arc::clone(&heartbeat),
+            },
+        );
+        let upstream = tokio::spawn(upstream.run(stop_upstream_rx));
+
+        let mut background = vec![tokio::spawn(sweep(Arc::clone(&table)))];
+        if let Some(store) = &state {
+            // Before any client can submit: every change is kept.
+            table.start_journal();
+            background.push(tokio::spawn(persist(
+                store.clone(),
+                Arc::clone(&table),
+                status_rx.clone(),
+            )));
+        }
+
+        let (metrics_addr, metrics_server) = serve_metrics(
+            &config,
+            &table,
+            status_rx.clone(),
+            &upstream_metrics,
+            stop_upstream.subscribe(),
+        )
+        .await?;
+        background.extend(metrics_server);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<RunwareServer<RunwareService>>().await;
+        let notifier = config.notify.as_ref().map(Notifier::new);
+        background.push(tokio::spawn(report_health(
+            health.clone(),
+            Arc::clone(&table),
+            status_rx.clone(),
+            Arc::clone(&heartbeat),
+            notifier.clone(),
+        )));
+        if let (Some(n), Some(period)) =
+            (&notifier, config.notify.as_ref().and_then(|c| c.watchdog))
+        {
+            background.push(tokio::spawn(feed_watchdog(
+                n.clone(),
+                period,
+                Arc::clone(&heartbeat),
+            )));
+        }
+        // One intake for every door.
+        let intake = Intake::new(Arc::clone(&table), config.async_task_types.clone().into());
+        let service = RunwareService::new(intake.clone(), status_rx.clone(), &config);
+        let (stop_listeners, stop_rx) = watch::channel(false);
+        // One bound over the connections of every listener.
+        let connections = Arc::new(listen::Connections::new(
+            config.max_connections,
+            Arc::clone(&table.counters),
+        ));
+        let runware_addr = listeners.runware_addr;
+        let mut servers = serve_runware(
+            &config,
+            &intake,
+            listeners.runware_tcp.take(),
+            listeners.runware_unix.take(),
+            &connections,
+            stop_rx.clone(),
+        );
+        servers.extend(serve_grpc(
+            &config,
+            listeners,
+            service,
+            health_service,
+            Arc::clone(&table.counters),
+            &connections,
+            stop_rx,
+        )?);
+
+        if let Some(n) = &notifier {
+            n.notify("READY=1\nSTATUS=listening; connecting to Runware");
+        }
+        Ok(Daemon {
+            runware_addr,
+            metrics_addr,
+            notifier,
+            tcp_addr,
+            unix_socket: config.unix_socket.clone(),
+            status: status_rx,
+            table,
+            simulator,
+            health,
+            state,
+            stop_listeners,
+            stop_upstream,
+            servers,
+            background,
+            upstream,
+        })
+    }
+
+    /// Stops: refuses new tasks and reports not-serving, lets tasks in
+    /// flight finish for up to `drain`, then ends the rest for their
+    /// clients with UNAVAILABLE (they stay persisted for the next run),
+    /// writes the state, and closes the upstream socket.
+    pub async fn shutdown(mut self, drain: Duration) {
+        tracing::info!(
+            in_flight = self.table.in_flight(),
+            "stopping: no new tasks accepted"
+        );
+        self.table.start_draining();
+        if let Some(n) = &self.notifier {
+            n.notify("STOPPING=1\nSTATUS=stopping: draining tasks in flight");
+        }
+        self.health
+            .set_not_serving::<RunwareServer<RunwareService>>()
+            .await;
+        for name in ["", "readiness"] {
+            self.health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        // The listeners stay open while tasks drain: a probe's fresh health
+        // Check is answered NOT_SERVING, a new task is refused as the daemon
+        // stopping, and a client's socket stays open while its tasks finish.
+        // Wait for the tasks clients are waiting on, not for every open
+        // stream: an idle Session or a health Watch would never end.
+        let table = Arc::clone(&self.table);
+        let drained = tokio::time::timeout(drain, async move {
+            while table.watched() > 0 {
+                tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = self.table.in_flight(),
+                "drain timeout: ending the remaining tasks for their clients"
+            );
+            self.table.release_watchers(
+                "runwared is stopping: the task did not finish within the drain timeout; \
+                 it is kept and a restarted daemon recovers it (Attach with its taskUUID)",
+            );
+        }
+        self.stop_listeners.send_replace(true);
+        // A moment for the last statuses to reach their clients, then the
+        // remaining streams are cut.
+        let servers = std::mem::take(&mut self.servers).into_iter().map(|server| {
+            let abort = server.abort_handle();
+            async move {
+                if tokio::time::timeout(FINAL_FLUSH, server).await.is_err() {
+                    abort.abort();
+                }
+            }
+        });
+        futures::future::join_all(servers).await;
+        for task in &self.background {
+            task.abort();
+        }
+        if let Some(store) = &self.state {
+            let session = self.status.borrow().session.clone();
+            let tasks = self.table.snapshot();
+            if let Err(e) = store.save(session.as_ref(), &tasks) {
+                tracing::error!(error = %e, "cannot write the state file");
+            }
+        }
+        self.stop_upstream.send_replace(true);
+        let _ = (&mut self.upstream).await;
+        if let Some(path) = &self.unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table's own defaults are the daemon's default settings.
+    #[test]
+    fn default_settings_give_the_default_limits() {
+        assert_eq!(limits(&Config::default()), Limits::default());
+    }
+}
