@@ -295,6 +295,21 @@ impl Matching {
         m
     }
 
+    /// Whether [`Matching::take`] would take this item, without taking it.
+    pub fn is_new(&self, fingerprint: u64, polled: bool, message: u64) -> bool {
+        let (pushed, answered) = self.counts.get(&fingerprint).copied().unwrap_or_default();
+        let before = pushed.max(answered);
+        if polled {
+            let in_answer = match message == self.answer_message {
+                true => self.answer.get(&fingerprint).copied().unwrap_or(0),
+                false => 0,
+            };
+            pushed.max(answered.max(in_answer + 1)) > before
+        } else {
+            pushed + 1 > before
+        }
+    }
+
     /// True if this item is a result not taken yet. `message` numbers the
     /// upstream message it came in.
     pub fn take(&mut self, fingerprint: u64, polled: bool, message: u64) -> bool {
@@ -318,6 +333,24 @@ impl Matching {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// `is_new` says what `take` then does, over any order of pushed
+        /// and answered items, repeated results and messages.
+        #[test]
+        fn is_new_agrees_with_take(
+            taken in proptest::collection::vec(0u64..4, 0..4),
+            items in proptest::collection::vec((0u64..4, proptest::bool::ANY, 0u64..3), 0..40),
+        ) {
+            let mut m = Matching::new(taken);
+            let mut message = 0;
+            for (fp, polled, next_message) in items {
+                message += next_message;
+                let predicted = m.is_new(fp, polled, message);
+                proptest::prop_assert_eq!(predicted, m.take(fp, polled, message));
+            }
+        }
+    }
 
     const T: PollTiming = PollTiming {
         min: Duration::from_millis(500),

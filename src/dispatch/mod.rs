@@ -10,7 +10,8 @@
 //! - `record`: the task as kept, and its stored results;
 //! - `watch`: where its events go, and the guards that tell the table when a
 //!   client stops watching;
-//! - `routing`: what goes upstream next, and each upstream item to its task;
+//! - `routing`: what goes upstream next, and each upstream item to its task,
+//!   where `arrival` decides, in pure functions, what becomes of the item;
 //! - [`lifecycle`]: a task's delivery state machine (push or poll), decided
 //!   in one synchronous function; `completion`: how a task ends;
 //! - `recovery`: the getResponse scheduler; `retention`: what is kept for
@@ -42,6 +43,7 @@
 //! in straight from its loop.
 
 mod admission;
+mod arrival;
 mod completion;
 mod events;
 mod journal;
@@ -70,6 +72,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use self::arrival::{ArrivingResult, ErrorVerdict, ResultVerdict, judge_error, judge_result};
 pub use self::events::{FailureKind, SubmitError, TaskEvent, TaskFailure};
 pub use self::journal::{SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};

@@ -98,50 +98,67 @@ impl TaskTable {
         result_id: Option<&str>,
         received: Received,
     ) {
-        let Some(mut task) = self.tasks.get_mut(&uuid) else {
-            self.counters.add(Counter::LateResultsDropped);
-            tracing::debug!(task = %uuid, "result for a task no longer kept; dropped");
-            return;
+        let mut entry = self.tasks.get_mut(&uuid);
+        let arriving = ArrivingResult {
+            received,
+            text: &item.text,
+            result_id,
+            message: self.message.load(Ordering::Acquire),
         };
-        if !task.in_flight() {
-            self.counters.add(Counter::DuplicateResults);
-            tracing::debug!(task = %uuid, "result after the task ended; ignored");
-            return;
-        }
-        let t = &mut *task;
-        // A step says nothing of how it came: while the task is polled, it
-        // is part of an answer (which repeats the steps so far).
-        let polled = match received {
-            Received::Pushed => false,
-            Received::Answered => true,
-            Received::Step { .. } => t.delivery.is_polling(),
-        };
-        if polled {
-            if !t.delivery.is_polling() {
-                // An answer to a question no longer asked (the task was
-                // sent again meanwhile): its pushes bring the results.
+        let verdict = judge_result(entry.as_deref().map(|t| t.view()).as_ref(), &arriving);
+        let task = match (verdict, entry.as_deref_mut()) {
+            (ResultVerdict::NoTask, _) | (_, None) => {
+                self.counters.add(Counter::LateResultsDropped);
+                tracing::debug!(task = %uuid, "result for a task no longer kept; dropped");
                 return;
             }
-            self.step(t, Event::Answered, Instant::now());
-        }
-        if let Some(m) = t.matching.as_mut() {
-            let message = self.message.load(Ordering::Acquire);
-            if !m.take(protocol::result_fingerprint(&item.text), polled, message) {
-                if !polled {
-                    // Pushed after an answer had brought it.
-                    self.counters.add(Counter::DuplicateResults);
-                }
+            (ResultVerdict::AfterEnd, _) => {
+                self.counters.add(Counter::DuplicateResults);
+                tracing::debug!(task = %uuid, "result after the task ended; ignored");
                 return;
             }
+            (ResultVerdict::StaleAnswer, _) => return,
+            (_, Some(task)) => task,
+        };
+        if verdict.polled() {
+            self.step(task, Event::Answered, Instant::now());
+        }
+        let (polled, fingerprint) = match verdict {
+            ResultVerdict::Repeat {
+                polled,
+                fingerprint,
+            } => (polled, Some(fingerprint)),
+            ResultVerdict::DuplicateId {
+                polled,
+                fingerprint,
+            }
+            | ResultVerdict::Take {
+                polled,
+                fingerprint,
+            } => (polled, fingerprint),
+            _ => (false, None),
+        };
+        if let (Some(m), Some(fingerprint)) = (task.matching.as_mut(), fingerprint) {
+            m.take(fingerprint, polled, arriving.message);
+        }
+        match verdict {
+            ResultVerdict::Repeat { polled: false, .. } => {
+                // Pushed after an answer had brought it.
+                self.counters.add(Counter::DuplicateResults);
+                return;
+            }
+            ResultVerdict::Repeat { .. } => return,
+            ResultVerdict::DuplicateId { .. } => {
+                self.counters.add(Counter::DuplicateResults);
+                tracing::warn!(task = %uuid, result = result_id, "duplicate result from Runware; ignored");
+                return;
+            }
+            _ => {}
         }
         if let Some(id) = result_id {
-            if t.result_ids.iter().any(|seen| &**seen == id) {
-                self.counters.add(Counter::DuplicateResults);
-                tracing::warn!(task = %uuid, result = id, "duplicate result from Runware; ignored");
-                return;
-            }
-            t.result_ids.push(id.into());
+            task.result_ids.push(id.into());
         }
+        let t = task;
         let StoredResult { text: item, bytes } = item;
         t.bytes += bytes;
         self.retained_bytes.fetch_add(bytes, Ordering::AcqRel);
@@ -160,7 +177,7 @@ impl TaskTable {
         t.notify(&TaskEvent::Result { index, item, last });
         if last {
             self.finish(t, Outcome::Completed, Instant::now());
-            drop(task);
+            drop(entry);
             self.ended(uuid);
         }
     }
@@ -168,22 +185,30 @@ impl TaskTable {
     /// Routes a Runware error to its task, and only to it.
     pub(super) fn fail(&self, uuid: TaskUuid, error: RunwareError) {
         let class = ErrorClass::of(&error.code);
-        let Some(mut task) = self.tasks.get_mut(&uuid) else {
-            if class != ErrorClass::Conflict {
-                self.counters.add(Counter::LateResultsDropped);
+        let mut entry = self.tasks.get_mut(&uuid);
+        let about_get_response = protocol::is_get_response(&error);
+        let verdict = judge_error(
+            entry.as_deref().map(|t| t.in_flight()),
+            class,
+            about_get_response,
+        );
+        let task = match (verdict, entry.as_deref_mut()) {
+            (ErrorVerdict::NoTask { counted }, _) => {
+                if counted {
+                    self.counters.add(Counter::LateResultsDropped);
+                }
+                tracing::debug!(task = %uuid, code = %error.code, "error for a task no longer kept; dropped");
+                return;
             }
-            tracing::debug!(task = %uuid, code = %error.code, "error for a task no longer kept; dropped");
-            return;
+            (ErrorVerdict::AfterEnd, _) | (_, None) => return,
+            (_, Some(task)) => task,
         };
-        if !task.in_flight() {
-            return;
-        }
         let now = Instant::now();
-        if protocol::is_get_response(&error) {
+        if verdict == ErrorVerdict::Unknown {
             // About the question, not the task: Runware does not know it, so
             // it never arrived. Sent (again) under its own taskUUID; a
             // followed task, which has nothing to send, fails below.
-            match self.step(&mut task, Event::Unknown, now) {
+            match self.step(task, Event::Unknown, now) {
                 Action::Enqueue => {
                     tracing::debug!(task = %uuid, code = %error.code, "Runware does not know the task; sending it");
                     let _ = self.queue.send(uuid);
@@ -194,7 +219,7 @@ impl TaskTable {
             }
         }
         if class == ErrorClass::Conflict
-            && self.step(&mut task, Event::Conflict, now) != Action::FailConflict
+            && self.step(task, Event::Conflict, now) != Action::FailConflict
         {
             // A resend Runware already has (now polled), or a stale answer.
             tracing::debug!(task = %uuid, "conflictTaskUUID on resend: Runware has the task");
@@ -211,8 +236,8 @@ impl TaskTable {
             message,
             runware: Some(error),
         };
-        self.finish(&mut task, Outcome::Failed(Box::new(failure)), now);
-        drop(task);
+        self.finish(task, Outcome::Failed(Box::new(failure)), now);
+        drop(entry);
         self.ended(uuid);
     }
 }
