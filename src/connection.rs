@@ -30,10 +30,14 @@ use crate::protocol::{ErrorClass, Inbound, RunwareError, SessionUuid};
 /// Where the connection is, as clients and `GetStatus` see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConnectionState {
+    /// No socket: waiting to connect.
     #[default]
     Disconnected,
+    /// Opening the socket (TCP, TLS, WebSocket handshake).
     Connecting,
+    /// Sent the authentication, waiting for Runware's answer.
     Authenticating,
+    /// Authenticated: tasks go out.
     Ready,
     /// Runware answered `invalidApiKey`; retrying on a long backoff.
     AuthRejected,
@@ -57,6 +61,7 @@ impl ConnectionState {
 /// API key.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UpstreamStatus {
+    /// Where the connection is.
     pub state: ConnectionState,
     /// The current (or last) session.
     pub session: Option<SessionUuid>,
@@ -66,6 +71,7 @@ pub struct UpstreamStatus {
     pub reconnects: u64,
     /// Reconnects on which Runware accepted the previous session.
     pub resumes: u64,
+    /// Why the last connection ended or attempt failed, if it did.
     pub last_error: Option<String>,
     /// Runware's rejection of the key, kept until a session authenticates:
     /// the reason clients are given, whatever later attempts ran into.
@@ -125,6 +131,7 @@ pub struct ReconnectPolicy {
 }
 
 impl ReconnectPolicy {
+    /// A connection not yet opened, with its timing and reconnect policy.
     pub fn new(
         min: Duration,
         max: Duration,
@@ -213,29 +220,45 @@ type WsError = tokio_tungstenite::tungstenite::Error;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DropReason {
+    /// Opening the socket failed.
     #[error("connect to {url}: {source}")]
     Connect {
+        /// Where.
         url: String,
+        /// Why.
         #[source]
         source: WsError,
     },
+    /// Opening the socket took too long.
     #[error("connect to {url}: no answer within {after:?}")]
-    ConnectTimeout { url: String, after: Duration },
+    ConnectTimeout {
+        /// Where.
+        url: String,
+        /// How long the attempt was given.
+        after: Duration,
+    },
+    /// The API key could not be read (a key file).
     #[error("the API key: {0}")]
     Key(#[source] crate::config::ConfigError),
     /// A close frame (code and reason), or none.
     #[error("Runware closed the connection{}", .0.as_ref().map(|(c, r)| format!(" code {c} {r}")).unwrap_or_default().trim_end())]
     Closed(Option<(u16, String)>),
+    /// Reading the socket failed.
     #[error("read: {0}")]
     Read(#[source] WsError),
+    /// The socket ended without a close frame.
     #[error("connection closed")]
     Eof,
+    /// Writing to the socket failed.
     #[error("write: {0}")]
     Write(#[source] WsError),
+    /// A write did not finish within this long.
     #[error("write stalled for {0:?}")]
     WriteStalled(Duration),
+    /// Nothing arrived within this long after a ping.
     #[error("no answer within {0:?} after a ping")]
     PongTimeout(Duration),
+    /// Runware did not answer the authentication within this long.
     #[error("no answer to authentication within {0:?}")]
     AuthTimeout(Duration),
 }
@@ -305,14 +328,19 @@ pub enum Action {
     /// results follow); `replaced` names a previous session Runware did
     /// not keep.
     Ready {
+        /// The session Runware answered with.
         session: SessionUuid,
+        /// Runware kept the previous session.
         resumed: bool,
+        /// A previous session Runware did not keep.
         replaced: Option<SessionUuid>,
     },
     /// Runware rejected the key: close the socket, fail every task, and
     /// wait `retry_in` (already decided) before trying again.
     KeyRejected {
+        /// Runware's error.
         error: RunwareError,
+        /// When to try again.
         retry_in: Duration,
     },
     /// The socket is dead: close it and report [`Connection::on_drop`].
@@ -367,6 +395,7 @@ impl Connection {
         }
     }
 
+    /// Whether tasks go out now.
     pub fn is_ready(&self) -> bool {
         matches!(self.phase, Phase::Ready(_))
     }

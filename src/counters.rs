@@ -9,16 +9,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Counter {
+    /// Results for tasks no longer kept, dropped.
     LateResultsDropped,
+    /// Upstream frames that could not be read.
     BadFrames,
+    /// Results a task already had, dropped.
     DuplicateResults,
+    /// Tasks whose client left before they ended.
     Abandoned,
+    /// Tasks a client cancelled.
     Cancelled,
+    /// `getResponse` polls sent.
     Polls,
+    /// Tasks recovered by polling after a lost session.
     Recovered,
+    /// Tasks refused at a limit.
     LimitRejections,
+    /// Requests refused for a missing or wrong token.
     Unauthenticated,
+    /// Client connections closed at once over `max_connections`.
     ConnectionsRefused,
+    /// Client connections closed for sending no HTTP/2 preface in time.
     HandshakeTimeouts,
 }
 
@@ -29,6 +40,7 @@ pub struct CounterInfo {
     pub name: &'static str,
     /// Its Prometheus name (`_total` is added when served).
     pub metric: &'static str,
+    /// What it counts, for people.
     pub help: &'static str,
 }
 
@@ -50,6 +62,7 @@ impl Counter {
         Counter::HandshakeTimeouts,
     ];
 
+    /// Its metric name and help text.
     pub const fn info(self) -> CounterInfo {
         let (name, metric, help) = match self {
             Counter::LateResultsDropped => (
@@ -131,6 +144,7 @@ impl Counters {
         self.0[counter.index()].fetch_add(n, Ordering::Relaxed) + n
     }
 
+    /// The count of `counter` now.
     pub fn get(&self, counter: Counter) -> u64 {
         self.0[counter.index()].load(Ordering::Relaxed)
     }

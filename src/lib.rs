@@ -57,6 +57,7 @@
 //! - [`tools`]: the simulator, the benchmark and the soak suite, apart from
 //!   the daemon.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod config;

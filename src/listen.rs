@@ -30,12 +30,14 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// and resets the server itself may send, before the connection is closed
 /// with GOAWAY (the "rapid reset" floods, CVE-2023-44487).
 pub const MAX_PENDING_RESET_STREAMS: usize = 50;
+/// Streams a client may reset before its connection is closed (a reset flood).
 pub const MAX_LOCAL_RESET_STREAMS: usize = 1024;
 /// Largest header block a client may send.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 /// HTTP/2 pings to idle connections; a peer that does not answer within
 /// the timeout is gone, and its connection is closed.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A client that does not answer a keepalive ping within this long is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A new connection must send its first [`HANDSHAKE_BYTES`] (the HTTP/2
 /// preface) within this long, or it is closed.
@@ -55,6 +57,7 @@ pub struct Connections {
 }
 
 impl Connections {
+    /// A bound of `limit` connections, counting refusals in `counts`.
     pub fn new(limit: usize, counts: Arc<Counters>) -> Self {
         Connections {
             slots: Arc::new(Semaphore::new(limit)),

@@ -20,8 +20,10 @@ use crate::connection::UpstreamStatus;
 use crate::dispatch::TaskTable;
 use crate::status::StatusSnapshot;
 
+/// The label of a direction of traffic.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
+    /// `sent` or `received`.
     pub direction: &'static str,
 }
 
@@ -29,17 +31,22 @@ pub struct DirectionLabel {
 /// ([`crate::connection::DropReason::kind`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabel {
+    /// Why the connection ended.
     pub reason: &'static str,
 }
 
 /// Connection and traffic metrics, recorded by the upstream task.
 #[derive(Clone, Debug)]
 pub struct UpstreamMetrics {
+    /// Sockets opened.
     pub connects: Counter,
+    /// Sessions Runware did not resume.
     pub sessions_lost: Counter,
     /// Seconds from a ping to its pong.
     pub ping_rtt: Histogram,
+    /// WebSocket messages, by direction.
     pub frames: Family<DirectionLabel, Counter>,
+    /// Their bytes, by direction.
     pub bytes: Family<DirectionLabel, Counter>,
     /// Connections that ended, and attempts that failed, by reason.
     pub drops: Family<DropLabel, Counter>,
@@ -59,6 +66,7 @@ impl Default for UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
+    /// Counts a message of `bytes` sent.
     pub fn sent(&self, bytes: usize) {
         self.frames
             .get_or_create(&DirectionLabel { direction: "out" })
@@ -68,6 +76,7 @@ impl UpstreamMetrics {
             .inc_by(bytes as u64);
     }
 
+    /// Counts a message of `bytes` received.
     pub fn received(&self, bytes: usize) {
         self.frames
             .get_or_create(&DirectionLabel { direction: "in" })
@@ -120,6 +129,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The registry of every metric, read from the table and the status.
     pub fn new(
         table: &Arc<TaskTable>,
         status: watch::Receiver<UpstreamStatus>,

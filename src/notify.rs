@@ -45,6 +45,7 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// A notifier on the socket `config` names.
     pub fn new(config: &NotifyConfig) -> Self {
         Notifier {
             socket: config.socket.clone(),

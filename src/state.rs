@@ -74,7 +74,9 @@ struct StateFileOut<'a> {
 /// What a previous run left.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// The session to resume, if any.
     pub session: Option<SessionUuid>,
+    /// The tasks in flight.
     pub tasks: Vec<SavedTask>,
     /// Where an unreadable or foreign file was moved, if one was.
     pub set_aside: Option<PathBuf>,
@@ -126,6 +128,7 @@ impl StateStore {
         })
     }
 
+    /// The state file's path.
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE)
     }

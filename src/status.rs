@@ -10,6 +10,7 @@ use crate::pb;
 /// A reading of everything the daemon reports.
 #[derive(Debug, Clone)]
 pub struct StatusSnapshot {
+    /// The upstream connection.
     pub connection: UpstreamStatus,
     /// Tasks waiting for results.
     pub in_flight: u64,
@@ -21,20 +22,25 @@ pub struct StatusSnapshot {
     pub retained_bytes: u64,
     /// The daemon is stopping and accepts no new tasks.
     pub draining: bool,
+    /// Every counter's value.
     pub counters: [(Counter, u64); Counter::ALL.len()],
 }
 
 /// A gauge or counter of the snapshot, as the metrics serve it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
+    /// Its metric name.
     pub metric: &'static str,
+    /// What it measures, for people.
     pub help: &'static str,
+    /// Its value.
     pub value: i64,
     /// A counter (only grows) rather than a gauge.
     pub counter: bool,
 }
 
 impl StatusSnapshot {
+    /// The snapshot of `table`, `connection` and `counters` now.
     pub fn take(table: &TaskTable, connection: UpstreamStatus, counters: &Counters) -> Self {
         StatusSnapshot {
             connection,
@@ -47,6 +53,7 @@ impl StatusSnapshot {
         }
     }
 
+    /// The value of `counter`.
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters
             .iter()
@@ -210,10 +217,10 @@ mod tests {
         assert_eq!(ready.value, 1);
     }
 
-    /// The README's metrics table names every gauge and counter.
+    /// The operations page's metrics table names every gauge and counter.
     #[test]
-    fn the_readme_lists_every_reading() {
-        let readme = include_str!("../README.md");
+    fn the_metrics_table_lists_every_reading() {
+        let readme = include_str!("../docs/operations.md");
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let table = TaskTable::new(crate::dispatch::Limits::default(), tx);
         let snapshot = StatusSnapshot::take(&table, UpstreamStatus::default(), &table.counters);
@@ -225,7 +232,7 @@ mod tests {
             };
             assert!(
                 readme.contains(&name),
-                "README's metrics table lacks {name}"
+                "docs/operations.md's metrics table lacks {name}"
             );
         }
     }

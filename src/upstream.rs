@@ -495,7 +495,9 @@ impl Upstream {
 /// What the supervisor reports to: metrics, and its heartbeat.
 #[derive(Debug, Clone)]
 pub struct Telemetry {
+    /// The connection's metrics.
     pub metrics: UpstreamMetrics,
+    /// The loop's heartbeat, for the watchdog and liveness.
     pub heartbeat: Arc<Heartbeat>,
 }
 
@@ -509,6 +511,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 pub struct Heartbeat(std::sync::Mutex<Instant>);
 
 impl Heartbeat {
+    /// Metrics and a heartbeat, nothing counted yet.
     pub fn new() -> Arc<Self> {
         Arc::new(Heartbeat(std::sync::Mutex::new(Instant::now())))
     }
@@ -587,20 +590,28 @@ pub fn client_tls(
 /// Why the TLS client for Runware cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The extra CA file cannot be read.
     #[error("extra CA {path}: {source}")]
     ExtraCaFile {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why.
         source: rustls_pki_types::pem::Error,
     },
+    /// A certificate of the extra CA is not taken.
     #[error("extra CA {path}: {source}")]
     ExtraCa {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why.
         source: rustls::Error,
     },
+    /// No root certificate to trust.
     #[error(
         "no trusted root certificates: install the system's CA certificates or give an extra CA"
     )]
     NoRoots,
+    /// rustls refuses the configuration.
     #[error("{0}")]
     Rustls(rustls::Error),
 }

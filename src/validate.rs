@@ -10,8 +10,11 @@ use crate::protocol::{Field, TaskFields};
 /// A validation failure, as Runware reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invalid {
+    /// Runware's error code for it.
     pub code: String,
+    /// The parameter at fault.
     pub parameter: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -55,6 +58,7 @@ fn check_str_len(
     }
 }
 
+/// Checks an integer parameter is within `min..=max` (and present when `required`).
 pub fn check_int(
     task: &impl TaskFields,
     name: &str,
@@ -75,6 +79,7 @@ pub fn check_int(
     }
 }
 
+/// Checks a number parameter is within `min..=max`, when present.
 pub fn check_float(task: &impl TaskFields, name: &str, min: f64, max: f64) -> Result<(), Invalid> {
     match task.field(name) {
         None => Ok(()),

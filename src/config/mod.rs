@@ -46,35 +46,53 @@ pub const CREDENTIAL_NAME: &str = "runware-api-key";
 /// Name of the systemd credential holding the clients' bearer token.
 pub const TOKEN_CREDENTIAL_NAME: &str = "runwared-token";
 
+/// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// No API key from any source, and not simulating.
     #[error(
         "no Runware API key: set RUNWARE_API_KEY, or RUNWARE_API_KEY_FILE (or --api-key-file) to a file holding it, \
          or give systemd credential `{CREDENTIAL_NAME}`; or run `runwared serve --simulate` to use the built-in simulator"
     )]
     NoApiKey,
+    /// The API key file cannot be read.
     #[error("cannot read the API key file {path}: {source}")]
     KeyFile {
+        /// The file.
         path: PathBuf,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
+    /// The API key file holds only whitespace.
     #[error("the API key file {0} is empty")]
     EmptyKeyFile(PathBuf),
+    /// The TOML configuration file cannot be read.
     #[error("cannot read the config file {path}: {source}")]
     File {
+        /// The file.
         path: PathBuf,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
+    /// A setting in the file (or given with it) is not one, or not of its kind.
     #[error("the config file {path}: {source}")]
     Settings {
+        /// The file (empty when none was given).
         path: PathBuf,
+        /// What is wrong, as the layering says it.
         #[source]
         source: Box<figment::Error>,
     },
+    /// A setting's value breaks a rule between settings.
     #[error("invalid setting {name}: {reason}")]
-    Invalid { name: &'static str, reason: String },
+    Invalid {
+        /// The setting, as its TOML key.
+        name: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
 }
 
 /// Every setting of `runwared serve`, each declared once, here: its flag
@@ -349,6 +367,7 @@ pub struct ServeArgs {
     /// keys, their values as the flags take them.
     #[arg(long, env = "RUNWARED_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The settings from flags and the environment.
     #[command(flatten)]
     pub settings: Settings,
     /// The settings that came from flags or the environment (clap's value

@@ -8,6 +8,7 @@ use super::*;
 /// `Deref`), and what follows from them and the environment.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Every declared setting, as layered.
     pub settings: Settings,
     /// The TOML file the settings were read from, if any.
     pub config_file: Option<PathBuf>,
@@ -316,6 +317,7 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// What this process's environment offers.
     pub fn from_process() -> Self {
         let path = |name| std::env::var_os(name).map(PathBuf::from);
         Environment {

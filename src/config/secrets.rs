@@ -47,6 +47,7 @@ impl fmt::Display for ApiKey {
 pub struct BearerToken(ApiKey);
 
 impl BearerToken {
+    /// A token from its text, trimmed; `None` when nothing is left.
     pub fn new(token: impl Into<String>) -> Option<Self> {
         ApiKey::new(token).map(BearerToken)
     }
@@ -78,7 +79,9 @@ pub fn read_token_file(path: &Path) -> Result<BearerToken, ConfigError> {
 /// so a rotated key is picked up without a restart.
 #[derive(Clone, Debug)]
 pub enum ApiKeySource {
+    /// The key itself, from `RUNWARE_API_KEY`.
     Value(ApiKey),
+    /// A file holding it, read again on each reconnect.
     File(PathBuf),
 }
 

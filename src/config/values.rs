@@ -7,7 +7,9 @@ use super::*;
 /// that starts with `/` or `.`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// A TCP address.
     Tcp(SocketAddr),
+    /// A Unix socket path.
     Unix(PathBuf),
 }
 
@@ -40,11 +42,14 @@ impl SwitchValue for Endpoint {
 /// A listener address or path that "none" (or empty) switches off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Switch<T> {
+    /// Turned off (`none`).
     Off,
+    /// On, with this value.
     On(T),
 }
 
 impl<T: Clone> Switch<T> {
+    /// The value, when on.
     pub fn on(&self) -> Option<T> {
         match self {
             Switch::Off => None,
@@ -119,6 +124,7 @@ pub struct SwitchError<E: std::error::Error + 'static> {
 
 /// How a [`Switch`]'s value is written back as text.
 pub trait SwitchValue {
+    /// Writes the value as a flag takes it.
     fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
 }
 
@@ -159,13 +165,23 @@ pub(super) mod duration_text {
 /// Why a text is not a duration.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DurationError {
+    /// The text before the unit is not a number.
     #[error("{0:?} is not a duration like 250ms, 30s, 2m")]
     NotANumber(String),
+    /// The unit is none of ms, s, m, h.
     #[error("unknown unit {unit:?} in {given:?} (use ms, s, m or h)")]
-    Unit { unit: String, given: String },
+    Unit {
+        /// The unit given.
+        unit: String,
+        /// The whole text.
+        given: String,
+    },
+    /// The number is negative, too large or not finite.
     #[error("{given:?}: {source}")]
     OutOfRange {
+        /// The whole text.
         given: String,
+        /// Why it is out of range.
         source: std::time::TryFromFloatSecsError,
     },
 }

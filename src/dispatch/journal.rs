@@ -8,9 +8,13 @@ use super::Principal;
 /// A persisted in-flight task (see `state`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SavedTask {
+    /// Its taskUUID.
     pub uuid: String,
+    /// The task's JSON, as sent.
     pub payload: String,
+    /// The results that complete it.
     pub expected: u32,
+    /// Sent with `deliveryMethod: "async"`.
     pub asynchronous: bool,
     /// Whether it ever went upstream (then it is recovered by polling).
     pub sent: bool,

@@ -28,10 +28,18 @@ pub enum State {
     Queued,
     /// Sent on connection number `connection`: Runware pushes its results
     /// there.
-    Sent { connection: u64 },
+    Sent {
+        /// The upstream connection it was sent on.
+        connection: u64,
+    },
     /// Its results are asked for with `getResponse`: at `next_at`, or an
     /// answer is `awaiting`.
-    Polling { next_at: Instant, awaiting: bool },
+    Polling {
+        /// When the next `getResponse` is due.
+        next_at: Instant,
+        /// A question was sent and not answered yet.
+        awaiting: bool,
+    },
     /// Completed, failed or released: nothing more happens.
     Ended,
 }
@@ -40,10 +48,18 @@ pub enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// The writer is building a message for connection `connection`.
-    Send { connection: u64 },
+    Send {
+        /// The upstream connection it goes on.
+        connection: u64,
+    },
     /// Connection `connection` authenticated; `resumed` when Runware kept
     /// the previous session (and pushes what it buffered for it).
-    Ready { connection: u64, resumed: bool },
+    Ready {
+        /// The new connection's number.
+        connection: u64,
+        /// Runware kept the previous session.
+        resumed: bool,
+    },
     /// Runware answered `conflictTaskUUID`.
     Conflict,
     /// A `getResponse` error: Runware does not know the task.
@@ -60,6 +76,7 @@ pub enum Event {
 /// What the caller must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Nothing to do.
     None,
     /// Put the task into the message being built now.
     Transmit,
@@ -80,7 +97,9 @@ pub enum Action {
 /// Polling intervals: the first, and the cap of the doubling.
 #[derive(Debug, Clone, Copy)]
 pub struct PollTiming {
+    /// The first interval.
     pub min: Duration,
+    /// The longest interval.
     pub max: Duration,
 }
 
@@ -106,6 +125,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A task not yet sent: its results will be pushed, or polled when `asynchronous`.
     pub fn new(asynchronous: bool, timing: PollTiming) -> Self {
         Delivery {
             state: State::Queued,
@@ -138,6 +158,7 @@ impl Delivery {
         d
     }
 
+    /// Where the task's delivery is.
     pub fn state(&self) -> State {
         self.state
     }
@@ -147,6 +168,7 @@ impl Delivery {
         self.sends
     }
 
+    /// Whether its results come by polling now.
     pub fn is_polling(&self) -> bool {
         matches!(self.state, State::Polling { .. })
     }

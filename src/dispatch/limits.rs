@@ -18,7 +18,9 @@ pub const DEFAULT_MAX_RETAINED_BYTES: usize = 48 << 20;
 /// built without settings (a test holds the two together).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
+    /// Tasks in flight at once.
     pub max_in_flight: usize,
+    /// Tasks in flight of one client connection.
     pub max_in_flight_per_connection: usize,
     /// Tasks not yet sent while the Runware connection is down.
     pub max_queued: usize,
@@ -34,6 +36,7 @@ pub struct Limits {
     pub max_task_bytes: usize,
     /// First and longest `getResponse` polling interval.
     pub poll_min: Duration,
+    /// The longest interval.
     pub poll_max: Duration,
 }
 

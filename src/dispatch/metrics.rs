@@ -35,14 +35,19 @@ pub fn task_type_label(task_type: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The labels of a task's outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
+    /// Its type's label.
     pub task_type: &'static str,
+    /// How it ended.
     pub outcome: &'static str,
 }
 
+/// The label of a task type.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
+    /// Its type's label.
     pub task_type: &'static str,
 }
 

@@ -138,6 +138,7 @@ pub struct TaskTable {
 }
 
 impl TaskTable {
+    /// An empty table with `limits`, queueing taskUUIDs to send on `queue`.
     pub fn new(limits: Limits, queue: mpsc::UnboundedSender<TaskUuid>) -> Arc<Self> {
         Arc::new(TaskTable {
             tasks: DashMap::new(),
@@ -201,6 +202,7 @@ impl TaskTable {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Whether new tasks are refused (the daemon is stopping).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -222,7 +224,10 @@ impl std::fmt::Debug for TaskTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gate {
     /// Not connected (yet): tasks wait. `why` is the last error, if any.
-    Closed { why: Option<String> },
+    Closed {
+        /// The last connection's error, if any.
+        why: Option<String>,
+    },
     /// A ready session: tasks go out.
     Open,
     /// Runware rejects the key: tasks are refused with this message.

@@ -20,10 +20,12 @@ pub enum Principal {
 #[derive(Debug, Clone, Default)]
 pub struct ClientConnection {
     tasks: Arc<AtomicUsize>,
+    /// Who it is.
     pub principal: Principal,
 }
 
 impl ClientConnection {
+    /// A connection of `principal` with no task yet.
     pub fn new(principal: Principal) -> Self {
         ClientConnection {
             tasks: Arc::default(),
@@ -39,6 +41,7 @@ impl ClientConnection {
         Ok(ConnectionGuard(Arc::clone(&self.tasks)))
     }
 
+    /// Its tasks in flight now.
     pub fn count(&self) -> usize {
         self.tasks.load(Ordering::Acquire)
     }

@@ -6,6 +6,7 @@ use super::*;
 /// A task ready to go upstream.
 #[derive(Debug, Clone)]
 pub struct PreparedTask {
+    /// Its taskUUID.
     pub uuid: TaskUuid,
     /// The task object as JSON, `taskUUID` included.
     pub payload: Arc<str>,

@@ -68,10 +68,13 @@ pub struct Empty;
 /// A client's watch on a task: its events, and a guard that tells the
 /// table when the client stops watching.
 pub struct TaskHandle {
+    /// The task's taskUUID.
     pub uuid: TaskUuid,
+    /// Results that complete it.
     pub expected: u32,
     /// Its results come by `getResponse` (`deliveryMethod: "async"`).
     pub asynchronous: bool,
+    /// Its events, in order.
     pub events: Events,
     pub(super) guard: WatchGuard,
 }
@@ -108,6 +111,7 @@ impl Drop for WatchGuard {
 /// The table calls no one (it only sends into channels), so a watch may be
 /// dropped anywhere outside the table's own code.
 pub struct Watch {
+    /// The task's taskUUID.
     pub uuid: TaskUuid,
     /// Results that complete it.
     pub expected: u32,

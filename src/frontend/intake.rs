@@ -31,7 +31,9 @@ pub const MAX_JSON_ELEMENTS: usize = 100_000;
 /// gRPC front-end built, or the client's own text read in place.
 #[derive(Debug)]
 pub struct ClientTask<T = Map<String, Value>> {
+    /// Its taskUUID: given, or made by the daemon.
     pub uuid: TaskUuid,
+    /// The task object.
     pub task: T,
     /// The result count the client stated, if any.
     pub stated_results: Option<u32>,
@@ -239,6 +241,7 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// An intake into `table`, sending `async_task_types` with async delivery.
     pub fn new(table: Arc<TaskTable>, async_task_types: Arc<[String]>) -> Self {
         Intake {
             table,

@@ -39,8 +39,11 @@ struct Entry<M> {
 /// Its watch goes with it: drop it outside any call of the task table (a
 /// task still in flight then counts as abandoned).
 pub struct Released<M> {
+    /// The task's taskUUID.
     pub uuid: TaskUuid,
+    /// What the stream keeps of it.
     pub meta: M,
+    /// Its watch: dropping it tells the table the client stopped watching.
     pub watch: Watch,
 }
 
@@ -72,18 +75,22 @@ impl<M> Watched<M> {
         }
     }
 
+    /// What the stream keeps of a task in flight.
     pub fn get(&self, uuid: &TaskUuid) -> Option<&M> {
         self.live.get(uuid).map(|e| &e.meta)
     }
 
+    /// The same, to change.
     pub fn get_mut(&mut self, uuid: &TaskUuid) -> Option<&mut M> {
         self.live.get_mut(uuid).map(|e| &mut e.meta)
     }
 
+    /// Whether no task is in flight.
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
     }
 
+    /// Tasks in flight.
     pub fn len(&self) -> usize {
         self.live.len()
     }
@@ -122,6 +129,7 @@ impl<M> Watched<M> {
         due
     }
 
+    /// The soonest deadline of a task in flight.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first().map(|(d, _)| *d)
     }

@@ -8,14 +8,19 @@ use super::*;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunwareError {
+    /// Runware's error code (`invalidPositivePrompt`, ...).
     #[serde(default = "unknown_code")]
     pub code: String,
+    /// What is wrong, for people.
     #[serde(default)]
     pub message: String,
+    /// The task parameter at fault, when Runware names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter: Option<String>,
+    /// The task's type, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_type: Option<String>,
+    /// The task's taskUUID, when given.
     #[serde(
         default,
         rename = "taskUUID",

@@ -6,10 +6,15 @@ use super::*;
 /// Why a client-given taskUUID is not taken.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TaskUuidError {
+    /// Not a UUID at all.
     #[error("not a UUID: {0}")]
     NotAUuid(#[from] uuid::Error),
+    /// A UUID of another version than 4.
     #[error("must be a UUID v4, this is version {version}")]
-    NotV4 { version: usize },
+    NotV4 {
+        /// The UUID's version.
+        version: usize,
+    },
 }
 
 /// A task's `taskUUID`: a client-made UUID v4, unique per API key.

@@ -12,7 +12,9 @@ pub enum Inbound<'a> {
     Pong,
     /// A result item of a task; `item` is the item's JSON exactly as sent.
     Result {
+        /// The task it belongs to.
         task: TaskUuid,
+        /// The item, as Runware sent it.
         item: &'a RawValue,
         /// The result's own id (`imageUUID`, `videoUUID`, ...), if it has
         /// one: the same id twice is a duplicate.
@@ -22,9 +24,17 @@ pub enum Inbound<'a> {
     },
     /// An async-delivery acknowledgement or a `getResponse` "processing"
     /// item: the task is known to the server but this is not a result.
-    Pending { task: TaskUuid },
+    Pending {
+        /// The task.
+        task: TaskUuid,
+    },
     /// An error for one task.
-    TaskError { task: TaskUuid, error: RunwareError },
+    TaskError {
+        /// The task.
+        task: TaskUuid,
+        /// Runware's error.
+        error: RunwareError,
+    },
     /// An error that names no task (authentication errors are among these).
     /// It is never handed to any task.
     UntargetedError(RunwareError),
@@ -64,8 +74,10 @@ impl PartialEq for Inbound<'_> {
 /// Why a whole frame could not be read.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FrameError {
+    /// The message is not JSON of a known shape.
     #[error("frame is not a JSON object: {0}")]
     NotJson(String),
+    /// The message holds no item.
     #[error("frame has neither data nor errors")]
     Empty,
 }
@@ -304,7 +316,10 @@ pub enum Received {
     /// pushed or in an answer: a model upload's `validated`, `downloaded`,
     /// `optimized`, `stored`, then `ready`, which ends it. The client gets
     /// every step; only `ready` counts toward the task's results.
-    Step { last: bool },
+    Step {
+        /// The step that completes the task (`ready`).
+        last: bool,
+    },
 }
 
 pub(super) fn classify_error_item(item: &RawValue) -> Inbound<'_> {
@@ -324,12 +339,19 @@ pub(super) fn classify_error_item(item: &RawValue) -> Inbound<'_> {
 /// copied to be read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageItem<'a> {
+    /// Its `imageUUID`.
     pub image_uuid: Cow<'a, str>,
+    /// Its `imageURL`, for URL results.
     pub image_url: Option<Cow<'a, str>>,
+    /// Its base64 image, borrowed from the item.
     pub image_base64_data: Option<Cow<'a, str>>,
+    /// Its data URI, borrowed from the item.
     pub image_data_uri: Option<Cow<'a, str>>,
+    /// Its seed.
     pub seed: Option<u64>,
+    /// Whether Runware flagged it NSFW.
     pub nsfw_content: Option<bool>,
+    /// Its cost, when asked for.
     pub cost: Option<f64>,
     /// The item without `imageBase64Data` and `imageDataURI` (the image
     /// itself, typed above), keys in order: everything else it says.

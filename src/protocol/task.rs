@@ -52,7 +52,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
 /// A top-level field of a task object, as checks read it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Field<'a> {
+    /// A string, unescaped.
     Str(Cow<'a, str>),
+    /// A number.
     Number(serde_json::Number),
     /// `true`, `false`, `null`, an array or an object: its JSON text.
     Other(Cow<'a, str>),
@@ -79,6 +81,7 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// The string, if it is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Field::Str(s) => Some(s),
@@ -86,6 +89,7 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// The number as an unsigned integer, if it is one.
     pub fn as_u64(&self) -> Option<u64> {
         match self {
             Field::Number(n) => n.as_u64(),
@@ -93,6 +97,7 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// The number as a signed integer, if it is one.
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Field::Number(n) => n.as_i64(),
@@ -100,6 +105,7 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// The number as a float, if it is one.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Field::Number(n) => n.as_f64(),

@@ -213,20 +213,32 @@ where
 /// Why a Unix socket cannot be listened on.
 #[derive(Debug, thiserror::Error)]
 pub enum UnixSocketError {
+    /// A live process serves on the path.
     #[error("another process is serving on it")]
     InUse,
+    /// A stale socket file cannot be removed.
     #[error("cannot remove the stale socket: {0}")]
     Stale(#[source] io::Error),
+    /// Its directory does not exist.
     #[error("directory {0} does not exist")]
     NoDirectory(PathBuf),
+    /// Binding failed.
     #[error("{0}")]
     Bind(#[source] io::Error),
+    /// Its mode cannot be set.
     #[error("cannot set its mode: {0}")]
     Mode(#[source] io::Error),
+    /// The group named does not exist.
     #[error("no group {0:?} in /etc/group")]
     NoGroup(String),
+    /// The socket cannot be given to its group.
     #[error("cannot give it to group {group}: {source}")]
-    Group { group: String, source: io::Error },
+    Group {
+        /// The group.
+        group: String,
+        /// Why the socket cannot be given to it.
+        source: io::Error,
+    },
 }
 
 /// Binds a Unix socket, replacing a stale socket file but never a live one.

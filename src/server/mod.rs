@@ -44,24 +44,54 @@ use self::background::{feed_watchdog, persist, report_health, serve_metrics, swe
 pub use self::listeners::{UnixSocketError, group_id};
 use self::listeners::{bind_listeners, serve_grpc, serve_runware};
 
+/// Why the daemon cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A TCP listener cannot bind.
     #[error("cannot listen on {addr}: {source}")]
-    Tcp { addr: SocketAddr, source: io::Error },
+    Tcp {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The reflection service cannot be built.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A Unix socket cannot be listened on.
     #[error("cannot listen on Unix socket {path}: {why}")]
-    Unix { path: PathBuf, why: UnixSocketError },
+    Unix {
+        /// The socket's path.
+        path: PathBuf,
+        /// Why.
+        why: UnixSocketError,
+    },
+    /// The TLS client for Runware cannot be set up.
     #[error("TLS setup: {0}")]
     Tls(#[from] crate::upstream::TlsError),
+    /// The built-in simulator cannot start.
     #[error("cannot start the simulator: {0}")]
     Simulator(io::Error),
+    /// The state directory cannot be used.
     #[error("state directory {path}: {source}")]
-    State { path: PathBuf, source: io::Error },
+    State {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The metrics listener cannot bind.
     #[error("cannot serve metrics on {addr}: {source}")]
-    Metrics { addr: SocketAddr, source: io::Error },
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The API key cannot be read.
     #[error("the API key: {0}")]
     Key(#[source] crate::config::ConfigError),
+    /// No API key, and not simulating.
     #[error("no Runware API key: set RUNWARE_API_KEY, give a key file, or run with --simulate")]
     NoKey,
 }

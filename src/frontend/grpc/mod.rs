@@ -70,6 +70,7 @@ pub struct RunwareService {
 }
 
 impl RunwareService {
+    /// The service, taking tasks through `intake`.
     pub fn new(intake: Intake, status: watch::Receiver<UpstreamStatus>, config: &Config) -> Self {
         RunwareService {
             intake,
@@ -80,6 +81,7 @@ impl RunwareService {
         }
     }
 
+    /// The tonic server of the service, with the message size limit.
     pub fn into_server(self, max_message_bytes: usize) -> pb::runware_server::RunwareServer<Self> {
         pb::runware_server::RunwareServer::new(self)
             .max_decoding_message_size(max_message_bytes)

@@ -109,6 +109,7 @@ struct Shared {
 }
 
 impl RunwareEndpoint {
+    /// The endpoint, taking tasks through `intake`.
     pub fn new(
         intake: Intake,
         token: Option<Arc<BearerToken>>,

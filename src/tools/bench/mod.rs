@@ -40,9 +40,11 @@ use self::scenarios::*;
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
+    /// The concurrencies of the throughput scenario.
     pub concurrency: Vec<usize>,
     /// Tasks per scenario (fewer at C=1, where each waits for the last).
     pub tasks: usize,
+    /// Tasks per run at a concurrency of 1.
     pub tasks_single: usize,
     /// Give up on a scenario after this long.
     pub scenario_limit: Duration,
@@ -86,6 +88,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// Every scenario, in the order they run.
     pub const ALL: [Scenario; 7] = [
         Scenario::Throughput,
         Scenario::Memory,
@@ -116,6 +119,7 @@ impl Default for BenchConfig {
     }
 }
 
+/// What the throughput scenario's tasks are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Load {
@@ -127,6 +131,7 @@ pub enum Load {
     Image,
 }
 
+/// How the throughput scenario's tasks reach Runware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
@@ -143,8 +148,11 @@ pub enum Path {
 /// One scenario's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
+    /// The load.
     pub load: Load,
+    /// The path.
     pub path: Path,
+    /// Callers at once.
     pub concurrency: usize,
     /// Tasks per run.
     pub tasks: usize,
@@ -154,12 +162,17 @@ pub struct Row {
     pub failed: usize,
     /// Median over the runs.
     pub tasks_per_s: f64,
+    /// Median latency.
     pub p50_ms: f64,
+    /// 90th percentile latency.
     pub p90_ms: f64,
+    /// 99th percentile latency.
     pub p99_ms: f64,
+    /// Longest latency.
     pub max_ms: f64,
     /// Daemon CPU seconds per 1000 tasks (none for direct).
     pub daemon_cpu_s_per_1k: Option<f64>,
+    /// The daemon's peak resident memory, when it ran.
     pub daemon_peak_rss_mib: Option<f64>,
     /// Throughput through the daemon over direct, same load and C: the
     /// median over rounds of each round's ratio...
@@ -184,9 +197,11 @@ pub struct Row {
 /// Everything measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The throughput rows.
     pub rows: Vec<Row>,
     /// (tasks in flight, daemon RSS MiB, bytes per task over idle)
     pub memory: Vec<(usize, f64, f64)>,
+    /// The daemon's resident memory when idle.
     pub idle_rss_mib: f64,
     /// Share of one core used by an idle daemon with its socket up, percent.
     pub idle_cpu_percent: Option<f64>,
@@ -203,13 +218,17 @@ pub struct Report {
 /// Persisting 10 000 tasks in flight.
 #[derive(Debug, Clone, Serialize)]
 pub struct StateWriteRow {
+    /// Tasks in flight.
     pub tasks: usize,
+    /// Each task's JSON size.
     pub task_json_bytes: usize,
     /// A snapshot: its size and time.
     pub snapshot_mb: f64,
+    /// Writing a snapshot.
     pub snapshot_ms: f64,
     /// A journal flush with 100 new tasks: its size and time.
     pub flush_kb: f64,
+    /// Appending a flush to the journal.
     pub flush_ms: f64,
 }
 
@@ -222,8 +241,11 @@ pub struct LargeRow {
     /// ImageInference, base64 in the message, default settings) or `bytes`
     /// (`image_bytes`, retention off).
     pub path: &'static str,
+    /// Tasks run.
     pub tasks: usize,
+    /// Of them in flight at once.
     pub in_flight: usize,
+    /// Tasks that failed.
     pub failed: usize,
     /// Images delivered per second times one image's base64 size, MB/s:
     /// the same work whichever form the image takes on the way.
@@ -234,6 +256,7 @@ pub struct LargeRow {
     pub daemon_cpu_ms_per_mb: f64,
     /// Result bytes in flight at once (in_flight x one base64 result), MiB.
     pub in_flight_mib: f64,
+    /// The daemon's peak resident memory.
     pub daemon_peak_rss_mib: f64,
     /// After the run: the results the daemon keeps (retention on), MiB...
     pub retained_mib: f64,
@@ -246,9 +269,13 @@ pub struct LargeRow {
 pub struct FlakyRow {
     /// What the network did: `none`, or the fault repeated.
     pub fault: String,
+    /// Tasks run.
     pub tasks: usize,
+    /// Tasks that failed.
     pub failed: usize,
+    /// How long the run took.
     pub seconds: f64,
+    /// Reconnects during it.
     pub reconnects: u64,
     /// Wall time over the same run with no faults.
     pub ratio_to_no_faults: f64,

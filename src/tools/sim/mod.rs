@@ -254,6 +254,7 @@ impl SimHandle {
         Self::start(TcpListener::bind(addr).await?, config, tls)
     }
 
+    /// The simulator's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -15,8 +15,11 @@ use super::seed::splitmix;
 /// An image file format Runware's `outputFormat` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// JPEG.
     Jpg,
+    /// PNG.
     Png,
+    /// WebP.
     Webp,
 }
 

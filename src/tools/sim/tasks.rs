@@ -34,6 +34,7 @@ pub const UPLOAD_STEPS: [&str; 5] = ["validated", "downloaded", "optimized", "st
 /// How the simulator runs one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
+    /// What the task does.
     pub kind: Kind,
     /// Items the task produces.
     pub results: u32,

@@ -67,6 +67,7 @@ pub struct ChaosConfig {
     pub default_task_timeout: Duration,
     /// The simulator's time to first result, and random extra per result.
     pub latency: Duration,
+    /// Random delay added to each result.
     pub latency_jitter: Duration,
 }
 
@@ -88,6 +89,7 @@ impl Default for ChaosConfig {
 /// What happened, and what was wrong.
 #[derive(Debug, Default, Clone)]
 pub struct ChaosReport {
+    /// Tasks run.
     pub tasks: usize,
     /// Ended with all their results, waited for by their client.
     pub completed: usize,
@@ -96,6 +98,7 @@ pub struct ChaosReport {
     /// Of the completed, those sent on a long-lived `Session` stream, and
     /// the oldest such stream when one of its tasks completed.
     pub on_sessions: usize,
+    /// The age of the oldest `Session` stream a task completed on.
     pub oldest_session: Duration,
     /// Ended with UNAUTHENTICATED while the key was rejected (a clear error).
     pub auth_rejected: usize,
@@ -105,15 +108,20 @@ pub struct ChaosReport {
     pub faults: BTreeMap<&'static str, u64>,
     /// Task executions the simulator counted, and the most for one task.
     pub executions: u64,
+    /// Most executions of one taskUUID (1 unless a task ran twice).
     pub max_executions: u32,
+    /// Reconnects.
     pub reconnects: u64,
+    /// Of them resumed.
     pub resumes: u64,
+    /// Tasks recovered by `getResponse`.
     pub recovered: u64,
     /// Result items the simulator lost in dying sockets.
     pub results_swallowed: u64,
     /// The longest a task waited for its last result after Runware had
     /// finished it and the daemon had a ready connection; and the bound.
     pub max_recovery_wait: Duration,
+    /// The longest wait allowed after a task became recoverable.
     pub recovery_bound: Duration,
     /// Virtual (paused) or wall time the run took.
     pub elapsed: Duration,
@@ -213,10 +221,13 @@ impl<T: Into<String>> From<T> for Violation {
 /// the report, not this).
 #[derive(Debug, thiserror::Error)]
 pub enum SoakError {
+    /// The simulator cannot start.
     #[error("cannot bind the simulator on loopback: {0}")]
     Simulator(#[source] std::io::Error),
+    /// The daemon cannot start.
     #[error("cannot start the daemon: {0}")]
     Daemon(#[source] crate::server::StartError),
+    /// The daemon opened no TCP listener.
     #[error("the daemon has no TCP listener")]
     NoListener,
 }
