@@ -10,12 +10,10 @@ use futures::{SinkExt, StreamExt};
 use runwared::config::Config;
 use runwared::connection::ConnectionState;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::ws::{Ws, next};
 
 #[derive(Debug, Clone, Copy)]
 enum Door {
@@ -55,16 +53,6 @@ async fn open(h: &Harness, door: Door) -> Connection {
 
 async fn send(ws: &mut Ws, v: &Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match ws.next().await.expect("open").expect("readable") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(c) => panic!("closed: {c:?}"),
-            _ => {}
-        }
-    }
 }
 
 /// A task Runware's `imageInference` takes, with a prompt of `prompt_len`.

@@ -15,9 +15,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::ws::{Ws, next};
 
 async fn connect(h: &Harness) -> Ws {
     let addr = h.daemon.runware_addr.expect("the endpoint listens");
@@ -33,17 +32,6 @@ async fn connect(h: &Harness) -> Ws {
 
 async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-/// The next JSON message (pings and pongs of the WebSocket layer skipped).
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match ws.next().await.expect("open").expect("readable") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(_) => panic!("closed"),
-            _ => {}
-        }
-    }
 }
 
 /// Authenticates (resuming `session` if given); returns the local session.

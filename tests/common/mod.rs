@@ -235,3 +235,25 @@ pub async fn status_counter(client: &mut RunwareClient<Channel>, name: &str) -> 
         .find(|c| c.name == name)
         .map(|c| c.value)
 }
+
+/// A local WebSocket client of the daemon's Runware-protocol endpoint.
+pub mod ws {
+    use futures::StreamExt;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    /// A client socket.
+    pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+    /// The next JSON message (pings and pongs of the WebSocket layer skipped).
+    pub async fn next(ws: &mut Ws) -> serde_json::Value {
+        loop {
+            match ws.next().await.expect("open").expect("readable") {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+}
