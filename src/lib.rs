@@ -39,7 +39,7 @@
 //!    and the door turns them into its answer: `frontend/grpc/stream.rs` or
 //!    `session.rs` and `response.rs`; `frontend/runware/local_session.rs`,
 //!    `writer.rs`, or `rest.rs` and `get_response.rs`. `frontend/refusal.rs`
-//!    words refusals and failures in Runware's terms, `frontend/watched.rs`
+//!    words refusals and failures in Runware's terms, `frontend/stream_tasks.rs`
 //!    holds a stream's tasks and deadlines.
 //!
 //! # Around the path

@@ -27,7 +27,7 @@ impl TaskTable {
     ) -> Result<TaskHandle, SubmitError> {
         let (tx, rx) = events();
         let (uuid, expected, asynchronous) = (task.uuid, task.expected, task.asynchronous);
-        let conn = self.admit(task, conn, Watcher::Own(tx))?;
+        let conn = self.admit(task, conn, Recipient::Own(tx))?;
         Ok(self.handle(uuid, (expected, asynchronous), rx, Some(conn)))
     }
 
@@ -42,7 +42,7 @@ impl TaskTable {
     ) -> Result<Watch, SubmitError> {
         let watch = self.watches.fetch_add(1, Ordering::Relaxed);
         let (uuid, expected, asynchronous) = (task.uuid, task.expected, task.asynchronous);
-        let watcher = Watcher::Tagged {
+        let watcher = Recipient::Tagged {
             tx: events.clone(),
             watch,
         };
@@ -67,7 +67,7 @@ impl TaskTable {
         self: &Arc<Self>,
         task: PreparedTask,
         conn: &ClientConnection,
-        watcher: Watcher,
+        watcher: Recipient,
     ) -> Result<ConnectionGuard, SubmitError> {
         if self.draining.load(Ordering::Acquire) {
             return Err(SubmitError::Draining);
@@ -197,7 +197,7 @@ impl TaskTable {
             let _ = tx.unbounded_send(TaskEvent::Failed(f.clone()));
         }
         if task.outcome.is_none() {
-            task.watchers.push(Watcher::Own(tx));
+            task.watchers.push(Recipient::Own(tx));
             task.idle_since = None;
         }
         let shape = (task.expected, task.asynchronous);

@@ -85,7 +85,7 @@ pub use self::principal::{ClientConnection, Principal};
 use self::record::{Outcome, RESULTS_AT_FIRST, StoredResult, Task, stored_result};
 pub use self::record::{PreparedTask, SLICE_MIN_BYTES};
 pub use self::watch::{Empty, Events, TaggedSender, TaskHandle, Watch};
-use self::watch::{WatchGuard, Watcher, events};
+use self::watch::{Recipient, WatchGuard, events};
 use crate::counters::{Counter, Counters};
 use bytestring::ByteString;
 

@@ -55,7 +55,7 @@ pub(super) struct Task {
     /// How it ended; `None` while in flight.
     pub(super) outcome: Option<Outcome>,
     /// The clients receiving its events (the submitter, attached ones).
-    pub(super) watchers: Vec<Watcher>,
+    pub(super) watchers: Vec<Recipient>,
     /// When it ended, or when its last watcher left: retention counts from here.
     pub(super) idle_since: Option<Instant>,
     /// The bytes its results take, for the retention bound.

@@ -87,7 +87,7 @@ impl TaskTable {
     /// `max_retained_bytes` by an eighth, the oldest ended tasks go now
     /// rather than at the next sweep: large results arrive at hundreds of
     /// MB/s, a second's worth is far beyond the bound.
-    pub(super) fn ended(&self, uuid: TaskUuid) {
+    pub(super) fn after_end(&self, uuid: TaskUuid) {
         if self.limits.retention.is_zero() {
             let idle = |_: &TaskUuid, t: &Task| !t.in_flight() && t.watchers.is_empty();
             if let Some((_, task)) = self.tasks.remove_if(&uuid, |k, t| idle(k, t)) {

@@ -178,7 +178,7 @@ impl TaskTable {
         if last {
             self.finish(t, Outcome::Completed, Instant::now());
             drop(entry);
-            self.ended(uuid);
+            self.after_end(uuid);
         }
     }
 
@@ -238,6 +238,6 @@ impl TaskTable {
         };
         self.finish(task, Outcome::Failed(Box::new(failure)), now);
         drop(entry);
-        self.ended(uuid);
+        self.after_end(uuid);
     }
 }

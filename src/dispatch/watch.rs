@@ -10,7 +10,7 @@ pub(super) type EventSender = futures::channel::mpsc::UnboundedSender<TaskEvent>
 pub type TaggedSender = mpsc::UnboundedSender<(TaskUuid, TaskEvent)>;
 
 /// Where a watched task's events go.
-pub(super) enum Watcher {
+pub(super) enum Recipient {
     /// A handle's own channel ([`TaskHandle::events`]).
     Own(EventSender),
     /// A shared channel ([`TaskTable::submit_tagged`]); `watch` tells this
@@ -18,21 +18,21 @@ pub(super) enum Watcher {
     Tagged { tx: TaggedSender, watch: u64 },
 }
 
-impl Watcher {
+impl Recipient {
     /// Sends one event; false once the reader is gone.
     pub(super) fn send(&self, uuid: TaskUuid, event: &TaskEvent) -> bool {
         match self {
-            Watcher::Own(tx) => tx.unbounded_send(event.clone()).is_ok(),
-            Watcher::Tagged { tx, .. } => tx.send((uuid, event.clone())).is_ok(),
+            Recipient::Own(tx) => tx.unbounded_send(event.clone()).is_ok(),
+            Recipient::Tagged { tx, .. } => tx.send((uuid, event.clone())).is_ok(),
         }
     }
 
     /// Whether this watcher is gone: its reader closed, or it is the
-    /// tagged watch `ended`.
-    pub(super) fn is_gone(&self, ended: Option<u64>) -> bool {
+    /// tagged watch `dropped`.
+    pub(super) fn is_gone(&self, dropped: Option<u64>) -> bool {
         match self {
-            Watcher::Own(tx) => tx.is_closed(),
-            Watcher::Tagged { tx, watch } => tx.is_closed() || ended == Some(*watch),
+            Recipient::Own(tx) => tx.is_closed(),
+            Recipient::Tagged { tx, watch } => tx.is_closed() || dropped == Some(*watch),
         }
     }
 }
@@ -140,7 +140,7 @@ impl std::fmt::Debug for Watch {
 
 impl TaskTable {
     /// Tasks whose clients are still watching.
-    pub fn watched(&self) -> usize {
+    pub fn watched_tasks(&self) -> usize {
         self.tasks
             .iter()
             .filter(|t| t.in_flight() && !t.watchers.is_empty())

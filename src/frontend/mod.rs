@@ -11,11 +11,11 @@
 //! - [`refusal`]: why a task is refused or failed, in Runware's terms, which
 //!   each door words in its own format (gRPC statuses; Runware's error
 //!   items, same `code` and `parameter`).
-//! - [`watched`]: what a stream (a `Session`, a local WebSocket session)
+//! - [`stream_tasks`]: what a stream (a `Session`, a local WebSocket session)
 //!   knows of its tasks in flight and their deadlines, shared by both.
 
 pub mod grpc;
 pub mod intake;
 pub mod refusal;
 pub mod runware;
-pub mod watched;
+pub mod stream_tasks;

@@ -379,7 +379,7 @@ impl Daemon {
         // stream: an idle Session or a health Watch would never end.
         let table = Arc::clone(&self.table);
         let drained = tokio::time::timeout(drain, async move {
-            while table.watched() > 0 {
+            while table.watched_tasks() > 0 {
                 tokio::time::sleep(DRAIN_CHECK_INTERVAL).await;
             }
         })

@@ -43,7 +43,7 @@ use super::intake::{
     ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, api_key_field, check_task,
     json_elements_within, task_object,
 };
-use super::watched::{self, Watched, Woken};
+use super::stream_tasks::{self, StreamTasks, Woken};
 pub use crate::dispatch::MAX_EXPECTED_RESULTS;
 
 pub use self::deadline::parse_grpc_timeout;

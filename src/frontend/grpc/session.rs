@@ -28,21 +28,21 @@ impl RunwareService {
         // The stream's tasks: their events come tagged on one channel, and
         // this one task turns them into the stream's events.
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let mut tasks: Watched<StreamTask> = Watched::default();
-        let mut batch = Vec::with_capacity(watched::EVENT_BATCH);
-        let sleep = tokio::time::sleep(watched::NO_DEADLINE);
+        let mut tasks: StreamTasks<SessionTask> = StreamTasks::default();
+        let mut batch = Vec::with_capacity(stream_tasks::EVENT_BATCH);
+        let sleep = tokio::time::sleep(stream_tasks::NO_DEADLINE);
         tokio::pin!(sleep);
         // The client finished sending: what is in flight is delivered, then
         // the stream ends.
         while inbound_open || !tasks.is_empty() {
             let wake = tasks
                 .next_deadline()
-                .unwrap_or_else(|| Instant::now() + watched::NO_DEADLINE);
-            watched::set_wake(sleep.as_mut(), wake);
+                .unwrap_or_else(|| Instant::now() + stream_tasks::NO_DEADLINE);
+            stream_tasks::set_wake(sleep.as_mut(), wake);
             let mut out = Vec::new();
             tokio::select! {
                 _ = tx.closed() => return,
-                woken = watched::wait(&mut events, &mut batch, sleep.as_mut()) => match woken {
+                woken = stream_tasks::wait(&mut events, &mut batch, sleep.as_mut()) => match woken {
                     Woken::Events => {
                         for (uuid, event) in batch.drain(..) {
                             stream_event(&mut tasks, uuid, event, &mut out);
@@ -106,7 +106,7 @@ impl RunwareService {
                                 let uuid = watch.uuid;
                                 let expected = watch.expected;
                                 let accepted = session_event(&uuid, &request_id, Event::Accepted(pb::TaskAccepted {}));
-                                tasks.insert(watch, deadline, StreamTask { request_id, received: 0, expected });
+                                tasks.insert(watch, deadline, SessionTask { request_id, received: 0, expected });
                                 accepted
                             }
                             Err(status) => pb::SessionEvent {
@@ -169,7 +169,7 @@ pub(super) fn session_event(
 }
 
 /// What a `Session` stream keeps of each task it waits on.
-pub(super) struct StreamTask {
+pub(super) struct SessionTask {
     request_id: String,
     /// Results sent so far.
     received: u32,
@@ -181,7 +181,7 @@ pub(super) struct StreamTask {
 /// (and `completed` after the last), or the task's error. Its last event
 /// lets go of the task.
 pub(super) fn stream_event(
-    tasks: &mut Watched<StreamTask>,
+    tasks: &mut StreamTasks<SessionTask>,
     uuid: TaskUuid,
     event: TaskEvent,
     out: &mut Vec<pb::SessionEvent>,

@@ -29,7 +29,7 @@ pub(super) struct LocalSession {
 }
 
 /// A session's tasks in flight and their deadlines.
-pub(super) type SessionTasks = Watched<LocalTask>;
+pub(super) type SessionTasks = StreamTasks<LocalTask>;
 
 /// What a session keeps of a task it sent and still waits on.
 pub(super) struct LocalTask {
@@ -202,7 +202,7 @@ pub(super) async fn forward(
     mut events: mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>,
     task_timeout: Duration,
 ) {
-    let mut batch = Vec::with_capacity(watched::EVENT_BATCH);
+    let mut batch = Vec::with_capacity(stream_tasks::EVENT_BATCH);
     let mut frames = Vec::new();
     let sleep = tokio::time::sleep(task_timeout);
     tokio::pin!(sleep);
@@ -221,13 +221,13 @@ pub(super) async fn forward(
             let wake = tasks
                 .next_deadline()
                 .unwrap_or_else(|| Instant::now() + task_timeout);
-            watched::set_wake(sleep.as_mut(), wake);
+            stream_tasks::set_wake(sleep.as_mut(), wake);
             released
         };
         // Outside every lock: the watches of tasks in flight call into the
         // task table.
         drop(released);
-        if let Woken::Closed = watched::wait(&mut events, &mut batch, sleep.as_mut()).await {
+        if let Woken::Closed = stream_tasks::wait(&mut events, &mut batch, sleep.as_mut()).await {
             return;
         }
     }

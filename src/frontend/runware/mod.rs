@@ -69,7 +69,7 @@ use super::intake::{
     check_task, json_elements_within,
 };
 use super::refusal::{Refusal, failure_error, refusal_of_submit};
-use super::watched::{self, Released, Watched, Woken};
+use super::stream_tasks::{self, Released, StreamTasks, Woken};
 use crate::config::BearerToken;
 use crate::counters::Counter;
 use crate::dispatch::metrics::task_type_label;

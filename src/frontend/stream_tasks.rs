@@ -3,7 +3,7 @@
 //!
 //! A stream submits with [`TaskTable::submit_tagged`], so the events of all
 //! its tasks come on one channel, tagged with their taskUUIDs, and one task
-//! of the stream reads them (none per task). [`Watched`] is what that reader
+//! of the stream reads them (none per task). [`StreamTasks`] is what that reader
 //! knows: each task's front-end data, its deadline (soonest first), and the
 //! table's [`Watch`] on it. It is synchronous: its transitions are tested
 //! without sockets.
@@ -23,7 +23,7 @@ use crate::protocol::TaskUuid;
 pub const EVENT_BATCH: usize = 256;
 
 /// A stream's tasks in flight: `M` is what its front-end keeps of each.
-pub struct Watched<M> {
+pub struct StreamTasks<M> {
     live: HashMap<TaskUuid, Entry<M>>,
     /// The live tasks by deadline, soonest first.
     deadlines: BTreeSet<(Instant, TaskUuid)>,
@@ -47,16 +47,16 @@ pub struct Released<M> {
     pub watch: Watch,
 }
 
-impl<M> Default for Watched<M> {
+impl<M> Default for StreamTasks<M> {
     fn default() -> Self {
-        Watched {
+        StreamTasks {
             live: HashMap::new(),
             deadlines: BTreeSet::new(),
         }
     }
 }
 
-impl<M> Watched<M> {
+impl<M> StreamTasks<M> {
     /// Waits on a task until it ends or `deadline` passes.
     pub fn insert(&mut self, watch: Watch, deadline: Instant, meta: M) {
         let uuid = watch.uuid;
@@ -197,7 +197,7 @@ mod tests {
         let (events, _rx) = mpsc::unbounded_channel();
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
-        let mut w = Watched::default();
+        let mut w = StreamTasks::default();
         let (late, first, done) = (watch(&d, &events), watch(&d, &events), watch(&d, &events));
         let (late_uuid, first_uuid, done_uuid) = (late.uuid, first.uuid, done.uuid);
         // Inserted out of deadline order, with different deadlines.
@@ -255,7 +255,7 @@ mod tests {
             let d = table();
             let (events, _rx) = mpsc::unbounded_channel();
             let t0 = Instant::now();
-            let mut w = Watched::default();
+            let mut w = StreamTasks::default();
             // The model: live tasks and their deadlines.
             let mut live: Vec<(TaskUuid, Instant)> = Vec::new();
             let mut left_in_flight = 0;
