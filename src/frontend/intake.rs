@@ -1,8 +1,8 @@
 //! The one way any door puts a task into the task table.
 //!
-//! A door turns its message into a task object and hands it here: the
-//! task's fields are read once ([`check_task`]: its type, taskUUID and
-//! result counts), the documented limits are checked where the door asks
+//! A door turns its message into a task object and hands it here: its
+//! fields are checked ([`check_task`]: its type, taskUUID and result
+//! counts, read where they lie), the documented limits are checked where the door asks
 //! ([`check_documented_limits`]), the task is prepared as the table takes
 //! it ([`prepare`]), and [`Intake`] admits it for the client connection that
 //! sent it, so every limit of the table (per connection, in flight, queued,
