@@ -56,7 +56,7 @@ impl Cli {
             // are settings like the others, which beat its TOML file.
             args.settings.log.clone_from(&cli.log);
             args.settings.log_format.clone_from(&cli.log_format);
-            for (id, key) in [("log", "log"), ("log_format", "log_format")] {
+            for id in ["log", "log_format"] {
                 let given = [sub.value_source(id), matches.value_source(id)];
                 if given.iter().any(|source| {
                     matches!(
@@ -64,7 +64,7 @@ impl Cli {
                         Some(ValueSource::CommandLine | ValueSource::EnvVariable)
                     )
                 }) {
-                    args.given.push(key.to_owned());
+                    args.given.push(id.to_owned());
                 }
             }
             // The daemon logs as its layered settings say (a TOML file may

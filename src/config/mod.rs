@@ -349,14 +349,20 @@ impl Settings {
     }
 }
 
-/// The settings as TOML keys and values (unset optional ones left out).
-fn settings_map(settings: &Settings) -> serde_json::Map<String, serde_json::Value> {
+/// Every setting as its TOML key and value (`null` for an unset optional one).
+fn settings_values(settings: &Settings) -> serde_json::Map<String, serde_json::Value> {
     match serde_json::to_value(settings) {
-        Ok(serde_json::Value::Object(map)) => {
-            map.into_iter().filter(|(_, v)| !v.is_null()).collect()
-        }
+        Ok(serde_json::Value::Object(map)) => map,
         _ => serde_json::Map::new(),
     }
+}
+
+/// The settings as TOML keys and values, unset optional ones left out.
+fn settings_map(settings: &Settings) -> serde_json::Map<String, serde_json::Value> {
+    settings_values(settings)
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .collect()
 }
 
 /// `runwared serve` and `check-config`: the settings, and the file that

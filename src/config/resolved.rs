@@ -67,11 +67,7 @@ impl Config {
     /// show only where they come from.
     pub fn describe(&self) -> String {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
-        let every = match serde_json::to_value(&self.settings) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        let mut lines: Vec<(String, String)> = every
+        let mut lines: Vec<(String, String)> = settings_values(&self.settings)
             .into_iter()
             .map(|(k, v)| {
                 let text = match v {

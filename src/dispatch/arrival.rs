@@ -72,15 +72,32 @@ pub(super) enum ResultVerdict {
 }
 
 impl ResultVerdict {
-    /// Whether the item is part of a `getResponse` answer that still counts
-    /// (the table moves the task's polling on).
-    pub(super) fn polled(&self) -> bool {
-        matches!(
-            self,
-            ResultVerdict::Repeat { polled: true, .. }
-                | ResultVerdict::DuplicateId { polled: true, .. }
-                | ResultVerdict::Take { polled: true, .. }
-        )
+    /// For an item that reaches the task (a repeat, a duplicate id or a new
+    /// result): whether it came in a `getResponse` answer that still counts
+    /// (the table moves the task's polling on), and its fingerprint for the
+    /// task's matching, once it is polled.
+    pub(super) fn matched(&self) -> Option<(bool, Option<u64>)> {
+        match *self {
+            ResultVerdict::Repeat {
+                polled,
+                fingerprint,
+            } => Some((polled, Some(fingerprint))),
+            ResultVerdict::DuplicateId {
+                polled,
+                fingerprint,
+            }
+            | ResultVerdict::Take {
+                polled,
+                fingerprint,
+            } => Some((polled, fingerprint)),
+            ResultVerdict::NoTask | ResultVerdict::AfterEnd | ResultVerdict::StaleAnswer => None,
+        }
+    }
+
+    /// Whether the item is part of a `getResponse` answer that still counts.
+    #[cfg(test)]
+    fn polled(&self) -> bool {
+        self.matched().is_some_and(|(polled, _)| polled)
     }
 }
 

@@ -120,24 +120,10 @@ impl TaskTable {
             (ResultVerdict::StaleAnswer, _) => return,
             (_, Some(task)) => task,
         };
-        if verdict.polled() {
+        let (polled, fingerprint) = verdict.matched().unwrap_or_default();
+        if polled {
             self.step(task, Event::Answered, Instant::now());
         }
-        let (polled, fingerprint) = match verdict {
-            ResultVerdict::Repeat {
-                polled,
-                fingerprint,
-            } => (polled, Some(fingerprint)),
-            ResultVerdict::DuplicateId {
-                polled,
-                fingerprint,
-            }
-            | ResultVerdict::Take {
-                polled,
-                fingerprint,
-            } => (polled, fingerprint),
-            _ => (false, None),
-        };
         if let (Some(m), Some(fingerprint)) = (task.matching.as_mut(), fingerprint) {
             m.take(fingerprint, polled, arriving.message);
         }

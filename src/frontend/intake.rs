@@ -256,13 +256,15 @@ impl Intake {
 
     /// Admits a task sent on `from`, its events going to a handle of its
     /// own. `raw` is the object as the client wrote it, sent as it is when
-    /// the daemon adds nothing ([`prepare`]).
+    /// the daemon adds nothing ([`prepare`]). A task whose `deadline` (one
+    /// the client set) has passed is refused; `None` is a deadline the
+    /// daemon set from now, which cannot have.
     pub fn submit(
         &self,
         from: &ClientConnection,
         task: ClientTask<impl TaskFields>,
         raw: Option<&str>,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<TaskHandle, NotTaken> {
         let prepared = self.prepare_in_time(from, task, raw, deadline)?;
         Ok(self.table.submit(prepared, from)?)
@@ -275,7 +277,7 @@ impl Intake {
         from: &ClientConnection,
         task: ClientTask<impl TaskFields>,
         raw: Option<&str>,
-        deadline: Instant,
+        deadline: Option<Instant>,
         events: &TaggedSender,
     ) -> Result<Watch, NotTaken> {
         let prepared = self.prepare_in_time(from, task, raw, deadline)?;
@@ -289,9 +291,9 @@ impl Intake {
         from: &ClientConnection,
         task: ClientTask<impl TaskFields>,
         raw: Option<&str>,
-        deadline: Instant,
+        deadline: Option<Instant>,
     ) -> Result<PreparedTask, NotTaken> {
-        if deadline <= Instant::now() {
+        if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(NotTaken::Late);
         }
         Ok(prepare(task, raw, &self.async_task_types, from.principal))

@@ -125,7 +125,7 @@ impl pb::runware_server::Runware for RunwareService {
         };
         let mut handle = self
             .intake
-            .submit(&conn, task, None, deadline)
+            .submit(&conn, task, None, Some(deadline))
             .map_err(not_taken_status)?;
         let mut versions = Vec::with_capacity(handle.expected as usize);
         async {
@@ -166,7 +166,7 @@ impl pb::runware_server::Runware for RunwareService {
         };
         let handle = self
             .intake
-            .submit(&conn, task, None, deadline)
+            .submit(&conn, task, None, Some(deadline))
             .map_err(not_taken_status)?;
         let (tx, rx) = mpsc::channel(8);
         let decode = r.image_bytes;
@@ -199,7 +199,7 @@ impl pb::runware_server::Runware for RunwareService {
         let conn = connection(&request)?;
         let handle = self
             .intake
-            .submit(&conn, run_task(request.get_ref())?, None, deadline)
+            .submit(&conn, run_task(request.get_ref())?, None, Some(deadline))
             .map_err(not_taken_status)?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, run_result));

@@ -98,7 +98,7 @@ impl RunwareService {
                                     .as_ref()
                                     .ok_or_else(|| Status::invalid_argument("submit.task is required"))
                                     .and_then(run_task)?;
-                                let watch = self.intake.submit_tagged(&conn, task, None, deadline, &events_tx).map_err(not_taken_status)?;
+                                let watch = self.intake.submit_tagged(&conn, task, None, Some(deadline), &events_tx).map_err(not_taken_status)?;
                                 Ok((watch, deadline))
                             });
                         out.push(match started {

@@ -93,10 +93,9 @@ impl RunwareEndpoint {
     ) -> Result<TaskHandle, RunwareError> {
         let checked = self.check(task, task_type)?;
         let uuid = checked.uuid;
-        let deadline = Instant::now() + self.inner.task_timeout;
         self.inner
             .intake
-            .submit(client, checked, Some(raw), deadline)
+            .submit(client, checked, Some(raw), None)
             .map_err(|e| not_taken_error(&e, task_type, &uuid))
     }
 }

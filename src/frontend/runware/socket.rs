@@ -203,7 +203,7 @@ impl RunwareEndpoint {
             let uuid = checked.uuid;
             self.inner
                 .intake
-                .submit_tagged(client, checked, Some(raw), deadline, &session.events)
+                .submit_tagged(client, checked, Some(raw), None, &session.events)
                 .map_err(|e| not_taken_error(&e, &task_type, &uuid))
         });
         match submitted {
