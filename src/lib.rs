@@ -21,8 +21,10 @@
 //! 4. [`dispatch`] (the task table): `admission.rs` checks every limit and
 //!    inserts the task (`record.rs`), its watcher (`watch.rs`) and journal
 //!    entry (`journal.rs`, written by [`state`]); the task is queued.
-//! 5. [`upstream`]: the socket's loop takes queued tasks in batches
-//!    (`dispatch/routing.rs` appends each one's JSON) and writes them with
+//! 5. [`upstream`]: the socket's loop takes queued taskUUIDs in batches and
+//!    asks the table for each one's JSON (`dispatch/routing.rs`): the table
+//!    records the send as it hands the JSON over, so a task cancelled while
+//!    queued goes nowhere and none goes twice. It writes them with
 //!    `protocol/outbound.rs`; [`connection`] decides when to authenticate,
 //!    ping, resume and reconnect.
 //!

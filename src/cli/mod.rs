@@ -38,6 +38,10 @@ pub struct Cli {
     /// Log format: "text" for people, "json" (one object per line) for log collectors.
     #[arg(long, global = true, env = "RUNWARED_LOG_FORMAT", default_value = DEFAULT_LOG_FORMAT, value_parser = LOG_FORMATS)]
     log_format: String,
+    /// The daemon's layered settings, read once (with its TOML file) for
+    /// its logging and then for the command itself.
+    #[arg(skip)]
+    settings: Option<Result<Settings, runwared::config::ConfigError>>,
 }
 
 impl Cli {
@@ -70,10 +74,12 @@ impl Cli {
             // The daemon logs as its layered settings say (a TOML file may
             // set both). A file that cannot be read is reported by the
             // command itself, with the flags' logging.
-            if let Ok(settings) = Settings::resolve(args) {
-                cli.log = settings.log;
-                cli.log_format = settings.log_format;
+            let settings = Settings::resolve(args);
+            if let Ok(settings) = &settings {
+                cli.log.clone_from(&settings.log);
+                cli.log_format.clone_from(&settings.log_format);
             }
+            cli.settings = Some(settings);
         }
         cli
     }
@@ -158,10 +164,9 @@ type CliResult = Result<(), String>;
 
 pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
-        Command::Serve(args) => serve(*args).await,
+        Command::Serve(args) => serve(&args, cli.settings).await,
         Command::CheckConfig(args) => {
-            let config =
-                Config::resolve(&args, &Environment::from_process()).map_err(|e| e.to_string())?;
+            let config = config_of(&args, cli.settings)?;
             print!("{}", config.describe());
             println!("configuration OK");
             Ok(())
@@ -176,8 +181,23 @@ pub async fn run(cli: Cli) -> CliResult {
     }
 }
 
-async fn serve(args: ServeArgs) -> CliResult {
-    let config = Config::resolve(&args, &Environment::from_process()).map_err(|e| e.to_string())?;
+/// The daemon's configuration: `settings` as [`Cli::from_process`] read
+/// them (read now when it did not), with the environment's part.
+fn config_of(
+    args: &ServeArgs,
+    settings: Option<Result<Settings, runwared::config::ConfigError>>,
+) -> Result<Config, String> {
+    let settings = settings
+        .unwrap_or_else(|| Settings::resolve(args))
+        .map_err(|e| e.to_string())?;
+    Config::from_args(args, settings, &Environment::from_process()).map_err(|e| e.to_string())
+}
+
+async fn serve(
+    args: &ServeArgs,
+    settings: Option<Result<Settings, runwared::config::ConfigError>>,
+) -> CliResult {
+    let config = config_of(args, settings)?;
     let drain = config.drain_timeout;
     let daemon = Daemon::start(config).await.map_err(|e| e.to_string())?;
     wait_for_signal().await?;

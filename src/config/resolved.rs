@@ -138,7 +138,16 @@ impl Config {
     /// Resolves flags and environment (`args`), the TOML file it names, and
     /// the process environment into the daemon's settings.
     pub fn resolve(args: &ServeArgs, env: &Environment) -> Result<Config, ConfigError> {
-        let mut config = Self::from_settings(Settings::resolve(args)?, env)?;
+        Self::from_args(args, Settings::resolve(args)?, env)
+    }
+
+    /// [`Config::resolve`] of `settings` already layered from `args`.
+    pub fn from_args(
+        args: &ServeArgs,
+        settings: Settings,
+        env: &Environment,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Self::from_settings(settings, env)?;
         config.config_file.clone_from(&args.config);
         Ok(config)
     }

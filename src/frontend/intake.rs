@@ -1,14 +1,17 @@
 //! The one way any door puts a task into the task table.
 //!
 //! A door turns its message into a task object and hands it here: its
-//! fields are checked ([`check_task`]: its type, taskUUID and result
-//! counts, read where they lie), the documented limits are checked where the door asks
+//! fields are read once and checked ([`check_task`]: its type, taskUUID
+//! and result counts, kept in the [`ClientTask`]; a door that read the type
+//! to route the task passes it to [`check_task_of_type`]), the documented
+//! limits are checked where the door asks
 //! ([`check_documented_limits`]), the task is prepared as the table takes
 //! it ([`prepare`]), and [`Intake`] admits it for the client connection that
 //! sent it, so every limit of the table (per connection, in flight, queued,
 //! memory, size) applies to every door alike. Each door words a refusal
 //! ([`NotTaken`]) in its own format, in one place.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -28,15 +31,53 @@ pub use crate::protocol::ObjectError;
 pub const MAX_JSON_ELEMENTS: usize = 100_000;
 
 /// A task as a client gave it, checked and ready to submit: a `Map` the
-/// gRPC front-end built, or the client's own text read in place.
+/// gRPC front-end built, or the client's own text read in place. What the
+/// intake needs of it (type, taskUUID, result count) is read once, here.
 #[derive(Debug)]
 pub struct ClientTask<T = Map<String, Value>> {
     /// Its taskUUID: given, or made by the daemon.
     pub uuid: TaskUuid,
+    /// Its type (a known type's name is a constant: no copy).
+    pub task_type: Cow<'static, str>,
     /// The task object.
     pub task: T,
     /// The result count the client stated, if any.
     pub stated_results: Option<u32>,
+    /// The taskUUID was given as the daemon writes it: the client's text
+    /// can go to Runware as it is.
+    uuid_as_written: bool,
+}
+
+impl<T> ClientTask<T> {
+    /// A task the daemon wrote itself (a typed RPC's), under `uuid`.
+    pub fn built(uuid: TaskUuid, task_type: &'static str, task: T) -> Self {
+        ClientTask {
+            uuid,
+            task_type: Cow::Borrowed(task_type),
+            task,
+            stated_results: None,
+            uuid_as_written: false,
+        }
+    }
+}
+
+/// A task type as the intake keeps it: a known type's name is a constant,
+/// another is copied.
+pub fn kept_task_type(task_type: Cow<'_, str>) -> Cow<'static, str> {
+    match crate::dispatch::metrics::task_type_label(&task_type) {
+        "other" => Cow::Owned(task_type.into_owned()),
+        known => Cow::Borrowed(known),
+    }
+}
+
+/// A task the intake refused, with its taskUUID as the client gave it (if
+/// it reads as a UUID) for the answer.
+#[derive(Debug, PartialEq)]
+pub struct Refused {
+    /// Why.
+    pub refusal: Refusal,
+    /// The taskUUID given, even one the daemon does not take (not v4).
+    pub given_uuid: Option<TaskUuid>,
 }
 
 /// Bounds the number of JSON values in `text` before it is parsed: parsed
@@ -82,48 +123,73 @@ pub fn check_task<T: TaskFields>(
     task: T,
     uuid_required: bool,
     stated_results: Option<u32>,
-) -> Result<ClientTask<T>, Refusal> {
+) -> Result<ClientTask<T>, Refused> {
+    let task_type = match task.field("taskType") {
+        Some(Field::Str(t)) => kept_task_type(t),
+        _ => Cow::Borrowed(""),
+    };
+    check_task_of_type(task, task_type, uuid_required, stated_results)
+}
+
+/// [`check_task`] of a task whose type the door already read (to route
+/// it): the type is not read again.
+pub fn check_task_of_type<T: TaskFields>(
+    task: T,
+    task_type: Cow<'static, str>,
+    uuid_required: bool,
+    stated_results: Option<u32>,
+) -> Result<ClientTask<T>, Refused> {
+    let given = task.field("taskUUID");
+    let refused = |refusal| Refused {
+        refusal,
+        given_uuid: given
+            .as_ref()
+            .and_then(Field::as_str)
+            .and_then(TaskUuid::parse_any),
+    };
     if let Some(k) = api_key_field(&task) {
-        return Err(Refusal::new(
+        return Err(refused(Refusal::new(
             "invalidApiKey",
             k,
             "is not taken in a task: the daemon authenticates to Runware with its own key",
-        ));
+        )));
     }
-    match task.field("taskType") {
-        Some(Field::Str(t)) if protocol::is_reserved_task_type(&t) => {
-            return Err(Refusal::new(
-                "invalidTaskType",
-                "taskType",
-                format!("{t:?} is managed by the daemon and cannot be sent"),
-            ));
-        }
-        Some(Field::Str(t)) if !t.is_empty() => {}
-        _ => {
-            return Err(Refusal::new(
-                "invalidTaskType",
-                "taskType",
-                "must be a non-empty string",
-            ));
-        }
+    if protocol::is_reserved_task_type(&task_type) {
+        return Err(refused(Refusal::new(
+            "invalidTaskType",
+            "taskType",
+            format!("{task_type:?} is managed by the daemon and cannot be sent"),
+        )));
     }
-    let uuid = match task.field("taskUUID") {
-        None if !uuid_required => TaskUuid::new_v4(),
+    if task_type.is_empty() {
+        return Err(refused(Refusal::new(
+            "invalidTaskType",
+            "taskType",
+            "must be a non-empty string",
+        )));
+    }
+    let (uuid, uuid_as_written) = match &given {
+        None if !uuid_required => (TaskUuid::new_v4(), false),
         None => {
-            return Err(Refusal::new(
+            return Err(refused(Refusal::new(
                 "missingTaskUUID",
                 "taskUUID",
                 "is required: a UUID v4 the client makes",
-            ));
+            )));
         }
-        Some(Field::Str(s)) => TaskUuid::parse_v4(&s)
-            .map_err(|e| Refusal::new("invalidTaskUUID", "taskUUID", format!("{s:?}: {e}")))?,
+        Some(Field::Str(s)) => match TaskUuid::parse_v4(s) {
+            Ok(uuid) => (uuid, uuid.is_written_as(s)),
+            Err(e) => {
+                let detail = format!("{s:?}: {e}");
+                return Err(refused(Refusal::new("invalidTaskUUID", "taskUUID", detail)));
+            }
+        },
         Some(_) => {
-            return Err(Refusal::new(
+            return Err(refused(Refusal::new(
                 "invalidTaskUUID",
                 "taskUUID",
                 "must be a string",
-            ));
+            )));
         }
     };
     // The counts that decide completion are bounded like expected_results:
@@ -134,27 +200,29 @@ pub fn check_task<T: TaskFields>(
                 .as_u64()
                 .is_some_and(|n| (1..=u64::from(MAX_EXPECTED_RESULTS)).contains(&n))
             {
-                return Err(Refusal::new(
+                return Err(refused(Refusal::new(
                     &format!("invalid{}{}", field[..1].to_ascii_uppercase(), &field[1..]),
                     field,
                     format!("must be a whole number from 1 to {MAX_EXPECTED_RESULTS}, got {v}"),
-                ));
+                )));
             }
         }
     }
+    drop(given);
     Ok(ClientTask {
         uuid,
+        task_type,
         task,
         stated_results,
+        uuid_as_written,
     })
 }
 
 /// Checks a task against the documented parameter limits
 /// ([`crate::validate`]), with Runware's code and parameter. A task type
 /// with no documented limits here passes: Runware decides on it.
-pub fn check_documented_limits(task: &impl TaskFields) -> Result<(), Refusal> {
-    let task_type = task.str_field("taskType");
-    match crate::validate::validate(task_type.as_deref().unwrap_or_default(), task) {
+pub fn check_documented_limits<T: TaskFields>(t: &ClientTask<T>) -> Result<(), Refusal> {
+    match crate::validate::validate(&t.task_type, &t.task) {
         Ok(_) => Ok(()),
         Err(i) if i.code == "invalidTaskType" => Ok(()),
         Err(i) => Err(Refusal {
@@ -179,25 +247,19 @@ pub fn prepare(
 ) -> PreparedTask {
     let ClientTask {
         uuid,
+        task_type,
         task,
         stated_results,
+        uuid_as_written,
     } = t;
-    let (expected, add_async, asynchronous, as_given, label) = {
-        let task_type = task.str_field("taskType");
-        let task_type = task_type.as_deref().unwrap_or_default();
-        let delivery = task.field("deliveryMethod");
-        let add_async = async_task_types.iter().any(|t| t == task_type) && delivery.is_none();
-        (
-            protocol::expected_results(task_type, &task, stated_results),
-            add_async,
-            add_async || delivery.as_ref().and_then(Field::as_str) == Some("async"),
-            task.str_field("taskUUID")
-                .is_some_and(|given| uuid.is_written_as(&given)),
-            crate::dispatch::metrics::task_type_label(task_type),
-        )
-    };
+    let delivery = task.field("deliveryMethod");
+    let add_async = delivery.is_none() && async_task_types.iter().any(|t| *t == task_type);
+    let asynchronous = add_async || delivery.as_ref().and_then(Field::as_str) == Some("async");
+    drop(delivery);
+    let expected = protocol::expected_results(&task_type, &task, stated_results);
+    let label = crate::dispatch::metrics::task_type_label(&task_type);
     let payload = match raw {
-        Some(raw) if !add_async && as_given => Arc::from(raw),
+        Some(raw) if !add_async && uuid_as_written => Arc::from(raw),
         _ => Arc::from(task.into_payload(&uuid, add_async)),
     };
     PreparedTask {
@@ -281,12 +343,24 @@ impl Intake {
         events: &TaggedSender,
     ) -> Result<Watch, NotTaken> {
         let prepared = self.prepare_in_time(from, task, raw, deadline)?;
+        self.admit_tagged(prepared, from, events)
+    }
+
+    /// The second half of [`Intake::submit_tagged`], for a door that
+    /// records a prepared task (its delivery known) before the table can
+    /// send its first event.
+    pub fn admit_tagged(
+        &self,
+        prepared: PreparedTask,
+        from: &ClientConnection,
+        events: &TaggedSender,
+    ) -> Result<Watch, NotTaken> {
         Ok(self.table.submit_tagged(prepared, from, events)?)
     }
 
     /// The task as the table takes it, unless its deadline has passed (then
     /// nothing is sent upstream, nor paid for).
-    fn prepare_in_time(
+    pub fn prepare_in_time(
         &self,
         from: &ClientConnection,
         task: ClientTask<impl TaskFields>,
@@ -446,10 +520,10 @@ mod view_tests {
             let by_view = check_task(view, true, None);
             match (by_map, by_view) {
                 (Ok(a), Ok(b)) => {
-                    prop_assert_eq!(a.uuid, b.uuid);
+                    prop_assert_eq!((a.uuid, &a.task_type), (b.uuid, &b.task_type));
                     prop_assert_eq!(
-                        check_documented_limits(&a.task),
-                        check_documented_limits(&b.task)
+                        check_documented_limits(&a),
+                        check_documented_limits(&b)
                     );
                     let (a, b) = (
                         prepare(a, Some(&text), &asynchronous, Principal::Tcp),

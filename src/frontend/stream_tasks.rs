@@ -32,19 +32,22 @@ pub struct StreamTasks<M> {
 struct Entry<M> {
     meta: M,
     deadline: Instant,
-    watch: Watch,
+    /// `None` between [`StreamTasks::expect`] and [`StreamTasks::watching`].
+    watch: Option<Watch>,
 }
 
 /// A task whose deadline passed, or that the client stopped waiting on.
-/// Its watch goes with it: drop it outside any call of the task table (a
-/// task still in flight then counts as abandoned).
+/// Its watch goes with it: dropping it (anywhere but inside the table's
+/// own code, which never calls out) counts a task still in flight as
+/// abandoned.
 pub struct Released<M> {
     /// The task's taskUUID.
     pub uuid: TaskUuid,
     /// What the stream keeps of it.
     pub meta: M,
-    /// Its watch: dropping it tells the table the client stopped watching.
-    pub watch: Watch,
+    /// Its watch (none if the table had not given it yet): dropping it
+    /// tells the table the client stopped watching.
+    pub watch: Option<Watch>,
 }
 
 impl<M> Default for StreamTasks<M> {
@@ -60,19 +63,45 @@ impl<M> StreamTasks<M> {
     /// Waits on a task until it ends or `deadline` passes.
     pub fn insert(&mut self, watch: Watch, deadline: Instant, meta: M) {
         let uuid = watch.uuid;
+        // The table takes a taskUUID once while it holds it, so this never
+        // replaces a live task; if it did, the old deadline must not stay.
+        if let Some(old) = self.live.remove(&uuid) {
+            self.deadlines.remove(&(old.deadline, uuid));
+        }
+        self.expect(uuid, deadline, meta);
+        self.watching(watch);
+    }
+
+    /// Waits on a task about to be submitted, before the table has it: an
+    /// event that comes before [`StreamTasks::watching`] finds it here.
+    /// False (and nothing changed) when the stream already waits on a task
+    /// of that taskUUID: the table will refuse the new one.
+    pub fn expect(&mut self, uuid: TaskUuid, deadline: Instant, meta: M) -> bool {
+        if self.live.contains_key(&uuid) {
+            return false;
+        }
         self.deadlines.insert((deadline, uuid));
         let entry = Entry {
             meta,
             deadline,
-            watch,
+            watch: None,
         };
-        // The table takes a taskUUID once while it holds it, so this never
-        // replaces a live task; if it did, the old deadline must not stay.
-        if let Some(old) = self.live.insert(uuid, entry) {
-            if old.deadline != deadline {
-                self.deadlines.remove(&(old.deadline, uuid));
-            }
+        self.live.insert(uuid, entry);
+        true
+    }
+
+    /// The table took an expected task: its watch. When the task already
+    /// ended (its last event came first) or its deadline passed, the
+    /// watch is dropped: the table's own record says which.
+    pub fn watching(&mut self, watch: Watch) {
+        if let Some(e) = self.live.get_mut(&watch.uuid) {
+            e.watch = Some(watch);
         }
+    }
+
+    /// The table refused an expected task: no longer waited on.
+    pub fn forget(&mut self, uuid: &TaskUuid) -> Option<M> {
+        self.take(uuid).map(|r| r.meta)
     }
 
     /// What the stream keeps of a task in flight.
@@ -100,7 +129,9 @@ impl<M> StreamTasks<M> {
     /// watchers when it sent that event).
     pub fn ended(&mut self, uuid: &TaskUuid) -> Option<M> {
         self.take(uuid).map(|r| {
-            r.watch.ended();
+            if let Some(w) = r.watch {
+                w.ended();
+            }
             r.meta
         })
     }
@@ -220,6 +251,45 @@ mod tests {
         assert_eq!(released, Some("late"));
         assert_eq!(d.counters.get(Counter::Abandoned), 2);
         assert!(w.is_empty() && w.next_deadline().is_none());
+    }
+
+    #[test]
+    fn a_task_expected_before_the_table_has_it_is_found_by_its_first_event() {
+        let d = table();
+        let (events, _rx) = mpsc::unbounded_channel();
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut w = StreamTasks::default();
+        let (a, b, c) = (watch(&d, &events), watch(&d, &events), watch(&d, &events));
+        assert!(w.expect(a.uuid, at(5), "a"));
+        // Found (and due) before the table handed over its watch.
+        assert_eq!(w.get(&a.uuid), Some(&"a"));
+        assert_eq!(w.next_deadline(), Some(at(5)));
+        // The same taskUUID twice: the live one stays as it was.
+        assert!(!w.expect(a.uuid, at(1), "again"));
+        assert_eq!(
+            (w.get(&a.uuid), w.next_deadline()),
+            (Some(&"a"), Some(at(5)))
+        );
+        // Its last event came first: it leaves, and the watch that comes
+        // after is let go by the table's own record (here: still running,
+        // so abandoned).
+        assert_eq!(w.ended(&a.uuid), Some("a"));
+        w.watching(a);
+        assert_eq!(d.counters.get(Counter::Abandoned), 1);
+        // Refused by the table: forgotten, due no more.
+        assert!(w.expect(b.uuid, at(2), "b"));
+        assert_eq!(w.forget(&b.uuid), Some("b"));
+        assert!(w.is_empty() && w.next_deadline().is_none());
+        // Taken: released with its watch.
+        let c_uuid = c.uuid;
+        assert!(w.expect(c_uuid, at(3), "c"));
+        w.watching(c);
+        let r = w.release(&c_uuid).unwrap();
+        assert_eq!(r.watch.as_ref().map(|w| w.uuid), Some(c_uuid));
+        drop(r);
+        assert_eq!(d.counters.get(Counter::Abandoned), 2);
+        drop(b);
     }
 
     #[derive(Debug, Clone)]

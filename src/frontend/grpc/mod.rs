@@ -40,8 +40,8 @@ use crate::protocol::{self, ErrorClass, TaskUuid};
 use crate::status::StatusSnapshot;
 
 use super::intake::{
-    ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, api_key_field, check_task,
-    json_elements_within, task_object,
+    ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, Refused, api_key_field,
+    check_task, json_elements_within, task_object,
 };
 use super::stream_tasks::{self, StreamTasks, Woken};
 pub use crate::dispatch::MAX_EXPECTED_RESULTS;
@@ -116,13 +116,8 @@ impl pb::runware_server::Runware for RunwareService {
         let conn = connection(&request)?;
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
-        let task = prompt_enhance_task(&r);
+        let task = ClientTask::built(uuid, "promptEnhance", prompt_enhance_task(&r));
         check_documented_limits(&task)?;
-        let task = ClientTask {
-            uuid,
-            task,
-            stated_results: None,
-        };
         let mut handle = self
             .intake
             .submit(&conn, task, None, Some(deadline))
@@ -157,13 +152,8 @@ impl pb::runware_server::Runware for RunwareService {
         let conn = connection(&request)?;
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
-        let task = image_inference_task(&r)?;
+        let task = ClientTask::built(uuid, "imageInference", image_inference_task(&r)?);
         check_documented_limits(&task)?;
-        let task = ClientTask {
-            uuid,
-            task,
-            stated_results: None,
-        };
         let handle = self
             .intake
             .submit(&conn, task, None, Some(deadline))

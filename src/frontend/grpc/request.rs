@@ -6,7 +6,7 @@ use super::*;
 
 /// Checks a typed request's task against the documented limits before it
 /// leaves the host; the error names the proto field.
-pub(super) fn check_documented_limits(task: &Map<String, Value>) -> Result<(), Status> {
+pub(super) fn check_documented_limits(task: &ClientTask) -> Result<(), Status> {
     crate::frontend::intake::check_documented_limits(task).map_err(|r| {
         Status::invalid_argument(format!("{}: {}", snake_case(&r.parameter), r.detail))
     })
@@ -292,8 +292,9 @@ pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
             )));
         }
     }
-    check_task(task, false, r.expected_results)
-        .map_err(|r| Status::invalid_argument(format!("task_json.{} {}", r.parameter, r.detail)))
+    check_task(task, false, r.expected_results).map_err(|Refused { refusal: r, .. }| {
+        Status::invalid_argument(format!("task_json.{} {}", r.parameter, r.detail))
+    })
 }
 
 #[cfg(test)]

@@ -66,8 +66,8 @@ pub(super) fn session_event(
 }
 
 /// The session's tasks whose deadline passed by `now`: a synchronous one's
-/// client gets Runware's timeout error. Their watches come back, to be
-/// dropped outside every lock.
+/// client gets Runware's timeout error. Their watches come back: dropped,
+/// they tell the table the client stopped waiting.
 pub(super) fn expire_session(
     tasks: &mut SessionTasks,
     now: Instant,
@@ -207,13 +207,15 @@ pub(super) async fn forward(
     let sleep = tokio::time::sleep(task_timeout);
     tokio::pin!(sleep);
     loop {
-        let released = {
+        {
             let Some(s) = session.upgrade() else { return };
             let mut tasks = s.tasks();
             for (uuid, event) in batch.drain(..) {
                 frames.extend(session_event(&mut tasks, uuid, event));
             }
-            let released = expire_session(&mut tasks, Instant::now(), &mut frames);
+            // Dropped here, their watches tell the table (which takes
+            // no lock of the session's) that no one waits any more.
+            drop(expire_session(&mut tasks, Instant::now(), &mut frames));
             s.deliver_all(frames.drain(..));
             // Tasks are taken on another task (the socket's reader), each
             // due a task_timeout after it: with none waiting now, none is
@@ -222,11 +224,7 @@ pub(super) async fn forward(
                 .next_deadline()
                 .unwrap_or_else(|| Instant::now() + task_timeout);
             stream_tasks::set_wake(sleep.as_mut(), wake);
-            released
-        };
-        // Outside every lock: the watches of tasks in flight call into the
-        // task table.
-        drop(released);
+        }
         if let Woken::Closed = stream_tasks::wait(&mut events, &mut batch, sleep.as_mut()).await {
             return;
         }

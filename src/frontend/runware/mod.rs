@@ -66,13 +66,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::intake::{
     ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, check_documented_limits,
-    check_task, json_elements_within,
+    check_task_of_type, json_elements_within, kept_task_type,
 };
 use super::refusal::{Refusal, failure_error, refusal_of_submit};
 use super::stream_tasks::{self, Released, StreamTasks, Woken};
 use crate::config::BearerToken;
 use crate::counters::Counter;
-use crate::dispatch::metrics::task_type_label;
 use crate::dispatch::{
     ClientConnection, Principal, SubmitError, TaggedSender, TaskEvent, TaskHandle,
 };
@@ -214,23 +213,19 @@ impl RunwareEndpoint {
         )
     }
 
-    /// Checks one task, to be submitted under the client's own taskUUID.
+    /// Checks one task (its type as routing read it), to be submitted
+    /// under the client's own taskUUID.
     fn check<'a>(
         &self,
         task: TaskObject<'a>,
         task_type: &str,
     ) -> Result<ClientTask<TaskObject<'a>>, RunwareError> {
-        let given_uuid = task
-            .str_field("taskUUID")
-            .and_then(|s| TaskUuid::parse_any(&s));
-        let refused = |r: Refusal| {
-            r.runware_error(
-                Some(task_type).filter(|t| !t.is_empty()),
-                given_uuid.as_ref(),
-            )
-        };
-        let checked = check_task(task, true, None).map_err(refused)?;
-        check_documented_limits(&checked.task).map_err(refused)?;
+        let named = Some(task_type).filter(|t| !t.is_empty());
+        let kept = kept_task_type(Cow::Borrowed(task_type));
+        let checked = check_task_of_type(task, kept, true, None)
+            .map_err(|r| r.refusal.runware_error(named, r.given_uuid.as_ref()))?;
+        check_documented_limits(&checked)
+            .map_err(|r| r.runware_error(named, Some(&checked.uuid)))?;
         Ok(checked)
     }
 }

@@ -46,8 +46,8 @@ impl RunwareEndpoint {
         let mut errors: Vec<RunwareError> = Vec::new();
         let mut waiting = Vec::new();
         for (task, raw) in tasks {
-            let task_type = task.task_type().into_owned();
-            match task_type.as_str() {
+            let task_type = kept_task_type(task.task_type());
+            match &*task_type {
                 "authentication" => {}
                 "ping" => data.push(PONG.to_owned()),
                 "getResponse" => match self.get_response(&task, principal, None) {
@@ -114,7 +114,7 @@ pub(super) async fn hold(mut handle: TaskHandle, deadline: Instant) {
 /// Every result of a synchronous task (REST), or its error.
 pub(super) async fn collect(
     mut handle: TaskHandle,
-    task_type: String,
+    task_type: Cow<'static, str>,
     deadline: Instant,
 ) -> (Vec<String>, Option<RunwareError>) {
     let mut items = Vec::new();

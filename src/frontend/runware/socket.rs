@@ -190,34 +190,44 @@ impl RunwareEndpoint {
             session.deliver(frame);
             return;
         }
-        let task_type: Cow<'static, str> = match task_type_label(&task_type) {
-            // A known type's name is a constant: no copy.
-            "other" => Cow::Owned(task_type.into_owned()),
-            known => Cow::Borrowed(known),
-        };
-        // Held across the submit: the session's forwarder, reading the
-        // task's first event, finds the task already here.
-        let mut tasks = session.tasks();
+        let task_type = kept_task_type(task_type);
         let deadline = Instant::now() + self.inner.task_timeout;
-        let submitted = self.check(task, &task_type).and_then(|checked| {
+        let prepared = self.check(task, &task_type).and_then(|checked| {
             let uuid = checked.uuid;
             self.inner
                 .intake
-                .submit_tagged(client, checked, Some(raw), None, &session.events)
+                .prepare_in_time(client, checked, Some(raw), None)
                 .map_err(|e| not_taken_error(&e, &task_type, &uuid))
         });
-        match submitted {
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => return session.deliver(errors_frame(&[e])),
+        };
+        let (uuid, asynchronous) = (prepared.uuid, prepared.asynchronous);
+        // Recorded first: the session's forwarder, reading the task's first
+        // event, finds it.
+        let meta = LocalTask {
+            task_type: task_type.clone(),
+            asynchronous,
+        };
+        let expected = session.tasks().expect(uuid, deadline, meta);
+        match self
+            .inner
+            .intake
+            .admit_tagged(prepared, client, &session.events)
+        {
             Ok(watch) => {
-                if watch.asynchronous {
-                    session.deliver(data_frame(&[ack(&task_type, &watch.uuid)]));
+                if asynchronous {
+                    session.deliver(data_frame(&[ack(&task_type, &uuid)]));
                 }
-                let task = LocalTask {
-                    task_type,
-                    asynchronous: watch.asynchronous,
-                };
-                tasks.insert(watch, deadline, task);
+                session.tasks().watching(watch);
             }
-            Err(e) => session.deliver(errors_frame(&[e])),
+            Err(e) => {
+                if expected {
+                    session.tasks().forget(&uuid);
+                }
+                session.deliver(errors_frame(&[not_taken_error(&e, &task_type, &uuid)]));
+            }
         }
     }
 }

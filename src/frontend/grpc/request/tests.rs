@@ -245,7 +245,11 @@ fn documented_limits_on_both_sides_of_the_edge() {
             ..Default::default()
         };
         edit(&mut r);
-        let result = check_documented_limits(&prompt_enhance_task(&r));
+        let result = check_documented_limits(&ClientTask::built(
+            TaskUuid::new_v4(),
+            "promptEnhance",
+            prompt_enhance_task(&r),
+        ));
         assert_eq!(result.is_ok(), ok, "{param}: {result:?}");
         if let Err(e) = result {
             assert_eq!(e.code(), Code::InvalidArgument);
@@ -399,7 +403,11 @@ fn documented_limits_on_both_sides_of_the_edge() {
             ..Default::default()
         };
         edit(&mut r);
-        let result = check_documented_limits(&image_inference_task(&r).unwrap());
+        let result = check_documented_limits(&ClientTask::built(
+            TaskUuid::new_v4(),
+            "imageInference",
+            image_inference_task(&r).unwrap(),
+        ));
         assert_eq!(result.is_ok(), ok, "{param}: {result:?}");
         if let Err(e) = result {
             assert!(
