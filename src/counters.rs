@@ -31,6 +31,10 @@ pub enum Counter {
     ConnectionsRefused,
     /// Client connections closed for sending no HTTP/2 preface in time.
     HandshakeTimeouts,
+    /// Local WebSockets closed for reading nothing while at their bound.
+    StalledClients,
+    /// Local sessions refused at a bound on sessions.
+    SessionsRefused,
 }
 
 /// A counter's names and meaning.
@@ -44,7 +48,7 @@ pub struct CounterInfo {
     pub help: &'static str,
 }
 
-const COUNT: usize = 11;
+const COUNT: usize = 13;
 
 impl Counter {
     /// Every counter, in the order they are shown.
@@ -60,6 +64,8 @@ impl Counter {
         Counter::Unauthenticated,
         Counter::ConnectionsRefused,
         Counter::HandshakeTimeouts,
+        Counter::StalledClients,
+        Counter::SessionsRefused,
     ];
 
     /// Its metric name and help text.
@@ -119,6 +125,16 @@ impl Counter {
                 "handshake_timeouts",
                 "runwared_handshake_timeouts",
                 "Client connections closed for sending no HTTP/2 preface within 10 s",
+            ),
+            Counter::StalledClients => (
+                "stalled_clients",
+                "runwared_stalled_clients",
+                "Local WebSockets closed for reading nothing within stalled_client_timeout while at max_socket_buffer_bytes",
+            ),
+            Counter::SessionsRefused => (
+                "sessions_refused",
+                "runwared_sessions_refused",
+                "Local sessions refused at max_local_sessions, max_local_sessions_per_principal or max_memory_bytes",
             ),
         };
         CounterInfo { name, metric, help }

@@ -20,6 +20,10 @@ pub struct StatusSnapshot {
     pub polling: u64,
     /// Bytes the kept results of ended tasks hold.
     pub retained_bytes: u64,
+    /// Everything counted in `max_memory_bytes`.
+    pub held_bytes: u64,
+    /// What the doors hold for their clients (in `held_bytes`).
+    pub client_buffer_bytes: u64,
     /// The daemon is stopping and accepts no new tasks.
     pub draining: bool,
     /// Every counter's value.
@@ -48,6 +52,8 @@ impl StatusSnapshot {
             known_tasks: table.known() as u64,
             polling: table.polling() as u64,
             retained_bytes: table.retained_bytes() as u64,
+            held_bytes: table.held_bytes() as u64,
+            client_buffer_bytes: table.door_bytes().get() as u64,
             draining: table.is_draining(),
             counters: counters.read(),
         }
@@ -118,6 +124,16 @@ impl StatusSnapshot {
                 "Bytes the kept results of ended tasks hold (max_retained_bytes bounds them)",
                 self.retained_bytes,
             ),
+            gauge(
+                "runwared_memory_held_bytes",
+                "Bytes counted in max_memory_bytes: tasks in flight, kept results, client buffers",
+                self.held_bytes,
+            ),
+            gauge(
+                "runwared_client_buffer_bytes",
+                "Bytes the doors hold for clients: unread and kept frames, REST bodies, local sessions",
+                self.client_buffer_bytes,
+            ),
         ];
         out.extend(self.counters.iter().map(|(c, v)| {
             let info = c.info();
@@ -155,6 +171,8 @@ impl StatusSnapshot {
             known_tasks: self.known_tasks,
             draining: self.draining,
             retained_bytes: self.retained_bytes,
+            held_bytes: self.held_bytes,
+            client_buffer_bytes: self.client_buffer_bytes,
             // The fields from before the list, kept for existing clients.
             late_results_dropped: self.counter(Counter::LateResultsDropped),
             bad_frames: self.counter(Counter::BadFrames),

@@ -196,9 +196,14 @@ async fn queued(door: Door) {
     assert!(all_name(&refused, "max_queued"), "{door:?}: {refused:?}");
 }
 
-/// Tasks in flight fit in `max_memory_bytes`.
+/// Tasks in flight fit in `max_memory_bytes`, with what the door holds
+/// for the client (a WebSocket's local session).
 async fn memory(door: Door) {
-    let h = daemon(|c| c.max_memory_bytes = 7_000).await;
+    let session = match door {
+        Door::WebSocket => runwared::frontend::runware::SESSION_BYTES,
+        _ => 0,
+    };
+    let h = daemon(|c| c.max_memory_bytes = 7_000 + session).await;
     // About 3 KB of JSON each: two fit, the third would pass the budget.
     let tasks: Vec<Value> = (0..3).map(|_| image_task(2_900)).collect();
     let mut one = open(&h, door).await;

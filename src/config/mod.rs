@@ -203,9 +203,10 @@ pub struct Settings {
     /// first).
     #[arg(long, env = "RUNWARED_MAX_RETAINED_BYTES", value_name = "BYTES", default_value_t = Limits::default().max_retained_bytes)]
     pub max_retained_bytes: usize,
-    /// Bytes the daemon holds for tasks: the JSON of tasks in flight and
-    /// every result kept. A task that would pass it is refused with
-    /// RESOURCE_EXHAUSTED naming it (after ended tasks' results went).
+    /// Bytes the daemon holds for its clients: the JSON of tasks in
+    /// flight, every result kept, and what the doors hold (unread frames,
+    /// REST bodies, local sessions). A task that would pass it is refused
+    /// with RESOURCE_EXHAUSTED naming it (after ended tasks' results went).
     #[arg(long, env = "RUNWARED_MAX_MEMORY_BYTES", value_name = "BYTES", default_value_t = Limits::default().max_memory_bytes)]
     pub max_memory_bytes: usize,
     /// Client connections open at once, over every listener; beyond it a
@@ -217,6 +218,38 @@ pub struct Settings {
         default_value_t = 1024
     )]
     pub max_connections: usize,
+    /// Local sessions of Runware-protocol WebSocket clients at once (one
+    /// per socket, kept 120 s after a socket with tasks closed).
+    #[arg(
+        long,
+        env = "RUNWARED_MAX_LOCAL_SESSIONS",
+        value_name = "N",
+        default_value_t = 4096
+    )]
+    pub max_local_sessions: usize,
+    /// Local sessions of one principal (a Unix user, or every TCP client)
+    /// at once.
+    #[arg(
+        long,
+        env = "RUNWARED_MAX_LOCAL_SESSIONS_PER_PRINCIPAL",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    pub max_local_sessions_per_principal: usize,
+    /// Bytes queued for one local WebSocket (or kept for its detached
+    /// session) that its client has not read yet; past it the daemon stops
+    /// reading the socket's requests, and results wait in the task table.
+    #[arg(long, env = "RUNWARED_MAX_SOCKET_BUFFER_BYTES", value_name = "BYTES", default_value_t = 16 << 20)]
+    pub max_socket_buffer_bytes: usize,
+    /// How long a local WebSocket may stay at its buffer bound (its client
+    /// reading nothing) before it is closed.
+    #[arg(long, env = "RUNWARED_STALLED_CLIENT_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub stalled_client_timeout: Duration,
+    /// Longest a REST request body may take to arrive.
+    #[arg(long, env = "RUNWARED_REQUEST_BODY_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub request_body_timeout: Duration,
     /// How long results are kept after a task ends or its client leaves,
     /// for `Attach`.
     #[arg(long, env = "RUNWARED_RETENTION", value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]

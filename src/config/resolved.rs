@@ -215,6 +215,12 @@ impl Config {
             ("max_queued", settings.max_queued),
             ("max_memory_bytes", settings.max_memory_bytes),
             ("max_connections", settings.max_connections),
+            ("max_local_sessions", settings.max_local_sessions),
+            (
+                "max_local_sessions_per_principal",
+                settings.max_local_sessions_per_principal,
+            ),
+            ("max_socket_buffer_bytes", settings.max_socket_buffer_bytes),
             (
                 "quick_reconnects_per_minute",
                 settings.quick_reconnects_per_minute,

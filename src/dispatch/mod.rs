@@ -15,7 +15,8 @@
 //! - [`lifecycle`]: a task's delivery state machine (push or poll), decided
 //!   in one synchronous function; `completion`: how a task ends;
 //! - `recovery`: the getResponse scheduler; `retention`: what is kept for
-//!   `Attach` and swept; `persist` and `journal`: what the state file needs;
+//!   `Attach` and swept; `budget`: what the doors hold, counted in the same
+//!   memory budget; `persist` and `journal`: what the state file needs;
 //!   [`metrics`]: the task outcomes and latencies;
 //! - this file: the map itself and its counters, the gate and draining.
 //!
@@ -44,6 +45,7 @@
 
 mod admission;
 mod arrival;
+mod budget;
 mod completion;
 mod events;
 mod journal;
@@ -73,6 +75,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use self::arrival::{ArrivingResult, ErrorVerdict, ResultVerdict, judge_error, judge_result};
+pub use self::budget::{DoorBytes, Held};
 pub use self::events::{FailureKind, SubmitError, TaskEvent, TaskFailure};
 pub use self::journal::{SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
@@ -109,6 +112,8 @@ pub struct TaskTable {
     retained_bytes: AtomicUsize,
     /// The JSON of tasks in flight (kept to send them again).
     payload_bytes: AtomicUsize,
+    /// What the doors hold for their clients ([`budget`]).
+    door_bytes: DoorBytes,
     /// The number of the current upstream connection, bumped each time one
     /// authenticates: a task sent on an older one is owed nothing.
     connection: AtomicU64,
@@ -147,6 +152,7 @@ impl TaskTable {
             polling: AtomicUsize::new(0),
             retained_bytes: AtomicUsize::new(0),
             payload_bytes: AtomicUsize::new(0),
+            door_bytes: DoorBytes::default(),
             connection: AtomicU64::new(0),
             message: AtomicU64::new(0),
             watches: AtomicU64::new(0),

@@ -100,10 +100,13 @@ impl TaskTable {
         }
     }
 
-    /// Bytes the table holds: the JSON of tasks in flight and every result
-    /// kept, the measure of `max_memory_bytes`.
+    /// Bytes the daemon holds for its clients, the measure of
+    /// `max_memory_bytes`: the JSON of tasks in flight, every result kept,
+    /// and what the doors hold ([`DoorBytes`]).
     pub fn held_bytes(&self) -> usize {
-        self.payload_bytes.load(Ordering::Acquire) + self.retained_bytes.load(Ordering::Acquire)
+        self.payload_bytes.load(Ordering::Acquire)
+            + self.retained_bytes.load(Ordering::Acquire)
+            + self.door_bytes.get()
     }
 
     /// Lets go of ended tasks, oldest first, until results take at most

@@ -130,12 +130,7 @@ pub(super) fn serve_runware(
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let endpoint = |token: Option<Arc<BearerToken>>| {
-        RunwareEndpoint::new(
-            intake.clone(),
-            token,
-            config.default_task_timeout,
-            config.max_message_bytes,
-        )
+        RunwareEndpoint::new(intake.clone(), token, EndpointLimits::of(config))
     };
     let mut servers = Vec::new();
     if let Some(listener) = tcp {

@@ -28,7 +28,7 @@ use crate::counters::{Counter, Counters};
 use crate::dispatch::{Limits, StateChange, TaskTable};
 use crate::frontend::grpc::RunwareService;
 use crate::frontend::intake::Intake;
-use crate::frontend::runware::RunwareEndpoint;
+use crate::frontend::runware::{EndpointLimits, RunwareEndpoint};
 use crate::listen;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::notify::Notifier;

@@ -34,18 +34,20 @@
 //! `socket` runs one local WebSocket; `rest` answers `POST /v1`;
 //! `get_response` answers `getResponse` from the table; `local_session`
 //! keeps a WebSocket client's session and turns its tasks' events into
-//! frames; `writer` writes them to the socket; `frames` holds Runware's wire
-//! shapes.
+//! frames; `outgoing` queues them for the socket within its bound; `writer`
+//! writes them; `frames` holds Runware's wire shapes.
 
 mod frames;
 mod get_response;
 mod local_session;
+mod outgoing;
 mod rest;
 mod socket;
 mod writer;
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -57,7 +59,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -73,7 +75,7 @@ use super::stream_tasks::{self, Released, StreamTasks, Woken};
 use crate::config::BearerToken;
 use crate::counters::Counter;
 use crate::dispatch::{
-    ClientConnection, Principal, SubmitError, TaggedSender, TaskEvent, TaskHandle,
+    ClientConnection, Held, Principal, SubmitError, TaggedSender, TaskEvent, TaskHandle,
 };
 use crate::protocol::{RunwareError, TaskFields, TaskObject, TaskUuid};
 use crate::websocket::json_response;
@@ -82,14 +84,50 @@ use self::frames::{
     PONG, ack, data_frame, error_response, errors_frame, frame, not_authenticated, not_taken_error,
     parse_message, timeout_error,
 };
-pub use self::local_session::LOCAL_SESSION_TTL;
+pub use self::local_session::{LOCAL_SESSION_TTL, SESSION_BYTES};
 use self::local_session::{LocalSession, LocalTask, forward, sweep_sessions};
-use self::writer::{LocalFrame, write_ready};
+use self::outgoing::{Incoming, LocalFrame, NotQueued, Outgoing, outgoing};
+use self::writer::write_all;
 
 /// What the endpoint needs of the daemon.
 #[derive(Clone)]
 pub struct RunwareEndpoint {
     inner: Arc<Shared>,
+}
+
+/// The endpoint's bounds, from the daemon's settings.
+#[derive(Debug, Clone)]
+pub struct EndpointLimits {
+    /// Deadline of every task taken here.
+    pub task_timeout: Duration,
+    /// Largest message taken or sent (frames and REST bodies).
+    pub max_message_bytes: usize,
+    /// Local sessions at once, over all principals.
+    pub max_local_sessions: usize,
+    /// Local sessions of one principal at once.
+    pub max_local_sessions_per_principal: usize,
+    /// Bytes queued for one socket (or kept for its detached session) that
+    /// its client has not read.
+    pub max_socket_buffer_bytes: usize,
+    /// How long a socket may stay at its buffer bound before it is closed.
+    pub stalled_client_timeout: Duration,
+    /// Longest a REST body may take to arrive.
+    pub request_body_timeout: Duration,
+}
+
+impl EndpointLimits {
+    /// The endpoint's bounds in `config`.
+    pub fn of(config: &crate::config::Config) -> Self {
+        EndpointLimits {
+            task_timeout: config.default_task_timeout,
+            max_message_bytes: config.max_message_bytes,
+            max_local_sessions: config.max_local_sessions,
+            max_local_sessions_per_principal: config.max_local_sessions_per_principal,
+            max_socket_buffer_bytes: config.max_socket_buffer_bytes,
+            stalled_client_timeout: config.stalled_client_timeout,
+            request_body_timeout: config.request_body_timeout,
+        }
+    }
 }
 
 /// What every connection of the endpoint shares.
@@ -102,25 +140,23 @@ struct Shared {
     task_timeout: Duration,
     /// Largest message taken or sent (frames and REST bodies).
     max_message_bytes: usize,
+    /// The endpoint's bounds.
+    limits: EndpointLimits,
     /// Local sessions by their `connectionSessionUUID`, kept
     /// [`LOCAL_SESSION_TTL`] after their socket went.
     sessions: DashMap<String, Arc<LocalSession>>,
 }
 
 impl RunwareEndpoint {
-    /// The endpoint, taking tasks through `intake`.
-    pub fn new(
-        intake: Intake,
-        token: Option<Arc<BearerToken>>,
-        task_timeout: Duration,
-        max_message_bytes: usize,
-    ) -> Self {
+    /// The endpoint, taking tasks through `intake` within `limits`.
+    pub fn new(intake: Intake, token: Option<Arc<BearerToken>>, limits: EndpointLimits) -> Self {
         RunwareEndpoint {
             inner: Arc::new(Shared {
                 intake,
                 token,
-                task_timeout,
-                max_message_bytes,
+                task_timeout: limits.task_timeout,
+                max_message_bytes: limits.max_message_bytes,
+                limits,
                 sessions: DashMap::new(),
             }),
         }

@@ -6,6 +6,16 @@ use super::*;
 /// A client that sends nothing this long is gone (Runware's 120 s).
 pub(super) const IDLE_LIMIT: Duration = Duration::from_secs(120);
 
+/// What [`RunwareEndpoint::room_for_replies`] found.
+enum Room {
+    /// The socket's queue has room: read on.
+    Free,
+    /// Its client read nothing for the stated time: let it go.
+    Stalled,
+    /// The daemon stops.
+    Stopping,
+}
+
 impl RunwareEndpoint {
     /// Answers the WebSocket handshake and runs the socket once upgraded.
     pub(super) fn upgrade(
@@ -38,19 +48,25 @@ impl RunwareEndpoint {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut sink, mut stream) = socket.split();
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<LocalFrame>();
+        let limits = &self.inner.limits;
+        let door = self.inner.intake.table().door_bytes().clone();
+        let (out, incoming) = outgoing(limits.max_socket_buffer_bytes, door);
         // One writer: what is ready goes out together, with one flush.
-        let writer = tokio::spawn(async move {
-            while let Some(first) = out_rx.recv().await {
-                if !write_ready(&mut sink, first, &mut out_rx).await {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
+        let (stop_writer, writer_stop) = oneshot::channel();
+        let mut writer =
+            tokio::spawn(async move { write_all(&mut sink, incoming, writer_stop).await });
         let principal = client.principal;
         let mut session: Option<Arc<LocalSession>> = None;
-        loop {
+        let mut stalled = false;
+        'read: loop {
+            match self.room_for_replies(&out, &mut stop).await {
+                Room::Free => {}
+                Room::Stalled => {
+                    stalled = true;
+                    break;
+                }
+                Room::Stopping => break,
+            }
             let message = tokio::select! {
                 m = tokio::time::timeout(IDLE_LIMIT, stream.next()) => match m {
                     Ok(Some(Ok(m))) => m,
@@ -61,11 +77,25 @@ impl RunwareEndpoint {
                             "a message is larger than the daemon's max_message_bytes ({})",
                             self.inner.max_message_bytes
                         );
-                        let _ = out_tx.send(LocalFrame::Close(CloseCode::Size, reason));
+                        let _ = out.push(LocalFrame::Close(CloseCode::Size, reason));
                         break;
                     }
-                    _ => break,
+                    Ok(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "local WebSocket failed");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::debug!("local WebSocket idle for {IDLE_LIMIT:?}: closed");
+                        break;
+                    }
                 },
+                // Its client reads nothing, and sends nothing either.
+                () = out.stalled_for(limits.stalled_client_timeout) => {
+                    self.stalled();
+                    stalled = true;
+                    break;
+                }
                 _ = stop.wait_for(|s| *s) => break,
             };
             let text = match &message {
@@ -78,7 +108,7 @@ impl RunwareEndpoint {
                 _ => continue,
             };
             let reply = |frame: String| {
-                let _ = out_tx.send(LocalFrame::Message(frame));
+                let _ = out.push(LocalFrame::Message(frame.into()));
             };
             let tasks = match parse_message(text) {
                 Ok(tasks) => tasks,
@@ -88,9 +118,19 @@ impl RunwareEndpoint {
                 }
             };
             for (task, raw) in tasks {
+                // One message may ask for many large answers (getResponse):
+                // they wait for room like the next message does.
+                match self.room_for_replies(&out, &mut stop).await {
+                    Room::Free => {}
+                    Room::Stalled => {
+                        stalled = true;
+                        break 'read;
+                    }
+                    Room::Stopping => break 'read,
+                }
                 let task_type = task.task_type();
                 match &*task_type {
-                    "authentication" => match self.authenticate(&task, principal) {
+                    "authentication" => match self.authenticate(&task, principal, &session) {
                         Ok(s) => {
                             // The answer first, then what the session kept
                             // (as Runware sends a resumed session's results).
@@ -99,10 +139,10 @@ impl RunwareEndpoint {
                                 "connectionSessionUUID": s.id,
                             })
                             .to_string()]));
-                            if let Some(old) = session.replace(Arc::clone(&s)) {
-                                old.detach(&out_tx);
+                            if session.is_none() {
+                                s.attach(out.clone());
+                                session = Some(s);
                             }
-                            s.attach(out_tx.clone());
                         }
                         Err(e) => reply(errors_frame(&[e])),
                     },
@@ -114,36 +154,137 @@ impl RunwareEndpoint {
                 }
             }
         }
-        if let Some(s) = session {
-            s.detach(&out_tx);
+        if let Some(s) = &session {
+            s.detach(&out);
         }
-        drop(out_tx);
-        let _ = writer.await;
+        drop(out);
+        // The writer sends what is queued; a client that reads nothing
+        // gets the stated time, then its writer stops and hands back what
+        // it may not have written.
+        let written = match stalled {
+            true => None,
+            false => tokio::time::timeout(limits.stalled_client_timeout, &mut writer)
+                .await
+                .ok(),
+        };
+        let unwritten = match written {
+            Some(unwritten) => unwritten,
+            None => {
+                let _ = stop_writer.send(());
+                writer.await
+            }
+        }
+        .unwrap_or_default();
+        if let Some(s) = session {
+            s.take_back(unwritten);
+            // Nothing to resume: gone at once, not kept for a reconnect.
+            self.inner
+                .sessions
+                .remove_if(&s.id, |_, s| s.holds_nothing());
+        }
+    }
+
+    /// Waits while the socket's queue is full: a client that does not read
+    /// gets nothing more read from it (the replies would queue too).
+    async fn room_for_replies(&self, out: &Outgoing, stop: &mut watch::Receiver<bool>) -> Room {
+        if !out.is_full() {
+            return Room::Free;
+        }
+        tokio::select! {
+            room = out.room_within(self.inner.limits.stalled_client_timeout) => {
+                if room {
+                    Room::Free
+                } else {
+                    self.stalled();
+                    Room::Stalled
+                }
+            }
+            _ = stop.wait_for(|s| *s) => Room::Stopping,
+        }
+    }
+
+    fn stalled(&self) {
+        tracing::debug!("a local WebSocket client read nothing while its queue was full: closed");
+        self.inner
+            .intake
+            .table()
+            .counters
+            .add(Counter::StalledClients);
     }
 
     /// Checks a local authentication message and finds the local session
-    /// it resumes, or opens a new one.
+    /// it resumes, or opens a new one within the bounds on sessions. A
+    /// socket has one session, as a Runware connection has: authenticating
+    /// again on it (with the right key) is answered with that session,
+    /// whatever session UUID it names.
     pub(super) fn authenticate(
         &self,
         task: &TaskObject<'_>,
         principal: Principal,
+        current: &Option<Arc<LocalSession>>,
     ) -> Result<Arc<LocalSession>, RunwareError> {
         self.check_key(Some(task.str_field("apiKey").as_deref().unwrap_or("")))?;
+        if let Some(s) = current {
+            return Ok(Arc::clone(s));
+        }
         let resumed = task
             .str_field("connectionSessionUUID")
             .and_then(|id| self.inner.sessions.get(&*id).map(|s| Arc::clone(&s)))
             .filter(|s| s.principal == principal);
-        let session = match resumed {
-            Some(s) => s,
-            None => {
-                let (s, events) = LocalSession::new(principal);
-                let s = Arc::new(s);
-                tokio::spawn(forward(Arc::downgrade(&s), events, self.inner.task_timeout));
-                self.inner.sessions.insert(s.id.clone(), Arc::clone(&s));
-                s
+        if let Some(s) = resumed {
+            return Ok(s);
+        }
+        let limits = &self.inner.limits;
+        let refused = |setting: &str, limit: usize| {
+            self.inner
+                .intake
+                .table()
+                .counters
+                .add(Counter::SessionsRefused);
+            RunwareError {
+                code: "rateLimitExceeded".into(),
+                message: format!(
+                    "no new local session: {setting} ({limit}) are open; close a connection or resume its session with connectionSessionUUID"
+                ),
+                parameter: Some("connectionSessionUUID".into()),
+                task_type: Some("authentication".into()),
+                ..RunwareError::default()
             }
         };
-        Ok(session)
+        if self.inner.sessions.len() >= limits.max_local_sessions {
+            return Err(refused("max_local_sessions", limits.max_local_sessions));
+        }
+        let own = self
+            .inner
+            .sessions
+            .iter()
+            .filter(|s| s.principal == principal)
+            .count();
+        if own >= limits.max_local_sessions_per_principal {
+            return Err(refused(
+                "max_local_sessions_per_principal",
+                limits.max_local_sessions_per_principal,
+            ));
+        }
+        let table = self.inner.intake.table();
+        let Some(held) = table.try_hold(SESSION_BYTES) else {
+            return Err(refused("max_memory_bytes", table.max_memory_bytes()));
+        };
+        let (s, events) = LocalSession::new(
+            principal,
+            held,
+            limits.max_socket_buffer_bytes,
+            table.hold(0),
+        );
+        let s = Arc::new(s);
+        tokio::spawn(forward(
+            Arc::downgrade(&s),
+            events,
+            self.inner.task_timeout,
+            Arc::clone(table),
+        ));
+        self.inner.sessions.insert(s.id.clone(), Arc::clone(&s));
+        Ok(s)
     }
 
     /// A local client's key: the daemon's token when one is configured;
@@ -206,10 +347,8 @@ impl RunwareEndpoint {
         let (uuid, asynchronous) = (prepared.uuid, prepared.asynchronous);
         // Recorded first: the session's forwarder, reading the task's first
         // event, finds it.
-        let meta = LocalTask {
-            task_type: task_type.clone(),
-            asynchronous,
-        };
+        let meta = LocalTask::new(task_type.clone(), asynchronous);
+        session.carried_task();
         let expected = session.tasks().expect(uuid, deadline, meta);
         match self
             .inner

@@ -1,47 +1,52 @@
-//! What goes to a local WebSocket, and the one writer per socket that
-//! joins ready items into messages and flushes once.
+//! The one writer per local WebSocket: it joins ready items into messages
+//! and flushes once.
 
 use super::*;
-
-/// What goes to a local WebSocket: result items, which the writer joins
-/// into one `{"data":[...]}` message with the ready items of the same
-/// task, or a whole message of its own.
-///
-/// Only one task's items share a message: `@runware/sdk-js` hands every
-/// item of a message to each task it names, so items of two tasks in one
-/// message reach it twice (its bug, seen in the SDK checks).
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum LocalFrame {
-    /// One result item of a task, exactly as Runware sent it.
-    Item(TaskUuid, bytestring::ByteString),
-    Message(String),
-    /// The socket's last frame: it closes, saying why.
-    Close(CloseCode, String),
-}
-
-impl From<String> for LocalFrame {
-    fn from(message: String) -> Self {
-        LocalFrame::Message(message)
-    }
-}
 
 /// Largest message the writer builds by joining items.
 pub(super) const JOINED_BYTES: usize = 1 << 20;
 
+/// Writes the socket's frames as they come, until its queue closes, the
+/// socket fails or `stop` comes (a client that reads nothing). Returns
+/// what it may not have written, in order, for the session to send again.
+pub(super) async fn write_all<S>(
+    sink: &mut S,
+    mut incoming: Incoming,
+    mut stop: oneshot::Receiver<()>,
+) -> Vec<LocalFrame>
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    loop {
+        let first = tokio::select! {
+            first = incoming.recv() => first,
+            _ = &mut stop => return incoming.unwritten(),
+        };
+        let Some(first) = first else {
+            let _ = sink.close().await;
+            return Vec::new();
+        };
+        let written = tokio::select! {
+            written = write_ready(sink, first, &mut incoming) => written,
+            _ = &mut stop => false,
+        };
+        if !written {
+            return incoming.unwritten();
+        }
+        incoming.flushed();
+    }
+}
+
 /// Writes what is ready: runs of items joined into one message, then one
 /// flush (one write to the socket) for all of it.
-pub(super) async fn write_ready<S>(
-    sink: &mut S,
-    first: LocalFrame,
-    rx: &mut mpsc::UnboundedReceiver<LocalFrame>,
-) -> bool
+pub(super) async fn write_ready<S>(sink: &mut S, first: LocalFrame, rx: &mut Incoming) -> bool
 where
     S: futures::Sink<Message> + Unpin,
 {
     let mut joined = String::new();
     let mut joined_task = None;
     let mut next = Some(first);
-    while let Some(out) = next.take().or_else(|| rx.try_recv().ok()) {
+    while let Some(out) = next.take().or_else(|| rx.try_recv()) {
         match out {
             LocalFrame::Item(task, item) => {
                 let other_task = joined_task.replace(task).is_some_and(|t| t != task);
@@ -60,7 +65,7 @@ where
             }
             LocalFrame::Message(message) => {
                 if !feed_joined(sink, &mut joined).await
-                    || sink.feed(Message::Text(message.into())).await.is_err()
+                    || sink.feed(Message::Text(message)).await.is_err()
                 {
                     return false;
                 }
@@ -103,7 +108,7 @@ mod tests {
     /// task's start a new one; whole messages keep their place.
     #[tokio::test]
     async fn the_writer_joins_ready_items_into_one_message() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = outgoing(1 << 20, Default::default());
         let (t, u) = (TaskUuid::new_v4(), TaskUuid::new_v4());
         for out in [
             LocalFrame::Item(t, r#"{"a":1}"#.into()),
@@ -112,7 +117,7 @@ mod tests {
             LocalFrame::Message(r#"{"errors":[]}"#.into()),
             LocalFrame::Item(t, r#"{"a":3}"#.into()),
         ] {
-            tx.send(out).unwrap();
+            tx.push(out).unwrap();
         }
         let first = rx.try_recv().unwrap();
         let mut sink: Vec<Message> = Vec::new();
