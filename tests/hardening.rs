@@ -45,13 +45,30 @@ async fn close(mut ws: Ws) {
     while let Some(Ok(_)) = ws.next().await {}
 }
 
-async fn status(h: &Harness) -> pb::DaemonStatus {
+async fn daemon_status(h: &Harness) -> pb::DaemonStatus {
+    daemon_status_with(h, None).await
+}
+
+/// `GetStatus`, with the daemon's token when it has one.
+async fn daemon_status_with(h: &Harness, token: Option<&str>) -> pb::DaemonStatus {
+    let mut request = tonic::Request::new(pb::GetStatusRequest {});
+    if let Some(t) = token {
+        let bearer = format!("Bearer {t}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+    }
     h.client
         .clone()
-        .get_status(pb::GetStatusRequest {})
+        .get_status(request)
         .await
         .unwrap()
         .into_inner()
+}
+
+fn counter(s: &pb::DaemonStatus, name: &str) -> u64 {
+    s.counters
+        .iter()
+        .find(|c| c.name == name)
+        .map_or(0, |c| c.value)
 }
 
 /// One socket, one local session, as on Runware: a message of many
@@ -71,7 +88,7 @@ async fn a_socket_has_one_session_and_sessions_are_bounded() {
         ids.insert(m["data"][0]["connectionSessionUUID"].to_string());
     }
     assert_eq!(ids.len(), 1, "{ids:?}");
-    assert!(status(&h).await.client_buffer_bytes <= 2 * 4096 + 1024);
+    assert!(daemon_status(&h).await.client_buffer_bytes <= 2 * 4096 + 1024);
 
     let mut b = connect(&h).await;
     send(&mut b, json!([auth(None)])).await;
@@ -176,7 +193,7 @@ async fn a_client_that_reads_nothing_holds_only_its_bound() {
             .into_inner();
         while let Ok(Some(_)) = stream.message().await {}
     }
-    let ended = status(&h).await;
+    let ended = daemon_status(&h).await;
     assert_eq!(ended.in_flight, 0);
     let item = IMAGE * 4 / 3 + 1024;
     assert!(
@@ -243,5 +260,119 @@ async fn a_client_that_reads_nothing_holds_only_its_bound() {
         "held back and pushed: {}",
         pushed.len()
     );
-    assert!(status(&h).await.client_buffer_bytes < 16 << 10);
+    assert!(daemon_status(&h).await.client_buffer_bytes < 16 << 10);
+}
+
+/// Sends a REST request's head announcing `length` bytes of body, and
+/// `sent` of them; the rest is never sent.
+async fn partial_post(
+    h: &Harness,
+    bearer: Option<&str>,
+    length: usize,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = h.daemon.runware_addr.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /v1 HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {length}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(sent).await.unwrap();
+    s
+}
+
+/// The status and JSON of the daemon's answer, however long it takes (a
+/// daemon that waits for the rest of the body never answers: the test
+/// fails at the bound).
+async fn answer(s: &mut tokio::net::TcpStream) -> (u16, Value) {
+    use tokio::io::AsyncReadExt;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            response.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&response);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|l| l.parse::<usize>().ok());
+                if n == 0 || length.is_some_and(|l| body.len() >= l) {
+                    return (
+                        text[9..12].parse().unwrap(),
+                        serde_json::from_str(body).unwrap_or(Value::Null),
+                    );
+                }
+            }
+            assert!(n > 0, "closed without an answer");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), read)
+        .await
+        .expect("an answer before the body is complete")
+}
+
+/// A REST body is not read before its token is checked: a wrong bearer,
+/// or a body whose first element is not the authentication object, is
+/// refused at once, whatever it announces; a body that trickles is cut off
+/// at `request_body_timeout`; and bodies in flight share the memory budget.
+#[tokio::test(start_paused = true)]
+async fn rest_bodies_are_bounded_before_and_while_they_are_read() {
+    let h = start(SimConfig::default(), |c| {
+        c.auth_token = runwared::config::BearerToken::new("tok-91c2");
+        c.request_body_timeout = Duration::from_secs(10);
+        c.max_memory_bytes = 8 << 20;
+    })
+    .await;
+    let big = 60 << 20;
+    let mut wrong = partial_post(&h, Some("nope"), big, b"[").await;
+    let (status, body) = answer(&mut wrong).await;
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_str()),
+        (401, Some("invalidApiKey"))
+    );
+    let task = br#"[{"taskType":"promptEnhance","taskUUID":"5d3c8b84-8b39-4b8a-9f4c-6a1b9e2c7d10","prompt":"x"},"#;
+    let mut no_auth = partial_post(&h, None, big, task).await;
+    let (status, body) = answer(&mut no_auth).await;
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_str()),
+        (401, Some("invalidApiKey"))
+    );
+    // Authenticated in its first element, then trickled: cut off.
+    let auth = br#"[{"taskType":"authentication","apiKey":"tok-91c2"},"#;
+    let mut slow = partial_post(&h, None, 1 << 20, auth).await;
+    let (status, body) = answer(&mut slow).await;
+    assert_eq!(status, 408, "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("request_body_timeout")
+    );
+    // Bodies announced past the budget wait for nobody: refused at once.
+    let mut held = Vec::new();
+    let length: usize = 5 << 19;
+    for _ in 0..3 {
+        held.push(partial_post(&h, Some("tok-91c2"), length, b"[").await);
+    }
+    let mut over = partial_post(&h, Some("tok-91c2"), length, b"[").await;
+    let (code, body) = answer(&mut over).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_memory_bytes")
+    );
+    let s = daemon_status_with(&h, Some("tok-91c2")).await;
+    assert!(s.held_bytes <= 8 << 20, "{}", s.held_bytes);
+    assert_eq!(s.client_buffer_bytes, 3 * length as u64, "the three held");
+    assert!(counter(&s, "unauthenticated_requests") >= 2);
+    drop(held);
 }

@@ -116,18 +116,8 @@ async fn submit_at_once(h: &Harness, conn: &mut Connection, tasks: &[Value]) -> 
             }
         }
         Connection::Rest => {
-            // Async delivery: the answer comes at once, acknowledgements
-            // for the tasks taken and errors for those refused.
-            let tasks: Vec<Value> = tasks
-                .iter()
-                .map(|t| {
-                    let mut t = t.clone();
-                    t["deliveryMethod"] = json!("async");
-                    t
-                })
-                .collect();
             let addr = h.daemon.runware_addr.unwrap();
-            let (_, answer) = post_json(addr, &Value::Array(tasks).to_string(), Some("k")).await;
+            let (_, answer) = post_json(addr, &rest_body(tasks), Some("k")).await;
             answer["errors"]
                 .as_array()
                 .into_iter()
@@ -139,6 +129,21 @@ async fn submit_at_once(h: &Harness, conn: &mut Connection, tasks: &[Value]) -> 
                 .collect()
         }
     }
+}
+
+/// A REST request's body of `tasks`, with async delivery: the answer
+/// comes at once, acknowledgements for the tasks taken and errors for those
+/// refused.
+fn rest_body(tasks: &[Value]) -> String {
+    let tasks: Vec<Value> = tasks
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t["deliveryMethod"] = json!("async");
+            t
+        })
+        .collect();
+    Value::Array(tasks).to_string()
 }
 
 /// Starts a daemon whose simulator holds each task a while, so the tasks
@@ -197,15 +202,17 @@ async fn queued(door: Door) {
 }
 
 /// Tasks in flight fit in `max_memory_bytes`, with what the door holds
-/// for the client (a WebSocket's local session).
+/// for the client (a WebSocket's local session, a REST body while its
+/// tasks are taken).
 async fn memory(door: Door) {
-    let session = match door {
-        Door::WebSocket => runwared::frontend::runware::SESSION_BYTES,
-        _ => 0,
-    };
-    let h = daemon(|c| c.max_memory_bytes = 7_000 + session).await;
     // About 3 KB of JSON each: two fit, the third would pass the budget.
     let tasks: Vec<Value> = (0..3).map(|_| image_task(2_900)).collect();
+    let door_holds = match door {
+        Door::WebSocket => runwared::frontend::runware::SESSION_BYTES,
+        Door::Rest => rest_body(&tasks).len(),
+        Door::Grpc => 0,
+    };
+    let h = daemon(|c| c.max_memory_bytes = 7_000 + door_holds).await;
     let mut one = open(&h, door).await;
     let refused = submit_at_once(&h, &mut one, &tasks).await;
     assert_eq!(refused.len(), 1, "{door:?}: {refused:?}");

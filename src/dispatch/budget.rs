@@ -89,6 +89,18 @@ impl TaskTable {
         Some(held)
     }
 
+    /// Grows `held` by `n` bytes if the memory budget has room for them
+    /// (as [`TaskTable::try_hold`]); false, and `held` unchanged, if not.
+    pub fn try_grow(&self, held: &mut Held, n: usize) -> bool {
+        match self.try_hold(n) {
+            Some(mut more) => {
+                held.n += std::mem::take(&mut more.n);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Holds `n` bytes for a door whether or not the budget has room: what
     /// the door cannot refuse (it bounds it itself), still counted.
     pub fn hold(&self, n: usize) -> Held {

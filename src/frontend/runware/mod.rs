@@ -31,12 +31,14 @@
 
 //! The door by file, in the order a message passes them: this file routes a
 //! request (WebSocket upgrade or REST) and checks a task for the intake;
-//! `socket` runs one local WebSocket; `rest` answers `POST /v1`;
+//! `socket` runs one local WebSocket; `rest` answers `POST /v1`, its body
+//! read by `body` within its bounds;
 //! `get_response` answers `getResponse` from the table; `local_session`
 //! keeps a WebSocket client's session and turns its tasks' events into
 //! frames; `outgoing` queues them for the socket within its bound; `writer`
 //! writes them; `frames` holds Runware's wire shapes.
 
+mod body;
 mod frames;
 mod get_response;
 mod local_session;
@@ -53,7 +55,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use futures::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use serde_json::value::RawValue;

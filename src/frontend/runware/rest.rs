@@ -10,37 +10,15 @@ impl RunwareEndpoint {
         req: Request<hyper::body::Incoming>,
         client: ClientConnection,
     ) -> Response<Full<Bytes>> {
-        let bearer = crate::websocket::bearer(&req);
-        let body = match Limited::new(req.into_body(), self.inner.max_message_bytes)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &Refusal::new(
-                        "payloadTooLarge",
-                        "body",
-                        "is larger than the daemon's max_message_bytes",
-                    ),
-                );
-            }
+        let (body, held) = match self.read_body(req).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let text = String::from_utf8_lossy(&body);
         let tasks = match parse_message(&text) {
             Ok(t) => t,
             Err(r) => return error_response(StatusCode::BAD_REQUEST, &r),
         };
-        let key = bearer.or_else(|| {
-            tasks
-                .iter()
-                .find(|(t, _)| t.task_type() == "authentication")
-                .and_then(|(t, _)| t.str_field("apiKey").map(Cow::into_owned))
-        });
-        if let Err(e) = self.check_key(key.as_deref()) {
-            return json_response(StatusCode::UNAUTHORIZED, errors_frame(&[e]));
-        }
         let principal = client.principal;
         let mut data: Vec<String> = Vec::new();
         let mut errors: Vec<RunwareError> = Vec::new();
@@ -64,6 +42,10 @@ impl RunwareEndpoint {
                 },
             }
         }
+        // The tasks are in the table: the body is no longer needed while
+        // they run.
+        drop(text);
+        drop((body, held));
         let deadline = Instant::now() + self.inner.task_timeout;
         let outcomes = futures::future::join_all(
             waiting

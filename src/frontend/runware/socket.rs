@@ -293,21 +293,23 @@ impl RunwareEndpoint {
         match (&self.inner.token, given) {
             (None, _) => Ok(()),
             (Some(token), Some(g)) if token.matches(g) => Ok(()),
-            (Some(_), _) => {
-                self.inner
-                    .intake
-                    .table()
-                    .counters
-                    .add(Counter::Unauthenticated);
-                Err(RunwareError {
-                    code: "invalidApiKey".into(),
-                    message: "Invalid API key: this runwared takes its client token as the API key"
-                        .into(),
-                    parameter: Some("apiKey".into()),
-                    task_type: Some("authentication".into()),
-                    ..RunwareError::default()
-                })
-            }
+            (Some(_), _) => Err(self.key_refused()),
+        }
+    }
+
+    /// The answer to a missing or wrong local key, counted.
+    pub(super) fn key_refused(&self) -> RunwareError {
+        self.inner
+            .intake
+            .table()
+            .counters
+            .add(Counter::Unauthenticated);
+        RunwareError {
+            code: "invalidApiKey".into(),
+            message: "Invalid API key: this runwared takes its client token as the API key".into(),
+            parameter: Some("apiKey".into()),
+            task_type: Some("authentication".into()),
+            ..RunwareError::default()
         }
     }
 
