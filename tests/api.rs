@@ -496,6 +496,52 @@ async fn a_live_unix_socket_is_not_stolen() {
     drop(first);
 }
 
+/// The socket is bound and given its mode where nobody else can reach it,
+/// then moved into place: a link at its path (dangling, or to a file of
+/// someone else's) is replaced, never followed; a file that is not a
+/// socket is refused, not deleted.
+#[tokio::test(start_paused = true)]
+async fn links_at_the_unix_socket_path_are_replaced_never_followed() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runwared.sock");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "private").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for target in [dir.path().join("nowhere"), victim.clone()] {
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let h = start(SimConfig::default(), |c| {
+            c.listen = None;
+            c.unix_socket = Some(path.clone());
+        })
+        .await;
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket(), "{target:?}");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        h.daemon.shutdown(Duration::ZERO).await;
+        std::fs::remove_file(&path).ok();
+    }
+    let victim_meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!(victim_meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "private");
+    // Nothing left behind in the directory but what was there.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["victim"]);
+    // A regular file at the path is the operator's mistake: refused.
+    let sim = runwared::tools::sim::SimHandle::bind(loopback0(), SimConfig::default(), None)
+        .await
+        .unwrap();
+    let mut config = test_config(sim.url());
+    config.listen = None;
+    config.unix_socket = Some(victim.clone());
+    let err = runwared::server::Daemon::start(config).await.err().unwrap();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "private");
+}
+
 type SessionEvents = tonic::Streaming<pb::SessionEvent>;
 
 /// Opens a `Session` stream (with `grpc-timeout` when `stream_timeout` is set).

@@ -211,6 +211,9 @@ pub enum UnixSocketError {
     /// A live process serves on the path.
     #[error("another process is serving on it")]
     InUse,
+    /// A file that is not a socket (nor a link) is there.
+    #[error("a file that is not a socket is there; remove it or choose another path")]
+    NotASocket,
     /// A stale socket file cannot be removed.
     #[error("cannot remove the stale socket: {0}")]
     Stale(#[source] io::Error),
@@ -253,27 +256,55 @@ pub(super) async fn bind_unix_socket(
     path: &Path,
     group: Option<&str>,
 ) -> Result<UnixListener, UnixSocketError> {
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(UnixSocketError::InUse);
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(UnixSocketError::InUse);
+            }
+            // A stale socket: replaced below.
         }
-        std::fs::remove_file(path).map_err(UnixSocketError::Stale)?;
+        // A link is replaced, never followed.
+        Ok(meta) if meta.file_type().is_symlink() => {}
+        Ok(_) => return Err(UnixSocketError::NotASocket),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(UnixSocketError::Stale(e)),
     }
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            return Err(UnixSocketError::NoDirectory(dir.to_owned()));
-        }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        return Err(UnixSocketError::NoDirectory(dir.to_owned()));
     }
-    let listener = UnixListener::bind(path).map_err(UnixSocketError::Bind)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Owner and group only: the group decides who may use the daemon.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-            .map_err(UnixSocketError::Mode)?;
-    }
+    // Bound, given its mode and group inside a directory only the daemon
+    // can enter, then moved into place: the socket never appears with
+    // another mode, and nobody can swap a link in before its mode is set.
+    let private = dir.join(format!(".runwared-bind-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(UnixSocketError::Bind)?;
+    let staged = private.join("socket");
+    let bound = stage_unix_socket(&staged, group).and_then(|listener| {
+        std::fs::rename(&staged, path).map_err(UnixSocketError::Bind)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
+/// Binds `staged` (in the daemon's own directory), sets its mode and group.
+fn stage_unix_socket(staged: &Path, group: Option<&str>) -> Result<UnixListener, UnixSocketError> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = UnixListener::bind(staged).map_err(UnixSocketError::Bind)?;
+    // Owner and group only: the group decides who may use the daemon.
+    std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o660))
+        .map_err(UnixSocketError::Mode)?;
     if let Some(group) = group {
         let gid = group_id(group).ok_or_else(|| UnixSocketError::NoGroup(group.to_owned()))?;
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|source| {
+        std::os::unix::fs::chown(staged, None, Some(gid)).map_err(|source| {
             UnixSocketError::Group {
                 group: group.to_owned(),
                 source,
