@@ -376,3 +376,46 @@ async fn rest_bodies_are_bounded_before_and_while_they_are_read() {
     assert!(counter(&s, "unauthenticated_requests") >= 2);
     drop(held);
 }
+
+/// A REST task still running at the daemon's deadline is answered as
+/// Runware answers one still processing: its taskUUID and status, not an
+/// error that invites a retry under a new taskUUID (paid twice). Its
+/// results are the client's with getResponse once they came.
+#[tokio::test(start_paused = true)]
+async fn a_rest_task_past_its_deadline_is_answered_processing_and_kept() {
+    let sim = SimConfig {
+        latency: Duration::from_secs(40),
+        ..SimConfig::default()
+    };
+    let h = start(sim, |c| c.default_task_timeout = Duration::from_secs(30)).await;
+    h.ready().await;
+    let addr = h.daemon.runware_addr.unwrap();
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let task = json!([{"taskType": "promptEnhance", "taskUUID": uuid, "prompt": "slow", "promptVersions": 1}]);
+    let (code, answer) = post_json(addr, &task.to_string(), Some("k")).await;
+    assert_eq!(code, 200, "{answer}");
+    let item = &answer["data"][0];
+    assert_eq!(item["status"], "processing", "{answer}");
+    assert_eq!(item["taskUUID"], uuid.as_str());
+    assert!(
+        answer["errors"].as_array().is_none_or(|e| e.is_empty()),
+        "{answer}"
+    );
+    // It went on: once Runware finished it, getResponse has its result.
+    h.sim_until(|s| s.results_produced >= 1).await;
+    let mut stream = h
+        .client
+        .clone()
+        .attach(pb::AttachRequest {
+            task_uuid: uuid.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Ok(Some(_)) = stream.message().await {}
+    let ask = json!([{"taskType": "getResponse", "taskUUID": uuid}]);
+    let (_, answer) = post_json(addr, &ask.to_string(), Some("k")).await;
+    assert_eq!(answer["data"][0]["status"], "success", "{answer}");
+    assert!(answer["data"][0]["text"].is_string(), "{answer}");
+    assert_eq!(h.sim.executions(&uuid), 1);
+}

@@ -78,6 +78,11 @@ pub(super) fn timeout_error(task_type: &str, uuid: &TaskUuid) -> RunwareError {
     }
 }
 
+/// The item of a task still running, as Runware's getResponse answers it.
+pub(super) fn processing(task_type: Option<&str>, uuid: &TaskUuid) -> String {
+    json!({"taskType": task_type, "taskUUID": uuid.to_string(), "status": "processing"}).to_string()
+}
+
 /// Runware's acknowledgement of an async task.
 pub(super) fn ack(task_type: &str, uuid: &TaskUuid) -> String {
     json!({"taskType": task_type, "taskUUID": uuid.to_string()}).to_string()

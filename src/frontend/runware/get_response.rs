@@ -59,10 +59,7 @@ impl RunwareEndpoint {
             }
         }
         if !ended && items.is_empty() {
-            items.push(
-                json!({"taskType": task_type, "taskUUID": uuid.to_string(), "status": "processing"})
-                    .to_string(),
-            );
+            items.push(processing(task_type.as_deref(), &uuid));
         }
         Ok(items)
     }

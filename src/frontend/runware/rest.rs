@@ -93,7 +93,10 @@ pub(super) async fn hold(mut handle: TaskHandle, deadline: Instant) {
     }
 }
 
-/// Every result of a synchronous task (REST), or its error.
+/// Every result of a synchronous task (REST), or its error. At the
+/// deadline a task still running is answered as Runware answers one still
+/// processing (its taskUUID and `status: "processing"`): it goes on, and
+/// its results are the client's with getResponse, never paid for twice.
 pub(super) async fn collect(
     mut handle: TaskHandle,
     task_type: Cow<'static, str>,
@@ -115,7 +118,10 @@ pub(super) async fn collect(
                 );
             }
             Ok(None) => return (items, None),
-            Err(_) => return (items, Some(timeout_error(&task_type, &handle.uuid))),
+            Err(_) => {
+                items.push(processing(Some(&task_type), &handle.uuid));
+                return (items, None);
+            }
         }
     }
 }
