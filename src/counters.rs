@@ -194,3 +194,47 @@ mod tests {
         assert_eq!(counters.read()[1], (Counter::BadFrames, 3));
     }
 }
+
+/// Lets a warning that a flood could repeat (a hostile upstream's bad
+/// items) through at most once per [`WarnLimit::EVERY`], with the number of
+/// those held back since; the counters still count every one.
+#[derive(Debug, Default)]
+pub struct WarnLimit {
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+    held_back: AtomicU64,
+}
+
+impl WarnLimit {
+    /// At most one warning this often.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// `Some(held back since the last one)` when this warning may be
+    /// logged; `None` when it is held back.
+    pub fn allow(&self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.held_back.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod warn_limit_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_warnings_is_one_a_second_with_the_count_held_back() {
+        let limit = WarnLimit::default();
+        assert_eq!(limit.allow(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(limit.allow(), None);
+        }
+        tokio::time::advance(WarnLimit::EVERY).await;
+        assert_eq!(limit.allow(), Some(1000));
+        assert_eq!(limit.allow(), None);
+    }
+}

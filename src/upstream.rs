@@ -26,7 +26,7 @@ use crate::connection::{
     Action, Connection, ConnectionState, DropReason, ReconnectPolicy, Resume, Timing,
     UpstreamStatus,
 };
-use crate::counters::Counter;
+use crate::counters::{Counter, WarnLimit};
 use crate::dispatch::{FailureKind, Gate, TaskTable};
 use crate::metrics::UpstreamMetrics;
 use crate::protocol::{self, RunwareError, TaskUuid};
@@ -69,6 +69,8 @@ pub struct Upstream {
     ws_config: WebSocketConfig,
     /// The connection's state and decisions.
     connection: Connection,
+    /// Bad messages are warned of at most once a second.
+    bad_frame_warnings: WarnLimit,
     /// Limit for TCP + TLS + WebSocket handshakes.
     connect_timeout: Duration,
     /// A write that cannot finish within this is a dead socket.
@@ -124,6 +126,7 @@ impl Upstream {
             connector,
             ws_config,
             connection,
+            bad_frame_warnings: WarnLimit::default(),
             connect_timeout: config.connect_timeout,
             write_timeout: config.pong_timeout.max(Duration::from_secs(30)),
             batch_bytes: 0,
@@ -404,7 +407,13 @@ impl Upstream {
 
     fn bad_frame(&self, why: &str) {
         self.table.counters.add(Counter::BadFrames);
-        tracing::warn!(reason = why, "ignored a bad message from Runware");
+        if let Some(held_back) = self.bad_frame_warnings.allow() {
+            tracing::warn!(
+                reason = why,
+                held_back,
+                "ignored a bad message from Runware (held_back: like warnings since the last, counted in bad_frames)"
+            );
+        }
     }
 
     /// After authenticating: the table decides what goes (again) under its

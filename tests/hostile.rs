@@ -178,3 +178,93 @@ async fn garbage_from_upstream_is_counted_and_touches_no_task() {
         .await
         .unwrap();
 }
+
+/// An upstream that floods a task with step items (an unknown `status`)
+/// or sends one message of more items than any task could have: a task
+/// whose type reports no steps takes none, one that does takes at most
+/// its bound, the long message is not read on, each counted; the tasks
+/// end with their real results and the daemon holds no more than them.
+#[tokio::test(start_paused = true)]
+async fn floods_of_steps_and_items_are_bounded_and_counted() {
+    init_test_logging();
+    let listener = TcpListener::bind(loopback0()).await.unwrap();
+    let url = format!("ws://{}/v1", listener.local_addr().unwrap());
+    let (image, upload) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let (image2, upload2) = (image.clone(), upload.clone());
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        tasks(&mut ws).await;
+        say(
+            &mut ws,
+            json!({"data": [{"taskType": "authentication", "connectionSessionUUID": "s-1"}]}),
+        )
+        .await;
+        let mut seen = 0;
+        while seen < 2 {
+            seen += tasks(&mut ws).await.len();
+        }
+        let step = |task: &str, n: usize| json!({"taskType": "x", "taskUUID": task, "status": format!("step-{n}"), "blob": "y".repeat(1000)});
+        for round in 0..10 {
+            let items: Vec<Value> = (0..100)
+                .flat_map(|n| {
+                    [
+                        step(&image2, round * 100 + n),
+                        step(&upload2, round * 100 + n),
+                    ]
+                })
+                .collect();
+            say(&mut ws, json!({ "data": items })).await;
+        }
+        // More items than any message may carry: not read on.
+        let many: Vec<Value> = (0..20_001)
+            .map(|_| json!({"taskUUID": image2, "imageUUID": "never", "imageURL": "u"}))
+            .collect();
+        say(&mut ws, json!({ "data": many })).await;
+        say(&mut ws, json!({"data": [{"taskType": "imageInference", "taskUUID": image2, "imageUUID": "i-1", "imageURL": "u"}]})).await;
+        say(&mut ws, json!({"data": [{"taskType": "modelUpload", "taskUUID": upload2, "status": "ready", "air": "a"}]})).await;
+        while ws.next().await.is_some() {}
+    });
+    let mut config = test_config(url);
+    config.max_message_bytes = 8 << 20;
+    let daemon = Daemon::start(config).await.unwrap();
+    let client = client_for(&daemon).await;
+    let mut ci = client.clone();
+    let req = pb::ImageInferenceRequest {
+        task_uuid: image.clone(),
+        positive_prompt: "flooded".into(),
+        model: "m:1@1".into(),
+        width: Some(512),
+        height: Some(512),
+        ..Default::default()
+    };
+    let image_task = tokio::spawn(async move {
+        ci.image_inference(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|r| r.unwrap().image_uuid)
+            .collect::<Vec<_>>()
+            .await
+    });
+    let upload_json =
+        json!({"taskType": "modelUpload", "taskUUID": upload, "air": "a"}).to_string();
+    let upload_results = run_all(&mut client.clone(), upload_json).await;
+    assert_eq!(image_task.await.unwrap(), ["i-1"]);
+    // The upload's steps reach its client, at most the bound of them, then
+    // its result.
+    assert_eq!(upload_results.len(), 65, "64 steps and ready");
+    let s = client
+        .clone()
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // The image's 1 000 steps, the upload's 936 past the bound, the long message.
+    assert_eq!(s.bad_frames, 1_000 + 936 + 1, "{s:?}");
+    assert!(s.retained_bytes < 128 << 10, "{}", s.retained_bytes);
+    assert_eq!(s.in_flight, 0);
+    server.abort();
+}

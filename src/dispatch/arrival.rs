@@ -18,6 +18,20 @@ pub(super) struct TaskView<'a> {
     pub(super) matching: Option<&'a Matching>,
     /// The ids of its results so far.
     pub(super) result_ids: &'a [Box<str>],
+    /// The steps it took so far, if its type reports steps at all.
+    pub(super) steps: Option<u32>,
+}
+
+/// Most steps one task may report: a model upload has four; anything past
+/// this is an upstream that misbehaves, and each step is held until the
+/// task's results go.
+pub(super) const MAX_STEPS_PER_TASK: u32 = 64;
+
+/// Whether a task type reports steps (items of their own before its
+/// result): a model upload does, and a type the daemon does not know may;
+/// the others never do.
+pub(super) fn reports_steps(label: &str) -> bool {
+    matches!(label, "modelUpload" | "other")
 }
 
 impl Task {
@@ -28,6 +42,7 @@ impl Task {
             polling: self.delivery.is_polling(),
             matching: self.matching.as_deref(),
             result_ids: &self.result_ids,
+            steps: reports_steps(self.label).then_some(self.steps),
         }
     }
 }
@@ -64,6 +79,10 @@ pub(super) enum ResultVerdict {
         polled: bool,
         fingerprint: Option<u64>,
     },
+    /// A step (an item with a status of its own) for a task whose type
+    /// reports none, or past [`MAX_STEPS_PER_TASK`]: dropped, counted a bad
+    /// item.
+    BadStep,
     /// A new result: the task takes it.
     Take {
         polled: bool,
@@ -90,7 +109,10 @@ impl ResultVerdict {
                 polled,
                 fingerprint,
             } => Some((polled, fingerprint)),
-            ResultVerdict::NoTask | ResultVerdict::AfterEnd | ResultVerdict::StaleAnswer => None,
+            ResultVerdict::NoTask
+            | ResultVerdict::AfterEnd
+            | ResultVerdict::StaleAnswer
+            | ResultVerdict::BadStep => None,
         }
     }
 
@@ -111,6 +133,10 @@ pub(super) fn judge_result(
     };
     if !task.in_flight {
         return ResultVerdict::AfterEnd;
+    }
+    let is_step = item.received == (Received::Step { last: false });
+    if is_step && task.steps.is_none() {
+        return ResultVerdict::BadStep;
     }
     // A step says nothing of how it came: while the task is polled, it is
     // part of an answer (which repeats the steps so far).
@@ -142,6 +168,7 @@ pub(super) fn judge_result(
                 fingerprint,
             }
         }
+        _ if is_step && task.steps >= Some(MAX_STEPS_PER_TASK) => ResultVerdict::BadStep,
         _ => ResultVerdict::Take {
             polled,
             fingerprint,
@@ -199,6 +226,7 @@ mod tests {
             polling,
             matching,
             result_ids: ids,
+            steps: Some(0),
         }
     }
 
@@ -238,6 +266,33 @@ mod tests {
         let polling = view(true, Some(&matching), &[]);
         assert!(judge_result(Some(&polling), &step).polled());
         assert!(judge_result(Some(&polling), &answered).polled());
+    }
+
+    #[test]
+    fn steps_only_for_types_that_report_them_and_only_so_many() {
+        let step = item(Received::Step { last: false }, r#"{"status":"x"}"#, None);
+        let ready = item(Received::Step { last: true }, r#"{"status":"ready"}"#, None);
+        let no_steps = TaskView {
+            steps: None,
+            ..view(false, None, &[])
+        };
+        assert_eq!(judge_result(Some(&no_steps), &step), ResultVerdict::BadStep);
+        assert!(matches!(
+            judge_result(Some(&view(false, None, &[])), &step),
+            ResultVerdict::Take { .. }
+        ));
+        let full = TaskView {
+            steps: Some(MAX_STEPS_PER_TASK),
+            ..view(false, None, &[])
+        };
+        assert_eq!(judge_result(Some(&full), &step), ResultVerdict::BadStep);
+        // The step that completes a task is its result, whatever came before.
+        assert!(matches!(
+            judge_result(Some(&full), &ready),
+            ResultVerdict::Take { .. }
+        ));
+        assert!(reports_steps("modelUpload") && reports_steps("other"));
+        assert!(!reports_steps("imageInference") && !reports_steps("promptEnhance"));
     }
 
     #[test]

@@ -118,6 +118,11 @@ impl TaskTable {
                 return;
             }
             (ResultVerdict::StaleAnswer, _) => return,
+            (ResultVerdict::BadStep, _) => {
+                self.counters.add(Counter::BadFrames);
+                tracing::debug!(task = %uuid, "a step its task does not report, or one too many; dropped");
+                return;
+            }
             (_, Some(task)) => task,
         };
         let (polled, fingerprint) = verdict.matched().unwrap_or_default();
@@ -136,7 +141,8 @@ impl TaskTable {
             ResultVerdict::Repeat { .. } => return,
             ResultVerdict::DuplicateId { .. } => {
                 self.counters.add(Counter::DuplicateResults);
-                tracing::warn!(task = %uuid, result = result_id, "duplicate result from Runware; ignored");
+                // Counted; at debug, as a flood of them must not flood the log.
+                tracing::debug!(task = %uuid, result = result_id, "duplicate result from Runware; ignored");
                 return;
             }
             _ => {}

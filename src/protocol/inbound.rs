@@ -104,6 +104,12 @@ pub(super) struct Items<'a>(Option<Vec<&'a RawValue>>);
 /// does not grow its list a doubling at a time.
 pub(super) const ITEMS_AT_FIRST: usize = 16;
 
+/// Most items one upstream message may carry: every result of the largest
+/// task the daemon waits on (`MAX_EXPECTED_RESULTS`), with room to spare. A
+/// message with more is not read on (a bad message), so what reading one
+/// holds stays bounded.
+pub const MAX_ITEMS_PER_MESSAGE: usize = 20_000;
+
 impl<'de: 'a, 'a> Deserialize<'de> for Items<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct ItemsVisitor<'a>(std::marker::PhantomData<&'a ()>);
@@ -116,6 +122,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Items<'a> {
                 // serde_json gives no size hint; a message carries a batch.
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(ITEMS_AT_FIRST));
                 while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    if items.len() == MAX_ITEMS_PER_MESSAGE {
+                        return Err(de::Error::custom(format_args!(
+                            "more than {MAX_ITEMS_PER_MESSAGE} items in one message"
+                        )));
+                    }
                     items.push(item);
                 }
                 Ok(Items(Some(items)))
