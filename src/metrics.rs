@@ -195,6 +195,12 @@ impl Metrics {
 
 /// How long a metrics client may take to send its request header.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Metrics connections open at once: a scraper needs one; more are
+/// closed at once, so the metrics port cannot take the descriptors the
+/// clients' listeners need.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Longest a metrics connection is kept (a scrape takes milliseconds).
+pub const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The pause after a failed accept.
 const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -207,6 +213,7 @@ pub async fn serve(
     use http_body_util::Full;
     use hyper::body::Bytes;
     use hyper::{Response, StatusCode};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -221,8 +228,14 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Over the bound: closed unserved.
+            drop(stream);
+            continue;
+        };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
+            let _slot = slot;
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let metrics = Arc::clone(&metrics);
@@ -240,11 +253,11 @@ pub async fn serve(
                 });
             let io = hyper_util::rt::TokioIo::new(stream);
             // A client that trickles its request header holds nothing long.
-            let _ = hyper::server::conn::http1::Builder::new()
+            let serving = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(io, service)
-                .await;
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(CONNECTION_LIMIT, serving).await;
         });
     }
 }

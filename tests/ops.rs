@@ -429,6 +429,42 @@ async fn a_slow_metrics_client_is_cut_off() {
     );
 }
 
+/// The metrics listener has a bound of its own: connections beyond it are
+/// closed at once, unserved, so it cannot take the descriptors the clients'
+/// listeners need; once the idle ones are cut off, a scrape is served.
+#[tokio::test(start_paused = true)]
+async fn the_metrics_listener_holds_at_most_its_own_bound() {
+    let h = start(SimConfig::default(), |c| {
+        c.metrics_listen = Some(loopback0());
+    })
+    .await;
+    let addr = h.daemon.metrics_addr.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..runwared::metrics::MAX_CONNECTIONS {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        idle.push(s);
+    }
+    for _ in 0..50 {
+        let mut beyond = tokio::net::TcpStream::connect(addr).await.unwrap();
+        beyond.set_nodelay(true).unwrap();
+        let _ = beyond
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut unserved = Vec::new();
+        let _ = beyond.read_to_end(&mut unserved).await;
+        assert!(unserved.is_empty(), "served beyond the bound");
+    }
+    // Clients of the daemon's own doors are served meanwhile.
+    let mut client = h.client.clone();
+    assert!(client.get_status(pb::GetStatusRequest {}).await.is_ok());
+    for s in &mut idle {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+    }
+    assert!(http_get(addr, "/metrics").await.contains("runwared"));
+}
+
 /// A `Config` built by hand (an embedder's, not `Config::resolve`'s) without
 /// a key is an error saying what to do, not a panic.
 #[tokio::test]

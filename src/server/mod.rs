@@ -38,6 +38,7 @@ use crate::tools::sim::{SimConfig, SimHandle};
 use crate::upstream::{Heartbeat, Telemetry, Upstream, client_tls};
 
 mod background;
+pub mod descriptors;
 mod listeners;
 
 use self::background::{feed_watchdog, persist, report_health, serve_metrics, sweep};
@@ -79,6 +80,22 @@ pub enum StartError {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// The process may not hold the file descriptors its bounds allow.
+    #[error(
+        "max_connections ({max_connections}) and the daemon's own descriptors need {need} file descriptors; RLIMIT_NOFILE is soft {soft}, hard {hard}: {why}. Raise the limit (LimitNOFILE= under systemd, ulimit -n) or lower max_connections"
+    )]
+    Descriptors {
+        /// The setting.
+        max_connections: usize,
+        /// Descriptors needed.
+        need: u64,
+        /// The soft limit.
+        soft: u64,
+        /// The hard limit.
+        hard: u64,
+        /// Why it could not be made to fit.
+        why: String,
     },
     /// The metrics listener cannot bind.
     #[error("cannot serve metrics on {addr}: {source}")]
@@ -218,6 +235,7 @@ impl Daemon {
     /// Binds the listeners, restores persisted state, connects upstream,
     /// and serves.
     pub async fn start(mut config: Config) -> Result<Daemon, StartError> {
+        descriptors::ensure(config.max_connections)?;
         let (simulator, key, connector) = upstream_target(&mut config).await?;
 
         // Bound before anything runs: a taken port fails the start.
