@@ -465,6 +465,71 @@ async fn the_metrics_listener_holds_at_most_its_own_bound() {
     assert!(http_get(addr, "/metrics").await.contains("runwared"));
 }
 
+/// Health stays open to probes without the token, but bounded: at most
+/// `PER_CONNECTION` streams of one connection and `OVERALL` of all without
+/// the token; beyond, a call is refused at once. A caller with the token
+/// is not held to it, and a stream's place comes back when it ends.
+#[tokio::test(start_paused = true)]
+async fn streams_without_the_token_are_bounded_per_connection_and_overall() {
+    use runwared::server::unauthenticated::{OVERALL, PER_CONNECTION};
+    use tonic_health::pb::HealthCheckRequest;
+    let h = start(SimConfig::default(), |c| {
+        c.auth_token = BearerToken::new("tok-77aa");
+    })
+    .await;
+    let watch = |mut client: HealthClient<tonic::transport::Channel>, token: bool| async move {
+        let mut req = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        if token {
+            req.metadata_mut()
+                .insert("authorization", "Bearer tok-77aa".parse().unwrap());
+        }
+        client.watch(req).await.map(|r| r.into_inner())
+    };
+    let one = HealthClient::new(channel(&h.daemon).await);
+    let mut open = Vec::new();
+    for _ in 0..PER_CONNECTION {
+        open.push(watch(one.clone(), false).await.unwrap());
+    }
+    let refused = watch(one.clone(), false).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("without the token"),
+        "{}",
+        refused.message()
+    );
+    // With the token, the same connection is served.
+    let mut with_token = Vec::new();
+    for _ in 0..PER_CONNECTION + 2 {
+        with_token.push(watch(one.clone(), true).await.unwrap());
+    }
+    // A stream that ends gives its place back (once the server has seen
+    // its reset: asked again until then, a bounded number of times).
+    drop(open.pop());
+    let mut again = watch(one.clone(), false).await;
+    for _ in 0..1_000 {
+        if again.is_ok() {
+            break;
+        }
+        tokio::task::yield_now().await;
+        again = watch(one.clone(), false).await;
+    }
+    open.push(again.expect("the place came back"));
+    // Over all connections: OVERALL, then refused.
+    let mut others = Vec::new();
+    while open.len() + others.len() < OVERALL {
+        let client = HealthClient::new(channel(&h.daemon).await);
+        for _ in 0..PER_CONNECTION.min(OVERALL - open.len() - others.len()) {
+            others.push(watch(client.clone(), false).await.unwrap());
+        }
+    }
+    let fresh = HealthClient::new(channel(&h.daemon).await);
+    let refused = watch(fresh.clone(), false).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(watch(fresh, true).await.is_ok());
+}
+
 /// A `Config` built by hand (an embedder's, not `Config::resolve`'s) without
 /// a key is an error saying what to do, not a panic.
 #[tokio::test]

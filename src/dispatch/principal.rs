@@ -20,6 +20,8 @@ pub enum Principal {
 #[derive(Debug, Clone, Default)]
 pub struct ClientConnection {
     tasks: Arc<AtomicUsize>,
+    /// Streams it holds open without the token (the server's bound).
+    open_streams: Arc<AtomicUsize>,
     /// Who it is.
     pub principal: Principal,
 }
@@ -29,6 +31,7 @@ impl ClientConnection {
     pub fn new(principal: Principal) -> Self {
         ClientConnection {
             tasks: Arc::default(),
+            open_streams: Arc::default(),
             principal,
         }
     }
@@ -39,6 +42,11 @@ impl ClientConnection {
             return Err(SubmitError::TooManyForConnection(limit));
         }
         Ok(ConnectionGuard(Arc::clone(&self.tasks)))
+    }
+
+    /// The count of the streams it holds open without the token.
+    pub fn open_streams(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.open_streams)
     }
 
     /// Its tasks in flight now.

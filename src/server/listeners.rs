@@ -2,6 +2,7 @@
 //! mode and group), and served, gRPC behind its access gate and Runware's
 //! own protocol on its endpoint.
 
+use super::unauthenticated::Unauthenticated;
 use super::*;
 
 /// The bound listeners.
@@ -86,9 +87,11 @@ pub(super) fn serve_grpc(
     // cannot send tokens, and reflection shows only the API's shape.
     let max = config.max_message_bytes;
     let routes = |gate: AccessGate| {
+        // Open without the token, but bounded for callers without it.
+        let open = Unauthenticated::new(gate.token.clone(), Arc::clone(&gate.counters));
         let mut b = tonic::service::RoutesBuilder::default();
-        b.add_service(health_service.clone());
-        b.add_service(reflection.clone());
+        b.add_service(open.bound(health_service.clone()));
+        b.add_service(open.bound(reflection.clone()));
         b.add_service(tonic::service::interceptor::InterceptedService::new(
             service.clone().into_server(max),
             gate,

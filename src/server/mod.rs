@@ -40,6 +40,7 @@ use crate::upstream::{Heartbeat, Telemetry, Upstream, client_tls};
 mod background;
 pub mod descriptors;
 mod listeners;
+pub mod unauthenticated;
 
 use self::background::{feed_watchdog, persist, report_health, serve_metrics, sweep};
 pub use self::listeners::{UnixSocketError, group_id};
