@@ -35,6 +35,8 @@ pub enum Counter {
     StalledClients,
     /// Local sessions refused at a bound on sessions.
     SessionsRefused,
+    /// TCP connections closed for making no call with the token in time.
+    AuthTimeouts,
 }
 
 /// A counter's names and meaning.
@@ -48,7 +50,7 @@ pub struct CounterInfo {
     pub help: &'static str,
 }
 
-const COUNT: usize = 13;
+const COUNT: usize = 14;
 
 impl Counter {
     /// Every counter, in the order they are shown.
@@ -66,6 +68,7 @@ impl Counter {
         Counter::HandshakeTimeouts,
         Counter::StalledClients,
         Counter::SessionsRefused,
+        Counter::AuthTimeouts,
     ];
 
     /// Its metric name and help text.
@@ -135,6 +138,11 @@ impl Counter {
                 "sessions_refused",
                 "runwared_sessions_refused",
                 "Local sessions refused at max_local_sessions, max_local_sessions_per_principal or max_memory_bytes",
+            ),
+            Counter::AuthTimeouts => (
+                "auth_timeouts",
+                "runwared_auth_timeouts",
+                "TCP connections closed for making no call with the token within 10 s (where one is required)",
             ),
         };
         CounterInfo { name, metric, help }

@@ -47,11 +47,18 @@ const HANDSHAKE_BYTES: usize = 24;
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
-/// The bound on client connections, shared by every listener.
+/// The bound on client connections, shared by every listener, with a part
+/// TCP clients cannot take (the Unix socket's: its callers the kernel
+/// authenticates, so the network cannot lock them out).
 #[derive(Debug)]
 pub struct Connections {
     slots: Arc<Semaphore>,
     limit: usize,
+    /// What every TCP listener together may take: the bound less the
+    /// Unix socket's reserve.
+    tcp: Arc<Semaphore>,
+    /// What one TCP listener may take of it.
+    tcp_share: usize,
     /// Counts the connections refused and timed out (metrics).
     counts: Arc<Counters>,
 }
@@ -59,12 +66,58 @@ pub struct Connections {
 impl Connections {
     /// A bound of `limit` connections, counting refusals in `counts`.
     pub fn new(limit: usize, counts: Arc<Counters>) -> Self {
+        Self::shared(limit, 0, limit, counts)
+    }
+
+    /// A bound of `limit` connections of which `reserve` only Unix socket
+    /// clients may take, and `tcp_share` at most one TCP listener.
+    pub fn shared(limit: usize, reserve: usize, tcp_share: usize, counts: Arc<Counters>) -> Self {
         Connections {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
+            tcp: Arc::new(Semaphore::new(limit.saturating_sub(reserve).max(1))),
+            tcp_share,
             counts,
         }
     }
+
+    /// A TCP listener's door: its own share, and the authentication
+    /// window where a token is required.
+    pub fn tcp_door(&self, token_required: bool) -> TcpDoor {
+        TcpDoor::new(self.tcp_share, token_required)
+    }
+}
+
+/// What one TCP listener may take of the bound, and how long its
+/// connections may go without an authenticated call.
+#[derive(Debug, Clone)]
+pub struct TcpDoor {
+    /// This listener's own share (so one TCP door cannot take another's).
+    share: Arc<Semaphore>,
+    /// Where the listener needs a token: a connection that makes no call
+    /// with it within this long is closed.
+    auth_window: Option<Duration>,
+}
+
+impl TcpDoor {
+    /// A listener of at most `share` connections; with a token required,
+    /// each must make an authenticated call within [`AUTH_WINDOW`].
+    pub fn new(share: usize, token_required: bool) -> Self {
+        TcpDoor {
+            share: Arc::new(Semaphore::new(share.max(1))),
+            auth_window: token_required.then_some(AUTH_WINDOW),
+        }
+    }
+}
+
+/// Where a TCP listener needs a token, how long a connection may go
+/// without a call that carries it.
+pub const AUTH_WINDOW: Duration = Duration::from_secs(10);
+
+/// The places a connection holds under the bounds.
+struct Slots {
+    _overall: OwnedSemaphorePermit,
+    _tcp: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 /// Accepted connections as the gRPC server takes them. `accept` yields the
@@ -75,6 +128,7 @@ impl Connections {
 pub fn incoming<S, F, Fut>(
     mut accept: F,
     connections: Arc<Connections>,
+    door: Option<TcpDoor>,
 ) -> ReceiverStream<io::Result<ClientConn<S>>>
 where
     S: Send + 'static,
@@ -92,7 +146,8 @@ where
             match accepted {
                 Ok((io, who)) => {
                     pause = ACCEPT_PAUSE_MIN;
-                    let Ok(slot) = Arc::clone(&connections.slots).try_acquire_owned() else {
+                    let slot = take_slots(&connections, door.as_ref());
+                    let Some(slot) = slot else {
                         let n = connections.counts.add(Counter::ConnectionsRefused);
                         if n.is_power_of_two() {
                             tracing::warn!(
@@ -103,7 +158,9 @@ where
                         }
                         continue;
                     };
-                    let conn = ClientConn::new(io, who, slot, Arc::clone(&connections.counts));
+                    let auth_window = door.as_ref().and_then(|d| d.auth_window);
+                    let counts = Arc::clone(&connections.counts);
+                    let conn = ClientConn::new(io, who, slot, counts, auth_window);
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
@@ -122,11 +179,29 @@ where
     ReceiverStream::new(rx)
 }
 
+/// A connection's places: its TCP listener's share and the TCP part first
+/// (a TCP client), then the bound; `None` when one is full.
+fn take_slots(connections: &Connections, door: Option<&TcpDoor>) -> Option<Slots> {
+    let tcp = match door {
+        Some(door) => Some((
+            Arc::clone(&door.share).try_acquire_owned().ok()?,
+            Arc::clone(&connections.tcp).try_acquire_owned().ok()?,
+        )),
+        None => None,
+    };
+    let overall = Arc::clone(&connections.slots).try_acquire_owned().ok()?;
+    Some(Slots {
+        _overall: overall,
+        _tcp: tcp,
+    })
+}
+
 /// TCP clients, with `TCP_NODELAY` (small gRPC frames must not wait for
 /// ACKs); they are all one principal.
 pub fn tcp(
     listener: TcpListener,
     connections: Arc<Connections>,
+    door: TcpDoor,
 ) -> ReceiverStream<io::Result<ClientConn<TcpStream>>> {
     let listener = Arc::new(listener);
     incoming(
@@ -139,6 +214,7 @@ pub fn tcp(
             }
         },
         connections,
+        Some(door),
     )
 }
 
@@ -158,6 +234,7 @@ pub fn unix(
             }
         },
         connections,
+        None,
     )
 }
 
@@ -180,20 +257,30 @@ fn unix_principal(stream: &UnixStream) -> Principal {
 pub struct ClientConn<S> {
     io: S,
     client: ClientConnection,
-    _slot: OwnedSemaphorePermit,
+    _slots: Slots,
     /// Until the preface arrived: when the connection is given up, and how
     /// many bytes came so far.
     handshake: Option<(Pin<Box<Sleep>>, usize)>,
+    /// Where a token is required: when the connection is given up unless
+    /// it made an authenticated call by then.
+    auth_deadline: Option<Pin<Box<Sleep>>>,
     counts: Arc<Counters>,
 }
 
 impl<S> ClientConn<S> {
-    fn new(io: S, principal: Principal, slot: OwnedSemaphorePermit, counts: Arc<Counters>) -> Self {
+    fn new(
+        io: S,
+        principal: Principal,
+        slots: Slots,
+        counts: Arc<Counters>,
+        auth_window: Option<Duration>,
+    ) -> Self {
         ClientConn {
             io,
             client: ClientConnection::new(principal),
-            _slot: slot,
+            _slots: slots,
             handshake: Some((Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)), 0)),
+            auth_deadline: auth_window.map(|w| Box::pin(tokio::time::sleep(w))),
             counts,
         }
     }
@@ -229,6 +316,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientConn<S> {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no HTTP/2 preface within the handshake timeout",
+                )));
+            }
+        }
+        if let Some(deadline) = this.auth_deadline.as_mut() {
+            if this.client.is_authenticated() {
+                this.auth_deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                this.counts.add(Counter::AuthTimeouts);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no call with the token within the authentication window",
                 )));
             }
         }
@@ -289,6 +387,7 @@ mod tests {
                 }
             },
             Arc::new(Connections::new(4, Arc::default())),
+            None,
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
         // 10 + 20 + ... + 640 ms, then one a second: about 16 in 10 s.

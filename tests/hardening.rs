@@ -419,3 +419,59 @@ async fn a_rest_task_past_its_deadline_is_answered_processing_and_kept() {
     assert!(answer["data"][0]["text"].is_string(), "{answer}");
     assert_eq!(h.sim.executions(&uuid), 1);
 }
+
+/// The network cannot lock out the Unix socket, nor one TCP door the
+/// other: with `max_connections` 16, a quarter is kept for the Unix
+/// socket and each TCP listener takes at most three quarters of the rest.
+/// A TCP connection that makes no call with the token within
+/// `AUTH_WINDOW` is closed.
+#[tokio::test(start_paused = true)]
+async fn idle_tcp_clients_without_the_token_lock_out_no_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("runwared.sock");
+    let h = start(SimConfig::default(), |c| {
+        c.max_connections = 16;
+        c.auth_token = runwared::config::BearerToken::new("tok-5150");
+        c.unix_socket = Some(socket.clone());
+    })
+    .await;
+    let grpc = h.daemon.tcp_addr.unwrap();
+    let rest = h.daemon.runware_addr.unwrap();
+    // Held open without the token: HTTP/2 prefaces to gRPC, REST heads
+    // whose bodies never come.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(grpc).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        held.push(s);
+        let head = "POST /v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[";
+        let mut s = tokio::net::TcpStream::connect(rest).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let _ = s.write_all(head.as_bytes()).await;
+        held.push(s);
+    }
+    // The Unix socket's client is served all the same.
+    let target = runwared::client::Target::Unix(socket.clone());
+    let mut local = runwared::client::connect(&target).await.unwrap();
+    let status = local.get_status(pb::GetStatusRequest {}).await.unwrap();
+    assert_eq!(status.into_inner().state, pb::ConnectionState::Ready as i32);
+    // Every one of them is closed: at once over the bound, or after the
+    // window without an authenticated call.
+    for s in &mut held {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+    }
+    let s = local
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = counter(&s, "connections_refused");
+    let timed_out = counter(&s, "auth_timeouts");
+    // 16 less the Unix reserve (4) were let in over TCP, the harness's
+    // own client (which made no call) among them; the rest were refused.
+    assert_eq!(timed_out, 12, "{s:?}");
+    assert_eq!(refused, 40 - 11, "{s:?}");
+}

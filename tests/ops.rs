@@ -343,6 +343,9 @@ async fn idle_connections_cannot_crowd_out_clients() {
     let h = start(SimConfig::default(), |c| {
         c.max_connections = 8;
         c.metrics_listen = Some(loopback0());
+        // gRPC alone on TCP: it has the whole bound (two TCP listeners
+        // would share it, tests/hardening.rs).
+        c.runware_listen = runwared::config::Switch::Off;
     })
     .await;
     h.ready().await;

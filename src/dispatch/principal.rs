@@ -22,6 +22,8 @@ pub struct ClientConnection {
     tasks: Arc<AtomicUsize>,
     /// Streams it holds open without the token (the server's bound).
     open_streams: Arc<AtomicUsize>,
+    /// It made a call with the token (where one is required).
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
     /// Who it is.
     pub principal: Principal,
 }
@@ -32,6 +34,7 @@ impl ClientConnection {
         ClientConnection {
             tasks: Arc::default(),
             open_streams: Arc::default(),
+            authenticated: Arc::default(),
             principal,
         }
     }
@@ -47,6 +50,16 @@ impl ClientConnection {
     /// The count of the streams it holds open without the token.
     pub fn open_streams(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.open_streams)
+    }
+
+    /// It made a call with the token: it is no longer given up for not.
+    pub fn authenticated(&self) {
+        self.authenticated.store(true, Ordering::Release);
+    }
+
+    /// Whether it made a call with the token.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
     }
 
     /// Its tasks in flight now.

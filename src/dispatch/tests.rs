@@ -709,7 +709,11 @@ async fn recovery_takes_each_missing_result_once_whatever_the_order() {
 #[tokio::test(start_paused = true)]
 async fn steps_are_delivered_once_and_only_ready_completes() {
     let (d, _q) = setup(Limits::default());
-    let mut h = d.submit(task(1), &ClientConnection::default()).unwrap();
+    let upload = PreparedTask {
+        label: "modelUpload",
+        ..task(1)
+    };
+    let mut h = d.submit(upload, &ClientConnection::default()).unwrap();
     send(&d, &h.uuid);
     let step = |s: &str| format!(r#"{{"air":"a","status":"{s}"}}"#);
     for s in ["validated", "downloaded"] {

@@ -108,7 +108,8 @@ pub(super) fn serve_grpc(
         if let Some(addr) = listeners.tcp_addr {
             tracing::info!(%addr, "gRPC listening on TCP");
         }
-        let incoming = listen::tcp(listener, Arc::clone(connections));
+        let door = connections.tcp_door(config.auth_token.is_some());
+        let incoming = listen::tcp(listener, Arc::clone(connections), door);
         servers.push(serve(incoming, routes(gate.clone()), stop.clone()));
     }
     if let Some(listener) = listeners.unix {
@@ -140,7 +141,8 @@ pub(super) fn serve_runware(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "Runware protocol (WebSocket and REST) at ws://{addr}/v1");
         }
-        let incoming = listen::tcp(listener, Arc::clone(connections));
+        let door = connections.tcp_door(config.auth_token.is_some());
+        let incoming = listen::tcp(listener, Arc::clone(connections), door);
         let token = config.auth_token.clone().map(Arc::new);
         servers.push(tokio::spawn(endpoint(token).serve(incoming, stop.clone())));
     }
@@ -149,6 +151,25 @@ pub(super) fn serve_runware(
         servers.push(tokio::spawn(endpoint(None).serve(incoming, stop)));
     }
     servers
+}
+
+/// How the connection bound is shared among the listeners: a quarter (at
+/// least one) is kept for the Unix sockets when there are any (their
+/// callers the kernel authenticates, so the network cannot lock them out),
+/// and when two TCP listeners share the rest, each may take three quarters
+/// of it, so neither locks the other out. Returns the reserve and each TCP
+/// listener's share.
+pub(super) fn shares(limit: usize, tcp_listeners: usize, unix_listeners: usize) -> (usize, usize) {
+    let reserve = match unix_listeners {
+        0 => 0,
+        _ => (limit / 4).max(1).min(limit.saturating_sub(1)),
+    };
+    let tcp = limit - reserve;
+    let share = match tcp_listeners {
+        0 | 1 => tcp,
+        _ => (tcp * 3 / 4).max(1),
+    };
+    (reserve, share)
 }
 
 /// Checks the bearer token on `runware.v1.Runware` calls.
@@ -169,7 +190,12 @@ impl tonic::service::Interceptor for AccessGate {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            Some(g) if token.matches(g) => Ok(request),
+            Some(g) if token.matches(g) => {
+                if let Some(conn) = request.extensions().get::<ClientConnection>() {
+                    conn.authenticated();
+                }
+                Ok(request)
+            }
             _ => {
                 self.counters.add(Counter::Unauthenticated);
                 Err(tonic::Status::unauthenticated(
@@ -327,4 +353,19 @@ pub fn group_id(group: &str) -> Option<u32> {
         let mut fields = line.split(':');
         (fields.next()? == group).then(|| fields.nth(1)?.parse().ok())?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shares;
+
+    #[test]
+    fn the_unix_socket_keeps_a_quarter_and_no_tcp_door_takes_all_the_rest() {
+        assert_eq!(shares(16, 2, 1), (4, 9));
+        assert_eq!(shares(16, 1, 1), (4, 12));
+        assert_eq!(shares(16, 2, 0), (0, 12));
+        assert_eq!(shares(16, 1, 0), (0, 16));
+        assert_eq!(shares(1, 1, 1), (0, 1));
+        assert_eq!(shares(1024, 2, 2), (256, 576));
+    }
 }

@@ -25,7 +25,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::{ApiKey, ApiKeySource, BearerToken, Config, Endpoint};
 use crate::connection::{ConnectionState, Resume, UpstreamStatus};
 use crate::counters::{Counter, Counters};
-use crate::dispatch::{Limits, StateChange, TaskTable};
+use crate::dispatch::{ClientConnection, Limits, StateChange, TaskTable};
 use crate::frontend::grpc::RunwareService;
 use crate::frontend::intake::Intake;
 use crate::frontend::runware::{EndpointLimits, RunwareEndpoint};
@@ -44,7 +44,7 @@ pub mod unauthenticated;
 
 use self::background::{feed_watchdog, persist, report_health, serve_metrics, sweep};
 pub use self::listeners::{UnixSocketError, group_id};
-use self::listeners::{bind_listeners, serve_grpc, serve_runware};
+use self::listeners::{bind_listeners, serve_grpc, serve_runware, shares};
 
 /// Why the daemon cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -324,9 +324,19 @@ impl Daemon {
         let intake = Intake::new(Arc::clone(&table), config.async_task_types.clone().into());
         let service = RunwareService::new(intake.clone(), status_rx.clone(), &config);
         let (stop_listeners, stop_rx) = watch::channel(false);
-        // One bound over the connections of every listener.
-        let connections = Arc::new(listen::Connections::new(
+        // One bound over the connections of every listener, shared.
+        let tcp_listeners = [listeners.tcp.is_some(), listeners.runware_tcp.is_some()];
+        let unix_listeners = [listeners.unix.is_some(), listeners.runware_unix.is_some()];
+        let count = |l: [bool; 2]| l.iter().filter(|on| **on).count();
+        let (reserve, tcp_share) = shares(
             config.max_connections,
+            count(tcp_listeners),
+            count(unix_listeners),
+        );
+        let connections = Arc::new(listen::Connections::shared(
+            config.max_connections,
+            reserve,
+            tcp_share,
             Arc::clone(&table.counters),
         ));
         let runware_addr = listeners.runware_addr;

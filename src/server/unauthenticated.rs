@@ -57,13 +57,14 @@ impl Unauthenticated {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
+        let conn = req.extensions().get::<ClientConnection>();
         if given.is_some_and(|g| token.matches(g)) {
+            if let Some(conn) = conn {
+                conn.authenticated();
+            }
             return Ok(None);
         }
-        let conn = req
-            .extensions()
-            .get::<ClientConnection>()
-            .map(ClientConnection::open_streams);
+        let conn = conn.map(ClientConnection::open_streams);
         let Ok(overall) = Arc::clone(&self.overall).try_acquire_owned() else {
             return Err(());
         };

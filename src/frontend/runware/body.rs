@@ -55,6 +55,7 @@ impl RunwareEndpoint {
     pub(super) async fn read_body(
         &self,
         req: Request<hyper::body::Incoming>,
+        client: &ClientConnection,
     ) -> Result<(Bytes, Held), Response<Full<Bytes>>> {
         let refuse = |status, code: &str, parameter: &str, detail: String| {
             Err(error_response(
@@ -70,6 +71,7 @@ impl RunwareEndpoint {
                 return unauthorized(e);
             }
             authenticated = true;
+            client.authenticated();
         }
         let table = self.inner.intake.table();
         let max = self.inner.max_message_bytes;
@@ -155,6 +157,7 @@ impl RunwareEndpoint {
                             return unauthorized(e);
                         }
                         authenticated = true;
+                        client.authenticated();
                         let rest = announced.map_or(0, |n| n.saturating_sub(held.len()));
                         if !table.try_grow(&mut held, rest) {
                             return over_budget();

@@ -10,7 +10,7 @@ impl RunwareEndpoint {
         req: Request<hyper::body::Incoming>,
         client: ClientConnection,
     ) -> Response<Full<Bytes>> {
-        let (body, held) = match self.read_body(req).await {
+        let (body, held) = match self.read_body(req, &client).await {
             Ok(body) => body,
             Err(refused) => return refused,
         };

@@ -132,6 +132,7 @@ impl RunwareEndpoint {
                 match &*task_type {
                     "authentication" => match self.authenticate(&task, principal, &session) {
                         Ok(s) => {
+                            client.authenticated();
                             // The answer first, then what the session kept
                             // (as Runware sends a resumed session's results).
                             reply(data_frame(&[json!({
