@@ -475,3 +475,73 @@ async fn idle_tcp_clients_without_the_token_lock_out_no_one() {
     assert_eq!(timed_out, 12, "{s:?}");
     assert_eq!(refused, 40 - 11, "{s:?}");
 }
+
+/// Another principal's task is answered as a taskUUID nobody used: over
+/// the endpoint (TCP) for a task the Unix socket's user submitted, after
+/// the table let it go (retention 0). With following tasks made elsewhere
+/// off (the default), nothing is followed upstream at all.
+#[tokio::test(start_paused = true)]
+async fn get_response_never_crosses_principals() {
+    let h = principals(false).await;
+    let s = daemon_status(&h).await;
+    assert_eq!(counter(&s, "polls"), 0, "nothing followed upstream");
+}
+
+/// The same with following tasks made elsewhere on: a taskUUID nobody
+/// used is followed, another principal's (remembered after its results
+/// went) is not, and both answers read alike.
+#[tokio::test(start_paused = true)]
+async fn get_response_never_crosses_principals_when_following() {
+    principals(true).await;
+}
+
+/// Submits a task as the Unix socket's user and asks for it over the
+/// endpoint (TCP), beside a taskUUID nobody used.
+async fn principals(follow: bool) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("runwared.sock");
+    let h = start(SimConfig::default(), |c| {
+        c.unix_socket = Some(socket.clone());
+        c.retention = Duration::ZERO;
+        c.follow_foreign_tasks = follow;
+    })
+    .await;
+    h.ready().await;
+    let target = runwared::client::Target::Unix(socket.clone());
+    let mut owner = runwared::client::connect(&target).await.unwrap();
+    let theirs = uuid::Uuid::new_v4().to_string();
+    owner
+        .prompt_enhance(pb::PromptEnhanceRequest {
+            task_uuid: theirs.clone(),
+            prompt: "private".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let addr = h.daemon.runware_addr.unwrap();
+    let ask = |uuid: &str| json!([{"taskType": "getResponse", "taskUUID": uuid}]).to_string();
+    let nobodys = uuid::Uuid::new_v4().to_string();
+    let (_, for_theirs) = post_json(addr, &ask(&theirs), Some("k")).await;
+    let (_, for_nobodys) = post_json(addr, &ask(&nobodys), Some("k")).await;
+    assert!(!for_theirs.to_string().contains("private"), "{for_theirs}");
+    if follow {
+        assert_eq!(
+            for_nobodys["data"][0]["status"], "processing",
+            "{for_nobodys}"
+        );
+        // Theirs is refused as not found: what Runware's answer for a
+        // taskUUID nobody used says, in the end.
+        assert_eq!(
+            for_theirs["errors"][0]["code"], "taskNotFound",
+            "{for_theirs}"
+        );
+    } else {
+        let same = |v: &Value, uuid: &str| v.to_string().replace(uuid, "UUID");
+        assert_eq!(same(&for_theirs, &theirs), same(&for_nobodys, &nobodys));
+        assert_eq!(
+            for_theirs["errors"][0]["code"], "taskNotFound",
+            "{for_theirs}"
+        );
+    }
+    h
+}

@@ -496,11 +496,12 @@ async fn a_task_sent_over_the_endpoint_can_be_attached_over_grpc() {
 }
 
 /// `getResponse` for a task the daemon never sent (made elsewhere with the
-/// same account): the daemon follows it upstream, and the local client's
-/// polls get its results; an unknown one ends in Runware's error.
+/// same account), with `follow_foreign_tasks` on: the daemon follows it
+/// upstream, and the local client's polls get its results; an unknown one
+/// ends in Runware's error.
 #[tokio::test(start_paused = true)]
 async fn get_response_for_a_task_made_elsewhere_is_followed_upstream() {
-    let h = start(slow(), |_| {}).await;
+    let h = start(slow(), |c| c.follow_foreign_tasks = true).await;
     h.ready().await;
     // Another client of the same account, straight to Runware.
     let (mut other, _) = tokio_tungstenite::connect_async_with_config(h.sim.url(), None, true)

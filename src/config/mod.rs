@@ -287,6 +287,12 @@ pub struct Settings {
     /// [default: systemd credential runwared-token].
     #[arg(long, env = "RUNWARED_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// Follow upstream, for a local `getResponse`, a taskUUID this daemon
+    /// never sent (a task made elsewhere with the same account). Off: such
+    /// a taskUUID is answered as unknown. Never for a taskUUID another
+    /// principal sent.
+    #[arg(long, env = "RUNWARED_FOLLOW_FOREIGN_TASKS")]
+    pub follow_foreign_tasks: bool,
     /// Allow a TCP listener that needs a token without one. Anyone who can
     /// reach the port can then spend your Runware credit.
     #[arg(long, env = "RUNWARED_INSECURE_LISTEN")]

@@ -108,6 +108,7 @@ impl TaskTable {
                 return Err(SubmitError::AlreadyKnown(task.uuid));
             }
             Entry::Vacant(v) => {
+                self.remember_owner(task.uuid, task.owner);
                 self.record(|| {
                     StateChange::Add(SavedTask {
                         uuid: task.uuid.to_string(),

@@ -16,7 +16,8 @@
 //!   in one synchronous function; `completion`: how a task ends;
 //! - `recovery`: the getResponse scheduler; `retention`: what is kept for
 //!   `Attach` and swept; `budget`: what the doors hold, counted in the same
-//!   memory budget; `persist` and `journal`: what the state file needs;
+//!   memory budget; `owners`: who submitted each taskUUID, remembered
+//!   after it went; `persist` and `journal`: what the state file needs;
 //!   [`metrics`]: the task outcomes and latencies;
 //! - this file: the map itself and its counters, the gate and draining.
 //!
@@ -52,6 +53,7 @@ mod journal;
 pub mod lifecycle;
 mod limits;
 pub mod metrics;
+mod owners;
 mod persist;
 mod principal;
 mod record;
@@ -83,6 +85,7 @@ pub use self::limits::{
     DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_RETAINED_BYTES, Limits, MAX_EXPECTED_RESULTS,
 };
 use self::metrics::{TaskLabels, TaskMetrics, task_type_label};
+pub use self::owners::REMEMBERED_OWNERS;
 use self::principal::ConnectionGuard;
 pub use self::principal::{ClientConnection, Principal};
 use self::record::{Outcome, RESULTS_AT_FIRST, StoredResult, Task, stored_result};
@@ -114,6 +117,8 @@ pub struct TaskTable {
     payload_bytes: AtomicUsize,
     /// What the doors hold for their clients ([`budget`]).
     door_bytes: DoorBytes,
+    /// Who submitted each taskUUID taken, remembered after it went.
+    owners: std::sync::Mutex<owners::Owners>,
     /// The number of the current upstream connection, bumped each time one
     /// authenticates: a task sent on an older one is owed nothing.
     connection: AtomicU64,
@@ -153,6 +158,7 @@ impl TaskTable {
             retained_bytes: AtomicUsize::new(0),
             payload_bytes: AtomicUsize::new(0),
             door_bytes: DoorBytes::default(),
+            owners: std::sync::Mutex::default(),
             connection: AtomicU64::new(0),
             message: AtomicU64::new(0),
             watches: AtomicU64::new(0),

@@ -54,6 +54,7 @@ impl TaskTable {
             let Entry::Vacant(v) = self.tasks.entry(uuid) else {
                 continue;
             };
+            self.remember_owner(uuid, s.owner);
             let task_type =
                 protocol::task_type_of(&s.payload).map_or("other", |t| task_type_label(&t));
             let mut task = Task {

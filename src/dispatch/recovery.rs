@@ -80,6 +80,11 @@ impl TaskTable {
         expected: u32,
         owner: Principal,
     ) -> Result<(), SubmitError> {
+        // Another principal's task (held, or remembered after it went) is
+        // answered as one nobody made.
+        if self.owner_of(&uuid).is_some_and(|o| o != owner) {
+            return Err(SubmitError::NotFound(uuid));
+        }
         if self.in_flight() >= self.limits.max_in_flight {
             return Err(SubmitError::TooManyInFlight(self.limits.max_in_flight));
         }

@@ -23,9 +23,15 @@ impl RunwareEndpoint {
             |e: SubmitError| refusal_of_submit(&e).runware_error(Some("getResponse"), Some(&uuid));
         let mut handle = match table.attach(uuid, principal) {
             Ok(h) => h,
+            // Another principal's task is answered as one nobody made.
+            Err(e @ SubmitError::NotFound(_)) if !self.inner.limits.follow_foreign_tasks => {
+                return Err(refused(e));
+            }
             // A task this daemon never sent: Runware may know it (made
             // elsewhere with the same account). It is followed upstream
-            // with getResponse from now on; this answer says processing.
+            // with getResponse from now on (never one another principal
+            // sent: the table remembers who sent what); this answer says
+            // processing.
             Err(SubmitError::NotFound(_)) => {
                 let expected = task
                     .field("numberResults")

@@ -115,6 +115,9 @@ pub struct EndpointLimits {
     pub stalled_client_timeout: Duration,
     /// Longest a REST body may take to arrive.
     pub request_body_timeout: Duration,
+    /// `getResponse` for a taskUUID the daemon never sent follows it
+    /// upstream.
+    pub follow_foreign_tasks: bool,
 }
 
 impl EndpointLimits {
@@ -128,6 +131,7 @@ impl EndpointLimits {
             max_socket_buffer_bytes: config.max_socket_buffer_bytes,
             stalled_client_timeout: config.stalled_client_timeout,
             request_body_timeout: config.request_body_timeout,
+            follow_foreign_tasks: config.follow_foreign_tasks,
         }
     }
 }
