@@ -545,3 +545,39 @@ async fn principals(follow: bool) -> Harness {
     }
     h
 }
+
+/// A task nested deeper than the 128 levels the gRPC door takes is refused
+/// at the Runware-protocol door too, before anything is queued (it went
+/// upstream, and poisoned the batch it went in, before).
+#[tokio::test(start_paused = true)]
+async fn deep_nesting_is_refused_at_every_door_before_anything_is_queued() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let deep = format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000));
+    let task = format!(
+        r#"[{{"taskType":"promptEnhance","taskUUID":"{}","prompt":"x","extra":{deep}}}]"#,
+        uuid::Uuid::new_v4()
+    );
+    let addr = h.daemon.runware_addr.unwrap();
+    let (code, answer) = post_json(addr, &task, Some("k")).await;
+    assert_eq!(code, 400, "{answer}");
+    let message = answer["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("at most 128"), "{message}");
+    let mut ws = connect(&h).await;
+    send(&mut ws, json!([auth(None)])).await;
+    next(&mut ws).await;
+    ws.send(Message::Text(task.clone().into())).await.unwrap();
+    let refused = next(&mut ws).await;
+    assert_eq!(refused["errors"][0]["code"], "invalidRequest", "{refused}");
+    // gRPC: serde_json's own limit, the same 128.
+    let run = h
+        .client
+        .clone()
+        .run(pb::RunRequest {
+            task_json: task[1..task.len() - 1].to_owned(),
+            expected_results: None,
+        })
+        .await;
+    assert_eq!(run.unwrap_err().code(), tonic::Code::InvalidArgument);
+    assert_eq!(h.stats().executions, 0, "nothing went upstream");
+}

@@ -100,6 +100,42 @@ pub fn json_elements_within(text: &str, limit: usize) -> Result<(), usize> {
     }
 }
 
+/// Deepest nesting of a task object and the values in it: serde_json's
+/// recursion limit, which the gRPC door's parsing enforces, held at every
+/// door (a task parsed in place, whose nested values go to Runware unread,
+/// would not meet it).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Checks that no value in `text` nests deeper than `limit` (arrays and
+/// objects; brackets inside strings do not count); the depth found when it
+/// does.
+pub fn json_depth_within(text: &str, limit: usize) -> Result<(), usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Err(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A JSON object whose keys are each given once at its top level, where
 /// the daemon reads a task (nested values go to Runware unread), as a `Map`
 /// for a front-end that adds to it. serde_json keeps the last of two equal
@@ -377,6 +413,18 @@ impl Intake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        assert_eq!(json_depth_within(r#"{"a":[1,{"b":2}]}"#, 3), Ok(()));
+        assert_eq!(json_depth_within(r#"{"a":[1,{"b":2}]}"#, 2), Err(3));
+        assert_eq!(json_depth_within(r#"{"a":"[[[[{{{\"[["}"#, 1), Ok(()));
+        let deep = format!("{}{}", "[".repeat(99_000), "]".repeat(99_000));
+        assert_eq!(
+            json_depth_within(&deep, MAX_JSON_DEPTH),
+            Err(MAX_JSON_DEPTH + 1)
+        );
+    }
 
     #[test]
     fn task_objects_take_each_key_once() {

@@ -17,6 +17,16 @@ pub(super) fn parse_message(text: &str) -> Result<Vec<MessageTask<'_>>, Refusal>
             format!("has about {n} JSON values, more than the {MAX_JSON_ELEMENTS} taken"),
         ));
     }
+    // The message's array is one level more than its tasks.
+    if let Err(depth) = json_depth_within(text, MAX_JSON_DEPTH + 1) {
+        return Err(Refusal::new(
+            "invalidRequest",
+            "body",
+            format!(
+                "nests values {depth} levels deep or more; a task may nest at most {MAX_JSON_DEPTH}"
+            ),
+        ));
+    }
     let not_json = |e: serde_json::Error| {
         Refusal::new("invalidRequest", "body", format!("is not valid JSON: {e}"))
     };

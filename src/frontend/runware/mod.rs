@@ -69,8 +69,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::intake::{
-    ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, check_documented_limits,
-    check_task_of_type, json_elements_within, kept_task_type,
+    ClientTask, Intake, MAX_JSON_DEPTH, MAX_JSON_ELEMENTS, NotTaken, ObjectError,
+    check_documented_limits, check_task_of_type, json_depth_within, json_elements_within,
+    kept_task_type,
 };
 use super::refusal::{Refusal, failure_error, refusal_of_submit};
 use super::stream_tasks::{self, Released, StreamTasks, Woken};
