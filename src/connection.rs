@@ -350,6 +350,9 @@ pub enum Action {
     /// An item that is no task's and means nothing to the connection:
     /// counted and logged, never handed to a task.
     BadItem(String),
+    /// Runware answered with an error naming no task (not about the key):
+    /// it may be about the last batch of tasks sent, which is recovered.
+    ErrorNamingNoTask(String),
 }
 
 /// The connection's state and decisions. See the module documentation.
@@ -456,7 +459,7 @@ impl Connection {
                         // Nothing after a rejection counts.
                         return actions;
                     }
-                    actions.push(Action::BadItem(format!("error naming no task: {error}")));
+                    actions.push(Action::ErrorNamingNoTask(format!("{error}")));
                 }
                 Inbound::Unroutable(why) => actions.push(Action::BadItem(why.to_owned())),
             }
@@ -797,7 +800,7 @@ mod tests {
     }
 
     #[test]
-    fn errors_naming_no_task_are_bad_items_not_rejections() {
+    fn errors_naming_no_task_are_not_rejections() {
         let t0 = Instant::now();
         let mut c = connection(None, t0);
         ready(&mut c, "s1", t0);
@@ -813,7 +816,7 @@ mod tests {
             t0,
         );
         assert!(
-            matches!(&actions[..], [Action::BadItem(a), Action::BadItem(b)]
+            matches!(&actions[..], [Action::ErrorNamingNoTask(a), Action::BadItem(b)]
             if a.contains("somethingElse") && b == "no taskUUID")
         );
         assert!(c.is_ready());

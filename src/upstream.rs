@@ -71,6 +71,9 @@ pub struct Upstream {
     connection: Connection,
     /// Bad messages are warned of at most once a second.
     bad_frame_warnings: WarnLimit,
+    /// The tasks of the last batch sent, recovered if Runware answers
+    /// with an error naming no task.
+    last_batch: Vec<TaskUuid>,
     /// Limit for TCP + TLS + WebSocket handshakes.
     connect_timeout: Duration,
     /// A write that cannot finish within this is a dead socket.
@@ -127,6 +130,7 @@ impl Upstream {
             ws_config,
             connection,
             bad_frame_warnings: WarnLimit::default(),
+            last_batch: Vec::new(),
             connect_timeout: config.connect_timeout,
             write_timeout: config.pong_timeout.max(Duration::from_secs(30)),
             batch_bytes: 0,
@@ -381,6 +385,22 @@ impl Upstream {
                 self.bad_frame(&why);
                 Ok(())
             }
+            Action::ErrorNamingNoTask(error) => {
+                self.bad_frame(&format!("error naming no task: {error}"));
+                // It may be Runware refusing the last batch whole: its
+                // tasks are asked for one by one (getResponse), and those
+                // Runware never got are sent again under their own
+                // taskUUIDs; none is left to its deadline.
+                let batch = std::mem::take(&mut self.last_batch);
+                let recovered = self.table.recover_batch(&batch);
+                if recovered > 0 {
+                    tracing::warn!(
+                        tasks = recovered,
+                        "an error naming no task after a batch: its tasks are recovered one by one"
+                    );
+                }
+                Ok(())
+            }
             Action::Ready {
                 session,
                 resumed,
@@ -467,13 +487,18 @@ impl Upstream {
     /// Sends `first` and whatever else is queued right now, in one message.
     async fn send_batch(&mut self, socket: &mut Socket, first: TaskUuid) -> Result<(), DropReason> {
         let mut frame = String::with_capacity(self.batch_bytes);
-        self.table.append_for_send(&first, &mut frame);
+        self.last_batch.clear();
+        if self.table.append_for_send(&first, &mut frame) {
+            self.last_batch.push(first);
+        }
         let mut count = 1;
         while count < MAX_BATCH_TASKS && frame.len() < MAX_BATCH_BYTES {
             match self.queue.try_recv() {
                 Ok(uuid) => {
                     count += 1;
-                    self.table.append_for_send(&uuid, &mut frame);
+                    if self.table.append_for_send(&uuid, &mut frame) {
+                        self.last_batch.push(uuid);
+                    }
                 }
                 Err(_) => break,
             }

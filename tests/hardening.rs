@@ -581,3 +581,45 @@ async fn deep_nesting_is_refused_at_every_door_before_anything_is_queued() {
     assert_eq!(run.unwrap_err().code(), tonic::Code::InvalidArgument);
     assert_eq!(h.stats().executions, 0, "nothing went upstream");
 }
+
+/// Runware refusing a message whole, with an error naming no task (the
+/// simulator's refuse-batch fault): the tasks of that batch are asked for
+/// one by one and, never having arrived, sent again under their own
+/// taskUUIDs; each completes, once, long before its deadline (they were
+/// left to their deadline, before).
+#[tokio::test(start_paused = true)]
+async fn a_batch_refused_whole_is_recovered_task_by_task() {
+    let h = start(SimConfig::default(), |c| {
+        c.default_task_timeout = Duration::from_secs(300);
+    })
+    .await;
+    h.ready().await;
+    h.sim.refuse_next_batch();
+    let started = tokio::time::Instant::now();
+    let asks: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = h.client.clone();
+            let uuid = uuid::Uuid::new_v4().to_string();
+            let request = pb::PromptEnhanceRequest {
+                task_uuid: uuid.clone(),
+                prompt: format!("refused {i}"),
+                ..Default::default()
+            };
+            tokio::spawn(async move { (uuid, client.prompt_enhance(request).await) })
+        })
+        .collect();
+    for ask in asks {
+        let (uuid, answer) = ask.await.unwrap();
+        let answer = answer.expect("completed, not failed").into_inner();
+        assert_eq!(answer.versions.len(), 1);
+        assert_eq!(h.sim.executions(&uuid), 1, "{uuid} ran once");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let s = daemon_status(&h).await;
+    assert!(counter(&s, "recovered") >= 1, "{s:?}");
+    assert_eq!(counter(&s, "bad_frames"), 1, "the refusal, counted");
+}

@@ -95,7 +95,8 @@ pub(super) struct SimArgs {
     pub(super) image_bytes: Option<usize>,
     /// Faults to inject in turn (comma-separated): drop (abort sockets),
     /// close (clean close, as a flapping load balancer), swallow (results
-    /// written, then lost with their socket), lose-session.
+    /// written, then lost with their socket), lose-session, refuse-batch
+    /// (the next message of tasks refused whole, naming no task).
     #[arg(long, value_delimiter = ',', requires = "fault_every")]
     pub(super) fault: Vec<runwared::tools::sim::Fault>,
     /// Mean time between injected faults.

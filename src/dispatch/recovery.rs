@@ -47,6 +47,33 @@ impl TaskTable {
         send
     }
 
+    /// Runware refused a message whole (an error naming no task): the
+    /// tasks it carried still in flight are recovered as after a lost
+    /// session, asked for with `getResponse` (those Runware never got are
+    /// then sent again under their own taskUUIDs). Returns how many.
+    pub fn recover_batch(&self, batch: &[TaskUuid]) -> usize {
+        let now = Instant::now();
+        let connection = self.connection.load(Ordering::Acquire);
+        let mut recovered = 0;
+        for uuid in batch {
+            let Some(mut task) = self.tasks.get_mut(uuid) else {
+                continue;
+            };
+            if !task.in_flight() {
+                continue;
+            }
+            let event = Event::Ready {
+                connection,
+                resumed: false,
+            };
+            if self.step(&mut task, event, now) == Action::Recover {
+                self.counters.add(Counter::Recovered);
+                recovered += 1;
+            }
+        }
+        recovered
+    }
+
     /// Polls due now: marks them asked and returns them, at most `max`.
     pub fn due_polls(&self, max: usize) -> Vec<TaskUuid> {
         let now = Instant::now();

@@ -56,6 +56,27 @@ pub(super) fn handle_message(
         )));
         return;
     };
+    let carries_tasks = tasks.iter().any(|t| {
+        !matches!(
+            t.get("taskType").and_then(Value::as_str),
+            Some("authentication" | "ping" | "getResponse")
+        )
+    });
+    if session.is_some()
+        && carries_tasks
+        && shared
+            .refuse_batch
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        let _ = tx.send(Outgoing::Error(error_item(
+            "invalidPayload",
+            "",
+            "the message could not be read",
+            None,
+            None,
+        )));
+        return;
+    }
     let mut replies = Vec::new();
     for task in tasks {
         let Value::Object(task) = task else {

@@ -152,11 +152,14 @@ pub enum Fault {
     Swallow,
     /// The session is forgotten and its sockets dropped.
     LoseSession,
+    /// The next message of tasks is refused whole, with an error naming no
+    /// task ([`SimHandle::refuse_next_batch`]).
+    RefuseBatch,
 }
 
 /// A fault the simulator does not know.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("unknown fault {0:?}: use drop, close, swallow or lose-session")]
+#[error("unknown fault {0:?}: use drop, close, swallow, lose-session or refuse-batch")]
 pub struct UnknownFault(pub String);
 
 impl std::str::FromStr for Fault {
@@ -168,6 +171,7 @@ impl std::str::FromStr for Fault {
             "close" => Ok(Fault::Close),
             "swallow" => Ok(Fault::Swallow),
             "lose-session" => Ok(Fault::LoseSession),
+            "refuse-batch" => Ok(Fault::RefuseBatch),
             other => Err(UnknownFault(other.to_owned())),
         }
     }
@@ -209,6 +213,7 @@ impl SimHandle {
             stall: watch::channel(false).0,
             reject_auth: watch::channel(false).0,
             lose_tasks: std::sync::atomic::AtomicBool::new(false),
+            refuse_batch: std::sync::atomic::AtomicBool::new(false),
             swallow: std::sync::atomic::AtomicBool::new(false),
         });
         let handle = SimHandle {
@@ -309,6 +314,15 @@ impl SimHandle {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Fault: the next message carrying tasks is refused whole, with one
+    /// error naming no task, and none of its tasks runs (as a server that
+    /// cannot read a message answers). Armed until such a message comes.
+    pub fn refuse_next_batch(&self) {
+        self.shared
+            .refuse_batch
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Injects `faults` in turn, one every `every` (each wait drawn from
     /// half to one and a half of it, seeded), until the returned task is
     /// aborted. For `runwared sim --fault` and the benchmarks.
@@ -343,6 +357,7 @@ impl SimHandle {
                 self.expire_sessions();
                 self.drop_connections();
             }
+            Fault::RefuseBatch => self.refuse_next_batch(),
         }
     }
 

@@ -63,6 +63,9 @@ pub(super) struct Shared {
     pub(super) reject_auth: watch::Sender<bool>,
     /// Fault: tasks are read and forgotten, as if lost on the way.
     pub(super) lose_tasks: std::sync::atomic::AtomicBool,
+    /// The next message of tasks is refused whole, with an error naming no
+    /// task (as a server that cannot read it answers).
+    pub(super) refuse_batch: std::sync::atomic::AtomicBool,
     /// Fault: the next message with results is lost with its socket.
     pub(super) swallow: std::sync::atomic::AtomicBool,
 }
