@@ -7,29 +7,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::ws::{Ws, next};
+use common::ws::{Ws, connect, ended, next, send};
 use common::*;
 use futures::{SinkExt, StreamExt};
 use runwared::pb;
 use runwared::tools::sim::SimConfig;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-async fn connect(h: &Harness) -> Ws {
-    let addr = h.daemon.runware_addr.expect("the endpoint listens");
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("ws://{addr}/v1"),
-        None,
-        true, // TCP_NODELAY, as under paused time every test socket must
-    )
-    .await
-    .unwrap();
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
 
 fn auth(session: Option<&str>) -> Value {
     let mut auth = json!({"taskType": "authentication", "apiKey": "any"});
@@ -182,16 +166,7 @@ async fn a_client_that_reads_nothing_holds_only_its_bound() {
     // Every task ends in the table (seen on its own events: a gRPC Attach
     // of the same principal); the client reads nothing meanwhile.
     for uuid in &uuids {
-        let mut stream = h
-            .client
-            .clone()
-            .attach(pb::AttachRequest {
-                task_uuid: uuid.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        while let Ok(Some(_)) = stream.message().await {}
+        ended(&h, uuid).await;
     }
     let ended = daemon_status(&h).await;
     assert_eq!(ended.in_flight, 0);
@@ -403,16 +378,7 @@ async fn a_rest_task_past_its_deadline_is_answered_processing_and_kept() {
     );
     // It went on: once Runware finished it, getResponse has its result.
     h.sim_until(|s| s.results_produced >= 1).await;
-    let mut stream = h
-        .client
-        .clone()
-        .attach(pb::AttachRequest {
-            task_uuid: uuid.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Ok(Some(_)) = stream.message().await {}
+    ended(&h, &uuid).await;
     let ask = json!([{"taskType": "getResponse", "taskUUID": uuid}]);
     let (_, answer) = post_json(addr, &ask.to_string(), Some("k")).await;
     assert_eq!(answer["data"][0]["status"], "success", "{answer}");

@@ -48,6 +48,23 @@ async fn say(ws: &mut Ws, v: impl ToString) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
+/// The imageUUIDs an image task streams, on a task of its own.
+fn images(
+    mut client: pb::runware_client::RunwareClient<tonic::transport::Channel>,
+    req: pb::ImageInferenceRequest,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        client
+            .image_inference(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|r| r.unwrap().image_uuid)
+            .collect::<Vec<_>>()
+            .await
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn garbage_from_upstream_is_counted_and_touches_no_task() {
     init_test_logging();
@@ -131,7 +148,7 @@ async fn garbage_from_upstream_is_counted_and_touches_no_task() {
     config.max_message_bytes = 1 << 20;
     let daemon = Daemon::start(config).await.unwrap();
     let client = client_for(&daemon).await;
-    let mut ca = client.clone();
+    let ca = client.clone();
     let req_a = pb::ImageInferenceRequest {
         task_uuid: a.clone(),
         positive_prompt: "task a".into(),
@@ -141,15 +158,7 @@ async fn garbage_from_upstream_is_counted_and_touches_no_task() {
         number_results: Some(2),
         ..Default::default()
     };
-    let task_a = tokio::spawn(async move {
-        ca.image_inference(req_a)
-            .await
-            .unwrap()
-            .into_inner()
-            .map(|r| r.unwrap().image_uuid)
-            .collect::<Vec<_>>()
-            .await
-    });
+    let task_a = images(ca, req_a);
     let mut cb = client.clone();
     let req_b = pb::PromptEnhanceRequest {
         task_uuid: b.clone(),
@@ -231,7 +240,7 @@ async fn floods_of_steps_and_items_are_bounded_and_counted() {
     config.max_message_bytes = 8 << 20;
     let daemon = Daemon::start(config).await.unwrap();
     let client = client_for(&daemon).await;
-    let mut ci = client.clone();
+    let ci = client.clone();
     let req = pb::ImageInferenceRequest {
         task_uuid: image.clone(),
         positive_prompt: "flooded".into(),
@@ -240,15 +249,7 @@ async fn floods_of_steps_and_items_are_bounded_and_counted() {
         height: Some(512),
         ..Default::default()
     };
-    let image_task = tokio::spawn(async move {
-        ci.image_inference(req)
-            .await
-            .unwrap()
-            .into_inner()
-            .map(|r| r.unwrap().image_uuid)
-            .collect::<Vec<_>>()
-            .await
-    });
+    let image_task = images(ci, req);
     let upload_json =
         json!({"taskType": "modelUpload", "taskUUID": upload, "air": "a"}).to_string();
     let upload_results = run_all(&mut client.clone(), upload_json).await;

@@ -16,23 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::ws::{Ws, next};
-
-async fn connect(h: &Harness) -> Ws {
-    let addr = h.daemon.runware_addr.expect("the endpoint listens");
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("ws://{addr}/v1"),
-        None,
-        true, // TCP_NODELAY, as under paused time every test socket must
-    )
-    .await
-    .unwrap();
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
+use common::ws::{Ws, connect, ended, next, send};
 
 /// Authenticates (resuming `session` if given); returns the local session.
 async fn authenticate(ws: &mut Ws, key: &str, session: Option<&str>) -> Value {
@@ -42,20 +26,6 @@ async fn authenticate(ws: &mut Ws, key: &str, session: Option<&str>) -> Value {
     }
     send(ws, json!([auth])).await;
     next(ws).await
-}
-
-/// Waits for a task to end, on its own events: a gRPC `Attach` (the same
-/// principal, TCP) streams until the task completes or fails.
-async fn ended(h: &Harness, task: &str) {
-    let mut client = h.client.clone();
-    let mut stream = client
-        .attach(runwared::pb::AttachRequest {
-            task_uuid: task.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Ok(Some(_)) = stream.message().await {}
 }
 
 /// A connection that has authenticated.

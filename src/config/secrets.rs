@@ -58,6 +58,14 @@ impl BearerToken {
         self.0.expose().as_bytes().ct_eq(given.as_bytes()).into()
     }
 
+    /// Whether an `authorization` header's value carries this token
+    /// (`Bearer <token>`).
+    pub fn accepts(&self, authorization: Option<&str>) -> bool {
+        authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| self.matches(given))
+    }
+
     /// The text, for a client to send.
     pub fn expose(&self) -> &str {
         self.0.expose()

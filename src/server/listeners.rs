@@ -187,16 +187,15 @@ impl tonic::service::Interceptor for AccessGate {
         let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if token.matches(g) => {
+            .and_then(|v| v.to_str().ok());
+        match token.accepts(given) {
+            true => {
                 if let Some(conn) = request.extensions().get::<ClientConnection>() {
                     conn.authenticated();
                 }
                 Ok(request)
             }
-            _ => {
+            false => {
                 self.counters.add(Counter::Unauthenticated);
                 Err(tonic::Status::unauthenticated(
                     "this daemon requires metadata \"authorization: Bearer <token>\" (the token in its --auth-token-file)",

@@ -55,10 +55,9 @@ impl Unauthenticated {
         let given = req
             .headers()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.to_str().ok());
         let conn = req.extensions().get::<ClientConnection>();
-        if given.is_some_and(|g| token.matches(g)) {
+        if token.accepts(given) {
             if let Some(conn) = conn {
                 conn.authenticated();
             }

@@ -246,6 +246,40 @@ pub mod ws {
     /// A client socket.
     pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+    /// A socket to the daemon's Runware-protocol endpoint.
+    pub async fn connect(h: &super::Harness) -> Ws {
+        let addr = h.daemon.runware_addr.expect("the endpoint listens");
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(
+            format!("ws://{addr}/v1"),
+            None,
+            true, // TCP_NODELAY, as under paused time every test socket must
+        )
+        .await
+        .unwrap();
+        ws
+    }
+
+    /// Sends one JSON message.
+    pub async fn send(ws: &mut Ws, v: serde_json::Value) {
+        use futures::SinkExt;
+        ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    /// Waits for a task to end, on its own events: a gRPC `Attach` (the
+    /// same principal, TCP) streams until the task completes or fails.
+    pub async fn ended(h: &super::Harness, task: &str) {
+        let mut stream = h
+            .client
+            .clone()
+            .attach(runwared::pb::AttachRequest {
+                task_uuid: task.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Ok(Some(_)) = stream.message().await {}
+    }
+
     /// The next JSON message (pings and pongs of the WebSocket layer skipped).
     pub async fn next(ws: &mut Ws) -> serde_json::Value {
         loop {
