@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::{SavedTask, StateChange};
+use crate::dispatch::{SavedOwner, SavedTask, StateChange};
 use crate::protocol::{self, SessionUuid, TaskUuid};
 
 const FORMAT: &str = "runwared-state";
@@ -57,6 +57,9 @@ struct StateFile {
     generation: u64,
     session: Option<String>,
     tasks: Vec<SavedTask>,
+    /// Who submitted the taskUUIDs remembered (oldest first).
+    #[serde(default)]
+    owners: Vec<SavedOwner>,
 }
 
 /// The same, written from borrowed parts: no copy of every payload per write.
@@ -69,6 +72,7 @@ struct StateFileOut<'a> {
     generation: u64,
     session: Option<&'a str>,
     tasks: &'a [SavedTask],
+    owners: &'a [SavedOwner],
 }
 
 /// What a previous run left.
@@ -78,6 +82,9 @@ pub struct Loaded {
     pub session: Option<SessionUuid>,
     /// The tasks in flight.
     pub tasks: Vec<SavedTask>,
+    /// Who submitted the taskUUIDs remembered, oldest first (those of the
+    /// tasks journaled since the snapshot last).
+    pub owners: Vec<SavedOwner>,
     /// Where an unreadable or foreign file was moved, if one was.
     pub set_aside: Option<PathBuf>,
     /// Restored tasks dropped because they no longer pass the checks.
@@ -185,7 +192,8 @@ impl StateStore {
         }
         let mut session = file.session;
         let mut tasks = file.tasks;
-        self.replay(file.generation, &mut session, &mut tasks);
+        let mut owners = file.owners;
+        self.replay(file.generation, &mut session, &mut tasks, &mut owners);
         let total = tasks.len();
         let tasks: Vec<SavedTask> = tasks
             .into_iter()
@@ -204,6 +212,7 @@ impl StateStore {
                 .map(SessionUuid),
             rejected: total - tasks.len(),
             tasks,
+            owners,
             set_aside: None,
         }
     }
@@ -211,7 +220,13 @@ impl StateStore {
     /// Applies the snapshot's journal, in order. Replaying is idempotent (a
     /// change may already be in the snapshot); a line that does not parse
     /// (torn by a crash) ends it.
-    fn replay(&self, generation: u64, session: &mut Option<String>, tasks: &mut Vec<SavedTask>) {
+    fn replay(
+        &self,
+        generation: u64,
+        session: &mut Option<String>,
+        tasks: &mut Vec<SavedTask>,
+        owners: &mut Vec<SavedOwner>,
+    ) {
         let text = match self.read(&self.journal_path(generation)) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
@@ -230,6 +245,10 @@ impl StateStore {
             match change {
                 StateChange::Add(t) => {
                     tasks.retain(|x| x.uuid != t.uuid);
+                    owners.push(SavedOwner {
+                        uuid: t.uuid.clone(),
+                        owner: t.owner,
+                    });
                     tasks.push(t);
                 }
                 StateChange::Sent(uuid) => {
@@ -319,6 +338,16 @@ impl StateStore {
     /// then removes the journals of earlier generations. Returns the
     /// snapshot's size.
     pub fn save(&self, session: Option<&SessionUuid>, tasks: &[SavedTask]) -> std::io::Result<u64> {
+        self.save_with_owners(session, tasks, &[])
+    }
+
+    /// [`StateStore::save`] with the owners the table remembers.
+    pub fn save_with_owners(
+        &self,
+        session: Option<&SessionUuid>,
+        tasks: &[SavedTask],
+        owners: &[SavedOwner],
+    ) -> std::io::Result<u64> {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         let file = StateFileOut {
             format: FORMAT,
@@ -328,6 +357,7 @@ impl StateStore {
             generation,
             session: session.map(|s| s.0.as_str()),
             tasks,
+            owners,
         };
         // A new name each time, created exclusively: never an existing
         // file, never through a symlink someone left in its place.
@@ -427,6 +457,40 @@ mod tests {
             names,
             vec![std::ffi::OsString::from("state.json")],
             "no temporary left"
+        );
+    }
+
+    /// Who sent each taskUUID survives a restart after its task went: the
+    /// snapshot's owners, and those of tasks journaled since (ended or not).
+    #[test]
+    fn owners_outlive_their_tasks_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), "ws://x/v1", "k");
+        let gone = SavedOwner {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            owner: crate::dispatch::Principal::Uid(7),
+        };
+        s.save_with_owners(None, &[], std::slice::from_ref(&gone))
+            .unwrap();
+        let later = task(1);
+        s.append(&[
+            StateChange::Add(later.clone()),
+            StateChange::End(later.uuid.clone()),
+        ])
+        .unwrap();
+        let loaded = open(dir.path(), "ws://x/v1", "k").load();
+        assert!(loaded.tasks.is_empty());
+        let owners: Vec<(&str, crate::dispatch::Principal)> = loaded
+            .owners
+            .iter()
+            .map(|o| (o.uuid.as_str(), o.owner))
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                (gone.uuid.as_str(), gone.owner),
+                (later.uuid.as_str(), later.owner)
+            ]
         );
     }
 

@@ -22,6 +22,16 @@ pub struct SavedTask {
     pub owner: Principal,
 }
 
+/// Who submitted a taskUUID, kept in the state file after its task went
+/// (see `owners`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedOwner {
+    /// The taskUUID.
+    pub uuid: String,
+    /// Who submitted it.
+    pub owner: Principal,
+}
+
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -79,7 +79,7 @@ use tokio::time::Instant;
 use self::arrival::{ArrivingResult, ErrorVerdict, ResultVerdict, judge_error, judge_result};
 pub use self::budget::{DoorBytes, Held};
 pub use self::events::{FailureKind, SubmitError, TaskEvent, TaskFailure};
-pub use self::journal::{SavedTask, StateChange};
+pub use self::journal::{SavedOwner, SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
 pub use self::limits::{
     DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_RETAINED_BYTES, Limits, MAX_EXPECTED_RESULTS,

@@ -51,6 +51,31 @@ impl TaskTable {
     pub fn owner_of(&self, uuid: &TaskUuid) -> Option<Principal> {
         self.owners().owner(uuid)
     }
+
+    /// Every owner remembered, oldest first, for the state file.
+    pub fn remembered_owners(&self) -> Vec<SavedOwner> {
+        let owners = self.owners();
+        owners
+            .order
+            .iter()
+            .filter_map(|uuid| {
+                owners.owner(uuid).map(|owner| SavedOwner {
+                    uuid: uuid.to_string(),
+                    owner,
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers the owners a previous run saved (oldest first).
+    pub fn remember_owners(&self, saved: Vec<SavedOwner>) {
+        let mut owners = self.owners();
+        for s in saved {
+            if let Some(uuid) = TaskUuid::parse_any(&s.uuid) {
+                owners.remember(uuid, s.owner);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +94,19 @@ mod tests {
         assert_eq!(owners.owner(&first), None, "the oldest is forgotten");
         assert_eq!(owners.by_task.len(), REMEMBERED_OWNERS);
         assert_eq!(owners.order.len(), REMEMBERED_OWNERS);
+    }
+
+    #[test]
+    fn remembered_owners_survive_a_restart_in_order() {
+        let d = crate::dispatch::testing::table();
+        let (a, b) = (TaskUuid::new_v4(), TaskUuid::new_v4());
+        d.remember_owner(a, Principal::Uid(1));
+        d.remember_owner(b, Principal::Tcp);
+        let saved = d.remembered_owners();
+        assert_eq!(saved[0].uuid, a.to_string());
+        let next = crate::dispatch::testing::table();
+        next.remember_owners(saved);
+        assert_eq!(next.owner_of(&a), Some(Principal::Uid(1)));
+        assert_eq!(next.owner_of(&b), Some(Principal::Tcp));
     }
 }

@@ -133,8 +133,10 @@ pub(super) async fn persist(
         let snapshot = journal_bytes > snapshot_bytes.max(JOURNAL_MIN_BYTES);
         let written = if snapshot {
             let tasks = table.snapshot();
+            let owners = table.remembered_owners();
             let s = session.clone();
-            tokio::task::spawn_blocking(move || store.save(s.as_ref(), &tasks)).await
+            tokio::task::spawn_blocking(move || store.save_with_owners(s.as_ref(), &tasks, &owners))
+                .await
         } else {
             tokio::task::spawn_blocking(move || store.append(&changes)).await
         };

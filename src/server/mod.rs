@@ -256,6 +256,8 @@ impl Daemon {
                 "tasks in the state file failed the checks and are not recovered"
             );
         }
+        // Owners first: restored tasks are remembered after them, newest.
+        table.remember_owners(loaded.owners);
         if !loaded.tasks.is_empty() {
             let n = table.restore(loaded.tasks);
             tracing::info!(tasks = n, session = ?loaded.session, "recovering tasks from the previous run");
