@@ -2,16 +2,22 @@
 // and reports the daemon's resident memory (VmRSS) before, at the peak and
 // after each. Loopback only; every loop is bounded in count and time.
 //
-//   node examples/floods/floods.mjs PID ws://127.0.0.1:7434/v1
+//   node examples/floods/floods.mjs PID ws://127.0.0.1:7434/v1 [GRPC_ADDR]
 //
-// PID is the daemon's (`runwared serve --simulate --max-memory-bytes ...`).
+// PID is the daemon's (`runwared serve ... --max-memory-bytes ...`). With
+// GRPC_ADDR (host:port of a daemon that requires a token, given in
+// RUNWARED_TOKEN for the floods above), two floods of
+// clients without the token follow: REST bodies sent in part, and health
+// Watch streams.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { randomUUID } from "node:crypto";
 const require = createRequire(new URL("../../tests/sdk/package.json", import.meta.url));
 const WebSocket = require("ws");
 
-const [pid, url] = process.argv.slice(2);
+const [pid, url, grpcAddr] = process.argv.slice(2);
+// The local key: the daemon's token when it has one (RUNWARED_TOKEN).
+const key = process.env.RUNWARED_TOKEN ?? "local";
 const rss = () => {
   const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("VmRSS"));
   return Number(line.split(/\s+/)[1]) / 1024; // MiB
@@ -36,7 +42,7 @@ const report = (name, before, peak, after) =>
   const before = rss();
   const stop = watchPeak();
   const ws = await open();
-  const auth = JSON.stringify(Array.from({ length: 30000 }, () => ({ taskType: "authentication", apiKey: "x" })));
+  const auth = JSON.stringify(Array.from({ length: 30000 }, () => ({ taskType: "authentication", apiKey: key })));
   let answers = 0;
   ws.on("message", () => answers++);
   for (let i = 0; i < 5; i++) ws.send(auth);
@@ -51,7 +57,7 @@ const report = (name, before, peak, after) =>
   const before = rss();
   const stop = watchPeak();
   const ws = await open();
-  ws.send(JSON.stringify([{ taskType: "authentication", apiKey: "x" }]));
+  ws.send(JSON.stringify([{ taskType: "authentication", apiKey: key }]));
   await sleep(200);
   ws.pause(); // read nothing from here on
   for (let i = 0; i < 42; i++) {
@@ -73,7 +79,7 @@ const report = (name, before, peak, after) =>
   const before = rss();
   const stop = watchPeak();
   const ws = await open();
-  ws.send(JSON.stringify([{ taskType: "authentication", apiKey: "x" }]));
+  ws.send(JSON.stringify([{ taskType: "authentication", apiKey: key }]));
   await sleep(200);
   ws.pause();
   const pings = JSON.stringify(Array.from({ length: 20000 }, () => ({ taskType: "ping", ping: true })));
@@ -83,5 +89,52 @@ const report = (name, before, peak, after) =>
   ws.terminate();
   await sleep(2000);
   report("83 MiB of pings read by nobody", before, peak, rss());
+}
+if (grpcAddr) {
+  const net = await import("node:net");
+  const http2 = await import("node:http2");
+  const { hostname, port } = new URL(url.replace(/^ws/, "http"));
+  // 4. Ten REST bodies without the token, each 60 MiB of an announced 64 MiB.
+  {
+    const before = rss();
+    const stop = watchPeak();
+    const sockets = [];
+    const chunk = Buffer.alloc(1 << 20, 0x61);
+    for (let i = 0; i < 10; i++) {
+      const s = net.connect(Number(port), hostname);
+      s.on("error", () => {});
+      s.write(`POST /v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${64 << 20}\r\n\r\n[`);
+      for (let m = 0; m < 60; m++) s.write(chunk);
+      sockets.push(s);
+    }
+    await sleep(5000);
+    const peak = stop();
+    sockets.forEach((s) => s.destroy());
+    await sleep(1000);
+    report("10 REST bodies of 60 MiB without the token", before, peak, rss());
+  }
+  // 5. Health Watch streams without the token: 64 connections, 64 streams each.
+  {
+    const before = rss();
+    const stop = watchPeak();
+    const sessions = [];
+    let refused = 0;
+    for (let c = 0; c < 64; c++) {
+      const session = http2.connect(`http://${grpcAddr}`);
+      session.on("error", () => {});
+      for (let i = 0; i < 64; i++) {
+        const req = session.request({ ":method": "POST", ":path": "/grpc.health.v1.Health/Watch", "content-type": "application/grpc", te: "trailers" });
+        req.on("response", (h) => { if (h["grpc-status"] && h["grpc-status"] !== "0") refused++; });
+        req.on("error", () => {});
+        req.end(Buffer.from([0, 0, 0, 0, 0]));
+      }
+      sessions.push(session);
+    }
+    await sleep(5000);
+    const peak = stop();
+    sessions.forEach((s) => s.destroy());
+    await sleep(1000);
+    report(`4 096 health Watch streams without the token (${refused} refused at once)`, before, peak, rss());
+  }
 }
 process.exit(0);
