@@ -74,6 +74,9 @@ pub struct Upstream {
     /// The tasks of the last batch sent, recovered if Runware answers
     /// with an error naming no task.
     last_batch: Vec<TaskUuid>,
+    /// A task that goes alone, met while building a batch: the next
+    /// message is its own.
+    carry: Option<TaskUuid>,
     /// Limit for TCP + TLS + WebSocket handshakes.
     connect_timeout: Duration,
     /// A write that cannot finish within this is a dead socket.
@@ -131,6 +134,7 @@ impl Upstream {
             connection,
             bad_frame_warnings: WarnLimit::default(),
             last_batch: Vec::new(),
+            carry: None,
             connect_timeout: config.connect_timeout,
             write_timeout: config.pong_timeout.max(Duration::from_secs(30)),
             batch_bytes: 0,
@@ -283,6 +287,14 @@ impl Upstream {
 
         loop {
             let ready = self.connection.is_ready();
+            // A task that goes alone, taken from the queue while a batch was
+            // built: its own message first.
+            if let Some(first) = self.carry.take_if(|_| ready) {
+                if let Err(reason) = self.send_batch(&mut socket, first).await {
+                    return SessionEnd::Dropped(reason);
+                }
+                continue;
+            }
             let deadline = self.connection.next_deadline();
             tokio::select! {
                 _ = stopped(shutdown) => {
@@ -491,9 +503,16 @@ impl Upstream {
         if self.table.append_for_send(&first, &mut frame) {
             self.last_batch.push(first);
         }
+        // A task recovered from a batch refused whole goes alone: were it
+        // the cause, it spoils no other task's message again.
+        let alone = self.table.sends_alone(&first);
         let mut count = 1;
-        while count < MAX_BATCH_TASKS && frame.len() < MAX_BATCH_BYTES {
+        while !alone && count < MAX_BATCH_TASKS && frame.len() < MAX_BATCH_BYTES {
             match self.queue.try_recv() {
+                Ok(uuid) if self.table.sends_alone(&uuid) => {
+                    self.carry = Some(uuid);
+                    break;
+                }
                 Ok(uuid) => {
                     count += 1;
                     if self.table.append_for_send(&uuid, &mut frame) {

@@ -131,6 +131,7 @@ impl TaskTable {
                     matching: None,
                     results: Vec::new(),
                     steps: 0,
+                    alone: false,
                     result_ids: Vec::new(),
                     outcome: None,
                     watchers: vec![watcher],

@@ -17,6 +17,9 @@ impl TaskTable {
     /// Ends a task: it leaves the in-flight count; its results stay for
     /// the retention time.
     pub(super) fn finish(&self, task: &mut Task, outcome: Outcome, now: Instant) {
+        if std::mem::take(&mut task.alone) {
+            self.alone_tasks.fetch_sub(1, Ordering::AcqRel);
+        }
         let failure = match &outcome {
             Outcome::Completed => None,
             Outcome::Failed(f) => Some(f.kind.outcome_label()),

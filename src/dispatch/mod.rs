@@ -117,6 +117,9 @@ pub struct TaskTable {
     payload_bytes: AtomicUsize,
     /// What the doors hold for their clients ([`budget`]).
     door_bytes: DoorBytes,
+    /// Tasks in flight that go upstream alone ([`TaskTable::recover_batch`]):
+    /// while none does, the writer asks nothing per task.
+    alone_tasks: AtomicUsize,
     /// Who submitted each taskUUID taken, remembered after it went.
     owners: std::sync::Mutex<owners::Owners>,
     /// The number of the current upstream connection, bumped each time one
@@ -158,6 +161,7 @@ impl TaskTable {
             retained_bytes: AtomicUsize::new(0),
             payload_bytes: AtomicUsize::new(0),
             door_bytes: DoorBytes::default(),
+            alone_tasks: AtomicUsize::new(0),
             owners: std::sync::Mutex::default(),
             connection: AtomicU64::new(0),
             message: AtomicU64::new(0),

@@ -69,6 +69,7 @@ impl TaskTable {
                 matching: s.sent.then(Box::default),
                 results: Vec::new(),
                 steps: 0,
+                alone: false,
                 result_ids: Vec::new(),
                 outcome: None,
                 watchers: Vec::new(),

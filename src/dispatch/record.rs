@@ -50,6 +50,9 @@ pub(super) struct Task {
     /// How many of them are steps that do not complete it (a model
     /// upload's `validated`, ...: [`Received::Step`]).
     pub(super) steps: u32,
+    /// It goes upstream in a message of its own: it was in a batch that
+    /// Runware refused whole.
+    pub(super) alone: bool,
     /// Ids of the results (imageUUID, ...), to drop duplicates.
     pub(super) result_ids: Vec<Box<str>>,
     /// How it ended; `None` while in flight.

@@ -50,7 +50,8 @@ impl TaskTable {
     /// Runware refused a message whole (an error naming no task): the
     /// tasks it carried still in flight are recovered as after a lost
     /// session, asked for with `getResponse` (those Runware never got are
-    /// then sent again under their own taskUUIDs). Returns how many.
+    /// then sent again under their own taskUUIDs, each in a message of its
+    /// own). Returns how many.
     pub fn recover_batch(&self, batch: &[TaskUuid]) -> usize {
         let now = Instant::now();
         let connection = self.connection.load(Ordering::Acquire);
@@ -66,12 +67,23 @@ impl TaskTable {
                 connection,
                 resumed: false,
             };
+            if !task.alone {
+                task.alone = true;
+                self.alone_tasks.fetch_add(1, Ordering::AcqRel);
+            }
             if self.step(&mut task, event, now) == Action::Recover {
                 self.counters.add(Counter::Recovered);
                 recovered += 1;
             }
         }
         recovered
+    }
+
+    /// Whether a task goes upstream in a message of its own
+    /// ([`TaskTable::recover_batch`]).
+    pub fn sends_alone(&self, uuid: &TaskUuid) -> bool {
+        self.alone_tasks.load(Ordering::Acquire) > 0
+            && self.tasks.get(uuid).is_some_and(|t| t.alone)
     }
 
     /// Polls due now: marks them asked and returns them, at most `max`.

@@ -848,3 +848,25 @@ fn auth_rejected_fails_everyone_and_refuses_new_tasks() {
         Some(SubmitError::Draining)
     );
 }
+
+/// The tasks of a batch Runware refused whole are polled, and go alone
+/// from then on, until they end; the others of the table are not touched.
+#[test]
+fn a_refused_batch_is_recovered_and_its_tasks_go_alone() {
+    let (d, _q) = setup(Limits::default());
+    let a = d.submit(task(1), &ClientConnection::default()).unwrap();
+    let b = d.submit(task(1), &ClientConnection::default()).unwrap();
+    let other = d.submit(task(1), &ClientConnection::default()).unwrap();
+    for h in [&a, &b, &other] {
+        send(&d, &h.uuid);
+    }
+    assert!(!d.sends_alone(&a.uuid));
+    assert_eq!(d.recover_batch(&[a.uuid, b.uuid]), 2);
+    assert_eq!(d.polling(), 2);
+    assert!(d.sends_alone(&a.uuid) && d.sends_alone(&b.uuid));
+    assert!(!d.sends_alone(&other.uuid));
+    // Ended, it goes nowhere any more.
+    d.deliver(a.uuid, raw(r#"{"text":"a"}"#), None, Received::Answered);
+    assert!(!d.sends_alone(&a.uuid));
+    assert_eq!(d.counters.get(Counter::Recovered), 2);
+}
