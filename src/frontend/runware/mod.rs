@@ -258,14 +258,16 @@ impl RunwareEndpoint {
 
     /// Checks one task (its type as routing read it), to be submitted
     /// under the client's own taskUUID.
+    // The type as routing kept it (`kept_task_type`): a clone of it is a
+    // copy only for a type the daemon does not know.
+    #[allow(clippy::ptr_arg)]
     fn check<'a>(
         &self,
         task: TaskObject<'a>,
-        task_type: &str,
+        task_type: &Cow<'static, str>,
     ) -> Result<ClientTask<TaskObject<'a>>, RunwareError> {
-        let named = Some(task_type).filter(|t| !t.is_empty());
-        let kept = kept_task_type(Cow::Borrowed(task_type));
-        let checked = check_task_of_type(task, kept, true, None)
+        let named = Some(&**task_type).filter(|t| !t.is_empty());
+        let checked = check_task_of_type(task, task_type.clone(), true, None)
             .map_err(|r| r.refusal.runware_error(named, r.given_uuid.as_ref()))?;
         check_documented_limits(&checked)
             .map_err(|r| r.runware_error(named, Some(&checked.uuid)))?;

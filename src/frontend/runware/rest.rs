@@ -66,11 +66,12 @@ impl RunwareEndpoint {
     }
 
     /// Submits one task of a REST request, watched by its own handle.
+    #[allow(clippy::ptr_arg)] // passed on to `check`, which clones it
     pub(super) fn submit_from_rest(
         &self,
         task: TaskObject<'_>,
         raw: &str,
-        task_type: &str,
+        task_type: &Cow<'static, str>,
         client: &ClientConnection,
     ) -> Result<TaskHandle, RunwareError> {
         let checked = self.check(task, task_type)?;
