@@ -117,7 +117,7 @@ impl Counter {
             Counter::Unauthenticated => (
                 "unauthenticated_requests",
                 "runwared_unauthenticated_requests",
-                "gRPC requests refused for a missing or wrong bearer token",
+                "Requests refused for a missing or wrong token (gRPC bearer, or the local apiKey on Runware's protocol)",
             ),
             Counter::ConnectionsRefused => (
                 "connections_refused",
