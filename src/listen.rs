@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -61,6 +61,9 @@ pub struct Connections {
     tcp_share: usize,
     /// Counts the connections refused and timed out (metrics).
     counts: Arc<Counters>,
+    /// Turns true when the listeners stop accepting (the sockets may live
+    /// on in another process, which accepts what waits in their queues).
+    stop_accepting: watch::Sender<bool>,
 }
 
 impl Connections {
@@ -78,7 +81,21 @@ impl Connections {
             tcp: Arc::new(Semaphore::new(limit.saturating_sub(reserve).max(1))),
             tcp_share,
             counts,
+            stop_accepting: watch::Sender::new(false),
         }
+    }
+
+    /// Every listener stops accepting: what arrives from now on waits in
+    /// the kernel's queue (for the process the sockets were handed to, or
+    /// that systemd starts next) or, where no one else holds the socket,
+    /// is refused once it closes.
+    pub fn stop_accepting(&self) {
+        self.stop_accepting.send_replace(true);
+    }
+
+    /// Turns true when the listeners stop accepting.
+    pub fn stopped_accepting(&self) -> watch::Receiver<bool> {
+        self.stop_accepting.subscribe()
     }
 
     /// A TCP listener's door: its own share, and the authentication
@@ -136,12 +153,14 @@ where
     Fut: Future<Output = io::Result<(S, Principal)>> + Send,
 {
     let (tx, rx) = mpsc::channel(16);
+    let mut stop = connections.stopped_accepting();
     tokio::spawn(async move {
         let mut pause = ACCEPT_PAUSE_MIN;
         loop {
             let accepted = tokio::select! {
                 a = accept() => a,
                 _ = tx.closed() => return,
+                _ = stop.wait_for(|s| *s) => return,
             };
             match accepted {
                 Ok((io, who)) => {

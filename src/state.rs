@@ -135,6 +135,11 @@ impl StateStore {
         })
     }
 
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The state file's path.
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE)

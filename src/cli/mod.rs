@@ -200,7 +200,13 @@ async fn serve(
     let config = config_of(args, settings)?;
     let drain = config.drain_timeout;
     let daemon = Daemon::start(config).await.map_err(|e| e.to_string())?;
-    wait_for_signal().await?;
+    // A signal stops the daemon, and so does a successor that took its
+    // listening sockets: it drains what it has, then exits.
+    let mut handed_over = daemon.handed_over();
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        _ = handed_over.wait_for(|h| *h) => tracing::info!("handed over to the next process"),
+    }
     daemon.shutdown(drain).await;
     Ok(())
 }

@@ -69,7 +69,7 @@ impl TaskTable {
         conn: &ClientConnection,
         watcher: Recipient,
     ) -> Result<ConnectionGuard, SubmitError> {
-        if self.draining.load(Ordering::Acquire) {
+        if self.is_draining() {
             return Err(SubmitError::Draining);
         }
         let ready = match &*self.gate.read().unwrap_or_else(|p| p.into_inner()) {

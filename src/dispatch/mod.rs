@@ -129,8 +129,9 @@ pub struct TaskTable {
     message: AtomicU64,
     /// Numbers tagged watches ([`TaskTable::submit_tagged`]).
     watches: AtomicU64,
-    /// Set on SIGTERM: new tasks are refused while those in flight finish.
-    draining: AtomicBool,
+    /// Set on SIGTERM (or a handover): new tasks are refused while those in
+    /// flight finish; the doors watch it to close what has nothing left.
+    draining: tokio::sync::watch::Sender<bool>,
     /// Idle tasks, oldest first, for retention ([`retention`]).
     idle: std::sync::Mutex<retention::IdleQueue>,
     /// What changed for the state file since it was last written; kept
@@ -166,7 +167,7 @@ impl TaskTable {
             connection: AtomicU64::new(0),
             message: AtomicU64::new(0),
             watches: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
+            draining: tokio::sync::watch::Sender::new(false),
             idle: std::sync::Mutex::default(),
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),
@@ -215,12 +216,17 @@ impl TaskTable {
 
     /// Refuses new tasks from now on (shutdown).
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.send_replace(true);
     }
 
     /// Whether new tasks are refused (the daemon is stopping).
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        *self.draining.borrow()
+    }
+
+    /// Turns true when the daemon starts draining.
+    pub fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 }
 

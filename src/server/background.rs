@@ -162,26 +162,23 @@ pub(super) async fn persist(
     }
 }
 
-/// Serves Prometheus metrics when `metrics_listen` asks for them: the bound
-/// address and the server's task.
-pub(super) async fn serve_metrics(
-    config: &Config,
+/// Serves Prometheus metrics on `listener` (when `metrics_listen` asks for
+/// them): the bound address and the server's task.
+pub(super) fn serve_metrics(
+    listener: Option<TcpListener>,
     table: &Arc<TaskTable>,
     status: watch::Receiver<UpstreamStatus>,
     upstream_metrics: &UpstreamMetrics,
     stop: watch::Receiver<bool>,
-) -> Result<(Option<SocketAddr>, Option<JoinHandle<()>>), StartError> {
-    let Some(addr) = config.metrics_listen else {
-        return Ok((None, None));
+) -> (Option<SocketAddr>, Option<JoinHandle<()>>) {
+    let Some(listener) = listener else {
+        return (None, None);
     };
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Metrics { addr, source })?;
     let bound = listener.local_addr().ok();
     let metrics = Metrics::new(table, status, upstream_metrics);
     let server = tokio::spawn(crate::metrics::serve(listener, metrics, stop));
     if let Some(a) = bound {
         tracing::info!(addr = %a, "Prometheus metrics at /metrics");
     }
-    Ok((bound, Some(server)))
+    (bound, Some(server))
 }

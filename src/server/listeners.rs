@@ -2,6 +2,9 @@
 //! mode and group), and served, gRPC behind its access gate and Runware's
 //! own protocol on its endpoint.
 
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::inherited::{Address, Inherited};
 use super::unauthenticated::Unauthenticated;
 use super::*;
 
@@ -14,45 +17,96 @@ pub(super) struct Listeners {
     pub(super) runware_tcp: Option<TcpListener>,
     pub(super) runware_addr: Option<SocketAddr>,
     pub(super) runware_unix: Option<UnixListener>,
+    /// Prometheus metrics.
+    pub(super) metrics: Option<TcpListener>,
+    /// A duplicate of each listening socket, with its address: what a
+    /// handover gives the next process.
+    pub(super) sockets: Vec<(Address, OwnedFd)>,
 }
 
-/// Binds the TCP and Unix socket listeners the settings ask for.
-pub(super) async fn bind_listeners(config: &Config) -> Result<Listeners, StartError> {
-    let tcp = match config.listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
+/// Binds the TCP and Unix socket listeners the settings ask for, each
+/// taken from `inherited` when a socket there listens at its address.
+pub(super) async fn bind_listeners(
+    config: &Config,
+    inherited: &mut Inherited,
+) -> Result<Listeners, StartError> {
+    let mut sockets = Vec::new();
+    let mut tcp = |addr: Option<SocketAddr>, sockets: &mut Vec<_>| -> Result<_, StartError> {
+        let Some(addr) = addr else { return Ok(None) };
+        let listener = match inherited.take_tcp(addr) {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(addr)
                 .map_err(|source| StartError::Tcp { addr, source })?,
-        ),
-        None => None,
+        };
+        let tokio = listener
+            .set_nonblocking(true)
+            .and_then(|()| kept(&listener, sockets, |l| l.local_addr().map(Address::Tcp)))
+            .and_then(|()| TcpListener::from_std(listener))
+            .map_err(|source| StartError::Tcp { addr, source })?;
+        Ok(Some(tokio))
     };
+    let grpc_tcp = tcp(config.listen, &mut sockets)?;
+    let runware_addr = match config.runware_listen.on() {
+        Some(Endpoint::Tcp(addr)) => Some(addr),
+        _ => None,
+    };
+    let runware_tcp = tcp(runware_addr, &mut sockets)?;
+    let metrics = tcp(config.metrics_listen, &mut sockets)?;
+    let group = config.unix_socket_group.as_deref();
     let unix = match &config.unix_socket {
-        Some(path) => Some(bind_unix(path, config.unix_socket_group.as_deref()).await?),
+        Some(path) => Some(unix_listener(path, group, inherited, &mut sockets).await?),
         None => None,
     };
-    let (runware_tcp, runware_unix) = match config.runware_listen.on() {
-        Some(Endpoint::Tcp(addr)) => (
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Tcp { addr, source })?,
-            ),
-            None,
-        ),
-        Some(Endpoint::Unix(path)) => (
-            None,
-            Some(bind_unix(&path, config.unix_socket_group.as_deref()).await?),
-        ),
-        None => (None, None),
+    let runware_unix = match config.runware_listen.on() {
+        Some(Endpoint::Unix(path)) => {
+            Some(unix_listener(&path, group, inherited, &mut sockets).await?)
+        }
+        _ => None,
     };
     Ok(Listeners {
-        tcp_addr: tcp.as_ref().and_then(|l| l.local_addr().ok()),
-        tcp,
+        tcp_addr: grpc_tcp.as_ref().and_then(|l| l.local_addr().ok()),
+        tcp: grpc_tcp,
         unix,
         runware_addr: runware_tcp.as_ref().and_then(|l| l.local_addr().ok()),
         runware_tcp,
         runware_unix,
+        metrics,
+        sockets,
     })
+}
+
+/// The Unix socket at `path`: inherited, or bound.
+async fn unix_listener(
+    path: &Path,
+    group: Option<&str>,
+    inherited: &mut Inherited,
+    sockets: &mut Vec<(Address, OwnedFd)>,
+) -> Result<UnixListener, StartError> {
+    let unix_err = |why| StartError::Unix {
+        path: path.to_owned(),
+        why,
+    };
+    let listener = match inherited.take_unix(path) {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| UnixListener::from_std(l))
+            .map_err(|e| unix_err(UnixSocketError::Bind(e)))?,
+        None => bind_unix(path, group).await?,
+    };
+    kept(&listener, sockets, |_| Ok(Address::Unix(path.to_owned())))
+        .map_err(|e| unix_err(UnixSocketError::Bind(e)))?;
+    Ok(listener)
+}
+
+/// Keeps a duplicate of `listener`'s descriptor, with its address.
+fn kept<L: AsFd>(
+    listener: &L,
+    sockets: &mut Vec<(Address, OwnedFd)>,
+    address: impl FnOnce(&L) -> io::Result<Address>,
+) -> io::Result<()> {
+    let address = address(listener)?;
+    sockets.push((address, listener.as_fd().try_clone_to_owned()?));
+    Ok(())
 }
 
 /// Serves the gRPC API (with health and reflection) on every listener,

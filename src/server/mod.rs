@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
@@ -39,12 +41,17 @@ use crate::upstream::{Heartbeat, Telemetry, Upstream, client_tls};
 
 mod background;
 pub mod descriptors;
+pub mod handover;
+pub mod inherited;
 mod listeners;
+pub mod tenure;
 pub mod unauthenticated;
 
 use self::background::{feed_watchdog, persist, report_health, serve_metrics, sweep};
+use self::inherited::{Inherited, Source};
 pub use self::listeners::{UnixSocketError, group_id};
 use self::listeners::{bind_listeners, serve_grpc, serve_runware, shares};
+use self::tenure::{Claim, DirLock, Tenure, TenureAction, TenureEvent};
 
 /// Why the daemon cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -98,14 +105,29 @@ pub enum StartError {
         /// Why it could not be made to fit.
         why: String,
     },
-    /// The metrics listener cannot bind.
-    #[error("cannot serve metrics on {addr}: {source}")]
-    Metrics {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: io::Error,
+    /// Two processes already use the state directory.
+    #[error("state directory {path}: {source}")]
+    StateTaken {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it.
+        source: tenure::ClaimError,
     },
+    /// Another process holds the state directory and does not hand over.
+    #[error(
+        "state directory {path} is held by {holder}, which this process would take over from, but {source}"
+    )]
+    Handover {
+        /// The directory.
+        path: PathBuf,
+        /// The holder.
+        holder: tenure::Pid,
+        /// Why the handover failed.
+        source: handover::HandoverError,
+    },
+    /// systemd passed sockets that cannot be used.
+    #[error("the sockets systemd passed (LISTEN_FDS): {0}")]
+    Activation(String),
     /// The API key cannot be read.
     #[error("the API key: {0}")]
     Key(#[source] crate::config::ConfigError),
@@ -218,8 +240,24 @@ pub struct Daemon {
     /// systemd's notify socket, under `Type=notify`.
     notifier: Option<Notifier>,
     /// Where the session and tasks in flight are persisted, if anywhere:
-    /// written a last time on shutdown.
+    /// written a last time on shutdown (by the holder of the directory).
     state: Option<StateStore>,
+    /// This process's part in the state directory.
+    tenure: Arc<watch::Sender<Tenure>>,
+    /// The state directory's lock, once this process holds it: let go
+    /// of at the very end of a shutdown.
+    holder_lock: Arc<std::sync::Mutex<Option<DirLock>>>,
+    /// Successors' handover connections: closed after the lock is let
+    /// go of, which tells them the directory is theirs.
+    successors: Arc<std::sync::Mutex<Vec<tokio::net::UnixStream>>>,
+    /// Turns true once the listening sockets went to a successor.
+    handed_over: watch::Receiver<bool>,
+    /// Its sender, kept for as long as the daemon runs.
+    _handed_over: Arc<watch::Sender<bool>>,
+    /// Whether the listening sockets outlive this process (systemd's).
+    sockets_outlive: bool,
+    /// The bound over client connections, and where accepting stops.
+    connections: Arc<listen::Connections>,
     /// Stops accepting clients (first step of a shutdown).
     stop_listeners: watch::Sender<bool>,
     /// Stops the upstream connection and the metrics (last step).
@@ -234,34 +272,73 @@ pub struct Daemon {
 
 impl Daemon {
     /// Binds the listeners, restores persisted state, connects upstream,
-    /// and serves.
+    /// and serves. Where another process holds the state directory, this
+    /// one takes over from it: its listening sockets now, its tasks once it
+    /// has exited ([`tenure`]).
     pub async fn start(mut config: Config) -> Result<Daemon, StartError> {
         descriptors::ensure(config.max_connections)?;
         let (simulator, key, connector) = upstream_target(&mut config).await?;
 
+        // Who this process is to the state directory, and which listening
+        // sockets it is given rather than binds.
+        let state = open_state(&config, &key)?;
+        let claimed = match &state {
+            Some(store) => Some(claim(store).await?),
+            None => None,
+        };
+        let (tenure, holder_lock, successor_lock, predecessor, mut inherited) = match claimed {
+            Some(Claimed::Holder(lock)) => (Tenure::Holder, Some(lock), None, None, systemd()?),
+            Some(Claimed::Successor {
+                lock,
+                predecessor,
+                sockets,
+            }) => (
+                Tenure::Successor,
+                None,
+                Some(lock),
+                Some(predecessor),
+                Inherited::handed_over(sockets),
+            ),
+            None => (Tenure::Holder, None, None, None, systemd()?),
+        };
+        let sockets_outlive = inherited.source == Source::Systemd;
+
         // Bound before anything runs: a taken port fails the start.
-        let mut listeners = bind_listeners(&config).await?;
+        let mut listeners = bind_listeners(&config, &mut inherited).await?;
+        let untaken = inherited.untaken();
+        if sockets_outlive && !untaken.is_empty() {
+            return Err(StartError::Activation(format!(
+                "no setting serves {}: name each in listen, unix_socket, runware_listen or metrics_listen",
+                untaken
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        for address in &untaken {
+            tracing::info!(%address, "the previous process listened here; this one does not (closed)");
+        }
+        drop(inherited);
         let tcp_addr = listeners.tcp_addr;
 
-        // What a previous run left: its session and its tasks in flight.
-        let state = open_state(&config, &key)?;
-        let loaded = state.as_ref().map(StateStore::load).unwrap_or_default();
+        // What a previous run left: its session and its tasks in flight. A
+        // successor reads it once the holder has exited.
+        let loaded = match (&state, tenure) {
+            (Some(store), Tenure::Holder) => store.load(),
+            _ => Default::default(),
+        };
 
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(UpstreamStatus::default());
         let table = TaskTable::new(limits(&config), queue_tx);
-        if loaded.rejected > 0 {
-            tracing::warn!(
-                tasks = loaded.rejected,
-                "tasks in the state file failed the checks and are not recovered"
-            );
-        }
-        // Owners first: restored tasks are remembered after them, newest.
-        table.remember_owners(loaded.owners);
-        if !loaded.tasks.is_empty() {
-            let n = table.restore(loaded.tasks);
-            tracing::info!(tasks = n, session = ?loaded.session, "recovering tasks from the previous run");
-        }
+        restore(
+            &table,
+            loaded.tasks,
+            loaded.owners,
+            loaded.rejected,
+            &loaded.session,
+        );
         let (stop_upstream, stop_upstream_rx) = watch::channel(false);
         let upstream_metrics = UpstreamMetrics::default();
         let heartbeat = Heartbeat::new();
@@ -283,24 +360,64 @@ impl Daemon {
         let upstream = tokio::spawn(upstream.run(stop_upstream_rx));
 
         let mut background = vec![tokio::spawn(sweep(Arc::clone(&table)))];
+        let tenure = Arc::new(watch::Sender::new(tenure));
+        let (handed_over, handed_over_rx) = watch::channel(false);
+        let handed_over = Arc::new(handed_over);
+        let holder_lock = Arc::new(std::sync::Mutex::new(holder_lock));
+        let successors = Arc::default();
         if let Some(store) = &state {
-            // Before any client can submit: every change is kept.
-            table.start_journal();
-            background.push(tokio::spawn(persist(
-                store.clone(),
-                Arc::clone(&table),
-                status_rx.clone(),
-            )));
+            let holder = Arc::new(handover::Holder {
+                tenure: Arc::clone(&tenure),
+                sockets: std::mem::take(&mut listeners.sockets),
+                handed_over: Arc::clone(&handed_over),
+                successors: Arc::clone(&successors),
+            });
+            let tenancy = Tenancy {
+                store: store.clone(),
+                table: Arc::clone(&table),
+                status: status_rx.clone(),
+                holder,
+                holder_lock: Arc::clone(&holder_lock),
+            };
+            background.push(tokio::spawn(match predecessor {
+                // Before any client can submit: every change is kept.
+                None => {
+                    table.start_journal();
+                    tenancy.hold().boxed()
+                }
+                Some(p) => tenancy.succeed(p, successor_lock).boxed(),
+            }));
         }
 
+        let (stop_listeners, stop_rx) = watch::channel(false);
+        // One bound over the connections of every listener, shared.
+        let tcp_listeners = [listeners.tcp.is_some(), listeners.runware_tcp.is_some()];
+        let unix_listeners = [listeners.unix.is_some(), listeners.runware_unix.is_some()];
+        let count = |l: [bool; 2]| l.iter().filter(|on| **on).count();
+        let (reserve, tcp_share) = shares(
+            config.max_connections,
+            count(tcp_listeners),
+            count(unix_listeners),
+        );
+        let connections = Arc::new(listen::Connections::shared(
+            config.max_connections,
+            reserve,
+            tcp_share,
+            Arc::clone(&table.counters),
+        ));
+        // A handover stops every listener at once.
+        tokio::spawn(stop_accepting_on_handover(
+            handed_over_rx.clone(),
+            Arc::clone(&connections),
+        ));
+
         let (metrics_addr, metrics_server) = serve_metrics(
-            &config,
+            listeners.metrics.take(),
             &table,
             status_rx.clone(),
             &upstream_metrics,
-            stop_upstream.subscribe(),
-        )
-        .await?;
+            connections.stopped_accepting(),
+        );
         background.extend(metrics_server);
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -325,22 +442,6 @@ impl Daemon {
         // One intake for every door.
         let intake = Intake::new(Arc::clone(&table), config.async_task_types.clone().into());
         let service = RunwareService::new(intake.clone(), status_rx.clone(), &config);
-        let (stop_listeners, stop_rx) = watch::channel(false);
-        // One bound over the connections of every listener, shared.
-        let tcp_listeners = [listeners.tcp.is_some(), listeners.runware_tcp.is_some()];
-        let unix_listeners = [listeners.unix.is_some(), listeners.runware_unix.is_some()];
-        let count = |l: [bool; 2]| l.iter().filter(|on| **on).count();
-        let (reserve, tcp_share) = shares(
-            config.max_connections,
-            count(tcp_listeners),
-            count(unix_listeners),
-        );
-        let connections = Arc::new(listen::Connections::shared(
-            config.max_connections,
-            reserve,
-            tcp_share,
-            Arc::clone(&table.counters),
-        ));
         let runware_addr = listeners.runware_addr;
         let mut servers = serve_runware(
             &config,
@@ -374,6 +475,13 @@ impl Daemon {
             simulator,
             health,
             state,
+            tenure,
+            holder_lock,
+            successors,
+            handed_over: handed_over_rx,
+            _handed_over: handed_over,
+            sockets_outlive,
+            connections,
             stop_listeners,
             stop_upstream,
             servers,
@@ -382,15 +490,38 @@ impl Daemon {
         })
     }
 
+    /// Turns true once this process has handed its listening sockets to a
+    /// successor: it should then stop ([`Daemon::shutdown`]), as on SIGTERM.
+    pub fn handed_over(&self) -> watch::Receiver<bool> {
+        self.handed_over.clone()
+    }
+
+    /// This process's part in the state directory now.
+    pub fn tenure(&self) -> Tenure {
+        *self.tenure.borrow()
+    }
+
+    /// This process's part in the state directory, as it changes.
+    pub fn tenure_changes(&self) -> watch::Receiver<Tenure> {
+        self.tenure.subscribe()
+    }
+
     /// Stops: refuses new tasks and reports not-serving, lets tasks in
     /// flight finish for up to `drain`, then ends the rest for their
     /// clients with UNAVAILABLE (they stay persisted for the next run),
-    /// writes the state, and closes the upstream socket.
+    /// writes the state, and closes the upstream socket. Where the
+    /// listening sockets live on (a successor took them, or systemd keeps
+    /// them), accepting stops first, so new connections wait for the next
+    /// process; otherwise the daemon accepts while it drains, answering a
+    /// probe NOT_SERVING and a new task as the daemon stopping.
     pub async fn shutdown(mut self, drain: Duration) {
         tracing::info!(
             in_flight = self.table.in_flight(),
             "stopping: no new tasks accepted"
         );
+        if self.tenure().stops_accepting_at_once(self.sockets_outlive) {
+            self.connections.stop_accepting();
+        }
         self.table.start_draining();
         if let Some(n) = &self.notifier {
             n.notify("STOPPING=1\nSTATUS=stopping: draining tasks in flight");
@@ -403,11 +534,9 @@ impl Daemon {
                 .set_service_status(name, ServingStatus::NotServing)
                 .await;
         }
-        // The listeners stay open while tasks drain: a probe's fresh health
-        // Check is answered NOT_SERVING, a new task is refused as the daemon
-        // stopping, and a client's socket stays open while its tasks finish.
-        // Wait for the tasks clients are waiting on, not for every open
-        // stream: an idle Session or a health Watch would never end.
+        // A client's socket stays open while its tasks finish. Wait for the
+        // tasks clients are waiting on, not for every open stream: an idle
+        // Session or a health Watch would never end.
         let table = Arc::clone(&self.table);
         let drained = tokio::time::timeout(drain, async move {
             while table.watched_tasks() > 0 {
@@ -425,6 +554,7 @@ impl Daemon {
                  it is kept and a restarted daemon recovers it (Attach with its taskUUID)",
             );
         }
+        self.connections.stop_accepting();
         self.stop_listeners.send_replace(true);
         // A moment for the last statuses to reach their clients, then the
         // remaining streams are cut.
@@ -440,19 +570,204 @@ impl Daemon {
         for task in &self.background {
             task.abort();
         }
+        for task in std::mem::take(&mut self.background) {
+            let _ = task.await;
+        }
+        let tenure = self.tenure();
         if let Some(store) = &self.state {
-            let session = self.status.borrow().session.clone();
             let tasks = self.table.snapshot();
-            if let Err(e) = store.save(session.as_ref(), &tasks) {
-                tracing::error!(error = %e, "cannot write the state file");
+            if tenure.writes_state() {
+                let session = self.status.borrow().session.clone();
+                let owners = self.table.remembered_owners();
+                if let Err(e) = store.save_with_owners(session.as_ref(), &tasks, &owners) {
+                    tracing::error!(error = %e, "cannot write the state file");
+                }
+            } else if !tasks.is_empty() {
+                tracing::warn!(
+                    tasks = tasks.len(),
+                    "stopping before the previous process let go of the state directory: these tasks in flight are not written and no later run recovers them"
+                );
             }
         }
         self.stop_upstream.send_replace(true);
         let _ = (&mut self.upstream).await;
-        if let Some(path) = &self.unix_socket {
-            let _ = std::fs::remove_file(path);
+        // The state is written: the directory is free, and a successor
+        // waiting on its handover connection learns so as it closes.
+        drop(
+            self.holder_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        drop(std::mem::take(
+            &mut *self.successors.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
+        // The socket's path goes with the socket, unless it lives on in
+        // another process.
+        if tenure != Tenure::Leaving && !self.sockets_outlive {
+            if let Some(path) = &self.unix_socket {
+                let _ = std::fs::remove_file(path);
+            }
         }
         tracing::info!("stopped");
+    }
+}
+
+/// What claiming the state directory gave.
+enum Claimed {
+    /// Its lock.
+    Holder(DirLock),
+    /// The successor's lock, the holder's listening sockets, and the holder
+    /// until it exits.
+    Successor {
+        lock: DirLock,
+        predecessor: handover::Predecessor,
+        sockets: Vec<(inherited::Address, std::os::fd::OwnedFd)>,
+    },
+}
+
+/// Claims the state directory: holds it, or takes over from its holder.
+async fn claim(store: &StateStore) -> Result<Claimed, StartError> {
+    let dir = store.dir();
+    match tenure::claim(dir) {
+        Ok(Claim::Holder(lock)) => Ok(Claimed::Holder(lock)),
+        Ok(Claim::Successor { successor, holder }) => {
+            let (sockets, predecessor) =
+                handover::take_over(dir)
+                    .await
+                    .map_err(|source| StartError::Handover {
+                        path: dir.to_owned(),
+                        holder,
+                        source,
+                    })?;
+            tracing::info!(
+                predecessor = predecessor.pid,
+                sockets = sockets.len(),
+                "taking over from the running process: its listening sockets now, its tasks once it has exited"
+            );
+            Ok(Claimed::Successor {
+                lock: successor,
+                predecessor,
+                sockets,
+            })
+        }
+        Err(source) => Err(StartError::StateTaken {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The sockets systemd passed, if any.
+fn systemd() -> Result<Inherited, StartError> {
+    Inherited::from_systemd().map_err(|e| StartError::Activation(e.to_string()))
+}
+
+/// Puts what a previous run left into the table.
+fn restore(
+    table: &TaskTable,
+    tasks: Vec<crate::dispatch::SavedTask>,
+    owners: Vec<crate::dispatch::SavedOwner>,
+    rejected: usize,
+    session: &Option<crate::protocol::SessionUuid>,
+) {
+    if rejected > 0 {
+        tracing::warn!(
+            tasks = rejected,
+            "tasks in the state file failed the checks and are not recovered"
+        );
+    }
+    // Owners first: restored tasks are remembered after them, newest.
+    table.remember_owners(owners);
+    if !tasks.is_empty() {
+        let n = table.restore(tasks);
+        tracing::info!(tasks = n, session = ?session, "recovering tasks from the previous run");
+    }
+}
+
+/// Stops every listener once the sockets went to a successor.
+async fn stop_accepting_on_handover(
+    mut handed_over: watch::Receiver<bool>,
+    connections: Arc<listen::Connections>,
+) {
+    if handed_over.wait_for(|h| *h).await.is_ok() {
+        connections.stop_accepting();
+    }
+}
+
+/// What this process does with the state directory, for as long as it runs.
+struct Tenancy {
+    store: StateStore,
+    table: Arc<TaskTable>,
+    status: watch::Receiver<UpstreamStatus>,
+    holder: Arc<handover::Holder>,
+    holder_lock: Arc<std::sync::Mutex<Option<DirLock>>>,
+}
+
+impl Tenancy {
+    /// As the holder: writes the state, and answers a successor.
+    async fn hold(self) {
+        let persisting = persist(
+            self.store.clone(),
+            Arc::clone(&self.table),
+            self.status.clone(),
+        );
+        match handover::listen(self.store.dir()) {
+            Ok(listener) => {
+                futures::join!(persisting, handover::serve(listener, self.holder));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no handover socket: a next process cannot take over the listening sockets");
+                persisting.await;
+            }
+        }
+    }
+
+    /// As a successor: waits for the holder to exit, takes the lock,
+    /// recovers the tasks it left, then holds.
+    async fn succeed(self, predecessor: handover::Predecessor, successor_lock: Option<DirLock>) {
+        let pid = predecessor.pid;
+        predecessor.gone().await;
+        let dir = self.store.dir().to_owned();
+        let mut pause = Duration::from_millis(10);
+        let lock = loop {
+            match tenure::try_hold(&dir) {
+                Ok(Some(lock)) => break lock,
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot take the state directory's lock"),
+            }
+            // Its handover connection closes as it lets go: the lock is
+            // free at once, unless something else keeps it (a child).
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        };
+        // Decided first, published once done: a watcher that sees the
+        // holder sees the recovered tasks.
+        let mut next = *self.holder.tenure.borrow();
+        if next.step(TenureEvent::HolderLeft) != TenureAction::TakeOverState {
+            return;
+        }
+        *self.holder_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+        drop(successor_lock);
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load())
+            .await
+            .unwrap_or_default();
+        tracing::info!(
+            predecessor = pid,
+            tasks = loaded.tasks.len(),
+            "the previous process has exited; its unfinished tasks are recovered here"
+        );
+        restore(
+            &self.table,
+            loaded.tasks,
+            loaded.owners,
+            loaded.rejected,
+            &loaded.session,
+        );
+        self.table.start_journal();
+        self.holder.tenure.send_replace(next);
+        self.hold().await;
     }
 }
 

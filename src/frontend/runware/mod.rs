@@ -194,6 +194,7 @@ impl RunwareEndpoint {
             let client = io.connect_info();
             let endpoint = self.clone();
             let stop = stop.clone();
+            let mut draining = self.inner.intake.table().draining();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let endpoint = endpoint.clone();
@@ -203,12 +204,20 @@ impl RunwareEndpoint {
                         Ok::<_, std::convert::Infallible>(endpoint.handle(req, client, stop).await)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                    .with_upgrades()
-                    .await;
+                    .with_upgrades();
+                tokio::pin!(connection);
+                // Once the daemon drains, a kept-alive connection ends after
+                // the request it serves (a WebSocket, upgraded, is its own).
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    _ = draining.wait_for(|d| *d) => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
             });
         }
         sweeper.abort();

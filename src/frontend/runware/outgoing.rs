@@ -240,6 +240,11 @@ impl Outgoing {
 }
 
 impl Queued {
+    /// Whether everything queued has been flushed.
+    pub(super) fn is_flushed(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) == 0
+    }
+
     /// Flushes so far, for [`Queued::flushed_since`].
     pub(super) fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Acquire)

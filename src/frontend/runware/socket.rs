@@ -16,6 +16,30 @@ enum Room {
     Stopping,
 }
 
+/// Said in the close frame of a socket closed by a drain.
+pub(super) const GOING_AWAY: &str = "runwared is restarting: reconnect";
+
+/// Returns once the daemon drains and the socket owes its client nothing:
+/// no task of its session waits, and every frame queued is flushed.
+async fn settled_while_draining(
+    draining: &mut watch::Receiver<bool>,
+    out: &Outgoing,
+    session: Option<&LocalSession>,
+) {
+    if draining.wait_for(|d| *d).await.is_err() {
+        return std::future::pending().await;
+    }
+    let queue = out.queue();
+    loop {
+        // Read before checking: a flush from here on wakes the wait.
+        let seen = queue.flushes();
+        if session.is_none_or(|s| s.tasks().is_empty()) && queue.is_flushed() {
+            return;
+        }
+        queue.flushed_since(seen).await;
+    }
+}
+
 impl RunwareEndpoint {
     /// Answers the WebSocket handshake and runs the socket once upgraded.
     pub(super) fn upgrade(
@@ -58,6 +82,7 @@ impl RunwareEndpoint {
         let principal = client.principal;
         let mut session: Option<Arc<LocalSession>> = None;
         let mut stalled = false;
+        let mut draining = self.inner.intake.table().draining();
         'read: loop {
             match self.room_for_replies(&out, &mut stop).await {
                 Room::Free => {}
@@ -97,6 +122,14 @@ impl RunwareEndpoint {
                     break;
                 }
                 _ = stop.wait_for(|s| *s) => break,
+                // The daemon drains: the socket closes once its tasks have
+                // ended and their results are written, as Runware closes a
+                // socket when a server goes away; the client reconnects, to
+                // the next process where one took over.
+                () = settled_while_draining(&mut draining, &out, session.as_deref()) => {
+                    let _ = out.push(LocalFrame::Close(CloseCode::Away, GOING_AWAY.into()));
+                    break;
+                }
             };
             let text = match &message {
                 Message::Text(t) => t.as_str(),
