@@ -53,7 +53,9 @@
 //!   snapshot `GetStatus`, the metrics and `runwared status` are made from.
 //! - [`websocket`]: WebSocket beside plain HTTP on one listener (the
 //!   endpoint's and the simulator's), and the daemon's WebSocket settings.
-//! - [`server`]: starts all of the above and stops it in order (draining).
+//! - [`server`]: starts all of the above and stops it in order (draining),
+//!   taking over from a process still running (its listening sockets, then
+//!   its state directory) or from systemd's sockets.
 //! - [`metrics`], [`notify`]: Prometheus metrics; systemd's notify protocol.
 //! - [`client`]: the command-line client's gRPC calls.
 //! - [`tools`]: the simulator, the benchmark and the soak suite, apart from

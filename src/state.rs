@@ -435,6 +435,7 @@ mod tests {
             asynchronous: false,
             sent: true,
             owner: crate::dispatch::Principal::Uid(1000),
+            local_session: (n % 2 == 0).then(|| uuid::Uuid::new_v4().to_string()),
         }
     }
 

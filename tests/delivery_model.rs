@@ -291,6 +291,7 @@ impl Model {
                 asynchronous: spec.asynchronous,
                 label: "other",
                 owner: Principal::Tcp,
+                local_session: None,
             };
             handles.push(
                 table

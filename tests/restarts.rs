@@ -20,6 +20,18 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+/// A simulator whose tasks take 2 s: they outlive a short drain.
+async fn slow_simulator() -> runwared::tools::sim::SimHandle {
+    init_test_logging();
+    let config = SimConfig {
+        latency: Duration::from_secs(2),
+        ..SimConfig::default()
+    };
+    runwared::tools::sim::SimHandle::bind(loopback0(), config, None)
+        .await
+        .unwrap()
+}
+
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -109,17 +121,7 @@ async fn the_drain_covers_the_endpoints_sockets() {
 /// client gets by Attach, run once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_takes_the_sockets_now_and_the_unfinished_tasks_later() {
-    init_test_logging();
-    let sim = runwared::tools::sim::SimHandle::bind(
-        loopback0(),
-        SimConfig {
-            latency: Duration::from_secs(2),
-            ..SimConfig::default()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let sim = slow_simulator().await;
     let dir = tempfile::tempdir().unwrap();
     let config = |listen, runware| {
         let mut c = test_config(sim.url());
@@ -210,4 +212,177 @@ async fn a_successor_takes_the_sockets_now_and_the_unfinished_tasks_later() {
     assert_eq!(results.len(), 2);
     assert_eq!(sim.executions(&long), 1, "run once");
     new.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A Runware-protocol client whose tasks outlive the drain: its socket
+/// closes as a server going away, with no error; reconnecting to the same
+/// address (now the next process) and resuming its connectionSessionUUID,
+/// it gets the sync task's result, and getResponse gives the async one's.
+/// Each ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_session_resumes_on_the_next_process() {
+    let sim = slow_simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |runware| {
+        let mut c = test_config(sim.url());
+        c.state_dir = Some(dir.path().join("state"));
+        c.listen = None;
+        c.unix_socket = Some(dir.path().join("d.sock"));
+        c.runware_listen = Switch::On(Endpoint::Tcp(runware));
+        c
+    };
+    let old = Daemon::start(config(loopback0())).await.unwrap();
+    wait_state(&old, ConnectionState::Ready).await;
+    let addr = old.runware_addr.unwrap();
+    let connect = || async move {
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/v1"), None, true)
+                .await
+                .unwrap();
+        ws
+    };
+    let mut ws = connect().await;
+    send(
+        &mut ws,
+        json!([{"taskType": "authentication", "apiKey": "k"}]),
+    )
+    .await;
+    let session = next(&mut ws).await["data"][0]["connectionSessionUUID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (sync_task, async_task) = (uuid(), uuid());
+    send(
+        &mut ws,
+        json!([
+            {"taskType": "promptEnhance", "taskUUID": sync_task, "prompt": "sync", "promptVersions": 1},
+            {"taskType": "promptEnhance", "taskUUID": async_task, "prompt": "async", "promptVersions": 1,
+             "deliveryMethod": "async"},
+        ]),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["data"][0]["taskUUID"], async_task);
+    sim.stats().wait_for(|s| s.executions == 2).await.unwrap();
+
+    let new = Daemon::start(config(addr)).await.unwrap();
+    old.handed_over().wait_for(|h| *h).await.unwrap();
+    let stopping = tokio::spawn(old.shutdown(Duration::from_millis(100)));
+    // The old process lets the socket go as a server going away: no error.
+    let close = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Close(c) => break c.unwrap(),
+            Message::Text(t) => panic!("before the close: {t}"),
+            _ => {}
+        }
+    };
+    assert_eq!(close.code, CloseCode::Away);
+
+    // The client reconnects and resumes; the next process answers once the
+    // old one has exited, under the same session.
+    let mut ws = connect().await;
+    send(
+        &mut ws,
+        json!([{"taskType": "authentication", "apiKey": "k", "connectionSessionUUID": session}]),
+    )
+    .await;
+    let resumed = next(&mut ws).await;
+    assert_eq!(
+        resumed["data"][0]["connectionSessionUUID"], session,
+        "{resumed}"
+    );
+    stopping.await.unwrap();
+    let item = next(&mut ws).await;
+    assert_eq!(item["data"][0]["taskUUID"], sync_task, "{item}");
+    assert_eq!(item["data"][0]["taskType"], "promptEnhance", "{item}");
+    // The async task by getResponse, once it has ended here.
+    let uuid_of = runwared::protocol::TaskUuid::parse_v4(&async_task).unwrap();
+    let mut watch = new
+        .table
+        .attach(uuid_of, runwared::dispatch::Principal::Tcp)
+        .unwrap();
+    while watch.events.recv().await.is_some() {}
+    send(
+        &mut ws,
+        json!([{"taskType": "getResponse", "taskUUID": async_task}]),
+    )
+    .await;
+    let polled = next(&mut ws).await;
+    assert_eq!(polled["data"][0]["taskType"], "promptEnhance", "{polled}");
+    assert_eq!(polled["data"][0]["taskUUID"], async_task, "{polled}");
+    assert_eq!(sim.executions(&sync_task), 1);
+    assert_eq!(sim.executions(&async_task), 1);
+    assert_eq!(new.tenure(), Tenure::Holder);
+    new.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The restart soak, small: clients on every door while the daemon is
+/// replaced three times; every task ends with its results or a clear
+/// error, none runs twice, no connection is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_of_restarts_loses_nothing_and_runs_nothing_twice() {
+    init_test_logging();
+    let report = runwared::tools::soak::run_restarts(runwared::tools::soak::RestartConfig {
+        tasks: 210,
+        clients: 12,
+        restarts: 3,
+        every: Duration::from_millis(700),
+        drain: Duration::from_millis(300),
+        latency: Duration::from_millis(100),
+        latency_jitter: Duration::from_millis(700),
+        task_deadline: Duration::from_secs(60),
+        seed: 3,
+    })
+    .await
+    .unwrap();
+    println!("{}", report.table());
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.restarts, 3);
+    assert_eq!(report.max_executions, 1);
+    assert!(report.completed > 0);
+}
+
+/// A client that cannot tell whether its task arrived (its socket closed)
+/// sends it again under its taskUUID in its resumed session: it waits for
+/// the one task, gets its result once, no conflict, and the task runs once.
+/// (On the socket that sent it, a second copy is a conflict, as Runware
+/// answers: `tests/runware_endpoint.rs`.)
+#[tokio::test(start_paused = true)]
+async fn a_task_sent_again_in_its_session_is_the_same_task() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let mut ws = connect(&h).await;
+    send(
+        &mut ws,
+        json!([{"taskType": "authentication", "apiKey": "k"}]),
+    )
+    .await;
+    let session = next(&mut ws).await["data"][0]["connectionSessionUUID"].clone();
+    let task = uuid();
+    let message = json!([{"taskType": "promptEnhance", "taskUUID": task, "prompt": "p", "promptVersions": 1}]);
+    send(&mut ws, message.clone()).await;
+    h.sim_until(|s| s.executions == 1).await;
+    drop(ws);
+    let mut ws = connect(&h).await;
+    send(
+        &mut ws,
+        json!([{"taskType": "authentication", "apiKey": "k", "connectionSessionUUID": session}]),
+    )
+    .await;
+    assert_eq!(
+        next(&mut ws).await["data"][0]["connectionSessionUUID"],
+        session
+    );
+    send(&mut ws, message).await;
+    let first = next(&mut ws).await;
+    assert_eq!(first["data"][0]["taskUUID"], task, "{first}");
+    // A later task's answer comes after anything more about the first.
+    let later = uuid();
+    send(
+        &mut ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": later, "prompt": "q", "promptVersions": 1}]),
+    )
+    .await;
+    let second = next(&mut ws).await;
+    assert_eq!(second["data"][0]["taskUUID"], later, "{second}");
+    assert_eq!(h.sim.executions(&task), 1);
 }

@@ -110,3 +110,17 @@ def test_containerfile_is_minimal():
     text = (HERE / "Containerfile").read_text()
     assert "distroless" in text and "USER nonroot" in text
     assert 'ENTRYPOINT ["/usr/local/bin/runwared"]' in text
+
+
+def test_state_survives_a_restart_of_the_sidecar_in_place():
+    p = pod()
+    c = sidecar(p)
+    state = arg(c, "state-dir")
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == state]
+    (volume,) = [v for v in p["spec"]["volumes"] if v["name"] == mount["name"]]
+    # On the pod's disk (not in memory: it counts against no container's
+    # limit), bounded, and the app does not see it.
+    assert "emptyDir" in volume and volume["emptyDir"].get("medium") != "Memory"
+    assert volume["emptyDir"]["sizeLimit"]
+    app = [c for c in p["spec"]["containers"] if c["name"] == "app"][0]
+    assert all(m["name"] != mount["name"] for m in app["volumeMounts"])

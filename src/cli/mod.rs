@@ -103,8 +103,9 @@ enum Command {
     /// Show the daemon's upstream connection.
     Status(ClientArgs),
     /// Run the fault-injection soak: an in-process simulator and daemon on
-    /// loopback, many clients, faults of every kind; prints the figures and
-    /// fails if any guarantee broke.
+    /// loopback, many clients, faults of every kind (or, with --restarts,
+    /// the daemon replaced again and again); prints the figures and fails
+    /// if any guarantee broke.
     Soak(SoakArgs),
     /// Measure the daemon against a direct WebSocket client, on loopback:
     /// throughput, latency, CPU, memory, idle cost, resume time.

@@ -65,6 +65,14 @@ pub(super) struct SoakArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub(super) seed: u64,
+    /// Instead of faults, replace the daemon this many times while clients
+    /// on every door work (the restart soak; run first without restarts,
+    /// to compare the wall time).
+    #[arg(long, value_name = "N")]
+    pub(super) restarts: Option<usize>,
+    /// With --restarts: time between restarts.
+    #[arg(long, default_value = "3s")]
+    pub(super) restart_every: String,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +167,9 @@ pub(super) async fn bench(a: BenchArgs) -> CliResult {
 
 pub(super) async fn soak(a: SoakArgs) -> CliResult {
     use runwared::tools::soak::{ChaosConfig, run};
+    if let Some(restarts) = a.restarts {
+        return soak_restarts(a, restarts).await;
+    }
     let config = ChaosConfig {
         tasks: a.tasks,
         clients: a.clients,
@@ -176,6 +187,55 @@ pub(super) async fn soak(a: SoakArgs) -> CliResult {
             eprintln!("VIOLATION: {v}");
         }
         Err(format!("{} guarantees broken", report.violations.len()))
+    }
+}
+
+/// How much longer the restart soak may take than the same run without
+/// restarts: the drains overlap the work, so a restart should cost little.
+const RESTART_WALL_TIME_BOUND: f64 = 1.25;
+
+/// The restart soak, after the same run without restarts; fails past
+/// [`RESTART_WALL_TIME_BOUND`].
+async fn soak_restarts(a: SoakArgs, restarts: usize) -> CliResult {
+    use runwared::tools::soak::{RestartConfig, run_restarts};
+    let config = RestartConfig {
+        tasks: a.tasks,
+        clients: a.clients,
+        restarts,
+        every: duration(&a.restart_every)?,
+        seed: a.seed,
+        ..RestartConfig::default()
+    };
+    eprintln!("soak: {config:?}");
+    let baseline = run_restarts(RestartConfig {
+        restarts: 0,
+        ..config.clone()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let report = run_restarts(config).await.map_err(|e| e.to_string())?;
+    println!("without restarts:\n\n{}", baseline.table());
+    println!("with restarts:\n\n{}", report.table());
+    let factor = report.elapsed.as_secs_f64() / baseline.elapsed.as_secs_f64().max(1e-9);
+    println!("wall time with restarts / without: {factor:.2} (bound {RESTART_WALL_TIME_BOUND})");
+    let slow = (factor > RESTART_WALL_TIME_BOUND).then(|| {
+        format!(
+            "the restarts cost a factor of {factor:.2} in wall time, past {RESTART_WALL_TIME_BOUND}"
+        )
+    });
+    let violations: Vec<_> = baseline
+        .violations
+        .iter()
+        .chain(&report.violations)
+        .chain(&slow)
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        for v in &violations {
+            eprintln!("VIOLATION: {v}");
+        }
+        Err(format!("{} guarantees broken", violations.len()))
     }
 }
 

@@ -117,6 +117,7 @@ impl TaskTable {
                         asynchronous: task.asynchronous,
                         sent: false,
                         owner: task.owner,
+                        local_session: task.local_session.as_deref().map(str::to_owned),
                     })
                 });
                 v.insert(Box::new(Task {
@@ -124,6 +125,8 @@ impl TaskTable {
                     payload: task.payload,
                     label: task.label,
                     owner: task.owner,
+                    local_session: task.local_session,
+                    awaits_resume: false,
                     started: Instant::now(),
                     expected: task.expected,
                     asynchronous: task.asynchronous,

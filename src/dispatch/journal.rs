@@ -20,6 +20,9 @@ pub struct SavedTask {
     pub sent: bool,
     /// Who submitted it: who may attach after a restart.
     pub owner: Principal,
+    /// The local session it was sent in, which its client may resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_session: Option<String>,
 }
 
 /// Who submitted a taskUUID, kept in the state file after its task went

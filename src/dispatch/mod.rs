@@ -86,6 +86,7 @@ pub use self::limits::{
 };
 use self::metrics::{TaskLabels, TaskMetrics, task_type_label};
 pub use self::owners::REMEMBERED_OWNERS;
+pub use self::persist::{PREVIOUS_RUN_WAIT, SessionTask};
 use self::principal::ConnectionGuard;
 pub use self::principal::{ClientConnection, Principal};
 use self::record::{Outcome, RESULTS_AT_FIRST, StoredResult, Task, stored_result};
@@ -132,6 +133,9 @@ pub struct TaskTable {
     /// Set on SIGTERM (or a handover): new tasks are refused while those in
     /// flight finish; the doors watch it to close what has nothing left.
     draining: tokio::sync::watch::Sender<bool>,
+    /// True while the tasks of a previous run may still come into the
+    /// table (this process took over from one still draining).
+    awaiting_previous: tokio::sync::watch::Sender<bool>,
     /// Idle tasks, oldest first, for retention ([`retention`]).
     idle: std::sync::Mutex<retention::IdleQueue>,
     /// What changed for the state file since it was last written; kept
@@ -168,6 +172,7 @@ impl TaskTable {
             message: AtomicU64::new(0),
             watches: AtomicU64::new(0),
             draining: tokio::sync::watch::Sender::new(false),
+            awaiting_previous: tokio::sync::watch::Sender::new(false),
             idle: std::sync::Mutex::default(),
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),

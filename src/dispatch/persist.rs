@@ -37,6 +37,7 @@ impl TaskTable {
                 asynchronous: t.asynchronous,
                 sent: t.delivery.sends() > 0,
                 owner: t.owner,
+                local_session: t.local_session.as_deref().map(str::to_owned),
             })
             .collect()
     }
@@ -62,6 +63,8 @@ impl TaskTable {
                 payload: s.payload.into(),
                 label: task_type,
                 owner: s.owner,
+                awaits_resume: s.local_session.is_some(),
+                local_session: s.local_session.map(Into::into),
                 started: now,
                 expected: s.expected.max(1),
                 asynchronous: s.asynchronous,
@@ -91,5 +94,82 @@ impl TaskTable {
             restored += 1;
         }
         restored
+    }
+}
+
+/// A task a local session sent, as a client resuming that session after a
+/// restart finds it ([`TaskTable::local_session_tasks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTask {
+    /// Its taskUUID.
+    pub uuid: TaskUuid,
+    /// Its type's metrics label (the type, for the types the daemon knows).
+    pub label: &'static str,
+    /// Its results come by `getResponse`.
+    pub asynchronous: bool,
+}
+
+impl TaskTable {
+    /// The tasks `who` sent in local session `session` in a previous run,
+    /// in flight or with results kept, not claimed yet: what a client
+    /// resuming that session after a restart is owed, once. Scans the
+    /// table: asked only for a session UUID this run does not know.
+    pub fn local_session_tasks(&self, session: &str, who: Principal) -> Vec<SessionTask> {
+        let mut owed = Vec::new();
+        for mut t in self.tasks.iter_mut() {
+            if t.awaits_resume && t.owner == who && t.local_session.as_deref() == Some(session) {
+                t.awaits_resume = false;
+                owed.push(SessionTask {
+                    uuid: *t.key(),
+                    label: t.label,
+                    asynchronous: t.asynchronous,
+                });
+            }
+        }
+        owed
+    }
+
+    /// Task `uuid`, if it is in flight and `who` sent it in local session
+    /// `session`. (One that ended has given its results to the session, or
+    /// gives them when the session is resumed.)
+    pub fn sent_in_session(
+        &self,
+        uuid: TaskUuid,
+        session: &str,
+        who: Principal,
+    ) -> Option<SessionTask> {
+        let t = self.tasks.get(&uuid)?;
+        let ours = t.owner == who && t.local_session.as_deref() == Some(session);
+        (ours && t.in_flight()).then(|| SessionTask {
+            uuid,
+            label: t.label,
+            asynchronous: t.asynchronous,
+        })
+    }
+}
+
+/// How long a client asking for a task or a local session this run does
+/// not know waits for the run this one takes over from to exit (it drains,
+/// within its drain timeout; its tasks come with its state).
+pub const PREVIOUS_RUN_WAIT: Duration = Duration::from_secs(45);
+
+impl TaskTable {
+    /// The tasks of a previous run are still to come (it has not exited).
+    pub fn await_previous_run(&self) {
+        self.awaiting_previous.send_replace(true);
+    }
+
+    /// The tasks of the previous run are in (or there are none to come).
+    pub fn previous_run_restored(&self) {
+        self.awaiting_previous.send_replace(false);
+    }
+
+    /// Waits, at most `limit`, until the tasks of a previous run are in:
+    /// whether they are.
+    pub async fn until_previous_run_restored(&self, limit: Duration) -> bool {
+        let mut rx = self.awaiting_previous.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|awaiting| !*awaiting))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }

@@ -18,6 +18,9 @@ pub struct PreparedTask {
     pub label: &'static str,
     /// Who submitted it: only they may attach.
     pub owner: Principal,
+    /// The local session (of Runware's protocol) it was sent in, if any:
+    /// a client resuming that session after a restart gets its results.
+    pub local_session: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +38,11 @@ pub(super) struct Task {
     pub(super) label: &'static str,
     /// Who may attach: the principal that submitted it.
     pub(super) owner: Principal,
+    /// The local session it was sent in ([`PreparedTask::local_session`]).
+    pub(super) local_session: Option<Arc<str>>,
+    /// Restored from a previous run's state and not yet claimed by a
+    /// client resuming its local session.
+    pub(super) awaits_resume: bool,
     /// When it was accepted: its latency counts from here.
     pub(super) started: Instant,
     /// Results that complete it (`numberResults`, `promptVersions`, ...).

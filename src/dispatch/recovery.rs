@@ -135,6 +135,7 @@ impl TaskTable {
             asynchronous: true,
             sent: true,
             owner,
+            local_session: None,
         }]);
         if followed == 0 {
             return Err(SubmitError::AlreadyKnown(uuid));

@@ -20,6 +20,7 @@ pub fn task(expected: u32) -> PreparedTask {
         asynchronous: false,
         label: "promptEnhance",
         owner: Principal::Tcp,
+        local_session: None,
     }
 }
 

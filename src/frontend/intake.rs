@@ -305,6 +305,7 @@ pub fn prepare(
         asynchronous,
         label,
         owner,
+        local_session: None,
     }
 }
 

@@ -332,6 +332,9 @@ impl Daemon {
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(UpstreamStatus::default());
         let table = TaskTable::new(limits(&config), queue_tx);
+        if tenure == Tenure::Successor {
+            table.await_previous_run();
+        }
         restore(
             &table,
             loaded.tasks,
@@ -544,14 +547,20 @@ impl Daemon {
             }
         })
         .await;
+        // The tasks let go of here are written to the state even if they end
+        // before it is: their clients were told to find them in the next
+        // run, which recovers their results from Runware.
+        let mut released = Vec::new();
         if drained.is_err() {
+            released = self.table.snapshot();
             tracing::warn!(
                 in_flight = self.table.in_flight(),
                 "drain timeout: ending the remaining tasks for their clients"
             );
             self.table.release_watchers(
                 "runwared is stopping: the task did not finish within the drain timeout; \
-                 it is kept and a restarted daemon recovers it (Attach with its taskUUID)",
+                 it is kept, and the next run of the daemon recovers it: ask for it there \
+                 with its taskUUID (gRPC Attach, or getResponse)",
             );
         }
         self.connections.stop_accepting();
@@ -575,7 +584,9 @@ impl Daemon {
         }
         let tenure = self.tenure();
         if let Some(store) = &self.state {
-            let tasks = self.table.snapshot();
+            let mut tasks = self.table.snapshot();
+            released.retain(|r| !tasks.iter().any(|t| t.uuid == r.uuid));
+            tasks.append(&mut released);
             if tenure.writes_state() {
                 let session = self.status.borrow().session.clone();
                 let owners = self.table.remembered_owners();
@@ -766,6 +777,7 @@ impl Tenancy {
             &loaded.session,
         );
         self.table.start_journal();
+        self.table.previous_run_restored();
         self.holder.tenure.send_replace(next);
         self.hold().await;
     }

@@ -247,11 +247,20 @@ impl pb::runware_server::Runware for RunwareService {
             Status::invalid_argument(format!("task_uuid {given:?} is not a UUID"))
         })?;
         let who = connection(&request)?.principal;
-        let handle = self
-            .intake
-            .table()
-            .attach(uuid, who)
-            .map_err(submit_status)?;
+        let table = self.intake.table();
+        let handle = match table.attach(uuid, who) {
+            // It may be a task of the run this one takes over from, which
+            // comes with its state once that run has exited.
+            Err(SubmitError::NotFound(_))
+                if table
+                    .until_previous_run_restored(crate::dispatch::PREVIOUS_RUN_WAIT)
+                    .await =>
+            {
+                table.attach(uuid, who)
+            }
+            other => other,
+        }
+        .map_err(submit_status)?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, run_result));
         Ok(Response::new(ReceiverStream::new(rx)))

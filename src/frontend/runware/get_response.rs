@@ -3,6 +3,22 @@
 use super::*;
 
 impl RunwareEndpoint {
+    /// A taskUUID this run does not know may be one of the run it takes
+    /// over from, whose tasks come once that run has exited: waited for,
+    /// briefly.
+    pub(super) async fn await_previous_run_for(&self, task: &TaskObject<'_>) {
+        let table = self.inner.intake.table();
+        let unknown = task
+            .str_field("taskUUID")
+            .and_then(|s| TaskUuid::parse_any(&s))
+            .is_some_and(|uuid| table.owner_of(&uuid).is_none());
+        if unknown {
+            table
+                .until_previous_run_restored(crate::dispatch::PREVIOUS_RUN_WAIT)
+                .await;
+        }
+    }
+
     /// `getResponse` answered from the task table: every item so far with
     /// its `status`, or one `processing` item while none has come.
     pub(super) fn get_response(
@@ -23,15 +39,21 @@ impl RunwareEndpoint {
             |e: SubmitError| refusal_of_submit(&e).runware_error(Some("getResponse"), Some(&uuid));
         let mut handle = match table.attach(uuid, principal) {
             Ok(h) => h,
-            // Another principal's task is answered as one nobody made.
-            Err(e @ SubmitError::NotFound(_)) if !self.inner.limits.follow_foreign_tasks => {
+            // Another principal's task is answered as one nobody made; so
+            // is one nobody here sent, unless asked to follow those.
+            Err(e @ SubmitError::NotFound(_))
+                if !self.inner.limits.follow_foreign_tasks
+                    && table.owner_of(&uuid) != Some(principal) =>
+            {
                 return Err(refused(e));
             }
-            // A task this daemon never sent: Runware may know it (made
-            // elsewhere with the same account). It is followed upstream
-            // with getResponse from now on (never one another principal
-            // sent: the table remembers who sent what); this answer says
-            // processing.
+            // A task of this principal's whose results went (with their
+            // retention, or with the run of the daemon that held them), or,
+            // when asked, one this daemon never sent (made elsewhere with
+            // the same account): Runware may have it. It is followed
+            // upstream with getResponse from now on (never one another
+            // principal sent: the table remembers who sent what); this
+            // answer says processing.
             Err(SubmitError::NotFound(_)) => {
                 let expected = task
                     .field("numberResults")

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::outgoing::Queued;
 use super::*;
-use crate::dispatch::TaskTable;
+use crate::dispatch::{FailureKind, TaskTable};
 
 /// How long a local session outlives its socket, keeping what arrives for
 /// a client that reconnects with its `connectionSessionUUID` (Runware's
@@ -34,7 +34,10 @@ pub(super) const SESSION_SWEEP: Duration = Duration::from_secs(1);
 /// [`LOCAL_SESSION_TTL`] after its socket closed so a reconnect with its
 /// `connectionSessionUUID` receives what came meanwhile.
 pub(super) struct LocalSession {
-    pub(super) id: String,
+    /// Its `connectionSessionUUID`, also recorded with each task it sends
+    /// (and persisted with it), so the session can be resumed after a
+    /// restart.
+    pub(super) id: Arc<str>,
     /// Only the principal that opened it may resume it.
     pub(super) principal: Principal,
     pub(super) outbox: Mutex<Outbox>,
@@ -45,6 +48,8 @@ pub(super) struct LocalSession {
     pub(super) events: TaggedSender,
     /// Wakes the forwarder when a socket attaches (owed results may go).
     attached: Arc<Notify>,
+    /// Sockets attached so far: the current one's number.
+    sockets: std::sync::atomic::AtomicU32,
     /// Whether a task was ever sent in it: a session that carried none
     /// has nothing to resume, and goes when its socket does.
     carried: AtomicBool,
@@ -65,6 +70,9 @@ pub(super) struct LocalTask {
     next: u32,
     /// Its results wait in the table: one did not fit the socket's bound.
     owed: bool,
+    /// The session's socket that sent it ([`LocalSession::socket`]; 0: a
+    /// previous run's).
+    pub(super) sent_on: u32,
 }
 
 impl LocalTask {
@@ -75,6 +83,15 @@ impl LocalTask {
             asynchronous,
             next: 0,
             owed: false,
+            sent_on: 0,
+        }
+    }
+
+    /// Sent on the session's socket numbered `socket`.
+    pub(super) fn on_socket(self, socket: u32) -> Self {
+        LocalTask {
+            sent_on: socket,
+            ..self
         }
     }
 }
@@ -121,6 +138,14 @@ pub(super) fn session_event(
                     Some(uuid)
                 }
             }
+        }
+        // The daemon stops before the task ended: it is kept in the state,
+        // and a client resuming this session on the next run gets its
+        // results there, as from a Runware server that went away. Nothing
+        // is said here; the socket closes as the server going away.
+        TaskEvent::Failed(f) if f.kind == FailureKind::ShuttingDown => {
+            tasks.ended(&uuid);
+            None
         }
         TaskEvent::Failed(f) => {
             let error = failure_error(&f, Some(&task.task_type), &uuid);
@@ -292,8 +317,10 @@ impl Outbox {
 impl LocalSession {
     /// A new session within `budget` bytes, its own cost counted in
     /// `held` and what it keeps in `kept_bytes`; and the receiving end of
-    /// its tasks' events (for [`forward`]).
+    /// its tasks' events (for [`forward`]). `id` is a fresh UUID unless the
+    /// session continues one a previous run of the daemon had.
     pub(super) fn new(
+        id: Option<Arc<str>>,
         principal: Principal,
         held: Held,
         budget: usize,
@@ -301,16 +328,22 @@ impl LocalSession {
     ) -> (Self, mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>) {
         let (events, rx) = mpsc::unbounded_channel();
         let session = LocalSession {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into()),
             principal,
             outbox: Mutex::new(Outbox::new(budget, kept_bytes)),
             tasks: Mutex::default(),
             events,
             attached: Arc::new(Notify::new()),
+            sockets: Default::default(),
             carried: AtomicBool::new(false),
             _held: held,
         };
         (session, rx)
+    }
+
+    /// The number of the socket attached now (1 for the first).
+    pub(super) fn socket(&self) -> u32 {
+        self.sockets.load(Ordering::Acquire)
     }
 
     /// A task is sent in this session.
@@ -335,6 +368,7 @@ impl LocalSession {
     /// A socket attaches: what was kept goes first, in order; then owed
     /// results may go.
     pub(super) fn attach(&self, out: Outgoing) {
+        self.sockets.fetch_add(1, Ordering::AcqRel);
         let mut outbox = self.outbox();
         while let Some(frame) = outbox.kept.pop_front() {
             let n = frame.bytes();
@@ -563,19 +597,28 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_task_sends_its_error_with_its_type() {
+    fn a_failed_task_sends_its_error_with_its_type_unless_the_daemon_stops() {
         let d = table();
         let (events, _rx) = mpsc::unbounded_channel();
         let mut tasks = SessionTasks::default();
         let (mut outbox, mut incoming) = attached(&d, 1 << 20);
-        let uuid = add_task(&mut tasks, &d, &events, false, Instant::now());
-        let failure = crate::dispatch::TaskFailure {
-            kind: crate::dispatch::FailureKind::ShuttingDown,
-            message: "the daemon is stopping".into(),
-            runware: None,
+        let failed = |kind| {
+            TaskEvent::Failed(Box::new(crate::dispatch::TaskFailure {
+                kind,
+                message: "it failed".into(),
+                runware: None,
+            }))
         };
-        let failed = TaskEvent::Failed(Box::new(failure));
-        assert_eq!(session_event(&mut tasks, &mut outbox, uuid, failed), None);
+        // The daemon stopping ends the task here with nothing said: the next
+        // run has it, for the session resumed there.
+        let kept = add_task(&mut tasks, &d, &events, false, Instant::now());
+        let stopping = failed(FailureKind::ShuttingDown);
+        assert_eq!(session_event(&mut tasks, &mut outbox, kept, stopping), None);
+        assert!(tasks.is_empty());
+        assert!(written(&mut incoming).is_empty());
+        let uuid = add_task(&mut tasks, &d, &events, false, Instant::now());
+        let error = failed(FailureKind::UpstreamAuthRejected);
+        assert_eq!(session_event(&mut tasks, &mut outbox, uuid, error), None);
         let [m] = &written(&mut incoming)[..] else {
             panic!("one error message")
         };
@@ -613,7 +656,7 @@ mod tests {
     #[test]
     fn a_session_keeps_frames_while_detached_and_replays_them_in_order() {
         let d = table();
-        let (s, _events) = LocalSession::new(Principal::Tcp, d.hold(0), 1 << 20, d.hold(0));
+        let (s, _events) = LocalSession::new(None, Principal::Tcp, d.hold(0), 1 << 20, d.hold(0));
         let (tx, mut rx) = outgoing(1 << 20, DoorBytes::default());
         s.attach(tx.clone());
         s.deliver("1".to_owned());

@@ -78,7 +78,8 @@ use super::stream_tasks::{self, Released, StreamTasks, Woken};
 use crate::config::BearerToken;
 use crate::counters::Counter;
 use crate::dispatch::{
-    ClientConnection, Held, Principal, SubmitError, TaggedSender, TaskEvent, TaskHandle,
+    ClientConnection, Held, Principal, SessionTask, SubmitError, TaggedSender, TaskEvent,
+    TaskHandle,
 };
 use crate::protocol::{RunwareError, TaskFields, TaskObject, TaskUuid};
 use crate::websocket::json_response;
@@ -151,7 +152,7 @@ struct Shared {
     limits: EndpointLimits,
     /// Local sessions by their `connectionSessionUUID`, kept
     /// [`LOCAL_SESSION_TTL`] after their socket went.
-    sessions: DashMap<String, Arc<LocalSession>>,
+    sessions: DashMap<Arc<str>, Arc<LocalSession>>,
 }
 
 impl RunwareEndpoint {

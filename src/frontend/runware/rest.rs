@@ -28,10 +28,13 @@ impl RunwareEndpoint {
             match &*task_type {
                 "authentication" => {}
                 "ping" => data.push(PONG.to_owned()),
-                "getResponse" => match self.get_response(&task, principal, None) {
-                    Ok(items) => data.extend(items),
-                    Err(e) => errors.push(e),
-                },
+                "getResponse" => {
+                    self.await_previous_run_for(&task).await;
+                    match self.get_response(&task, principal, None) {
+                        Ok(items) => data.extend(items),
+                        Err(e) => errors.push(e),
+                    }
+                }
                 _ => match self.submit_from_rest(task, raw, &task_type, &client) {
                     Ok(handle) if handle.asynchronous => {
                         data.push(ack(&task_type, &handle.uuid));

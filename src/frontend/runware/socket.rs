@@ -121,7 +121,10 @@ impl RunwareEndpoint {
                     stalled = true;
                     break;
                 }
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.wait_for(|s| *s) => {
+                    let _ = out.push(LocalFrame::Close(CloseCode::Away, GOING_AWAY.into()));
+                    break;
+                }
                 // The daemon drains: the socket closes once its tasks have
                 // ended and their results are written, as Runware closes a
                 // socket when a server goes away; the client reconnects, to
@@ -163,23 +166,25 @@ impl RunwareEndpoint {
                 }
                 let task_type = task.task_type();
                 match &*task_type {
-                    "authentication" => match self.authenticate(&task, principal, &session) {
-                        Ok(s) => {
-                            client.authenticated();
-                            // The answer first, then what the session kept
-                            // (as Runware sends a resumed session's results).
-                            reply(data_frame(&[json!({
-                                "taskType": "authentication",
-                                "connectionSessionUUID": s.id,
-                            })
-                            .to_string()]));
-                            if session.is_none() {
-                                s.attach(out.clone());
-                                session = Some(s);
+                    "authentication" => {
+                        match self.authenticate_resuming(&task, principal, &session).await {
+                            Ok(s) => {
+                                client.authenticated();
+                                // The answer first, then what the session kept
+                                // (as Runware sends a resumed session's results).
+                                reply(data_frame(&[json!({
+                                    "taskType": "authentication",
+                                    "connectionSessionUUID": &*s.id,
+                                })
+                                .to_string()]));
+                                if session.is_none() {
+                                    s.attach(out.clone());
+                                    session = Some(s);
+                                }
                             }
+                            Err(e) => reply(errors_frame(&[e])),
                         }
-                        Err(e) => reply(errors_frame(&[e])),
-                    },
+                    }
                     "ping" => reply(data_frame(&[PONG.to_owned()])),
                     _ => match &session {
                         None => reply(errors_frame(&[not_authenticated()])),
@@ -246,6 +251,28 @@ impl RunwareEndpoint {
             .add(Counter::StalledClients);
     }
 
+    /// As [`RunwareEndpoint::authenticate`]; a session UUID this run does
+    /// not know may be one of the run it takes over from, whose tasks come
+    /// once that run has exited: waited for, briefly.
+    async fn authenticate_resuming(
+        &self,
+        task: &TaskObject<'_>,
+        principal: Principal,
+        current: &Option<Arc<LocalSession>>,
+    ) -> Result<Arc<LocalSession>, RunwareError> {
+        let unknown = current.is_none()
+            && task
+                .str_field("connectionSessionUUID")
+                .is_some_and(|id| !self.inner.sessions.contains_key(&*id));
+        if unknown {
+            let table = self.inner.intake.table();
+            table
+                .until_previous_run_restored(crate::dispatch::PREVIOUS_RUN_WAIT)
+                .await;
+        }
+        self.authenticate(task, principal, current)
+    }
+
     /// Checks a local authentication message and finds the local session
     /// it resumes, or opens a new one within the bounds on sessions. A
     /// socket has one session, as a Runware connection has: authenticating
@@ -261,13 +288,15 @@ impl RunwareEndpoint {
         if let Some(s) = current {
             return Ok(Arc::clone(s));
         }
-        let resumed = task
-            .str_field("connectionSessionUUID")
-            .and_then(|id| self.inner.sessions.get(&*id).map(|s| Arc::clone(&s)))
+        let named = task.str_field("connectionSessionUUID");
+        let resumed = named
+            .as_deref()
+            .and_then(|id| self.inner.sessions.get(id).map(|s| Arc::clone(&s)))
             .filter(|s| s.principal == principal);
         if let Some(s) = resumed {
             return Ok(s);
         }
+        let table = self.inner.intake.table();
         let limits = &self.inner.limits;
         let refused = |setting: &str, limit: usize| {
             self.inner
@@ -300,11 +329,18 @@ impl RunwareEndpoint {
                 limits.max_local_sessions_per_principal,
             ));
         }
-        let table = self.inner.intake.table();
         let Some(held) = table.try_hold(SESSION_BYTES) else {
             return Err(refused("max_memory_bytes", table.max_memory_bytes()));
         };
+        // A session of a previous run of the daemon: its tasks came back
+        // with the state, and it goes on under its own UUID.
+        let restored = named
+            .as_deref()
+            .filter(|id| crate::protocol::is_session_uuid(id))
+            .map(|id| (id, table.local_session_tasks(id, principal)))
+            .filter(|(_, tasks)| !tasks.is_empty());
         let (s, events) = LocalSession::new(
+            restored.as_ref().map(|(id, _)| Arc::from(*id)),
             principal,
             held,
             limits.max_socket_buffer_bytes,
@@ -317,8 +353,71 @@ impl RunwareEndpoint {
             self.inner.task_timeout,
             Arc::clone(table),
         ));
-        self.inner.sessions.insert(s.id.clone(), Arc::clone(&s));
+        self.inner
+            .sessions
+            .insert(Arc::clone(&s.id), Arc::clone(&s));
+        if let Some((_, tasks)) = restored {
+            self.resume_restored(&s, tasks);
+        }
         Ok(s)
+    }
+
+    /// A session resumed from a previous run: each of its tasks is
+    /// watched again, its results (those kept and those to come) going
+    /// to the session like those of a task it sent.
+    fn resume_restored(&self, session: &Arc<LocalSession>, tasks: Vec<SessionTask>) {
+        session.carried_task();
+        for task in tasks {
+            self.watch_again(session, task);
+        }
+    }
+
+    /// The task `uuid` if this session sent it (in this run or the one
+    /// before) and it is in flight.
+    fn sent_in(&self, session: &LocalSession, uuid: TaskUuid) -> Option<SessionTask> {
+        self.inner
+            .intake
+            .table()
+            .sent_in_session(uuid, &session.id, session.principal)
+    }
+
+    /// Whether task `uuid`, known to the table, is one this session sent
+    /// on an earlier socket (or in a previous run) and is sending again;
+    /// `untracked` says the session no longer tracks it.
+    fn sent_again(&self, session: &LocalSession, uuid: TaskUuid, untracked: bool) -> bool {
+        match untracked {
+            true => self.sent_in(session, uuid).is_some(),
+            false => session
+                .tasks()
+                .get(&uuid)
+                .is_some_and(|t| t.sent_on != session.socket()),
+        }
+    }
+
+    /// Watches a task the session sent but no longer watches: its results
+    /// (those kept and those to come) go to the session like those of a
+    /// task it just sent. An async task's are asked for with getResponse.
+    fn watch_again(&self, session: &Arc<LocalSession>, task: SessionTask) {
+        if task.asynchronous {
+            return;
+        }
+        let table = self.inner.intake.table();
+        let Ok(mut handle) = table.attach(task.uuid, session.principal) else {
+            return;
+        };
+        let deadline = Instant::now() + self.inner.task_timeout;
+        let meta = LocalTask::new(Cow::Borrowed(task.label), false);
+        if !session.tasks().expect(task.uuid, deadline, meta) {
+            return;
+        }
+        let events = session.events.clone();
+        tokio::spawn(async move {
+            while let Some(event) = handle.events.recv().await {
+                if events.send((handle.uuid, event)).is_err() {
+                    break;
+                }
+            }
+        });
     }
 
     /// A local client's key: the daemon's token when one is configured;
@@ -376,14 +475,17 @@ impl RunwareEndpoint {
                 .prepare_in_time(client, checked, Some(raw), None)
                 .map_err(|e| not_taken_error(&e, &task_type, &uuid))
         });
-        let prepared = match prepared {
+        let mut prepared = match prepared {
             Ok(p) => p,
             Err(e) => return session.deliver(errors_frame(&[e])),
         };
+        // Kept with the task (and its state): after a restart, resuming
+        // this session finds it.
+        prepared.local_session = Some(Arc::clone(&session.id));
         let (uuid, asynchronous) = (prepared.uuid, prepared.asynchronous);
         // Recorded first: the session's forwarder, reading the task's first
         // event, finds it.
-        let meta = LocalTask::new(task_type.clone(), asynchronous);
+        let meta = LocalTask::new(task_type.clone(), asynchronous).on_socket(session.socket());
         session.carried_task();
         let expected = session.tasks().expect(uuid, deadline, meta);
         match self
@@ -396,6 +498,21 @@ impl RunwareEndpoint {
                     session.deliver(data_frame(&[ack(&task_type, &uuid)]));
                 }
                 session.tasks().watching(watch);
+            }
+            // Sent again by its own session on a later socket (after a
+            // reconnect, a client cannot tell whether a task reached the
+            // daemon): it goes on waiting for the one task, never a second
+            // run, never a conflict. On the socket that sent it, a second
+            // copy is a conflict, as Runware answers it.
+            Err(NotTaken::Refused(SubmitError::AlreadyKnown(_)))
+                if self.sent_again(session, uuid, expected) =>
+            {
+                if expected {
+                    session.tasks().forget(&uuid);
+                    if let Some(task) = self.sent_in(session, uuid) {
+                        self.watch_again(session, task);
+                    }
+                }
             }
             Err(e) => {
                 if expected {

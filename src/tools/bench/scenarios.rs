@@ -27,6 +27,7 @@ pub(super) fn measure_state_writes(
                     asynchronous: false,
                     sent: true,
                     owner: Principal::Tcp,
+                    local_session: None,
                 }
             })
             .collect();

@@ -44,7 +44,10 @@ use crate::tools::sim::results::enhanced_text;
 use crate::tools::sim::{SimConfig, SimHandle};
 
 mod faults;
+mod restarts;
 mod tasks;
+
+pub use self::restarts::{RestartConfig, RestartReport, run_restarts};
 
 use self::faults::inject_faults;
 use self::tasks::{Behaviour, Outcome, Probe, SessionStream, one_task};
