@@ -386,3 +386,50 @@ async fn a_task_sent_again_in_its_session_is_the_same_task() {
     assert_eq!(second["data"][0]["taskUUID"], later, "{second}");
     assert_eq!(h.sim.executions(&task), 1);
 }
+
+/// A next process that takes the sockets and then fails to start (its own
+/// metrics address is taken) leaves the running one serving, as if it had
+/// not asked; a later one takes over as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_fails_to_start_leaves_the_holder_serving() {
+    let sim = slow_simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |listen| {
+        let mut c = test_config(sim.url());
+        c.state_dir = Some(dir.path().join("state"));
+        c.listen = Some(listen);
+        c.runware_listen = Switch::Off;
+        c
+    };
+    let old = Daemon::start(config(loopback0())).await.unwrap();
+    wait_state(&old, ConnectionState::Ready).await;
+    let grpc = old.tcp_addr.unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut failing = config(grpc);
+    failing.metrics_listen = Some(taken.local_addr().unwrap());
+    assert!(Daemon::start(failing).await.is_err());
+    assert_eq!(old.tenure(), Tenure::Holder);
+    assert!(!*old.handed_over().borrow());
+    let mut client =
+        runwared::client::connect(&runwared::client::Target::Tcp(format!("http://{grpc}")))
+            .await
+            .unwrap();
+    let status = client
+        .get_status(runwared::pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.session_uuid,
+        old.status.borrow().session.as_ref().unwrap().0
+    );
+    // The next one, able to start, takes over.
+    let new = Daemon::start(config(grpc)).await.unwrap();
+    old.handed_over().wait_for(|h| *h).await.unwrap();
+    old.shutdown(Duration::from_millis(100)).await;
+    new.tenure_changes()
+        .wait_for(|t| *t == Tenure::Holder)
+        .await
+        .unwrap();
+    new.shutdown(Duration::from_secs(1)).await;
+}

@@ -3,7 +3,9 @@
 //! `handover.sock` in it (the directory is the daemon's own, mode 0700,
 //! and the peer's uid is checked too). A successor ([`super::tenure`])
 //! connects and asks; the holder answers with its listening sockets
-//! (`SCM_RIGHTS`) and where each listens, stops accepting, and drains. The
+//! (`SCM_RIGHTS`) and where each listens; once the successor says it
+//! serves them (it could fail to start first, and then the holder simply
+//! goes on), the holder stops accepting and drains. The
 //! sockets are the same kernel objects in both processes, so connections
 //! that arrive meanwhile wait in their queue and the successor accepts
 //! them. The holder keeps the connection open until it exits: its end is
@@ -35,6 +37,8 @@ pub const SOCKET: &str = "handover.sock";
 const MAX_SOCKETS: usize = 4;
 /// Longest a request or an answer is.
 const MAX_LINE: usize = 4096;
+/// What a successor says once it serves the sockets.
+const TAKEN: &[u8] = b"taken";
 /// How long either side waits for the other's line.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -152,7 +156,18 @@ async fn answer(stream: &UnixStream, holder: &Holder) -> io::Result<bool> {
     let mut text = serde_json::to_vec(&answer).map_err(io::Error::other)?;
     text.push(b'\n');
     send_with_fds(stream, &text, &fds).await?;
-    let handed = matches!(answer, Answer::Sockets { .. });
+    if !matches!(answer, Answer::Sockets { .. }) {
+        return Ok(false);
+    }
+    // Both accept on the sockets until the successor serves them; one
+    // that fails to start leaves them to this process.
+    let handed = read_line(stream, &mut Vec::new()).await.ok().as_deref() == Some(TAKEN);
+    if !handed {
+        tracing::warn!(
+            successor = ask.pid,
+            "the next process took the listening sockets but did not start; serving on"
+        );
+    }
     if handed {
         holder.tenure.send_replace(tenure);
         tracing::info!(
@@ -172,6 +187,14 @@ pub struct Predecessor {
 }
 
 impl Predecessor {
+    /// Tells the predecessor this process serves its sockets now: it stops
+    /// accepting and drains.
+    pub async fn confirm(&mut self) -> io::Result<()> {
+        let mut line = TAKEN.to_vec();
+        line.push(b'\n');
+        self.stream.write_all(&line).await
+    }
+
     /// Returns once the predecessor has let go of the state directory.
     pub async fn gone(mut self) {
         let mut buf = [0u8; 64];

@@ -286,7 +286,7 @@ impl Daemon {
             Some(store) => Some(claim(store).await?),
             None => None,
         };
-        let (tenure, holder_lock, successor_lock, predecessor, mut inherited) = match claimed {
+        let (tenure, holder_lock, successor_lock, mut predecessor, mut inherited) = match claimed {
             Some(Claimed::Holder(lock)) => (Tenure::Holder, Some(lock), None, None, systemd()?),
             Some(Claimed::Successor {
                 lock,
@@ -320,6 +320,17 @@ impl Daemon {
             tracing::info!(%address, "the previous process listened here; this one does not (closed)");
         }
         drop(inherited);
+        // Serving every socket now: the predecessor may stop accepting.
+        if let Some(p) = &mut predecessor {
+            p.confirm().await.map_err(|source| StartError::Handover {
+                path: config.state_dir.clone().unwrap_or_default(),
+                holder: tenure::Pid(Some(p.pid)),
+                source: handover::HandoverError::Io {
+                    path: PathBuf::from(handover::SOCKET),
+                    source,
+                },
+            })?;
+        }
         let tcp_addr = listeners.tcp_addr;
 
         // What a previous run left: its session and its tasks in flight. A
