@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
                 asynchronous: false,
                 label: "promptEnhance",
                 owner: Principal::Tcp,
+                local_session: None,
             },
             &ClientConnection::default(),
         )
