@@ -31,7 +31,7 @@ impl Drop for Activated {
 
 impl Activated {
     /// `runwared ARGS` with `listener` as its descriptor 3, named `name`.
-    fn start(listener: &TcpListener, name: &str, args: &[&str]) -> Self {
+    fn start(listener: &TcpListener, name: &str, args: &[String]) -> Self {
         let fd = listener.as_raw_fd();
         let mut cmd = Command::new("sh");
         // The shell's pid is the daemon's: it execs it.
@@ -117,6 +117,24 @@ impl Activated {
     }
 }
 
+/// `serve` under the simulator: gRPC on the Unix socket `socket` only, the
+/// endpoint at `runware`.
+fn serve_args(socket: &std::path::Path, runware: &str) -> Vec<String> {
+    let socket = socket.to_str().unwrap();
+    [
+        "serve",
+        "--simulate",
+        "--listen",
+        "none",
+        "--unix-socket",
+        socket,
+        "--runware-listen",
+        runware,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// A REST request for one promptEnhance, written on `stream`.
 fn send_task(stream: &mut TcpStream, addr: SocketAddr) {
     let body = serde_json::json!([
@@ -150,17 +168,7 @@ fn a_passed_socket_is_served_and_a_restart_refuses_no_connection() {
     let addr = listener.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("d.sock");
-    let addr_text = addr.to_string();
-    let args = [
-        "serve",
-        "--simulate",
-        "--listen",
-        "none",
-        "--unix-socket",
-        socket.to_str().unwrap(),
-        "--runware-listen",
-        &addr_text,
-    ];
+    let args = serve_args(&socket, &addr.to_string());
     let mut first = Activated::start(&listener, "runware", &args);
     first.wait_for("Runware protocol");
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -187,20 +195,7 @@ fn a_passed_socket_no_setting_serves_refuses_the_start() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("d.sock");
-    let started = Activated::start(
-        &listener,
-        "runware",
-        &[
-            "serve",
-            "--simulate",
-            "--listen",
-            "none",
-            "--unix-socket",
-            socket.to_str().unwrap(),
-            "--runware-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let started = Activated::start(&listener, "runware", &serve_args(&socket, "127.0.0.1:0"));
     let (ok, log) = started.exit();
     assert!(!ok, "{log}");
     assert!(

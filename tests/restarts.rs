@@ -32,6 +32,20 @@ async fn slow_simulator() -> runwared::tools::sim::SimHandle {
         .unwrap()
 }
 
+/// The code of the close that comes next on `ws`, no message before it.
+async fn close_code<S>(ws: &mut S) -> CloseCode
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Close(c) => return c.unwrap().code,
+            Message::Text(t) => panic!("before the close: {t}"),
+            _ => {}
+        }
+    }
+}
+
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -98,14 +112,7 @@ async fn the_drain_covers_the_endpoints_sockets() {
     let refused = refused.unwrap();
     assert_eq!(refused["code"], "serviceUnavailable", "{refused}");
     // Nothing left to send it: the socket closes as a server going away.
-    let close = loop {
-        match ws.next().await.unwrap().unwrap() {
-            Message::Close(c) => break c.unwrap(),
-            Message::Text(t) => panic!("after the drain: {t}"),
-            _ => {}
-        }
-    };
-    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(close_code(&mut ws).await, CloseCode::Away);
     let (status, answer) = rest.await.unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["data"][0]["taskUUID"], rest_task, "{answer}");
@@ -268,14 +275,7 @@ async fn a_local_session_resumes_on_the_next_process() {
     old.handed_over().wait_for(|h| *h).await.unwrap();
     let stopping = tokio::spawn(old.shutdown(Duration::from_millis(100)));
     // The old process lets the socket go as a server going away: no error.
-    let close = loop {
-        match ws.next().await.unwrap().unwrap() {
-            Message::Close(c) => break c.unwrap(),
-            Message::Text(t) => panic!("before the close: {t}"),
-            _ => {}
-        }
-    };
-    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(close_code(&mut ws).await, CloseCode::Away);
 
     // The client reconnects and resumes; the next process answers once the
     // old one has exited, under the same session.

@@ -151,7 +151,8 @@ async fn answer(stream: &UnixStream, holder: &Holder) -> io::Result<bool> {
             holder.sockets.iter().map(|(_, fd)| fd.as_fd()).collect(),
         ),
         TenureAction::Refuse(why) => (Answer::Refused(why.to_owned()), Vec::new()),
-        TenureAction::TakeOverState => unreachable!("a handover request takes over no state"),
+        // Not an answer to a handover request; refused all the same.
+        TenureAction::TakeOverState => (Answer::Refused("not now".to_owned()), Vec::new()),
     };
     let mut text = serde_json::to_vec(&answer).map_err(io::Error::other)?;
     text.push(b'\n');

@@ -50,14 +50,6 @@ pub struct Inherited {
 }
 
 impl Inherited {
-    /// None: every door binds its own.
-    pub fn none() -> Self {
-        Inherited {
-            sockets: Vec::new(),
-            source: Source::Own,
-        }
-    }
-
     /// The sockets systemd passed (`LISTEN_PID` names this process,
     /// `LISTEN_FDS` how many, from descriptor 3); none when it passed none.
     pub fn from_systemd() -> io::Result<Self> {

@@ -596,7 +596,10 @@ impl Daemon {
         let tenure = self.tenure();
         if let Some(store) = &self.state {
             let mut tasks = self.table.snapshot();
-            released.retain(|r| !tasks.iter().any(|t| t.uuid == r.uuid));
+            let still: std::collections::HashSet<&str> =
+                tasks.iter().map(|t| t.uuid.as_str()).collect();
+            released.retain(|r| !still.contains(r.uuid.as_str()));
+            drop(still);
             tasks.append(&mut released);
             if tenure.writes_state() {
                 let session = self.status.borrow().session.clone();
