@@ -93,7 +93,8 @@ pub fn check_float(task: &impl TaskFields, name: &str, min: f64, max: f64) -> Re
     }
 }
 
-fn check_enum(task: &impl TaskFields, name: &str, allowed: &[&str]) -> Result<(), Invalid> {
+/// Checks a string parameter is one of `allowed`, when present.
+pub fn check_enum(task: &impl TaskFields, name: &str, allowed: &[&str]) -> Result<(), Invalid> {
     match task.field(name) {
         None => Ok(()),
         Some(Field::Str(s)) if allowed.contains(&s.as_ref()) => Ok(()),

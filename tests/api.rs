@@ -910,3 +910,112 @@ async fn image_bytes_come_decoded_once() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("image_bytes"), "{}", e.message());
 }
+
+/// A Session's events name their task as the client does: a cancel's error
+/// carries the request_id of the task it ends, and a refused submit the
+/// taskUUID its JSON gave.
+#[tokio::test(start_paused = true)]
+async fn session_events_name_the_task_they_are_about() {
+    use pb::session_event::Event;
+    let mut h = start(slow(), |_| {}).await;
+    let (tx, mut events) = open_session(&mut h, None).await;
+    submit_enhance(&tx, "to-cancel", None).await;
+    let accepted = events.next().await.unwrap().unwrap();
+    assert!(matches!(accepted.event, Some(Event::Accepted(_))));
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Cancel(pb::SessionCancel {
+            task_uuid: accepted.task_uuid.clone(),
+        })),
+    })
+    .await
+    .unwrap();
+    let e = session_outcome(&mut events, "to-cancel").await.unwrap_err();
+    assert_eq!(e.grpc_code, Code::Cancelled as i32);
+
+    let given = "0B6E9C7E-58C5-4D31-8E4A-5C1B1E2A0F11";
+    let refused =
+        json!({"taskType": "promptEnhance", "taskUUID": given, "prompt": "a", "apiKey": "k"});
+    tx.send(pb::SessionRequest {
+        request: Some(pb::session_request::Request::Submit(submit("bad", refused))),
+    })
+    .await
+    .unwrap();
+    let ev = loop {
+        let ev = events.next().await.unwrap().unwrap();
+        if ev.request_id == "bad" {
+            break ev;
+        }
+    };
+    assert!(matches!(ev.event, Some(Event::Error(_))), "{ev:?}");
+    assert_eq!(ev.task_uuid, given);
+}
+
+/// A model upload run with a count above one still ends at `ready`.
+#[tokio::test(start_paused = true)]
+async fn a_model_upload_with_a_stated_count_ends_at_ready() {
+    let mut h = start(SimConfig::default(), |c| {
+        c.default_task_timeout = Duration::from_secs(60)
+    })
+    .await;
+    let task = json!({"taskType": "modelUpload", "air": "me:1@1", "name": "mine",
+        "downloadURL": "https://example.com/m.safetensors", "uniqueIdentifier": "abc",
+        "version": "1", "format": "safetensors", "architecture": "flux1d", "category": "lora"});
+    let mut stream = h
+        .client
+        .run(pb::RunRequest {
+            task_json: task.to_string(),
+            expected_results: Some(5),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut statuses = Vec::new();
+    while let Some(r) = stream.next().await {
+        let item: Value = serde_json::from_str(&r.unwrap().item_json).unwrap();
+        statuses.push(item["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses.last().map(String::as_str), Some("ready"));
+    assert_eq!(statuses.len(), 5);
+}
+
+/// At a client's gRPC deadline every client, of many at once, receives the
+/// daemon's own status ("N of M results", or UNAVAILABLE), never a bare
+/// DEADLINE_EXCEEDED of its own timer: the daemon ends its wait early
+/// enough for the status to arrive. Real time: the race is one of clocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_deadline_every_client_gets_the_daemons_status() {
+    let config = SimConfig {
+        per_result_latency: Duration::from_secs(30),
+        ..SimConfig::default()
+    };
+    let h = start(config, |_| {}).await;
+    h.ready().await;
+    let calls = (0..12).map(|i| {
+        let mut client = h.client.clone();
+        async move {
+            let mut stream = client
+                .image_inference(with_timeout(
+                    image(&format!("slow {i}"), 2),
+                    Duration::from_millis(800),
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return e,
+                    None => panic!("ended without its results"),
+                }
+            }
+        }
+    });
+    for e in futures::future::join_all(calls).await {
+        assert!(
+            e.message().contains("results arrived before the deadline"),
+            "{:?}: {}",
+            e.code(),
+            e.message()
+        );
+    }
+}

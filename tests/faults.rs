@@ -371,7 +371,8 @@ async fn deadline_ends_the_task_after_its_partial_results() {
     assert!(e.message().contains("2 of 5"), "{}", e.message());
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_millis(1600),
+        // The daemon ends an eighth early, so that its status arrives first.
+        took >= Duration::from_millis(1300) && took < Duration::from_millis(1400),
         "{took:?}"
     );
     assert!(stream.next().await.is_none());

@@ -594,3 +594,144 @@ async fn a_silent_local_client_is_closed_after_two_minutes_and_a_pinging_one_is_
         other => panic!("a silent client still open after four minutes: {other:?}"),
     }
 }
+
+/// `getResponse` for a task made elsewhere whose count nobody here knows
+/// (three versions, held by Runware): the daemon follows it until
+/// Runware's answer holds them all, not just the first.
+#[tokio::test(start_paused = true)]
+async fn a_followed_task_made_elsewhere_gets_every_result() {
+    let h = start(slow(), |c| c.follow_foreign_tasks = true).await;
+    h.ready().await;
+    let (mut other, _) = tokio_tungstenite::connect_async_with_config(h.sim.url(), None, true)
+        .await
+        .unwrap();
+    let t = uuid();
+    for message in [
+        json!([{"taskType": "authentication", "apiKey": KEY}]),
+        json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat",
+                "promptVersions": 3, "deliveryMethod": "async"}]),
+    ] {
+        other
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+    h.sim_until(|s| s.executions >= 1).await;
+    let mut ws = authenticated(&h).await;
+    let poll = json!([{"taskType": "getResponse", "taskUUID": t}]);
+    send(&mut ws, poll.clone()).await;
+    assert_eq!(next(&mut ws).await["data"][0]["status"], "processing");
+    ended(&h, &t).await;
+    send(&mut ws, poll).await;
+    let answer = next(&mut ws).await;
+    let data = answer["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "{answer}");
+    assert!(data.iter().all(|i| i["status"] == "success"), "{answer}");
+    assert_eq!(h.sim.executions(&t), 1);
+}
+
+/// A task partly done (one of four images) answers `getResponse` with the
+/// results so far and a `processing` item, as Runware does: a client
+/// reading `status` does not take it for finished.
+#[tokio::test(start_paused = true)]
+async fn a_partly_done_task_answers_with_its_results_and_processing() {
+    let config = SimConfig {
+        per_result_latency: Duration::from_secs(5),
+        ..SimConfig::default()
+    };
+    let mut h = start(config, |_| {}).await;
+    let t = uuid();
+    let task = json!({"taskType": "imageInference", "taskUUID": t, "positivePrompt": "a fox",
+        "model": "runware:100@1", "width": 512, "height": 512, "numberResults": 4});
+    let mut stream = h
+        .client
+        .run(runwared::pb::RunRequest {
+            task_json: task.to_string(),
+            expected_results: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
+    let addr = h.daemon.runware_addr.unwrap();
+    let body = json!([{"taskType": "getResponse", "taskUUID": t}]).to_string();
+    let (_, answer) = post_json(addr, &body, None).await;
+    let statuses: Vec<&str> = answer["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["success", "processing"], "{answer}");
+    while stream.message().await.unwrap().is_some() {}
+    let (_, answer) = post_json(addr, &body, None).await;
+    let data = answer["data"].as_array().unwrap();
+    assert_eq!(data.len(), 4, "{answer}");
+    assert!(data.iter().all(|i| i["status"] == "success"));
+}
+
+/// One bad element of a message is answered on its own: a task beside it
+/// runs, and the bad one's error names its task where it can be read.
+#[tokio::test(start_paused = true)]
+async fn a_bad_element_is_refused_alone_and_its_neighbours_run() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    let (good, twice) = (uuid(), uuid());
+    let message = format!(
+        r#"[{{"taskType":"promptEnhance","taskUUID":"{good}","prompt":"a cat"}},5,{{"taskType":"promptEnhance","taskUUID":"{twice}","prompt":"a","prompt":"b"}}]"#
+    );
+    let mut ws = authenticated(&h).await;
+    ws.send(Message::Text(message.clone().into()))
+        .await
+        .unwrap();
+    let (mut errors, mut data) = (Vec::new(), Vec::new());
+    while data.is_empty() || errors.len() < 2 {
+        let m = next(&mut ws).await;
+        errors.extend(m["errors"].as_array().cloned().unwrap_or_default());
+        data.extend(m["data"].as_array().cloned().unwrap_or_default());
+    }
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["taskUUID"], good.as_str());
+    assert_eq!(errors[0]["parameter"], "body");
+    assert_eq!(errors[1]["parameter"], "prompt");
+    assert_eq!(errors[1]["taskUUID"], twice.as_str());
+
+    // The same over REST: one answer with the result and both errors.
+    let good = uuid();
+    let message = format!(
+        r#"[{{"taskType":"authentication","apiKey":"k"}},{{"taskType":"promptEnhance","taskUUID":"{good}","prompt":"a cat"}},5]"#
+    );
+    let (status, answer) = post_json(h.daemon.runware_addr.unwrap(), &message, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"][0]["taskUUID"], good.as_str());
+    assert_eq!(answer["errors"][0]["parameter"], "body");
+    assert_eq!(h.sim.executions(&good), 1);
+}
+
+/// An async task's results reach a client polling through the daemon as
+/// soon as they would reach it polling Runware: its `getResponse` asks
+/// Runware afresh (one round trip) rather than answering from the
+/// daemon's last poll.
+#[tokio::test(start_paused = true)]
+async fn get_response_is_as_fresh_as_asking_runware() {
+    let config = SimConfig {
+        latency: Duration::from_millis(100),
+        per_result_latency: Duration::ZERO,
+        ..SimConfig::default()
+    };
+    let h = start(config, |_| {}).await;
+    h.ready().await;
+    let addr = h.daemon.runware_addr.unwrap();
+    let t = uuid();
+    let task = json!([{"taskType": "imageInference", "taskUUID": t, "positivePrompt": "a fox",
+        "model": "runware:100@1", "width": 512, "height": 512, "numberResults": 2,
+        "deliveryMethod": "async"}]);
+    let (status, ack) = post_json(addr, &task.to_string(), None).await;
+    assert_eq!(status, 200, "{ack}");
+    // The client's own pace (an SDK polling 200 ms after submitting).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let poll = json!([{"taskType": "getResponse", "taskUUID": t}]).to_string();
+    let (_, answer) = post_json(addr, &poll, None).await;
+    let data = answer["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{answer}");
+    assert!(data.iter().all(|i| i["status"] == "success"), "{answer}");
+}

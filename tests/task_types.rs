@@ -220,3 +220,218 @@ async fn every_task_type_runs_async_and_attaches() {
     }
     assert_eq!(h.stats().executions, 8);
 }
+
+/// Every task type the newest SDK sends, with the fields its result type
+/// reads and, where the type makes several, as many as `numberResults`
+/// asks: through `Run` (sync and async) and through the Runware-protocol
+/// endpoint's REST door, each run once.
+#[tokio::test(start_paused = true)]
+async fn every_type_of_the_newest_sdk_through_run_and_the_endpoint() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    let addr = h.daemon.runware_addr.expect("the endpoint listens");
+    let image = json!("b7db282d-2943-4f12-992f-77df3ad3ec71");
+    let chat = json!([{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour"}]);
+    let cases = [
+        (
+            "textInference",
+            json!({"model": "minimax:m2.7@0", "messages": chat, "settings": {"maxTokens": 64}}),
+            "text",
+        ),
+        (
+            "audioInference",
+            json!({"model": "elevenlabs:1@1", "positivePrompt": "rain", "duration": 10}),
+            "audioURL",
+        ),
+        (
+            "3dInference",
+            json!({"model": "microsoft:trellis-2@4b", "inputs": {"image": image}}),
+            "outputs",
+        ),
+        (
+            "videoInference",
+            json!({"model": "klingai:5@3", "positivePrompt": "a cat surfing"}),
+            "videoURL",
+        ),
+        (
+            "imageMasking",
+            json!({"model": "runware:35@1", "inputImage": image}),
+            "maskImageURL",
+        ),
+        (
+            "controlNetPreprocess",
+            json!({"inputImage": image, "preProcessorType": "canny"}),
+            "guideImageURL",
+        ),
+        ("vectorize", json!({"inputs": {"image": image}}), "imageURL"),
+        (
+            "imageUpload",
+            json!({"image": "data:image/png;base64,iVBORw0KGgo="}),
+            "imageUUID",
+        ),
+        (
+            "mediaStorage",
+            json!({"operation": "upload", "media": "data:audio/wav;base64,UklGRg=="}),
+            "mediaUUID",
+        ),
+        ("modelSearch", json!({"search": "flux"}), "results"),
+        (
+            "accountManagement",
+            json!({"operation": "getDetails"}),
+            "organizationUUID",
+        ),
+    ];
+    let several = [
+        "textInference",
+        "audioInference",
+        "3dInference",
+        "videoInference",
+    ];
+    let mut executions = 0;
+    for (task_type, fields, field) in cases {
+        let count = if several.contains(&task_type) { 3 } else { 1 };
+        for delivery in ["sync", "async"] {
+            let uuid = uuid::Uuid::new_v4().to_string();
+            let mut task = fields.clone();
+            task["taskType"] = json!(task_type);
+            task["taskUUID"] = json!(uuid);
+            task["deliveryMethod"] = json!(delivery);
+            if count > 1 {
+                task["numberResults"] = json!(count);
+            }
+            let got = run(&mut h.client, task).await.unwrap();
+            executions += 1;
+            assert_eq!(got.len(), count, "{task_type} {delivery}: {got:?}");
+            for item in &got {
+                assert_eq!(item["taskUUID"], uuid.as_str(), "{task_type}");
+                assert!(!item[field].is_null(), "{task_type}: {field} in {item}");
+            }
+        }
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let mut task = fields.clone();
+        task["taskType"] = json!(task_type);
+        task["taskUUID"] = json!(uuid);
+        if count > 1 {
+            task["numberResults"] = json!(count);
+        }
+        let body = json!([{"taskType": "authentication", "apiKey": "any"}, task]).to_string();
+        let (status, answer) = post_json(addr, &body, None).await;
+        executions += 1;
+        assert_eq!(status, 200, "{task_type}: {answer}");
+        let data = answer["data"].as_array().unwrap();
+        assert_eq!(data.len(), count, "{task_type} over REST: {answer}");
+        assert!(
+            data.iter()
+                .all(|i| !i[field].is_null() && i["taskUUID"] == uuid.as_str())
+        );
+    }
+    let text = run(
+        &mut h.client,
+        json!({"taskType": "textInference", "model": "m", "messages": chat}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(text[0]["finishReason"], "stop");
+    assert!(text[0]["usage"]["totalTokens"].as_u64().unwrap() > 0);
+    executions += 1;
+    assert_eq!(h.stats().executions, executions);
+    // What a type cannot run without is named, as Runware names it.
+    let e = run(
+        &mut h.client,
+        json!({"taskType": "textInference", "model": "m"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.message().contains("messages"), "{}", e.message());
+}
+
+/// `GET` of a URL over plain HTTP/1.1: the status, the content type and
+/// the body.
+async fn download(url: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').unwrap();
+    assert!(
+        host.starts_with("127.0.0.1:"),
+        "the simulator on loopback: {url}"
+    );
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).await.unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head[9..12].parse().unwrap();
+    let mime = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (status, mime, response[split + 4..].to_vec())
+}
+
+/// Result URLs download from the simulator, as Runware's do from Runware:
+/// the picture of the size and format asked for, and small valid files of
+/// the right type for video, audio and 3D; a name it never made is 404.
+#[tokio::test(start_paused = true)]
+async fn simulated_result_urls_download_what_the_task_made() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    let got = run(
+        &mut h.client,
+        json!({"taskType": "imageInference", "positivePrompt": "a fox", "model": "runware:100@1",
+            "width": 256, "height": 128, "outputFormat": "PNG", "numberResults": 2}),
+    )
+    .await
+    .unwrap();
+    for item in &got {
+        let (status, mime, body) = download(item["imageURL"].as_str().unwrap()).await;
+        assert_eq!((status, mime.as_str()), (200, "image/png"));
+        let picture = image::load_from_memory(&body).unwrap();
+        assert_eq!((picture.width(), picture.height()), (256, 128));
+    }
+    let cases = [
+        (
+            json!({"taskType": "videoInference", "model": "klingai:5@3", "positivePrompt": "p"}),
+            "/videoURL",
+            "video/mp4",
+            &b"ftyp"[..],
+            4,
+        ),
+        (
+            json!({"taskType": "audioInference", "model": "m", "positivePrompt": "p",
+                "outputFormat": "WAV"}),
+            "/audioURL",
+            "audio/wav",
+            &b"RIFF"[..],
+            0,
+        ),
+        (
+            json!({"taskType": "3dInference", "model": "m", "inputs": {"image": "u"}}),
+            "/outputs/files/0/url",
+            "model/gltf-binary",
+            &b"glTF"[..],
+            0,
+        ),
+        (
+            json!({"taskType": "imageMasking", "model": "m", "inputImage": "u"}),
+            "/maskImageURL",
+            "image/jpeg",
+            &[0xFF, 0xD8][..],
+            0,
+        ),
+    ];
+    for (task, pointer, expected_mime, magic, at) in cases {
+        let got = run(&mut h.client, task).await.unwrap();
+        let url = got[0].pointer(pointer).and_then(Value::as_str).unwrap();
+        let (status, mime, body) = download(url).await;
+        assert_eq!((status, mime.as_str()), (200, expected_mime), "{url}");
+        assert_eq!(&body[at..at + magic.len()], magic, "{url}");
+    }
+    let unknown = format!("http://{}/media/nothing.png", h.sim.addr());
+    assert_eq!(download(&unknown).await.0, 404);
+}

@@ -186,8 +186,11 @@ pub struct Settings {
     #[serde(with = "duration_text")]
     pub default_task_timeout: Duration,
     /// Longest interval between `getResponse` polls of one task (async
-    /// delivery, recovery); they start at 500 ms and double up to it.
-    #[arg(long, env = "RUNWARED_POLL_MAX", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    /// delivery, recovery); they start at 500 ms and double up to it. An
+    /// async task's results reach its client within about this of Runware
+    /// having them, with about as many polls as a client asking every
+    /// `poll_max` itself would send.
+    #[arg(long, env = "RUNWARED_POLL_MAX", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     #[serde(with = "duration_text")]
     pub poll_max: Duration,
     /// Most tasks in flight at once, across all clients.

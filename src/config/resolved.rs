@@ -230,6 +230,20 @@ impl Config {
                 return Err(invalid(name, "must be at least 1".to_owned()));
             }
         }
+        // A zero wait would end every task, connection or request before it
+        // began.
+        for (name, value) in [
+            ("default_task_timeout", settings.default_task_timeout),
+            ("auth_timeout", settings.auth_timeout),
+            ("connect_timeout", settings.connect_timeout),
+            ("pong_timeout", settings.pong_timeout),
+            ("stalled_client_timeout", settings.stalled_client_timeout),
+            ("request_body_timeout", settings.request_body_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(name, "must be above 0".to_owned()));
+            }
+        }
         let poll_min = Limits::default().poll_min;
         if settings.poll_max < poll_min {
             return Err(invalid(

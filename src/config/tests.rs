@@ -374,3 +374,24 @@ fn durations() {
     let err = resolve(&["--ping-interval", "200s"], None, &env_with_key()).unwrap_err();
     assert!(err.to_string().contains("ping_interval"));
 }
+
+#[test]
+fn zero_waits_are_refused_naming_the_setting() {
+    for flag in [
+        "--default-task-timeout",
+        "--auth-timeout",
+        "--connect-timeout",
+        "--pong-timeout",
+    ] {
+        let err = resolve(&[flag, "0s"], None, &env_with_key()).unwrap_err();
+        let name = flag.trim_start_matches("--").replace('-', "_");
+        assert!(
+            err.to_string().contains(&name) && err.to_string().contains("above 0"),
+            "{flag}: {err}"
+        );
+        assert!(
+            resolve(&[flag, "1s"], None, &env_with_key()).is_ok(),
+            "{flag}"
+        );
+    }
+}

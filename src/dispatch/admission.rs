@@ -140,6 +140,7 @@ impl TaskTable {
                     watchers: vec![watcher],
                     idle_since: None,
                     bytes: 0,
+                    answers: 0,
                 }));
             }
         }

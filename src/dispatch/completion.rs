@@ -55,6 +55,12 @@ impl TaskTable {
         let was_polling = task.delivery.is_polling();
         let was_unsent = task.delivery.sends() == 0;
         let action = task.delivery.step(event, now, self.timing());
+        if matches!(event, Event::Answered | Event::End) {
+            task.answers = task.answers.wrapping_add(1);
+            if self.askers.load(Ordering::Acquire) > 0 {
+                self.answered.notify_waiters();
+            }
+        }
         match (was_polling, task.delivery.is_polling()) {
             (false, true) => {
                 self.polling.fetch_add(1, Ordering::AcqRel);

@@ -69,6 +69,10 @@ pub enum Event {
     /// An answer to `getResponse` (items, or "processing"), or an async
     /// task's acknowledgement.
     Answered,
+    /// A local client asked `getResponse` about the task: a fresh answer
+    /// is wanted now, unless one is awaited or the last question went
+    /// less than [`FRESH_FOR`] ago.
+    Asked,
     /// All results, an error, or a release.
     End,
 }
@@ -93,6 +97,11 @@ pub enum Action {
     /// know either: the task fails with Runware's answer.
     FailUnknown,
 }
+
+/// How recent a question to Runware is recent enough for a local client's
+/// `getResponse`: asking again sooner would add polls without fresher
+/// results.
+pub const FRESH_FOR: Duration = Duration::from_millis(250);
 
 /// Polling intervals: the first, and the cap of the doubling.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +131,8 @@ pub struct Delivery {
     /// Followed for a client, never sent by this daemon: it can only be
     /// polled (it has no task to send).
     followed: bool,
+    /// When the last `getResponse` about it went upstream.
+    asked_at: Option<Instant>,
 }
 
 impl Delivery {
@@ -134,6 +145,7 @@ impl Delivery {
             penalty: Duration::ZERO,
             asynchronous,
             followed: false,
+            asked_at: None,
         }
     }
 
@@ -269,10 +281,30 @@ impl Delivery {
                     next_at: now + self.delay,
                     awaiting: true,
                 };
+                self.asked_at = Some(now);
                 self.delay = (self.delay * 2).min(timing.max);
                 Action::Poll
             }
             (_, Event::PollTick) => Action::None,
+            (
+                Polling {
+                    next_at,
+                    awaiting: false,
+                },
+                Event::Asked,
+            ) if next_at > now
+                && self
+                    .asked_at
+                    .is_none_or(|at| now.duration_since(at) >= FRESH_FOR) =>
+            {
+                // Due at the next tick; the schedule goes on from there.
+                self.state = Polling {
+                    next_at: now,
+                    awaiting: false,
+                };
+                Action::None
+            }
+            (_, Event::Asked) => Action::None,
             (Polling { next_at, .. }, Event::Answered) => {
                 self.state = Polling {
                     next_at,
@@ -384,6 +416,36 @@ mod tests {
         let mut d = Delivery::new(false, T);
         assert_eq!(d.step(Event::Send { connection }, now, T), Action::Transmit);
         (d, now)
+    }
+
+    /// A client's question brings the next poll forward, unless one is
+    /// awaited or went less than FRESH_FOR ago: clients asking about one
+    /// task share the question, and a client asking often does not make
+    /// the daemon ask Runware more often than that.
+    #[test]
+    fn a_clients_question_brings_the_poll_forward_once() {
+        let now = Instant::now();
+        let mut d = Delivery::new(true, T);
+        d.step(Event::Send { connection: 1 }, now, T);
+        // Not due for 500 ms; asked, it is due now.
+        assert_eq!(d.step(Event::PollTick, now, T), Action::None);
+        assert_eq!(d.step(Event::Asked, now, T), Action::None);
+        assert_eq!(d.step(Event::PollTick, now, T), Action::Poll);
+        // Awaited: another question adds nothing.
+        assert_eq!(d.step(Event::Asked, now, T), Action::None);
+        assert_eq!(d.step(Event::PollTick, now, T), Action::None);
+        let later = now + Duration::from_millis(100);
+        assert_eq!(d.step(Event::Answered, later, T), Action::None);
+        // Answered, but the question went 100 ms ago: fresh enough.
+        d.step(Event::Asked, later, T);
+        assert_eq!(d.step(Event::PollTick, later, T), Action::None);
+        let later = now + FRESH_FOR;
+        d.step(Event::Asked, later, T);
+        assert_eq!(d.step(Event::PollTick, later, T), Action::Poll);
+        // A pushed task has nothing to ask.
+        let (mut pushed, now) = sent(1);
+        assert_eq!(pushed.step(Event::Asked, now, T), Action::None);
+        assert_eq!(pushed.state(), State::Sent { connection: 1 });
     }
 
     #[test]

@@ -6,6 +6,11 @@ use super::*;
 /// `expected_results`, a restored task's).
 pub const MAX_EXPECTED_RESULTS: u32 = 10_000;
 
+/// The count of a task whose results nobody stated (one the daemon follows
+/// for a client that made it elsewhere): it ends with the getResponse
+/// answer from Runware that says nothing more is coming.
+pub const EXPECTED_FROM_ANSWERS: u32 = 0;
+
 /// The default of `max_memory_bytes`, sized so that with large results the
 /// daemon's resident memory stays within the Kubernetes example's limit.
 pub const DEFAULT_MAX_MEMORY_BYTES: usize = 96 << 20;
@@ -51,7 +56,7 @@ impl Default for Limits {
             retention: Duration::from_secs(300),
             max_task_bytes: 64 << 20,
             poll_min: Duration::from_millis(500),
-            poll_max: Duration::from_secs(10),
+            poll_max: Duration::from_secs(1),
         }
     }
 }

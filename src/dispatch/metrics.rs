@@ -24,6 +24,14 @@ const KNOWN_TASK_TYPES: &[&str] = &[
     "audioInference",
     "modelUpload",
     "modelSearch",
+    "textInference",
+    "3dInference",
+    "controlNetPreprocess",
+    "vectorize",
+    "imageUpload",
+    "mediaStorage",
+    "accountManagement",
+    "getTaskDetails",
 ];
 
 /// The label value for a task type.

@@ -66,6 +66,7 @@ pub(crate) mod testing;
 mod tests;
 mod watch;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -82,7 +83,8 @@ pub use self::events::{FailureKind, SubmitError, TaskEvent, TaskFailure};
 pub use self::journal::{SavedOwner, SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
 pub use self::limits::{
-    DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_RETAINED_BYTES, Limits, MAX_EXPECTED_RESULTS,
+    DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_RETAINED_BYTES, EXPECTED_FROM_ANSWERS, Limits,
+    MAX_EXPECTED_RESULTS,
 };
 use self::metrics::{TaskLabels, TaskMetrics, task_type_label};
 pub use self::owners::REMEMBERED_OWNERS;
@@ -136,6 +138,10 @@ pub struct TaskTable {
     /// True while the tasks of a previous run may still come into the
     /// table (this process took over from one still draining).
     awaiting_previous: tokio::sync::watch::Sender<bool>,
+    /// Woken on each answer to a `getResponse` while a local client waits
+    /// for one ([`TaskTable::ask`]); `askers` says whether anyone does.
+    answered: tokio::sync::Notify,
+    askers: AtomicUsize,
     /// Idle tasks, oldest first, for retention ([`retention`]).
     idle: std::sync::Mutex<retention::IdleQueue>,
     /// What changed for the state file since it was last written; kept
@@ -173,6 +179,8 @@ impl TaskTable {
             watches: AtomicU64::new(0),
             draining: tokio::sync::watch::Sender::new(false),
             awaiting_previous: tokio::sync::watch::Sender::new(false),
+            answered: tokio::sync::Notify::new(),
+            askers: AtomicUsize::new(0),
             idle: std::sync::Mutex::default(),
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),

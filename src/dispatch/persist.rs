@@ -66,7 +66,7 @@ impl TaskTable {
                 awaits_resume: s.local_session.is_some(),
                 local_session: s.local_session.map(Into::into),
                 started: now,
-                expected: s.expected.max(1),
+                expected: s.expected,
                 asynchronous: s.asynchronous,
                 delivery: Delivery::restored(s.asynchronous, s.sent, self.timing(), now),
                 matching: s.sent.then(Box::default),
@@ -78,6 +78,7 @@ impl TaskTable {
                 watchers: Vec::new(),
                 idle_since: None,
                 bytes: 0,
+                answers: 0,
             };
             // Nobody watches it until a client attaches.
             self.went_idle(&mut task, now);

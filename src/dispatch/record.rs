@@ -71,6 +71,9 @@ pub(super) struct Task {
     pub(super) idle_since: Option<Instant>,
     /// The bytes its results take, for the retention bound.
     pub(super) bytes: usize,
+    /// Answers from Runware to its `getResponse` questions so far (items
+    /// or "processing"), for a client waiting on a fresh one.
+    pub(super) answers: u32,
 }
 
 /// Most result slots made at a task's first result: `expected` comes from

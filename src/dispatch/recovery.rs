@@ -107,18 +107,53 @@ impl TaskTable {
         due
     }
 
+    /// Whether `owner`'s task `uuid` is in flight and polled: a
+    /// `getResponse` about it is worth a fresh answer ([`TaskTable::ask`]).
+    pub fn is_polled_for(&self, uuid: &TaskUuid, owner: Principal) -> bool {
+        self.tasks
+            .get(uuid)
+            .is_some_and(|t| t.owner == owner && t.in_flight() && t.delivery.is_polling())
+    }
+
+    /// A local client asks `getResponse` about task `uuid`, its own: if the
+    /// task is polled, a question goes to Runware at the next poll tick
+    /// (unless one is awaited, or went less than `FRESH_FOR`
+    /// ago: clients asking about one task share it), and this waits until
+    /// Runware answered it, the task ended, or `deadline`. Returns at once
+    /// for a task whose results are pushed: the table has them as they come.
+    pub async fn ask(&self, uuid: TaskUuid, owner: Principal, deadline: Instant) {
+        let asked = {
+            let Some(mut task) = self.tasks.get_mut(&uuid) else {
+                return;
+            };
+            if task.owner != owner || !task.in_flight() || !task.delivery.is_polling() {
+                return;
+            }
+            self.step(&mut task, Event::Asked, Instant::now());
+            task.answers
+        };
+        let _asking = Asking::new(&self.askers);
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let fresh = self
+                .tasks
+                .get(&uuid)
+                .is_none_or(|t| t.answers != asked || !t.in_flight());
+            if fresh || tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Follows a task this daemon never sent (a local client asks
     /// `getResponse` for a taskUUID it does not know, made elsewhere with
     /// the same account): its results are polled from Runware with
     /// `getResponse`, like those of a task whose session was lost, until
-    /// `expected` arrived or Runware answers an error. Only `owner` may read
-    /// them, within the table's limits.
-    pub fn follow(
-        &self,
-        uuid: TaskUuid,
-        expected: u32,
-        owner: Principal,
-    ) -> Result<(), SubmitError> {
+    /// Runware's answer holds them all (nobody here knows their count) or
+    /// is an error. Only `owner` may read them, within the table's limits.
+    pub fn follow(&self, uuid: TaskUuid, owner: Principal) -> Result<(), SubmitError> {
         // Another principal's task (held, or remembered after it went) is
         // answered as one nobody made.
         if self.owner_of(&uuid).is_some_and(|o| o != owner) {
@@ -131,7 +166,7 @@ impl TaskTable {
         let followed = self.restore(vec![SavedTask {
             uuid: uuid.to_string(),
             payload: payload.to_string(),
-            expected: expected.clamp(1, MAX_EXPECTED_RESULTS),
+            expected: EXPECTED_FROM_ANSWERS,
             asynchronous: true,
             sent: true,
             owner,
@@ -144,5 +179,22 @@ impl TaskTable {
             task.delivery = Delivery::followed(self.timing(), Instant::now());
         }
         Ok(())
+    }
+}
+
+/// One client waiting for an answer, counted while it waits (however its
+/// wait ends: the future may be dropped).
+struct Asking<'a>(&'a AtomicUsize);
+
+impl<'a> Asking<'a> {
+    fn new(askers: &'a AtomicUsize) -> Self {
+        askers.fetch_add(1, Ordering::AcqRel);
+        Asking(askers)
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

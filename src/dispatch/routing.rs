@@ -48,29 +48,79 @@ impl TaskTable {
     ) -> Vec<Inbound<'a>> {
         // A getResponse answer is the polled items of one task in one message.
         self.message.fetch_add(1, Ordering::AcqRel);
+        let ends = self.answer_ends(&items);
         items
             .into_iter()
-            .filter_map(|i| self.route(i, frame))
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let end = ends.as_ref().map_or(AnswerEnd::Within, |e| e[i]);
+                self.route(item, frame, end)
+            })
             .collect()
+    }
+
+    /// For the tasks whose count only Runware's answers tell
+    /// ([`EXPECTED_FROM_ANSWERS`]): where each one's answer in this message
+    /// ends. `None` when the message answers for no such task.
+    fn answer_ends(&self, items: &[Inbound<'_>]) -> Option<Vec<AnswerEnd>> {
+        let mut last_answered: HashMap<TaskUuid, usize> = HashMap::new();
+        let mut pending: HashSet<TaskUuid> = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Inbound::Result {
+                    task,
+                    received: Received::Answered,
+                    ..
+                } => {
+                    last_answered.insert(*task, i);
+                }
+                Inbound::Pending { task } => {
+                    pending.insert(*task);
+                }
+                _ => {}
+            }
+        }
+        last_answered.retain(|uuid, _| {
+            self.tasks
+                .get(uuid)
+                .is_some_and(|t| t.in_flight() && t.expected == EXPECTED_FROM_ANSWERS)
+        });
+        if last_answered.is_empty() {
+            return None;
+        }
+        let mut ends = vec![AnswerEnd::Within; items.len()];
+        for (uuid, i) in last_answered {
+            ends[i] = match pending.contains(&uuid) {
+                true => AnswerEnd::GoesOn,
+                false => AnswerEnd::Complete,
+            };
+        }
+        Some(ends)
     }
 
     pub(super) fn route<'a>(
         &self,
         item: Inbound<'a>,
         frame: Option<&ByteString>,
+        end: AnswerEnd,
     ) -> Option<Inbound<'a>> {
         match item {
             Inbound::Pending { task } => self.pending(task),
+            // The last item of an answer that says its task goes on may be
+            // the last result too: it is taken from the answer that ends
+            // the task, so that the result ending it is a new one.
+            Inbound::Result { .. } if end == AnswerEnd::GoesOn => {}
             Inbound::Result {
                 task,
                 item,
                 result_id,
                 received,
-            } => self.deliver(
+            } => self.deliver_in_answer(
                 task,
                 stored_result(item, frame),
                 result_id.as_deref(),
                 received,
+                end == AnswerEnd::Complete,
             ),
             Inbound::TaskError { task, error } => self.fail(task, error),
             other => return Some(other),
@@ -91,12 +141,26 @@ impl TaskTable {
     }
 
     /// Routes one result item to its task.
+    #[cfg(test)]
     pub(super) fn deliver(
         &self,
         uuid: TaskUuid,
         item: StoredResult,
         result_id: Option<&str>,
         received: Received,
+    ) {
+        self.deliver_in_answer(uuid, item, result_id, received, false);
+    }
+
+    /// Routes one result item to its task; `ends_answer` says it is the last
+    /// of an answer that says nothing more is coming.
+    pub(super) fn deliver_in_answer(
+        &self,
+        uuid: TaskUuid,
+        item: StoredResult,
+        result_id: Option<&str>,
+        received: Received,
+        ends_answer: bool,
     ) {
         let mut entry = self.tasks.get_mut(&uuid);
         let arriving = ArrivingResult {
@@ -165,7 +229,13 @@ impl TaskTable {
         if received == (Received::Step { last: false }) {
             t.steps += 1;
         }
-        let last = t.results.len() as u32 - t.steps >= t.expected;
+        let last = match (t.expected, received) {
+            // The final step ends a task that reports steps, whatever count
+            // its client stated.
+            (_, Received::Step { last: true }) => true,
+            (EXPECTED_FROM_ANSWERS, _) => ends_answer,
+            (expected, _) => t.results.len() as u32 - t.steps >= expected,
+        };
         t.notify(&TaskEvent::Result { index, item, last });
         if last {
             self.finish(t, Outcome::Completed, Instant::now());
@@ -232,4 +302,16 @@ impl TaskTable {
         drop(entry);
         self.after_end(uuid);
     }
+}
+
+/// Where an answered item stands in its task's getResponse answer, for a
+/// task counted by Runware's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AnswerEnd {
+    /// Not the last of its answer (or its task's count is known).
+    Within,
+    /// The last, in an answer that says the task is still processing.
+    GoesOn,
+    /// The last, in an answer that says nothing more is coming.
+    Complete,
 }

@@ -870,3 +870,75 @@ fn a_refused_batch_is_recovered_and_its_tasks_go_alone() {
     assert!(!d.sends_alone(&a.uuid));
     assert_eq!(d.counters.get(Counter::Recovered), 2);
 }
+
+/// A model upload ends at its last step whatever count its client stated:
+/// steps are not results.
+#[tokio::test(start_paused = true)]
+async fn ready_ends_an_upload_whatever_count_was_stated() {
+    let (d, _q) = setup(Limits::default());
+    let upload = PreparedTask {
+        label: "modelUpload",
+        ..task(5)
+    };
+    let mut h = d.submit(upload, &ClientConnection::default()).unwrap();
+    send(&d, &h.uuid);
+    let step = |s: &str| format!(r#"{{"air":"a","status":"{s}"}}"#);
+    for s in ["validated", "downloaded", "optimized", "stored", "ready"] {
+        let last = s == "ready";
+        d.deliver(h.uuid, raw(&step(s)), None, Received::Step { last });
+    }
+    for i in 0..4 {
+        assert!(!next_result(&mut h).2, "step {i} ends nothing");
+    }
+    assert_eq!(next_result(&mut h), (4, step("ready"), true));
+    assert_eq!(d.in_flight(), 0);
+}
+
+/// A task followed for a client that made it elsewhere has no stated
+/// count: it ends with the answer that says nothing more is coming, and an
+/// answer that says more is coming never ends it (its last item is taken
+/// from the answer that does, so every result arrives once).
+#[tokio::test(start_paused = true)]
+async fn a_followed_task_ends_with_the_answer_that_holds_all() {
+    let (d, _q) = setup(Limits::default());
+    let uuid = TaskUuid::new_v4();
+    let owner = ClientConnection::default().principal;
+    d.follow(uuid, owner).unwrap();
+    let mut h = d.attach(uuid, owner).unwrap();
+    let answer = |images: &[&str], processing: bool| {
+        let mut data: Vec<String> = images
+            .iter()
+            .map(|i| {
+                format!(
+                    r#"{{"taskType":"imageInference","taskUUID":"{uuid}","status":"success","imageUUID":"{i}"}}"#
+                )
+            })
+            .collect();
+        if processing {
+            data.push(format!(
+                r#"{{"taskType":"imageInference","taskUUID":"{uuid}","status":"processing"}}"#
+            ));
+        }
+        format!(r#"{{"data":[{}]}}"#, data.join(","))
+    };
+    let route = |text: &str| {
+        let items = protocol::parse_frame(text).unwrap();
+        assert!(d.route_frame(items, None).is_empty());
+    };
+    route(&answer(&["a", "b"], true));
+    let (index, item, last) = next_result(&mut h);
+    assert_eq!((index, last), (0, false));
+    assert!(item.contains(r#""a""#));
+    assert!(h.events.try_recv().is_err(), "b waits for the next answer");
+    route(&answer(&["a", "b"], true));
+    assert!(h.events.try_recv().is_err());
+    route(&answer(&["a", "b", "c"], false));
+    let (index, item, last) = next_result(&mut h);
+    assert_eq!((index, last), (1, false));
+    assert!(item.contains(r#""b""#));
+    let (index, item, last) = next_result(&mut h);
+    assert_eq!((index, last), (2, true));
+    assert!(item.contains(r#""c""#));
+    assert_eq!(d.in_flight(), 0);
+    assert_eq!(d.counters.get(Counter::DuplicateResults), 0);
+}

@@ -3,12 +3,17 @@
 
 use super::*;
 
-/// How many result items complete a task: `imageInference` after
-/// `numberResults`, `promptEnhance` after `promptVersions`, anything else
-/// after the count the client states; 1 by default.
+/// How many result items complete a task, from its own fields as Runware
+/// reads them: the types that make several of what they make after
+/// `numberResults` (images, videos, audio, 3D objects, texts), prompt
+/// enhancement after `promptVersions`; any other type (one mask, one
+/// upload, one answer about the account ...) after the count the client
+/// states; 1 by default. A model upload's steps are not results: its last
+/// step ends it, whatever the count.
 pub fn expected_results(task_type: &str, task: &impl TaskFields, stated: Option<u32>) -> u32 {
     let field = match task_type {
-        "imageInference" => Some("numberResults"),
+        "imageInference" | "videoInference" | "audioInference" | "3dInference"
+        | "textInference" => Some("numberResults"),
         "promptEnhance" => Some("promptVersions"),
         _ => None,
     };
@@ -331,5 +336,21 @@ mod tests {
             1
         );
         assert_eq!(expected_results("x", &m(serde_json::json!({})), Some(0)), 1);
+        for task_type in [
+            "videoInference",
+            "audioInference",
+            "3dInference",
+            "textInference",
+        ] {
+            let three = m(serde_json::json!({"numberResults": 3}));
+            assert_eq!(expected_results(task_type, &three, None), 3, "{task_type}");
+            assert_eq!(
+                expected_results(task_type, &three, Some(1)),
+                3,
+                "{task_type}"
+            );
+        }
+        let mask = m(serde_json::json!({"numberResults": 3}));
+        assert_eq!(expected_results("imageMasking", &mask, None), 1);
     }
 }

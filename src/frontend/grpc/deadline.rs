@@ -3,18 +3,24 @@
 
 use super::*;
 
-/// Ends our deadline just before the client's, so the client receives our
-/// DEADLINE_EXCEEDED (after partial results) rather than a bare cancel.
-pub(super) const DEADLINE_MARGIN: Duration = Duration::from_millis(1);
+/// How much before the client's deadline ours ends, so that our status
+/// (DEADLINE_EXCEEDED with "N of M results", or UNAVAILABLE) reaches the
+/// client before its own timer cancels the call: the client's clock
+/// started before the request left, and the status must cross back, on a
+/// machine that may be busy. An eighth of the timeout, within bounds.
+pub(super) fn deadline_margin(timeout: Duration) -> Duration {
+    (timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
 
-/// The deadline the client set with `grpc-timeout`, ending a little early so
-/// that the client gets our DEADLINE_EXCEEDED rather than a bare cancel.
+/// The deadline the client set with `grpc-timeout`, ending early enough
+/// ([`deadline_margin`]) that the client gets our status rather than a bare
+/// cancel.
 pub(super) fn client_deadline(metadata: &MetadataMap) -> Option<Instant> {
     metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map(|t| Instant::now() + t.saturating_sub(DEADLINE_MARGIN))
+        .map(|t| Instant::now() + t.saturating_sub(deadline_margin(t)))
 }
 
 /// Parses a `grpc-timeout` header value: digits and a unit (H M S m u n).
@@ -65,6 +71,22 @@ pub(super) fn deadline_status_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_margin_is_an_eighth_within_bounds() {
+        assert_eq!(
+            deadline_margin(Duration::from_millis(100)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(2)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            deadline_margin(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn grpc_timeout_header() {

@@ -78,7 +78,7 @@ impl RunwareService {
                                 // task is counted cancelled, not abandoned).
                                 self.intake.table().cancel(&r.uuid);
                                 drop(r.watch);
-                                out.push(session_event(&r.uuid, "", Event::Error(pb::TaskError {
+                                out.push(session_event(&r.uuid, &r.meta.request_id, Event::Error(pb::TaskError {
                                     grpc_code: Code::Cancelled as i32,
                                     message: "cancelled by the client".into(),
                                     ..Default::default()
@@ -89,7 +89,10 @@ impl RunwareService {
                         None => Vec::new(),
                     };
                     for s in submits {
-                        let request_id = s.request_id;
+                        // A refused task is named as its client wrote it,
+                        // where its JSON says.
+                        let given_uuid = || s.task.as_ref().map(|t| given_task_uuid(&t.task_json)).unwrap_or_default();
+                        let request_id = s.request_id.clone();
                         let started = self
                             .session_task_deadline(s.timeout, stream_deadline)
                             .and_then(|deadline| {
@@ -110,7 +113,7 @@ impl RunwareService {
                                 accepted
                             }
                             Err(status) => pb::SessionEvent {
-                                task_uuid: String::new(),
+                                task_uuid: given_uuid(),
                                 request_id,
                                 event: Some(Event::Error(task_error(&status))),
                             },
@@ -261,4 +264,13 @@ pub(super) async fn send_in_batches(
             return;
         }
     }
+}
+
+/// The taskUUID a task's JSON gives, as written (empty if it gives none or
+/// is not JSON).
+fn given_task_uuid(task_json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(task_json)
+        .ok()
+        .and_then(|v| v.get("taskUUID")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }

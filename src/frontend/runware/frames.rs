@@ -8,8 +8,13 @@ pub(super) const PONG: &str = r#"{"taskType":"ping","pong":true}"#;
 /// A task object of a client message, and its text as the client wrote it.
 pub(super) type MessageTask<'a> = (TaskObject<'a>, &'a str);
 
-/// The tasks of a client message (a JSON array of objects, or one object).
-pub(super) fn parse_message(text: &str) -> Result<Vec<MessageTask<'_>>, Refusal> {
+/// One element of a client message: a task object, or the error that
+/// answers it.
+pub(super) type MessageElement<'a> = Result<MessageTask<'a>, RunwareError>;
+
+/// The elements of a client message (a JSON array of objects, or one
+/// object); the message is refused whole only when it is not one.
+pub(super) fn parse_message(text: &str) -> Result<Vec<MessageElement<'_>>, Refusal> {
     if let Err(n) = json_elements_within(text, MAX_JSON_ELEMENTS) {
         return Err(Refusal::new(
             "invalidRequest",
@@ -48,22 +53,45 @@ pub(super) fn parse_message(text: &str) -> Result<Vec<MessageTask<'_>>, Refusal>
             "must be a JSON array of task objects",
         ));
     };
-    raws.into_iter()
+    // Each element is answered on its own, as Runware answers a batch: a
+    // bad one gets its error, and the others run.
+    Ok(raws
+        .into_iter()
         .map(|raw| match TaskObject::parse(raw) {
             Ok(task) => Ok((task, raw)),
-            Err(ObjectError::Json(e)) => Err(not_json(e)),
-            Err(ObjectError::NotObject(_)) => Err(Refusal::new(
-                "invalidRequest",
-                "body",
-                "must hold task objects only",
+            Err(ObjectError::Json(e)) => Err(element_error(raw, not_json(e))),
+            Err(ObjectError::NotObject(_)) => Err(element_error(
+                raw,
+                Refusal::new("invalidRequest", "body", "must hold task objects only"),
             )),
-            Err(ObjectError::Duplicate(k)) => Err(Refusal::new(
-                "invalidRequest",
-                &k,
-                "is given twice in one task object; give each key once",
+            Err(ObjectError::Duplicate(k)) => Err(element_error(
+                raw,
+                Refusal::new(
+                    "invalidRequest",
+                    &k,
+                    "is given twice in one task object; give each key once",
+                ),
             )),
         })
-        .collect()
+        .collect())
+}
+
+/// The error about one element of a message, naming its task (type and
+/// taskUUID, as written) where it can be read at all.
+fn element_error(raw: &str, refusal: Refusal) -> RunwareError {
+    let named = serde_json::from_str::<Value>(raw).ok();
+    let field = |name: &str| {
+        named
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    RunwareError {
+        task_type: field("taskType"),
+        task_uuid: field("taskUUID"),
+        ..refusal.runware_error(None, None)
+    }
 }
 
 pub(super) fn not_authenticated() -> RunwareError {
@@ -168,7 +196,18 @@ mod tests {
     fn messages_are_arrays_of_task_objects() {
         assert_eq!(parse_message(r#"[{"taskType":"ping"}]"#).unwrap().len(), 1);
         assert_eq!(parse_message(r#"{"taskType":"ping"}"#).unwrap().len(), 1);
-        assert_eq!(parse_message("[1]").unwrap_err().parameter, "body");
         assert_eq!(parse_message("nope").unwrap_err().code, "invalidRequest");
+        let u = "0B6E9C7E-58C5-4D31-8E4A-5C1B1E2A0F11";
+        let mixed = format!(
+            r#"[{{"taskType":"ping"}},5,{{"taskType":"imageInference","taskUUID":"{u}","a":1,"a":2}}]"#
+        );
+        let elements = parse_message(&mixed).unwrap();
+        assert!(elements[0].is_ok());
+        let not_object = elements[1].as_ref().unwrap_err();
+        assert_eq!(not_object.parameter.as_deref(), Some("body"));
+        let twice = elements[2].as_ref().unwrap_err();
+        assert_eq!(twice.parameter.as_deref(), Some("a"));
+        assert_eq!(twice.task_uuid.as_deref(), Some(u));
+        assert_eq!(twice.task_type.as_deref(), Some("imageInference"));
     }
 }

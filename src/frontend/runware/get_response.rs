@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Longest a `getResponse` waits for Runware's fresh answer before it is
+/// answered from what the table has.
+pub(super) const ASK_WAIT: Duration = Duration::from_secs(2);
+
 impl RunwareEndpoint {
     /// A taskUUID this run does not know may be one of the run it takes
     /// over from, whose tasks come once that run has exited: waited for,
@@ -19,21 +23,33 @@ impl RunwareEndpoint {
         }
     }
 
-    /// `getResponse` answered from the task table: every item so far with
-    /// its `status`, or one `processing` item while none has come.
-    pub(super) fn get_response(
-        &self,
-        task: &TaskObject<'_>,
-        principal: Principal,
-        session: Option<&LocalSession>,
-    ) -> Result<Vec<String>, RunwareError> {
-        let uuid = task
-            .str_field("taskUUID")
+    /// The task a `getResponse` asks about.
+    pub(super) fn asked_about(task: &TaskObject<'_>) -> Result<TaskUuid, RunwareError> {
+        task.str_field("taskUUID")
             .and_then(|s| TaskUuid::parse_any(&s))
             .ok_or_else(|| {
                 Refusal::new("invalidTaskUUID", "taskUUID", "must be a task's UUID")
                     .runware_error(Some("getResponse"), None)
-            })?;
+            })
+    }
+
+    /// Before answering a `getResponse` about a task the daemon polls: a
+    /// fresh answer from Runware, as fresh as the client asking Runware
+    /// itself would get (one round trip more), shared by the clients
+    /// asking about the same task; waited for at most [`ASK_WAIT`].
+    pub(super) async fn ask_fresh(&self, uuid: TaskUuid, principal: Principal) {
+        let table = self.inner.intake.table();
+        table.ask(uuid, principal, Instant::now() + ASK_WAIT).await;
+    }
+
+    /// `getResponse` answered from the task table: every item so far with
+    /// its `status`, then one `processing` item while the task goes on.
+    pub(super) fn get_response(
+        &self,
+        uuid: TaskUuid,
+        principal: Principal,
+        session: Option<&LocalSession>,
+    ) -> Result<Vec<String>, RunwareError> {
         let table = &self.inner.intake.table();
         let refused =
             |e: SubmitError| refusal_of_submit(&e).runware_error(Some("getResponse"), Some(&uuid));
@@ -55,11 +71,7 @@ impl RunwareEndpoint {
             // principal sent: the table remembers who sent what); this
             // answer says processing.
             Err(SubmitError::NotFound(_)) => {
-                let expected = task
-                    .field("numberResults")
-                    .and_then(|n| n.as_u64())
-                    .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
-                table.follow(uuid, expected, principal).map_err(refused)?;
+                table.follow(uuid, principal).map_err(refused)?;
                 table.attach(uuid, principal).map_err(refused)?
             }
             Err(e) => return Err(refused(e)),
@@ -86,7 +98,9 @@ impl RunwareEndpoint {
                 }
             }
         }
-        if !ended && items.is_empty() {
+        // As Runware answers: the results so far, and while more are to
+        // come, an item saying so.
+        if !ended {
             items.push(processing(task_type.as_deref(), &uuid));
         }
         Ok(items)

@@ -23,14 +23,28 @@ impl RunwareEndpoint {
         let mut data: Vec<String> = Vec::new();
         let mut errors: Vec<RunwareError> = Vec::new();
         let mut waiting = Vec::new();
-        for (task, raw) in tasks {
+        for element in tasks {
+            let (task, raw) = match element {
+                Ok(task) => task,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
             let task_type = kept_task_type(task.task_type());
             match &*task_type {
                 "authentication" => {}
                 "ping" => data.push(PONG.to_owned()),
                 "getResponse" => {
                     self.await_previous_run_for(&task).await;
-                    match self.get_response(&task, principal, None) {
+                    let answer = match Self::asked_about(&task) {
+                        Ok(uuid) => {
+                            self.ask_fresh(uuid, principal).await;
+                            self.get_response(uuid, principal, None)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match answer {
                         Ok(items) => data.extend(items),
                         Err(e) => errors.push(e),
                     }

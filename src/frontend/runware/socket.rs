@@ -153,7 +153,14 @@ impl RunwareEndpoint {
                     continue;
                 }
             };
-            for (task, raw) in tasks {
+            for element in tasks {
+                let (task, raw) = match element {
+                    Ok(task) => task,
+                    Err(e) => {
+                        reply(errors_frame(&[e]));
+                        continue;
+                    }
+                };
                 // One message may ask for many large answers (getResponse):
                 // they wait for room like the next message does.
                 match self.room_for_replies(&out, &mut stop).await {
@@ -446,6 +453,19 @@ impl RunwareEndpoint {
         }
     }
 
+    /// A `getResponse` answer as one frame.
+    fn get_response_frame(
+        &self,
+        uuid: TaskUuid,
+        principal: Principal,
+        session: &LocalSession,
+    ) -> String {
+        match self.get_response(uuid, principal, Some(session)) {
+            Ok(items) => data_frame(&items),
+            Err(e) => errors_frame(&[e]),
+        }
+    }
+
     /// A task from an authenticated WebSocket (`task_type` as read from it):
     /// submitted, and its events sent to the local session (async tasks:
     /// acknowledged at once, their results fetched with getResponse, as
@@ -459,11 +479,22 @@ impl RunwareEndpoint {
         client: &ClientConnection,
     ) {
         if task_type == "getResponse" {
-            let frame = match self.get_response(&task, client.principal, Some(session)) {
-                Ok(items) => data_frame(&items),
-                Err(e) => errors_frame(&[e]),
+            let principal = client.principal;
+            let uuid = match Self::asked_about(&task) {
+                Ok(uuid) => uuid,
+                Err(e) => return session.deliver(errors_frame(&[e])),
             };
-            session.deliver(frame);
+            let table = self.inner.intake.table();
+            if !table.is_polled_for(&uuid, principal) {
+                return session.deliver(self.get_response_frame(uuid, principal, session));
+            }
+            // Answered once Runware's fresh answer came: the socket reads
+            // on meanwhile.
+            let (endpoint, session) = (self.clone(), Arc::clone(session));
+            tokio::spawn(async move {
+                endpoint.ask_fresh(uuid, principal).await;
+                session.deliver(endpoint.get_response_frame(uuid, principal, &session));
+            });
             return;
         }
         let task_type = kept_task_type(task_type);

@@ -37,7 +37,25 @@ pub(super) async fn answer_http(
     if req.method() == hyper::Method::POST {
         return rest::answer(&shared, req, dry_run).await;
     }
+    if req.method() == hyper::Method::GET {
+        if let Some(name) = req.uri().path().strip_prefix("/media/") {
+            return download(&shared, name);
+        }
+    }
     http_answer(StatusCode::METHOD_NOT_ALLOWED, String::new())
+}
+
+/// `GET /media/NAME`: a result's file, made again from its recipe.
+fn download(shared: &Shared, name: &str) -> HttpResponse<Full<Bytes>> {
+    let recipe = lock(&shared.downloads).get(name, Instant::now());
+    let Some((bytes, mime)) = recipe.map(downloads::Recipe::make) else {
+        return http_answer(StatusCode::NOT_FOUND, String::new());
+    };
+    HttpResponse::builder()
+        .status(StatusCode::OK)
+        .header(hyper::header::CONTENT_TYPE, mime)
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap_or_else(|_| http_answer(StatusCode::INTERNAL_SERVER_ERROR, String::new()))
 }
 
 /// One WebSocket, authenticated by its first message, until it goes.

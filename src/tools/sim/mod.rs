@@ -23,6 +23,8 @@
 //! nothing ran twice. It never runs unless asked for.
 
 mod connection;
+mod downloads;
+pub mod media;
 mod messages;
 pub mod picture;
 mod rest;
@@ -215,6 +217,11 @@ impl SimHandle {
             lose_tasks: std::sync::atomic::AtomicBool::new(false),
             refuse_batch: std::sync::atomic::AtomicBool::new(false),
             swallow: std::sync::atomic::AtomicBool::new(false),
+            downloads: Mutex::default(),
+            media_base: format!(
+                "{}://{addr}/media",
+                if tls.is_some() { "https" } else { "http" }
+            ),
         });
         let handle = SimHandle {
             shared: Arc::clone(&shared),

@@ -94,7 +94,124 @@ pub fn result_item(
                 )),
             );
         }
-        Kind::Image => image_fields(&mut item, task_uuid, task, index, fill_bytes),
+        Kind::Image => image_fields(&mut item, "image", task_uuid, task, index, fill_bytes),
+        Kind::Mask => {
+            image_fields(&mut item, "maskImage", task_uuid, task, index, fill_bytes);
+            item.remove("seed");
+            item.insert("inputImageUUID".into(), json!(input_uuid(task)));
+            item.insert(
+                "detections".into(),
+                json!([{"x_min": 64, "y_min": 64, "x_max": 448, "y_max": 448}]),
+            );
+        }
+        Kind::Guide => {
+            image_fields(&mut item, "guideImage", task_uuid, task, index, fill_bytes);
+            item.remove("seed");
+            item.insert("inputImageUUID".into(), json!(input_uuid(task)));
+        }
+        Kind::Vector => {
+            let id = uuid_from(hash(&[b"svg", task_uuid.as_bytes()]));
+            item.insert("imageUUID".into(), json!(id));
+            item.insert(
+                "imageURL".into(),
+                json!(format!("https://im.runware.ai/image/ws/0.5/ii/{id}.svg")),
+            );
+        }
+        Kind::Text => {
+            let (text, prompt_tokens) = answer_text(task, index);
+            let completion_tokens = text.split_whitespace().count() as u64;
+            item.insert("text".into(), json!(text));
+            item.insert("finishReason".into(), json!("stop"));
+            item.insert(
+                "usage".into(),
+                json!({
+                    "promptTokens": prompt_tokens,
+                    "completionTokens": completion_tokens,
+                    "totalTokens": prompt_tokens + completion_tokens,
+                }),
+            );
+        }
+        Kind::Audio => {
+            let seed = item_seed(task_uuid, task, index);
+            let id = uuid_from(hash(&[b"audio", &seed.to_le_bytes()]));
+            item.insert("audioUUID".into(), json!(id));
+            let wav = task.get("outputFormat").and_then(Value::as_str) == Some("WAV");
+            let (extension, mime) = if wav {
+                ("wav", "audio/wav")
+            } else {
+                ("mp3", "audio/mpeg")
+            };
+            match task
+                .get("outputType")
+                .and_then(Value::as_str)
+                .unwrap_or("URL")
+            {
+                "base64Data" => {
+                    item.insert("audioBase64Data".into(), json!(silent_audio_base64(wav)));
+                }
+                "dataURI" => {
+                    item.insert(
+                        "audioDataURI".into(),
+                        json!(format!("data:{mime};base64,{}", silent_audio_base64(wav))),
+                    );
+                }
+                _ => {
+                    item.insert(
+                        "audioURL".into(),
+                        json!(format!(
+                            "https://am.runware.ai/audio/ws/0.5/ai/{id}.{extension}"
+                        )),
+                    );
+                }
+            }
+            item.insert("seed".into(), json!(seed));
+        }
+        Kind::Object3d => {
+            let seed = item_seed(task_uuid, task, index);
+            let id = uuid_from(hash(&[b"3d", &seed.to_le_bytes()]));
+            item.insert(
+                "outputs".into(),
+                json!({"files": [{
+                    "uuid": id,
+                    "url": format!("https://om.runware.ai/3d/ws/0.5/3d/{id}.glb"),
+                    "format": "GLB",
+                }]}),
+            );
+            item.insert("seed".into(), json!(seed));
+        }
+        Kind::ImageUpload => {
+            item.insert("imageUUID".into(), json!(input_uuid_of(task, "image")));
+        }
+        Kind::MediaUpload => {
+            item.insert("mediaUUID".into(), json!(input_uuid_of(task, "media")));
+        }
+        Kind::ModelSearch => {
+            let search = task.get("search").and_then(Value::as_str).unwrap_or("");
+            let results: Vec<Value> = (1..=3)
+                .map(|n| {
+                    json!({
+                        "air": format!("civitai:{}@{n}", hash(&[search.as_bytes()]) % 100_000),
+                        "name": format!("{} {n}", if search.is_empty() { "model" } else { search }),
+                        "version": format!("{n}.0"),
+                        "category": "checkpoint",
+                        "architecture": "flux1d",
+                        "type": "base",
+                    })
+                })
+                .collect();
+            item.insert("totalResults".into(), json!(results.len()));
+            item.insert("results".into(), json!(results));
+        }
+        Kind::Account => {
+            let operation = task.get("operation").and_then(Value::as_str).unwrap_or("");
+            item.insert("operation".into(), json!(operation));
+            item.insert(
+                "organizationUUID".into(),
+                json!(uuid_from(hash(&[b"organization"]))),
+            );
+            item.insert("balance".into(), json!(100.0));
+            item.insert("currency".into(), json!("USD"));
+        }
         Kind::Video => {
             let seed = item_seed(task_uuid, task, index);
             let video_uuid = uuid_from(hash(&[b"video", &seed.to_le_bytes()]));
@@ -126,7 +243,7 @@ pub fn result_item(
 /// The seed of result `index`: the request's plus the index, else one
 /// made up, deterministic per taskUUID (the image-inference reference
 /// lists `seed` in each response item), within Runware's integer range.
-fn item_seed(task_uuid: &str, task: &Map<String, Value>, index: u32) -> u64 {
+pub(super) fn item_seed(task_uuid: &str, task: &Map<String, Value>, index: u32) -> u64 {
     let seed = task
         .get("seed")
         .and_then(Value::as_u64)
@@ -134,10 +251,63 @@ fn item_seed(task_uuid: &str, task: &Map<String, Value>, index: u32) -> u64 {
     seed + u64::from(index)
 }
 
+/// A text task's answer (the `index`-th of its results) to its last
+/// message, and the tokens its messages count (about 5 characters a token).
+pub fn answer_text(task: &Map<String, Value>, index: u32) -> (String, u64) {
+    let messages = task.get("messages").and_then(Value::as_array);
+    let text_of = |m: &Value| {
+        m.get("content")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let last = messages
+        .and_then(|m| m.last())
+        .map(text_of)
+        .unwrap_or_default();
+    let prompt_chars: usize = messages
+        .map(|m| m.iter().map(|m| text_of(m).len()).sum())
+        .unwrap_or(0);
+    let max_tokens = task
+        .get("settings")
+        .and_then(|s| s.get("maxTokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(64)
+        .clamp(1, 4096) as usize;
+    let mut words = vec!["You".to_owned(), "asked:".to_owned()];
+    words.extend(last.split_whitespace().take(16).map(str::to_owned));
+    let mut h = hash(&[last.as_bytes(), &index.to_le_bytes()]);
+    while words.len() < 24 {
+        h = splitmix(h);
+        words.push(STYLE_WORDS[(h % STYLE_WORDS.len() as u64) as usize].to_owned());
+    }
+    words.truncate(max_tokens);
+    (words.join(" "), (prompt_chars as u64).div_ceil(5).max(1))
+}
+
+/// The UUID the simulator gives an input image (the same input, the same
+/// UUID, as Runware gives one it keeps).
+fn input_uuid(task: &Map<String, Value>) -> String {
+    input_uuid_of(task, "inputImage")
+}
+
+fn input_uuid_of(task: &Map<String, Value>, field: &str) -> String {
+    let input = task.get(field).map(Value::to_string).unwrap_or_default();
+    uuid_from(hash(&[b"input", input.as_bytes()]))
+}
+
+/// A short silent file of the format asked for, base64: a valid WAV (PCM,
+/// 8 kHz, a tenth of a second) or an MP3 frame.
+fn silent_audio_base64(wav: bool) -> String {
+    base64::engine::general_purpose::STANDARD.encode(super::media::silent_audio(wav))
+}
+
 /// An image item's fields: its UUID, the image in the `outputType` asked
-/// for, its seed, and `NSFWContent` when `checkNSFW` asks.
+/// for, its seed, and `NSFWContent` when `checkNSFW` asks; `prefix` names
+/// them (`image`, `maskImage`, `guideImage`).
 fn image_fields(
     item: &mut Map<String, Value>,
+    prefix: &str,
     task_uuid: &str,
     task: &Map<String, Value>,
     index: u32,
@@ -162,24 +332,24 @@ fn image_fields(
         };
         base64::engine::general_purpose::STANDARD.encode(bytes)
     };
-    item.insert("imageUUID".into(), json!(image_uuid));
+    item.insert(format!("{prefix}UUID"), json!(image_uuid));
     match task
         .get("outputType")
         .and_then(Value::as_str)
         .unwrap_or("URL")
     {
         "base64Data" => {
-            item.insert("imageBase64Data".into(), json!(base64()));
+            item.insert(format!("{prefix}Base64Data"), json!(base64()));
         }
         "dataURI" => {
             item.insert(
-                "imageDataURI".into(),
+                format!("{prefix}DataURI"),
                 json!(format!("data:{};base64,{}", format.mime(), base64())),
             );
         }
         _ => {
             item.insert(
-                "imageURL".into(),
+                format!("{prefix}URL"),
                 json!(format!(
                     "https://im.runware.ai/image/ws/0.5/ii/{image_uuid}.{}",
                     format.extension()
@@ -200,7 +370,7 @@ fn image_fields(
 /// The size of an image result: imageInference's width and height; an
 /// upscale's factor times 512 (the input is not looked at); 512 square
 /// otherwise.
-fn image_size(task: &Map<String, Value>) -> (u32, u32) {
+pub(super) fn image_size(task: &Map<String, Value>) -> (u32, u32) {
     let dim = |name| {
         task.get(name)
             .and_then(Value::as_u64)

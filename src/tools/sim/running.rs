@@ -124,7 +124,7 @@ pub(super) fn start_task(
             };
             let spread = seed::hash(&[uuid.as_bytes(), &index.to_le_bytes()]) % 1000;
             sleep(base + config.latency_jitter.mul_f64(spread as f64 / 1000.0)).await;
-            let item = results::result_item(
+            let mut item = results::result_item(
                 plan.kind,
                 &task_type,
                 &uuid,
@@ -132,6 +132,20 @@ pub(super) fn start_task(
                 index,
                 config.image_bytes,
             );
+            // Its URLs download from the simulator, as Runware's do from
+            // Runware.
+            let picture = matches!(
+                plan.kind,
+                tasks::Kind::Image | tasks::Kind::Mask | tasks::Kind::Guide
+            )
+            .then(|| downloads::picture_of(&task, results::item_seed(&uuid, &task, index)));
+            let files = downloads::link(&mut item, &shared.media_base, picture);
+            if !files.is_empty() {
+                let mut kept = lock(&shared.downloads);
+                for (name, recipe) in files {
+                    kept.keep(name, recipe, Instant::now());
+                }
+            }
             let mut inner = lock(&shared.inner);
             if let Some(record) = inner.tasks.get_mut(&uuid) {
                 record.items.push(item.clone());

@@ -68,6 +68,9 @@ pub(super) struct Shared {
     pub(super) refuse_batch: std::sync::atomic::AtomicBool,
     /// Fault: the next message with results is lost with its socket.
     pub(super) swallow: std::sync::atomic::AtomicBool,
+    /// The result files that download, and where (`http://ADDR/media`).
+    pub(super) downloads: Mutex<super::downloads::Downloads>,
+    pub(super) media_base: String,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
