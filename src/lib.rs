@@ -78,6 +78,7 @@ pub mod state;
 pub mod status;
 pub mod tools;
 pub mod upstream;
+pub mod upstream_rest;
 pub mod validate;
 pub mod websocket;
 

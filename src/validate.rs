@@ -109,11 +109,21 @@ pub fn check_enum(task: &impl TaskFields, name: &str, allowed: &[&str]) -> Resul
 /// image-inference references). Returns how many results it will produce.
 pub fn validate(task_type: &str, task: &impl TaskFields) -> Result<u32, Invalid> {
     if let Some(m) = task.field("deliveryMethod") {
-        if !matches!(m.as_str(), Some("sync" | "async")) {
-            return Err(invalid(
-                "deliveryMethod",
-                "deliveryMethod must be sync or async",
-            ));
+        match m.as_str() {
+            Some("sync" | "async") => {}
+            Some("stream") if task_type == "textInference" => {}
+            Some("stream") => {
+                return Err(invalid(
+                    "deliveryMethod",
+                    "deliveryMethod stream is for textInference only",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "deliveryMethod",
+                    "deliveryMethod must be sync, async or (textInference) stream",
+                ));
+            }
         }
     }
     match task_type {

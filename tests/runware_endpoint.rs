@@ -369,7 +369,8 @@ async fn rest_answers_once_every_task_is_complete() {
     let (_, v) = post(&h, &poll, None).await;
     assert_eq!(v["data"][0]["status"], "success", "{v}");
     assert!(v["data"][0]["text"].is_string(), "{v}");
-    // A dry run is refused, not run: the daemon cannot promise one.
+    // A dry run is relayed to Runware's REST endpoint: validated there,
+    // not run.
     let executions = h.stats().executions;
     let addr = h.daemon.runware_addr.unwrap();
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -387,8 +388,11 @@ async fn rest_answers_once_every_task_is_complete() {
     .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
-    assert!(response.contains("\"parameter\":\"dryRun\""), "{response}");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("\"taskType\":\"promptEnhance\""),
+        "{response}"
+    );
     assert_eq!(
         h.stats().executions,
         executions,
@@ -734,4 +738,43 @@ async fn get_response_is_as_fresh_as_asking_runware() {
     let data = answer["data"].as_array().unwrap();
     assert_eq!(data.len(), 2, "{answer}");
     assert!(data.iter().all(|i| i["status"] == "success"), "{answer}");
+}
+
+/// A taskUUID written in upper case (as C# and Swift write them) comes
+/// back as written: in results, acknowledgements and errors, over the
+/// WebSocket and REST, while the task runs once.
+#[tokio::test(start_paused = true)]
+async fn task_uuids_come_back_as_their_client_wrote_them() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    let upper = || uuid().to_uppercase();
+    let mut ws = authenticated(&h).await;
+    let (sync, polled, conflicting) = (upper(), upper(), upper());
+    send(
+        &mut ws,
+        json!([{"taskType": "promptEnhance", "taskUUID": sync, "prompt": "a cat",
+                "promptVersions": 2},
+               {"taskType": "promptEnhance", "taskUUID": polled, "prompt": "a dog",
+                "deliveryMethod": "async"}]),
+    )
+    .await;
+    let items = data_items(&mut ws, 3).await;
+    let named = |u: &str| items.iter().filter(|i| i["taskUUID"] == u).count();
+    assert_eq!((named(&sync), named(&polled)), (2, 1), "{items:?}");
+    // A conflict (the same task twice on one socket) names it as written.
+    let twice = json!([{"taskType": "promptEnhance", "taskUUID": conflicting, "prompt": "x"},
+                       {"taskType": "promptEnhance", "taskUUID": conflicting, "prompt": "x"}]);
+    send(&mut ws, twice).await;
+    let mut seen_error = None;
+    while seen_error.is_none() {
+        let m = next(&mut ws).await;
+        seen_error = m["errors"].as_array().and_then(|e| e.first().cloned());
+    }
+    assert_eq!(seen_error.unwrap()["taskUUID"], conflicting.as_str());
+
+    let rest = upper();
+    let body = json!([{"taskType": "promptEnhance", "taskUUID": rest, "prompt": "a fox"}]);
+    let (status, answer) = post_json(h.daemon.runware_addr.unwrap(), &body.to_string(), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["data"][0]["taskUUID"], rest.as_str(), "{answer}");
+    assert_eq!(h.sim.executions(&rest.to_lowercase()), 1);
 }

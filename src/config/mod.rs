@@ -119,6 +119,11 @@ pub struct Settings {
     /// Runware's WebSocket URL (`ws://` allowed for local use).
     #[arg(long, env = "RUNWARED_UPSTREAM_URL", value_name = "URL", default_value = DEFAULT_UPSTREAM_URL)]
     pub upstream_url: String,
+    /// Runware's REST URL, for streamed text (SSE) and dry runs [default:
+    /// beside upstream_url: https://api.runware.ai/v1 for Runware's, the
+    /// same host over http(s) otherwise].
+    #[arg(long, env = "RUNWARED_UPSTREAM_REST_URL", value_name = "URL")]
+    pub upstream_rest_url: Option<String>,
     /// gRPC over TCP, or "none".
     #[arg(long, env = "RUNWARED_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: Switch<SocketAddr>,

@@ -183,6 +183,14 @@ impl Config {
                 format!("{url:?} must start with wss:// (or ws:// for local use)"),
             ));
         }
+        if let Some(rest) = &settings.upstream_rest_url {
+            if !(rest.starts_with("https://") || rest.starts_with("http://")) {
+                return Err(invalid(
+                    "upstream_rest_url",
+                    format!("{rest:?} must start with https:// (or http:// for local use)"),
+                ));
+            }
+        }
         let listen = settings.listen.on();
         let unix_socket = match &settings.unix_socket {
             Some(switch) => switch.on(),

@@ -213,9 +213,12 @@ impl Delivery {
             (Queued, Event::Send { connection }) => {
                 self.sends += 1;
                 self.state = if self.asynchronous {
-                    // Runware only acknowledges; the first question after `min`.
+                    // Runware only acknowledges; then a question every
+                    // `max`, as a client polling at that pace asks (a local
+                    // client's own question comes sooner: `Asked`).
+                    self.delay = timing.max;
                     Polling {
-                        next_at: now + timing.min,
+                        next_at: now + timing.max,
                         awaiting: false,
                     }
                 } else {
@@ -549,13 +552,21 @@ mod tests {
         assert_eq!(d.step(Event::PollTick, now + T.max, T), Action::Poll);
     }
 
+    /// An async task is asked about every `max`, as a client polling at
+    /// that pace would ask, from `max` after it was sent.
     #[test]
-    fn async_tasks_are_polled_after_the_first_interval() {
+    fn async_tasks_are_polled_every_longest_interval() {
         let now = Instant::now();
         let mut d = Delivery::new(true, T);
         d.step(Event::Send { connection: 1 }, now, T);
-        assert_eq!(d.step(Event::PollTick, now, T), Action::None);
-        assert_eq!(d.step(Event::PollTick, now + T.min, T), Action::Poll);
+        assert_eq!(d.step(Event::PollTick, now + T.min, T), Action::None);
+        assert_eq!(d.step(Event::PollTick, now + T.max, T), Action::Poll);
+        d.step(Event::Answered, now + T.max, T);
+        assert_eq!(
+            d.step(Event::PollTick, now + T.max * 2 - T.min, T),
+            Action::None
+        );
+        assert_eq!(d.step(Event::PollTick, now + T.max * 2, T), Action::Poll);
     }
 
     #[test]

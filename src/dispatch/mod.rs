@@ -60,6 +60,7 @@ mod record;
 mod recovery;
 mod retention;
 mod routing;
+mod streams;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
@@ -93,6 +94,7 @@ use self::principal::ConnectionGuard;
 pub use self::principal::{ClientConnection, Principal};
 use self::record::{Outcome, RESULTS_AT_FIRST, StoredResult, Task, stored_result};
 pub use self::record::{PreparedTask, SLICE_MIN_BYTES};
+pub use self::streams::StreamSlot;
 pub use self::watch::{Empty, Events, TaggedSender, TaskHandle, Watch};
 use self::watch::{Recipient, WatchGuard, events};
 use crate::counters::{Counter, Counters};
@@ -142,6 +144,8 @@ pub struct TaskTable {
     /// for one ([`TaskTable::ask`]); `askers` says whether anyone does.
     answered: tokio::sync::Notify,
     askers: AtomicUsize,
+    /// Streamed texts running ([`StreamSlot`]): counted in `in_flight` too.
+    streams: AtomicUsize,
     /// Idle tasks, oldest first, for retention ([`retention`]).
     idle: std::sync::Mutex<retention::IdleQueue>,
     /// What changed for the state file since it was last written; kept
@@ -181,6 +185,7 @@ impl TaskTable {
             awaiting_previous: tokio::sync::watch::Sender::new(false),
             answered: tokio::sync::Notify::new(),
             askers: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             idle: std::sync::Mutex::default(),
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),

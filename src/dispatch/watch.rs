@@ -139,12 +139,15 @@ impl std::fmt::Debug for Watch {
 }
 
 impl TaskTable {
-    /// Tasks whose clients are still watching.
+    /// Tasks whose clients are still watching, streams included.
     pub fn watched_tasks(&self) -> usize {
-        self.tasks
-            .iter()
-            .filter(|t| t.in_flight() && !t.watchers.is_empty())
-            .count()
+        let streams = self.streams.load(Ordering::Acquire);
+        streams
+            + self
+                .tasks
+                .iter()
+                .filter(|t| t.in_flight() && !t.watchers.is_empty())
+                .count()
     }
 
     /// A watch ended: `watch` names a tagged one; a task's own channels

@@ -175,6 +175,27 @@ pub fn check_task_of_type<T: TaskFields>(
     uuid_required: bool,
     stated_results: Option<u32>,
 ) -> Result<ClientTask<T>, Refused> {
+    check_fields(task, task_type, uuid_required, stated_results, false)
+}
+
+/// [`check_task_of_type`] of a task to be streamed (`deliveryMethod:
+/// "stream"`, from Runware's REST endpoint): the same checks, the delivery
+/// taken.
+pub fn check_streamed_task<T: TaskFields>(
+    task: T,
+    task_type: Cow<'static, str>,
+    uuid_required: bool,
+) -> Result<ClientTask<T>, Refused> {
+    check_fields(task, task_type, uuid_required, None, true)
+}
+
+fn check_fields<T: TaskFields>(
+    task: T,
+    task_type: Cow<'static, str>,
+    uuid_required: bool,
+    stated_results: Option<u32>,
+    streamed: bool,
+) -> Result<ClientTask<T>, Refused> {
     let given = task.field("taskUUID");
     let refused = |refusal| Refused {
         refusal,
@@ -202,6 +223,18 @@ pub fn check_task_of_type<T: TaskFields>(
             "invalidTaskType",
             "taskType",
             "must be a non-empty string",
+        )));
+    }
+    // Streamed text goes to Runware's REST endpoint, never on the shared
+    // socket: only the REST door streams.
+    let stream_asked = task
+        .field("deliveryMethod")
+        .is_some_and(|m| m.as_str() == Some("stream"));
+    if stream_asked && !streamed {
+        return Err(refused(Refusal::new(
+            "invalidDeliveryMethod",
+            "deliveryMethod",
+            "\"stream\" is served over REST only (POST /v1 with Accept: text/event-stream); here use sync or async",
         )));
     }
     let (uuid, uuid_as_written) = match &given {

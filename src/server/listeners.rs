@@ -182,13 +182,19 @@ pub(super) fn serve_grpc(
 pub(super) fn serve_runware(
     config: &Config,
     intake: &Intake,
+    rest: &Arc<crate::upstream_rest::RestUpstream>,
     tcp: Option<TcpListener>,
     unix: Option<UnixListener>,
     connections: &Arc<listen::Connections>,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let endpoint = |token: Option<Arc<BearerToken>>| {
-        RunwareEndpoint::new(intake.clone(), token, EndpointLimits::of(config))
+        RunwareEndpoint::new(
+            intake.clone(),
+            token,
+            EndpointLimits::of(config),
+            Arc::clone(rest),
+        )
     };
     let mut servers = Vec::new();
     if let Some(listener) = tcp {

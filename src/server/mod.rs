@@ -38,6 +38,7 @@ use crate::pb::runware_server::RunwareServer;
 use crate::state::StateStore;
 use crate::tools::sim::{SimConfig, SimHandle};
 use crate::upstream::{Heartbeat, Telemetry, Upstream, client_tls};
+use crate::upstream_rest::RestUpstream;
 
 mod background;
 pub mod descriptors;
@@ -178,6 +179,26 @@ async fn upstream_target(
     Ok((simulator, key, connector))
 }
 
+/// The client of Runware's REST endpoint (streamed text, dry runs): the
+/// simulator's under `--simulate`, else `upstream_rest_url` or the URL
+/// beside the WebSocket's, trusting what the WebSocket trusts.
+fn rest_upstream(
+    config: &Config,
+    key: &ApiKeySource,
+    connector: Option<&Connector>,
+) -> Result<RestUpstream, StartError> {
+    let url = match (&config.upstream_rest_url, config.simulate) {
+        (Some(url), false) => url.clone(),
+        _ => crate::upstream_rest::rest_url_of(&config.upstream_url),
+    };
+    let tls = match connector {
+        Some(Connector::Rustls(tls)) => Some(Arc::clone(tls)),
+        _ if url.starts_with("https://") => Some(client_tls(config.extra_ca.as_deref())?),
+        _ => None,
+    };
+    Ok(RestUpstream::new(url, tls, key.clone()))
+}
+
 /// Opens the state directory, bound to the key: another account must not
 /// resume this one's session or pay for its tasks. None under `--simulate`.
 fn open_state(config: &Config, key: &ApiKeySource) -> Result<Option<StateStore>, StartError> {
@@ -278,6 +299,7 @@ impl Daemon {
     pub async fn start(mut config: Config) -> Result<Daemon, StartError> {
         descriptors::ensure(config.max_connections)?;
         let (simulator, key, connector) = upstream_target(&mut config).await?;
+        let rest = Arc::new(rest_upstream(&config, &key, connector.as_ref())?);
 
         // Who this process is to the state directory, and which listening
         // sockets it is given rather than binds.
@@ -455,11 +477,17 @@ impl Daemon {
         }
         // One intake for every door.
         let intake = Intake::new(Arc::clone(&table), config.async_task_types.clone().into());
-        let service = RunwareService::new(intake.clone(), status_rx.clone(), &config);
+        let service = RunwareService::new(
+            intake.clone(),
+            status_rx.clone(),
+            &config,
+            Arc::clone(&rest),
+        );
         let runware_addr = listeners.runware_addr;
         let mut servers = serve_runware(
             &config,
             &intake,
+            &rest,
             listeners.runware_tcp.take(),
             listeners.runware_unix.take(),
             &connections,

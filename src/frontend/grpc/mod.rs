@@ -14,6 +14,7 @@ mod request;
 mod response;
 mod session;
 mod stream;
+mod text;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -67,17 +68,28 @@ pub struct RunwareService {
     /// Shown in `GetStatus`.
     upstream_url: String,
     simulated: bool,
+    /// Runware's REST endpoint, where streamed text goes.
+    rest: self::text::Rest,
+    /// Largest message taken or sent.
+    max_message_bytes: usize,
 }
 
 impl RunwareService {
     /// The service, taking tasks through `intake`.
-    pub fn new(intake: Intake, status: watch::Receiver<UpstreamStatus>, config: &Config) -> Self {
+    pub fn new(
+        intake: Intake,
+        status: watch::Receiver<UpstreamStatus>,
+        config: &Config,
+        rest: std::sync::Arc<crate::upstream_rest::RestUpstream>,
+    ) -> Self {
         RunwareService {
             intake,
             status,
             default_timeout: config.default_task_timeout,
             upstream_url: config.upstream_url.clone(),
             simulated: config.simulate,
+            rest,
+            max_message_bytes: config.max_message_bytes,
         }
     }
 
@@ -194,6 +206,15 @@ impl pb::runware_server::Runware for RunwareService {
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, run_result));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type StreamTextStream = self::text::TextStream;
+
+    async fn stream_text(
+        &self,
+        request: Request<pb::StreamTextRequest>,
+    ) -> Result<Response<Self::StreamTextStream>, Status> {
+        self.stream_text_call(request).await
     }
 
     type SessionStream = Stream<pb::SessionEvent>;

@@ -9,6 +9,7 @@
 //! wait in the task table, and the session sends them from there when the
 //! client reads again or reconnects ([`settle_owed`]).
 
+use std::collections::HashMap;
 use std::collections::VecDeque as Owed;
 
 use tokio::sync::Notify;
@@ -118,6 +119,10 @@ pub(super) fn session_event(
         }
         return None;
     }
+    let ended_now = |tasks: &mut SessionTasks, outbox: &mut Outbox| {
+        tasks.ended(&uuid);
+        outbox.unspell(&uuid);
+    };
     if task.owed {
         return None;
     }
@@ -128,7 +133,7 @@ pub(super) fn session_event(
                 Ok(()) => {
                     task.next = index + 1;
                     if last {
-                        tasks.ended(&uuid);
+                        ended_now(tasks, outbox);
                     }
                     None
                 }
@@ -144,13 +149,13 @@ pub(super) fn session_event(
         // results there, as from a Runware server that went away. Nothing
         // is said here; the socket closes as the server going away.
         TaskEvent::Failed(f) if f.kind == FailureKind::ShuttingDown => {
-            tasks.ended(&uuid);
+            ended_now(tasks, outbox);
             None
         }
         TaskEvent::Failed(f) => {
             let error = failure_error(&f, Some(&task.task_type), &uuid);
             outbox.push(LocalFrame::Message(errors_frame(&[error]).into()));
-            tasks.ended(&uuid);
+            ended_now(tasks, outbox);
             None
         }
     }
@@ -235,15 +240,74 @@ pub(super) struct Outbox {
     budget: usize,
     /// Since when no socket is attached.
     detached_since: Option<Instant>,
+    /// The taskUUIDs its client wrote otherwise than the daemon writes them
+    /// (upper case, say), so that every answer names them as written: a
+    /// client matches its results by the text it sent. Few, and at most
+    /// [`MAX_SPELLINGS`].
+    spellings: HashMap<TaskUuid, Box<str>>,
 }
 
+/// Most taskUUIDs one session keeps the client's own spelling of (one per
+/// task in flight that was spelled otherwise; past it, one goes to make
+/// room).
+pub(super) const MAX_SPELLINGS: usize = 1024;
+
 impl Outbox {
+    /// Answers about task `uuid` name it as `written` from now on, if the
+    /// client wrote it otherwise than the daemon does.
+    pub(super) fn spell(&mut self, uuid: TaskUuid, written: &str) {
+        if uuid.is_written_as(written) {
+            return;
+        }
+        if self.spellings.len() >= MAX_SPELLINGS {
+            if let Some(any) = self.spellings.keys().next().copied() {
+                self.spellings.remove(&any);
+            }
+        }
+        self.spellings.insert(uuid, written.into());
+    }
+
+    /// Task `uuid` ended and its last answer is queued: its spelling goes.
+    pub(super) fn unspell(&mut self, uuid: &TaskUuid) {
+        if !self.spellings.is_empty() {
+            self.spellings.remove(uuid);
+        }
+    }
+
+    /// `frame` with each taskUUID as its client wrote it.
+    fn as_written(&self, frame: LocalFrame) -> LocalFrame {
+        if self.spellings.is_empty() {
+            return frame;
+        }
+        match frame {
+            LocalFrame::Item(uuid, item) => match self.spellings.get(&uuid) {
+                Some(written) => {
+                    let item = item.replace(&uuid.to_string(), written);
+                    LocalFrame::Item(uuid, item.into())
+                }
+                None => LocalFrame::Item(uuid, item),
+            },
+            LocalFrame::Message(text) => {
+                let mut text = text.to_string();
+                for (uuid, written) in &self.spellings {
+                    let ours = uuid.to_string();
+                    if text.contains(&ours) {
+                        text = text.replace(&ours, written);
+                    }
+                }
+                LocalFrame::Message(text.into())
+            }
+            close => close,
+        }
+    }
+
     /// An outbox of `budget` bytes, what it keeps counted in `kept_bytes`.
     pub(super) fn new(budget: usize, kept_bytes: Held) -> Self {
         Outbox {
             live: None,
             kept: VecDeque::new(),
             kept_bytes,
+            spellings: HashMap::new(),
             budget,
             detached_since: None,
         }
@@ -251,6 +315,7 @@ impl Outbox {
 
     /// Queues a result if there is room; hands it back if not.
     pub(super) fn offer(&mut self, frame: LocalFrame) -> Result<(), LocalFrame> {
+        let frame = self.as_written(frame);
         let frame = match &self.live {
             Some(live) => match live.offer(frame) {
                 Ok(()) => return Ok(()),
@@ -277,6 +342,7 @@ impl Outbox {
     /// error): what the reader reads, and the tasks a client may have,
     /// bound these.
     pub(super) fn push(&mut self, frame: LocalFrame) {
+        let frame = self.as_written(frame);
         let frame = match &self.live {
             Some(live) => match live.push(frame) {
                 Ok(()) => return,

@@ -45,6 +45,7 @@ mod local_session;
 mod outgoing;
 mod rest;
 mod socket;
+mod stream;
 mod writer;
 
 use std::borrow::Cow;
@@ -82,6 +83,7 @@ use crate::dispatch::{
     TaskHandle,
 };
 use crate::protocol::{RunwareError, TaskFields, TaskObject, TaskUuid};
+use crate::upstream_rest::RestUpstream;
 use crate::websocket::json_response;
 
 use self::frames::{
@@ -122,6 +124,15 @@ pub struct EndpointLimits {
     pub follow_foreign_tasks: bool,
 }
 
+/// An answer's body: whole, or streamed (Server-Sent Events relayed from
+/// Runware's REST endpoint).
+pub(super) type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A whole answer as a [`Body`].
+pub(super) fn whole(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(|b| b.map_err(|never| match never {}).boxed())
+}
+
 impl EndpointLimits {
     /// The endpoint's bounds in `config`.
     pub fn of(config: &crate::config::Config) -> Self {
@@ -150,6 +161,8 @@ struct Shared {
     max_message_bytes: usize,
     /// The endpoint's bounds.
     limits: EndpointLimits,
+    /// Runware's REST endpoint: streamed text and dry runs go there.
+    rest: Arc<RestUpstream>,
     /// Local sessions by their `connectionSessionUUID`, kept
     /// [`LOCAL_SESSION_TTL`] after their socket went.
     sessions: DashMap<Arc<str>, Arc<LocalSession>>,
@@ -157,7 +170,12 @@ struct Shared {
 
 impl RunwareEndpoint {
     /// The endpoint, taking tasks through `intake` within `limits`.
-    pub fn new(intake: Intake, token: Option<Arc<BearerToken>>, limits: EndpointLimits) -> Self {
+    pub fn new(
+        intake: Intake,
+        token: Option<Arc<BearerToken>>,
+        limits: EndpointLimits,
+        rest: Arc<RestUpstream>,
+    ) -> Self {
         RunwareEndpoint {
             inner: Arc::new(Shared {
                 intake,
@@ -165,6 +183,7 @@ impl RunwareEndpoint {
                 task_timeout: limits.task_timeout,
                 max_message_bytes: limits.max_message_bytes,
                 limits,
+                rest,
                 sessions: DashMap::new(),
             }),
         }
@@ -229,41 +248,41 @@ impl RunwareEndpoint {
         req: Request<hyper::body::Incoming>,
         client: ClientConnection,
         stop: watch::Receiver<bool>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<Body> {
         let path = req.uri().path();
         if path != "/v1" && path != "/" && path != "/v1/" {
-            return error_response(
+            return whole(error_response(
                 StatusCode::NOT_FOUND,
                 &Refusal::new("notFound", "url", "is not served: use /v1"),
-            );
+            ));
         }
-        // `?dryRun=1` asks Runware to validate without running (and without
-        // charging). The daemon cannot promise that for its shared socket,
-        // so it refuses rather than run and charge what was meant as a check.
-        if crate::websocket::is_dry_run(req.uri().query()) {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &Refusal::new(
-                    "unsupportedParameter",
-                    "dryRun",
-                    "is not offered by runwared: it would run (and charge) the tasks; connect without it",
-                ),
-            );
-        }
+        let dry_run = crate::websocket::is_dry_run(req.uri().query());
         if crate::websocket::is_upgrade(&req) {
-            return self.upgrade(req, client, stop);
+            // A dry run applies to a whole connection, and the daemon's one
+            // socket is shared: over REST it is relayed, here it cannot be.
+            if dry_run {
+                return whole(error_response(
+                    StatusCode::BAD_REQUEST,
+                    &Refusal::new(
+                        "unsupportedParameter",
+                        "dryRun",
+                        "is taken over REST only (POST /v1?dryRun=1, relayed to Runware); connect without it",
+                    ),
+                ));
+            }
+            return whole(self.upgrade(req, client, stop));
         }
         if req.method() == hyper::Method::POST {
-            return self.rest(req, client).await;
+            return self.rest(req, client, dry_run).await;
         }
-        error_response(
+        whole(error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &Refusal::new(
                 "invalidRequest",
                 "method",
                 "must be POST (REST) or a WebSocket upgrade",
             ),
-        )
+        ))
     }
 
     /// Checks one task (its type as routing read it), to be submitted

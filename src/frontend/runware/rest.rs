@@ -9,17 +9,36 @@ impl RunwareEndpoint {
         &self,
         req: Request<hyper::body::Incoming>,
         client: ClientConnection,
-    ) -> Response<Full<Bytes>> {
+        dry_run: bool,
+    ) -> Response<Body> {
         let (body, held) = match self.read_body(req, &client).await {
             Ok(body) => body,
-            Err(refused) => return refused,
+            Err(refused) => return whole(refused),
         };
         let text = String::from_utf8_lossy(&body);
         let tasks = match parse_message(&text) {
             Ok(t) => t,
-            Err(r) => return error_response(StatusCode::BAD_REQUEST, &r),
+            Err(r) => return whole(error_response(StatusCode::BAD_REQUEST, &r)),
+        };
+        if dry_run {
+            return self.dry_run(tasks).await;
+        }
+        let tasks = match self.stream_if_asked(tasks, &client).await {
+            Ok(streamed) => return streamed,
+            Err(tasks) => tasks,
         };
         let principal = client.principal;
+        // The taskUUIDs written otherwise than the daemon writes them: the
+        // answer names them as written (a client matches by its text).
+        let spellings: Vec<(String, String)> = tasks
+            .iter()
+            .filter_map(|e| e.as_ref().ok())
+            .filter_map(|(task, _)| {
+                let written = task.str_field("taskUUID")?;
+                let uuid = TaskUuid::parse_any(&written)?;
+                (!uuid.is_written_as(&written)).then(|| (uuid.to_string(), written.into_owned()))
+            })
+            .collect();
         let mut data: Vec<String> = Vec::new();
         let mut errors: Vec<RunwareError> = Vec::new();
         let mut waiting = Vec::new();
@@ -79,7 +98,11 @@ impl RunwareEndpoint {
         } else {
             StatusCode::OK
         };
-        json_response(status, frame(&data, &errors))
+        let mut answer = frame(&data, &errors);
+        for (ours, written) in &spellings {
+            answer = answer.replace(ours, written);
+        }
+        whole(json_response(status, answer))
     }
 
     /// Submits one task of a REST request, watched by its own handle.

@@ -499,6 +499,12 @@ impl RunwareEndpoint {
         }
         let task_type = kept_task_type(task_type);
         let deadline = Instant::now() + self.inner.task_timeout;
+        // Answered as the client wrote it (a client matches by its text).
+        if let Some(written) = task.str_field("taskUUID") {
+            if let Some(uuid) = TaskUuid::parse_any(&written) {
+                session.outbox().spell(uuid, &written);
+            }
+        }
         let prepared = self.check(task, &task_type).and_then(|checked| {
             let uuid = checked.uuid;
             self.inner

@@ -26,11 +26,14 @@ use crate::client::{Target, connect};
 use crate::pb;
 use crate::protocol::{self, Inbound, TaskUuid};
 
+mod fresh;
 mod paths;
 mod processes;
 mod report;
 mod scenarios;
 
+pub use self::fresh::{FreshRow, StreamRow};
+use self::fresh::{measure_freshness, measure_streams};
 use self::paths::*;
 use self::processes::*;
 pub use self::report::table;
@@ -85,11 +88,16 @@ pub enum Scenario {
     Large,
     /// One write of the persisted state with 10 000 tasks in flight.
     State,
+    /// Streamed text: time to the first token and between chunks.
+    Stream,
+    /// Async videos of 12 s and 60 s: time to the result for a client
+    /// polling every second, and upstream polls per task.
+    Fresh,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Throughput,
         Scenario::Memory,
         Scenario::Idle,
@@ -97,6 +105,8 @@ impl Scenario {
         Scenario::Flaky,
         Scenario::Large,
         Scenario::State,
+        Scenario::Stream,
+        Scenario::Fresh,
     ];
 }
 
@@ -213,6 +223,10 @@ pub struct Report {
     pub large: Vec<LargeRow>,
     /// The state file with 10 000 tasks in flight, by task JSON size.
     pub state_writes: Vec<StateWriteRow>,
+    /// Streamed text by path.
+    pub streams: Vec<StreamRow>,
+    /// Async results by video length and path.
+    pub freshness: Vec<FreshRow>,
 }
 
 /// Persisting 10 000 tasks in flight.
@@ -543,7 +557,19 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     } else {
         Vec::new()
     };
+    let streams = if wanted(Scenario::Stream) {
+        measure_streams(20, &progress).await?
+    } else {
+        Vec::new()
+    };
+    let freshness = if wanted(Scenario::Fresh) {
+        measure_freshness(8, &progress).await?
+    } else {
+        Vec::new()
+    };
     Ok(Report {
+        streams,
+        freshness,
         rows,
         memory,
         idle_rss_mib: idle_rss,

@@ -137,6 +137,30 @@ pub fn table(r: &Report) -> String {
             ));
         }
     }
+    if !r.streams.is_empty() {
+        t.push_str("\n| stream path | streams | chunks | first token p50 ms | p99 ms | between chunks p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for s in &r.streams {
+            t.push_str(&format!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+                s.path,
+                s.streams,
+                s.chunks,
+                s.ttft_p50_ms,
+                s.ttft_p99_ms,
+                s.gap_p50_ms,
+                s.gap_p99_ms
+            ));
+        }
+    }
+    if !r.freshness.is_empty() {
+        t.push_str("\n| async video s | path | tasks | to result p50 s | max s | getResponse per task |\n| ---: | --- | ---: | ---: | ---: | ---: |\n");
+        for f in &r.freshness {
+            t.push_str(&format!(
+                "| {} | {} | {} | {:.2} | {:.2} | {:.1} |\n",
+                f.video_s, f.path, f.tasks, f.p50_s, f.max_s, f.polls_per_task
+            ));
+        }
+    }
     if !r.state_writes.is_empty() {
         t.push_str("\n| state: tasks in flight | task JSON bytes | snapshot MB | snapshot ms | flush of 100 new tasks KB | flush ms |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for w in &r.state_writes {

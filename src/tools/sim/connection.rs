@@ -22,7 +22,9 @@ where
 pub(super) async fn answer_http(
     shared: Arc<Shared>,
     req: HttpRequest<Incoming>,
-) -> HttpResponse<Full<Bytes>> {
+) -> HttpResponse<SimBody> {
+    use http_body_util::BodyExt as _;
+    let whole = |r: HttpResponse<Full<Bytes>>| r.map(|b| b.map_err(|never| match never {}).boxed());
     // `?dryRun=1` in the URL: tasks are validated, not run.
     let dry_run = crate::websocket::is_dry_run(req.uri().query());
     if crate::websocket::is_upgrade(&req) {
@@ -31,18 +33,20 @@ pub(super) async fn answer_http(
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let run = move |socket| serve_connection(shared, socket, dry_run);
-        return crate::websocket::upgrade(req, ws_config, run)
-            .unwrap_or_else(|| http_answer(StatusCode::BAD_REQUEST, String::new()));
+        return whole(
+            crate::websocket::upgrade(req, ws_config, run)
+                .unwrap_or_else(|| http_answer(StatusCode::BAD_REQUEST, String::new())),
+        );
     }
     if req.method() == hyper::Method::POST {
         return rest::answer(&shared, req, dry_run).await;
     }
     if req.method() == hyper::Method::GET {
         if let Some(name) = req.uri().path().strip_prefix("/media/") {
-            return download(&shared, name);
+            return whole(download(&shared, name));
         }
     }
-    http_answer(StatusCode::METHOD_NOT_ALLOWED, String::new())
+    whole(http_answer(StatusCode::METHOD_NOT_ALLOWED, String::new()))
 }
 
 /// `GET /media/NAME`: a result's file, made again from its recipe.

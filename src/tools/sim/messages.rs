@@ -207,6 +207,7 @@ pub(super) fn authenticate(
 }
 
 pub(super) fn get_response(shared: &Shared, task: &Map<String, Value>) -> Vec<Outgoing> {
+    bump(shared, |s| s.get_responses += 1);
     let uuid = task.get("taskUUID").and_then(Value::as_str).unwrap_or("");
     let inner = lock(&shared.inner);
     let Some(record) = inner.tasks.get(uuid) else {

@@ -32,6 +32,7 @@ pub mod results;
 mod running;
 pub mod seed;
 mod state;
+mod stream;
 pub mod tasks;
 
 use self::connection::{encode, route_to_session, serve_http};
@@ -59,6 +60,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::websocket::json_response as http_answer;
+
+/// A simulator answer's body: whole, or streamed (SSE).
+pub(super) type SimBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 /// The simulator's behaviour.
 #[derive(Debug, Clone)]
@@ -91,6 +95,12 @@ pub struct SimConfig {
     pub frame_before_auth: bool,
     /// Largest accepted WebSocket message.
     pub max_message_bytes: usize,
+    /// Time between the chunks of a streamed text (`deliveryMethod:
+    /// "stream"`): one token each.
+    pub stream_token_interval: Duration,
+    /// Fault: a streamed text's connection breaks after this many chunks,
+    /// before its end.
+    pub stream_break_after: Option<u32>,
 }
 
 impl Default for SimConfig {
@@ -108,6 +118,8 @@ impl Default for SimConfig {
             video_latency: Duration::from_secs(5),
             frame_before_auth: false,
             max_message_bytes: 64 << 20,
+            stream_token_interval: Duration::from_millis(20),
+            stream_break_after: None,
         }
     }
 }
@@ -138,6 +150,8 @@ pub struct SimStats {
     pub tasks_failed: u64,
     /// Pings answered.
     pub pongs: u64,
+    /// `getResponse` questions answered.
+    pub get_responses: u64,
     /// Sockets currently open.
     pub open_connections: u64,
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
 use super::{
-    Outgoing, Session, Shared, TaskStatus, check_key, encode, error_item, handle_message,
+    Outgoing, Session, Shared, SimBody, TaskStatus, check_key, encode, error_item, handle_message,
     http_answer, lock,
 };
 
@@ -21,12 +21,13 @@ pub(super) async fn answer(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
     dry_run: bool,
-) -> Response<Full<Bytes>> {
+) -> Response<SimBody> {
+    let whole = |r: Response<Full<Bytes>>| r.map(|b| b.map_err(|never| match never {}).boxed());
     let refuse = |status, code: &str, message: &str| {
-        http_answer(
+        whole(http_answer(
             status,
             encode(&[Outgoing::Error(error_item(code, "", message, None, None))]),
-        )
+        ))
     };
     let bearer = crate::websocket::bearer(&req);
     let max = lock(&shared.config).max_message_bytes;
@@ -52,9 +53,14 @@ pub(super) async fn answer(
         })
         .unwrap_or_default();
     if let Some(rejection) = check_key(shared, &key) {
-        return http_answer(StatusCode::UNAUTHORIZED, encode(&[rejection]));
+        return whole(http_answer(StatusCode::UNAUTHORIZED, encode(&[rejection])));
     }
     let tasks: Vec<Value> = tasks.into_iter().filter(|t| !is_auth(t)).collect();
+    if !dry_run {
+        if let Some(streamed) = super::stream::answer(shared, &tasks) {
+            return streamed;
+        }
+    }
 
     // A session of this request only.
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -122,5 +128,5 @@ pub(super) async fn answer(
     } else {
         StatusCode::OK
     };
-    http_answer(status, encode(&replies))
+    whole(http_answer(status, encode(&replies)))
 }

@@ -49,6 +49,16 @@ pub(super) fn start_task(
             )));
         }
     };
+    if task.get("deliveryMethod").and_then(Value::as_str) == Some("stream") {
+        // Runware streams over HTTP only (Server-Sent Events).
+        return Some(Outgoing::Error(error_item(
+            "invalidDeliveryMethod",
+            "deliveryMethod",
+            "deliveryMethod stream is served over HTTP (POST /v1, Server-Sent Events) only",
+            Some(task_type),
+            Some(&uuid),
+        )));
+    }
     if dry_run {
         // Validated, not run and not charged: the acknowledgement's shape.
         return Some(Outgoing::Data(

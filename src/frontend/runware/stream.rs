@@ -1,0 +1,303 @@
+//! What the REST door relays to Runware's REST endpoint rather than the
+//! shared socket: a `textInference` with `deliveryMethod: "stream"`,
+//! answered with Runware's Server-Sent Events chunk for chunk, and dry
+//! runs (`?dryRun=1`), validated by Runware without running or charging.
+//!
+//! A stream is never sent again after a break: Runware would run (and
+//! charge) it twice. A broken upstream stream, or one past the daemon's
+//! task timeout, ends the client's stream with an error event in Runware's
+//! shape (`data: {"errors":[...]}`); a client that goes away ends the
+//! upstream request with it.
+
+use std::pin::Pin;
+
+use http_body_util::{BodyStream, StreamBody};
+use hyper::body::Frame;
+
+use super::frames::MessageElement;
+use super::*;
+use crate::frontend::intake::check_streamed_task;
+
+/// How much of a stream's end is kept to see `[DONE]` split across chunks.
+const DONE: &[u8] = b"[DONE]";
+
+impl RunwareEndpoint {
+    /// The streamed answer when the request asks for a stream (its one
+    /// task), or the request's elements back when it does not.
+    pub(super) async fn stream_if_asked<'a>(
+        &self,
+        tasks: Vec<MessageElement<'a>>,
+        client: &ClientConnection,
+    ) -> Result<Response<Body>, Vec<MessageElement<'a>>> {
+        let asks = |e: &MessageElement<'_>| {
+            e.as_ref()
+                .is_ok_and(|(t, _)| t.str_field("deliveryMethod").as_deref() == Some("stream"))
+        };
+        if !tasks.iter().any(asks) {
+            return Err(tasks);
+        }
+        let refuse =
+            |refusal: Refusal| Ok(whole(error_response(StatusCode::BAD_REQUEST, &refusal)));
+        let is_auth = |e: &MessageElement<'_>| {
+            e.as_ref()
+                .is_ok_and(|(t, _)| t.task_type() == "authentication")
+        };
+        let mut others = tasks.into_iter().filter(|e| !is_auth(e));
+        let (Some(Ok((task, raw))), None) = (others.next(), others.next()) else {
+            return refuse(Refusal::new(
+                "invalidRequest",
+                "deliveryMethod",
+                "a streamed task goes alone in its request (an authentication beside it is taken)",
+            ));
+        };
+        let task_type = kept_task_type(task.task_type());
+        let named = Some(&*task_type).filter(|t| !t.is_empty());
+        let checked = match check_streamed_task(task, task_type.clone(), true) {
+            Ok(checked) => checked,
+            Err(r) => {
+                let e = r.refusal.runware_error(named, r.given_uuid.as_ref());
+                return Ok(whole(json_response(
+                    StatusCode::BAD_REQUEST,
+                    errors_frame(&[e]),
+                )));
+            }
+        };
+        if let Err(r) = check_documented_limits(&checked) {
+            let e = r.runware_error(named, Some(&checked.uuid));
+            return Ok(whole(json_response(
+                StatusCode::BAD_REQUEST,
+                errors_frame(&[e]),
+            )));
+        }
+        let uuid = checked.uuid;
+        let label = crate::dispatch::metrics::task_type_label(&task_type);
+        let mut slot = match self.inner.intake.table().admit_stream(client, label) {
+            Ok(slot) => slot,
+            Err(e) => {
+                let e = refusal_of_submit(&e).runware_error(named, Some(&uuid));
+                let status = StatusCode::TOO_MANY_REQUESTS;
+                return Ok(whole(json_response(status, errors_frame(&[e]))));
+            }
+        };
+        let body = Bytes::from(format!("[{raw}]"));
+        let upstream = match self.inner.rest.post(body, None, true).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                slot.failed("error");
+                tracing::warn!(error = %e, "a streamed task could not reach Runware");
+                let e = RunwareError {
+                    code: "serviceUnavailable".into(),
+                    message: format!("task {uuid}: {e}; nothing ran"),
+                    task_type: Some(task_type.to_string()),
+                    task_uuid: Some(uuid.to_string()),
+                    ..RunwareError::default()
+                };
+                return Ok(whole(json_response(
+                    StatusCode::BAD_GATEWAY,
+                    errors_frame(&[e]),
+                )));
+            }
+        };
+        let (parts, incoming) = upstream.into_parts();
+        let events = parts
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !events {
+            // Runware refused it (its answer is relayed as it is).
+            slot.failed("error");
+        }
+        let deadline = Instant::now() + self.inner.task_timeout;
+        let relay = Relay {
+            slot,
+            upstream: BodyStream::new(incoming),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            tail: Vec::new(),
+            done: !events,
+            ended: false,
+            task_type: task_type.to_string(),
+            uuid,
+            timeout: self.inner.task_timeout,
+        };
+        let body = BodyExt::boxed(StreamBody::new(futures::stream::unfold(relay, Relay::next)));
+        let mut response = Response::new(body);
+        *response.status_mut() = parts.status;
+        if let Some(kind) = parts.headers.get(hyper::header::CONTENT_TYPE) {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, kind.clone());
+        }
+        response.headers_mut().insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-cache"),
+        );
+        Ok(response)
+    }
+
+    /// `POST /v1?dryRun=1`: the tasks checked here (no API key travels),
+    /// then relayed to Runware's REST endpoint with the daemon's key and
+    /// `dryRun=1`, whose answer is the client's, with the errors of those
+    /// refused here.
+    pub(super) async fn dry_run(&self, tasks: Vec<MessageElement<'_>>) -> Response<Body> {
+        let mut errors = Vec::new();
+        let mut relayed: Vec<&str> = Vec::new();
+        for element in tasks {
+            let (task, raw) = match element {
+                Ok(task) => task,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let task_type = kept_task_type(task.task_type());
+            match &*task_type {
+                "authentication" | "ping" => {}
+                _ => match self.check(task, &task_type) {
+                    Ok(_) => relayed.push(raw),
+                    Err(e) => errors.push(e),
+                },
+            }
+        }
+        let mut data: Vec<String> = Vec::new();
+        let mut status = StatusCode::OK;
+        if !relayed.is_empty() {
+            let body = Bytes::from(format!("[{}]", relayed.join(",")));
+            match self.relay_whole(body, "dryRun=1").await {
+                Ok((upstream_status, answer)) => {
+                    status = upstream_status;
+                    let list = |name: &str| {
+                        answer
+                            .get(name)
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_default()
+                    };
+                    data.extend(list("data").iter().map(Value::to_string));
+                    errors.extend(
+                        list("errors")
+                            .into_iter()
+                            .filter_map(|e| serde_json::from_value::<RunwareError>(e).ok()),
+                    );
+                }
+                Err(e) => {
+                    errors.push(RunwareError {
+                        code: "serviceUnavailable".into(),
+                        message: format!("the dry run could not reach Runware: {e}"),
+                        parameter: Some("dryRun".into()),
+                        ..RunwareError::default()
+                    });
+                    status = StatusCode::BAD_GATEWAY;
+                }
+            }
+        }
+        if data.is_empty() && !errors.is_empty() && status == StatusCode::OK {
+            status = StatusCode::BAD_REQUEST;
+        }
+        whole(json_response(status, frame(&data, &errors)))
+    }
+
+    /// POSTs `body` to Runware's REST endpoint with `query`; its status and
+    /// JSON answer, read within `max_message_bytes`.
+    async fn relay_whole(&self, body: Bytes, query: &str) -> Result<(StatusCode, Value), String> {
+        let upstream = self
+            .inner
+            .rest
+            .post(body, Some(query), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = upstream.status();
+        let limited =
+            http_body_util::Limited::new(upstream.into_body(), self.inner.max_message_bytes);
+        let bytes = timeout_at(Instant::now() + self.inner.task_timeout, limited.collect())
+            .await
+            .map_err(|_| "Runware's answer did not come in time".to_owned())?
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let answer = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("Runware's answer is not JSON: {e}"))?;
+        Ok((status, answer))
+    }
+}
+
+/// One stream relayed: Runware's chunks as they come, then the end.
+struct Relay {
+    /// Its place in the table, let go of with the relay.
+    slot: crate::dispatch::StreamSlot,
+    upstream: BodyStream<hyper::body::Incoming>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The last bytes relayed, to find `[DONE]` split across chunks.
+    tail: Vec<u8>,
+    /// Runware ended the stream (`[DONE]`), or the answer is no stream.
+    done: bool,
+    /// Nothing more is relayed.
+    ended: bool,
+    task_type: String,
+    uuid: TaskUuid,
+    timeout: Duration,
+}
+
+type Chunk = Result<Frame<Bytes>, std::io::Error>;
+
+impl Relay {
+    async fn next(mut self) -> Option<(Chunk, Relay)> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let frame = tokio::select! {
+                frame = self.upstream.next() => frame,
+                () = self.deadline.as_mut() => {
+                    self.ended = true;
+                    self.slot.failed("timeout");
+                    let why = format!(
+                        "no end of the stream within the daemon's default_task_timeout ({:?})",
+                        self.timeout
+                    );
+                    return Some((Ok(self.error_event("timeoutProvider", why)), self));
+                }
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    self.saw(&data);
+                    return Some((Ok(Frame::data(data)), self));
+                }
+                Some(Err(_)) | None if !self.done => {
+                    self.ended = true;
+                    self.slot.failed("broken");
+                    tracing::debug!(task = %self.uuid, "a streamed task's upstream stream broke");
+                    let why = "Runware's stream broke before its end; it is not sent again (it would run twice): send a new task".to_owned();
+                    return Some((Ok(self.error_event("streamInterrupted", why)), self));
+                }
+                _ => {
+                    self.slot.completed();
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn saw(&mut self, data: &[u8]) {
+        self.tail.extend_from_slice(data);
+        if self.tail.windows(DONE.len()).any(|w| w == DONE) {
+            self.done = true;
+        }
+        let keep = self.tail.len().saturating_sub(DONE.len() - 1);
+        self.tail.drain(..keep);
+    }
+
+    /// An error event in Runware's shape, ending the client's stream.
+    fn error_event(&self, code: &str, message: String) -> Frame<Bytes> {
+        let e = RunwareError {
+            code: code.into(),
+            message: format!("task {}: {message}", self.uuid),
+            task_type: Some(self.task_type.clone()),
+            task_uuid: Some(self.uuid.to_string()),
+            ..RunwareError::default()
+        };
+        Frame::data(Bytes::from(format!("data: {}\n\n", errors_frame(&[e]))))
+    }
+}
