@@ -76,6 +76,21 @@ pub(super) fn parse_message(text: &str) -> Result<Vec<MessageElement<'_>>, Refus
         .collect())
 }
 
+/// A message's task objects, and the errors answering its bad elements.
+pub(super) fn tasks_and_errors(
+    elements: Vec<MessageElement<'_>>,
+) -> (Vec<MessageTask<'_>>, Vec<RunwareError>) {
+    let mut tasks = Vec::with_capacity(elements.len());
+    let mut errors = Vec::new();
+    for element in elements {
+        match element {
+            Ok(task) => tasks.push(task),
+            Err(e) => errors.push(e),
+        }
+    }
+    (tasks, errors)
+}
+
 /// The error about one element of a message, naming its task (type and
 /// taskUUID, as written) where it can be read at all.
 fn element_error(raw: &str, refusal: Refusal) -> RunwareError {

@@ -51,6 +51,9 @@ pub(super) struct LocalSession {
     attached: Arc<Notify>,
     /// Sockets attached so far: the current one's number.
     sockets: std::sync::atomic::AtomicU32,
+    /// Its `getResponse` questions waiting for Runware's fresh answer, at
+    /// most [`MAX_ASKING`]; past it, one is answered from the table at once.
+    pub(super) asking: Arc<std::sync::atomic::AtomicUsize>,
     /// Whether a task was ever sent in it: a session that carried none
     /// has nothing to resume, and goes when its socket does.
     carried: AtomicBool,
@@ -247,6 +250,10 @@ pub(super) struct Outbox {
     spellings: HashMap<TaskUuid, Box<str>>,
 }
 
+/// Most `getResponse` questions of one session waiting for Runware's
+/// answer at once.
+pub(super) const MAX_ASKING: usize = 64;
+
 /// Most taskUUIDs one session keeps the client's own spelling of (one per
 /// task in flight that was spelled otherwise; past it, one goes to make
 /// room).
@@ -401,6 +408,7 @@ impl LocalSession {
             events,
             attached: Arc::new(Notify::new()),
             sockets: Default::default(),
+            asking: Arc::default(),
             carried: AtomicBool::new(false),
             _held: held,
         };

@@ -88,7 +88,7 @@ use crate::websocket::json_response;
 
 use self::frames::{
     PONG, ack, data_frame, error_response, errors_frame, frame, not_authenticated, not_taken_error,
-    parse_message, processing, timeout_error,
+    parse_message, processing, tasks_and_errors, timeout_error,
 };
 pub use self::local_session::{LOCAL_SESSION_TTL, SESSION_BYTES};
 use self::local_session::{LocalSession, LocalTask, forward, sweep_sessions};

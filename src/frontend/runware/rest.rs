@@ -40,16 +40,9 @@ impl RunwareEndpoint {
             })
             .collect();
         let mut data: Vec<String> = Vec::new();
-        let mut errors: Vec<RunwareError> = Vec::new();
+        let (tasks, mut errors) = tasks_and_errors(tasks);
         let mut waiting = Vec::new();
-        for element in tasks {
-            let (task, raw) = match element {
-                Ok(task) => task,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
+        for (task, raw) in tasks {
             let task_type = kept_task_type(task.task_type());
             match &*task_type {
                 "authentication" => {}

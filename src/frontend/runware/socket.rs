@@ -485,7 +485,10 @@ impl RunwareEndpoint {
                 Err(e) => return session.deliver(errors_frame(&[e])),
             };
             let table = self.inner.intake.table();
-            if !table.is_polled_for(&uuid, principal) {
+            let asking = &session.asking;
+            let room = asking.fetch_add(1, Ordering::AcqRel) < local_session::MAX_ASKING;
+            if !room || !table.is_polled_for(&uuid, principal) {
+                asking.fetch_sub(1, Ordering::AcqRel);
                 return session.deliver(self.get_response_frame(uuid, principal, session));
             }
             // Answered once Runware's fresh answer came: the socket reads
@@ -494,6 +497,7 @@ impl RunwareEndpoint {
             tokio::spawn(async move {
                 endpoint.ask_fresh(uuid, principal).await;
                 session.deliver(endpoint.get_response_frame(uuid, principal, &session));
+                session.asking.fetch_sub(1, Ordering::AcqRel);
             });
             return;
         }

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use http_body_util::{BodyStream, StreamBody};
 use hyper::body::Frame;
 
-use super::frames::MessageElement;
+use super::frames::{MessageElement, tasks_and_errors};
 use super::*;
 use crate::frontend::intake::check_streamed_task;
 
@@ -140,16 +140,9 @@ impl RunwareEndpoint {
     /// `dryRun=1`, whose answer is the client's, with the errors of those
     /// refused here.
     pub(super) async fn dry_run(&self, tasks: Vec<MessageElement<'_>>) -> Response<Body> {
-        let mut errors = Vec::new();
+        let (tasks, mut errors) = tasks_and_errors(tasks);
         let mut relayed: Vec<&str> = Vec::new();
-        for element in tasks {
-            let (task, raw) = match element {
-                Ok(task) => task,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
+        for (task, raw) in tasks {
             let task_type = kept_task_type(task.task_type());
             match &*task_type {
                 "authentication" | "ping" => {}
