@@ -778,3 +778,35 @@ async fn task_uuids_come_back_as_their_client_wrote_them() {
     assert_eq!(answer["data"][0]["taskUUID"], rest.as_str(), "{answer}");
     assert_eq!(h.sim.executions(&rest.to_lowercase()), 1);
 }
+
+/// `getTaskDetails` about a task of this client's: the original request
+/// and response, from Runware, over REST and the WebSocket; about a task
+/// this daemon never sent (follow_foreign_tasks off), answered as one
+/// nobody made.
+#[tokio::test(start_paused = true)]
+async fn task_details_of_ones_own_task_and_of_nobodys() {
+    let h = start(SimConfig::default(), |_| {}).await;
+    let addr = h.daemon.runware_addr.unwrap();
+    let t = uuid();
+    let task = json!([{"taskType": "promptEnhance", "taskUUID": t, "prompt": "a cat"}]);
+    let (status, _) = post_json(addr, &task.to_string(), None).await;
+    assert_eq!(status, 200);
+    let details = json!([{"taskType": "getTaskDetails", "taskUUID": t}]).to_string();
+    let (status, answer) = post_json(addr, &details, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let item = &answer["data"][0];
+    assert_eq!(item["taskType"], "getTaskDetails");
+    assert_eq!(item["request"][0]["prompt"], "a cat", "{answer}");
+    assert!(item["response"]["data"][0]["text"].is_string(), "{answer}");
+    assert_eq!(h.sim.executions(&t), 1, "asking ran nothing again");
+
+    let mut ws = authenticated(&h).await;
+    send(&mut ws, serde_json::from_str(&details).unwrap()).await;
+    let m = next(&mut ws).await;
+    assert_eq!(m["data"][0]["request"][0]["taskUUID"], t.as_str(), "{m}");
+
+    let nobodys = json!([{"taskType": "getTaskDetails", "taskUUID": uuid()}]).to_string();
+    let (status, answer) = post_json(addr, &nobodys, None).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["errors"][0]["code"], "taskNotFound", "{answer}");
+}

@@ -267,3 +267,18 @@ def test_result_urls_download(endpoint):
     assert (width, height) == (256, 128)
     with urllib.request.urlopen(videos[0]["videoURL"], timeout=10) as answer:
         assert answer.read()[4:8] == b"ftyp"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_task_details_of_a_task_run_before(endpoint, transport):
+    task = str(uuid.uuid4())
+
+    async def go():
+        async with client(endpoint, transport) as r:
+            await r.run({"taskType": "promptEnhance", "taskUUID": task, "prompt": "a cat in a hat",
+                         "deliveryMethod": "sync"})
+            return await r.get_task_details({"taskUUID": task})
+
+    details = run(go())
+    assert details[0]["request"][0]["prompt"] == "a cat in a hat"
+    assert details[0]["response"]["data"][0]["text"].startswith("a cat in a hat")

@@ -47,6 +47,10 @@ impl RunwareEndpoint {
             match &*task_type {
                 "authentication" => {}
                 "ping" => data.push(PONG.to_owned()),
+                "getTaskDetails" => match self.task_details(&task, raw, principal).await {
+                    Ok(items) => data.extend(items),
+                    Err(e) => errors.extend(e),
+                },
                 "getResponse" => {
                     self.await_previous_run_for(&task).await;
                     let answer = match Self::asked_about(&task) {

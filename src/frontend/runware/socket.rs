@@ -501,6 +501,46 @@ impl RunwareEndpoint {
             });
             return;
         }
+        if task_type == "getTaskDetails" {
+            let asking = &session.asking;
+            if asking.fetch_add(1, Ordering::AcqRel) >= local_session::MAX_ASKING {
+                asking.fetch_sub(1, Ordering::AcqRel);
+                let e = Refusal::new(
+                    "rateLimitExceeded",
+                    "taskType",
+                    format!(
+                        "is asked too often: at most {} questions of a session wait for Runware at once",
+                        local_session::MAX_ASKING
+                    ),
+                );
+                return session.deliver(errors_frame(&[
+                    e.runware_error(Some("getTaskDetails"), None)
+                ]));
+            }
+            // Relayed to Runware's REST endpoint: the socket reads on
+            // meanwhile.
+            let task = task.into_map();
+            let raw = raw.to_owned();
+            let (endpoint, session, principal) =
+                (self.clone(), Arc::clone(session), client.principal);
+            tokio::spawn(async move {
+                let frame = match task {
+                    Ok(task) => match endpoint.task_details(&task, &raw, principal).await {
+                        Ok(items) => data_frame(&items),
+                        Err(errors) => errors_frame(&errors),
+                    },
+                    Err(e) => errors_frame(&[Refusal::new(
+                        "invalidRequest",
+                        "body",
+                        format!("is not valid JSON: {e}"),
+                    )
+                    .runware_error(Some("getTaskDetails"), None)]),
+                };
+                session.deliver(frame);
+                session.asking.fetch_sub(1, Ordering::AcqRel);
+            });
+            return;
+        }
         let task_type = kept_task_type(task_type);
         let deadline = Instant::now() + self.inner.task_timeout;
         // Answered as the client wrote it (a client matches by its text).

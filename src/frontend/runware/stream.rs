@@ -1,7 +1,9 @@
-//! What the REST door relays to Runware's REST endpoint rather than the
-//! shared socket: a `textInference` with `deliveryMethod: "stream"`,
-//! answered with Runware's Server-Sent Events chunk for chunk, and dry
-//! runs (`?dryRun=1`), validated by Runware without running or charging.
+//! What the doors relay to Runware's REST endpoint rather than the shared
+//! socket: a `textInference` with `deliveryMethod: "stream"`, answered
+//! with Runware's Server-Sent Events chunk for chunk; dry runs
+//! (`?dryRun=1`), validated by Runware without running or charging; and
+//! `getTaskDetails`, whose taskUUID names another task (one the table may
+//! hold), so it cannot be a task of the table itself.
 //!
 //! A stream is never sent again after a break: Runware would run (and
 //! charge) it twice. A broken upstream stream, or one past the daemon's
@@ -156,7 +158,7 @@ impl RunwareEndpoint {
         let mut status = StatusCode::OK;
         if !relayed.is_empty() {
             let body = Bytes::from(format!("[{}]", relayed.join(",")));
-            match self.relay_whole(body, "dryRun=1").await {
+            match self.relay_whole(body, Some("dryRun=1")).await {
                 Ok((upstream_status, answer)) => {
                     status = upstream_status;
                     let list = |name: &str| {
@@ -190,13 +192,89 @@ impl RunwareEndpoint {
         whole(json_response(status, frame(&data, &errors)))
     }
 
+    /// `getTaskDetails` about a task of `principal`'s (or, with
+    /// `follow_foreign_tasks`, one this daemon never sent), relayed to
+    /// Runware: its answer's items, or its error. Another principal's task
+    /// is answered as one nobody made.
+    pub(super) async fn task_details(
+        &self,
+        task: &impl TaskFields,
+        raw: &str,
+        principal: Principal,
+    ) -> Result<Vec<String>, Vec<RunwareError>> {
+        let named = |refusal: Refusal, uuid: Option<&TaskUuid>| {
+            vec![refusal.runware_error(Some("getTaskDetails"), uuid)]
+        };
+        let uuid = task
+            .field("taskUUID")
+            .and_then(|f| f.as_str().and_then(TaskUuid::parse_any))
+            .ok_or_else(|| {
+                named(
+                    Refusal::new("invalidTaskUUID", "taskUUID", "must be a task's UUID"),
+                    None,
+                )
+            })?;
+        if let Some(k) = crate::frontend::intake::api_key_field(task) {
+            return Err(named(
+                Refusal::new(
+                    "invalidApiKey",
+                    k,
+                    "is not taken in a task: the daemon authenticates to Runware with its own key",
+                ),
+                Some(&uuid),
+            ));
+        }
+        let owner = self.inner.intake.table().owner_of(&uuid);
+        let allowed = match owner {
+            Some(o) => o == principal,
+            None => self.inner.limits.follow_foreign_tasks,
+        };
+        if !allowed {
+            return Err(named(
+                Refusal::new("taskNotFound", "taskUUID", ": no task with this taskUUID"),
+                Some(&uuid),
+            ));
+        }
+        let (_, answer) = self
+            .relay_whole(Bytes::from(format!("[{raw}]")), None)
+            .await
+            .map_err(|e| {
+                vec![RunwareError {
+                    code: "serviceUnavailable".into(),
+                    message: format!("getTaskDetails could not reach Runware: {e}"),
+                    task_type: Some("getTaskDetails".into()),
+                    task_uuid: Some(uuid.to_string()),
+                    ..RunwareError::default()
+                }]
+            })?;
+        let list = |name: &str| {
+            answer
+                .get(name)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let errors: Vec<RunwareError> = list("errors")
+            .into_iter()
+            .filter_map(|e| serde_json::from_value(e).ok())
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(list("data").iter().map(Value::to_string).collect())
+    }
+
     /// POSTs `body` to Runware's REST endpoint with `query`; its status and
     /// JSON answer, read within `max_message_bytes`.
-    async fn relay_whole(&self, body: Bytes, query: &str) -> Result<(StatusCode, Value), String> {
+    async fn relay_whole(
+        &self,
+        body: Bytes,
+        query: Option<&str>,
+    ) -> Result<(StatusCode, Value), String> {
         let upstream = self
             .inner
             .rest
-            .post(body, Some(query), false)
+            .post(body, query, false)
             .await
             .map_err(|e| e.to_string())?;
         let status = upstream.status();

@@ -59,7 +59,7 @@ pub(super) fn handle_message(
     let carries_tasks = tasks.iter().any(|t| {
         !matches!(
             t.get("taskType").and_then(Value::as_str),
-            Some("authentication" | "ping" | "getResponse")
+            Some("authentication" | "ping" | "getResponse" | "getTaskDetails")
         )
     });
     if session.is_some()
@@ -114,6 +114,7 @@ pub(super) fn handle_message(
                 replies.push(Outgoing::Data(json!({"taskType": "ping", "pong": true})));
             }
             "getResponse" => replies.extend(get_response(shared, &task)),
+            "getTaskDetails" => replies.push(get_task_details(shared, &task)),
             _ if shared.lose_tasks.load(std::sync::atomic::Ordering::SeqCst) => {
                 bump(shared, |s| s.tasks_lost += 1);
             }
@@ -204,6 +205,31 @@ pub(super) fn authenticate(
     });
     // Already queued on `tx`.
     None
+}
+
+/// `getTaskDetails`: the original request of the task its taskUUID names,
+/// and the response it produced (its items so far, or its error), as
+/// Runware's "Task Details" page describes.
+pub(super) fn get_task_details(shared: &Shared, task: &Map<String, Value>) -> Outgoing {
+    let uuid = task.get("taskUUID").and_then(Value::as_str).unwrap_or("");
+    let inner = lock(&shared.inner);
+    let Some(record) = inner.tasks.get(uuid) else {
+        return Outgoing::Error(error_item(
+            "invalidTaskUUID",
+            "taskUUID",
+            "no task with this taskUUID",
+            Some("getTaskDetails"),
+            Some(uuid),
+        ));
+    };
+    let response = match &record.status {
+        TaskStatus::Error(error) => json!({"errors": [error]}),
+        _ => json!({"data": record.items}),
+    };
+    Outgoing::Data(json!({
+        "taskType": "getTaskDetails", "taskUUID": uuid,
+        "request": [record.request], "response": response,
+    }))
 }
 
 pub(super) fn get_response(shared: &Shared, task: &Map<String, Value>) -> Vec<Outgoing> {

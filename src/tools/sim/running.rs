@@ -99,6 +99,7 @@ pub(super) fn start_task(
         uuid.clone(),
         TaskRecord {
             task_type: task_type.to_owned(),
+            request: Value::Object(task.clone()),
             executions: 1,
             items: Vec::new(),
             status: TaskStatus::Processing,

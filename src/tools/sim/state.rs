@@ -31,6 +31,8 @@ pub(super) enum TaskStatus {
 
 pub(super) struct TaskRecord {
     pub(super) task_type: String,
+    /// The task as it came, for `getTaskDetails`.
+    pub(super) request: Value,
     pub(super) executions: u32,
     pub(super) items: Vec<Value>,
     pub(super) status: TaskStatus,

@@ -69,6 +69,7 @@ pub(super) fn answer(shared: &Arc<Shared>, tasks_asked: &[Value]) -> Option<Resp
         uuid.clone(),
         TaskRecord {
             task_type: task_type.to_owned(),
+            request: task.clone(),
             executions: 1,
             items: Vec::new(),
             status: TaskStatus::Processing,
