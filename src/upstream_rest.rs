@@ -128,6 +128,37 @@ impl RestUpstream {
             .await
             .map_err(|e| RestError::Connect(e.to_string()))
     }
+
+    /// [`RestUpstream::post`] of a question whose answer is one JSON
+    /// document: its status and the document, read to at most `max_bytes`
+    /// by `deadline`. The error says why there is no answer.
+    pub async fn post_whole(
+        &self,
+        body: Bytes,
+        query: Option<&str>,
+        max_bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(hyper::StatusCode, serde_json::Value), String> {
+        use http_body_util::BodyExt as _;
+        let answer = async {
+            let upstream = self
+                .post(body, query, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = upstream.status();
+            let bytes = http_body_util::Limited::new(upstream.into_body(), max_bytes)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let answer = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("Runware's answer is not JSON: {e}"))?;
+            Ok((status, answer))
+        };
+        tokio::time::timeout_at(deadline, answer)
+            .await
+            .map_err(|_| "Runware's answer did not come in time".to_owned())?
+    }
 }
 
 /// The events of a Server-Sent Events answer, read as they come: each

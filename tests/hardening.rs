@@ -512,6 +512,45 @@ async fn principals(follow: bool) -> Harness {
     h
 }
 
+/// `Run` of a getTaskDetails answers for the asking principal's own task
+/// (asked of Runware's REST endpoint), and for another principal's as for
+/// one nobody made; nothing runs again.
+#[tokio::test(start_paused = true)]
+async fn task_details_through_run_are_the_askers_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("runwared.sock");
+    let h = start(SimConfig::default(), |c| {
+        c.unix_socket = Some(socket.clone());
+    })
+    .await;
+    h.ready().await;
+    let target = runwared::client::Target::Unix(socket.clone());
+    let mut owner = runwared::client::connect(&target).await.unwrap();
+    let theirs = uuid::Uuid::new_v4().to_string();
+    owner
+        .prompt_enhance(pb::PromptEnhanceRequest {
+            task_uuid: theirs.clone(),
+            prompt: "private".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let details = pb::RunRequest {
+        task_json: json!({"taskType": "getTaskDetails", "taskUUID": theirs}).to_string(),
+        expected_results: None,
+    };
+    let refused = h.client.clone().run(details.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    assert!(!refused.message().contains("private"), "{refused:?}");
+    let mut stream = owner.run(details).await.unwrap().into_inner();
+    let item = stream.next().await.unwrap().unwrap();
+    assert!(stream.next().await.is_none(), "one answer");
+    let item: Value = serde_json::from_str(&item.item_json).unwrap();
+    assert_eq!(item["taskType"], "getTaskDetails", "{item}");
+    assert_eq!(item["request"][0]["prompt"], "private", "{item}");
+    assert_eq!(h.sim.executions(&theirs), 1, "asking ran nothing again");
+}
+
 /// A task nested deeper than the 128 levels the gRPC door takes is refused
 /// at the Runware-protocol door too, before anything is queued (it went
 /// upstream, and poisoned the batch it went in, before).

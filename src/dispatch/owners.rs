@@ -52,6 +52,17 @@ impl TaskTable {
         self.owners().owner(uuid)
     }
 
+    /// Whether `principal` may read what Runware holds of `uuid` (its
+    /// details, its results): a task it submitted, or, with
+    /// `follow_foreign`, one nobody here submitted. Another principal's task
+    /// is one nobody made.
+    pub fn may_read(&self, uuid: &TaskUuid, principal: Principal, follow_foreign: bool) -> bool {
+        match self.owner_of(uuid) {
+            Some(owner) => owner == principal,
+            None => follow_foreign,
+        }
+    }
+
     /// Every owner remembered, oldest first, for the state file.
     pub fn remembered_owners(&self) -> Vec<SavedOwner> {
         let owners = self.owners();

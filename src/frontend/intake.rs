@@ -225,6 +225,15 @@ fn check_fields<T: TaskFields>(
             "must be a non-empty string",
         )));
     }
+    // Its taskUUID names another task, which the table may hold: each door
+    // asks Runware's REST endpoint for it, never through the table.
+    if task_type == "getTaskDetails" {
+        return Err(refused(Refusal::new(
+            "invalidTaskType",
+            "taskType",
+            "\"getTaskDetails\" is asked with Run, or over the Runware-protocol endpoint, not in a session",
+        )));
+    }
     // Streamed text goes to Runware's REST endpoint, never on the shared
     // socket: only the REST door streams.
     let stream_asked = task

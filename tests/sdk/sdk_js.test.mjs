@@ -133,6 +133,36 @@ for (const [target, url] of Object.entries(targets)) {
     assert.equal(images.length, 1);
     assert.equal(images[0].status, "success");
   });
+
+  test(`${target}: the newest task types by this SDK's names`, async () => {
+    const image = "b7db282d-2943-4f12-992f-77df3ad3ec71";
+    const messages = [{ role: "user", content: "Name a colour" }];
+    const [text, audio, objects, masks, vectors, uploaded, stored, models] = await withClient(url, (r) =>
+      Promise.all([
+        r.textInference({ model: "minimax:m2.7@0", messages }),
+        r.audioInference({ model: "elevenlabs:1@1", positivePrompt: "rain on a roof", duration: 10, numberResults: 2 }),
+        r.threeDInference({ model: "microsoft:trellis-2@4b", inputs: { image } }),
+        r.imageMasking({ model: "runware:35@1", inputImage: image }),
+        r.vectorize({ model: "recraft:1@1", inputs: { image } }),
+        r.imageUpload({ image: "data:image/png;base64,iVBORw0KGgo=" }),
+        r.mediaStorage({ media: "data:audio/wav;base64,UklGRg==" }),
+        r.modelSearch({ search: "flux" }),
+      ]),
+    );
+    const one = (answer) => (Array.isArray(answer) ? answer[0] : answer);
+    assert.ok(one(text).text.startsWith("You asked: Name a colour"));
+    assert.equal(one(text).finishReason, "stop");
+    assert.equal(audio.length, 2);
+    assert.ok(audio.every((a) => a.audioURL.endsWith(".mp3")));
+    assert.ok(one(objects).outputs.files[0].url.endsWith(".glb"));
+    assert.ok(one(masks).maskImageURL);
+    assert.ok(one(vectors).imageURL.endsWith(".svg"));
+    assert.ok(one(uploaded).imageUUID);
+    assert.ok(one(stored).mediaUUID);
+    assert.ok(one(models).results.length > 0);
+    const details = await withClient(url, (r) => r.getTaskDetails({ taskUUID: one(text).taskUUID }));
+    assert.equal(one(details).request[0].taskType, "textInference");
+  });
 }
 
 test("upstream drops are invisible and nothing runs twice", async () => {

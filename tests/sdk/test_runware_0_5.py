@@ -176,3 +176,53 @@ def test_other_task_types_by_this_sdks_names(endpoint):
     assert caption.text.startswith("a photo")
     assert [s["status"] for s in steps] == ["validated", "downloaded", "optimized", "stored", "ready"]
     assert len(videos) == 1 and videos[0].videoURL.endswith(".mp4")
+
+
+def test_the_newest_task_types_by_this_sdks_names(endpoint):
+    """textInference (sync, and streamed over REST), audioInference,
+    inference3d (async by this SDK's default), imageVectorize, uploadImage,
+    modelSearch and getTaskDetails, as this SDK sends and reads them."""
+    import runware.utils
+    from runware import (
+        I3dInference, IAudioInference, IModelSearch, ITextInference, ITextInferenceMessage,
+        IVectorize,
+    )
+    from runware.types import IInputs
+
+    image = "b7db282d-2943-4f12-992f-77df3ad3ec71"
+    chat = [ITextInferenceMessage(role="user", content="Name a colour")]
+    # This SDK takes its streaming URL from a table of Runware's own URLs (an
+    # unknown WebSocket URL maps to Runware's production REST URL), so the
+    # local URL is added to that table: the only change besides the URL.
+    runware.utils._WS_TO_HTTP[endpoint] = endpoint.replace("ws://", "http://")
+
+    async def go():
+        r = await connected(endpoint)
+        text = await r.textInference(ITextInference(model="minimax:m2.7@0", messages=chat))
+        stream = await r.textInference(ITextInference(
+            model="minimax:m2.7@0", messages=chat, deliveryMethod="stream"))
+        pieces = [p async for p in stream]
+        audio = await r.audioInference(IAudioInference(
+            model="elevenlabs:1@1", positivePrompt="rain on a roof", duration=10, numberResults=2))
+        ack = await r.inference3d(I3dInference(model="microsoft:trellis-2@4b",
+                                               inputs={"image": image}))
+        await asyncio.to_thread(harness.server_items, endpoint, ack.taskUUID, 1, 30)
+        objects = await r.getResponse(taskUUID=ack.taskUUID, numberResults=1)
+        vectors = await r.imageVectorize(IVectorize(inputs=IInputs(image=image)))
+        uploaded = await r.uploadImage("data:image/png;base64,iVBORw0KGgo=")
+        models = await r.modelSearch(IModelSearch(search="flux"))
+        details = await r.getTaskDetails(text[0].taskUUID)
+        await r.disconnect()
+        return text, pieces, audio, objects, vectors, uploaded, models, details
+
+    text, pieces, audio, objects, vectors, uploaded, models, details = run(go())
+    assert len(text) == 1 and text[0].text.startswith("You asked: Name a colour")
+    chunks, finished = [p for p in pieces if isinstance(p, str)], pieces[-1]
+    assert len(chunks) > 5 and finished.text == "".join(chunks)
+    assert finished.finishReason == "stop"
+    assert len(audio) == 2 and all(a.audioURL.endswith(".mp3") for a in audio)
+    assert len(objects) == 1 and objects[0].outputs.files[0].url.endswith(".glb")
+    assert len(vectors) == 1 and vectors[0].imageURL.endswith(".svg")
+    assert uploaded.imageUUID
+    assert models.results
+    assert details.taskUUID == text[0].taskUUID

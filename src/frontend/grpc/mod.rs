@@ -7,9 +7,12 @@
 //! - `deadline`: the client's `grpc-timeout` and what a passed deadline says;
 //! - `stream`: one task driven into a response stream;
 //! - `session`: the `Session` and `BatchSession` streams;
+//! - `text`: `StreamText`; `details`: `Run` of a `getTaskDetails`, both
+//!   asked of Runware's REST endpoint;
 //! - `response`: results as typed messages, outcomes as statuses.
 
 mod deadline;
+mod details;
 mod request;
 mod response;
 mod session;
@@ -72,6 +75,8 @@ pub struct RunwareService {
     rest: self::text::Rest,
     /// Largest message taken or sent.
     max_message_bytes: usize,
+    /// Whether a task nobody here sent may be asked about.
+    follow_foreign_tasks: bool,
 }
 
 impl RunwareService {
@@ -90,6 +95,7 @@ impl RunwareService {
             simulated: config.simulate,
             rest,
             max_message_bytes: config.max_message_bytes,
+            follow_foreign_tasks: config.follow_foreign_tasks,
         }
     }
 
@@ -199,9 +205,14 @@ impl pb::runware_server::Runware for RunwareService {
     ) -> Result<Response<Self::RunStream>, Status> {
         let deadline = self.deadline(request.metadata());
         let conn = connection(&request)?;
+        let task = request::json_object("task_json", &request.get_ref().task_json)?;
+        if task.get("taskType").and_then(Value::as_str) == Some("getTaskDetails") {
+            return self.task_details_call(&conn, task, deadline).await;
+        }
+        let task = request::run_task_of(task, request.get_ref().expected_results)?;
         let handle = self
             .intake
-            .submit(&conn, run_task(request.get_ref())?, None, Some(deadline))
+            .submit(&conn, task, None, Some(deadline))
             .map_err(not_taken_status)?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(stream_task(handle, deadline, tx, run_result));

@@ -284,15 +284,22 @@ pub fn image_inference_task(r: &pb::ImageInferenceRequest) -> Result<Map<String,
 
 /// A `Run` request's task JSON, its taskUUID, and the results it waits for.
 pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
-    let task = json_object("task_json", &r.task_json)?;
-    if let Some(n) = r.expected_results {
+    run_task_of(json_object("task_json", &r.task_json)?, r.expected_results)
+}
+
+/// [`run_task`] of a `task_json` already read.
+pub(super) fn run_task_of(
+    task: Map<String, Value>,
+    expected_results: Option<u32>,
+) -> Result<ClientTask, Status> {
+    if let Some(n) = expected_results {
         if n == 0 || n > MAX_EXPECTED_RESULTS {
             return Err(Status::invalid_argument(format!(
                 "expected_results must be between 1 and {MAX_EXPECTED_RESULTS}, got {n}"
             )));
         }
     }
-    check_task(task, false, r.expected_results).map_err(|Refused { refusal: r, .. }| {
+    check_task(task, false, expected_results).map_err(|Refused { refusal: r, .. }| {
         Status::invalid_argument(format!("task_json.{} {}", r.parameter, r.detail))
     })
 }

@@ -224,12 +224,8 @@ impl RunwareEndpoint {
                 Some(&uuid),
             ));
         }
-        let owner = self.inner.intake.table().owner_of(&uuid);
-        let allowed = match owner {
-            Some(o) => o == principal,
-            None => self.inner.limits.follow_foreign_tasks,
-        };
-        if !allowed {
+        let table = self.inner.intake.table();
+        if !table.may_read(&uuid, principal, self.inner.limits.follow_foreign_tasks) {
             return Err(named(
                 Refusal::new("taskNotFound", "taskUUID", ": no task with this taskUUID"),
                 Some(&uuid),
@@ -271,23 +267,9 @@ impl RunwareEndpoint {
         body: Bytes,
         query: Option<&str>,
     ) -> Result<(StatusCode, Value), String> {
-        let upstream = self
-            .inner
-            .rest
-            .post(body, query, false)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = upstream.status();
-        let limited =
-            http_body_util::Limited::new(upstream.into_body(), self.inner.max_message_bytes);
-        let bytes = timeout_at(Instant::now() + self.inner.task_timeout, limited.collect())
-            .await
-            .map_err(|_| "Runware's answer did not come in time".to_owned())?
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let answer = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("Runware's answer is not JSON: {e}"))?;
-        Ok((status, answer))
+        let deadline = Instant::now() + self.inner.task_timeout;
+        let max = self.inner.max_message_bytes;
+        self.inner.rest.post_whole(body, query, max, deadline).await
     }
 }
 

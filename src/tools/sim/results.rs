@@ -196,6 +196,14 @@ pub fn result_item(
                         "category": "checkpoint",
                         "architecture": "flux1d",
                         "type": "base",
+                        "tags": ["simulated"],
+                        "heroImage": "",
+                        "private": false,
+                        "comment": "",
+                        "defaultWidth": 1024,
+                        "defaultHeight": 1024,
+                        "defaultSteps": 28,
+                        "defaultCFG": 3.5,
                     })
                 })
                 .collect();

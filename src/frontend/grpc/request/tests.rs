@@ -72,6 +72,23 @@ fn bad_client_json_names_the_parameter() {
     let e = image_inference_task(&keyed_extra).unwrap_err();
     assert!(e.message().contains("extra.apiKey"), "{}", e.message());
 
+    // A getTaskDetails names another task: Run asks Runware's REST
+    // endpoint for it; through the table (a Session) it is refused.
+    let details = pb::RunRequest {
+        task_json: format!(
+            r#"{{"taskType":"getTaskDetails","taskUUID":"{}"}}"#,
+            uuid::Uuid::new_v4()
+        ),
+        expected_results: None,
+    };
+    let e = run_task(&details).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("task_json.taskType"),
+        "{}",
+        e.message()
+    );
+
     // Bounded before parsing: many small values (which parse to many
     // times their text), and deep nesting.
     let flood = format!(
