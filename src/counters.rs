@@ -37,6 +37,8 @@ pub enum Counter {
     SessionsRefused,
     /// TCP connections closed for making no call with the token in time.
     AuthTimeouts,
+    /// Tasks never sent because their deadline passed first.
+    ExpiredUnsent,
 }
 
 /// A counter's names and meaning.
@@ -50,7 +52,7 @@ pub struct CounterInfo {
     pub help: &'static str,
 }
 
-const COUNT: usize = 14;
+const COUNT: usize = 15;
 
 impl Counter {
     /// Every counter, in the order they are shown.
@@ -69,6 +71,7 @@ impl Counter {
         Counter::StalledClients,
         Counter::SessionsRefused,
         Counter::AuthTimeouts,
+        Counter::ExpiredUnsent,
     ];
 
     /// Its metric name and help text.
@@ -143,6 +146,11 @@ impl Counter {
                 "auth_timeouts",
                 "runwared_auth_timeouts",
                 "TCP connections closed for making no call with the token within 10 s (where one is required)",
+            ),
+            Counter::ExpiredUnsent => (
+                "expired_unsent",
+                "runwared_tasks_expired_unsent",
+                "Tasks never sent to Runware because their deadline passed first",
             ),
         };
         CounterInfo { name, metric, help }

@@ -292,6 +292,7 @@ impl Model {
                 label: "other",
                 owner: Principal::Tcp,
                 local_session: None,
+                deadline: None,
             };
             handles.push(
                 table

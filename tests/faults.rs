@@ -121,6 +121,54 @@ async fn a_stalled_socket_is_replaced_after_the_pong_timeout() {
     assert!(h.daemon.status.borrow().reconnects >= 1);
 }
 
+/// A task whose deadline passes while the socket is down is never sent:
+/// its client got its timeout, and sent later it would run, and be
+/// charged, for nobody.
+#[tokio::test(start_paused = true)]
+async fn a_task_whose_deadline_passed_unsent_is_never_sent() {
+    let h = start(SimConfig::default(), |c| {
+        c.ping_interval = Duration::from_secs(5);
+        c.pong_timeout = Duration::from_secs(2);
+    })
+    .await;
+    h.ready().await;
+    h.sim.set_stall(true);
+    wait_status(&h.daemon, |s| s.state != ConnectionState::Ready).await;
+    let late = h
+        .client
+        .clone()
+        .prompt_enhance(with_timeout(
+            pb::PromptEnhanceRequest {
+                prompt: "too late".into(),
+                ..Default::default()
+            },
+            Duration::from_secs(3),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(late.code(), Code::DeadlineExceeded | Code::Unavailable),
+        "{late:?}"
+    );
+    h.sim.set_stall(false);
+    h.ready().await;
+    // Sent after the socket came back, so after what waited for it.
+    let on_time = h
+        .client
+        .clone()
+        .prompt_enhance(pb::PromptEnhanceRequest {
+            prompt: "on time".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.sim.executions(&on_time.task_uuid), 1);
+    let mut c = h.client.clone();
+    assert_eq!(status_counter(&mut c, "expired_unsent").await, Some(1));
+    assert_eq!(h.stats().executions, 1, "only the task on time ran");
+}
+
 #[tokio::test(start_paused = true)]
 async fn pings_keep_an_idle_socket_open() {
     let h = start(SimConfig::default(), |c| {

@@ -128,6 +128,7 @@ impl TaskTable {
                     local_session: task.local_session,
                     awaits_resume: false,
                     started: Instant::now(),
+                    deadline: task.deadline,
                     expected: task.expected,
                     asynchronous: task.asynchronous,
                     delivery: Delivery::new(task.asynchronous, self.timing()),

@@ -66,6 +66,7 @@ impl TaskTable {
                 awaits_resume: s.local_session.is_some(),
                 local_session: s.local_session.map(Into::into),
                 started: now,
+                deadline: None,
                 expected: s.expected,
                 asynchronous: s.asynchronous,
                 delivery: Delivery::restored(s.asynchronous, s.sent, self.timing(), now),

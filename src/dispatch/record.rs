@@ -21,6 +21,8 @@ pub struct PreparedTask {
     /// The local session (of Runware's protocol) it was sent in, if any:
     /// a client resuming that session after a restart gets its results.
     pub local_session: Option<Arc<str>>,
+    /// Its client's deadline: past it, a task never sent is not sent.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ pub(super) struct Task {
     pub(super) awaits_resume: bool,
     /// When it was accepted: its latency counts from here.
     pub(super) started: Instant,
+    /// Its client's deadline ([`PreparedTask::deadline`]).
+    pub(super) deadline: Option<Instant>,
     /// Results that complete it (`numberResults`, `promptVersions`, ...).
     pub(super) expected: u32,
     /// Sent with `deliveryMethod: "async"`: its results are polled.

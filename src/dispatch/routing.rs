@@ -14,6 +14,21 @@ impl TaskTable {
         if !task.in_flight() {
             return false;
         }
+        let now = Instant::now();
+        if task.delivery.sends() == 0 && task.deadline.is_some_and(|d| d <= now) {
+            // Nobody waits for it any more: sent now, it would run (and be
+            // charged) for no one.
+            let failure = TaskFailure {
+                kind: FailureKind::Runware(ErrorClass::Timeout),
+                message:
+                    "the deadline passed before the task could be sent; nothing was sent to Runware"
+                        .into(),
+                runware: None,
+            };
+            self.counters.add(Counter::ExpiredUnsent);
+            self.finish(&mut task, Outcome::Failed(Box::new(failure)), now);
+            return false;
+        }
         let connection = self.connection.load(Ordering::Acquire);
         if self.step(&mut task, Event::Send { connection }, Instant::now()) != Action::Transmit {
             return false;

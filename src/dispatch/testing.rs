@@ -21,6 +21,7 @@ pub fn task(expected: u32) -> PreparedTask {
         label: "promptEnhance",
         owner: Principal::Tcp,
         local_session: None,
+        deadline: None,
     }
 }
 

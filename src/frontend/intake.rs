@@ -348,6 +348,7 @@ pub fn prepare(
         label,
         owner,
         local_session: None,
+        deadline: None,
     }
 }
 
@@ -449,7 +450,9 @@ impl Intake {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(NotTaken::Late);
         }
-        Ok(prepare(task, raw, &self.async_task_types, from.principal))
+        let mut prepared = prepare(task, raw, &self.async_task_types, from.principal);
+        prepared.deadline = deadline;
+        Ok(prepared)
     }
 }
 
