@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
                 label: "promptEnhance",
                 owner: Principal::Tcp,
                 local_session: None,
+                deadline: None,
             },
             &ClientConnection::default(),
         )
