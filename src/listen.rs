@@ -19,8 +19,9 @@ use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::config::Tenants;
 use crate::counters::{Counter, Counters};
-use crate::dispatch::{ClientConnection, Principal};
+use crate::dispatch::{ClientConnection, Principal, TenantId};
 
 /// Streams one client connection may have open at once (HTTP/2
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`; unlimited otherwise). A `Session`
@@ -64,6 +65,8 @@ pub struct Connections {
     /// Turns true when the listeners stop accepting (the sockets may live
     /// on in another process, which accepts what waits in their queues).
     stop_accepting: watch::Sender<bool>,
+    /// Which tenant a Unix socket client belongs to.
+    tenants: Arc<Tenants>,
 }
 
 impl Connections {
@@ -82,7 +85,14 @@ impl Connections {
             tcp_share,
             counts,
             stop_accepting: watch::Sender::new(false),
+            tenants: Arc::default(),
         }
+    }
+
+    /// The same bound, its Unix socket clients sorted into `tenants`.
+    pub fn with_tenants(mut self, tenants: Tenants) -> Self {
+        self.tenants = Arc::new(tenants);
+        self
     }
 
     /// Every listener stops accepting: what arrives from now on waits in
@@ -150,7 +160,7 @@ pub fn incoming<S, F, Fut>(
 where
     S: Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = io::Result<(S, Principal)>> + Send,
+    Fut: Future<Output = io::Result<(S, Principal, TenantId)>> + Send,
 {
     let (tx, rx) = mpsc::channel(16);
     let mut stop = connections.stopped_accepting();
@@ -163,7 +173,7 @@ where
                 _ = stop.wait_for(|s| *s) => return,
             };
             match accepted {
-                Ok((io, who)) => {
+                Ok((io, who, tenant)) => {
                     pause = ACCEPT_PAUSE_MIN;
                     let slot = take_slots(&connections, door.as_ref());
                     let Some(slot) = slot else {
@@ -179,7 +189,7 @@ where
                     };
                     let auth_window = door.as_ref().and_then(|d| d.auth_window);
                     let counts = Arc::clone(&connections.counts);
-                    let conn = ClientConn::new(io, who, slot, counts, auth_window);
+                    let conn = ClientConn::new(io, who, tenant, slot, counts, auth_window);
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
@@ -229,7 +239,8 @@ pub fn tcp(
             async move {
                 let (s, _) = listener.accept().await?;
                 let _ = s.set_nodelay(true);
-                Ok((s, Principal::Tcp))
+                // Every TCP client is the default tenant's.
+                Ok((s, Principal::Tcp, 0))
             }
         },
         connections,
@@ -243,13 +254,14 @@ pub fn unix(
     connections: Arc<Connections>,
 ) -> ReceiverStream<io::Result<ClientConn<UnixStream>>> {
     let listener = Arc::new(listener);
+    let tenants = Arc::clone(&connections.tenants);
     incoming(
         move || {
-            let listener = Arc::clone(&listener);
+            let (listener, tenants) = (Arc::clone(&listener), Arc::clone(&tenants));
             async move {
                 let (s, _) = listener.accept().await?;
-                let who = unix_principal(&s);
-                Ok((s, who))
+                let (who, tenant) = unix_principal(&s, &tenants);
+                Ok((s, who, tenant))
             }
         },
         connections,
@@ -257,14 +269,18 @@ pub fn unix(
     )
 }
 
-/// A Unix socket client is its user: the kernel says which
-/// (`SO_PEERCRED`). Without an answer, it is nobody anyone else is.
-fn unix_principal(stream: &UnixStream) -> Principal {
+/// A Unix socket client is its user, and its tenant by its user or group:
+/// the kernel says which (`SO_PEERCRED`). Without an answer, it is nobody
+/// anyone else is, of the default tenant.
+fn unix_principal(stream: &UnixStream, tenants: &Tenants) -> (Principal, TenantId) {
     match stream.peer_cred() {
-        Ok(cred) => Principal::Uid(cred.uid()),
+        Ok(cred) => (
+            Principal::Uid(cred.uid()),
+            tenants.of_unix(cred.uid(), cred.gid()),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a Unix client's credentials");
-            Principal::Uid(u32::MAX)
+            (Principal::Uid(u32::MAX), 0)
         }
     }
 }
@@ -290,13 +306,14 @@ impl<S> ClientConn<S> {
     fn new(
         io: S,
         principal: Principal,
+        tenant: TenantId,
         slots: Slots,
         counts: Arc<Counters>,
         auth_window: Option<Duration>,
     ) -> Self {
         ClientConn {
             io,
-            client: ClientConnection::new(principal),
+            client: ClientConnection::new(principal).of_tenant(tenant),
             _slots: slots,
             handshake: Some((Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)), 0)),
             auth_deadline: auth_window.map(|w| Box::pin(tokio::time::sleep(w))),

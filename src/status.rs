@@ -18,6 +18,10 @@ pub struct StatusSnapshot {
     pub known_tasks: u64,
     /// Tasks whose results are polled with getResponse.
     pub polling: u64,
+    /// Tasks queued locally, waiting for a slot in the window upstream.
+    pub queued_locally: u64,
+    /// The window: tasks upstream at once.
+    pub window: u64,
     /// Bytes the kept results of ended tasks hold.
     pub retained_bytes: u64,
     /// Everything counted in `max_memory_bytes`.
@@ -51,6 +55,8 @@ impl StatusSnapshot {
             in_flight: table.in_flight() as u64,
             known_tasks: table.known() as u64,
             polling: table.polling() as u64,
+            queued_locally: table.queued_locally() as u64,
+            window: table.window() as u64,
             retained_bytes: table.retained_bytes() as u64,
             held_bytes: table.held_bytes() as u64,
             client_buffer_bytes: table.door_bytes().get() as u64,
@@ -120,6 +126,16 @@ impl StatusSnapshot {
                 self.polling,
             ),
             gauge(
+                "runwared_tasks_queued_locally",
+                "Tasks held by the daemon until the window upstream has room",
+                self.queued_locally,
+            ),
+            gauge(
+                "runwared_upstream_window",
+                "Tasks upstream at once before the daemon holds new ones (adaptive unless upstream_window sets it)",
+                self.window,
+            ),
+            gauge(
                 "runwared_results_retained_bytes",
                 "Bytes the kept results of ended tasks hold (max_retained_bytes bounds them)",
                 self.retained_bytes,
@@ -173,6 +189,8 @@ impl StatusSnapshot {
             retained_bytes: self.retained_bytes,
             held_bytes: self.held_bytes,
             client_buffer_bytes: self.client_buffer_bytes,
+            queued_locally: self.queued_locally,
+            window: self.window,
             // The fields from before the list, kept for existing clients.
             late_results_dropped: self.counter(Counter::LateResultsDropped),
             bad_frames: self.counter(Counter::BadFrames),

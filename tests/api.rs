@@ -157,6 +157,7 @@ async fn session_interleaves_many_tasks_on_one_stream() {
                 task: Some(pb::RunRequest {
                     task_json: task.to_string(),
                     expected_results: None,
+                    priority: None,
                 }),
                 timeout: None,
             })),
@@ -171,6 +172,7 @@ async fn session_interleaves_many_tasks_on_one_stream() {
             task: Some(pb::RunRequest {
                 task_json: "[1]".into(),
                 expected_results: None,
+                priority: None,
             }),
             timeout: None,
         })),
@@ -344,6 +346,7 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
         .run(pb::RunRequest {
             task_json: twice.into(),
             expected_results: None,
+            priority: None,
         })
         .await
         .unwrap_err();
@@ -362,6 +365,7 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
         .run(pb::RunRequest {
             task_json: task.to_string(),
             expected_results: None,
+            priority: None,
         })
         .await
         .unwrap()
@@ -570,6 +574,7 @@ async fn submit_enhance(
             task: Some(pb::RunRequest {
                 task_json: task.to_string(),
                 expected_results: None,
+                priority: None,
             }),
             timeout,
         })),
@@ -762,6 +767,7 @@ fn submit(request_id: &str, task: Value) -> pb::SessionSubmit {
         task: Some(pb::RunRequest {
             task_json: task.to_string(),
             expected_results: None,
+            priority: None,
         }),
         timeout: None,
     }
@@ -965,6 +971,7 @@ async fn a_model_upload_with_a_stated_count_ends_at_ready() {
         .run(pb::RunRequest {
             task_json: task.to_string(),
             expected_results: Some(5),
+            priority: None,
         })
         .await
         .unwrap()

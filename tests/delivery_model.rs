@@ -293,6 +293,8 @@ impl Model {
                 owner: Principal::Tcp,
                 local_session: None,
                 deadline: None,
+                priority: Default::default(),
+                kind: 0,
             };
             handles.push(
                 table

@@ -339,6 +339,7 @@ async fn a_cancelled_task_is_released_and_its_late_results_go_nowhere() {
             task: Some(pb::RunRequest {
                 task_json: task.to_string(),
                 expected_results: None,
+                priority: None,
             }),
             timeout: None,
         })),

@@ -538,6 +538,7 @@ async fn task_details_through_run_are_the_askers_own() {
     let details = pb::RunRequest {
         task_json: json!({"taskType": "getTaskDetails", "taskUUID": theirs}).to_string(),
         expected_results: None,
+        priority: None,
     };
     let refused = h.client.clone().run(details.clone()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
@@ -581,6 +582,7 @@ async fn deep_nesting_is_refused_at_every_door_before_anything_is_queued() {
         .run(pb::RunRequest {
             task_json: task[1..task.len() - 1].to_owned(),
             expected_results: None,
+            priority: None,
         })
         .await;
     assert_eq!(run.unwrap_err().code(), tonic::Code::InvalidArgument);

@@ -83,6 +83,7 @@ async fn submit_at_once(h: &Harness, conn: &mut Connection, tasks: &[Value]) -> 
                         .run(runwared::pb::RunRequest {
                             task_json,
                             expected_results: None,
+                            priority: None,
                         })
                         .await
                         .map(|_| ())
@@ -259,6 +260,7 @@ async fn a_message_past_max_message_bytes_is_refused_naming_it_on_every_door() {
         .run(runwared::pb::RunRequest {
             task_json: big.to_string(),
             expected_results: None,
+            priority: None,
         })
         .await
         .unwrap_err();

@@ -360,6 +360,7 @@ async fn a_task_too_large_for_one_message_is_refused() {
         .run(pb::RunRequest {
             task_json: big.to_string(),
             expected_results: None,
+            priority: None,
         })
         .await
         .unwrap_err();

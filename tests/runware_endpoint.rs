@@ -652,6 +652,7 @@ async fn a_partly_done_task_answers_with_its_results_and_processing() {
         .run(runwared::pb::RunRequest {
             task_json: task.to_string(),
             expected_results: None,
+            priority: None,
         })
         .await
         .unwrap()

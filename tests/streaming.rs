@@ -171,6 +171,7 @@ async fn only_rest_streams() {
         .run(runwared::pb::RunRequest {
             task_json: text_task(&uuid()).to_string(),
             expected_results: None,
+            priority: None,
         })
         .await
         .unwrap_err();
@@ -349,6 +350,7 @@ async fn a_stream_counts_within_the_limits_of_tasks() {
         .run(runwared::pb::RunRequest {
             task_json: json!({"taskType": "promptEnhance", "prompt": "a cat"}).to_string(),
             expected_results: None,
+            priority: None,
         })
         .await
         .unwrap_err();

@@ -28,6 +28,7 @@ async fn run(
         .run(pb::RunRequest {
             task_json: task.to_string(),
             expected_results: None,
+            priority: None,
         })
         .await?
         .into_inner();

@@ -38,6 +38,8 @@ fuzz_target!(|data: &[u8]| {
                 owner: Principal::Tcp,
                 local_session: None,
                 deadline: None,
+                priority: Default::default(),
+                kind: 0,
             },
             &ClientConnection::default(),
         )

@@ -228,6 +228,7 @@ pub(super) async fn run_task(a: RunArgs) -> CliResult {
     let req = pb::RunRequest {
         task_json: text,
         expected_results: a.results,
+        priority: None,
     };
     let mut stream = c
         .run(request(&a.client, req)?)
@@ -276,6 +277,7 @@ pub(super) async fn status(a: ClientArgs) -> CliResult {
                 "resumes": s.resumes, "inFlight": s.in_flight, "lastError": s.last_error,
                 "upstreamURL": s.upstream_url, "simulated": s.simulated,
                 "knownTasks": s.known_tasks, "draining": s.draining,
+                "queuedLocally": s.queued_locally, "window": s.window,
                 "counters": counters,
             })
         );
@@ -293,6 +295,10 @@ pub(super) async fn status(a: ClientArgs) -> CliResult {
         println!(
             "in flight:       {} ({} kept for Attach)",
             s.in_flight, s.known_tasks
+        );
+        println!(
+            "queued locally:  {} (window {})",
+            s.queued_locally, s.window
         );
         if s.draining {
             println!("draining:        yes (stopping)");

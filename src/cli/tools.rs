@@ -93,6 +93,10 @@ pub(super) struct SimArgs {
     /// Time to a videoInference task's result.
     #[arg(long, default_value = "5s")]
     pub(super) video_latency: String,
+    /// The account's workers: at most this many tasks run at once, the
+    /// rest wait in arrival order (default: every task at once).
+    #[arg(long, value_name = "N")]
+    pub(super) workers: Option<usize>,
     /// Send a frame about no task before each authentication answer, as
     /// servers sometimes do.
     #[arg(long)]
@@ -247,6 +251,7 @@ pub(super) async fn sim(args: SimArgs) -> CliResult {
         video_latency: duration(&args.video_latency)?,
         frame_before_auth: args.frame_before_auth,
         image_bytes: args.image_bytes,
+        workers: args.workers,
         ..SimConfig::default()
     };
     if let Some(path) = &args.api_key_file {

@@ -18,6 +18,7 @@ use crate::dispatch::Limits;
 
 mod resolved;
 mod secrets;
+mod tenants;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -26,6 +27,7 @@ pub use self::resolved::{Config, Environment};
 #[cfg(test)]
 use self::secrets::read_key_file;
 pub use self::secrets::{ApiKey, ApiKeySource, BearerToken, read_token_file};
+pub use self::tenants::{MAX_WEIGHT, TenantSettings, Tenants, group_id};
 use self::values::duration_text;
 pub use self::values::{
     DurationError, Endpoint, EndpointError, Switch, SwitchError, SwitchValue, parse_duration,
@@ -201,6 +203,24 @@ pub struct Settings {
     /// Most tasks in flight at once, across all clients.
     #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT", value_name = "N", default_value_t = Limits::default().max_in_flight)]
     pub max_in_flight: usize,
+    /// Tasks upstream at once, past which tasks are queued locally and
+    /// released fairly across tenants: a number, `auto` (adaptive), or
+    /// `none` (every task goes at once).
+    #[arg(
+        long,
+        env = "RUNWARED_UPSTREAM_WINDOW",
+        value_name = "N|auto|none",
+        default_value = "none"
+    )]
+    pub upstream_window: String,
+    /// The default tenant's weight (clients that match no `[[tenants]]`).
+    #[arg(
+        long,
+        env = "RUNWARED_DEFAULT_TENANT_WEIGHT",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    pub default_tenant_weight: u32,
     /// Most tasks one client connection may wait on at once.
     #[arg(long, env = "RUNWARED_MAX_IN_FLIGHT_PER_CONNECTION", value_name = "N", default_value_t = Limits::default().max_in_flight_per_connection)]
     pub max_in_flight_per_connection: usize,
@@ -314,6 +334,26 @@ pub struct Settings {
     #[arg(skip = String::from(DEFAULT_LOG_FORMAT))]
     #[serde(default = "default_log_format", deserialize_with = "log_format")]
     pub log_format: String,
+    /// The tenants, as `[[tenants]]` tables (the TOML file only: they are
+    /// a structure, not a flag).
+    #[arg(skip)]
+    #[serde(default)]
+    pub tenants: Vec<TenantSettings>,
+}
+
+/// The window `upstream_window` asks for.
+pub fn window_size(text: &str) -> Result<crate::dispatch::WindowSetting, String> {
+    use crate::dispatch::WindowSetting;
+    match text.trim() {
+        t if t.eq_ignore_ascii_case("none") => Ok(WindowSetting::Unbounded),
+        t if t.eq_ignore_ascii_case("auto") => Ok(WindowSetting::Auto),
+        t => match t.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!(
+                "{text:?} must be a number of tasks (at least 1), \"auto\" or \"none\""
+            )),
+            Ok(n) => Ok(WindowSetting::Fixed(n)),
+        },
+    }
 }
 
 /// The log filter when none is given.

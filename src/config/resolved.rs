@@ -62,6 +62,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The tenants declared, resolved (they were checked when the
+    /// configuration was read; a table changed since that breaks a rule
+    /// leaves only the default tenant).
+    pub fn tenants(&self) -> Tenants {
+        Tenants::resolve(&self.tenants, self.default_tenant_weight).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the tenants cannot be used; every client is the default tenant's");
+            Tenants::default()
+        })
+    }
+
     /// The effective settings, one per line, for `runwared check-config`:
     /// every declared setting, then what the environment added. Secrets
     /// show only where they come from.
@@ -268,6 +278,9 @@ impl Config {
         if settings.backoff_min > settings.backoff_max {
             return Err(invalid("backoff_min", "is above backoff_max".to_owned()));
         }
+        super::window_size(&settings.upstream_window).map_err(|e| invalid("upstream_window", e))?;
+        Tenants::resolve(&settings.tenants, settings.default_tenant_weight)
+            .map_err(|e| invalid("tenants", e))?;
         let state_dir = match &settings.state_dir {
             Some(switch) => switch.on(),
             None => env.state_directory.clone(),

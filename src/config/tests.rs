@@ -395,3 +395,33 @@ fn zero_waits_are_refused_naming_the_setting() {
         );
     }
 }
+
+#[test]
+fn the_window_is_a_number_auto_or_none_and_nothing_else() {
+    use crate::dispatch::WindowSetting;
+    assert_eq!(window_size("none"), Ok(WindowSetting::Unbounded));
+    assert_eq!(window_size(" Auto "), Ok(WindowSetting::Auto));
+    assert_eq!(window_size("16"), Ok(WindowSetting::Fixed(16)));
+    assert!(window_size("0").unwrap_err().contains("at least 1"));
+    assert!(window_size("lots").is_err());
+    assert_eq!(Settings::default().upstream_window, "none");
+}
+
+#[test]
+fn tenants_come_from_the_file_and_a_broken_one_is_refused() {
+    let file = r#"
+        default_tenant_weight = 2
+        [[tenants]]
+        name = "web"
+        weight = 4
+        uids = [1001]
+    "#;
+    let c = resolve(&["--simulate"], Some(file), &Environment::default()).unwrap();
+    let tenants = c.tenants();
+    assert_eq!(tenants.names(), ["default", "web"]);
+    assert_eq!(tenants.weights(), [2, 4]);
+    assert_eq!(tenants.of_unix(1001, 0), 1);
+    let twice = "[[tenants]]\nname = \"a\"\nuids = [1]\n[[tenants]]\nname = \"b\"\nuids = [1]\n";
+    let err = resolve(&["--simulate"], Some(twice), &Environment::default()).unwrap_err();
+    assert!(err.to_string().contains("tenants"), "{err}");
+}

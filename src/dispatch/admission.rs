@@ -147,8 +147,7 @@ impl TaskTable {
         }
         self.unsent.fetch_add(1, Ordering::AcqRel);
         self.payload_bytes.fetch_add(need, Ordering::AcqRel);
-        // The receiver lives as long as the upstream task.
-        let _ = self.queue.send(task.uuid);
+        self.queue_locally(task.uuid, conn.tenant, task.priority, task.kind);
         Ok(conn_guard)
     }
 
@@ -232,6 +231,7 @@ impl TaskTable {
 
     pub(super) fn forget(&self, task: &Task) {
         if task.in_flight() {
+            self.left_queue(task.uuid, fair::Ending::Other);
             self.count_outcome(task.label, "released");
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.payload_bytes

@@ -33,6 +33,7 @@ impl TaskTable {
         if let Outcome::Failed(f) = &outcome {
             task.notify(&TaskEvent::Failed(f.clone()));
         }
+        self.left_queue(task.uuid, window::ending_of(&outcome, task));
         task.outcome = Some(outcome);
         task.watchers.clear();
         self.went_idle(task, now);

@@ -43,6 +43,42 @@ pub struct Limits {
     pub poll_min: Duration,
     /// The longest interval.
     pub poll_max: Duration,
+    /// Tasks upstream at once ([`WindowSetting`]). Past it, tasks are held
+    /// locally and released fairly across tenants.
+    pub upstream_window: WindowSetting,
+    /// Each tenant's weight in the fair queue, by [`super::fair::TenantId`]
+    /// (the default tenant first).
+    pub tenant_weights: Vec<u32>,
+}
+
+/// Where the adaptive window starts, and the least it shrinks to.
+pub const WINDOW_START: usize = 64;
+/// The least the adaptive window shrinks to.
+pub const WINDOW_MIN: usize = 4;
+
+impl Limits {
+    /// The window these limits ask for.
+    pub fn window(&self) -> super::fair::Window {
+        match self.upstream_window {
+            WindowSetting::Unbounded => super::fair::Window::fixed(self.max_in_flight),
+            WindowSetting::Fixed(size) => super::fair::Window::fixed(size),
+            WindowSetting::Auto => {
+                super::fair::Window::adaptive(WINDOW_START, WINDOW_MIN, self.max_in_flight)
+            }
+        }
+    }
+}
+
+/// How many tasks may be upstream at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WindowSetting {
+    /// Every task goes at once (up to `max_in_flight`): nothing is held.
+    #[default]
+    Unbounded,
+    /// The adaptive window ([`super::fair::Window::adaptive`]).
+    Auto,
+    /// This many.
+    Fixed(usize),
 }
 
 impl Default for Limits {
@@ -57,6 +93,8 @@ impl Default for Limits {
             max_task_bytes: 64 << 20,
             poll_min: Duration::from_millis(500),
             poll_max: Duration::from_secs(1),
+            upstream_window: WindowSetting::Unbounded,
+            tenant_weights: vec![1],
         }
     }
 }

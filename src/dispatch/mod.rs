@@ -8,6 +8,8 @@
 //!   against;
 //! - `admission`: the limits a task passes to enter (and attach, cancel);
 //! - `record`: the task as kept, and its stored results;
+//! - [`fair`]: tasks held locally until the window upstream has room,
+//!   released fairly across tenants (`window`: the table's side of it);
 //! - `watch`: where its events go, and the guards that tell the table when a
 //!   client stops watching;
 //! - `routing`: what goes upstream next, and each upstream item to its task,
@@ -49,6 +51,7 @@ mod arrival;
 mod budget;
 mod completion;
 mod events;
+pub mod fair;
 mod journal;
 pub mod lifecycle;
 mod limits;
@@ -66,6 +69,7 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 mod watch;
+mod window;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -81,11 +85,12 @@ use tokio::time::Instant;
 use self::arrival::{ArrivingResult, ErrorVerdict, ResultVerdict, judge_error, judge_result};
 pub use self::budget::{DoorBytes, Held};
 pub use self::events::{FailureKind, SubmitError, TaskEvent, TaskFailure};
+pub use self::fair::{Priority, TenantId};
 pub use self::journal::{SavedOwner, SavedTask, StateChange};
 use self::lifecycle::{Action, Delivery, Event, Matching, PollTiming};
 pub use self::limits::{
     DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_RETAINED_BYTES, EXPECTED_FROM_ANSWERS, Limits,
-    MAX_EXPECTED_RESULTS,
+    MAX_EXPECTED_RESULTS, WindowSetting,
 };
 use self::metrics::{TaskLabels, TaskMetrics, task_type_label};
 pub use self::owners::REMEMBERED_OWNERS;
@@ -97,6 +102,7 @@ pub use self::record::{PreparedTask, SLICE_MIN_BYTES};
 pub use self::streams::StreamSlot;
 pub use self::watch::{Empty, Events, TaggedSender, TaskHandle, Watch};
 use self::watch::{Recipient, WatchGuard, events};
+pub use self::window::kind_of;
 use crate::counters::{Counter, Counters};
 use bytestring::ByteString;
 
@@ -155,8 +161,11 @@ pub struct TaskTable {
     journaling: AtomicBool,
     /// What the table may hold; a request past one is refused naming it.
     limits: Limits,
-    /// Wakes the upstream writer: taskUUIDs to send.
+    /// Wakes the upstream writer: taskUUIDs to send, as the fair queue
+    /// releases them.
     queue: mpsc::UnboundedSender<TaskUuid>,
+    /// Tasks held locally until the window upstream has room ([`fair`]).
+    fair: std::sync::Mutex<fair::FairQueue>,
     /// Whether tasks go out now: set by the connection supervisor.
     gate: std::sync::RwLock<Gate>,
     /// What the table counts, shared with the listeners.
@@ -189,6 +198,10 @@ impl TaskTable {
             idle: std::sync::Mutex::default(),
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),
+            fair: std::sync::Mutex::new(fair::FairQueue::new(
+                &limits.tenant_weights,
+                limits.window(),
+            )),
             limits,
             queue,
             gate: std::sync::RwLock::default(),

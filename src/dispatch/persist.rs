@@ -86,13 +86,16 @@ impl TaskTable {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             self.payload_bytes
                 .fetch_add(task.payload.len(), Ordering::AcqRel);
+            let kind = kind_of(task.label, None);
+            v.insert(Box::new(task));
             if s.sent {
                 self.polling.fetch_add(1, Ordering::AcqRel);
+                self.adopt(uuid, kind);
             } else {
                 self.unsent.fetch_add(1, Ordering::AcqRel);
-                let _ = self.queue.send(uuid);
+                // Its tenant is not known any more: the default one's.
+                self.queue_locally(uuid, 0, Priority::Interactive, kind);
             }
-            v.insert(Box::new(task));
             restored += 1;
         }
         restored

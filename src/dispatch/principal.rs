@@ -26,6 +26,10 @@ pub struct ClientConnection {
     authenticated: Arc<std::sync::atomic::AtomicBool>,
     /// Who it is.
     pub principal: Principal,
+    /// The tenant it belongs to: whose share of the window its tasks take.
+    pub tenant: super::TenantId,
+    /// The lane of its tasks that name none.
+    pub priority: super::Priority,
 }
 
 impl ClientConnection {
@@ -36,7 +40,15 @@ impl ClientConnection {
             open_streams: Arc::default(),
             authenticated: Arc::default(),
             principal,
+            tenant: 0,
+            priority: super::Priority::default(),
         }
+    }
+
+    /// The same connection, of `tenant`.
+    pub fn of_tenant(mut self, tenant: super::TenantId) -> Self {
+        self.tenant = tenant;
+        self
     }
 
     pub(super) fn reserve(&self, limit: usize) -> Result<ConnectionGuard, SubmitError> {

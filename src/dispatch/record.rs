@@ -23,6 +23,10 @@ pub struct PreparedTask {
     pub local_session: Option<Arc<str>>,
     /// Its client's deadline: past it, a task never sent is not sent.
     pub deadline: Option<Instant>,
+    /// Its lane in its tenant's share of the window.
+    pub priority: super::Priority,
+    /// Its kind of work (type and model), for the window ([`super::kind_of`]).
+    pub kind: super::fair::Kind,
 }
 
 #[derive(Debug, Clone)]

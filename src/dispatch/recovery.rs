@@ -26,7 +26,8 @@ impl TaskTable {
         for mut entry in self.tasks.iter_mut() {
             let uuid = *entry.key();
             let task = entry.value_mut();
-            if !task.in_flight() {
+            // A task held locally waits for its slot, not for a socket.
+            if !task.in_flight() || self.is_queued_locally(&uuid) {
                 continue;
             }
             match self.step(

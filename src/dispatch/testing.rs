@@ -22,6 +22,8 @@ pub fn task(expected: u32) -> PreparedTask {
         owner: Principal::Tcp,
         local_session: None,
         deadline: None,
+        priority: Default::default(),
+        kind: 0,
     }
 }
 

@@ -153,14 +153,31 @@ impl TaskTable {
     /// A watch ended: `watch` names a tagged one; a task's own channels
     /// are known gone by their closed receivers.
     pub(super) fn unwatched(&self, uuid: &TaskUuid, watch: Option<u64>) {
+        let mut never_sent = false;
         if let Some(mut task) = self.tasks.get_mut(uuid) {
             task.watchers.retain(|w| !w.is_gone(watch));
             if task.watchers.is_empty() && task.idle_since.is_none() {
                 self.went_idle(&mut task, Instant::now());
                 if task.in_flight() {
                     self.counters.add(Counter::Abandoned);
-                    tracing::debug!(task = %uuid, "client went away; results are kept for Attach");
+                    never_sent = self.is_queued_locally(uuid);
+                    if !never_sent {
+                        tracing::debug!(task = %uuid, "client went away; results are kept for Attach");
+                    }
                 }
+            }
+        }
+        if never_sent {
+            // Held locally and nobody waits for it any more (its client
+            // left, or its deadline passed): it never goes, so it is never
+            // paid for. Checked again under the entry's lock: the queue may
+            // have released it meanwhile, and a task sent runs on.
+            let gone = self.tasks.remove_if(uuid, |_, t| {
+                t.watchers.is_empty() && t.in_flight() && self.is_queued_locally(uuid)
+            });
+            if let Some((_, task)) = gone {
+                tracing::debug!(task = %uuid, "client went away before the task was sent; it is not sent");
+                self.forget(&task);
             }
         }
     }

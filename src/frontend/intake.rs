@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use super::refusal::{Refusal, refusal_of_submit};
 use crate::dispatch::{
-    ClientConnection, MAX_EXPECTED_RESULTS, PreparedTask, Principal, SubmitError, TaggedSender,
-    TaskHandle, TaskTable, Watch,
+    ClientConnection, MAX_EXPECTED_RESULTS, PreparedTask, Principal, Priority, SubmitError,
+    TaggedSender, TaskHandle, TaskTable, Watch,
 };
 use crate::protocol::{self, Field, TaskFields, TaskObject, TaskUuid};
 
@@ -46,6 +46,9 @@ pub struct ClientTask<T = Map<String, Value>> {
     /// The taskUUID was given as the daemon writes it: the client's text
     /// can go to Runware as it is.
     uuid_as_written: bool,
+    /// The lane the client asked for this task, if it asked; else its
+    /// connection's.
+    pub priority: Option<Priority>,
 }
 
 impl<T> ClientTask<T> {
@@ -57,6 +60,7 @@ impl<T> ClientTask<T> {
             task,
             stated_results: None,
             uuid_as_written: false,
+            priority: None,
         }
     }
 }
@@ -293,6 +297,7 @@ fn check_fields<T: TaskFields>(
         task,
         stated_results,
         uuid_as_written,
+        priority: None,
     })
 }
 
@@ -329,6 +334,7 @@ pub fn prepare(
         task,
         stated_results,
         uuid_as_written,
+        priority,
     } = t;
     let delivery = task.field("deliveryMethod");
     let add_async = delivery.is_none() && async_task_types.iter().any(|t| *t == task_type);
@@ -336,6 +342,9 @@ pub fn prepare(
     drop(delivery);
     let expected = protocol::expected_results(&task_type, &task, stated_results);
     let label = crate::dispatch::metrics::task_type_label(&task_type);
+    let model = task.field("model");
+    let kind = crate::dispatch::kind_of(&task_type, model.as_ref().and_then(Field::as_str));
+    drop(model);
     let payload = match raw {
         Some(raw) if !add_async && uuid_as_written => Arc::from(raw),
         _ => Arc::from(task.into_payload(&uuid, add_async)),
@@ -349,7 +358,21 @@ pub fn prepare(
         owner,
         local_session: None,
         deadline: None,
+        priority: priority.unwrap_or_default(),
+        kind,
     }
+}
+
+/// The lane a client names for its tasks (`interactive` or `batch`), or a
+/// refusal naming `parameter`, the place it named it in.
+pub fn priority_of(text: &str, parameter: &str) -> Result<Priority, Refusal> {
+    Priority::parse(text).ok_or_else(|| {
+        Refusal::new(
+            "invalidPriority",
+            parameter,
+            format!("must be \"interactive\" or \"batch\", got {text:?}"),
+        )
+    })
 }
 
 /// Why a checked task was not taken into the table.
@@ -450,8 +473,10 @@ impl Intake {
         if deadline.is_some_and(|d| d <= Instant::now()) {
             return Err(NotTaken::Late);
         }
+        let asked = task.priority;
         let mut prepared = prepare(task, raw, &self.async_task_types, from.principal);
         prepared.deadline = deadline;
+        prepared.priority = asked.unwrap_or(from.priority);
         Ok(prepared)
     }
 }

@@ -402,18 +402,6 @@ fn stage_unix_socket(staged: &Path, group: Option<&str>) -> Result<UnixListener,
     Ok(listener)
 }
 
-/// A group's id, from its name (in /etc/group) or a number.
-pub fn group_id(group: &str) -> Option<u32> {
-    if let Ok(gid) = group.parse() {
-        return Some(gid);
-    }
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == group).then(|| fields.nth(1)?.parse().ok())?
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::shares;

@@ -50,9 +50,10 @@ pub mod unauthenticated;
 
 use self::background::{feed_watchdog, persist, report_health, serve_metrics, sweep};
 use self::inherited::{Inherited, Source};
-pub use self::listeners::{UnixSocketError, group_id};
+pub use self::listeners::UnixSocketError;
 use self::listeners::{bind_listeners, serve_grpc, serve_runware, shares};
 use self::tenure::{Claim, DirLock, Tenure, TenureAction, TenureEvent};
+pub use crate::config::group_id;
 
 /// Why the daemon cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +237,9 @@ fn limits(c: &Config) -> Limits {
         retention: c.retention,
         max_task_bytes: c.max_message_bytes,
         poll_max: c.poll_max,
+        // Checked when the configuration was read.
+        upstream_window: crate::config::window_size(&c.upstream_window).unwrap_or_default(),
+        tenant_weights: c.tenants().weights().to_vec(),
         ..Limits::default()
     }
 }
@@ -435,12 +439,15 @@ impl Daemon {
             count(tcp_listeners),
             count(unix_listeners),
         );
-        let connections = Arc::new(listen::Connections::shared(
-            config.max_connections,
-            reserve,
-            tcp_share,
-            Arc::clone(&table.counters),
-        ));
+        let connections = Arc::new(
+            listen::Connections::shared(
+                config.max_connections,
+                reserve,
+                tcp_share,
+                Arc::clone(&table.counters),
+            )
+            .with_tenants(config.tenants()),
+        );
         // A handover stops every listener at once.
         tokio::spawn(stop_accepting_on_handover(
             handed_over_rx.clone(),

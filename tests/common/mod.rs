@@ -169,6 +169,7 @@ pub async fn run_all(client: &mut RunwareClient<Channel>, task_json: String) -> 
         .run(pb::RunRequest {
             task_json,
             expected_results: None,
+            priority: None,
         })
         .await
         .unwrap()
@@ -200,14 +201,26 @@ pub async fn post_json(
     body: &str,
     bearer: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    post_json_with(addr, body, &headers).await
+}
+
+/// [`post_json`] with these headers.
+pub async fn post_json_with(
+    addr: SocketAddr,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
-    let auth = bearer
-        .map(|b| format!("Authorization: Bearer {b}\r\n"))
-        .unwrap_or_default();
+    let headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let request = format!(
-        "POST /v1 HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1 HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(request.as_bytes()).await.unwrap();

@@ -37,7 +37,8 @@ use tracing::Instrument as _;
 use crate::config::Config;
 use crate::connection::UpstreamStatus;
 use crate::dispatch::{
-    ClientConnection, FailureKind, Gate, SubmitError, TaskEvent, TaskFailure, TaskHandle, TaskTable,
+    ClientConnection, FailureKind, Gate, Priority, SubmitError, TaskEvent, TaskFailure, TaskHandle,
+    TaskTable,
 };
 use crate::pb;
 use crate::protocol::{self, ErrorClass, TaskUuid};
@@ -45,7 +46,7 @@ use crate::status::StatusSnapshot;
 
 use super::intake::{
     ClientTask, Intake, MAX_JSON_ELEMENTS, NotTaken, ObjectError, Refused, api_key_field,
-    check_task, json_elements_within, task_object,
+    check_task, json_elements_within, priority_of, task_object,
 };
 use super::stream_tasks::{self, StreamTasks, Woken};
 pub use crate::dispatch::MAX_EXPECTED_RESULTS;
@@ -134,7 +135,8 @@ impl pb::runware_server::Runware for RunwareService {
         let conn = connection(&request)?;
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
-        let task = ClientTask::built(uuid, "promptEnhance", prompt_enhance_task(&r));
+        let mut task = ClientTask::built(uuid, "promptEnhance", prompt_enhance_task(&r));
+        task.priority = request::priority(r.priority.as_deref())?;
         check_documented_limits(&task)?;
         let mut handle = self
             .intake
@@ -170,7 +172,8 @@ impl pb::runware_server::Runware for RunwareService {
         let conn = connection(&request)?;
         let r = request.into_inner();
         let uuid = task_uuid(&r.task_uuid)?;
-        let task = ClientTask::built(uuid, "imageInference", image_inference_task(&r)?);
+        let mut task = ClientTask::built(uuid, "imageInference", image_inference_task(&r)?);
+        task.priority = request::priority(r.priority.as_deref())?;
         check_documented_limits(&task)?;
         let handle = self
             .intake
@@ -209,7 +212,8 @@ impl pb::runware_server::Runware for RunwareService {
         if task.get("taskType").and_then(Value::as_str) == Some("getTaskDetails") {
             return self.task_details_call(&conn, task, deadline).await;
         }
-        let task = request::run_task_of(task, request.get_ref().expected_results)?;
+        let mut task = request::run_task_of(task, request.get_ref().expected_results)?;
+        task.priority = request::priority(request.get_ref().priority.as_deref())?;
         let handle = self
             .intake
             .submit(&conn, task, None, Some(deadline))

@@ -284,7 +284,19 @@ pub fn image_inference_task(r: &pb::ImageInferenceRequest) -> Result<Map<String,
 
 /// A `Run` request's task JSON, its taskUUID, and the results it waits for.
 pub fn run_task(r: &pb::RunRequest) -> Result<ClientTask, Status> {
-    run_task_of(json_object("task_json", &r.task_json)?, r.expected_results)
+    let mut task = run_task_of(json_object("task_json", &r.task_json)?, r.expected_results)?;
+    task.priority = priority(r.priority.as_deref())?;
+    Ok(task)
+}
+
+/// The lane a request names in its `priority` field, if it names one.
+pub(super) fn priority(named: Option<&str>) -> Result<Option<Priority>, Status> {
+    named
+        .map(|p| {
+            priority_of(p, "priority")
+                .map_err(|r| Status::invalid_argument(format!("priority {}", r.detail)))
+        })
+        .transpose()
 }
 
 /// [`run_task`] of a `task_json` already read.

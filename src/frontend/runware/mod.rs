@@ -72,11 +72,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::intake::{
     ClientTask, Intake, MAX_JSON_DEPTH, MAX_JSON_ELEMENTS, NotTaken, ObjectError,
     check_documented_limits, check_task_of_type, json_depth_within, json_elements_within,
-    kept_task_type,
+    kept_task_type, priority_of,
 };
 use super::refusal::{Refusal, failure_error, refusal_of_submit};
 use super::stream_tasks::{self, Released, StreamTasks, Woken};
 use crate::config::BearerToken;
+
+/// The header that names the lane (`interactive` or `batch`) of a REST
+/// request's tasks, or of a WebSocket's (on its upgrade).
+pub const PRIORITY_HEADER: &str = "x-runware-priority";
 use crate::counters::Counter;
 use crate::dispatch::{
     ClientConnection, Held, Principal, SessionTask, SubmitError, TaggedSender, TaskEvent,
@@ -257,6 +261,14 @@ impl RunwareEndpoint {
             ));
         }
         let dry_run = crate::websocket::is_dry_run(req.uri().query());
+        let mut client = client;
+        if let Some(named) = req.headers().get(PRIORITY_HEADER) {
+            let named = String::from_utf8_lossy(named.as_bytes());
+            match priority_of(&named, PRIORITY_HEADER) {
+                Ok(p) => client.priority = p,
+                Err(r) => return whole(error_response(StatusCode::BAD_REQUEST, &r)),
+            }
+        }
         if crate::websocket::is_upgrade(&req) {
             // A dry run applies to a whole connection, and the daemon's one
             // socket is shared: over REST it is relayed, here it cannot be.

@@ -66,7 +66,7 @@ impl RunwareEndpoint {
     pub(super) async fn websocket<IO>(
         &self,
         socket: WebSocketStream<IO>,
-        client: ClientConnection,
+        mut client: ClientConnection,
         mut stop: watch::Receiver<bool>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -174,6 +174,19 @@ impl RunwareEndpoint {
                 let task_type = task.task_type();
                 match &*task_type {
                     "authentication" => {
+                        // The lane of this socket's tasks, if it names one
+                        // (the upgrade's header may have).
+                        if let Some(named) = task.str_field("priority") {
+                            match priority_of(&named, "priority") {
+                                Ok(p) => client.priority = p,
+                                Err(r) => {
+                                    reply(errors_frame(&[
+                                        r.runware_error(Some("authentication"), None)
+                                    ]));
+                                    continue;
+                                }
+                            }
+                        }
                         match self.authenticate_resuming(&task, principal, &session).await {
                             Ok(s) => {
                                 client.authenticated();

@@ -192,6 +192,7 @@ pub(super) async fn measure_freshness(
                                 .run(pb::RunRequest {
                                     task_json: task.to_string(),
                                     expected_results: None,
+                                    priority: None,
                                 })
                                 .await
                                 .map_err(std::io::Error::other)?

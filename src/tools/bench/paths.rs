@@ -146,6 +146,7 @@ pub(super) fn submit(request_id: String, task: &serde_json::Value) -> pb::Sessio
             task: Some(pb::RunRequest {
                 task_json: task.to_string(),
                 expected_results: None,
+                priority: None,
             }),
         })),
     }

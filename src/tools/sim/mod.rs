@@ -84,6 +84,10 @@ pub struct SimConfig {
     pub credits: Option<u64>,
     /// Tasks one session may have running; beyond it: `rateLimitExceeded`.
     pub max_running_per_session: Option<usize>,
+    /// The account's workers: at most this many tasks run at once, the
+    /// rest wait in arrival order (as Runware queues an account's tasks
+    /// per model); `None` runs every task at once.
+    pub workers: Option<usize>,
     /// `None`: base64 and data URI images are real pictures of the
     /// requested size and format. `Some(n)`: n bytes of filler instead, for
     /// benchmarks that need results of an exact size.
@@ -114,6 +118,7 @@ impl Default for SimConfig {
             buffer_ttl: Duration::from_secs(120),
             credits: None,
             max_running_per_session: None,
+            workers: None,
             image_bytes: None,
             video_latency: Duration::from_secs(5),
             frame_before_auth: false,
@@ -214,6 +219,7 @@ impl SimHandle {
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let config_workers = config.workers;
         let (stats, _) = watch::channel(SimStats::default());
         let (commands, _) = broadcast::channel(16);
         let shared = Arc::new(Shared {
@@ -232,6 +238,7 @@ impl SimHandle {
             refuse_batch: std::sync::atomic::AtomicBool::new(false),
             swallow: std::sync::atomic::AtomicBool::new(false),
             downloads: Mutex::default(),
+            workers: config_workers.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
             media_base: format!(
                 "{}://{addr}/media",
                 if tls.is_some() { "https" } else { "http" }

@@ -122,6 +122,13 @@ pub(super) fn start_task(
     let ack_uuid = uuid.clone();
     let fails = task.get("model").and_then(Value::as_str) == Some(FAILING_MODEL);
     tokio::spawn(async move {
+        // A worker of the account's, held until the last result; the
+        // semaphore queues waiting tasks in arrival order.
+        let worker = shared.workers.clone();
+        let _worker = match worker {
+            Some(w) => w.acquire_owned().await.ok(),
+            None => None,
+        };
         if fails {
             sleep(first_latency).await;
             fail_task(&shared, &session_id, &task_type, &uuid, asynchronous);

@@ -73,6 +73,9 @@ pub(super) struct Shared {
     /// The result files that download, and where (`http://ADDR/media`).
     pub(super) downloads: Mutex<super::downloads::Downloads>,
     pub(super) media_base: String,
+    /// The account's workers ([`super::SimConfig::workers`]): a fair
+    /// semaphore, so waiting tasks run in arrival order.
+    pub(super) workers: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -285,6 +285,7 @@ pub(super) async fn session_task(
             task: Some(pb::RunRequest {
                 task_json: task.to_string(),
                 expected_results: None,
+                priority: None,
             }),
             timeout: None,
         })),

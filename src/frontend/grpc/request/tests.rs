@@ -80,6 +80,7 @@ fn bad_client_json_names_the_parameter() {
             uuid::Uuid::new_v4()
         ),
         expected_results: None,
+        priority: None,
     };
     let e = run_task(&details).unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -98,6 +99,7 @@ fn bad_client_json_names_the_parameter() {
     let e = run_task(&pb::RunRequest {
         task_json: flood,
         expected_results: None,
+        priority: None,
     })
     .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -114,6 +116,7 @@ fn bad_client_json_names_the_parameter() {
     let e = run_task(&pb::RunRequest {
         task_json: deep,
         expected_results: None,
+        priority: None,
     })
     .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -127,6 +130,7 @@ fn bad_client_json_names_the_parameter() {
         run_task(&pb::RunRequest {
             task_json: json.into(),
             expected_results: n,
+            priority: None,
         })
     };
     for (json, n, param) in [

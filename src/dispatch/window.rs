@@ -1,0 +1,101 @@
+//! The table's side of the fair queue ([`fair`]): a task admitted is held
+//! there until the window has room, and released to the writer's queue;
+//! its end frees its slot. The queue's lock is taken after a task's own
+//! entry (never the other way round), and released tasks go to the writer
+//! with no lock held but the queue's.
+
+use super::fair::{self, Ending, FairQueue, Kind, Priority, TenantId};
+use super::*;
+
+impl TaskTable {
+    fn fair(&self) -> std::sync::MutexGuard<'_, FairQueue> {
+        self.fair.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `event` to the fair queue and hands what it releases to the
+    /// writer.
+    fn fair_step(&self, event: fair::Event) {
+        let mut released = Vec::new();
+        let mut queue = self.fair();
+        queue.step(event, Instant::now(), &mut released);
+        for uuid in released {
+            // The receiver lives as long as the upstream task.
+            let _ = self.queue.send(uuid);
+        }
+    }
+
+    /// A task taken: held, or released at once.
+    pub(super) fn queue_locally(
+        &self,
+        uuid: TaskUuid,
+        tenant: TenantId,
+        priority: Priority,
+        kind: Kind,
+    ) {
+        self.fair_step(fair::Event::Submit {
+            uuid,
+            tenant,
+            priority,
+            kind,
+        });
+    }
+
+    /// A task sent before this queue knew it (one restored): it holds a
+    /// slot until it ends.
+    pub(super) fn adopt(&self, uuid: TaskUuid, kind: Kind) {
+        self.fair_step(fair::Event::Adopt { uuid, kind });
+    }
+
+    /// A task in flight ended (or went): a held one is never sent; a
+    /// released one frees its slot.
+    pub(super) fn left_queue(&self, uuid: TaskUuid, ending: Ending) {
+        self.fair_step(fair::Event::End { uuid, ending });
+    }
+
+    /// Whether the task is held locally (not to be sent yet).
+    pub fn is_queued_locally(&self, uuid: &TaskUuid) -> bool {
+        self.fair().is_held(uuid)
+    }
+
+    /// Tasks held locally now.
+    pub fn queued_locally(&self) -> usize {
+        self.fair().held()
+    }
+
+    /// The window's size now: tasks upstream at once.
+    pub fn window(&self) -> usize {
+        self.fair().window()
+    }
+
+    /// Sets a fixed window (an operator's, or a test's).
+    pub fn set_window(&self, size: usize) {
+        self.fair_step(fair::Event::SetWindow { size });
+    }
+}
+
+/// How a task's end reads to the window: Runware's overload answers shrink
+/// it, a completion teaches it the task's time, but only a task that went
+/// once and came back on the way it was meant to: a drop, a resend or a
+/// recovery by polling make a task slow for reasons that are not Runware's
+/// queue, and would shrink the window when the network, not the account,
+/// is the trouble.
+pub(super) fn ending_of(outcome: &Outcome, task: &Task) -> Ending {
+    let clean = task.delivery.sends() == 1 && (task.asynchronous || task.matching.is_none());
+    match outcome {
+        Outcome::Completed if clean => Ending::Done,
+        Outcome::Completed => Ending::Other,
+        Outcome::Failed(f) if f.kind == FailureKind::Runware(ErrorClass::RateLimited) => {
+            Ending::Overloaded
+        }
+        Outcome::Failed(_) => Ending::Other,
+    }
+}
+
+/// The kind of work a task is, for the window: its type and model.
+pub fn kind_of(task_type: &str, model: Option<&str>) -> Kind {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    task_type.hash(&mut h);
+    model.hash(&mut h);
+    h.finish()
+}
