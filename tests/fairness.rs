@@ -24,6 +24,16 @@ const TASK: Duration = Duration::from_secs(1);
 const WORKERS: usize = 2;
 const FLOOD: usize = 100;
 
+/// An account of `WORKERS` workers, each task taking `TASK`.
+fn account() -> SimConfig {
+    SimConfig {
+        latency: TASK,
+        per_result_latency: Duration::ZERO,
+        workers: Some(WORKERS),
+        ..SimConfig::default()
+    }
+}
+
 struct Flooded {
     h: Harness,
     /// The flood's session: its requests and its events.
@@ -37,13 +47,7 @@ struct Flooded {
 async fn flooded(window: &str) -> Flooded {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("runwared.sock");
-    let sim = SimConfig {
-        latency: TASK,
-        per_result_latency: Duration::ZERO,
-        workers: Some(WORKERS),
-        ..SimConfig::default()
-    };
-    let h = start(sim, |c| {
+    let h = start(account(), |c| {
         c.unix_socket = Some(socket.clone());
         c.upstream_window = window.into();
         c.default_task_timeout = Duration::from_secs(600);
@@ -206,13 +210,7 @@ async fn held_tasks_whose_client_left_are_never_sent() {
 /// is refused, naming where it was named, on every door.
 #[tokio::test(start_paused = true)]
 async fn interactive_goes_before_batch_and_a_bad_lane_is_refused_on_every_door() {
-    let sim = SimConfig {
-        latency: TASK,
-        per_result_latency: Duration::ZERO,
-        workers: Some(WORKERS),
-        ..SimConfig::default()
-    };
-    let h = start(sim, |c| {
+    let h = start(account(), |c| {
         c.upstream_window = WORKERS.to_string();
         c.default_task_timeout = Duration::from_secs(600);
     })

@@ -473,17 +473,7 @@ async fn principals(follow: bool) -> Harness {
     })
     .await;
     h.ready().await;
-    let target = runwared::client::Target::Unix(socket.clone());
-    let mut owner = runwared::client::connect(&target).await.unwrap();
-    let theirs = uuid::Uuid::new_v4().to_string();
-    owner
-        .prompt_enhance(pb::PromptEnhanceRequest {
-            task_uuid: theirs.clone(),
-            prompt: "private".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (_owner, theirs) = private_task(&socket).await;
     let addr = h.daemon.runware_addr.unwrap();
     let ask = |uuid: &str| json!([{"taskType": "getResponse", "taskUUID": uuid}]).to_string();
     let nobodys = uuid::Uuid::new_v4().to_string();
@@ -524,17 +514,7 @@ async fn task_details_through_run_are_the_askers_own() {
     })
     .await;
     h.ready().await;
-    let target = runwared::client::Target::Unix(socket.clone());
-    let mut owner = runwared::client::connect(&target).await.unwrap();
-    let theirs = uuid::Uuid::new_v4().to_string();
-    owner
-        .prompt_enhance(pb::PromptEnhanceRequest {
-            task_uuid: theirs.clone(),
-            prompt: "private".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (mut owner, theirs) = private_task(&socket).await;
     let details = pb::RunRequest {
         task_json: json!({"taskType": "getTaskDetails", "taskUUID": theirs}).to_string(),
         expected_results: None,
@@ -550,6 +530,28 @@ async fn task_details_through_run_are_the_askers_own() {
     assert_eq!(item["taskType"], "getTaskDetails", "{item}");
     assert_eq!(item["request"][0]["prompt"], "private", "{item}");
     assert_eq!(h.sim.executions(&theirs), 1, "asking ran nothing again");
+}
+
+/// A client of the Unix socket at `socket` (its user, a principal of its
+/// own), and the taskUUID of the "private" task it ran.
+async fn private_task(
+    socket: &std::path::Path,
+) -> (
+    pb::runware_client::RunwareClient<tonic::transport::Channel>,
+    String,
+) {
+    let target = runwared::client::Target::Unix(socket.to_owned());
+    let mut owner = runwared::client::connect(&target).await.unwrap();
+    let theirs = uuid::Uuid::new_v4().to_string();
+    owner
+        .prompt_enhance(pb::PromptEnhanceRequest {
+            task_uuid: theirs.clone(),
+            prompt: "private".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (owner, theirs)
 }
 
 /// A task nested deeper than the 128 levels the gRPC door takes is refused

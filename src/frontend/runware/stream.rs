@@ -161,13 +161,7 @@ impl RunwareEndpoint {
             match self.relay_whole(body, Some("dryRun=1")).await {
                 Ok((upstream_status, answer)) => {
                     status = upstream_status;
-                    let list = |name: &str| {
-                        answer
-                            .get(name)
-                            .and_then(Value::as_array)
-                            .cloned()
-                            .unwrap_or_default()
-                    };
+                    let list = |name: &str| listed(&answer, name);
                     data.extend(list("data").iter().map(Value::to_string));
                     errors.extend(
                         list("errors")
@@ -243,13 +237,7 @@ impl RunwareEndpoint {
                     ..RunwareError::default()
                 }]
             })?;
-        let list = |name: &str| {
-            answer
-                .get(name)
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        };
+        let list = |name: &str| listed(&answer, name);
         let errors: Vec<RunwareError> = list("errors")
             .into_iter()
             .filter_map(|e| serde_json::from_value(e).ok())
@@ -271,6 +259,15 @@ impl RunwareEndpoint {
         let max = self.inner.max_message_bytes;
         self.inner.rest.post_whole(body, query, max, deadline).await
     }
+}
+
+/// The items of a Runware answer's list `name` (`data`, `errors`).
+fn listed(answer: &Value, name: &str) -> Vec<Value> {
+    answer
+        .get(name)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// One stream relayed: Runware's chunks as they come, then the end.
