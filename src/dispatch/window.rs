@@ -1,8 +1,9 @@
 //! The table's side of the fair queue ([`fair`]): a task admitted is held
 //! there until the window has room, and released to the writer's queue;
 //! its end frees its slot. The queue's lock is taken after a task's own
-//! entry (never the other way round), and released tasks go to the writer
-//! with no lock held but the queue's.
+//! entry (never the other way round), and under it nothing but the queue
+//! is touched: released tasks go into the writer's channel, which never
+//! blocks.
 
 use super::fair::{self, Ending, FairQueue, Kind, Priority, TenantId};
 use super::*;
