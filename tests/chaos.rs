@@ -10,6 +10,18 @@ use runwared::tools::soak::{ChaosConfig, run};
 
 #[tokio::test(start_paused = true)]
 async fn every_task_ends_once_with_its_own_results_under_faults() {
+    under_faults("none").await;
+}
+
+/// The same with the adaptive window: drops, stalls and recoveries make
+/// tasks slow without Runware queueing them, and must not shrink the window
+/// until tasks wait locally past their bounds.
+#[tokio::test(start_paused = true)]
+async fn with_the_adaptive_window_too() {
+    under_faults("auto").await;
+}
+
+async fn under_faults(window: &str) {
     common::init_test_logging();
     let report = run(ChaosConfig {
         tasks: 3000,
@@ -17,6 +29,7 @@ async fn every_task_ends_once_with_its_own_results_under_faults() {
         fault_every: Duration::from_secs(1),
         seed: 42,
         default_task_timeout: Duration::from_secs(20),
+        upstream_window: window.into(),
         ..ChaosConfig::default()
     })
     .await

@@ -33,7 +33,8 @@ impl TaskTable {
         if let Outcome::Failed(f) = &outcome {
             task.notify(&TaskEvent::Failed(f.clone()));
         }
-        self.left_queue(task.uuid, window::ending_of(&outcome, task));
+        let connection = self.connection.load(Ordering::Acquire);
+        self.left_queue(task.uuid, window::ending_of(&outcome, task, connection));
         task.outcome = Some(outcome);
         task.watchers.clear();
         self.went_idle(task, now);

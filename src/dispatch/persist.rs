@@ -86,7 +86,7 @@ impl TaskTable {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             self.payload_bytes
                 .fetch_add(task.payload.len(), Ordering::AcqRel);
-            let kind = kind_of(task.label, None);
+            let kind = kind_of(task.label, None, task.expected);
             v.insert(Box::new(task));
             if s.sent {
                 self.polling.fetch_add(1, Ordering::AcqRel);

@@ -6,6 +6,7 @@
 //! blocks.
 
 use super::fair::{self, Ending, FairQueue, Kind, Priority, TenantId};
+use super::lifecycle::State;
 use super::*;
 
 impl TaskTable {
@@ -76,12 +77,14 @@ impl TaskTable {
 
 /// How a task's end reads to the window: Runware's overload answers shrink
 /// it, a completion teaches it the task's time, but only a task that went
-/// once and came back on the way it was meant to: a drop, a resend or a
+/// once and came back on the way it was meant to, on the connection it was
+/// sent on (`connection`, the current one): a drop, a stall, a resend or a
 /// recovery by polling make a task slow for reasons that are not Runware's
 /// queue, and would shrink the window when the network, not the account,
 /// is the trouble.
-pub(super) fn ending_of(outcome: &Outcome, task: &Task) -> Ending {
-    let clean = task.delivery.sends() == 1 && (task.asynchronous || task.matching.is_none());
+pub(super) fn ending_of(outcome: &Outcome, task: &Task, connection: u64) -> Ending {
+    let pushed_here = task.delivery.state() == State::Sent { connection };
+    let clean = task.delivery.sends() == 1 && (task.asynchronous || pushed_here);
     match outcome {
         Outcome::Completed if clean => Ending::Done,
         Outcome::Completed => Ending::Other,
@@ -92,11 +95,13 @@ pub(super) fn ending_of(outcome: &Outcome, task: &Task) -> Ending {
     }
 }
 
-/// The kind of work a task is, for the window: its type and model.
-pub fn kind_of(task_type: &str, model: Option<&str>) -> Kind {
+/// The kind of work a task is, for the window: its type, model and result
+/// count (four images take longer than one).
+pub fn kind_of(task_type: &str, model: Option<&str>, results: u32) -> Kind {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     task_type.hash(&mut h);
     model.hash(&mut h);
+    results.hash(&mut h);
     h.finish()
 }

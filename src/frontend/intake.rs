@@ -343,7 +343,8 @@ pub fn prepare(
     let expected = protocol::expected_results(&task_type, &task, stated_results);
     let label = crate::dispatch::metrics::task_type_label(&task_type);
     let model = task.field("model");
-    let kind = crate::dispatch::kind_of(&task_type, model.as_ref().and_then(Field::as_str));
+    let model_name = model.as_ref().and_then(Field::as_str);
+    let kind = crate::dispatch::kind_of(&task_type, model_name, expected);
     drop(model);
     let payload = match raw {
         Some(raw) if !add_async && uuid_as_written => Arc::from(raw),

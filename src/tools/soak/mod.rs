@@ -72,6 +72,8 @@ pub struct ChaosConfig {
     pub latency: Duration,
     /// Random delay added to each result.
     pub latency_jitter: Duration,
+    /// The daemon's `upstream_window` (`none`, `auto` or a number).
+    pub upstream_window: String,
 }
 
 impl Default for ChaosConfig {
@@ -85,6 +87,7 @@ impl Default for ChaosConfig {
             default_task_timeout: Duration::from_secs(20),
             latency: Duration::from_millis(100),
             latency_jitter: Duration::from_millis(400),
+            upstream_window: "none".into(),
         }
     }
 }
@@ -263,6 +266,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport, SoakError> {
             max_in_flight_per_connection: 100_000,
             default_task_timeout: config.default_task_timeout,
             poll_max,
+            upstream_window: config.upstream_window.clone(),
             runware_listen: Switch::Off,
             ..Settings::default()
         },
