@@ -78,9 +78,6 @@ use super::refusal::{Refusal, failure_error, refusal_of_submit};
 use super::stream_tasks::{self, Released, StreamTasks, Woken};
 use crate::config::BearerToken;
 
-/// The header that names the lane (`interactive` or `batch`) of a REST
-/// request's tasks, or of a WebSocket's (on its upgrade).
-pub const PRIORITY_HEADER: &str = "x-runware-priority";
 use crate::counters::Counter;
 use crate::dispatch::{
     ClientConnection, Held, Principal, SessionTask, SubmitError, TaggedSender, TaskEvent,
@@ -98,6 +95,10 @@ pub use self::local_session::{LOCAL_SESSION_TTL, SESSION_BYTES};
 use self::local_session::{LocalSession, LocalTask, forward, sweep_sessions};
 use self::outgoing::{Incoming, LocalFrame, NotQueued, Outgoing, outgoing};
 use self::writer::write_all;
+
+/// The header that names the lane (`interactive` or `batch`) of a REST
+/// request's tasks, or of a WebSocket's (on its upgrade).
+pub const PRIORITY_HEADER: &str = "x-runware-priority";
 
 /// What the endpoint needs of the daemon.
 #[derive(Clone)]
