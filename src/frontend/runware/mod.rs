@@ -77,7 +77,6 @@ use super::intake::{
 use super::refusal::{Refusal, failure_error, refusal_of_submit};
 use super::stream_tasks::{self, Released, StreamTasks, Woken};
 use crate::config::BearerToken;
-
 use crate::counters::Counter;
 use crate::dispatch::{
     ClientConnection, Held, Principal, SessionTask, SubmitError, TaggedSender, TaskEvent,
