@@ -134,14 +134,20 @@ async fn a_broken_stream_ends_in_an_error_and_runs_once() {
     assert_eq!(h.sim.executions(&t), 1);
 }
 
+/// A simulator that streams a token every 200 ms: slow enough for a
+/// client to leave mid-stream.
+fn slow_tokens() -> SimConfig {
+    SimConfig {
+        stream_token_interval: Duration::from_millis(200),
+        ..SimConfig::default()
+    }
+}
+
 /// A client that leaves mid-stream ends the upstream request: the rest of
 /// the stream is never produced.
 #[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_ends_the_upstream_stream() {
-    let config = SimConfig {
-        stream_token_interval: Duration::from_millis(200),
-        ..SimConfig::default()
-    };
+    let config = slow_tokens();
     let h = start(config, |_| {}).await;
     h.ready().await;
     let t = uuid();
@@ -298,10 +304,7 @@ async fn a_broken_stream_over_grpc_is_unavailable_and_runs_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_grpc_client_that_cancels_ends_the_upstream_stream() {
-    let config = SimConfig {
-        stream_token_interval: Duration::from_millis(200),
-        ..SimConfig::default()
-    };
+    let config = slow_tokens();
     let mut h = start(config, |_| {}).await;
     let t = uuid();
     let mut chunks = h

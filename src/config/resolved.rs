@@ -86,7 +86,12 @@ impl Config {
                     serde_json::Value::Array(a) if a.is_empty() => "none".to_owned(),
                     serde_json::Value::Array(a) => a
                         .iter()
-                        .map(|t| t.as_str().unwrap_or_default())
+                        // A list of tables (tenants) shows their names.
+                        .map(|t| {
+                            t.as_str()
+                                .or_else(|| t.get("name").and_then(|n| n.as_str()))
+                                .unwrap_or_default()
+                        })
                         .collect::<Vec<_>>()
                         .join(","),
                     other => other.to_string(),
