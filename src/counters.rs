@@ -39,6 +39,9 @@ pub enum Counter {
     AuthTimeouts,
     /// Tasks never sent because their deadline passed first.
     ExpiredUnsent,
+    /// Overload answers from Runware after which a task went again under
+    /// its own taskUUID.
+    OverloadRetries,
 }
 
 /// A counter's names and meaning.
@@ -52,7 +55,7 @@ pub struct CounterInfo {
     pub help: &'static str,
 }
 
-const COUNT: usize = 15;
+const COUNT: usize = 16;
 
 impl Counter {
     /// Every counter, in the order they are shown.
@@ -72,6 +75,7 @@ impl Counter {
         Counter::SessionsRefused,
         Counter::AuthTimeouts,
         Counter::ExpiredUnsent,
+        Counter::OverloadRetries,
     ];
 
     /// Its metric name and help text.
@@ -151,6 +155,11 @@ impl Counter {
                 "expired_unsent",
                 "runwared_tasks_expired_unsent",
                 "Tasks never sent to Runware because their deadline passed first",
+            ),
+            Counter::OverloadRetries => (
+                "overload_retries",
+                "runwared_overload_retries",
+                "Overload answers from Runware (queue full, no capacity, queue wait exceeded, rate limited) after which the task was sent again under its own taskUUID",
             ),
         };
         CounterInfo { name, metric, help }

@@ -278,8 +278,9 @@ impl Upstream {
             return SessionEnd::Dropped(reason);
         }
 
-        // Due getResponse polls go out on this beat (each task backs off on
-        // its own schedule, kept by the task table).
+        // Due getResponse polls, and tasks whose overload backoff passed,
+        // go out on this beat (each task backs off on its own schedule,
+        // kept by the task table).
         let mut poll = tokio::time::interval(POLL_TICK);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beat = tokio::time::interval(HEARTBEAT);
@@ -359,7 +360,10 @@ impl Upstream {
                         return SessionEnd::Dropped(reason);
                     }
                 }
-                _ = poll.tick(), if ready && self.table.polling() > 0 => {
+                _ = poll.tick(), if ready && (self.table.polling() > 0 || self.table.retries_waiting() > 0) => {
+                    // Tasks whose overload backoff passed go back to the
+                    // fair queue, which releases them to the writer.
+                    self.table.due_retries();
                     if let Err(reason) = self.send_polls(&mut socket).await {
                         return SessionEnd::Dropped(reason);
                     }

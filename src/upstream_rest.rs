@@ -44,6 +44,12 @@ pub enum RestError {
     Connect(String),
 }
 
+/// Whether an HTTP status is Runware's transient overload answer: too many
+/// requests, no capacity, or a gateway's queue wait passed.
+pub fn is_overloaded(status: hyper::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 503 | 504)
+}
+
 /// The client of Runware's REST endpoint.
 pub struct RestUpstream {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -127,6 +133,33 @@ impl RestUpstream {
             .request(request)
             .await
             .map_err(|e| RestError::Connect(e.to_string()))
+    }
+
+    /// [`RestUpstream::post`] of a streamed task, asked again under the
+    /// same taskUUID while Runware answers it as overloaded (429, 503,
+    /// 504: refused before it ran) and `deadline` leaves time for a
+    /// backoff, each retry counted in `counters`. The last answer,
+    /// overloaded or not, is the caller's to relay.
+    pub async fn post_stream(
+        &self,
+        body: Bytes,
+        deadline: tokio::time::Instant,
+        counters: &crate::counters::Counters,
+    ) -> Result<Response<Incoming>, RestError> {
+        let mut overloads = 0;
+        loop {
+            let answer = self.post(body.clone(), None, true).await?;
+            let wait = crate::dispatch::overload_backoff(overloads);
+            if !is_overloaded(answer.status()) || tokio::time::Instant::now() + wait >= deadline {
+                return Ok(answer);
+            }
+            // Its body says only what the status says; dropping it lets the
+            // connection go.
+            drop(answer);
+            counters.add(crate::counters::Counter::OverloadRetries);
+            overloads += 1;
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// [`RestUpstream::post`] of a question whose answer is one JSON

@@ -382,7 +382,9 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
     assert!(info.metadata["message"].contains("divisible by 64"));
     assert!(e.message().contains("invalidWidth"));
 
-    // Rate limit -> RESOURCE_EXHAUSTED, only for the task over the limit.
+    // A rate limit is transient: the task over it goes again, under its
+    // own taskUUID, once its backoff passed, and completes. Only a task
+    // whose deadline leaves no time for that gets RESOURCE_EXHAUSTED.
     let mut tasks = Vec::new();
     for i in 0..2 {
         let mut c = h.client.clone();
@@ -393,7 +395,10 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
     h.sim_until(|s| s.executions == 2).await;
     let limited = h
         .client
-        .prompt_enhance(enhance("one too many", 1))
+        .prompt_enhance(with_timeout(
+            enhance("one too many", 1),
+            Duration::from_millis(150),
+        ))
         .await
         .unwrap_err();
     assert_eq!(limited.code(), Code::ResourceExhausted);
@@ -401,9 +406,15 @@ async fn runware_errors_map_to_grpc_codes_and_stay_with_their_task() {
         limited.metadata().get("runware-code").unwrap(),
         "rateLimitExceeded"
     );
+    let mut c = h.client.clone();
+    let patient = tokio::spawn(async move { c.prompt_enhance(enhance("patient", 1)).await });
+    h.sim_until(|s| s.executions == 3).await;
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().into_inner().versions.len(), 1);
     }
+    let patient = patient.await.unwrap().unwrap().into_inner();
+    assert_eq!(patient.versions.len(), 1);
+    assert_eq!(h.sim.executions(&patient.task_uuid), 1);
 
     // No credit -> FAILED_PRECONDITION.
     h.sim.set_credits(Some(0));

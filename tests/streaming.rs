@@ -366,3 +366,80 @@ async fn a_stream_counts_within_the_limits_of_tasks() {
         .await;
     assert!(again.is_ok());
 }
+
+/// Runware's REST door overloaded (429, 503, 504, each refused before it
+/// ran): a streamed task is asked again under its own taskUUID after a
+/// backoff, through either door, and streams to its end, run once.
+#[tokio::test(start_paused = true)]
+async fn an_overloaded_stream_is_asked_again_under_its_own_task_uuid() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    h.sim.overload_next(3);
+    let t = uuid();
+    let response = post(h.daemon.runware_addr.unwrap(), "", json!([text_task(&t)])).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut pending = String::new();
+    let mut events = Vec::new();
+    while let Some(e) = next_event(&mut body, &mut pending).await {
+        events.push(e);
+    }
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    assert_eq!(h.sim.executions(&t), 1);
+
+    h.sim.overload_next(3);
+    let t2 = uuid();
+    let mut chunks = h
+        .client
+        .stream_text(stream_request(text_task(&t2)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        assert_eq!(chunk.task_uuid, t2);
+        last = Some(chunk);
+    }
+    assert_eq!(last.unwrap().finish_reason, "stop");
+    assert_eq!(h.sim.executions(&t2), 1);
+    let stats = h.stats();
+    assert_eq!(stats.overloads, 6, "each door met 429, 503 and 504");
+    assert_eq!(stats.executions, 2, "nothing ran under another taskUUID");
+    let mut c = h.client.clone();
+    assert_eq!(status_counter(&mut c, "overload_retries").await, Some(6));
+}
+
+/// When the deadline leaves no time for another try, the client gets
+/// Runware's overload answer: relayed with its status over REST,
+/// UNAVAILABLE naming the code over gRPC; nothing ran.
+#[tokio::test(start_paused = true)]
+async fn an_overloaded_stream_past_its_deadline_gets_the_overload_answer() {
+    let mut h = start(SimConfig::default(), |c| {
+        c.default_task_timeout = Duration::from_millis(300);
+    })
+    .await;
+    h.ready().await;
+    h.sim.overload_next(2);
+    let t = uuid();
+    let response = post(h.daemon.runware_addr.unwrap(), "", json!([text_task(&t)])).await;
+    assert_eq!(response.status(), 429);
+    let answer: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(answer["errors"][0]["code"], "queueFull", "{answer}");
+    assert_eq!(answer["errors"][0]["taskUUID"], t.as_str());
+
+    let t2 = uuid();
+    let e = match h.client.stream_text(stream_request(text_task(&t2))).await {
+        Err(e) => e,
+        Ok(s) => s.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("noCapacity"), "{}", e.message());
+    assert_eq!(h.sim.executions(&t) + h.sim.executions(&t2), 0);
+    let mut c = h.client.clone();
+    assert_eq!(status_counter(&mut c, "overload_retries").await, Some(0));
+}

@@ -108,7 +108,9 @@ pub(super) struct SimArgs {
     /// Faults to inject in turn (comma-separated): drop (abort sockets),
     /// close (clean close, as a flapping load balancer), swallow (results
     /// written, then lost with their socket), lose-session, refuse-batch
-    /// (the next message of tasks refused whole, naming no task).
+    /// (the next message of tasks refused whole, naming no task), overload
+    /// (the next tasks refused as an overloaded account's: queueFull,
+    /// noCapacity, queueWaitExceeded).
     #[arg(long, value_delimiter = ',', requires = "fault_every")]
     pub(super) fault: Vec<runwared::tools::sim::Fault>,
     /// Mean time between injected faults.

@@ -205,7 +205,7 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Tasks upstream at once, past which tasks are queued locally and
     /// released fairly across tenants: a number, `auto` (adaptive), or
-    /// `none` (every task goes at once).
+    /// `none` (every task goes at once until Runware answers overloaded).
     #[arg(
         long,
         env = "RUNWARED_UPSTREAM_WINDOW",

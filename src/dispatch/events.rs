@@ -53,6 +53,7 @@ impl FailureKind {
                 ErrorClass::InvalidArgument => "invalid_argument",
                 ErrorClass::NoCredit => "no_credit",
                 ErrorClass::RateLimited => "rate_limited",
+                ErrorClass::Overloaded => "overloaded",
                 ErrorClass::Conflict => "conflict",
                 ErrorClass::AuthRejected => "key_rejected",
                 ErrorClass::Timeout => "timeout",

@@ -13,8 +13,9 @@
 //! ([`Window`]).
 //!
 //! What it guarantees, for any order of events (a property test checks
-//! each): a task is released at most once; a cancelled held task is never
-//! released; at most `window` released tasks are upstream at once (a
+//! each): a task is released at most once per time Runware refused it as
+//! overloaded (then it is parked, and held again for its retry); a
+//! cancelled held or parked task is never released; at most `window` released tasks are upstream at once (a
 //! shrink lets those already sent finish); and a tenant with held work is
 //! released a task within `Σ weights` of releases (of every other tenant's
 //! weight, plus its own), so none starves.
@@ -81,6 +82,20 @@ pub enum Place {
     Upstream {
         /// When it was released; `None` for one adopted (sent before).
         since: Option<Instant>,
+        /// Whose it is.
+        tenant: TenantId,
+        /// Its lane, should it come back ([`Event::Overloaded`]).
+        priority: Priority,
+        /// Its kind of work.
+        kind: Kind,
+    },
+    /// Refused by an overloaded Runware: out of the window, waiting for
+    /// its backoff to pass ([`Event::Retry`]).
+    Parked {
+        /// Whose it is.
+        tenant: TenantId,
+        /// Its lane.
+        priority: Priority,
         /// Its kind of work.
         kind: Kind,
     },
@@ -129,6 +144,19 @@ pub enum Event {
         uuid: TaskUuid,
         /// How, for the window.
         ending: Ending,
+    },
+    /// Runware refused the released task for now (queue full, no
+    /// capacity, queue wait exceeded): its slot frees, the window shrinks,
+    /// and it waits parked for its retry.
+    Overloaded {
+        /// The task.
+        uuid: TaskUuid,
+    },
+    /// A parked task's backoff passed: held again, first in its lane (it
+    /// has waited longest), and released by the same fair order.
+    Retry {
+        /// The task.
+        uuid: TaskUuid,
     },
     /// The window's size is set (by configuration, or an operator).
     SetWindow {
@@ -193,6 +221,8 @@ pub struct Window {
     min: usize,
     max: usize,
     adaptive: bool,
+    /// Learns from tasks' times too, not only from overload answers.
+    latency: bool,
     /// Still doubling: nothing said Runware is full yet.
     slow_start: bool,
     /// Endings since the last change of size.
@@ -243,6 +273,7 @@ impl Window {
             min,
             max,
             adaptive: true,
+            latency: true,
             slow_start: true,
             since_change: 0,
             kinds: HashMap::new(),
@@ -257,9 +288,22 @@ impl Window {
             min: size,
             max: size,
             adaptive: false,
+            latency: false,
             slow_start: false,
             since_change: 0,
             kinds: HashMap::new(),
+        }
+    }
+
+    /// A window that holds nothing back (`max`, everything the table
+    /// admits) until Runware answers that it is overloaded; then it halves
+    /// what was upstream (once per window of endings, so a burst counts
+    /// once), never below `min`, and grows back by one per task that ends
+    /// well while it is full. Tasks' times teach it nothing.
+    pub fn on_overload(min: usize, max: usize) -> Self {
+        Window {
+            latency: false,
+            ..Window::adaptive(max, min, max)
         }
     }
 
@@ -269,19 +313,29 @@ impl Window {
     }
 
     /// Learns from one ending of a task of `kind` that took `latency` (when
-    /// known); `full` when the window was full as it ended (growing a
-    /// window nobody fills proves nothing).
-    fn learn(&mut self, ending: Ending, kind: Kind, latency: Option<Duration>, full: bool) {
+    /// known), with `upstream` tasks released then (itself included):
+    /// `full` when that is the whole window (growing a window nobody fills
+    /// proves nothing).
+    fn learn(&mut self, ending: Ending, kind: Kind, latency: Option<Duration>, upstream: usize) {
         if !self.adaptive {
             return;
         }
+        let full = upstream >= self.size;
         self.since_change += 1;
         let settled = self.since_change >= self.size;
         let may_shrink = settled || self.slow_start;
         match (ending, latency) {
             (Ending::Overloaded, _) if may_shrink => {
-                self.resize(self.size / 2);
+                // Half of what was upstream, not of a window larger than
+                // what Runware was given, which would not slow anything.
+                self.resize(self.size.min(upstream) / 2);
                 self.slow_start = false;
+            }
+            (Ending::Done, _) if !self.latency => {
+                // Back quickly (doubling per round trip while it is full):
+                // an overload answer costs a backoff, not a run, and the
+                // next one halves it again.
+                self.size = (self.size + usize::from(full)).min(self.max);
             }
             (Ending::Done, Some(latency)) => {
                 if self.kinds.len() >= MAX_KINDS && !self.kinds.contains_key(&kind) {
@@ -321,6 +375,7 @@ pub struct FairQueue {
     places: HashMap<TaskUuid, Place>,
     upstream: usize,
     held: usize,
+    parked: usize,
     window: Window,
 }
 
@@ -346,6 +401,7 @@ impl FairQueue {
             places: HashMap::new(),
             upstream: 0,
             held: 0,
+            parked: 0,
             window,
         }
     }
@@ -353,6 +409,11 @@ impl FairQueue {
     /// Tasks held now.
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    /// Tasks parked for a retry after an overload answer.
+    pub fn parked(&self) -> usize {
+        self.parked
     }
 
     /// Released tasks not ended yet.
@@ -370,9 +431,12 @@ impl FairQueue {
         self.places.get(uuid).copied()
     }
 
-    /// Whether `uuid` is held (not to be sent yet).
+    /// Whether `uuid` is held or parked (not to be sent now).
     pub fn is_held(&self, uuid: &TaskUuid) -> bool {
-        matches!(self.places.get(uuid), Some(Place::Held { .. }))
+        matches!(
+            self.places.get(uuid),
+            Some(Place::Held { .. } | Place::Parked { .. })
+        )
     }
 
     /// Held tasks per tenant, for the status.
@@ -400,21 +464,18 @@ impl FairQueue {
                     kind,
                 };
                 self.places.insert(uuid, place);
-                let lane = &mut self.lanes[tenant];
-                if lane.is_empty() {
-                    // A full quantum for its first turn.
-                    lane.deficit = lane.weight;
-                    self.active.push_back(tenant);
-                }
-                lane.lane(priority).push_back(uuid);
-                lane.held += 1;
-                self.held += 1;
+                self.hold(uuid, tenant, priority, false);
             }
             Event::Adopt { uuid, kind } => {
                 if self.places.contains_key(&uuid) {
                     return;
                 }
-                let place = Place::Upstream { since: None, kind };
+                let place = Place::Upstream {
+                    since: None,
+                    tenant: 0,
+                    priority: Priority::Interactive,
+                    kind,
+                };
                 self.places.insert(uuid, place);
                 self.upstream += 1;
             }
@@ -428,19 +489,74 @@ impl FairQueue {
                     }
                     self.held -= 1;
                 }
-                Some(Place::Upstream { since, kind }) => {
-                    let full = self.upstream >= self.window.size();
-                    self.upstream -= 1;
+                Some(Place::Upstream { since, kind, .. }) => {
                     let latency = since.map(|s| now.saturating_duration_since(s));
-                    self.window.learn(ending, kind, latency, full);
+                    self.window.learn(ending, kind, latency, self.upstream);
+                    self.upstream -= 1;
                 }
+                Some(Place::Parked { .. }) => self.parked -= 1,
                 None => {}
             },
+            Event::Overloaded { uuid } => {
+                if let Some(Place::Upstream {
+                    tenant,
+                    priority,
+                    kind,
+                    ..
+                }) = self.places.get(&uuid).copied()
+                {
+                    self.window
+                        .learn(Ending::Overloaded, kind, None, self.upstream);
+                    self.upstream -= 1;
+                    let place = Place::Parked {
+                        tenant,
+                        priority,
+                        kind,
+                    };
+                    self.places.insert(uuid, place);
+                    self.parked += 1;
+                }
+            }
+            Event::Retry { uuid } => {
+                if let Some(Place::Parked {
+                    tenant,
+                    priority,
+                    kind,
+                }) = self.places.get(&uuid).copied()
+                {
+                    self.parked -= 1;
+                    let place = Place::Held {
+                        tenant,
+                        priority,
+                        kind,
+                    };
+                    self.places.insert(uuid, place);
+                    self.hold(uuid, tenant, priority, true);
+                }
+            }
             Event::SetWindow { size } => {
                 self.window = Window::fixed(size);
             }
         }
         self.release(now, released);
+    }
+
+    /// Puts `uuid`, now [`Place::Held`], in its tenant's lane: last, or
+    /// `first` (a retry).
+    fn hold(&mut self, uuid: TaskUuid, tenant: TenantId, priority: Priority, first: bool) {
+        let lane = &mut self.lanes[tenant];
+        if lane.is_empty() {
+            // A full quantum for its first turn.
+            lane.deficit = lane.weight;
+            self.active.push_back(tenant);
+        }
+        if first {
+            lane.lane(priority).push_front(uuid);
+        } else {
+            lane.lane(priority).push_back(uuid);
+        }
+        lane.held += 1;
+        self.held += 1;
     }
 
     /// Releases held tasks while the window has room, deficit round robin.
@@ -476,9 +592,9 @@ impl FairQueue {
                 self.active.pop_front();
                 continue;
             };
-            let kind = match self.places.get(&uuid) {
-                Some(Place::Held { kind, .. }) => *kind,
-                _ => 0,
+            let (priority, kind) = match self.places.get(&uuid) {
+                Some(Place::Held { priority, kind, .. }) => (*priority, *kind),
+                _ => (Priority::Interactive, 0),
             };
             lane.deficit -= 1;
             lane.held -= 1;
@@ -488,6 +604,8 @@ impl FairQueue {
             }
             let place = Place::Upstream {
                 since: Some(now),
+                tenant,
+                priority,
                 kind,
             };
             self.places.insert(uuid, place);

@@ -40,6 +40,12 @@ pub enum State {
         /// A question was sent and not answered yet.
         awaiting: bool,
     },
+    /// Runware refused it as overloaded, without running it: it goes again
+    /// under its own taskUUID once `until` passes.
+    Backoff {
+        /// When it may go again.
+        until: Instant,
+    },
     /// Completed, failed or released: nothing more happens.
     Ended,
 }
@@ -62,6 +68,13 @@ pub enum Event {
     },
     /// Runware answered `conflictTaskUUID`.
     Conflict,
+    /// Runware refused the task for now (queue full, no capacity, queue
+    /// wait exceeded, rate limited): it may go again at `until`, which the
+    /// caller chose within the task's deadline.
+    Overloaded {
+        /// When it may go again.
+        until: Instant,
+    },
     /// A `getResponse` error: Runware does not know the task.
     Unknown,
     /// The poll timer ticked.
@@ -96,6 +109,10 @@ pub enum Action {
     /// A followed task (one this daemon never sent) that Runware does not
     /// know either: the task fails with Runware's answer.
     FailUnknown,
+    /// The task waits out its backoff: its slot upstream frees.
+    Park,
+    /// Its backoff passed: it waits for a slot to go again.
+    Retry,
 }
 
 /// How recent a question to Runware is recent enough for a local client's
@@ -133,6 +150,8 @@ pub struct Delivery {
     followed: bool,
     /// When the last `getResponse` about it went upstream.
     asked_at: Option<Instant>,
+    /// Times Runware refused it as overloaded.
+    overloads: u32,
 }
 
 impl Delivery {
@@ -146,6 +165,7 @@ impl Delivery {
             asynchronous,
             followed: false,
             asked_at: None,
+            overloads: 0,
         }
     }
 
@@ -180,6 +200,11 @@ impl Delivery {
         self.sends
     }
 
+    /// Times Runware refused it as overloaded.
+    pub fn overloads(&self) -> u32 {
+        self.overloads
+    }
+
     /// Whether its results come by polling now.
     pub fn is_polling(&self) -> bool {
         matches!(self.state, State::Polling { .. })
@@ -190,7 +215,7 @@ impl Delivery {
     /// outstanding.
     pub fn has_way_forward(&self, connection: u64) -> bool {
         match self.state {
-            State::Queued | State::Polling { .. } | State::Ended => true,
+            State::Queued | State::Polling { .. } | State::Backoff { .. } | State::Ended => true,
             State::Sent { connection: c } => c == connection,
         }
     }
@@ -226,8 +251,24 @@ impl Delivery {
                 };
                 Action::Transmit
             }
-            // Sent already, or polled: never twice in one go.
+            // Sent already, polled or backing off: never twice in one go.
             (_, Event::Send { .. }) => Action::None,
+            // A followed task has nothing to send again.
+            (Sent { .. } | Queued | Polling { .. }, Event::Overloaded { until })
+                if !self.followed =>
+            {
+                self.state = Backoff { until };
+                self.overloads += 1;
+                Action::Park
+            }
+            (_, Event::Overloaded { .. }) => Action::None,
+            (Backoff { until }, Event::PollTick) if until <= now => {
+                self.state = Queued;
+                Action::Retry
+            }
+            // Runware never took it: a new connection changes nothing, and
+            // any other answer about it is stale.
+            (Backoff { .. }, _) => Action::None,
             (Queued, Event::Ready { .. }) => Action::Enqueue,
             (Sent { .. }, Event::Ready { resumed: true, .. }) => {
                 // Runware may have it or not: send it again under its own
@@ -419,6 +460,49 @@ mod tests {
         let mut d = Delivery::new(false, T);
         assert_eq!(d.step(Event::Send { connection }, now, T), Action::Transmit);
         (d, now)
+    }
+
+    /// An overload answer parks the task until its backoff passes; nothing
+    /// in between (a new connection, a stale answer, a tick too early)
+    /// sends it, and once due it is queued to go under its own taskUUID,
+    /// a second send (so a conflict then means Runware has it).
+    #[test]
+    fn an_overloaded_task_waits_its_backoff_then_goes_again() {
+        let (mut d, now) = sent(1);
+        let until = now + Duration::from_secs(1);
+        assert_eq!(d.step(Event::Overloaded { until }, now, T), Action::Park);
+        assert_eq!(d.overloads(), 1);
+        assert!(d.has_way_forward(2));
+        for event in [
+            Event::Ready {
+                connection: 2,
+                resumed: false,
+            },
+            Event::Ready {
+                connection: 2,
+                resumed: true,
+            },
+            Event::Conflict,
+            Event::Unknown,
+            Event::Send { connection: 2 },
+            Event::PollTick,
+        ] {
+            assert_eq!(d.step(event, now, T), Action::None, "{event:?}");
+            assert_eq!(d.state(), State::Backoff { until }, "{event:?}");
+        }
+        assert_eq!(d.step(Event::PollTick, until, T), Action::Retry);
+        assert_eq!(d.state(), State::Queued);
+        assert_eq!(
+            d.step(Event::Send { connection: 2 }, until, T),
+            Action::Transmit
+        );
+        assert_eq!(d.sends(), 2);
+        // Runware has it now: polled, not failed.
+        assert_eq!(d.step(Event::Conflict, until, T), Action::None);
+        assert!(d.is_polling());
+        // A followed task has nothing to send again.
+        let mut f = Delivery::followed(T, now);
+        assert_eq!(f.step(Event::Overloaded { until }, now, T), Action::None);
     }
 
     /// A client's question brings the next poll forward, unless one is

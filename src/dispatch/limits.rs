@@ -46,6 +46,10 @@ pub struct Limits {
     /// Tasks upstream at once ([`WindowSetting`]). Past it, tasks are held
     /// locally and released fairly across tenants.
     pub upstream_window: WindowSetting,
+    /// A task without a client's deadline is sent again after Runware's
+    /// overload answers for this long from its admission (the daemon's
+    /// `default_task_timeout`, which its doors wait).
+    pub default_deadline: Duration,
     /// Each tenant's weight in the fair queue, by [`super::fair::TenantId`]
     /// (the default tenant first).
     pub tenant_weights: Vec<u32>,
@@ -60,7 +64,9 @@ impl Limits {
     /// The window these limits ask for.
     pub fn window(&self) -> super::fair::Window {
         match self.upstream_window {
-            WindowSetting::Unbounded => super::fair::Window::fixed(self.max_in_flight),
+            WindowSetting::Unbounded => {
+                super::fair::Window::on_overload(WINDOW_MIN, self.max_in_flight)
+            }
             WindowSetting::Fixed(size) => super::fair::Window::fixed(size),
             WindowSetting::Auto => {
                 super::fair::Window::adaptive(WINDOW_START, WINDOW_MIN, self.max_in_flight)
@@ -72,7 +78,9 @@ impl Limits {
 /// How many tasks may be upstream at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WindowSetting {
-    /// Every task goes at once (up to `max_in_flight`): nothing is held.
+    /// Every task goes at once (up to `max_in_flight`): nothing is held
+    /// until Runware answers that it is overloaded
+    /// ([`super::fair::Window::on_overload`]).
     #[default]
     Unbounded,
     /// The adaptive window ([`super::fair::Window::adaptive`]).
@@ -94,6 +102,7 @@ impl Default for Limits {
             poll_min: Duration::from_millis(500),
             poll_max: Duration::from_secs(1),
             upstream_window: WindowSetting::Unbounded,
+            default_deadline: Duration::from_secs(300),
             tenant_weights: vec![1],
         }
     }

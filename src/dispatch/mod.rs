@@ -56,6 +56,7 @@ mod journal;
 pub mod lifecycle;
 mod limits;
 pub mod metrics;
+mod overload;
 mod owners;
 mod persist;
 mod principal;
@@ -93,6 +94,7 @@ pub use self::limits::{
     MAX_EXPECTED_RESULTS, WindowSetting,
 };
 use self::metrics::{TaskLabels, TaskMetrics, task_type_label};
+pub use self::overload::{OVERLOAD_BACKOFF_MAX, OVERLOAD_BACKOFF_MIN, overload_backoff};
 pub use self::owners::REMEMBERED_OWNERS;
 pub use self::persist::{PREVIOUS_RUN_WAIT, SessionTask};
 use self::principal::ConnectionGuard;
@@ -166,6 +168,9 @@ pub struct TaskTable {
     queue: mpsc::UnboundedSender<TaskUuid>,
     /// Tasks held locally until the window upstream has room ([`fair`]).
     fair: std::sync::Mutex<fair::FairQueue>,
+    /// Tasks Runware refused as overloaded, by when they go again
+    /// ([`overload`]).
+    retries: std::sync::Mutex<overload::Retries>,
     /// Whether tasks go out now: set by the connection supervisor.
     gate: std::sync::RwLock<Gate>,
     /// What the table counts, shared with the listeners.
@@ -202,6 +207,7 @@ impl TaskTable {
                 &limits.tenant_weights,
                 limits.window(),
             )),
+            retries: std::sync::Mutex::default(),
             limits,
             queue,
             gate: std::sync::RwLock::default(),

@@ -281,6 +281,18 @@ impl TaskTable {
             (_, Some(task)) => task,
         };
         let now = Instant::now();
+        if class.is_transient_overload() {
+            if about_get_response {
+                // The question was refused, not the task: asked again on
+                // its schedule.
+                self.step(task, Event::Answered, now);
+                return;
+            }
+            if self.overloaded(task, now) {
+                tracing::debug!(task = %uuid, code = %error.code, "Runware is overloaded; the task goes again after a backoff");
+                return;
+            }
+        }
         if verdict == ErrorVerdict::Unknown {
             // About the question, not the task: Runware does not know it, so
             // it never arrived. Sent (again) under its own taskUUID; a

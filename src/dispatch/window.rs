@@ -16,7 +16,7 @@ impl TaskTable {
 
     /// Applies `event` to the fair queue and hands what it releases to the
     /// writer.
-    fn fair_step(&self, event: fair::Event) {
+    pub(super) fn fair_event(&self, event: fair::Event) {
         let mut released = Vec::new();
         let mut queue = self.fair();
         queue.step(event, Instant::now(), &mut released);
@@ -34,7 +34,7 @@ impl TaskTable {
         priority: Priority,
         kind: Kind,
     ) {
-        self.fair_step(fair::Event::Submit {
+        self.fair_event(fair::Event::Submit {
             uuid,
             tenant,
             priority,
@@ -45,13 +45,13 @@ impl TaskTable {
     /// A task sent before this queue knew it (one restored): it holds a
     /// slot until it ends.
     pub(super) fn adopt(&self, uuid: TaskUuid, kind: Kind) {
-        self.fair_step(fair::Event::Adopt { uuid, kind });
+        self.fair_event(fair::Event::Adopt { uuid, kind });
     }
 
     /// A task in flight ended (or went): a held one is never sent; a
     /// released one frees its slot.
     pub(super) fn left_queue(&self, uuid: TaskUuid, ending: Ending) {
-        self.fair_step(fair::Event::End { uuid, ending });
+        self.fair_event(fair::Event::End { uuid, ending });
     }
 
     /// Whether the task is held locally (not to be sent yet).
@@ -59,9 +59,10 @@ impl TaskTable {
         self.fair().is_held(uuid)
     }
 
-    /// Tasks held locally now.
+    /// Tasks held locally now (parked for a retry included).
     pub fn queued_locally(&self) -> usize {
-        self.fair().held()
+        let queue = self.fair();
+        queue.held() + queue.parked()
     }
 
     /// The window's size now: tasks upstream at once.
@@ -71,7 +72,7 @@ impl TaskTable {
 
     /// Sets a fixed window (an operator's, or a test's).
     pub fn set_window(&self, size: usize) {
-        self.fair_step(fair::Event::SetWindow { size });
+        self.fair_event(fair::Event::SetWindow { size });
     }
 }
 
@@ -88,7 +89,7 @@ pub(super) fn ending_of(outcome: &Outcome, task: &Task, connection: u64) -> Endi
     match outcome {
         Outcome::Completed if clean => Ending::Done,
         Outcome::Completed => Ending::Other,
-        Outcome::Failed(f) if f.kind == FailureKind::Runware(ErrorClass::RateLimited) => {
+        Outcome::Failed(f) if matches!(f.kind, FailureKind::Runware(c) if c.is_transient_overload()) => {
             Ending::Overloaded
         }
         Outcome::Failed(_) => Ending::Other,

@@ -75,6 +75,9 @@ pub enum ErrorClass {
     NoCredit,
     /// Too many requests.
     RateLimited,
+    /// Runware is overloaded: its queue is full, it has no capacity, or the
+    /// task waited past its queue's limit (HTTP 429, 503, 504).
+    Overloaded,
     /// The taskUUID is already known to the server (`conflictTaskUUID`).
     Conflict,
     /// The API key was rejected.
@@ -86,6 +89,12 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Whether the task may be sent again, under its own taskUUID, after a
+    /// backoff: Runware refused it for now, without running it.
+    pub fn is_transient_overload(self) -> bool {
+        matches!(self, ErrorClass::RateLimited | ErrorClass::Overloaded)
+    }
+
     /// The class of a Runware error code. Codes are camelCase identifiers;
     /// only a few are documented, so this goes by their documented naming
     /// pattern.
@@ -100,6 +109,16 @@ impl ErrorClass {
         } else if lower.contains("ratelimit") || lower.contains("toomanyrequests") || lower == "429"
         {
             ErrorClass::RateLimited
+        } else if lower.contains("queuefull")
+            || lower.contains("capacity")
+            || lower.contains("queuewait")
+            || lower.contains("overload")
+            || lower.contains("noavailableserver")
+            || lower.contains("serviceunavailable")
+            || lower == "503"
+            || lower == "504"
+        {
+            ErrorClass::Overloaded
         } else if lower.starts_with("timeout") || lower.contains("timedout") {
             ErrorClass::Timeout
         } else if lower.starts_with("invalid")
@@ -135,6 +154,17 @@ mod tests {
         assert_eq!(ErrorClass::of("insufficientCredits"), ErrorClass::NoCredit);
         assert_eq!(ErrorClass::of("rateLimitExceeded"), ErrorClass::RateLimited);
         assert_eq!(ErrorClass::of("timeoutProvider"), ErrorClass::Timeout);
+        for code in [
+            "queueFull",
+            "noCapacity",
+            "queueWaitExceeded",
+            "noAvailableServer",
+            "503",
+        ] {
+            assert_eq!(ErrorClass::of(code), ErrorClass::Overloaded, "{code}");
+            assert!(ErrorClass::of(code).is_transient_overload());
+        }
+        assert!(!ErrorClass::of("timeoutProvider").is_transient_overload());
         assert_eq!(ErrorClass::of("somethingElse"), ErrorClass::Other);
     }
 }

@@ -240,6 +240,7 @@ fn limits(c: &Config) -> Limits {
         // Checked when the configuration was read.
         upstream_window: crate::config::window_size(&c.upstream_window).unwrap_or_default(),
         tenant_weights: c.tenants().weights().to_vec(),
+        default_deadline: c.default_task_timeout,
         ..Limits::default()
     }
 }

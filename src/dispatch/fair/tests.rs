@@ -159,6 +159,10 @@ enum Op {
         ending: u8,
     },
     SetWindow(usize),
+    /// Runware refuses the `i`-th known task (modulo) as overloaded.
+    Overload(usize),
+    /// The `i`-th known task's (modulo) backoff passed.
+    Retry(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -166,24 +170,31 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0usize..3, any::<bool>()).prop_map(|(tenant, batch)| Op::Submit { tenant, batch }),
         4 => (any::<usize>(), 0u8..4).prop_map(|(i, ending)| Op::End { i, ending }),
         1 => (1usize..6).prop_map(Op::SetWindow),
+        2 => any::<usize>().prop_map(Op::Overload),
+        2 => any::<usize>().prop_map(Op::Retry),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-    /// Any order of submits, ends (completions, cancels, overloads) and
-    /// window changes: nothing released twice, nothing released after it
-    /// ended, never more than the window upstream after a release, interactive
+    /// Any order of submits, ends (completions, cancels, overloads),
+    /// overload answers, retries and window changes: nothing released
+    /// twice (unless Runware refused it in between), nothing released
+    /// after it ended or while parked, never more than the window upstream after a release, interactive
     /// ahead of batch within a tenant, and a tenant with held work released
     /// a task within the sum of the weights of releases.
     #[test]
     fn the_fair_queue_keeps_its_promises(
         weights in proptest::collection::vec(1u32..4, 3),
-        adaptive in any::<bool>(),
+        window in 0u8..3,
         ops in proptest::collection::vec(op(), 1..300),
     ) {
-        let window = if adaptive { Window::adaptive(2, 1, 8) } else { Window::fixed(2) };
+        let window = match window {
+            0 => Window::adaptive(2, 1, 8),
+            1 => Window::on_overload(1, 8),
+            _ => Window::fixed(2),
+        };
         let mut q = FairQueue::new(&weights, window);
         let bound: u32 = weights.iter().sum();
         let mut known: Vec<u128> = Vec::new();
@@ -191,6 +202,8 @@ proptest! {
         let mut released: HashSet<u128> = HashSet::new();
         let mut held: HashMap<u128, (usize, Priority)> = HashMap::new();
         let mut upstream: HashSet<u128> = HashSet::new();
+        let mut parked: HashSet<u128> = HashSet::new();
+        let mut whose: HashMap<u128, (usize, Priority)> = HashMap::new();
         // Releases since each tenant with held work last got one.
         let mut waited = [0u32; 3];
         let mut next = 0u128;
@@ -204,6 +217,7 @@ proptest! {
                     next += 1;
                     known.push(next);
                     held.insert(next, (tenant, priority));
+                    whose.insert(next, (tenant, priority));
                     let event = Event::Submit { uuid: uuid(next), tenant, priority, kind: 0 };
                     q.step(event, now, &mut out);
                 }
@@ -219,15 +233,34 @@ proptest! {
                     now += took;
                     held.remove(&n);
                     upstream.remove(&n);
+                    parked.remove(&n);
                     ended.insert(n);
                     q.step(Event::End { uuid: uuid(n), ending }, now, &mut out);
                 }
                 Op::SetWindow(size) => q.step(Event::SetWindow { size }, now, &mut out),
+                Op::Overload(i) => {
+                    if known.is_empty() { continue; }
+                    let n = known[i % known.len()];
+                    if upstream.remove(&n) {
+                        parked.insert(n);
+                        released.remove(&n);
+                    }
+                    q.step(Event::Overloaded { uuid: uuid(n) }, now, &mut out);
+                }
+                Op::Retry(i) => {
+                    if known.is_empty() { continue; }
+                    let n = known[i % known.len()];
+                    if parked.remove(&n) {
+                        held.insert(n, whose[&n]);
+                    }
+                    q.step(Event::Retry { uuid: uuid(n) }, now, &mut out);
+                }
             }
             for u in &out {
                 let n = number(u);
                 prop_assert!(released.insert(n), "released twice: {n}");
                 prop_assert!(!ended.contains(&n), "released after it ended: {n}");
+                prop_assert!(!parked.contains(&n), "released while parked: {n}");
                 let (tenant, priority) = held.remove(&n).expect("released but not held");
                 if priority == Priority::Batch {
                     prop_assert!(
@@ -257,8 +290,50 @@ proptest! {
             }
             prop_assert_eq!(q.upstream(), upstream.len());
             prop_assert_eq!(q.held(), held.len());
+            prop_assert_eq!(q.parked(), parked.len());
             // Room and held work never both: the queue releases at once.
             prop_assert!(q.held() == 0 || q.upstream() >= q.window());
         }
     }
+}
+
+/// The default window holds nothing back until Runware says it is
+/// overloaded; then it halves what was upstream, the refused task parks
+/// out of it, and its retry goes first in its tenant's lane.
+#[test]
+fn an_overload_parks_the_task_and_halves_what_was_upstream() {
+    let mut q = FairQueue::new(&[1], Window::on_overload(1, 1000));
+    let mut sent = Vec::new();
+    for n in 0..20 {
+        sent.extend(submit(&mut q, n, 0, Priority::Interactive));
+    }
+    assert_eq!(sent.len(), 20, "nothing held before an overload");
+    let mut out = Vec::new();
+    q.step(
+        Event::Overloaded { uuid: uuid(0) },
+        Instant::now(),
+        &mut out,
+    );
+    assert!(out.is_empty());
+    assert_eq!(q.window(), 10, "half of the 20 upstream");
+    assert_eq!((q.upstream(), q.parked(), q.held()), (19, 1, 0));
+    assert!(q.is_held(&uuid(0)), "a parked task is not to be sent");
+    assert!(submit(&mut q, 100, 0, Priority::Interactive).is_empty());
+    q.step(Event::Retry { uuid: uuid(0) }, Instant::now(), &mut out);
+    assert!(out.is_empty(), "the window is full");
+    // Ten end: the retry goes first, then the task that came after it.
+    for n in 1..11 {
+        out.extend(end(&mut q, n, DONE));
+    }
+    assert_eq!(out, vec![uuid(0), uuid(100)]);
+    // A parked task that ends is never released.
+    q.step(
+        Event::Overloaded { uuid: uuid(0) },
+        Instant::now(),
+        &mut out,
+    );
+    out.clear();
+    end(&mut q, 0, Ending::Other);
+    q.step(Event::Retry { uuid: uuid(0) }, Instant::now(), &mut out);
+    assert!(out.is_empty() && q.parked() == 0 && q.place(&uuid(0)).is_none());
 }

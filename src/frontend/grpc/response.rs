@@ -36,6 +36,7 @@ pub fn failure_status(f: &TaskFailure) -> Status {
             ErrorClass::InvalidArgument => Code::InvalidArgument,
             ErrorClass::NoCredit => Code::FailedPrecondition,
             ErrorClass::RateLimited => Code::ResourceExhausted,
+            ErrorClass::Overloaded => Code::Unavailable,
             ErrorClass::Conflict => Code::AlreadyExists,
             ErrorClass::AuthRejected => Code::Unauthenticated,
             ErrorClass::Timeout => Code::DeadlineExceeded,

@@ -49,17 +49,20 @@ impl RunwareService {
             .map_err(submit_status)?;
         let body = Bytes::from(Value::Array(vec![Value::Object(task)]).to_string());
         let rest = Arc::clone(&self.rest);
-        let upstream = tokio::time::timeout_at(deadline, rest.post(body, None, true))
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "task {uuid}: Runware did not answer before the deadline"
-                ))
-            })?
-            .map_err(|e| Status::unavailable(format!("task {uuid}: {e}; nothing ran")))?;
+        let counters = &self.intake.table().counters;
+        let upstream =
+            tokio::time::timeout_at(deadline, rest.post_stream(body, deadline, counters))
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "task {uuid}: Runware did not answer before the deadline"
+                    ))
+                })?
+                .map_err(|e| Status::unavailable(format!("task {uuid}: {e}; nothing ran")))?;
         let (parts, incoming) = upstream.into_parts();
         if !parts.status.is_success() {
-            slot.failed("error");
+            let overloaded = crate::upstream_rest::is_overloaded(parts.status);
+            slot.failed(if overloaded { "overloaded" } else { "error" });
             return Err(refused_upstream(incoming, uuid, self.max_message_bytes).await);
         }
         let events = Events::new(incoming, self.max_message_bytes);

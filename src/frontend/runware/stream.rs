@@ -82,7 +82,9 @@ impl RunwareEndpoint {
             }
         };
         let body = Bytes::from(format!("[{raw}]"));
-        let upstream = match self.inner.rest.post(body, None, true).await {
+        let deadline = Instant::now() + self.inner.task_timeout;
+        let counters = &self.inner.intake.table().counters;
+        let upstream = match self.inner.rest.post_stream(body, deadline, counters).await {
             Ok(upstream) => upstream,
             Err(e) => {
                 slot.failed("error");
@@ -108,9 +110,9 @@ impl RunwareEndpoint {
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if !events {
             // Runware refused it (its answer is relayed as it is).
-            slot.failed("error");
+            let overloaded = crate::upstream_rest::is_overloaded(parts.status);
+            slot.failed(if overloaded { "overloaded" } else { "error" });
         }
-        let deadline = Instant::now() + self.inner.task_timeout;
         let relay = Relay {
             slot,
             upstream: BodyStream::new(incoming),

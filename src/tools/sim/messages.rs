@@ -118,6 +118,16 @@ pub(super) fn handle_message(
             _ if shared.lose_tasks.load(std::sync::atomic::Ordering::SeqCst) => {
                 bump(shared, |s| s.tasks_lost += 1);
             }
+            _ if let Some((code, message, _)) = take_overload(shared) => {
+                let uuid = task.get("taskUUID").and_then(Value::as_str);
+                replies.push(Outgoing::Error(error_item(
+                    code,
+                    "",
+                    message,
+                    Some(&task_type),
+                    uuid,
+                )));
+            }
             _ => {
                 if let Some(reply) = start_task(shared, &session_id, &task_type, task, dry_run) {
                     replies.push(reply);
@@ -128,6 +138,22 @@ pub(super) fn handle_message(
     for reply in replies {
         let _ = tx.send(reply);
     }
+}
+
+/// The overload fault's answer to this task, if it refuses it (one fewer
+/// to refuse): its code, message and HTTP status, counted.
+pub(super) fn take_overload(shared: &Shared) -> Option<(&'static str, &'static str, u16)> {
+    use std::sync::atomic::Ordering::SeqCst;
+    shared
+        .overload
+        .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+        .ok()?;
+    let mut n = 0;
+    bump(shared, |s| {
+        n = s.overloads;
+        s.overloads += 1;
+    });
+    Some(super::OVERLOAD_CODES[n as usize % super::OVERLOAD_CODES.len()])
 }
 
 /// `invalidApiKey` unless `key` is accepted.

@@ -146,6 +146,9 @@ pub struct SimStats {
     pub conflicts: u64,
     /// Tasks dropped unseen by the `set_lose_tasks` fault.
     pub tasks_lost: u64,
+    /// Tasks refused with an overload answer by the `overload_next` fault
+    /// (never run, never charged).
+    pub overloads: u64,
     /// Result items counted delivered but lost with a dying socket (the
     /// `swallow_next_results` fault).
     pub results_swallowed: u64,
@@ -176,11 +179,39 @@ pub enum Fault {
     /// The next message of tasks is refused whole, with an error naming no
     /// task ([`SimHandle::refuse_next_batch`]).
     RefuseBatch,
+    /// The next [`OVERLOAD_BURST`] tasks are refused as an overloaded
+    /// account's are ([`SimHandle::overload_next`]).
+    Overload,
 }
+
+/// Tasks one [`Fault::Overload`] refuses.
+pub const OVERLOAD_BURST: u64 = 16;
+
+/// What an overloaded Runware answers a task with, in turn: its queue is
+/// full (HTTP 429), it has no capacity (503), the task waited too long in
+/// its queue (504): code, message and the HTTP status of a REST answer.
+/// Transient: the same task may be sent again.
+pub const OVERLOAD_CODES: [(&str, &str, u16); 3] = [
+    (
+        "queueFull",
+        "the queue for this model is full; retry with backoff",
+        429,
+    ),
+    (
+        "noCapacity",
+        "no capacity is available right now; retry with backoff",
+        503,
+    ),
+    (
+        "queueWaitExceeded",
+        "the task waited longer than the queue allows; retry with backoff",
+        504,
+    ),
+];
 
 /// A fault the simulator does not know.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("unknown fault {0:?}: use drop, close, swallow, lose-session or refuse-batch")]
+#[error("unknown fault {0:?}: use drop, close, swallow, lose-session, refuse-batch or overload")]
 pub struct UnknownFault(pub String);
 
 impl std::str::FromStr for Fault {
@@ -193,6 +224,7 @@ impl std::str::FromStr for Fault {
             "swallow" => Ok(Fault::Swallow),
             "lose-session" => Ok(Fault::LoseSession),
             "refuse-batch" => Ok(Fault::RefuseBatch),
+            "overload" => Ok(Fault::Overload),
             other => Err(UnknownFault(other.to_owned())),
         }
     }
@@ -237,6 +269,7 @@ impl SimHandle {
             lose_tasks: std::sync::atomic::AtomicBool::new(false),
             refuse_batch: std::sync::atomic::AtomicBool::new(false),
             swallow: std::sync::atomic::AtomicBool::new(false),
+            overload: std::sync::atomic::AtomicU64::new(0),
             downloads: Mutex::default(),
             workers: config_workers.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
             media_base: format!(
@@ -351,6 +384,15 @@ impl SimHandle {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Fault: the next `tasks` tasks are refused with Runware's overload
+    /// answers ([`OVERLOAD_CODES`], in turn) and never run: nothing of them
+    /// is kept, so the same taskUUID sent again runs.
+    pub fn overload_next(&self, tasks: u64) {
+        self.shared
+            .overload
+            .store(tasks, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Injects `faults` in turn, one every `every` (each wait drawn from
     /// half to one and a half of it, seeded), until the returned task is
     /// aborted. For `runwared sim --fault` and the benchmarks.
@@ -386,6 +428,7 @@ impl SimHandle {
                 self.drop_connections();
             }
             Fault::RefuseBatch => self.refuse_next_batch(),
+            Fault::Overload => self.overload_next(OVERLOAD_BURST),
         }
     }
 

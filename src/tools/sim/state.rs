@@ -70,6 +70,9 @@ pub(super) struct Shared {
     pub(super) refuse_batch: std::sync::atomic::AtomicBool,
     /// Fault: the next message with results is lost with its socket.
     pub(super) swallow: std::sync::atomic::AtomicBool,
+    /// Fault: this many more tasks are refused with an overload answer
+    /// ([`super::OVERLOAD_CODES`]), and never run.
+    pub(super) overload: std::sync::atomic::AtomicU64,
     /// The result files that download, and where (`http://ADDR/media`).
     pub(super) downloads: Mutex<super::downloads::Downloads>,
     pub(super) media_base: String,

@@ -3,7 +3,8 @@
 //! one `data:` line a token (`delta.text`), then one with `finishReason`,
 //! `usage` and (under `includeCost`) `cost`, then `data: [DONE]`. Tokens
 //! come at the configured interval; the `stream_break_after` fault breaks
-//! the connection midway.
+//! the connection midway, and the overload fault refuses the task with its
+//! HTTP status (429, 503, 504) before it runs.
 
 use std::sync::Arc;
 
@@ -61,6 +62,15 @@ pub(super) fn answer(shared: &Arc<Shared>, tasks_asked: &[Value]) -> Option<Resp
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
+    if let Some((code, message, status)) = super::messages::take_overload(shared) {
+        // Refused before it ran, as an overloaded account's REST door does.
+        let error = super::error_item(code, "", message, Some(task_type), Some(&uuid));
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return Some(
+            super::http_answer(status, json!({"errors": [error]}).to_string())
+                .map(|b| b.map_err(|never| match never {}).boxed()),
+        );
+    }
     let (interval, break_after) = {
         let config = lock(&shared.config);
         (config.stream_token_interval, config.stream_break_after)
