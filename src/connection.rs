@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::protocol::{ErrorClass, Inbound, RunwareError, SessionUuid};
+use crate::rate::TokenBucket;
 
 /// Where the connection is, as clients and `GetStatus` see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -150,7 +151,7 @@ impl ReconnectPolicy {
             backoff: builder.build(),
             builder,
             max,
-            quick: TokenBucket::per_minute(quick_per_minute),
+            quick: TokenBucket::per_minute(quick_per_minute, quick_per_minute / 3),
             auth_rejected_retry,
         }
     }
@@ -173,42 +174,6 @@ impl ReconnectPolicy {
     /// After Runware rejected the API key.
     pub fn after_auth_rejected(&mut self) -> Duration {
         self.auth_rejected_retry
-    }
-}
-
-/// At most `rate` takes a minute, in bursts of up to a third of it.
-#[derive(Debug)]
-struct TokenBucket {
-    capacity: f64,
-    /// Tokens per second.
-    refill: f64,
-    tokens: f64,
-    at: Option<Instant>,
-}
-
-impl TokenBucket {
-    fn per_minute(rate: usize) -> Self {
-        let capacity = (rate as f64 / 3.0).max(1.0);
-        TokenBucket {
-            capacity,
-            refill: rate as f64 / 60.0,
-            tokens: capacity,
-            at: None,
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        if let Some(at) = self.at {
-            let earned = now.saturating_duration_since(at).as_secs_f64() * self.refill;
-            self.tokens = (self.tokens + earned).min(self.capacity);
-        }
-        self.at = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 

@@ -73,6 +73,7 @@ pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;
+pub mod rate;
 pub mod server;
 pub mod state;
 pub mod status;

@@ -56,6 +56,7 @@ async fn flooded(window: &str) -> Flooded {
             weight: 1,
             uids: vec![rustix::process::getuid().as_raw()],
             groups: Vec::new(),
+            quota: Default::default(),
         }];
     })
     .await;

@@ -223,6 +223,101 @@ async fn memory(door: Door) {
     );
 }
 
+/// The default tenant's quotas (TCP clients belong to it here).
+fn default_quota(c: &mut Config, quota: runwared::dispatch::Quota) {
+    c.default_tenant = runwared::config::DefaultTenant { quota };
+}
+
+/// A tenant has at most its `max_in_flight` tasks in flight, over all its
+/// connections; the refusal names the tenant and the quota.
+async fn tenant_in_flight(door: Door) {
+    let h = daemon(|c| {
+        default_quota(
+            c,
+            runwared::dispatch::Quota {
+                max_in_flight: Some(3),
+                ..Default::default()
+            },
+        )
+    })
+    .await;
+    let mut one = open(&h, door).await;
+    let tasks: Vec<Value> = (0..2).map(|_| image_task(10)).collect();
+    assert!(submit_at_once(&h, &mut one, &tasks).await.is_empty());
+    // Another connection of the same tenant shares its quota.
+    let mut other = open(&h, door).await;
+    let tasks: Vec<Value> = (0..3).map(|_| image_task(10)).collect();
+    let refused = submit_at_once(&h, &mut other, &tasks).await;
+    assert_eq!(refused.len(), 2, "{door:?}: {refused:?}");
+    assert!(
+        all_name(
+            &refused,
+            "tenant \"default\" is at its quota max_in_flight (3)"
+        ),
+        "{door:?}: {refused:?}"
+    );
+    let usage = h.daemon.table.tenant_usage();
+    assert_eq!(usage[0].in_flight, 3);
+    assert_eq!(usage[0].refused[0], ("max_in_flight", 2));
+}
+
+/// A tenant is admitted at most its `tasks_per_minute` (a token bucket of
+/// `tasks_burst`); the bucket fills again with time.
+async fn tenant_per_minute(door: Door) {
+    let h = daemon(|c| {
+        default_quota(
+            c,
+            runwared::dispatch::Quota {
+                tasks_per_minute: Some(60),
+                tasks_burst: Some(4),
+                ..Default::default()
+            },
+        )
+    })
+    .await;
+    let mut one = open(&h, door).await;
+    let tasks: Vec<Value> = (0..6).map(|_| image_task(10)).collect();
+    let refused = submit_at_once(&h, &mut one, &tasks).await;
+    assert_eq!(refused.len(), 2, "{door:?}: {refused:?}");
+    assert!(
+        all_name(&refused, "quota tasks_per_minute (60)"),
+        "{door:?}: {refused:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let tasks: Vec<Value> = (0..3).map(|_| image_task(10)).collect();
+    let refused = submit_at_once(&h, &mut one, &tasks).await;
+    assert_eq!(
+        refused.len(),
+        1,
+        "two seconds earn two: {door:?}: {refused:?}"
+    );
+}
+
+/// A tenant holds at most its share of the memory budget in tasks' JSON
+/// and results.
+async fn tenant_memory(door: Door) {
+    // About 3 KB of JSON each: two fit in 8 % of 80 KB, the third does not.
+    let h = daemon(|c| {
+        c.max_memory_bytes = 80_000;
+        default_quota(
+            c,
+            runwared::dispatch::Quota {
+                max_memory_percent: Some(8),
+                ..Default::default()
+            },
+        )
+    })
+    .await;
+    let tasks: Vec<Value> = (0..3).map(|_| image_task(2_900)).collect();
+    let mut one = open(&h, door).await;
+    let refused = submit_at_once(&h, &mut one, &tasks).await;
+    assert_eq!(refused.len(), 1, "{door:?}: {refused:?}");
+    assert!(
+        all_name(&refused, "quota max_memory_percent (8)"),
+        "{door:?}: {refused:?}"
+    );
+}
+
 /// Each check on each door, each in a runtime (and daemon) of its own.
 macro_rules! on_every_door {
     ($($check:ident),* $(,)?) => {
@@ -247,7 +342,15 @@ macro_rules! on_every_door {
     };
 }
 
-on_every_door!(per_connection, in_flight, queued, memory);
+on_every_door!(
+    per_connection,
+    in_flight,
+    queued,
+    memory,
+    tenant_in_flight,
+    tenant_per_minute,
+    tenant_memory,
+);
 
 #[tokio::test(start_paused = true)]
 async fn a_message_past_max_message_bytes_is_refused_naming_it_on_every_door() {

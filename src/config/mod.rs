@@ -27,7 +27,7 @@ pub use self::resolved::{Config, Environment};
 #[cfg(test)]
 use self::secrets::read_key_file;
 pub use self::secrets::{ApiKey, ApiKeySource, BearerToken, read_token_file};
-pub use self::tenants::{MAX_WEIGHT, TenantSettings, Tenants, group_id};
+pub use self::tenants::{DefaultTenant, MAX_WEIGHT, TenantSettings, Tenants, group_id};
 use self::values::duration_text;
 pub use self::values::{
     DurationError, Endpoint, EndpointError, Switch, SwitchError, SwitchValue, parse_duration,
@@ -339,6 +339,11 @@ pub struct Settings {
     #[arg(skip)]
     #[serde(default)]
     pub tenants: Vec<TenantSettings>,
+    /// The rules of clients that match no tenant, as a `[default_tenant]`
+    /// table (the TOML file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub default_tenant: DefaultTenant,
 }
 
 /// The window `upstream_window` asks for.

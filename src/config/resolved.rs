@@ -66,7 +66,7 @@ impl Config {
     /// configuration was read; a table changed since that breaks a rule
     /// leaves only the default tenant).
     pub fn tenants(&self) -> Tenants {
-        Tenants::resolve(&self.tenants, self.default_tenant_weight).unwrap_or_else(|e| {
+        Tenants::resolve(&self.tenants, self.default_tenant_weight, &self.default_tenant).unwrap_or_else(|e| {
             tracing::error!(error = %e, "the tenants cannot be used; every client is the default tenant's");
             Tenants::default()
         })
@@ -284,8 +284,12 @@ impl Config {
             return Err(invalid("backoff_min", "is above backoff_max".to_owned()));
         }
         super::window_size(&settings.upstream_window).map_err(|e| invalid("upstream_window", e))?;
-        Tenants::resolve(&settings.tenants, settings.default_tenant_weight)
-            .map_err(|e| invalid("tenants", e))?;
+        Tenants::resolve(
+            &settings.tenants,
+            settings.default_tenant_weight,
+            &settings.default_tenant,
+        )
+        .map_err(|e| invalid("tenants", e))?;
         let state_dir = match &settings.state_dir {
             Some(switch) => switch.on(),
             None => env.state_directory.clone(),

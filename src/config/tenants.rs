@@ -1,13 +1,14 @@
 //! Tenants: named groups of principals that share the account by weight
-//! ([`crate::dispatch::fair`]). Declared in the TOML file only, as
+//! ([`crate::dispatch::fair`]), each within its quotas
+//! ([`crate::dispatch::Quota`]). Declared in the TOML file only, as
 //! `[[tenants]]` tables; a client that matches none belongs to the default
-//! tenant (`default_tenant_weight`).
+//! tenant (`default_tenant_weight`, and `[default_tenant]` for its quotas).
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::TenantId;
+use crate::dispatch::{Quota, TenantId, TenantLimits};
 
 /// One `[[tenants]]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +28,20 @@ pub struct TenantSettings {
     /// their uid names another tenant.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Its quotas (`quota = { max_in_flight = 100, ... }`): unlimited
+    /// where unset.
+    #[serde(default)]
+    pub quota: Quota,
+}
+
+/// The `[default_tenant]` table: the rules of clients that match no
+/// tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultTenant {
+    /// Its quotas.
+    #[serde(default)]
+    pub quota: Quota,
 }
 
 fn one() -> u32 {
@@ -43,6 +58,7 @@ pub struct Tenants {
     /// By [`TenantId`]: the default tenant first.
     names: Vec<String>,
     weights: Vec<u32>,
+    quotas: Vec<Quota>,
     by_uid: HashMap<u32, TenantId>,
     by_gid: HashMap<u32, TenantId>,
 }
@@ -52,6 +68,7 @@ impl Default for Tenants {
         Tenants {
             names: vec!["default".to_owned()],
             weights: vec![1],
+            quotas: vec![Quota::default()],
             by_uid: HashMap::new(),
             by_gid: HashMap::new(),
         }
@@ -59,9 +76,14 @@ impl Default for Tenants {
 }
 
 impl Tenants {
-    /// The tenants `declared`, after a default one of `default_weight`;
-    /// the error says which rule a declaration breaks.
-    pub fn resolve(declared: &[TenantSettings], default_weight: u32) -> Result<Self, String> {
+    /// The tenants `declared`, after a default one of `default_weight`
+    /// with the rules of `default`; the error says which rule a
+    /// declaration breaks.
+    pub fn resolve(
+        declared: &[TenantSettings],
+        default_weight: u32,
+        default: &DefaultTenant,
+    ) -> Result<Self, String> {
         let weight_ok = |w: u32, of: &str| {
             if (1..=MAX_WEIGHT).contains(&w) {
                 Ok(w)
@@ -69,8 +91,13 @@ impl Tenants {
                 Err(format!("{of}: weight must be 1 to {MAX_WEIGHT}, got {w}"))
             }
         };
+        default
+            .quota
+            .check()
+            .map_err(|e| format!("default_tenant: {e}"))?;
         let mut tenants = Tenants {
             weights: vec![weight_ok(default_weight, "default_tenant_weight")?],
+            quotas: vec![default.quota],
             ..Tenants::default()
         };
         for (i, t) in declared.iter().enumerate() {
@@ -85,6 +112,10 @@ impl Tenants {
                 return Err(format!("tenant {name:?} is declared twice"));
             }
             tenants.weights.push(weight_ok(t.weight, name)?);
+            t.quota
+                .check()
+                .map_err(|e| format!("tenant {name:?}: {e}"))?;
+            tenants.quotas.push(t.quota);
             tenants.names.push(name.to_owned());
             for &uid in &t.uids {
                 if let Some(other) = tenants.by_uid.insert(uid, id) {
@@ -123,6 +154,17 @@ impl Tenants {
         &self.weights
     }
 
+    /// Each tenant as the task table knows it, by [`TenantId`].
+    pub fn limits(&self) -> Vec<TenantLimits> {
+        (0..self.names.len())
+            .map(|i| TenantLimits {
+                name: self.names[i].clone(),
+                weight: self.weights[i],
+                quota: self.quotas[i],
+            })
+            .collect()
+    }
+
     /// Each tenant's name, by [`TenantId`].
     pub fn names(&self) -> &[String] {
         &self.names
@@ -151,6 +193,7 @@ mod tests {
             weight: 2,
             uids: uids.to_vec(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            quota: Quota::default(),
         }
     }
 
@@ -159,6 +202,7 @@ mod tests {
         let t = Tenants::resolve(
             &[tenant("web", &[1000], &[]), tenant("batch", &[], &["2000"])],
             3,
+            &DefaultTenant::default(),
         )
         .unwrap();
         assert_eq!(t.names(), ["default", "web", "batch"]);
@@ -170,15 +214,27 @@ mod tests {
 
     #[test]
     fn a_declaration_that_breaks_a_rule_is_refused_naming_it() {
-        let twice = Tenants::resolve(&[tenant("a", &[7], &[]), tenant("b", &[7], &[])], 1);
+        let twice = Tenants::resolve(
+            &[tenant("a", &[7], &[]), tenant("b", &[7], &[])],
+            1,
+            &DefaultTenant::default(),
+        );
         assert!(twice.unwrap_err().contains("uid 7"));
-        let named = Tenants::resolve(&[tenant("default", &[], &[])], 1);
+        let named = Tenants::resolve(&[tenant("default", &[], &[])], 1, &DefaultTenant::default());
         assert!(named.unwrap_err().contains("default"));
-        let dup = Tenants::resolve(&[tenant("a", &[], &[]), tenant("a", &[], &[])], 1);
+        let dup = Tenants::resolve(
+            &[tenant("a", &[], &[]), tenant("a", &[], &[])],
+            1,
+            &DefaultTenant::default(),
+        );
         assert!(dup.unwrap_err().contains("twice"));
-        let heavy = Tenants::resolve(&[], 0);
+        let heavy = Tenants::resolve(&[], 0, &DefaultTenant::default());
         assert!(heavy.unwrap_err().contains("default_tenant_weight"));
-        let group = Tenants::resolve(&[tenant("a", &[], &["no-such-group-here"])], 1);
+        let group = Tenants::resolve(
+            &[tenant("a", &[], &["no-such-group-here"])],
+            1,
+            &DefaultTenant::default(),
+        );
         assert!(group.unwrap_err().contains("no-such-group-here"));
     }
 }

@@ -425,3 +425,31 @@ fn tenants_come_from_the_file_and_a_broken_one_is_refused() {
     let err = resolve(&["--simulate"], Some(twice), &Environment::default()).unwrap_err();
     assert!(err.to_string().contains("tenants"), "{err}");
 }
+
+#[test]
+fn quotas_come_from_the_tenants_tables_and_a_broken_one_is_refused() {
+    let file = r#"
+        [default_tenant]
+        quota = { max_in_flight = 50 }
+        [[tenants]]
+        name = "nightly"
+        uids = [1001]
+        quota = { max_in_flight = 500, tasks_per_minute = 600, max_memory_percent = 25 }
+    "#;
+    let c = resolve(&["--simulate"], Some(file), &Environment::default()).unwrap();
+    let limits = c.tenants().limits();
+    assert_eq!(limits[0].quota.max_in_flight, Some(50));
+    assert_eq!(limits[1].name, "nightly");
+    assert_eq!(limits[1].quota.tasks_per_minute, Some(600));
+    assert_eq!(limits[1].quota.max_memory_percent, Some(25));
+    let typo = "[[tenants]]\nname = \"a\"\nquota = { max_inflight = 5 }\n";
+    let err = resolve(&["--simulate"], Some(typo), &Environment::default()).unwrap_err();
+    assert!(err.to_string().contains("max_inflight"), "{err}");
+    let zero = "[default_tenant]\nquota = { tasks_per_minute = 0 }\n";
+    let err = resolve(&["--simulate"], Some(zero), &Environment::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("default_tenant: quota.tasks_per_minute"),
+        "{err}"
+    );
+}

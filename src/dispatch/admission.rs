@@ -12,6 +12,7 @@ impl TaskTable {
                 | SubmitError::QueueFull(_)
                 | SubmitError::TooLarge { .. }
                 | SubmitError::MemoryBudget { .. }
+                | SubmitError::TenantQuota { .. }
         ) {
             self.counters.add(Counter::LimitRejections);
         }
@@ -92,6 +93,14 @@ impl TaskTable {
                 }));
             }
         }
+        let tenant = conn.tenant;
+        if let Some(target) = self.quotas.room_wanted(tenant, need) {
+            self.let_go_of_tenants_ended(tenant, target);
+            if self.quotas.room_wanted(tenant, need).is_some() {
+                let (quota, limit) = self.quotas.over_memory(tenant);
+                return Err(self.refuse(self.over_quota(tenant, quota, limit)));
+            }
+        }
         if !ready && self.unsent.load(Ordering::Acquire) >= self.limits.max_queued {
             return Err(self.refuse(SubmitError::QueueFull(self.limits.max_queued)));
         }
@@ -102,9 +111,14 @@ impl TaskTable {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(SubmitError::TooManyInFlight(self.limits.max_in_flight)));
         }
+        if let Err((quota, limit)) = self.quotas.admit(tenant, Instant::now()) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.refuse(self.over_quota(tenant, quota, limit)));
+        }
         match self.tasks.entry(task.uuid) {
             Entry::Occupied(_) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.quotas.unadmit(tenant);
                 return Err(SubmitError::AlreadyKnown(task.uuid));
             }
             Entry::Vacant(v) => {
@@ -125,6 +139,7 @@ impl TaskTable {
                     payload: task.payload,
                     label: task.label,
                     owner: task.owner,
+                    tenant,
                     local_session: task.local_session,
                     awaits_resume: false,
                     started: Instant::now(),
@@ -147,7 +162,8 @@ impl TaskTable {
         }
         self.unsent.fetch_add(1, Ordering::AcqRel);
         self.payload_bytes.fetch_add(need, Ordering::AcqRel);
-        self.queue_locally(task.uuid, conn.tenant, task.priority, task.kind);
+        self.quotas.add_bytes(tenant, need);
+        self.queue_locally(task.uuid, tenant, task.priority, task.kind);
         Ok(conn_guard)
     }
 
@@ -236,6 +252,8 @@ impl TaskTable {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.payload_bytes
                 .fetch_sub(task.payload.len(), Ordering::AcqRel);
+            self.quotas.left(task.tenant);
+            self.quotas.sub_bytes(task.tenant, task.payload.len());
             if task.delivery.sends() == 0 {
                 self.unsent.fetch_sub(1, Ordering::AcqRel);
             }
@@ -247,5 +265,25 @@ impl TaskTable {
             self.record(|| StateChange::End(task.uuid.to_string()));
         }
         self.retained_bytes.fetch_sub(task.bytes, Ordering::AcqRel);
+        self.quotas.sub_bytes(task.tenant, task.bytes);
+    }
+
+    /// The refusal of a task of `tenant` over its `quota` of `limit`.
+    pub(super) fn over_quota(
+        &self,
+        tenant: TenantId,
+        quota: QuotaKind,
+        limit: usize,
+    ) -> SubmitError {
+        SubmitError::TenantQuota {
+            tenant: self.quotas.name(tenant).to_owned(),
+            quota: quota.name(),
+            limit,
+        }
+    }
+
+    /// Every tenant's use of its quotas now, by [`TenantId`].
+    pub fn tenant_usage(&self) -> Vec<TenantUse> {
+        self.quotas.usage()
     }
 }

@@ -42,6 +42,8 @@ impl TaskTable {
         // Only a task in flight may be sent again: its JSON goes now.
         self.payload_bytes
             .fetch_sub(task.payload.len(), Ordering::AcqRel);
+        self.quotas.left(task.tenant);
+        self.quotas.sub_bytes(task.tenant, task.payload.len());
         // The empty default is shared: nothing is allocated.
         task.payload = Arc::default();
         if task.delivery.sends() == 0 {

@@ -109,4 +109,14 @@ pub enum SubmitError {
         /// `max_memory_bytes`.
         limit: usize,
     },
+    /// The client's tenant is at one of its quotas.
+    #[error("tenant {tenant:?} is at its quota {quota} ({limit}); retry when its tasks have ended")]
+    TenantQuota {
+        /// The tenant's name.
+        tenant: String,
+        /// The quota's name ([`super::QuotaKind::name`]).
+        quota: &'static str,
+        /// The quota's value.
+        limit: usize,
+    },
 }

@@ -50,9 +50,9 @@ pub struct Limits {
     /// overload answers for this long from its admission (the daemon's
     /// `default_task_timeout`, which its doors wait).
     pub default_deadline: Duration,
-    /// Each tenant's weight in the fair queue, by [`super::fair::TenantId`]
-    /// (the default tenant first).
-    pub tenant_weights: Vec<u32>,
+    /// Each tenant's name, weight in the fair queue and quotas, by
+    /// [`super::fair::TenantId`] (the default tenant first).
+    pub tenants: Vec<super::TenantLimits>,
 }
 
 /// Where the adaptive window starts, and the least it shrinks to.
@@ -103,7 +103,7 @@ impl Default for Limits {
             poll_max: Duration::from_secs(1),
             upstream_window: WindowSetting::Unbounded,
             default_deadline: Duration::from_secs(300),
-            tenant_weights: vec![1],
+            tenants: vec![super::TenantLimits::default()],
         }
     }
 }

@@ -60,6 +60,7 @@ mod overload;
 mod owners;
 mod persist;
 mod principal;
+mod quota;
 mod record;
 mod recovery;
 mod retention;
@@ -99,6 +100,7 @@ pub use self::owners::REMEMBERED_OWNERS;
 pub use self::persist::{PREVIOUS_RUN_WAIT, SessionTask};
 use self::principal::ConnectionGuard;
 pub use self::principal::{ClientConnection, Principal};
+pub use self::quota::{Quota, QuotaKind, TenantLimits, TenantUse};
 use self::record::{Outcome, RESULTS_AT_FIRST, StoredResult, Task, stored_result};
 pub use self::record::{PreparedTask, SLICE_MIN_BYTES};
 pub use self::streams::StreamSlot;
@@ -168,6 +170,8 @@ pub struct TaskTable {
     queue: mpsc::UnboundedSender<TaskUuid>,
     /// Tasks held locally until the window upstream has room ([`fair`]).
     fair: std::sync::Mutex<fair::FairQueue>,
+    /// Each tenant's quotas and what it holds ([`quota`]).
+    quotas: quota::Quotas,
     /// Tasks Runware refused as overloaded, by when they go again
     /// ([`overload`]).
     retries: std::sync::Mutex<overload::Retries>,
@@ -204,9 +208,10 @@ impl TaskTable {
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),
             fair: std::sync::Mutex::new(fair::FairQueue::new(
-                &limits.tenant_weights,
+                &limits.tenants.iter().map(|t| t.weight).collect::<Vec<_>>(),
                 limits.window(),
             )),
+            quotas: quota::Quotas::new(&limits.tenants, limits.max_memory_bytes),
             retries: std::sync::Mutex::default(),
             limits,
             queue,

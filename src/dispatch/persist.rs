@@ -63,6 +63,8 @@ impl TaskTable {
                 payload: s.payload.into(),
                 label: task_type,
                 owner: s.owner,
+                // Its tenant is not known any more: the default one's.
+                tenant: 0,
                 awaits_resume: s.local_session.is_some(),
                 local_session: s.local_session.map(Into::into),
                 started: now,
@@ -86,6 +88,7 @@ impl TaskTable {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             self.payload_bytes
                 .fetch_add(task.payload.len(), Ordering::AcqRel);
+            self.quotas.restored(task.tenant, task.payload.len());
             let kind = kind_of(task.label, None, task.expected);
             v.insert(Box::new(task));
             if s.sent {

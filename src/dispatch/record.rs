@@ -44,6 +44,8 @@ pub(super) struct Task {
     pub(super) label: &'static str,
     /// Who may attach: the principal that submitted it.
     pub(super) owner: Principal,
+    /// The tenant whose quotas it counts in.
+    pub(super) tenant: super::TenantId,
     /// The local session it was sent in ([`PreparedTask::local_session`]).
     pub(super) local_session: Option<Arc<str>>,
     /// Restored from a previous run's state and not yet claimed by a

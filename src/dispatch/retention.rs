@@ -129,6 +129,24 @@ impl TaskTable {
         }
     }
 
+    /// Lets go of `tenant`'s ended tasks, oldest first, until it holds at
+    /// most `target` bytes (or none of its ended tasks is left to go).
+    /// Other tenants' results stay: one tenant's share is made of its own.
+    pub(super) fn let_go_of_tenants_ended(&self, tenant: TenantId, target: usize) {
+        let ended: Vec<(Instant, TaskUuid)> = self.idle().ended.iter().copied().collect();
+        for (at, uuid) in ended {
+            if self.quotas.bytes(tenant) <= target {
+                return;
+            }
+            let its = |_: &TaskUuid, t: &Task| {
+                t.tenant == tenant && !t.in_flight() && t.idle_since == Some(at)
+            };
+            if let Some((_, task)) = self.tasks.remove_if(&uuid, |k, t| its(k, t)) {
+                self.forget(&task);
+            }
+        }
+    }
+
     /// Entries in the idle queue (stale ones too), for tests.
     #[cfg(test)]
     pub(super) fn idle_queued(&self) -> usize {

@@ -233,6 +233,7 @@ impl TaskTable {
         let StoredResult { text: item, bytes } = item;
         t.bytes += bytes;
         self.retained_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.quotas.add_bytes(t.tenant, bytes);
         let index = t.results.len() as u32;
         if t.results.is_empty() {
             // Room for the results it expects, not the doubling's four

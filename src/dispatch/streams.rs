@@ -10,6 +10,7 @@ use super::*;
 /// the stream ends) when dropped, its outcome counted once.
 pub struct StreamSlot {
     table: Arc<TaskTable>,
+    tenant: TenantId,
     label: &'static str,
     started: Instant,
     outcome: Option<&'static str>,
@@ -37,9 +38,15 @@ impl TaskTable {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(SubmitError::TooManyInFlight(self.limits.max_in_flight)));
         }
+        let tenant = conn.tenant;
+        if let Err((quota, limit)) = self.quotas.admit(tenant, Instant::now()) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.refuse(self.over_quota(tenant, quota, limit)));
+        }
         self.streams.fetch_add(1, Ordering::AcqRel);
         Ok(StreamSlot {
             table: Arc::clone(self),
+            tenant,
             label,
             started: Instant::now(),
             outcome: None,
@@ -79,6 +86,7 @@ impl Drop for StreamSlot {
         }
         t.streams.fetch_sub(1, Ordering::AcqRel);
         t.in_flight.fetch_sub(1, Ordering::AcqRel);
+        t.quotas.left(self.tenant);
     }
 }
 

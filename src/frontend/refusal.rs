@@ -53,7 +53,8 @@ pub fn refusal_of_submit(e: &SubmitError) -> Refusal {
         SubmitError::TooManyInFlight(_)
         | SubmitError::TooManyForConnection(_)
         | SubmitError::QueueFull(_)
-        | SubmitError::MemoryBudget { .. } => ("rateLimitExceeded", "taskUUID"),
+        | SubmitError::MemoryBudget { .. }
+        | SubmitError::TenantQuota { .. } => ("rateLimitExceeded", "taskUUID"),
         SubmitError::TooLarge { .. } => ("payloadTooLarge", "taskType"),
         SubmitError::Draining => ("serviceUnavailable", "taskUUID"),
     };

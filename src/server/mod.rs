@@ -239,7 +239,7 @@ fn limits(c: &Config) -> Limits {
         poll_max: c.poll_max,
         // Checked when the configuration was read.
         upstream_window: crate::config::window_size(&c.upstream_window).unwrap_or_default(),
-        tenant_weights: c.tenants().weights().to_vec(),
+        tenants: c.tenants().limits(),
         default_deadline: c.default_task_timeout,
         ..Limits::default()
     }
