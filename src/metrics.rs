@@ -104,6 +104,70 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Resu
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+/// The label of a tenant's figures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
+/// The label of a tenant's refusals by one quota.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabel {
+    tenant: String,
+    quota: &'static str,
+}
+
+/// Each tenant's figures, labelled by its name.
+fn tenants(e: &mut DescriptorEncoder, tenants: &[crate::dispatch::TenantUse]) -> fmt::Result {
+    use prometheus_client::metrics::MetricType;
+    let label = |t: &crate::dispatch::TenantUse| TenantLabel {
+        tenant: t.name.clone(),
+    };
+    let labels: Vec<TenantLabel> = tenants.iter().map(label).collect();
+    type Read = fn(&crate::dispatch::TenantUse) -> usize;
+    let gauges: [(&str, &str, Read); 2] = [
+        (
+            "runwared_tenant_in_flight",
+            "A tenant's tasks in flight: held locally plus upstream",
+            |t| t.in_flight,
+        ),
+        (
+            "runwared_tenant_held_bytes",
+            "Bytes of a tenant's tasks' JSON in flight and results kept (its memory share's measure)",
+            |t| t.held_bytes,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (t, l) in tenants.iter().zip(&labels) {
+            let g = ConstGauge::new(i64::try_from(value(t)).unwrap_or(i64::MAX));
+            g.encode(family.encode_family(l)?)?;
+        }
+    }
+    let refusals: Vec<QuotaLabel> = tenants
+        .iter()
+        .flat_map(|t| {
+            t.refused.iter().map(|(quota, _)| QuotaLabel {
+                tenant: t.name.clone(),
+                quota,
+            })
+        })
+        .collect();
+    let values = tenants
+        .iter()
+        .flat_map(|t| t.refused.iter().map(|(_, n)| *n));
+    let mut family = e.encode_descriptor(
+        "runwared_tenant_quota_refusals",
+        "Tasks refused because their tenant was at a quota, by tenant and quota",
+        None,
+        MetricType::Counter,
+    )?;
+    for (l, v) in refusals.iter().zip(values) {
+        ConstCounter::new(v).encode(family.encode_family(l)?)?;
+    }
+    Ok(())
+}
+
 impl prometheus_client::collector::Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         let snapshot = StatusSnapshot::take(
@@ -118,7 +182,7 @@ impl prometheus_client::collector::Collector for StateCollector {
                 gauge(&mut e, r.metric, r.help, r.value)?;
             }
         }
-        Ok(())
+        tenants(&mut e, &snapshot.tenants)
     }
 }
 
@@ -259,5 +323,36 @@ pub async fn serve(
                 .serve_connection(io, service);
             let _ = tokio::time::timeout(CONNECTION_LIMIT, serving).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each tenant's figures are served labelled with its name.
+    #[test]
+    fn each_tenants_figures_are_labelled_by_name() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let limits = crate::dispatch::Limits {
+            tenants: vec![
+                crate::dispatch::TenantLimits::default(),
+                crate::dispatch::TenantLimits {
+                    name: "nightly".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let table = TaskTable::new(limits, tx);
+        let (_status_tx, status) = watch::channel(UpstreamStatus::default());
+        let text = Metrics::new(&table, status, &UpstreamMetrics::default()).render();
+        for line in [
+            "runwared_tenant_in_flight{tenant=\"nightly\"} 0",
+            "runwared_tenant_held_bytes{tenant=\"default\"} 0",
+            "runwared_tenant_quota_refusals_total{tenant=\"nightly\",quota=\"tasks_per_minute\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::connection::{ConnectionState, UpstreamStatus};
 use crate::counters::{Counter, Counters};
-use crate::dispatch::TaskTable;
+use crate::dispatch::{TaskTable, TenantUse};
 use crate::pb;
 
 /// A reading of everything the daemon reports.
@@ -32,6 +32,8 @@ pub struct StatusSnapshot {
     pub draining: bool,
     /// Every counter's value.
     pub counters: [(Counter, u64); Counter::ALL.len()],
+    /// Each tenant's use of its quotas, the default tenant first.
+    pub tenants: Vec<TenantUse>,
 }
 
 /// A gauge or counter of the snapshot, as the metrics serve it.
@@ -62,6 +64,7 @@ impl StatusSnapshot {
             client_buffer_bytes: table.door_bytes().get() as u64,
             draining: table.is_draining(),
             counters: counters.read(),
+            tenants: table.tenant_usage(),
         }
     }
 
@@ -191,6 +194,20 @@ impl StatusSnapshot {
             client_buffer_bytes: self.client_buffer_bytes,
             queued_locally: self.queued_locally,
             window: self.window,
+            tenants: self
+                .tenants
+                .iter()
+                .map(|t| pb::TenantStatus {
+                    name: t.name.clone(),
+                    in_flight: t.in_flight as u64,
+                    held_bytes: t.held_bytes as u64,
+                    quota_refusals: t
+                        .refused
+                        .iter()
+                        .map(|(q, n)| ((*q).to_owned(), *n))
+                        .collect(),
+                })
+                .collect(),
             // The fields from before the list, kept for existing clients.
             late_results_dropped: self.counter(Counter::LateResultsDropped),
             bad_frames: self.counter(Counter::BadFrames),

@@ -222,6 +222,11 @@ fn simulate_mode_with_the_cli_client() {
     assert_eq!(status["state"], "ready");
     assert_eq!(status["simulated"], true);
     assert_eq!(status["inFlight"], 0);
+    assert_eq!(status["tenants"][0]["name"], "default");
+    let (ok, out, err) = cli(&addr, &["status", "--tenants"]);
+    assert!(ok, "{err}");
+    let row = out.lines().find(|l| l.trim_start().starts_with("default"));
+    assert!(row.is_some_and(|r| r.ends_with("none")), "{out}");
 
     // A bad typed parameter is refused before it leaves the host, naming it.
     let (ok, _, err) = cli(&addr, &["image", "a cat", "--model", "m", "--width", "500"]);

@@ -87,6 +87,17 @@ async fn one_tenants_quota_leaves_the_other_alone() {
     assert_eq!((usage[1].name.as_str(), usage[1].in_flight), ("batch", 0));
     assert_eq!(usage[1].refused[0], ("max_in_flight", 1));
     assert_eq!(usage[0].refused[0], ("max_in_flight", 0));
+    // GetStatus shows each tenant's use, by name.
+    let mut c = h.client.clone();
+    let status = c
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = status.tenants.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["default", "batch"]);
+    assert_eq!(status.tenants[1].quota_refusals["max_in_flight"], 1);
+    assert_eq!(status.tenants[0].quota_refusals["max_in_flight"], 0);
     // Its tasks ended: it is admitted again.
     let mut again = batch.clone();
     again.prompt_enhance(enhance("batch again")).await.unwrap();

@@ -241,7 +241,18 @@ pub(super) async fn run_task(a: RunArgs) -> CliResult {
     Ok(())
 }
 
-pub(super) async fn status(a: ClientArgs) -> CliResult {
+/// `runwared status`'s arguments.
+#[derive(Debug, clap::Args)]
+pub(super) struct StatusArgs {
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+    /// Show each tenant's use of its quotas instead of the counters.
+    #[arg(long)]
+    pub(super) tenants: bool,
+}
+
+pub(super) async fn status(args: StatusArgs) -> CliResult {
+    let a = args.client;
     let mut c = client(&a).await?;
     let s = c
         .get_status(request(&a, pb::GetStatusRequest {})?)
@@ -279,6 +290,10 @@ pub(super) async fn status(a: ClientArgs) -> CliResult {
                 "knownTasks": s.known_tasks, "draining": s.draining,
                 "queuedLocally": s.queued_locally, "window": s.window,
                 "counters": counters,
+                "tenants": s.tenants.iter().map(|t| json!({
+                    "name": t.name, "inFlight": t.in_flight, "heldBytes": t.held_bytes,
+                    "quotaRefusals": t.quota_refusals,
+                })).collect::<Vec<_>>(),
             })
         );
     } else {
@@ -306,9 +321,35 @@ pub(super) async fn status(a: ClientArgs) -> CliResult {
         if !s.last_error.is_empty() {
             println!("last error:      {}", s.last_error);
         }
-        println!("counters:");
-        for c in &s.counters {
-            println!("  {:<26} {:>8}  {}", c.name, c.value, c.help);
+        if args.tenants {
+            println!("tenants:");
+            println!(
+                "  {:<20} {:>9} {:>12}  refused by quota",
+                "name", "in flight", "held bytes"
+            );
+            for t in &s.tenants {
+                let mut refused: Vec<String> = t
+                    .quota_refusals
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(q, n)| format!("{q} {n}"))
+                    .collect();
+                refused.sort();
+                let refused = if refused.is_empty() {
+                    "none".to_owned()
+                } else {
+                    refused.join(", ")
+                };
+                println!(
+                    "  {:<20} {:>9} {:>12}  {refused}",
+                    t.name, t.in_flight, t.held_bytes
+                );
+            }
+        } else {
+            println!("counters:");
+            for c in &s.counters {
+                println!("  {:<26} {:>8}  {}", c.name, c.value, c.help);
+            }
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ use tonic::Request;
 mod client;
 mod tools;
 
-use self::client::{ClientArgs, EnhanceArgs, ImageArgs, RunArgs, enhance, image, run_task, status};
+use self::client::{EnhanceArgs, ImageArgs, RunArgs, StatusArgs, enhance, image, run_task, status};
 use self::tools::{BenchArgs, SimArgs, SoakArgs, bench, sim, soak};
 
 #[derive(Debug, Parser)]
@@ -101,7 +101,7 @@ enum Command {
     /// Run any Runware task given as a JSON file ("-" for standard input).
     Run(RunArgs),
     /// Show the daemon's upstream connection.
-    Status(ClientArgs),
+    Status(StatusArgs),
     /// Run the fault-injection soak: an in-process simulator and daemon on
     /// loopback, many clients, faults of every kind (or, with --restarts,
     /// the daemon replaced again and again); prints the figures and fails
