@@ -165,6 +165,155 @@ fn tenants(e: &mut DescriptorEncoder, tenants: &[crate::dispatch::TenantUse]) ->
     for (l, v) in refusals.iter().zip(values) {
         ConstCounter::new(v).encode(family.encode_family(l)?)?;
     }
+    spend(e, tenants)
+}
+
+/// The label of a tenant's figures for one task type and model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpendLabel {
+    tenant: String,
+    task_type: String,
+    model: String,
+}
+
+/// The label of a tenant's figures about one budget.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabel {
+    tenant: String,
+    budget: &'static str,
+}
+
+/// The label of a tenant's passings of a share of a budget.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabel {
+    tenant: String,
+    budget: &'static str,
+    percent: &'static str,
+}
+
+/// Each tenant's spend per task type and model, and its budgets.
+fn spend(e: &mut DescriptorEncoder, tenants: &[crate::dispatch::TenantUse]) -> fmt::Result {
+    use crate::dispatch::SpendRow;
+    use prometheus_client::metrics::MetricType;
+    let rows: Vec<(SpendLabel, &SpendRow)> = tenants
+        .iter()
+        .flat_map(|t| {
+            t.spend.rows.iter().map(|r| {
+                let label = SpendLabel {
+                    tenant: t.name.clone(),
+                    task_type: r.task_type.clone(),
+                    model: r.model.clone(),
+                };
+                (label, r)
+            })
+        })
+        .collect();
+    type Count = fn(&SpendRow) -> u64;
+    let counts: [(&str, &str, Count); 3] = [
+        (
+            "runwared_tenant_tasks",
+            "A tenant's tasks that ended, by task type and model",
+            |r| r.tasks,
+        ),
+        (
+            "runwared_tenant_results",
+            "Result items a tenant's tasks received, by task type and model",
+            |r| r.results,
+        ),
+        (
+            "runwared_tenant_failures",
+            "A tenant's tasks that failed, by task type and model",
+            |r| r.failures,
+        ),
+    ];
+    for (name, help, value) in counts {
+        let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (l, r) in &rows {
+            ConstCounter::new(value(r)).encode(family.encode_family(l)?)?;
+        }
+    }
+    let mut family = e.encode_descriptor(
+        "runwared_tenant_spend_usd",
+        "What a tenant's tasks cost in USD as Runware reported it, by task type and model",
+        None,
+        MetricType::Counter,
+    )?;
+    for (l, r) in &rows {
+        ConstCounter::new(r.usd).encode(family.encode_family(l)?)?;
+    }
+    let budget = |t: &crate::dispatch::TenantUse, budget| BudgetLabel {
+        tenant: t.name.clone(),
+        budget,
+    };
+    let mut family = e.encode_descriptor(
+        "runwared_tenant_budget_spent_usd",
+        "What a tenant spent in its budget's period (daily_usd: today, UTC; monthly_usd: this month)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in tenants {
+        for (name, spent) in [
+            ("daily_usd", t.spend.day_usd),
+            ("monthly_usd", t.spend.month_usd),
+        ] {
+            ConstGauge::new(spent).encode(family.encode_family(&budget(t, name))?)?;
+        }
+    }
+    let mut family = e.encode_descriptor(
+        "runwared_tenant_budget_usd",
+        "A tenant's budget in USD, for the budgets it has",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in tenants {
+        for (name, limit) in [
+            ("daily_usd", t.spend.budget.daily_usd),
+            ("monthly_usd", t.spend.budget.monthly_usd),
+        ] {
+            if let Some(limit) = limit {
+                ConstGauge::new(limit).encode(family.encode_family(&budget(t, name))?)?;
+            }
+        }
+    }
+    let mut family = e.encode_descriptor(
+        "runwared_tenant_reserved_usd",
+        "USD a tenant's tasks in flight hold reserved against its budgets",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in tenants {
+        let l = TenantLabel {
+            tenant: t.name.clone(),
+        };
+        ConstGauge::new(t.spend.reserved_usd).encode(family.encode_family(&l)?)?;
+    }
+    let mut family = e.encode_descriptor(
+        "runwared_tenant_budget_refusals",
+        "Tasks refused because their estimate would pass what remains of a tenant's budget",
+        None,
+        MetricType::Counter,
+    )?;
+    for t in tenants {
+        for (name, n) in t.spend.refused {
+            ConstCounter::new(n).encode(family.encode_family(&budget(t, name))?)?;
+        }
+    }
+    let mut family = e.encode_descriptor(
+        "runwared_tenant_budget_alerts",
+        "Times a tenant passed 80 or 100 percent of a budget (once a period each)",
+        None,
+        MetricType::Counter,
+    )?;
+    for t in tenants {
+        for &(budget, percent, n) in &t.spend.alerts {
+            let l = AlertLabel {
+                tenant: t.name.clone(),
+                budget,
+                percent,
+            };
+            ConstCounter::new(n).encode(family.encode_family(&l)?)?;
+        }
+    }
     Ok(())
 }
 
@@ -339,6 +488,10 @@ mod tests {
                 crate::dispatch::TenantLimits::default(),
                 crate::dispatch::TenantLimits {
                     name: "nightly".into(),
+                    budget: crate::dispatch::Budget {
+                        monthly_usd: Some(5.0),
+                        ..Default::default()
+                    },
                     ..Default::default()
                 },
             ],
@@ -351,6 +504,10 @@ mod tests {
             "runwared_tenant_in_flight{tenant=\"nightly\"} 0",
             "runwared_tenant_held_bytes{tenant=\"default\"} 0",
             "runwared_tenant_quota_refusals_total{tenant=\"nightly\",quota=\"tasks_per_minute\"} 0",
+            "runwared_tenant_budget_spent_usd{tenant=\"nightly\",budget=\"daily_usd\"} 0.0",
+            "runwared_tenant_budget_usd{tenant=\"nightly\",budget=\"monthly_usd\"} 5.0",
+            "runwared_tenant_budget_alerts_total{tenant=\"nightly\",budget=\"daily_usd\",percent=\"80\"} 0",
+            "runwared_tenant_reserved_usd{tenant=\"default\"} 0.0",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::{SavedOwner, SavedTask, StateChange};
+use crate::dispatch::{SavedOwner, SavedSpend, SavedTask, StateChange};
 use crate::protocol::{self, SessionUuid, TaskUuid};
 
 const FORMAT: &str = "runwared-state";
@@ -60,6 +60,9 @@ struct StateFile {
     /// Who submitted the taskUUIDs remembered (oldest first).
     #[serde(default)]
     owners: Vec<SavedOwner>,
+    /// Every tenant's spend.
+    #[serde(default)]
+    spend: SavedSpend,
 }
 
 /// The same, written from borrowed parts: no copy of every payload per write.
@@ -73,6 +76,7 @@ struct StateFileOut<'a> {
     session: Option<&'a str>,
     tasks: &'a [SavedTask],
     owners: &'a [SavedOwner],
+    spend: &'a SavedSpend,
 }
 
 /// What a previous run left.
@@ -85,6 +89,8 @@ pub struct Loaded {
     /// Who submitted the taskUUIDs remembered, oldest first (those of the
     /// tasks journaled since the snapshot last).
     pub owners: Vec<SavedOwner>,
+    /// Every tenant's spend as last written.
+    pub spend: SavedSpend,
     /// Where an unreadable or foreign file was moved, if one was.
     pub set_aside: Option<PathBuf>,
     /// Restored tasks dropped because they no longer pass the checks.
@@ -198,7 +204,14 @@ impl StateStore {
         let mut session = file.session;
         let mut tasks = file.tasks;
         let mut owners = file.owners;
-        self.replay(file.generation, &mut session, &mut tasks, &mut owners);
+        let mut spend = file.spend;
+        self.replay(
+            file.generation,
+            &mut session,
+            &mut tasks,
+            &mut owners,
+            &mut spend,
+        );
         let total = tasks.len();
         let tasks: Vec<SavedTask> = tasks
             .into_iter()
@@ -218,8 +231,34 @@ impl StateStore {
             rejected: total - tasks.len(),
             tasks,
             owners,
+            spend,
             set_aside: None,
         }
+    }
+
+    /// The spend the state holds, read without taking the state over (as
+    /// a successor reads its running predecessor's): `None` when there is
+    /// none this run may use.
+    pub fn peek_spend(&self) -> Option<SavedSpend> {
+        let text = self.read(&self.path()).ok()?;
+        let file: StateFile = serde_json::from_slice(&text).ok()?;
+        let ours = file.format == FORMAT
+            && file.version == VERSION
+            && file.upstream_url == self.upstream_url
+            && file.key_fingerprint == self.key_fingerprint;
+        if !ours {
+            return None;
+        }
+        let (mut session, mut tasks, mut owners, mut spend) =
+            (file.session, file.tasks, file.owners, file.spend);
+        self.replay(
+            file.generation,
+            &mut session,
+            &mut tasks,
+            &mut owners,
+            &mut spend,
+        );
+        Some(spend)
     }
 
     /// Applies the snapshot's journal, in order. Replaying is idempotent (a
@@ -231,6 +270,7 @@ impl StateStore {
         session: &mut Option<String>,
         tasks: &mut Vec<SavedTask>,
         owners: &mut Vec<SavedOwner>,
+        spend: &mut SavedSpend,
     ) {
         let text = match self.read(&self.journal_path(generation)) {
             Ok(t) => t,
@@ -263,6 +303,7 @@ impl StateStore {
                 }
                 StateChange::End(uuid) => tasks.retain(|t| t.uuid != uuid),
                 StateChange::Session(s) => *session = Some(s),
+                StateChange::Spend(s) => *spend = s,
             }
         }
     }
@@ -343,15 +384,17 @@ impl StateStore {
     /// then removes the journals of earlier generations. Returns the
     /// snapshot's size.
     pub fn save(&self, session: Option<&SessionUuid>, tasks: &[SavedTask]) -> std::io::Result<u64> {
-        self.save_with_owners(session, tasks, &[])
+        self.save_with_owners(session, tasks, &[], &SavedSpend::default())
     }
 
-    /// [`StateStore::save`] with the owners the table remembers.
+    /// [`StateStore::save`] with the owners the table remembers and every
+    /// tenant's spend.
     pub fn save_with_owners(
         &self,
         session: Option<&SessionUuid>,
         tasks: &[SavedTask],
         owners: &[SavedOwner],
+        spend: &SavedSpend,
     ) -> std::io::Result<u64> {
         let generation = self.generation.load(Ordering::Acquire) + 1;
         let file = StateFileOut {
@@ -363,6 +406,7 @@ impl StateStore {
             session: session.map(|s| s.0.as_str()),
             tasks,
             owners,
+            spend,
         };
         // A new name each time, created exclusively: never an existing
         // file, never through a symlink someone left in its place.
@@ -436,6 +480,8 @@ mod tests {
             sent: true,
             owner: crate::dispatch::Principal::Uid(1000),
             local_session: (n % 2 == 0).then(|| uuid::Uuid::new_v4().to_string()),
+            tenant: (n % 2 == 1).then(|| "batch".to_owned()),
+            wants_cost: Some(n % 2 == 0),
         }
     }
 
@@ -466,6 +512,40 @@ mod tests {
         );
     }
 
+    /// Every tenant's spend survives a restart: from the snapshot, then
+    /// the journal's last word; a successor may read it without taking
+    /// the state over.
+    #[test]
+    fn spend_survives_a_restart_and_can_be_read_while_another_holds_it() {
+        use crate::dispatch::{SavedTenantSpend, SpendRow};
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), "ws://x/v1", "k");
+        let spend = |usd: f64| SavedSpend {
+            tenants: vec![SavedTenantSpend {
+                tenant: "batch".into(),
+                day: 20_790,
+                day_usd: usd,
+                month: 2026 * 12 + 11,
+                month_usd: usd,
+                rows: vec![SpendRow {
+                    task_type: "imageInference".into(),
+                    model: "runware:100@1".into(),
+                    tasks: 3,
+                    results: 3,
+                    failures: 0,
+                    usd,
+                    priced: 3,
+                }],
+            }],
+        };
+        s.save_with_owners(None, &[], &[], &spend(0.5)).unwrap();
+        assert_eq!(open(dir.path(), "ws://x/v1", "k").load().spend, spend(0.5));
+        s.append(&[StateChange::Spend(spend(0.75))]).unwrap();
+        assert_eq!(s.peek_spend(), Some(spend(0.75)));
+        assert_eq!(open(dir.path(), "ws://x/v1", "other").peek_spend(), None);
+        assert_eq!(s.load().spend, spend(0.75));
+    }
+
     /// Who sent each taskUUID survives a restart after its task went: the
     /// snapshot's owners, and those of tasks journaled since (ended or not).
     #[test]
@@ -476,8 +556,13 @@ mod tests {
             uuid: uuid::Uuid::new_v4().to_string(),
             owner: crate::dispatch::Principal::Uid(7),
         };
-        s.save_with_owners(None, &[], std::slice::from_ref(&gone))
-            .unwrap();
+        s.save_with_owners(
+            None,
+            &[],
+            std::slice::from_ref(&gone),
+            &SavedSpend::default(),
+        )
+        .unwrap();
         let later = task(1);
         s.append(&[
             StateChange::Add(later.clone()),

@@ -206,6 +206,30 @@ impl StatusSnapshot {
                         .iter()
                         .map(|(q, n)| ((*q).to_owned(), *n))
                         .collect(),
+                    spend: t
+                        .spend
+                        .rows
+                        .iter()
+                        .map(|r| pb::TenantSpend {
+                            task_type: r.task_type.clone(),
+                            model: r.model.clone(),
+                            tasks: r.tasks,
+                            results: r.results,
+                            failures: r.failures,
+                            usd: r.usd,
+                        })
+                        .collect(),
+                    day_usd: t.spend.day_usd,
+                    month_usd: t.spend.month_usd,
+                    reserved_usd: t.spend.reserved_usd,
+                    daily_budget_usd: t.spend.budget.daily_usd,
+                    monthly_budget_usd: t.spend.budget.monthly_usd,
+                    budget_refusals: t
+                        .spend
+                        .refused
+                        .iter()
+                        .map(|(b, n)| ((*b).to_owned(), *n))
+                        .collect(),
                 })
                 .collect(),
             // The fields from before the list, kept for existing clients.

@@ -77,7 +77,8 @@ async fn image_inference_streams_each_image_as_it_arrives() {
     assert!(
         images
             .iter()
-            .all(|i| i.cost == Some(0.0013) && i.image_url.is_some())
+            // The simulator's 1024x1024 price, for a quarter of the pixels.
+            .all(|i| i.cost == Some(0.000325) && i.image_url.is_some())
     );
     let raw: Value = serde_json::from_str(&images[1].raw_json).unwrap();
     assert_eq!(raw["imageUUID"], images[1].image_uuid.as_str());

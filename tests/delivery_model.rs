@@ -295,6 +295,8 @@ impl Model {
                 deadline: None,
                 priority: Default::default(),
                 kind: 0,
+                model: Box::default(),
+                wants_cost: true,
             };
             handles.push(
                 table

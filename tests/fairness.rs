@@ -57,6 +57,7 @@ async fn flooded(window: &str) -> Flooded {
             uids: vec![rustix::process::getuid().as_raw()],
             groups: Vec::new(),
             quota: Default::default(),
+            budget: Default::default(),
         }];
     })
     .await;
@@ -265,4 +266,63 @@ async fn interactive_goes_before_batch_and_a_bad_lane_is_refused_on_every_door()
     .await;
     let answer = common::ws::next(&mut ws).await;
     assert_eq!(answer["errors"][0]["parameter"], "priority", "{answer}");
+}
+
+/// A cap on a task type within the window: at most that many of its tasks
+/// are upstream at once, the rest held locally, while tasks of other types
+/// go past them at once. Each ends with its own results, run once.
+#[tokio::test(start_paused = true)]
+async fn a_capped_task_type_waits_its_turn_and_the_others_go_past() {
+    let mut h = start(account(), |c| {
+        c.upstream_window_caps = [("imageInference".to_owned(), 1)].into();
+    })
+    .await;
+    h.ready().await;
+    let mut socket = ws::connect(&h).await;
+    ws::send(
+        &mut socket,
+        json!([{"taskType": "authentication", "apiKey": "local"}]),
+    )
+    .await;
+    ws::next(&mut socket).await;
+    let started = Instant::now();
+    let image = |i: usize| {
+        json!({"taskType": "imageInference", "taskUUID": uuid::Uuid::new_v4().to_string(),
+            "positivePrompt": format!("capped {i}"), "model": "runware:101@1",
+            "width": 512, "height": 512, "numberResults": 1})
+    };
+    let images = [image(0), image(1), image(2)];
+    ws::send(&mut socket, json!(images)).await;
+    // The first image runs; the other two wait here, not at the account.
+    h.sim_until(|s| s.executions >= 1).await;
+    let status = h.client.get_status(pb::GetStatusRequest {}).await.unwrap();
+    assert_eq!(status.into_inner().queued_locally, 2);
+    // A prompt goes past them: the account's second worker takes it.
+    let prompt = uuid::Uuid::new_v4().to_string();
+    ws::send(
+        &mut socket,
+        json!([{"taskType": "promptEnhance", "taskUUID": prompt, "prompt": "past the images",
+            "promptVersions": 1}]),
+    )
+    .await;
+    let mut ended = std::collections::HashMap::new();
+    while ended.len() < 4 {
+        let answer = ws::next(&mut socket).await;
+        for item in answer["data"].as_array().into_iter().flatten() {
+            let uuid = item["taskUUID"].as_str().unwrap().to_owned();
+            assert!(ended.insert(uuid, started.elapsed()).is_none(), "{answer}");
+        }
+    }
+    let images: Vec<Duration> = images
+        .iter()
+        .map(|t| ended[t["taskUUID"].as_str().unwrap()])
+        .collect();
+    assert!(ended[&prompt] < TASK * 2, "{ended:?}");
+    let mut sorted = images.clone();
+    sorted.sort();
+    // One at a time: each image a task's time after the one before.
+    for pair in sorted.windows(2) {
+        assert!(pair[1] - pair[0] >= TASK, "{sorted:?}");
+    }
+    assert_eq!(h.sim.max_executions(), 1);
 }

@@ -225,7 +225,7 @@ async fn memory(door: Door) {
 
 /// The default tenant's quotas (TCP clients belong to it here).
 fn default_quota(c: &mut Config, quota: runwared::dispatch::Quota) {
-    c.default_tenant = runwared::config::DefaultTenant { quota };
+    c.default_tenant.quota = quota;
 }
 
 /// A tenant has at most its `max_in_flight` tasks in flight, over all its

@@ -103,6 +103,42 @@ async fn a_stream_is_relayed_chunk_for_chunk_to_its_end() {
     assert_eq!(h.sim.executions(&t), 1);
 }
 
+/// A client that did not ask for the cost gets the events without it,
+/// every other byte as Runware sent it; the tenant's spend counts it.
+#[tokio::test(start_paused = true)]
+async fn a_stream_not_asked_for_its_cost_comes_without_it_and_is_counted() {
+    let mut h = start(SimConfig::default(), |_| {}).await;
+    h.ready().await;
+    let t = uuid();
+    let mut task = text_task(&t);
+    task.as_object_mut().unwrap().remove("includeCost");
+    let response = post(h.daemon.runware_addr.unwrap(), "", json!([task])).await;
+    let mut body = response.into_body();
+    let mut pending = String::new();
+    let mut events = Vec::new();
+    while let Some(e) = next_event(&mut body, &mut pending).await {
+        events.push(e);
+    }
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let finish: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(finish["finishReason"], "stop", "{finish}");
+    assert!(
+        finish.get("cost").is_none() && finish["usage"].is_object(),
+        "{finish}"
+    );
+    assert!(events.iter().all(|e| !e.contains("cost")));
+    let status = h
+        .client
+        .get_status(runwared::pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let spent = &status.tenants[0];
+    assert_eq!(spent.spend[0].task_type, "textInference");
+    assert_eq!((spent.spend[0].tasks, spent.spend[0].results), (1, 1));
+    assert!(spent.spend[0].usd > 0.0, "{spent:?}");
+}
+
 /// A stream Runware breaks midway ends the client's stream with an error
 /// event in Runware's shape, after the chunks that came; it is not sent
 /// again.

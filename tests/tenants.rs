@@ -47,6 +47,7 @@ async fn one_tenants_quota_leaves_the_other_alone() {
                 max_in_flight: Some(2),
                 ..Quota::default()
             },
+            budget: Default::default(),
         }];
     })
     .await;
@@ -116,6 +117,7 @@ async fn a_stream_counts_in_its_tenants_quota() {
                 max_in_flight: Some(1),
                 ..Quota::default()
             },
+            ..DefaultTenant::default()
         };
     })
     .await;
@@ -137,4 +139,97 @@ async fn a_stream_counts_in_its_tenants_quota() {
     while first.message().await.unwrap().is_some() {}
     assert_eq!(h.daemon.table.tenant_usage()[0].in_flight, 0);
     h.client.prompt_enhance(enhance("y")).await.unwrap();
+}
+
+/// A TCP client holding one of a tenant's tokens is that tenant's, on
+/// every door: its tasks count in the tenant's figures, and its results
+/// are its own, not the daemon token's holders' (nor theirs its). A
+/// token that is none of them is refused.
+#[tokio::test(start_paused = true)]
+async fn a_tenants_token_makes_a_tcp_client_that_tenants() {
+    use runwared::config::BearerToken;
+    const BATCH: &str = "batch-token-7f3a9c2e51d8";
+    const DAEMON: &str = "daemon-token-0b6e4d1a";
+    let mut h = start(SimConfig::default(), |c| {
+        c.auth_token = BearerToken::new(DAEMON);
+        c.tenant_tokens = vec![("batch".into(), BearerToken::new(BATCH).unwrap())];
+        c.tenants = vec![TenantSettings {
+            name: "batch".into(),
+            weight: 1,
+            uids: Vec::new(),
+            groups: Vec::new(),
+            quota: Quota::default(),
+            budget: Default::default(),
+        }];
+    })
+    .await;
+    h.ready().await;
+    let with = |token: &str, prompt: &str| {
+        let mut r = tonic::Request::new(enhance(prompt));
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    };
+    let batch = h.client.prompt_enhance(with(BATCH, "batch")).await.unwrap();
+    let uuid = batch.into_inner().task_uuid;
+    h.client
+        .prompt_enhance(with(DAEMON, "daemon"))
+        .await
+        .unwrap();
+    let refused = h
+        .client
+        .prompt_enhance(with("not-a-token-at-all", "x"))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // Its results are its own: the daemon token's holder cannot attach.
+    let attach = |token: &str| {
+        let mut r = tonic::Request::new(pb::AttachRequest {
+            task_uuid: uuid.clone(),
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    };
+    let mut c = h.client.clone();
+    let stranger = match c.attach(attach(DAEMON)).await {
+        Ok(s) => s.into_inner().message().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(stranger.unwrap_err().code(), tonic::Code::NotFound);
+    let mut own = c.attach(attach(BATCH)).await.unwrap().into_inner();
+    assert!(own.message().await.unwrap().is_some());
+
+    // Runware's protocol: the token as the apiKey, over a WebSocket and REST.
+    let mut socket = ws::connect(&h).await;
+    ws::send(
+        &mut socket,
+        serde_json::json!([{"taskType": "authentication", "apiKey": BATCH}]),
+    )
+    .await;
+    assert!(ws::next(&mut socket).await["data"][0]["connectionSessionUUID"].is_string());
+    let task = |prompt: &str| {
+        serde_json::json!({"taskType": "promptEnhance", "taskUUID": uuid::Uuid::new_v4().to_string(),
+            "prompt": prompt, "promptVersions": 1, "promptMaxLength": 64})
+    };
+    ws::send(&mut socket, serde_json::json!([task("over the socket")])).await;
+    assert!(ws::next(&mut socket).await["data"][0]["text"].is_string());
+    let addr = h.daemon.runware_addr.unwrap();
+    let body = serde_json::json!([task("over REST")]).to_string();
+    let (status, answer) = post_json(addr, &body, Some(BATCH)).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = post_json(addr, &body, Some("not-a-token-at-all")).await;
+    assert_eq!(status, 401);
+
+    let status = h
+        .client
+        .get_status(with(DAEMON, "").map(|_| pb::GetStatusRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let tasks = |name: &str| -> u64 {
+        let t = status.tenants.iter().find(|t| t.name == name).unwrap();
+        t.spend.iter().map(|r| r.tasks).sum()
+    };
+    assert_eq!((tasks("batch"), tasks("default")), (3, 1));
 }

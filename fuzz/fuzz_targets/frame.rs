@@ -40,6 +40,9 @@ fuzz_target!(|data: &[u8]| {
                 deadline: None,
                 priority: Default::default(),
                 kind: 0,
+                model: Box::default(),
+                // Items' costs are cut out: that path is fuzzed too.
+                wants_cost: false,
             },
             &ClientConnection::default(),
         )

@@ -293,6 +293,13 @@ pub(super) async fn status(args: StatusArgs) -> CliResult {
                 "tenants": s.tenants.iter().map(|t| json!({
                     "name": t.name, "inFlight": t.in_flight, "heldBytes": t.held_bytes,
                     "quotaRefusals": t.quota_refusals,
+                    "dayUSD": t.day_usd, "monthUSD": t.month_usd, "reservedUSD": t.reserved_usd,
+                    "dailyBudgetUSD": t.daily_budget_usd, "monthlyBudgetUSD": t.monthly_budget_usd,
+                    "budgetRefusals": t.budget_refusals,
+                    "spend": t.spend.iter().map(|r| json!({
+                        "taskType": r.task_type, "model": r.model, "tasks": r.tasks,
+                        "results": r.results, "failures": r.failures, "usd": r.usd,
+                    })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })
         );
@@ -344,6 +351,49 @@ pub(super) async fn status(args: StatusArgs) -> CliResult {
                     "  {:<20} {:>9} {:>12}  {refused}",
                     t.name, t.in_flight, t.held_bytes
                 );
+            }
+            println!("spend (USD):");
+            println!(
+                "  {:<20} {:>12} {:>12} {:>10}  refused by budget",
+                "name", "today", "this month", "reserved"
+            );
+            for t in &s.tenants {
+                let of = |spent: f64, budget: Option<f64>| match budget {
+                    Some(b) => format!("{spent:.4}/{b}"),
+                    None => format!("{spent:.4}"),
+                };
+                let mut refused: Vec<String> = t
+                    .budget_refusals
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(b, n)| format!("{b} {n}"))
+                    .collect();
+                refused.sort();
+                println!(
+                    "  {:<20} {:>12} {:>12} {:>10.4}  {}",
+                    t.name,
+                    of(t.day_usd, t.daily_budget_usd),
+                    of(t.month_usd, t.monthly_budget_usd),
+                    t.reserved_usd,
+                    if refused.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        refused.join(", ")
+                    }
+                );
+            }
+            println!(
+                "  {:<20} {:<18} {:<24} {:>7} {:>7} {:>7} {:>10}",
+                "name", "task type", "model", "tasks", "results", "failed", "USD"
+            );
+            for t in &s.tenants {
+                for r in &t.spend {
+                    let model = if r.model.is_empty() { "-" } else { &r.model };
+                    println!(
+                        "  {:<20} {:<18} {:<24} {:>7} {:>7} {:>7} {:>10.4}",
+                        t.name, r.task_type, model, r.tasks, r.results, r.failures, r.usd
+                    );
+                }
             }
         } else {
             println!("counters:");

@@ -105,6 +105,12 @@ pub(super) struct SimArgs {
     /// instead of pictures (for benchmarks of large results).
     #[arg(long, value_name = "BYTES")]
     pub(super) image_bytes: Option<usize>,
+    /// The price of one result of a task type or a model (its AIR), in
+    /// USD, reported under includeCost: `imageInference=0.002`,
+    /// `runware:101@1=0.004` (repeatable; images are priced at 1024x1024
+    /// and scaled by their size).
+    #[arg(long, value_name = "NAME=USD", value_parser = price)]
+    pub(super) price: Vec<(String, f64)>,
     /// Faults to inject in turn (comma-separated): drop (abort sockets),
     /// close (clean close, as a flapping load balancer), swallow (results
     /// written, then lost with their socket), lose-session, refuse-batch
@@ -245,6 +251,18 @@ async fn soak_restarts(a: SoakArgs, restarts: usize) -> CliResult {
     }
 }
 
+fn price(text: &str) -> Result<(String, f64), String> {
+    let (name, usd) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=USD, got {text:?}"))?;
+    match usd.parse::<f64>() {
+        Ok(usd) if usd.is_finite() && usd >= 0.0 && !name.is_empty() => Ok((name.to_owned(), usd)),
+        _ => Err(format!(
+            "expected NAME=USD with a price of 0 or more, got {text:?}"
+        )),
+    }
+}
+
 pub(super) async fn sim(args: SimArgs) -> CliResult {
     let mut config = SimConfig {
         latency: duration(&args.latency)?,
@@ -256,6 +274,9 @@ pub(super) async fn sim(args: SimArgs) -> CliResult {
         workers: args.workers,
         ..SimConfig::default()
     };
+    for (name, usd) in &args.price {
+        config.pricing.set(name, *usd);
+    }
     if let Some(path) = &args.api_key_file {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let key = ApiKey::new(text).ok_or_else(|| format!("{}: empty key file", path.display()))?;

@@ -26,7 +26,10 @@ mod values;
 pub use self::resolved::{Config, Environment};
 #[cfg(test)]
 use self::secrets::read_key_file;
-pub use self::secrets::{ApiKey, ApiKeySource, BearerToken, read_token_file};
+pub use self::secrets::{
+    ApiKey, ApiKeySource, BearerToken, ClientTokens, MIN_TENANT_TOKEN_CHARS, TokenHolder,
+    read_tenant_tokens, read_token_file,
+};
 pub use self::tenants::{DefaultTenant, MAX_WEIGHT, TenantSettings, Tenants, group_id};
 use self::values::duration_text;
 pub use self::values::{
@@ -47,6 +50,10 @@ pub const CREDENTIAL_NAME: &str = "runware-api-key";
 
 /// Name of the systemd credential holding the clients' bearer token.
 pub const TOKEN_CREDENTIAL_NAME: &str = "runwared-token";
+
+/// The systemd credential read for the tenants' tokens when no
+/// `--tenant-tokens-file` is given.
+pub const TENANT_TOKENS_CREDENTIAL_NAME: &str = "runwared-tenant-tokens";
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +322,11 @@ pub struct Settings {
     /// [default: systemd credential runwared-token].
     #[arg(long, env = "RUNWARED_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// File of the tenants' tokens, one `TENANT TOKEN` a line: a TCP
+    /// client sending one is that tenant's (and its results are that
+    /// tenant's alone) [default: systemd credential runwared-tenant-tokens].
+    #[arg(long, env = "RUNWARED_TENANT_TOKENS_FILE", value_name = "FILE")]
+    pub tenant_tokens_file: Option<PathBuf>,
     /// Follow upstream, for a local `getResponse`, a taskUUID this daemon
     /// never sent (a task made elsewhere with the same account). Off: such
     /// a taskUUID is answered as unknown. Never for a taskUUID another
@@ -334,6 +346,13 @@ pub struct Settings {
     #[arg(skip = String::from(DEFAULT_LOG_FORMAT))]
     #[serde(default = "default_log_format", deserialize_with = "log_format")]
     pub log_format: String,
+    /// Caps within the window by task type or model, as an
+    /// `[upstream_window_caps]` table (`videoInference = 4`,
+    /// `"runware:101@1" = 8`): at most that many of its tasks upstream at
+    /// once; the TOML file only.
+    #[arg(skip)]
+    #[serde(default)]
+    pub upstream_window_caps: std::collections::BTreeMap<String, usize>,
     /// The tenants, as `[[tenants]]` tables (the TOML file only: they are
     /// a structure, not a flag).
     #[arg(skip)]

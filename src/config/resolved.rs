@@ -16,6 +16,9 @@ pub struct Config {
     pub api_key: Option<ApiKeySource>,
     /// Clients must send `authorization: Bearer <token>` (TCP listener).
     pub auth_token: Option<BearerToken>,
+    /// Each tenant's tokens, by tenant name: a TCP client sending one is
+    /// that tenant's.
+    pub tenant_tokens: Vec<(String, BearerToken)>,
     /// gRPC over TCP; `None` disables it.
     pub listen: Option<SocketAddr>,
     /// gRPC over a Unix socket; `None` disables it.
@@ -51,6 +54,7 @@ impl Default for Config {
             config_file: None,
             api_key: None,
             auth_token: None,
+            tenant_tokens: Vec::new(),
             listen: settings.listen.on(),
             unix_socket: None,
             state_dir: None,
@@ -70,6 +74,28 @@ impl Config {
             tracing::error!(error = %e, "the tenants cannot be used; every client is the default tenant's");
             Tenants::default()
         })
+    }
+
+    /// Every token a TCP client may present, and who holds each: `None`
+    /// when there is none (no token is required).
+    pub fn client_tokens(&self) -> Option<ClientTokens> {
+        let tenants = self.tenants();
+        let daemons = self.auth_token.iter().map(|t| {
+            let holder = TokenHolder {
+                principal: crate::dispatch::Principal::Tcp,
+                tenant: 0,
+            };
+            (t.clone(), holder)
+        });
+        let tenants = self.tenant_tokens.iter().map(|(name, t)| {
+            let tenant = tenants.names().iter().position(|n| n == name).unwrap_or(0);
+            let holder = TokenHolder {
+                principal: crate::dispatch::Principal::tenant(name),
+                tenant,
+            };
+            (t.clone(), holder)
+        });
+        ClientTokens::new(daemons.chain(tenants).collect())
     }
 
     /// The effective settings, one per line, for `runwared check-config`:
@@ -121,6 +147,10 @@ impl Config {
                     "none"
                 }
                 .to_owned(),
+            ),
+            (
+                "tenant_tokens",
+                format!("{} (never shown)", self.tenant_tokens.len()),
             ),
             ("unix_socket", path(&self.unix_socket)),
             ("state_dir", path(&self.state_dir)),
@@ -284,7 +314,13 @@ impl Config {
             return Err(invalid("backoff_min", "is above backoff_max".to_owned()));
         }
         super::window_size(&settings.upstream_window).map_err(|e| invalid("upstream_window", e))?;
-        Tenants::resolve(
+        if let Some((name, _)) = settings.upstream_window_caps.iter().find(|(_, c)| **c == 0) {
+            return Err(invalid(
+                "upstream_window_caps",
+                format!("{name:?} must be at least 1"),
+            ));
+        }
+        let tenants = Tenants::resolve(
             &settings.tenants,
             settings.default_tenant_weight,
             &settings.default_tenant,
@@ -301,6 +337,29 @@ impl Config {
                 .filter(|p| p.exists())
         });
         let auth_token = token_file.as_deref().map(read_token_file).transpose()?;
+        let tenant_tokens_file = settings.tenant_tokens_file.clone().or_else(|| {
+            env.credentials_directory
+                .as_ref()
+                .map(|dir| dir.join(TENANT_TOKENS_CREDENTIAL_NAME))
+                .filter(|p| p.exists())
+        });
+        let tenant_tokens = match &tenant_tokens_file {
+            Some(path) => read_tenant_tokens(path)?,
+            None => Vec::new(),
+        };
+        let declared = tenants.names();
+        if let Some((name, _)) = tenant_tokens
+            .iter()
+            .find(|(n, _)| !declared[1..].contains(n))
+        {
+            return Err(invalid(
+                "tenant_tokens_file",
+                format!(
+                    "a token names tenant {name:?}, which no [[tenants]] table declares (the default tenant's clients use --auth-token-file)"
+                ),
+            ));
+        }
+        let token_given = auth_token.is_some() || !tenant_tokens.is_empty();
         // One access model for every TCP listener: a token, unless the
         // address is loopback on a machine of one user (a developer's, or a
         // pod's own network namespace). A systemd service runs on a host
@@ -311,7 +370,7 @@ impl Config {
             _ => None,
         };
         for (name, addr) in listen.map(|a| ("listen", a)).into_iter().chain(runware_tcp) {
-            if auth_token.is_none() && !settings.insecure_listen {
+            if !token_given && !settings.insecure_listen {
                 let why = if !addr.ip().is_loopback() {
                     Some("is reachable beyond this host".to_owned())
                 } else if env.systemd_service {
@@ -343,6 +402,7 @@ impl Config {
             config_file: None,
             api_key,
             auth_token,
+            tenant_tokens,
             listen,
             unix_socket,
             state_dir,

@@ -83,6 +83,97 @@ pub fn read_token_file(path: &Path) -> Result<BearerToken, ConfigError> {
     read_key_file(path).map(BearerToken)
 }
 
+/// The fewest characters of a tenant's token: one a client could guess
+/// would let it spend as that tenant and read its results.
+pub const MIN_TENANT_TOKEN_CHARS: usize = 16;
+
+/// Reads a tenants' tokens file: one `TENANT TOKEN` a line (blank lines
+/// and `#` comments skipped), several lines per tenant allowed. An error
+/// names the line, never the token.
+pub fn read_tenant_tokens(path: &Path) -> Result<Vec<(String, BearerToken)>, ConfigError> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        ConfigError::KeyFile {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
+    let bad = |line: usize, why: &str| ConfigError::Invalid {
+        name: "tenant_tokens_file",
+        reason: format!("{} line {line}: {why}", path.display()),
+    };
+    let mut tokens: Vec<(String, BearerToken)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (tenant, token) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| bad(i + 1, "expected a tenant's name, a space, then its token"))?;
+        let token = token.trim();
+        if token.chars().count() < MIN_TENANT_TOKEN_CHARS || token.contains(char::is_whitespace) {
+            return Err(bad(
+                i + 1,
+                &format!("a token is one word of at least {MIN_TENANT_TOKEN_CHARS} characters"),
+            ));
+        }
+        if tokens.iter().any(|(_, t)| t.matches(token)) {
+            return Err(bad(i + 1, "this token is on an earlier line too"));
+        }
+        let token = BearerToken::new(token).ok_or_else(|| bad(i + 1, "an empty token"))?;
+        tokens.push((tenant.to_owned(), token));
+    }
+    Ok(tokens)
+}
+
+/// Who a TCP client holding a token is: the principal its results belong
+/// to, and its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenHolder {
+    /// Whose results it may read.
+    pub principal: crate::dispatch::Principal,
+    /// Whose quotas, budgets and share it counts in.
+    pub tenant: crate::dispatch::TenantId,
+}
+
+/// Every token a TCP client may present: the daemon's (`auth_token`, its
+/// holders the default tenant's) and each tenant's. A given token is
+/// compared with every one, each in constant time, so the time taken says
+/// nothing of which one (if any) it nearly is.
+#[derive(Clone)]
+pub struct ClientTokens(Vec<(BearerToken, TokenHolder)>);
+
+impl fmt::Debug for ClientTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientTokens({} tokens)", self.0.len())
+    }
+}
+
+impl ClientTokens {
+    /// The tokens, `None` when there are none (no token is required).
+    pub fn new(tokens: Vec<(BearerToken, TokenHolder)>) -> Option<Self> {
+        (!tokens.is_empty()).then_some(ClientTokens(tokens))
+    }
+
+    /// Who holds `given`, if anyone.
+    pub fn holder(&self, given: &str) -> Option<TokenHolder> {
+        let mut found = None;
+        for (token, holder) in &self.0 {
+            // No early exit: every token is compared.
+            if token.matches(given) {
+                found = Some(*holder);
+            }
+        }
+        found
+    }
+
+    /// Who holds the token an `authorization` header's value carries
+    /// (`Bearer <token>`), if anyone.
+    pub fn holder_of_header(&self, authorization: Option<&str>) -> Option<TokenHolder> {
+        self.holder(authorization?.strip_prefix("Bearer ")?)
+    }
+}
+
 /// Where the key comes from. A file is read again before every connection,
 /// so a rotated key is picked up without a restart.
 #[derive(Clone, Debug)]

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dispatch::{Quota, TenantId, TenantLimits};
+use crate::dispatch::{Budget, Quota, TenantId, TenantLimits};
 
 /// One `[[tenants]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSettings {
     /// Its name, in metrics, logs and status (not `default`).
@@ -32,16 +32,23 @@ pub struct TenantSettings {
     /// where unset.
     #[serde(default)]
     pub quota: Quota,
+    /// Its budgets (`budget = { daily_usd = 20, ... }`): unlimited where
+    /// unset.
+    #[serde(default)]
+    pub budget: Budget,
 }
 
 /// The `[default_tenant]` table: the rules of clients that match no
 /// tenant.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultTenant {
     /// Its quotas.
     #[serde(default)]
     pub quota: Quota,
+    /// Its budgets.
+    #[serde(default)]
+    pub budget: Budget,
 }
 
 fn one() -> u32 {
@@ -53,12 +60,13 @@ fn one() -> u32 {
 pub const MAX_WEIGHT: u32 = 1000;
 
 /// Who belongs to which tenant, resolved from the settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tenants {
     /// By [`TenantId`]: the default tenant first.
     names: Vec<String>,
     weights: Vec<u32>,
     quotas: Vec<Quota>,
+    budgets: Vec<Budget>,
     by_uid: HashMap<u32, TenantId>,
     by_gid: HashMap<u32, TenantId>,
 }
@@ -69,6 +77,7 @@ impl Default for Tenants {
             names: vec!["default".to_owned()],
             weights: vec![1],
             quotas: vec![Quota::default()],
+            budgets: vec![Budget::default()],
             by_uid: HashMap::new(),
             by_gid: HashMap::new(),
         }
@@ -95,9 +104,14 @@ impl Tenants {
             .quota
             .check()
             .map_err(|e| format!("default_tenant: {e}"))?;
+        default
+            .budget
+            .check()
+            .map_err(|e| format!("default_tenant: {e}"))?;
         let mut tenants = Tenants {
             weights: vec![weight_ok(default_weight, "default_tenant_weight")?],
             quotas: vec![default.quota],
+            budgets: vec![default.budget],
             ..Tenants::default()
         };
         for (i, t) in declared.iter().enumerate() {
@@ -116,6 +130,10 @@ impl Tenants {
                 .check()
                 .map_err(|e| format!("tenant {name:?}: {e}"))?;
             tenants.quotas.push(t.quota);
+            t.budget
+                .check()
+                .map_err(|e| format!("tenant {name:?}: {e}"))?;
+            tenants.budgets.push(t.budget);
             tenants.names.push(name.to_owned());
             for &uid in &t.uids {
                 if let Some(other) = tenants.by_uid.insert(uid, id) {
@@ -161,6 +179,7 @@ impl Tenants {
                 name: self.names[i].clone(),
                 weight: self.weights[i],
                 quota: self.quotas[i],
+                budget: self.budgets[i],
             })
             .collect()
     }
@@ -194,6 +213,7 @@ mod tests {
             uids: uids.to_vec(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             quota: Quota::default(),
+            budget: Budget::default(),
         }
     }
 

@@ -427,7 +427,7 @@ fn tenants_come_from_the_file_and_a_broken_one_is_refused() {
 }
 
 #[test]
-fn quotas_come_from_the_tenants_tables_and_a_broken_one_is_refused() {
+fn quotas_and_budgets_come_from_the_tenants_tables_and_a_broken_one_is_refused() {
     let file = r#"
         [default_tenant]
         quota = { max_in_flight = 50 }
@@ -442,6 +442,25 @@ fn quotas_come_from_the_tenants_tables_and_a_broken_one_is_refused() {
     assert_eq!(limits[1].name, "nightly");
     assert_eq!(limits[1].quota.tasks_per_minute, Some(600));
     assert_eq!(limits[1].quota.max_memory_percent, Some(25));
+    let example = include_str!("../../examples/tenants.toml");
+    let c = resolve(&["--simulate"], Some(example), &Environment::default()).unwrap();
+    let limits = c.tenants().limits();
+    let names: Vec<&str> = limits.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["default", "web", "nightly"]);
+    assert_eq!(limits[0].budget.daily_usd, Some(5.0));
+    assert_eq!(limits[2].budget.monthly_usd, Some(600.0));
+    assert_eq!(limits[2].budget.task_estimate_usd, Some(0.02));
+    assert_eq!(c.upstream_window_caps["videoInference"], 4);
+    assert_eq!(c.upstream_window_caps["runware:101@1"], 8);
+    let zero = "[upstream_window_caps]\nvideoInference = 0\n";
+    let err = resolve(&["--simulate"], Some(zero), &Environment::default()).unwrap_err();
+    assert!(err.to_string().contains("upstream_window_caps"), "{err}");
+    let negative = "[default_tenant]\nbudget = { daily_usd = -1 }\n";
+    let err = resolve(&["--simulate"], Some(negative), &Environment::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("default_tenant: budget.daily_usd"),
+        "{err}"
+    );
     let typo = "[[tenants]]\nname = \"a\"\nquota = { max_inflight = 5 }\n";
     let err = resolve(&["--simulate"], Some(typo), &Environment::default()).unwrap_err();
     assert!(err.to_string().contains("max_inflight"), "{err}");
@@ -452,4 +471,61 @@ fn quotas_come_from_the_tenants_tables_and_a_broken_one_is_refused() {
             .contains("default_tenant: quota.tasks_per_minute"),
         "{err}"
     );
+}
+
+/// Tenants' tokens come from a file of `TENANT TOKEN` lines (or the
+/// systemd credential): each makes its holder the tenant's; a line that
+/// breaks a rule is named by its number, never by its token; a token of
+/// an undeclared tenant is refused; the tokens never show.
+#[test]
+fn tenant_tokens_come_from_their_file_and_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let tenants = "[[tenants]]\nname = \"web\"\n[[tenants]]\nname = \"batch\"\n";
+    let with = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        resolve(
+            &["--tenant-tokens-file", file.to_str().unwrap()],
+            Some(tenants),
+            &env_with_key(),
+        )
+    };
+    let c = with("# the web front\nweb  web-token-1234567890\n\nbatch batch-token-1234567890\nweb web-token-second-0987654321\n").unwrap();
+    assert_eq!(c.tenant_tokens.len(), 3);
+    let tokens = c.client_tokens().unwrap();
+    let web = tokens.holder("web-token-second-0987654321").unwrap();
+    assert_eq!(web.tenant, 1);
+    assert_eq!(web.principal, crate::dispatch::Principal::tenant("web"));
+    assert_eq!(tokens.holder("batch-token-1234567890").unwrap().tenant, 2);
+    assert_eq!(tokens.holder("web-token-123456789"), None);
+    assert_eq!(
+        tokens
+            .holder_of_header(Some("Bearer batch-token-1234567890"))
+            .map(|h| h.tenant),
+        Some(2)
+    );
+    let shown = format!("{} {:?} {:?}", c.describe(), c, tokens);
+    assert!(!shown.contains("token-1234567890"), "{shown}");
+    assert!(
+        shown.contains("tenant_tokens") && shown.contains("3 (never shown)"),
+        "{shown}"
+    );
+
+    for (text, why) in [
+        ("web short\n", "line 1: a token is one word of at least 16"),
+        ("web\n", "line 1: expected a tenant's name"),
+        (
+            "web web-token-1234567890\nbatch web-token-1234567890\n",
+            "line 2: this token is on an earlier line",
+        ),
+        (
+            "nightly nightly-token-1234567890\n",
+            "tenant \"nightly\", which no [[tenants]] table declares",
+        ),
+        ("default default-token-1234567890\n", "tenant \"default\""),
+    ] {
+        let err = with(text).unwrap_err().to_string();
+        assert!(err.contains(why), "{text:?}: {err}");
+        assert!(!err.contains("token-1234567890"), "{err}");
+    }
 }

@@ -13,6 +13,7 @@ impl TaskTable {
                 | SubmitError::TooLarge { .. }
                 | SubmitError::MemoryBudget { .. }
                 | SubmitError::TenantQuota { .. }
+                | SubmitError::TenantBudget { .. }
         ) {
             self.counters.add(Counter::LimitRejections);
         }
@@ -115,10 +116,24 @@ impl TaskTable {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(self.over_quota(tenant, quota, limit)));
         }
+        let spend = match self.ledger.reserve(
+            tenant,
+            task.label,
+            &task.model,
+            std::time::SystemTime::now(),
+        ) {
+            Ok(spend) => spend,
+            Err(over) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.quotas.unadmit(tenant);
+                return Err(self.refuse(self.over_budget(tenant, over)));
+            }
+        };
         match self.tasks.entry(task.uuid) {
             Entry::Occupied(_) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 self.quotas.unadmit(tenant);
+                self.ledger.unreserve(tenant, &spend);
                 return Err(SubmitError::AlreadyKnown(task.uuid));
             }
             Entry::Vacant(v) => {
@@ -132,6 +147,8 @@ impl TaskTable {
                         sent: false,
                         owner: task.owner,
                         local_session: task.local_session.as_deref().map(str::to_owned),
+                        tenant: Some(self.quotas.name(tenant).to_owned()),
+                        wants_cost: Some(task.wants_cost),
                     })
                 });
                 v.insert(Box::new(Task {
@@ -140,6 +157,8 @@ impl TaskTable {
                     label: task.label,
                     owner: task.owner,
                     tenant,
+                    spend,
+                    wants_cost: task.wants_cost,
                     local_session: task.local_session,
                     awaits_resume: false,
                     started: Instant::now(),
@@ -163,7 +182,8 @@ impl TaskTable {
         self.unsent.fetch_add(1, Ordering::AcqRel);
         self.payload_bytes.fetch_add(need, Ordering::AcqRel);
         self.quotas.add_bytes(tenant, need);
-        self.queue_locally(task.uuid, tenant, task.priority, task.kind);
+        let classes = self.classes_of(task.label, &task.model);
+        self.queue_locally(task.uuid, (tenant, task.priority), task.kind, classes);
         Ok(conn_guard)
     }
 
@@ -247,6 +267,8 @@ impl TaskTable {
 
     pub(super) fn forget(&self, task: &Task) {
         if task.in_flight() {
+            let sent = task.delivery.sends() > 0;
+            self.settle(task, spend::Settled::LetGo { sent });
             self.left_queue(task.uuid, fair::Ending::Other);
             self.count_outcome(task.label, "released");
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -282,8 +304,49 @@ impl TaskTable {
         }
     }
 
-    /// Every tenant's use of its quotas now, by [`TenantId`].
+    /// The refusal of a task of `tenant` over one of its budgets.
+    pub(super) fn over_budget(&self, tenant: TenantId, over: spend::OverBudget) -> SubmitError {
+        SubmitError::TenantBudget {
+            tenant: self.quotas.name(tenant).to_owned(),
+            budget: over.kind.name(),
+            limit_usd: over.limit,
+            remaining_usd: over.remaining,
+        }
+    }
+
+    /// Settles a task that leaves flight in its tenant's spend.
+    pub(super) fn settle(&self, task: &Task, how: spend::Settled) {
+        let results = (task.results.len() as u32).saturating_sub(task.steps);
+        let now = std::time::SystemTime::now();
+        self.ledger
+            .settle(task.tenant, &task.spend, results, how, now);
+    }
+
+    /// Every tenant's use of its quotas and its spend now, by [`TenantId`].
     pub fn tenant_usage(&self) -> Vec<TenantUse> {
-        self.quotas.usage()
+        let mut usage = self.quotas.usage();
+        let spend = self.ledger.usage(std::time::SystemTime::now());
+        for (u, s) in usage.iter_mut().zip(spend) {
+            u.spend = s;
+        }
+        usage
+    }
+
+    /// Every tenant's spend, for the state file, if it changed since the
+    /// last call.
+    pub fn spend_if_changed(&self) -> Option<SavedSpend> {
+        self.ledger.take_changed().then(|| self.ledger.saved())
+    }
+
+    /// Every tenant's spend, for the state file.
+    pub fn saved_spend(&self) -> SavedSpend {
+        self.ledger.saved()
+    }
+
+    /// Takes a previous run's spend as where this run's starts (replacing
+    /// any taken before: a successor reads its predecessor's while it
+    /// runs, then what it left).
+    pub fn carry_over_spend(&self, saved: &SavedSpend) {
+        self.ledger.carry_over(saved);
     }
 }

@@ -33,6 +33,13 @@ impl TaskTable {
         if let Outcome::Failed(f) = &outcome {
             task.notify(&TaskEvent::Failed(f.clone()));
         }
+        self.settle(
+            task,
+            match failure {
+                None => spend::Settled::Completed,
+                Some(_) => spend::Settled::Failed,
+            },
+        );
         let connection = self.connection.load(Ordering::Acquire);
         self.left_queue(task.uuid, window::ending_of(&outcome, task, connection));
         task.outcome = Some(outcome);

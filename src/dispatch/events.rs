@@ -119,4 +119,19 @@ pub enum SubmitError {
         /// The quota's value.
         limit: usize,
     },
+    /// The task's estimated cost would pass what remains of one of its
+    /// tenant's budgets.
+    #[error(
+        "tenant {tenant:?} has {remaining_usd:.4} USD left of its budget {budget} ({limit_usd} USD), less than this task is estimated at; retry when the budget's period begins again"
+    )]
+    TenantBudget {
+        /// The tenant's name.
+        tenant: String,
+        /// The budget's name ([`super::BudgetKind::name`]).
+        budget: &'static str,
+        /// The budget, in USD.
+        limit_usd: f64,
+        /// What remains of it after what is spent and reserved, in USD.
+        remaining_usd: f64,
+    },
 }

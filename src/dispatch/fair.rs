@@ -16,9 +16,11 @@
 //! each): a task is released at most once per time Runware refused it as
 //! overloaded (then it is parked, and held again for its retry); a
 //! cancelled held or parked task is never released; at most `window` released tasks are upstream at once (a
-//! shrink lets those already sent finish); and a tenant with held work is
-//! released a task within `Σ weights` of releases (of every other tenant's
-//! weight, plus its own), so none starves.
+//! shrink lets those already sent finish), and at most a class's cap of
+//! the tasks of that class (a task type or a model the account runs only so
+//! many of at once); and a tenant with held work that may go (its class has
+//! room) is released a task within `Σ weights` of releases (of every other
+//! tenant's weight, plus its own), so none starves.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -34,6 +36,29 @@ pub type TenantId = usize;
 /// compares a task's time with the fastest of its own kind, since a video
 /// takes a minute where an image takes seconds.
 pub type Kind = u64;
+
+/// The capped classes a task counts in (its task type's cap and its
+/// model's, by their place in the caps the queue was made with): at most
+/// two, none for a task of no capped type or model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Classes([Option<u16>; 2]);
+
+impl Classes {
+    /// A task counted in no cap.
+    pub const NONE: Classes = Classes([None, None]);
+
+    /// The caps of its task type and of its model, if they have one.
+    pub fn of(task_type: Option<u16>, model: Option<u16>) -> Self {
+        match (task_type, model) {
+            (Some(a), Some(b)) if a == b => Classes([Some(a), None]),
+            (a, b) => Classes([a, b]),
+        }
+    }
+
+    fn each(self) -> impl Iterator<Item = usize> {
+        self.0.into_iter().flatten().map(usize::from)
+    }
+}
 
 /// How soon a task should go, within its tenant: every interactive task
 /// held goes before any batch task of the same tenant.
@@ -76,6 +101,8 @@ pub enum Place {
         priority: Priority,
         /// Its kind of work.
         kind: Kind,
+        /// The caps it counts in.
+        classes: Classes,
     },
     /// Released: it went (or goes now) upstream, and holds a slot until it
     /// ends.
@@ -88,6 +115,8 @@ pub enum Place {
         priority: Priority,
         /// Its kind of work.
         kind: Kind,
+        /// The caps it counts in.
+        classes: Classes,
     },
     /// Refused by an overloaded Runware: out of the window, waiting for
     /// its backoff to pass ([`Event::Retry`]).
@@ -98,6 +127,8 @@ pub enum Place {
         priority: Priority,
         /// Its kind of work.
         kind: Kind,
+        /// The caps it counts in.
+        classes: Classes,
     },
 }
 
@@ -128,6 +159,8 @@ pub enum Event {
         priority: Priority,
         /// Its kind of work.
         kind: Kind,
+        /// The caps it counts in.
+        classes: Classes,
     },
     /// A task that went upstream before this queue knew it (one restored
     /// from the state file, say): it holds a slot until it ends.
@@ -136,6 +169,8 @@ pub enum Event {
         uuid: TaskUuid,
         /// Its kind of work.
         kind: Kind,
+        /// The caps it counts in.
+        classes: Classes,
     },
     /// The task ended (completed, failed, cancelled, abandoned): a held one
     /// is dropped and never released; a released one frees its slot.
@@ -165,9 +200,11 @@ pub enum Event {
     },
 }
 
-/// One tenant's held tasks. A task that ends while held stays in its
-/// lane's queue (removing it would be a scan) but no longer counts: it is
-/// skipped when its turn comes.
+/// One tenant's held tasks, a queue for each lane and set of caps, so
+/// that a task whose class is at its cap waits without holding back the
+/// tenant's others. A task that ends while held stays in its queue
+/// (removing it would be a scan) but no longer counts: it is skipped when
+/// its turn comes.
 #[derive(Debug, Default)]
 struct Lane {
     /// Its share: released tasks per round of the active tenants.
@@ -176,8 +213,16 @@ struct Lane {
     deficit: u32,
     /// Its tasks held now.
     held: usize,
-    interactive: VecDeque<TaskUuid>,
-    batch: VecDeque<TaskUuid>,
+    /// Its queues, each of one lane and one set of caps, entries by their
+    /// order of arrival (a retry's before all).
+    queues: Vec<Queue>,
+}
+
+#[derive(Debug)]
+struct Queue {
+    priority: Priority,
+    classes: Classes,
+    entries: VecDeque<(i64, TaskUuid)>,
 }
 
 impl Lane {
@@ -188,15 +233,26 @@ impl Lane {
     /// Leaves nothing behind: no deficit, no entries of ended tasks.
     fn clear(&mut self) {
         self.deficit = 0;
-        self.interactive.clear();
-        self.batch.clear();
+        self.queues.clear();
     }
 
-    fn lane(&mut self, priority: Priority) -> &mut VecDeque<TaskUuid> {
-        match priority {
-            Priority::Interactive => &mut self.interactive,
-            Priority::Batch => &mut self.batch,
-        }
+    fn queue(&mut self, priority: Priority, classes: Classes) -> &mut VecDeque<(i64, TaskUuid)> {
+        let i = match self
+            .queues
+            .iter()
+            .position(|q| q.priority == priority && q.classes == classes)
+        {
+            Some(i) => i,
+            None => {
+                self.queues.push(Queue {
+                    priority,
+                    classes,
+                    entries: VecDeque::new(),
+                });
+                self.queues.len() - 1
+            }
+        };
+        &mut self.queues[i].entries
     }
 }
 
@@ -377,12 +433,23 @@ pub struct FairQueue {
     held: usize,
     parked: usize,
     window: Window,
+    /// Each class's cap, and its tasks upstream now.
+    caps: Vec<(usize, usize)>,
+    /// The order of the next task held, and of the next retry (before all).
+    next_order: i64,
+    next_retry: i64,
 }
 
 impl FairQueue {
     /// A queue for tenants of `weights` (by [`TenantId`]; a weight of 0
     /// counts as 1; none at all is one default tenant), with `window`.
     pub fn new(weights: &[u32], window: Window) -> Self {
+        Self::with_caps(weights, window, &[])
+    }
+
+    /// A queue as [`FairQueue::new`], where at most `caps[c]` tasks of
+    /// class `c` are upstream at once.
+    pub fn with_caps(weights: &[u32], window: Window, caps: &[usize]) -> Self {
         let weights = if weights.is_empty() {
             &[1][..]
         } else {
@@ -403,6 +470,34 @@ impl FairQueue {
             held: 0,
             parked: 0,
             window,
+            caps: caps.iter().map(|&c| (c.max(1), 0)).collect(),
+            next_order: 0,
+            next_retry: -1,
+        }
+    }
+
+    /// Tasks of class `class` upstream now.
+    pub fn upstream_of_class(&self, class: usize) -> usize {
+        self.caps.get(class).map_or(0, |c| c.1)
+    }
+
+    /// Whether a task of `classes` may go now: each of its caps has room.
+    fn has_room(&self, classes: Classes) -> bool {
+        classes
+            .each()
+            .all(|c| self.caps.get(c).is_none_or(|&(cap, up)| up < cap))
+    }
+
+    /// A task of `classes` went upstream (`1`) or left it (`-1`).
+    fn count(&mut self, classes: Classes, up: bool) {
+        for c in classes.each() {
+            if let Some(cap) = self.caps.get_mut(c) {
+                cap.1 = if up {
+                    cap.1 + 1
+                } else {
+                    cap.1.saturating_sub(1)
+                };
+            }
         }
     }
 
@@ -453,6 +548,7 @@ impl FairQueue {
                 tenant,
                 priority,
                 kind,
+                classes,
             } => {
                 if self.places.contains_key(&uuid) {
                     return; // taken once: never released twice
@@ -462,11 +558,16 @@ impl FairQueue {
                     tenant,
                     priority,
                     kind,
+                    classes,
                 };
                 self.places.insert(uuid, place);
-                self.hold(uuid, tenant, priority, false);
+                self.hold(uuid, tenant, priority, classes, false);
             }
-            Event::Adopt { uuid, kind } => {
+            Event::Adopt {
+                uuid,
+                kind,
+                classes,
+            } => {
                 if self.places.contains_key(&uuid) {
                     return;
                 }
@@ -475,9 +576,11 @@ impl FairQueue {
                     tenant: 0,
                     priority: Priority::Interactive,
                     kind,
+                    classes,
                 };
                 self.places.insert(uuid, place);
                 self.upstream += 1;
+                self.count(classes, true);
             }
             Event::End { uuid, ending } => match self.places.remove(&uuid) {
                 Some(Place::Held { tenant, .. }) => {
@@ -489,10 +592,16 @@ impl FairQueue {
                     }
                     self.held -= 1;
                 }
-                Some(Place::Upstream { since, kind, .. }) => {
+                Some(Place::Upstream {
+                    since,
+                    kind,
+                    classes,
+                    ..
+                }) => {
                     let latency = since.map(|s| now.saturating_duration_since(s));
                     self.window.learn(ending, kind, latency, self.upstream);
                     self.upstream -= 1;
+                    self.count(classes, false);
                 }
                 Some(Place::Parked { .. }) => self.parked -= 1,
                 None => {}
@@ -502,16 +611,19 @@ impl FairQueue {
                     tenant,
                     priority,
                     kind,
+                    classes,
                     ..
                 }) = self.places.get(&uuid).copied()
                 {
                     self.window
                         .learn(Ending::Overloaded, kind, None, self.upstream);
                     self.upstream -= 1;
+                    self.count(classes, false);
                     let place = Place::Parked {
                         tenant,
                         priority,
                         kind,
+                        classes,
                     };
                     self.places.insert(uuid, place);
                     self.parked += 1;
@@ -522,6 +634,7 @@ impl FairQueue {
                     tenant,
                     priority,
                     kind,
+                    classes,
                 }) = self.places.get(&uuid).copied()
                 {
                     self.parked -= 1;
@@ -529,9 +642,10 @@ impl FairQueue {
                         tenant,
                         priority,
                         kind,
+                        classes,
                     };
                     self.places.insert(uuid, place);
-                    self.hold(uuid, tenant, priority, true);
+                    self.hold(uuid, tenant, priority, classes, true);
                 }
             }
             Event::SetWindow { size } => {
@@ -543,59 +657,117 @@ impl FairQueue {
 
     /// Puts `uuid`, now [`Place::Held`], in its tenant's lane: last, or
     /// `first` (a retry).
-    fn hold(&mut self, uuid: TaskUuid, tenant: TenantId, priority: Priority, first: bool) {
+    fn hold(
+        &mut self,
+        uuid: TaskUuid,
+        tenant: TenantId,
+        priority: Priority,
+        classes: Classes,
+        first: bool,
+    ) {
+        let order = if first {
+            self.next_retry -= 1;
+            self.next_retry + 1
+        } else {
+            self.next_order += 1;
+            self.next_order - 1
+        };
         let lane = &mut self.lanes[tenant];
         if lane.is_empty() {
             // A full quantum for its first turn.
             lane.deficit = lane.weight;
             self.active.push_back(tenant);
         }
+        let queue = lane.queue(priority, classes);
         if first {
-            lane.lane(priority).push_front(uuid);
+            queue.push_front((order, uuid));
         } else {
-            lane.lane(priority).push_back(uuid);
+            queue.push_back((order, uuid));
         }
         lane.held += 1;
         self.held += 1;
     }
 
-    /// Releases held tasks while the window has room, deficit round robin.
+    /// The tenant's next task that may go now: its oldest interactive one
+    /// whose caps have room, else its oldest such batch one. Entries of
+    /// tasks no longer held there are dropped on the way.
+    fn next_of(&mut self, tenant: TenantId) -> Option<TaskUuid> {
+        for priority in [Priority::Interactive, Priority::Batch] {
+            let mut best: Option<(i64, usize)> = None;
+            for i in 0..self.lanes[tenant].queues.len() {
+                let queue = &self.lanes[tenant].queues[i];
+                if queue.priority != priority || !self.has_room(queue.classes) {
+                    continue;
+                }
+                let places = &self.places;
+                let live = |u: &TaskUuid| {
+                    matches!(places.get(u), Some(Place::Held { tenant: t, priority: p, .. })
+                        if *t == tenant && *p == priority)
+                };
+                let entries = &mut self.lanes[tenant].queues[i].entries;
+                while entries.front().is_some_and(|(_, u)| !live(u)) {
+                    entries.pop_front();
+                }
+                if let Some(&(order, _)) = entries.front() {
+                    if best.is_none_or(|(o, _)| order < o) {
+                        best = Some((order, i));
+                    }
+                }
+            }
+            if let Some((_, i)) = best {
+                return self.lanes[tenant].queues[i]
+                    .entries
+                    .pop_front()
+                    .map(|(_, u)| u);
+            }
+        }
+        None
+    }
+
+    /// Releases held tasks while the window has room, deficit round robin;
+    /// a tenant whose held tasks are all of classes at their caps keeps
+    /// its quantum and lets the next one go.
     fn release(&mut self, now: Instant, released: &mut Vec<TaskUuid>) {
+        let mut capped = 0;
         while self.upstream < self.window.size() {
             let Some(&tenant) = self.active.front() else {
                 return;
             };
-            let lane = &mut self.lanes[tenant];
-            if lane.deficit == 0 {
+            if self.lanes[tenant].deficit == 0 {
                 // Its quantum is spent: a new one, at the back. Turned only
                 // now, not at its last release, so that a tenant arriving
                 // meanwhile goes next.
+                let lane = &mut self.lanes[tenant];
                 lane.deficit = lane.weight;
                 self.active.rotate_left(1);
                 continue;
             }
-            // Held here, in this very lane: an entry left by a task that
-            // ended, or that was taken again since, is not one.
-            let places = &self.places;
-            let live = |priority| {
-                move |u: &TaskUuid| {
-                    matches!(places.get(u), Some(Place::Held { tenant: t, priority: p, .. })
-                        if *t == tenant && *p == priority)
+            let Some(uuid) = self.next_of(tenant) else {
+                if self.lanes[tenant].is_empty() {
+                    // Not reached: a lane with nothing held leaves the rotation.
+                    self.lanes[tenant].clear();
+                    self.active.pop_front();
+                    continue;
                 }
-            };
-            let uuid = next_live(&mut lane.interactive, live(Priority::Interactive))
-                .or_else(|| next_live(&mut lane.batch, live(Priority::Batch)));
-            let Some(uuid) = uuid else {
-                // Not reached: a lane with nothing held leaves the rotation.
-                lane.held = 0;
-                lane.clear();
-                self.active.pop_front();
+                // Everything it holds waits for a cap: the others go.
+                capped += 1;
+                if capped >= self.active.len() {
+                    return;
+                }
+                self.active.rotate_left(1);
                 continue;
             };
-            let (priority, kind) = match self.places.get(&uuid) {
-                Some(Place::Held { priority, kind, .. }) => (*priority, *kind),
-                _ => (Priority::Interactive, 0),
+            capped = 0;
+            let (priority, kind, classes) = match self.places.get(&uuid) {
+                Some(Place::Held {
+                    priority,
+                    kind,
+                    classes,
+                    ..
+                }) => (*priority, *kind, *classes),
+                _ => (Priority::Interactive, 0, Classes::NONE),
             };
+            let lane = &mut self.lanes[tenant];
             lane.deficit -= 1;
             lane.held -= 1;
             if lane.is_empty() {
@@ -607,23 +779,15 @@ impl FairQueue {
                 tenant,
                 priority,
                 kind,
+                classes,
             };
             self.places.insert(uuid, place);
             self.held -= 1;
             self.upstream += 1;
+            self.count(classes, true);
             released.push(uuid);
         }
     }
-}
-
-/// The first task of `queue` still held, the ended ones before it dropped.
-fn next_live(queue: &mut VecDeque<TaskUuid>, live: impl Fn(&TaskUuid) -> bool) -> Option<TaskUuid> {
-    while let Some(uuid) = queue.pop_front() {
-        if live(&uuid) {
-            return Some(uuid);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -23,6 +23,12 @@ pub struct SavedTask {
     /// The local session it was sent in, which its client may resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_session: Option<String>,
+    /// The tenant it counts in, by name (the default one when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Its client asked for `includeCost` (unknown: as its JSON says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wants_cost: Option<bool>,
 }
 
 /// Who submitted a taskUUID, kept in the state file after its task went
@@ -47,4 +53,6 @@ pub enum StateChange {
     End(String),
     /// A new session UUID.
     Session(String),
+    /// Every tenant's spend as it stands (the last one counts).
+    Spend(super::SavedSpend),
 }

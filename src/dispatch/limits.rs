@@ -46,6 +46,10 @@ pub struct Limits {
     /// Tasks upstream at once ([`WindowSetting`]). Past it, tasks are held
     /// locally and released fairly across tenants.
     pub upstream_window: WindowSetting,
+    /// At most this many tasks of a task type or of a model (by its name)
+    /// upstream at once, within the window: the tasks of a kind the account
+    /// runs only so many of at once wait locally, and the others go.
+    pub window_caps: Vec<(String, usize)>,
     /// A task without a client's deadline is sent again after Runware's
     /// overload answers for this long from its admission (the daemon's
     /// `default_task_timeout`, which its doors wait).
@@ -102,6 +106,7 @@ impl Default for Limits {
             poll_min: Duration::from_millis(500),
             poll_max: Duration::from_secs(1),
             upstream_window: WindowSetting::Unbounded,
+            window_caps: Vec::new(),
             default_deadline: Duration::from_secs(300),
             tenants: vec![super::TenantLimits::default()],
         }

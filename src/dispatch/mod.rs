@@ -65,6 +65,7 @@ mod record;
 mod recovery;
 mod retention;
 mod routing;
+mod spend;
 mod streams;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -103,6 +104,10 @@ pub use self::principal::{ClientConnection, Principal};
 pub use self::quota::{Quota, QuotaKind, TenantLimits, TenantUse};
 use self::record::{Outcome, RESULTS_AT_FIRST, StoredResult, Task, stored_result};
 pub use self::record::{PreparedTask, SLICE_MIN_BYTES};
+pub use self::spend::{
+    ALERT_LEVELS, Budget, BudgetKind, DEFAULT_TASK_ESTIMATE_USD, MAX_SPEND_ROWS, SavedSpend,
+    SavedTenantSpend, SpendRow, TenantSpend, day_and_month,
+};
 pub use self::streams::StreamSlot;
 pub use self::watch::{Empty, Events, TaggedSender, TaskHandle, Watch};
 use self::watch::{Recipient, WatchGuard, events};
@@ -172,6 +177,11 @@ pub struct TaskTable {
     fair: std::sync::Mutex<fair::FairQueue>,
     /// Each tenant's quotas and what it holds ([`quota`]).
     quotas: quota::Quotas,
+    /// Each tenant's spend and budgets ([`spend`]).
+    ledger: spend::Ledger,
+    /// The window's capped classes by task type or model name
+    /// ([`Limits::window_caps`]).
+    classes: HashMap<Box<str>, u16>,
     /// Tasks Runware refused as overloaded, by when they go again
     /// ([`overload`]).
     retries: std::sync::Mutex<overload::Retries>,
@@ -207,11 +217,19 @@ impl TaskTable {
             idle: std::sync::Mutex::default(),
             changes: std::sync::Mutex::default(),
             journaling: AtomicBool::new(false),
-            fair: std::sync::Mutex::new(fair::FairQueue::new(
+            fair: std::sync::Mutex::new(fair::FairQueue::with_caps(
                 &limits.tenants.iter().map(|t| t.weight).collect::<Vec<_>>(),
                 limits.window(),
+                &limits.window_caps.iter().map(|c| c.1).collect::<Vec<_>>(),
             )),
+            classes: limits
+                .window_caps
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| (Box::from(name.as_str()), i as u16))
+                .collect(),
             quotas: quota::Quotas::new(&limits.tenants, limits.max_memory_bytes),
+            ledger: spend::Ledger::new(&limits.tenants),
             retries: std::sync::Mutex::default(),
             limits,
             queue,

@@ -38,6 +38,8 @@ impl TaskTable {
                 sent: t.delivery.sends() > 0,
                 owner: t.owner,
                 local_session: t.local_session.as_deref().map(str::to_owned),
+                tenant: Some(self.quotas.name(t.tenant).to_owned()),
+                wants_cost: Some(t.wants_cost),
             })
             .collect()
     }
@@ -58,13 +60,20 @@ impl TaskTable {
             self.remember_owner(uuid, s.owner);
             let task_type =
                 protocol::task_type_of(&s.payload).map_or("other", |t| task_type_label(&t));
+            let tenant = s
+                .tenant
+                .as_deref()
+                .map_or(0, |name| self.quotas.id_of(name));
+            let model = model_of(&s.payload);
+            let wants_cost = s.wants_cost.unwrap_or_else(|| asked_cost(&s.payload));
             let mut task = Task {
                 uuid,
                 payload: s.payload.into(),
                 label: task_type,
                 owner: s.owner,
-                // Its tenant is not known any more: the default one's.
-                tenant: 0,
+                tenant,
+                spend: self.ledger.tag(tenant, task_type, &model),
+                wants_cost,
                 awaits_resume: s.local_session.is_some(),
                 local_session: s.local_session.map(Into::into),
                 started: now,
@@ -90,19 +99,36 @@ impl TaskTable {
                 .fetch_add(task.payload.len(), Ordering::AcqRel);
             self.quotas.restored(task.tenant, task.payload.len());
             let kind = kind_of(task.label, None, task.expected);
+            let classes = self.classes_of(task.label, &model);
             v.insert(Box::new(task));
             if s.sent {
                 self.polling.fetch_add(1, Ordering::AcqRel);
-                self.adopt(uuid, kind);
+                self.adopt(uuid, kind, classes);
             } else {
                 self.unsent.fetch_add(1, Ordering::AcqRel);
-                // Its tenant is not known any more: the default one's.
-                self.queue_locally(uuid, 0, Priority::Interactive, kind);
+                self.queue_locally(uuid, (tenant, Priority::Interactive), kind, classes);
             }
             restored += 1;
         }
         restored
     }
+}
+
+/// The `model` a persisted task names (empty for none).
+fn model_of(payload: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("model")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Whether a persisted task's client asked for `includeCost` (a state
+/// file from before the daemon asked on every task's behalf).
+fn asked_cost(payload: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("includeCost")?.as_bool())
+        .unwrap_or(false)
 }
 
 /// A task a local session sent, as a client resuming that session after a

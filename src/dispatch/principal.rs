@@ -13,6 +13,21 @@ pub enum Principal {
     /// holding the daemon's token. They cannot be told apart.
     #[default]
     Tcp,
+    /// A TCP client holding one of a tenant's tokens, by the tenant's
+    /// name's [`Principal::tenant`] number.
+    Tenant(u32),
+}
+
+impl Principal {
+    /// The principal of the holders of tenant `name`'s tokens: the same
+    /// number for the same name in every run (the state file keeps it).
+    pub fn tenant(name: &str) -> Principal {
+        // FNV-1a: stable across runs and builds, unlike the std hasher.
+        let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        Principal::Tenant(hash)
+    }
 }
 
 /// One client connection: who it is, and the tasks it waits on (for its
@@ -47,6 +62,13 @@ impl ClientConnection {
 
     /// The same connection, of `tenant`.
     pub fn of_tenant(mut self, tenant: super::TenantId) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// The same connection, of `principal` and `tenant` (a token's holder).
+    pub fn held_by(mut self, principal: Principal, tenant: super::TenantId) -> Self {
+        self.principal = principal;
         self.tenant = tenant;
         self
     }

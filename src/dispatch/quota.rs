@@ -83,7 +83,7 @@ impl QuotaKind {
 }
 
 /// A tenant as the table knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantLimits {
     /// Its name (the default tenant's is `default`).
     pub name: String,
@@ -91,6 +91,8 @@ pub struct TenantLimits {
     pub weight: u32,
     /// Its quotas.
     pub quota: Quota,
+    /// Its budgets.
+    pub budget: super::Budget,
 }
 
 impl Default for TenantLimits {
@@ -99,12 +101,13 @@ impl Default for TenantLimits {
             name: "default".to_owned(),
             weight: 1,
             quota: Quota::default(),
+            budget: super::Budget::default(),
         }
     }
 }
 
 /// What one tenant holds now and was refused, for status and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantUse {
     /// Its name.
     pub name: String,
@@ -115,6 +118,8 @@ pub struct TenantUse {
     /// Tasks refused by each quota: `max_in_flight`, `tasks_per_minute`,
     /// `max_memory_percent`.
     pub refused: [(&'static str, u64); 3],
+    /// What it spent, and its budgets.
+    pub spend: super::TenantSpend,
 }
 
 struct Tenant {
@@ -174,6 +179,11 @@ impl Quotas {
     /// The tenant's name.
     pub(super) fn name(&self, tenant: TenantId) -> &str {
         &self.of(tenant).name
+    }
+
+    /// The tenant of that name; the default one if none is.
+    pub(super) fn id_of(&self, name: &str) -> TenantId {
+        self.0.iter().position(|t| t.name == name).unwrap_or(0)
     }
 
     /// Takes a place in flight for one task of `tenant` at `now`: its
@@ -267,6 +277,7 @@ impl Quotas {
                         t.refused[i].load(Ordering::Relaxed),
                     )
                 }),
+                spend: super::TenantSpend::default(),
             })
             .collect()
     }
@@ -284,6 +295,7 @@ mod tests {
                 name: "batch".into(),
                 weight: 1,
                 quota,
+                ..TenantLimits::default()
             },
         ];
         Quotas::new(&tenants, 1000)

@@ -27,6 +27,12 @@ pub struct PreparedTask {
     pub priority: super::Priority,
     /// Its kind of work (type and model), for the window ([`super::kind_of`]).
     pub kind: super::fair::Kind,
+    /// Its `model`, for its tenant's spend (empty for none).
+    pub model: Box<str>,
+    /// Its client asked for `includeCost`: its results keep their `cost`
+    /// (which the daemon asks for on every task that takes it, to count
+    /// each tenant's spend).
+    pub wants_cost: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +52,10 @@ pub(super) struct Task {
     pub(super) owner: Principal,
     /// The tenant whose quotas it counts in.
     pub(super) tenant: super::TenantId,
+    /// Its place in its tenant's spend, its reservation and its cost so far.
+    pub(super) spend: super::spend::SpendTag,
+    /// Its client asked for `cost` ([`PreparedTask::wants_cost`]).
+    pub(super) wants_cost: bool,
     /// The local session it was sent in ([`PreparedTask::local_session`]).
     pub(super) local_session: Option<Arc<str>>,
     /// Restored from a previous run's state and not yet claimed by a

@@ -172,6 +172,8 @@ impl TaskTable {
             sent: true,
             owner,
             local_session: None,
+            tenant: None,
+            wants_cost: None,
         }]);
         if followed == 0 {
             return Err(SubmitError::AlreadyKnown(uuid));

@@ -130,12 +130,14 @@ impl TaskTable {
                 item,
                 result_id,
                 received,
+                cost,
             } => self.deliver_in_answer(
                 task,
                 stored_result(item, frame),
                 result_id.as_deref(),
                 received,
                 end == AnswerEnd::Complete,
+                cost.map(|c| (item, c)),
             ),
             Inbound::TaskError { task, error } => self.fail(task, error),
             other => return Some(other),
@@ -164,11 +166,13 @@ impl TaskTable {
         result_id: Option<&str>,
         received: Received,
     ) {
-        self.deliver_in_answer(uuid, item, result_id, received, false);
+        self.deliver_in_answer(uuid, item, result_id, received, false, None);
     }
 
     /// Routes one result item to its task; `ends_answer` says it is the last
-    /// of an answer that says nothing more is coming.
+    /// of an answer that says nothing more is coming. `cost` is the item as
+    /// it came and its `cost` field: counted for the task's tenant, and cut
+    /// out of what a client that did not ask for it receives.
     pub(super) fn deliver_in_answer(
         &self,
         uuid: TaskUuid,
@@ -176,6 +180,7 @@ impl TaskTable {
         result_id: Option<&str>,
         received: Received,
         ends_answer: bool,
+        cost: Option<(&RawValue, &RawValue)>,
     ) {
         let mut entry = self.tasks.get_mut(&uuid);
         let arriving = ArrivingResult {
@@ -230,7 +235,16 @@ impl TaskTable {
             task.result_ids.push(id.into());
         }
         let t = task;
-        let StoredResult { text: item, bytes } = item;
+        let StoredResult { text: item, bytes } = match cost {
+            Some((whole, cost)) => {
+                t.spend.cost += protocol::cost_of(cost).unwrap_or(0.0);
+                match t.wants_cost {
+                    true => item,
+                    false => without_cost(item, whole, cost),
+                }
+            }
+            None => item,
+        };
         t.bytes += bytes;
         self.retained_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.quotas.add_bytes(t.tenant, bytes);
@@ -342,4 +356,23 @@ pub(super) enum AnswerEnd {
     GoesOn,
     /// The last, in an answer that says nothing more is coming.
     Complete,
+}
+
+/// A result without its `cost` field, for a client that did not ask for
+/// it: a copy with the field cut out, or, when its key is not written
+/// plainly, the item written again without it.
+fn without_cost(item: StoredResult, whole: &RawValue, cost: &RawValue) -> StoredResult {
+    let text = protocol::without_cost(whole.get(), cost).or_else(|| {
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(whole.get()).ok()?;
+        v.remove("cost");
+        Some(serde_json::Value::Object(v).to_string())
+    });
+    match text {
+        Some(text) => StoredResult {
+            bytes: text.len(),
+            text: ByteString::from(text),
+        },
+        None => item,
+    }
 }

@@ -11,6 +11,7 @@ use super::*;
 pub struct StreamSlot {
     table: Arc<TaskTable>,
     tenant: TenantId,
+    spend: spend::SpendTag,
     label: &'static str,
     started: Instant,
     outcome: Option<&'static str>,
@@ -18,12 +19,14 @@ pub struct StreamSlot {
 }
 
 impl TaskTable {
-    /// Admits a stream of task type `label` sent on `conn`, within the
-    /// table's limits; refused as a task would be.
+    /// Admits a stream of task type `label` and `model` sent on `conn`,
+    /// within the table's limits and its tenant's budgets; refused as a
+    /// task would be.
     pub fn admit_stream(
         self: &Arc<Self>,
         conn: &ClientConnection,
         label: &'static str,
+        model: &str,
     ) -> Result<StreamSlot, SubmitError> {
         if self.is_draining() {
             return Err(SubmitError::Draining);
@@ -43,10 +46,20 @@ impl TaskTable {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(self.over_quota(tenant, quota, limit)));
         }
+        let now = std::time::SystemTime::now();
+        let spend = match self.ledger.reserve(tenant, label, model, now) {
+            Ok(spend) => spend,
+            Err(over) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.quotas.unadmit(tenant);
+                return Err(self.refuse(self.over_budget(tenant, over)));
+            }
+        };
         self.streams.fetch_add(1, Ordering::AcqRel);
         Ok(StreamSlot {
             table: Arc::clone(self),
             tenant,
+            spend,
             label,
             started: Instant::now(),
             outcome: None,
@@ -64,6 +77,11 @@ impl StreamSlot {
     /// Runware ended the stream: its text is complete.
     pub fn completed(&mut self) {
         self.outcome.get_or_insert("completed");
+    }
+
+    /// Runware reported what the stream cost (its last event's `cost`).
+    pub fn cost(&mut self, usd: f64) {
+        self.spend.cost += usd;
     }
 
     /// The stream ended in an error: `outcome` labels it (a
@@ -84,6 +102,15 @@ impl Drop for StreamSlot {
             // Its client went before the end, as a cancelled task.
             None => t.count_outcome(self.label, "released"),
         }
+        let how = match self.outcome {
+            Some("completed") => spend::Settled::Completed,
+            Some(_) => spend::Settled::Failed,
+            // Runware had it, and ran it for no one.
+            None => spend::Settled::LetGo { sent: true },
+        };
+        let results = u32::from(how == spend::Settled::Completed);
+        let now = std::time::SystemTime::now();
+        t.ledger.settle(self.tenant, &self.spend, results, how, now);
         t.streams.fetch_sub(1, Ordering::AcqRel);
         t.in_flight.fetch_sub(1, Ordering::AcqRel);
         t.quotas.left(self.tenant);
@@ -106,16 +133,16 @@ mod tests {
             queue,
         );
         let (a, b) = (ClientConnection::default(), ClientConnection::default());
-        let mut first = table.admit_stream(&a, "textInference").unwrap();
+        let mut first = table.admit_stream(&a, "textInference", "m").unwrap();
         assert_eq!(
-            table.admit_stream(&a, "textInference").err(),
+            table.admit_stream(&a, "textInference", "m").err(),
             Some(SubmitError::TooManyForConnection(1))
         );
-        let second = table.admit_stream(&b, "textInference").unwrap();
+        let second = table.admit_stream(&b, "textInference", "m").unwrap();
         assert_eq!((table.in_flight(), table.streams()), (2, 2));
         assert_eq!(
             table
-                .admit_stream(&ClientConnection::default(), "textInference")
+                .admit_stream(&ClientConnection::default(), "textInference", "m")
                 .err(),
             Some(SubmitError::TooManyInFlight(2))
         );
@@ -125,7 +152,7 @@ mod tests {
         assert_eq!((table.in_flight(), table.streams()), (0, 0));
         table.start_draining();
         assert_eq!(
-            table.admit_stream(&a, "textInference").err(),
+            table.admit_stream(&a, "textInference", "m").err(),
             Some(SubmitError::Draining)
         );
     }

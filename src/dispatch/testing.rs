@@ -24,6 +24,8 @@ pub fn task(expected: u32) -> PreparedTask {
         deadline: None,
         priority: Default::default(),
         kind: 0,
+        model: Box::default(),
+        wants_cost: false,
     }
 }
 

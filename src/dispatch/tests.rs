@@ -942,3 +942,42 @@ async fn a_followed_task_ends_with_the_answer_that_holds_all() {
     assert_eq!(d.in_flight(), 0);
     assert_eq!(d.counters.get(Counter::DuplicateResults), 0);
 }
+
+/// A result whose cost was cut out for its client (who did not ask for
+/// it) is the same result when a getResponse answer brings it again with
+/// its cost: taken once. Its cost counts once in the tenant's spend.
+#[tokio::test(start_paused = true)]
+async fn a_result_kept_without_its_cost_is_not_taken_again_from_an_answer() {
+    let (d, _q) = setup(Limits::default());
+    let mut h = d.submit(task(2), &ClientConnection::default()).unwrap();
+    send(&d, &h.uuid);
+    let uuid = h.uuid;
+    let frame = |items: &[&str]| {
+        let items: Vec<String> = items
+            .iter()
+            .map(|i| format!(r#"{{"taskType":"promptEnhance","taskUUID":"{uuid}",{i}}}"#))
+            .collect();
+        format!(r#"{{"data":[{}]}}"#, items.join(","))
+    };
+    let pushed = frame(&[r#""text":"v0","cost":0.25"#]);
+    d.route_frame(protocol::parse_frame(&pushed).unwrap(), None);
+    let (_, item, _) = next_result(&mut h);
+    assert!(!item.contains("cost") && item.contains("v0"), "{item}");
+    d.on_session(false);
+    d.due_polls(10);
+    let answered = frame(&[
+        r#""text":"v0","cost":0.25,"status":"success""#,
+        r#""text":"v1","cost":0.25,"status":"success""#,
+    ]);
+    d.route_frame(protocol::parse_frame(&answered).unwrap(), None);
+    let (index, item, last) = next_result(&mut h);
+    assert_eq!(index, 1);
+    assert!(
+        item.contains("v1") && !item.contains("cost") && last,
+        "{item}"
+    );
+    assert!(h.events.try_recv().is_err(), "v0 was not taken twice");
+    let spend = &d.tenant_usage()[0].spend;
+    assert_eq!((spend.rows[0].tasks, spend.rows[0].results), (1, 2));
+    assert_eq!(spend.rows[0].usd, 0.5);
+}

@@ -5,7 +5,7 @@
 //! is touched: released tasks go into the writer's channel, which never
 //! blocks.
 
-use super::fair::{self, Ending, FairQueue, Kind, Priority, TenantId};
+use super::fair::{self, Classes, Ending, FairQueue, Kind, Priority, TenantId};
 use super::lifecycle::State;
 use super::*;
 
@@ -26,26 +26,42 @@ impl TaskTable {
         }
     }
 
+    /// The caps of the window a task of `task_type` and `model` counts in.
+    pub(super) fn classes_of(&self, task_type: &str, model: &str) -> Classes {
+        if self.classes.is_empty() {
+            return Classes::NONE;
+        }
+        Classes::of(
+            self.classes.get(task_type).copied(),
+            self.classes.get(model).copied(),
+        )
+    }
+
     /// A task taken: held, or released at once.
     pub(super) fn queue_locally(
         &self,
         uuid: TaskUuid,
-        tenant: TenantId,
-        priority: Priority,
+        (tenant, priority): (TenantId, Priority),
         kind: Kind,
+        classes: Classes,
     ) {
         self.fair_event(fair::Event::Submit {
             uuid,
             tenant,
             priority,
             kind,
+            classes,
         });
     }
 
     /// A task sent before this queue knew it (one restored): it holds a
     /// slot until it ends.
-    pub(super) fn adopt(&self, uuid: TaskUuid, kind: Kind) {
-        self.fair_event(fair::Event::Adopt { uuid, kind });
+    pub(super) fn adopt(&self, uuid: TaskUuid, kind: Kind, classes: Classes) {
+        self.fair_event(fair::Event::Adopt {
+            uuid,
+            kind,
+            classes,
+        });
     }
 
     /// A task in flight ended (or went): a held one is never sent; a

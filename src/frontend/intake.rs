@@ -22,7 +22,7 @@ use crate::dispatch::{
     ClientConnection, MAX_EXPECTED_RESULTS, PreparedTask, Principal, Priority, SubmitError,
     TaggedSender, TaskHandle, TaskTable, Watch,
 };
-use crate::protocol::{self, Field, TaskFields, TaskObject, TaskUuid};
+use crate::protocol::{self, Added, Field, TaskFields, TaskObject, TaskUuid};
 
 pub use crate::protocol::ObjectError;
 
@@ -345,10 +345,20 @@ pub fn prepare(
     let model = task.field("model");
     let model_name = model.as_ref().and_then(Field::as_str);
     let kind = crate::dispatch::kind_of(&task_type, model_name, expected);
+    let model_name = Box::from(model_name.unwrap_or_default());
     drop(model);
+    let asked_cost = task.field("includeCost");
+    let wants_cost = asked_cost.as_ref().and_then(Field::as_bool) == Some(true);
+    drop(asked_cost);
+    // Every task that reports a cost is asked for it: its tenant's spend
+    // counts it, and a client that did not ask gets its results without it.
+    let add = Added {
+        asynchronous: add_async,
+        cost: !wants_cost && protocol::takes_cost(&task_type),
+    };
     let payload = match raw {
-        Some(raw) if !add_async && uuid_as_written => Arc::from(raw),
-        _ => Arc::from(task.into_payload(&uuid, add_async)),
+        Some(raw) if add == Added::default() && uuid_as_written => Arc::from(raw),
+        _ => Arc::from(task.into_payload(&uuid, add)),
     };
     PreparedTask {
         uuid,
@@ -361,6 +371,8 @@ pub fn prepare(
         deadline: None,
         priority: priority.unwrap_or_default(),
         kind,
+        model: model_name,
+        wants_cost: wants_cost || !protocol::takes_cost(&task_type),
     }
 }
 
@@ -529,10 +541,28 @@ mod tests {
     fn a_task_the_daemon_adds_nothing_to_is_sent_as_the_client_wrote_it() {
         let uuid = TaskUuid::new_v4();
         let raw = format!(
-            r#"{{ "taskType": "promptEnhance", "prompt": "a cat", "taskUUID": "{uuid}" }}"#
+            r#"{{ "taskType": "promptEnhance", "prompt": "a cat", "includeCost": true, "taskUUID": "{uuid}" }}"#
         );
         let p = prepare(client_task(&raw), Some(&raw), &[], Principal::Tcp);
         assert_eq!(&*p.payload, raw);
+        assert!(p.wants_cost);
+        // Its cost asked for on its behalf: written again, with it once.
+        for without in [
+            raw.replace(r#""includeCost": true, "#, ""),
+            raw.replace(r#""includeCost": true"#, r#""includeCost": false"#),
+        ] {
+            let p = prepare(client_task(&without), Some(&without), &[], Principal::Tcp);
+            assert_eq!(p.payload.matches("includeCost").count(), 1, "{}", p.payload);
+            let v: Value = serde_json::from_str(&p.payload).unwrap();
+            assert_eq!(
+                (v["includeCost"].as_bool(), p.wants_cost),
+                (Some(true), false)
+            );
+        }
+        // A task type that reports no cost is not asked for one.
+        let upload = format!(r#"{{"taskType":"imageUpload","image":"x","taskUUID":"{uuid}"}}"#);
+        let p = prepare(client_task(&upload), Some(&upload), &[], Principal::Tcp);
+        assert_eq!(&*p.payload, upload);
         // Async delivery added: written again, with it.
         let asynchronous = ["promptEnhance".to_owned()];
         let p = prepare(client_task(&raw), Some(&raw), &asynchronous, Principal::Tcp);

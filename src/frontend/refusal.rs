@@ -55,6 +55,8 @@ pub fn refusal_of_submit(e: &SubmitError) -> Refusal {
         | SubmitError::QueueFull(_)
         | SubmitError::MemoryBudget { .. }
         | SubmitError::TenantQuota { .. } => ("rateLimitExceeded", "taskUUID"),
+        // Runware's answer to a task the account cannot pay for.
+        SubmitError::TenantBudget { .. } => ("insufficientCredits", "taskUUID"),
         SubmitError::TooLarge { .. } => ("payloadTooLarge", "taskType"),
         SubmitError::Draining => ("serviceUnavailable", "taskUUID"),
     };

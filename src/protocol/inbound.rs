@@ -21,6 +21,8 @@ pub enum Inbound<'a> {
         result_id: Option<Cow<'a, str>>,
         /// How it came: pushed, in a `getResponse` answer, or as a step.
         received: Received,
+        /// Its `cost` (USD), as it came, within `item`.
+        cost: Option<&'a RawValue>,
     },
     /// An async-delivery acknowledgement or a `getResponse` "processing"
     /// item: the task is known to the server but this is not a result.
@@ -54,12 +56,14 @@ impl PartialEq for Inbound<'_> {
                     item: x,
                     result_id: i,
                     received: p,
+                    ..
                 },
                 Result {
                     task: b,
                     item: y,
                     result_id: j,
                     received: q,
+                    ..
                 },
             ) => a == b && x.get() == y.get() && i == j && p == q,
             (Pending { task: a }, Pending { task: b }) => a == b,
@@ -165,6 +169,8 @@ pub(super) struct ItemHead<'a> {
     status: Option<Cow<'a, str>>,
     /// The first `*UUID` field other than taskUUID and the session's.
     result_id: Option<Cow<'a, str>>,
+    /// `cost`, as it came (a slice of the item).
+    cost: Option<&'a RawValue>,
     pong: bool,
     error: Option<RunwareError>,
     /// Keys other than taskType, taskUUID and status: an item with none is
@@ -189,6 +195,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for ItemHead<'a> {
                         "status" => head.status = map.next_value::<MaybeStr>()?.0,
                         "connectionSessionUUID" => {
                             head.session = map.next_value::<MaybeStr>()?.0;
+                            head.other_keys += 1;
+                        }
+                        "cost" => {
+                            head.cost = Some(map.next_value::<&'de RawValue>()?);
                             head.other_keys += 1;
                         }
                         "pong" => {
@@ -312,6 +322,7 @@ pub(super) fn classify_data_item(item: &RawValue) -> Inbound<'_> {
                 },
             },
             result_id: head.result_id,
+            cost: head.cost,
         },
     }
 }
@@ -425,9 +436,68 @@ pub fn text_item(item: &str) -> (String, Option<f64>) {
     )
 }
 
+/// A result item's cost in USD: its `cost` field, when it is a number.
+pub fn cost_of(cost: &RawValue) -> Option<f64> {
+    cost.get()
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite() && *c >= 0.0)
+}
+
+/// `item` without its `cost` field, `cost` being that field's value as
+/// read from `item` (a slice of it): the rest of the item byte for byte.
+/// `None` when `cost` is not within `item`, or its key is not written
+/// plainly before it.
+pub fn without_cost(item: &str, cost: &RawValue) -> Option<String> {
+    let bytes = item.as_bytes();
+    let start = (cost.get().as_ptr() as usize).checked_sub(item.as_ptr() as usize)?;
+    let end = start + cost.get().len();
+    if end > item.len() {
+        return None;
+    }
+    let skip_back = |mut i: usize| {
+        while i > 0 && bytes[i - 1].is_ascii_whitespace() {
+            i -= 1;
+        }
+        i
+    };
+    let colon = skip_back(start);
+    if colon == 0 || bytes[colon - 1] != b':' {
+        return None;
+    }
+    let key_end = skip_back(colon - 1);
+    let key_start = key_end.checked_sub(b"\"cost\"".len())?;
+    if &bytes[key_start..key_end] != b"\"cost\"" {
+        return None;
+    }
+    let after = end
+        + bytes[end..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    let (cut_from, cut_to) = match bytes.get(after) {
+        // Followed by another field: the comma after it goes with it.
+        Some(b',') => (key_start, after + 1),
+        _ => {
+            // The last field: the comma before it goes, if there is one.
+            let before = skip_back(key_start);
+            match before.checked_sub(1).map(|i| bytes[i]) {
+                Some(b',') => (before - 1, end),
+                Some(b'{') => (key_start, end),
+                _ => return None,
+            }
+        }
+    };
+    let mut out = String::with_capacity(item.len() - (cut_to - cut_from));
+    out.push_str(&item[..cut_from]);
+    out.push_str(&item[cut_to..]);
+    Some(out)
+}
+
 /// A result item's identity across pushed and polled copies: its JSON
-/// without `status: "success"` (which only `getResponse` answers add),
-/// keys in order. A step's status (`validated`, `ready`) is its content.
+/// without `status: "success"` (which only `getResponse` answers add) and
+/// without `cost` (cut from what the daemon keeps for a client that did
+/// not ask for it), keys in order. A step's status (`validated`, `ready`) is its content.
 pub fn result_fingerprint(item: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -436,6 +506,8 @@ pub fn result_fingerprint(item: &str) -> u64 {
             if m.get("status").and_then(serde_json::Value::as_str) == Some("success") {
                 m.remove("status");
             }
+            // Kept results of a client that did not ask for it have none.
+            m.remove("cost");
             serde_json::Value::Object(m).to_string().hash(&mut h);
         }
         _ => item.hash(&mut h),
@@ -447,6 +519,54 @@ pub fn result_fingerprint(item: &str) -> u64 {
 mod tests {
     use super::*;
     use crate::protocol::ids::examples::{T1, T2, t};
+
+    #[test]
+    fn an_items_cost_is_read_and_cut_out_leaving_the_rest_as_it_came() {
+        let cut = |item: &str| {
+            let f = format!(r#"{{"data":[{item}]}}"#);
+            let items = parse_frame(&f).unwrap();
+            let Inbound::Result { item, cost, .. } = &items[0] else {
+                panic!("not a result")
+            };
+            let cost = cost.expect("a cost");
+            (cost_of(cost), without_cost(item.get(), cost))
+        };
+        let first = format!(
+            r#"{{"cost":0.0013,"taskType":"imageInference","taskUUID":"{T1}","imageUUID":"i"}}"#
+        );
+        assert_eq!(
+            cut(&first),
+            (
+                Some(0.0013),
+                Some(format!(
+                    r#"{{"taskType":"imageInference","taskUUID":"{T1}","imageUUID":"i"}}"#
+                ))
+            )
+        );
+        let middle = format!(
+            r#"{{"taskType":"imageInference", "cost" : 2 , "taskUUID":"{T1}","imageUUID":"i"}}"#
+        );
+        assert_eq!(
+            cut(&middle).1.unwrap(),
+            format!(r#"{{"taskType":"imageInference",  "taskUUID":"{T1}","imageUUID":"i"}}"#)
+        );
+        let last = format!(
+            r#"{{"taskType":"imageInference","taskUUID":"{T1}","imageUUID":"i" ,"cost":1e-3 }}"#
+        );
+        let (usd, rest) = cut(&last);
+        assert_eq!(usd, Some(0.001));
+        let rest: serde_json::Value = serde_json::from_str(&rest.unwrap()).unwrap();
+        assert!(rest.get("cost").is_none() && rest["imageUUID"] == "i");
+        // An escaped key is not cut by bytes; a cost that is no number is none.
+        let escaped =
+            format!(r#"{{"taskType":"t","taskUUID":"{T1}","imageUUID":"i","co\u0073t":1}}"#);
+        assert_eq!(cut(&escaped).1, None);
+        let text = format!(r#"{{"taskType":"t","taskUUID":"{T1}","imageUUID":"i","cost":"1"}}"#);
+        assert_eq!(cut(&text).0, None);
+        // A value from elsewhere is not cut.
+        let other = RawValue::from_string("1".into()).unwrap();
+        assert_eq!(without_cost(r#"{"cost":1}"#, &other), None);
+    }
 
     #[test]
     fn authentication_and_pong() {
@@ -590,6 +710,11 @@ mod tests {
         );
         assert_eq!(
             result_fingerprint(r#"{"text":"a","status":"success"}"#),
+            result_fingerprint(r#"{"text":"a"}"#)
+        );
+        // Nor is its cost, which a client that did not ask never keeps.
+        assert_eq!(
+            result_fingerprint(r#"{"text":"a","cost":0.0002,"status":"success"}"#),
             result_fingerprint(r#"{"text":"a"}"#)
         );
         let failed = format!(

@@ -35,12 +35,16 @@ use self::errors::unknown_code;
 pub use self::errors::{ErrorClass, RunwareError, is_get_response};
 pub use self::ids::{SessionUuid, TaskUuid, TaskUuidError, is_session_uuid};
 pub use self::inbound::{
-    FrameError, ImageItem, Inbound, Received, parse_frame, result_fingerprint, text_item,
+    FrameError, ImageItem, Inbound, Received, cost_of, parse_frame, result_fingerprint, text_item,
+    without_cost,
 };
 use self::json::{MaybeStr, json_str};
 use self::outbound::GET_RESPONSE;
 pub use self::outbound::{
     PING_FRAME, auth_frame, finish_batch, get_response_task, is_reserved_task_type, push_task,
+    takes_cost,
 };
 use self::task::Fields;
-pub use self::task::{Field, ObjectError, TaskFields, TaskObject, expected_results, task_type_of};
+pub use self::task::{
+    Added, Field, ObjectError, TaskFields, TaskObject, expected_results, task_type_of,
+};

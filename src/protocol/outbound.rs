@@ -44,6 +44,21 @@ pub fn is_reserved_task_type(task_type: &str) -> bool {
 
 pub(super) const GET_RESPONSE: &str = "getResponse";
 
+/// Task types Runware does not charge for, which take no `includeCost`:
+/// uploads, searches, the account's own questions.
+const FREE_TASK_TYPES: [&str; 5] = [
+    "imageUpload",
+    "mediaStorage",
+    "modelUpload",
+    "modelSearch",
+    "accountManagement",
+];
+
+/// Whether a task of `task_type` reports its cost under `includeCost`.
+pub fn takes_cost(task_type: &str) -> bool {
+    !FREE_TASK_TYPES.contains(&task_type) && !is_reserved_task_type(task_type)
+}
+
 /// Appends one task object to a batch frame under construction. Runware takes
 /// an array of tasks, so tasks queued together travel in one message.
 pub fn push_task(frame: &mut String, task_json: &str) {

@@ -94,6 +94,15 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// The boolean, if it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Field::Other(t) if t == "true" => Some(true),
+            Field::Other(t) if t == "false" => Some(false),
+            _ => None,
+        }
+    }
+
     /// The number as an unsigned integer, if it is one.
     pub fn as_u64(&self) -> Option<u64> {
         match self {
@@ -146,9 +155,10 @@ pub trait TaskFields {
     }
     /// The first key equal to `name` ignoring ASCII case.
     fn key_like(&self, name: &str) -> Option<&str>;
-    /// The task as JSON, its `taskUUID` written as `uuid` and, when
-    /// `add_async`, `deliveryMethod: "async"` added.
-    fn into_payload(self, uuid: &TaskUuid, add_async: bool) -> String;
+    /// The task as JSON, its `taskUUID` written as `uuid`, and, when
+    /// `add.asynchronous`, `deliveryMethod: "async"` added, when
+    /// `add.cost`, `includeCost: true` in place of any `includeCost`.
+    fn into_payload(self, uuid: &TaskUuid, add: Added) -> String;
 }
 
 impl TaskFields for serde_json::Map<String, serde_json::Value> {
@@ -162,9 +172,12 @@ impl TaskFields for serde_json::Map<String, serde_json::Value> {
             .map(String::as_str)
     }
 
-    fn into_payload(mut self, uuid: &TaskUuid, add_async: bool) -> String {
-        if add_async {
+    fn into_payload(mut self, uuid: &TaskUuid, add: Added) -> String {
+        if add.asynchronous {
             self.insert("deliveryMethod".into(), "async".into());
+        }
+        if add.cost {
+            self.insert("includeCost".into(), true.into());
         }
         self.insert("taskUUID".into(), uuid.to_string().into());
         serde_json::Value::Object(self).to_string()
@@ -186,7 +199,7 @@ impl TaskFields for TaskObject<'_> {
             .find(|k| k.eq_ignore_ascii_case(name))
     }
 
-    fn into_payload(self, uuid: &TaskUuid, add_async: bool) -> String {
+    fn into_payload(self, uuid: &TaskUuid, add: Added) -> String {
         let mut out = String::with_capacity(
             self.fields
                 .iter()
@@ -195,19 +208,32 @@ impl TaskFields for TaskObject<'_> {
                 + 80,
         );
         out.push('{');
-        for (k, v) in self.fields.iter().filter(|(k, _)| k != "taskUUID") {
+        let ours = |k: &str| k == "taskUUID" || (add.cost && k == "includeCost");
+        for (k, v) in self.fields.iter().filter(|(k, _)| !ours(k)) {
             out.push_str(&serde_json::Value::String(k.to_string()).to_string());
             out.push(':');
             out.push_str(v.get());
             out.push(',');
         }
         out.push_str(&format!("\"taskUUID\":\"{uuid}\""));
-        if add_async {
+        if add.asynchronous {
             out.push_str(",\"deliveryMethod\":\"async\"");
+        }
+        if add.cost {
+            out.push_str(",\"includeCost\":true");
         }
         out.push('}');
         out
     }
+}
+
+/// What the daemon adds to a task on its way upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Added {
+    /// `deliveryMethod: "async"`.
+    pub asynchronous: bool,
+    /// `includeCost: true`.
+    pub cost: bool,
 }
 
 /// A task object as its client wrote it: each top-level key once, each

@@ -15,6 +15,10 @@ pub(super) const LIVENESS_STALE: Duration = Duration::from_secs(15);
 /// How often changed state is written (a crash loses at most this much).
 pub(super) const STATE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Every tenant's spend is journaled at most this often (and in every
+/// snapshot, the last one at a clean stop): a crash loses no more of it.
+pub(super) const SPEND_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The journal grows to the snapshot's size, or this, before a new snapshot.
 pub(super) const JOURNAL_MIN_BYTES: u64 = 8 << 20;
 
@@ -117,10 +121,17 @@ pub(super) async fn persist(
     let mut snapshot_bytes = 0;
     let mut tick = tokio::time::interval(STATE_FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_spend = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let session = status.borrow().session.clone();
         let mut changes = table.take_changes();
+        if last_spend.elapsed() >= SPEND_FLUSH_INTERVAL {
+            if let Some(spend) = table.spend_if_changed() {
+                changes.push(StateChange::Spend(spend));
+                last_spend = tokio::time::Instant::now();
+            }
+        }
         if session != saved_session {
             if let Some(s) = &session {
                 changes.push(StateChange::Session(s.0.clone()));
@@ -134,9 +145,12 @@ pub(super) async fn persist(
         let written = if snapshot {
             let tasks = table.snapshot();
             let owners = table.remembered_owners();
+            let spend = table.saved_spend();
             let s = session.clone();
-            tokio::task::spawn_blocking(move || store.save_with_owners(s.as_ref(), &tasks, &owners))
-                .await
+            tokio::task::spawn_blocking(move || {
+                store.save_with_owners(s.as_ref(), &tasks, &owners, &spend)
+            })
+            .await
         } else {
             tokio::task::spawn_blocking(move || store.append(&changes)).await
         };

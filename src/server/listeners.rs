@@ -128,13 +128,14 @@ pub(super) fn serve_grpc(
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    if config.insecure_listen && config.auth_token.is_none() {
+    let tokens = config.client_tokens().map(Arc::new);
+    if config.insecure_listen && tokens.is_none() {
         if let Some(addr) = config.listen.filter(|a| !a.ip().is_loopback()) {
             tracing::warn!(%addr, "INSECURE: gRPC reachable beyond this host without a token; anyone who reaches it can spend your Runware credit");
         }
     }
     let gate = AccessGate {
-        token: config.auth_token.clone().map(Arc::new),
+        token: tokens.clone(),
         counters: Arc::clone(&counters),
     };
     // Health and reflection stay open on every listener: probes
@@ -162,7 +163,7 @@ pub(super) fn serve_grpc(
         if let Some(addr) = listeners.tcp_addr {
             tracing::info!(%addr, "gRPC listening on TCP");
         }
-        let door = connections.tcp_door(config.auth_token.is_some());
+        let door = connections.tcp_door(tokens.is_some());
         let incoming = listen::tcp(listener, Arc::clone(connections), door);
         servers.push(serve(incoming, routes(gate.clone()), stop.clone()));
     }
@@ -188,7 +189,7 @@ pub(super) fn serve_runware(
     connections: &Arc<listen::Connections>,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
-    let endpoint = |token: Option<Arc<BearerToken>>| {
+    let endpoint = |token: Option<Arc<ClientTokens>>| {
         RunwareEndpoint::new(
             intake.clone(),
             token,
@@ -201,9 +202,9 @@ pub(super) fn serve_runware(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "Runware protocol (WebSocket and REST) at ws://{addr}/v1");
         }
-        let door = connections.tcp_door(config.auth_token.is_some());
+        let token = config.client_tokens().map(Arc::new);
+        let door = connections.tcp_door(token.is_some());
         let incoming = listen::tcp(listener, Arc::clone(connections), door);
-        let token = config.auth_token.clone().map(Arc::new);
         servers.push(tokio::spawn(endpoint(token).serve(incoming, stop.clone())));
     }
     if let Some(listener) = unix {
@@ -235,12 +236,15 @@ pub(super) fn shares(limit: usize, tcp_listeners: usize, unix_listeners: usize) 
 /// Checks the bearer token on `runware.v1.Runware` calls.
 #[derive(Clone)]
 pub(super) struct AccessGate {
-    pub(super) token: Option<Arc<BearerToken>>,
+    pub(super) token: Option<Arc<ClientTokens>>,
     pub(super) counters: Arc<Counters>,
 }
 
 impl tonic::service::Interceptor for AccessGate {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         let Some(token) = &self.token else {
             return Ok(request);
         };
@@ -248,14 +252,19 @@ impl tonic::service::Interceptor for AccessGate {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        match token.accepts(given) {
-            true => {
-                if let Some(conn) = request.extensions().get::<ClientConnection>() {
+        match token.holder_of_header(given) {
+            Some(holder) => {
+                let conn = request.extensions().get::<ClientConnection>().cloned();
+                if let Some(conn) = conn {
                     conn.authenticated();
+                    // The call is its token's holder's: that principal's
+                    // results, that tenant's quotas.
+                    let held = conn.held_by(holder.principal, holder.tenant);
+                    request.extensions_mut().insert(held);
                 }
                 Ok(request)
             }
-            false => {
+            None => {
                 self.counters.add(Counter::Unauthenticated);
                 Err(tonic::Status::unauthenticated(
                     "this daemon requires metadata \"authorization: Bearer <token>\" (the token in its --auth-token-file)",

@@ -24,7 +24,7 @@ use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{ApiKey, ApiKeySource, BearerToken, Config, Endpoint};
+use crate::config::{ApiKey, ApiKeySource, ClientTokens, Config, Endpoint};
 use crate::connection::{ConnectionState, Resume, UpstreamStatus};
 use crate::counters::{Counter, Counters};
 use crate::dispatch::{ClientConnection, Limits, StateChange, TaskTable};
@@ -240,6 +240,11 @@ fn limits(c: &Config) -> Limits {
         // Checked when the configuration was read.
         upstream_window: crate::config::window_size(&c.upstream_window).unwrap_or_default(),
         tenants: c.tenants().limits(),
+        window_caps: c
+            .upstream_window_caps
+            .iter()
+            .map(|(name, &cap)| (name.clone(), cap))
+            .collect(),
         default_deadline: c.default_task_timeout,
         ..Limits::default()
     }
@@ -372,23 +377,21 @@ impl Daemon {
         let table = TaskTable::new(limits(&config), queue_tx);
         if tenure == Tenure::Successor {
             table.await_previous_run();
+            // Its budgets hold from the start: what the tenants spent so far
+            // (as the predecessor last wrote it) counts until it hands over.
+            if let Some(spend) = state.as_ref().and_then(|s| s.peek_spend()) {
+                table.carry_over_spend(&spend);
+            }
         }
-        restore(
-            &table,
-            loaded.tasks,
-            loaded.owners,
-            loaded.rejected,
-            &loaded.session,
-        );
+        let resume = loaded.session.clone();
+        restore(&table, loaded);
         let (stop_upstream, stop_upstream_rx) = watch::channel(false);
         let upstream_metrics = UpstreamMetrics::default();
         let heartbeat = Heartbeat::new();
         let upstream = Upstream::new(
             &config,
             key,
-            Resume {
-                session: loaded.session.clone(),
-            },
+            Resume { session: resume },
             Arc::clone(&table),
             queue_rx,
             status_tx,
@@ -640,7 +643,8 @@ impl Daemon {
             if tenure.writes_state() {
                 let session = self.status.borrow().session.clone();
                 let owners = self.table.remembered_owners();
-                if let Err(e) = store.save_with_owners(session.as_ref(), &tasks, &owners) {
+                let spend = self.table.saved_spend();
+                if let Err(e) = store.save_with_owners(session.as_ref(), &tasks, &owners, &spend) {
                     tracing::error!(error = %e, "cannot write the state file");
                 }
             } else if !tasks.is_empty() {
@@ -725,13 +729,16 @@ fn systemd() -> Result<Inherited, StartError> {
 }
 
 /// Puts what a previous run left into the table.
-fn restore(
-    table: &TaskTable,
-    tasks: Vec<crate::dispatch::SavedTask>,
-    owners: Vec<crate::dispatch::SavedOwner>,
-    rejected: usize,
-    session: &Option<crate::protocol::SessionUuid>,
-) {
+fn restore(table: &TaskTable, loaded: crate::state::Loaded) {
+    let crate::state::Loaded {
+        session,
+        tasks,
+        owners,
+        spend,
+        rejected,
+        ..
+    } = loaded;
+    table.carry_over_spend(&spend);
     if rejected > 0 {
         tracing::warn!(
             tasks = rejected,
@@ -819,13 +826,7 @@ impl Tenancy {
             tasks = loaded.tasks.len(),
             "the previous process has exited; its unfinished tasks are recovered here"
         );
-        restore(
-            &self.table,
-            loaded.tasks,
-            loaded.owners,
-            loaded.rejected,
-            &loaded.session,
-        );
+        restore(&self.table, loaded);
         self.table.start_journal();
         self.table.previous_run_restored();
         self.holder.tenure.send_replace(next);

@@ -22,7 +22,7 @@ pub const OVERALL: usize = 256;
 /// What the open services' calls without the token share.
 #[derive(Clone)]
 pub(super) struct Unauthenticated {
-    token: Option<Arc<BearerToken>>,
+    token: Option<Arc<ClientTokens>>,
     overall: Arc<Semaphore>,
     /// Open streams by connection, through its [`ClientConnection`].
     counters: Arc<Counters>,
@@ -30,7 +30,7 @@ pub(super) struct Unauthenticated {
 
 impl Unauthenticated {
     /// The bound for a listener whose calls need `token` (none: unbounded).
-    pub(super) fn new(token: Option<Arc<BearerToken>>, counters: Arc<Counters>) -> Self {
+    pub(super) fn new(token: Option<Arc<ClientTokens>>, counters: Arc<Counters>) -> Self {
         Unauthenticated {
             token,
             overall: Arc::new(Semaphore::new(OVERALL)),
@@ -57,7 +57,7 @@ impl Unauthenticated {
             .get("authorization")
             .and_then(|v| v.to_str().ok());
         let conn = req.extensions().get::<ClientConnection>();
-        if token.accepts(given) {
+        if token.holder_of_header(given).is_some() {
             if let Some(conn) = conn {
                 conn.authenticated();
             }

@@ -19,6 +19,7 @@ fn submit(q: &mut FairQueue, n: u128, tenant: TenantId, priority: Priority) -> V
         tenant,
         priority,
         kind: 0,
+        classes: Classes::NONE,
     };
     q.step(event, Instant::now(), &mut out);
     out
@@ -152,6 +153,8 @@ enum Op {
     Submit {
         tenant: usize,
         batch: bool,
+        /// Which caps it counts in: none, the first, the second, both.
+        classes: u8,
     },
     /// Ends the `i`-th known task (modulo), held or upstream.
     End {
@@ -167,7 +170,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0usize..3, any::<bool>()).prop_map(|(tenant, batch)| Op::Submit { tenant, batch }),
+        4 => (0usize..3, any::<bool>(), 0u8..4)
+            .prop_map(|(tenant, batch, classes)| Op::Submit { tenant, batch, classes }),
         4 => (any::<usize>(), 0u8..4).prop_map(|(i, ending)| Op::End { i, ending }),
         1 => (1usize..6).prop_map(Op::SetWindow),
         2 => any::<usize>().prop_map(Op::Overload),
@@ -181,13 +185,16 @@ proptest! {
     /// Any order of submits, ends (completions, cancels, overloads),
     /// overload answers, retries and window changes: nothing released
     /// twice (unless Runware refused it in between), nothing released
-    /// after it ended or while parked, never more than the window upstream after a release, interactive
-    /// ahead of batch within a tenant, and a tenant with held work released
-    /// a task within the sum of the weights of releases.
+    /// after it ended or while parked, never more than the window upstream
+    /// after a release nor more of a class than its cap, interactive ahead
+    /// of batch within a tenant (where its caps let the interactive task
+    /// go), and a tenant with held work that may go released a task within
+    /// the sum of the weights of releases.
     #[test]
     fn the_fair_queue_keeps_its_promises(
         weights in proptest::collection::vec(1u32..4, 3),
         window in 0u8..3,
+        caps in proptest::option::of((1usize..3, 1usize..3)),
         ops in proptest::collection::vec(op(), 1..300),
     ) {
         let window = match window {
@@ -195,7 +202,16 @@ proptest! {
             1 => Window::on_overload(1, 8),
             _ => Window::fixed(2),
         };
-        let mut q = FairQueue::new(&weights, window);
+        let caps: Vec<usize> = caps.map_or(Vec::new(), |(a, b)| vec![a, b]);
+        let mut q = FairQueue::with_caps(&weights, window, &caps);
+        let mut classes_of: HashMap<u128, Vec<usize>> = HashMap::new();
+        // Whether a task of these classes may go, with these upstream.
+        let room = |classes: &[usize], upstream: &HashSet<u128>, classes_of: &HashMap<u128, Vec<usize>>| {
+            classes.iter().all(|&c| {
+                c >= caps.len()
+                    || upstream.iter().filter(|u| classes_of[u].contains(&c)).count() < caps[c]
+            })
+        };
         let bound: u32 = weights.iter().sum();
         let mut known: Vec<u128> = Vec::new();
         let mut ended: HashSet<u128> = HashSet::new();
@@ -212,13 +228,17 @@ proptest! {
             let before = q.upstream();
             let mut out = Vec::new();
             match op {
-                Op::Submit { tenant, batch } => {
+                Op::Submit { tenant, batch, classes } => {
                     let priority = if batch { Priority::Batch } else { Priority::Interactive };
                     next += 1;
                     known.push(next);
                     held.insert(next, (tenant, priority));
                     whose.insert(next, (tenant, priority));
-                    let event = Event::Submit { uuid: uuid(next), tenant, priority, kind: 0 };
+                    let (a, b) = (classes & 1 == 1, classes & 2 == 2);
+                    let list: Vec<usize> = [(a, 0usize), (b, 1)].iter().filter(|x| x.0).map(|x| x.1).collect();
+                    classes_of.insert(next, list);
+                    let classes = Classes::of(a.then_some(0), b.then_some(1));
+                    let event = Event::Submit { uuid: uuid(next), tenant, priority, kind: 0, classes };
                     q.step(event, now, &mut out);
                 }
                 Op::End { i, ending } => {
@@ -261,17 +281,22 @@ proptest! {
                 prop_assert!(released.insert(n), "released twice: {n}");
                 prop_assert!(!ended.contains(&n), "released after it ended: {n}");
                 prop_assert!(!parked.contains(&n), "released while parked: {n}");
+                prop_assert!(room(&classes_of[&n], &upstream, &classes_of), "{n} went past a cap");
                 let (tenant, priority) = held.remove(&n).expect("released but not held");
                 if priority == Priority::Batch {
                     prop_assert!(
-                        !held.values().any(|&(t, p)| t == tenant && p == Priority::Interactive),
+                        !held.iter().any(|(h, &(t, p))| t == tenant && p == Priority::Interactive
+                            && room(&classes_of[h], &upstream, &classes_of)),
                         "a batch task of tenant {tenant} went before its interactive one"
                     );
                 }
                 for (t, w) in waited.iter_mut().enumerate() {
-                    if t == tenant {
+                    let may_go = held.iter().any(|(h, &(ht, _))| {
+                        ht == t && room(&classes_of[h], &upstream, &classes_of)
+                    });
+                    if t == tenant || !may_go {
                         *w = 0;
-                    } else if held.values().any(|&(ht, _)| ht == t) {
+                    } else {
                         *w += 1;
                         prop_assert!(*w <= bound, "tenant {t} waited {w} releases (bound {bound})");
                     }
@@ -279,9 +304,17 @@ proptest! {
                 upstream.insert(n);
             }
             for (t, w) in waited.iter_mut().enumerate() {
-                if !held.values().any(|&(ht, _)| ht == t) {
+                let may_go = held.iter().any(|(h, &(ht, _))| {
+                    ht == t && room(&classes_of[h], &upstream, &classes_of)
+                });
+                if !may_go {
                     *w = 0;
                 }
+            }
+            for (c, &cap) in caps.iter().enumerate() {
+                let up = upstream.iter().filter(|u| classes_of[u].contains(&c)).count();
+                prop_assert!(up <= cap, "{up} of class {c} upstream, cap {cap}");
+                prop_assert_eq!(q.upstream_of_class(c), up);
             }
             if !out.is_empty() {
                 prop_assert!(q.upstream() <= q.window(), "{} upstream, window {}", q.upstream(), q.window());
@@ -291,8 +324,10 @@ proptest! {
             prop_assert_eq!(q.upstream(), upstream.len());
             prop_assert_eq!(q.held(), held.len());
             prop_assert_eq!(q.parked(), parked.len());
-            // Room and held work never both: the queue releases at once.
-            prop_assert!(q.held() == 0 || q.upstream() >= q.window());
+            // Room and held work that may go never both: the queue
+            // releases at once.
+            let may_go = held.keys().any(|h| room(&classes_of[h], &upstream, &classes_of));
+            prop_assert!(!may_go || q.upstream() >= q.window());
         }
     }
 }
@@ -336,4 +371,37 @@ fn an_overload_parks_the_task_and_halves_what_was_upstream() {
     end(&mut q, 0, Ending::Other);
     q.step(Event::Retry { uuid: uuid(0) }, Instant::now(), &mut out);
     assert!(out.is_empty() && q.parked() == 0 && q.place(&uuid(0)).is_none());
+}
+
+/// A class at its cap waits without holding back the rest: the tenant's
+/// other tasks and the other tenants' go past it, within the window; its
+/// next task goes as soon as one of its class ends.
+#[test]
+fn a_class_at_its_cap_waits_and_the_others_go_past_it() {
+    let mut q = FairQueue::with_caps(&[1, 1], Window::fixed(4), &[1]);
+    let video = Classes::of(Some(0), None);
+    let submit_of = |q: &mut FairQueue, n: u128, tenant: TenantId, classes: Classes| {
+        let mut out = Vec::new();
+        let event = Event::Submit {
+            uuid: uuid(n),
+            tenant,
+            priority: Priority::Interactive,
+            kind: 0,
+            classes,
+        };
+        q.step(event, Instant::now(), &mut out);
+        out.iter().map(number).collect::<Vec<_>>()
+    };
+    assert_eq!(submit_of(&mut q, 1, 0, video), [1]);
+    // Its second video waits; its image and the other tenant's go.
+    assert!(submit_of(&mut q, 2, 0, video).is_empty());
+    assert!(submit_of(&mut q, 3, 1, video).is_empty());
+    assert_eq!(submit_of(&mut q, 4, 0, Classes::NONE), [4]);
+    assert_eq!(submit_of(&mut q, 5, 1, Classes::NONE), [5]);
+    assert_eq!((q.upstream(), q.held(), q.upstream_of_class(0)), (3, 2, 1));
+    // The video ends: the next one goes, in the tenants' turn.
+    let released: Vec<u128> = end(&mut q, 1, DONE).iter().map(number).collect();
+    assert_eq!(released.len(), 1);
+    assert!(released == [2] || released == [3], "{released:?}");
+    assert_eq!(q.upstream_of_class(0), 1);
 }

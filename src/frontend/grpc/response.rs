@@ -20,7 +20,8 @@ pub(super) fn submit_status(e: SubmitError) -> Status {
         | SubmitError::QueueFull(_)
         | SubmitError::TooLarge { .. }
         | SubmitError::MemoryBudget { .. }
-        | SubmitError::TenantQuota { .. } => Status::resource_exhausted(e.to_string()),
+        | SubmitError::TenantQuota { .. }
+        | SubmitError::TenantBudget { .. } => Status::resource_exhausted(e.to_string()),
         SubmitError::AuthRejected(m) => Status::unauthenticated(m),
         SubmitError::Draining => Status::unavailable(e.to_string()),
         SubmitError::NotFound(_) => Status::not_found(format!("task_uuid: {e}")),

@@ -42,10 +42,14 @@ impl RunwareService {
         let uuid = checked.uuid;
         let mut task = checked.task;
         task.insert("taskUUID".into(), json!(uuid.to_string()));
+        let wants_cost = task.get("includeCost").and_then(Value::as_bool) == Some(true);
+        // Asked whatever its client asked: its tenant's spend counts it.
+        task.insert("includeCost".into(), json!(true));
+        let model = task.get("model").and_then(Value::as_str).unwrap_or("");
         let mut slot = self
             .intake
             .table()
-            .admit_stream(&conn, "textInference")
+            .admit_stream(&conn, "textInference", model)
             .map_err(submit_status)?;
         let body = Bytes::from(Value::Array(vec![Value::Object(task)]).to_string());
         let rest = Arc::clone(&self.rest);
@@ -81,8 +85,13 @@ impl RunwareService {
                     }
                 };
                 match next {
-                    Ok(Some(data)) => match chunk_of(&data, uuid) {
-                        Ok(chunk) => Some((Ok(chunk), Some((events, deadline, slot)))),
+                    Ok(Some(data)) => match chunk_of(&data, uuid, wants_cost) {
+                        Ok((chunk, cost)) => {
+                            if let Some(usd) = cost {
+                                slot.cost(usd);
+                            }
+                            Some((Ok(chunk), Some((events, deadline, slot))))
+                        }
                         Err(status) => {
                             slot.failed("error");
                             Some((Err(status), None))
@@ -107,10 +116,15 @@ impl RunwareService {
     }
 }
 
-/// One event as a chunk, or, for an error event, the status ending the
-/// stream (Runware's code and parameter in its details).
-fn chunk_of(data: &str, uuid: TaskUuid) -> Result<pb::TextChunk, Status> {
-    let event: Value = serde_json::from_str(data).map_err(|e| {
+/// One event as a chunk, and the cost it reports (kept in the chunk only
+/// when its client asked for it), or, for an error event, the status
+/// ending the stream (Runware's code and parameter in its details).
+fn chunk_of(
+    data: &str,
+    uuid: TaskUuid,
+    wants_cost: bool,
+) -> Result<(pb::TextChunk, Option<f64>), Status> {
+    let mut event: Value = serde_json::from_str(data).map_err(|e| {
         Status::unavailable(format!(
             "task {uuid}: Runware sent an event that is not JSON: {e}"
         ))
@@ -127,17 +141,26 @@ fn chunk_of(data: &str, uuid: TaskUuid) -> Result<pb::TextChunk, Status> {
             runware: Some(error),
         }));
     }
+    let cost = event.get("cost").and_then(Value::as_f64);
+    let event_json = match (cost, wants_cost, event.as_object_mut()) {
+        (Some(_), false, Some(fields)) => {
+            fields.remove("cost");
+            event.to_string()
+        }
+        _ => data.to_owned(),
+    };
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
     let delta = event.get("delta");
-    Ok(pb::TextChunk {
+    let chunk = pb::TextChunk {
         task_uuid: uuid.to_string(),
         text: text(delta.and_then(|d| d.get("text"))),
         reasoning: text(delta.and_then(|d| d.get("reasoningContent"))),
         finish_reason: text(event.get("finishReason")),
         usage_json: event.get("usage").map(Value::to_string).unwrap_or_default(),
-        cost: event.get("cost").and_then(Value::as_f64),
-        event_json: data.to_owned(),
-    })
+        cost: cost.filter(|_| wants_cost),
+        event_json,
+    };
+    Ok((chunk, cost))
 }
 
 /// Runware refused the stream before it began: its error as a status.
@@ -150,7 +173,7 @@ async fn refused_upstream(body: hyper::body::Incoming, uuid: TaskUuid, max: usiz
         .unwrap_or_default();
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
     match answer.get("errors").and_then(|e| e.get(0)) {
-        Some(_) => chunk_of(&answer.to_string(), uuid)
+        Some(_) => chunk_of(&answer.to_string(), uuid, false)
             .err()
             .unwrap_or_else(|| Status::unknown(format!("task {uuid}: Runware refused the stream"))),
         None => Status::unavailable(format!("task {uuid}: Runware refused the stream")),

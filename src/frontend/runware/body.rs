@@ -56,7 +56,7 @@ impl RunwareEndpoint {
         &self,
         req: Request<hyper::body::Incoming>,
         client: &ClientConnection,
-    ) -> Result<(Bytes, Held), Response<Full<Bytes>>> {
+    ) -> Result<(Bytes, Held, Option<TokenHolder>), Response<Full<Bytes>>> {
         let refuse = |status, code: &str, parameter: &str, detail: String| {
             Err(error_response(
                 status,
@@ -66,9 +66,11 @@ impl RunwareEndpoint {
         let unauthorized =
             |e: RunwareError| Err(json_response(StatusCode::UNAUTHORIZED, errors_frame(&[e])));
         let mut authenticated = self.inner.token.is_none();
+        let mut holder = None;
         if let Some(given) = crate::websocket::bearer(&req) {
-            if let Err(e) = self.check_key(Some(&given)) {
-                return unauthorized(e);
+            match self.check_key(Some(&given)) {
+                Ok(h) => holder = h,
+                Err(e) => return unauthorized(e),
             }
             authenticated = true;
             client.authenticated();
@@ -153,8 +155,9 @@ impl RunwareEndpoint {
             if !authenticated {
                 match first_element(&buf) {
                     FirstElement::Authentication(key) => {
-                        if let Err(e) = self.check_key(key.as_deref()) {
-                            return unauthorized(e);
+                        match self.check_key(key.as_deref()) {
+                            Ok(h) => holder = h,
+                            Err(e) => return unauthorized(e),
                         }
                         authenticated = true;
                         client.authenticated();
@@ -173,7 +176,7 @@ impl RunwareEndpoint {
         if !authenticated {
             return unauthorized(self.key_refused());
         }
-        Ok((Bytes::from(buf), held))
+        Ok((Bytes::from(buf), held, holder))
     }
 }
 

@@ -76,7 +76,7 @@ use super::intake::{
 };
 use super::refusal::{Refusal, failure_error, refusal_of_submit};
 use super::stream_tasks::{self, Released, StreamTasks, Woken};
-use crate::config::BearerToken;
+use crate::config::{ClientTokens, TokenHolder};
 use crate::counters::Counter;
 use crate::dispatch::{
     ClientConnection, Held, Principal, SessionTask, SubmitError, TaggedSender, TaskEvent,
@@ -157,8 +157,9 @@ impl EndpointLimits {
 struct Shared {
     /// Where tasks go in (and the table they go into).
     intake: Intake,
-    /// The daemon's client token: a local client's `apiKey` must equal it.
-    token: Option<Arc<BearerToken>>,
+    /// The client tokens: a local client's `apiKey` must be one of them,
+    /// and makes it that token's holder.
+    token: Option<Arc<ClientTokens>>,
     /// Deadline of every task taken here.
     task_timeout: Duration,
     /// Largest message taken or sent (frames and REST bodies).
@@ -176,7 +177,7 @@ impl RunwareEndpoint {
     /// The endpoint, taking tasks through `intake` within `limits`.
     pub fn new(
         intake: Intake,
-        token: Option<Arc<BearerToken>>,
+        token: Option<Arc<ClientTokens>>,
         limits: EndpointLimits,
         rest: Arc<RestUpstream>,
     ) -> Self {

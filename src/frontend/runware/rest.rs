@@ -11,9 +11,15 @@ impl RunwareEndpoint {
         client: ClientConnection,
         dry_run: bool,
     ) -> Response<Body> {
-        let (body, held) = match self.read_body(req, &client).await {
+        let (body, held, holder) = match self.read_body(req, &client).await {
             Ok(body) => body,
             Err(refused) => return whole(refused),
+        };
+        // The request is its token's holder's: that principal's results,
+        // that tenant's quotas.
+        let client = match holder {
+            Some(h) => client.held_by(h.principal, h.tenant),
+            None => client,
         };
         let text = String::from_utf8_lossy(&body);
         let tasks = match parse_message(&text) {

@@ -79,7 +79,7 @@ impl RunwareEndpoint {
         let (stop_writer, writer_stop) = oneshot::channel();
         let mut writer =
             tokio::spawn(async move { write_all(&mut sink, incoming, writer_stop).await });
-        let principal = client.principal;
+        let mut principal = client.principal;
         let mut session: Option<Arc<LocalSession>> = None;
         let mut stalled = false;
         let mut draining = self.inner.intake.table().draining();
@@ -187,6 +187,21 @@ impl RunwareEndpoint {
                                 }
                             }
                         }
+                        // A tenant's token makes the socket that tenant's,
+                        // once: its session is its holder's.
+                        let key = task.str_field("apiKey");
+                        match self.check_key(key.as_deref()) {
+                            Ok(Some(holder)) if session.is_none() => {
+                                client = client.held_by(holder.principal, holder.tenant);
+                                principal = holder.principal;
+                            }
+                            Ok(Some(holder)) if holder.principal != principal => {
+                                reply(errors_frame(&[self.key_refused()]));
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        drop(key);
                         match self.authenticate_resuming(&task, principal, &session).await {
                             Ok(s) => {
                                 client.authenticated();
@@ -304,7 +319,7 @@ impl RunwareEndpoint {
         principal: Principal,
         current: &Option<Arc<LocalSession>>,
     ) -> Result<Arc<LocalSession>, RunwareError> {
-        self.check_key(Some(task.str_field("apiKey").as_deref().unwrap_or("")))?;
+        self.check_key(task.str_field("apiKey").as_deref())?;
         if let Some(s) = current {
             return Ok(Arc::clone(s));
         }
@@ -440,13 +455,19 @@ impl RunwareEndpoint {
         });
     }
 
-    /// A local client's key: the daemon's token when one is configured;
-    /// anything (the SDKs insist on one) when none is.
-    pub(super) fn check_key(&self, given: Option<&str>) -> Result<(), RunwareError> {
-        match (&self.inner.token, given) {
-            (None, _) => Ok(()),
-            (Some(token), Some(g)) if token.matches(g) => Ok(()),
-            (Some(_), _) => Err(self.key_refused()),
+    /// A local client's key: one of the client tokens when there are any
+    /// (and then who holds it); anything (the SDKs insist on one) when
+    /// there are none.
+    pub(super) fn check_key(
+        &self,
+        given: Option<&str>,
+    ) -> Result<Option<TokenHolder>, RunwareError> {
+        let Some(tokens) = &self.inner.token else {
+            return Ok(None);
+        };
+        match given.and_then(|g| tokens.holder(g)) {
+            Some(holder) => Ok(Some(holder)),
+            None => Err(self.key_refused()),
         }
     }
 

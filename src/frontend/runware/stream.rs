@@ -73,7 +73,15 @@ impl RunwareEndpoint {
         }
         let uuid = checked.uuid;
         let label = crate::dispatch::metrics::task_type_label(&task_type);
-        let mut slot = match self.inner.intake.table().admit_stream(client, label) {
+        let model = checked.task.str_field("model").unwrap_or_default();
+        let wants_cost = checked.task.field("includeCost").and_then(|f| f.as_bool()) == Some(true);
+        let admitted = self
+            .inner
+            .intake
+            .table()
+            .admit_stream(client, label, &model);
+        drop(model);
+        let mut slot = match admitted {
             Ok(slot) => slot,
             Err(e) => {
                 let e = refusal_of_submit(&e).runware_error(named, Some(&uuid));
@@ -81,7 +89,18 @@ impl RunwareEndpoint {
                 return Ok(whole(json_response(status, errors_frame(&[e]))));
             }
         };
-        let body = Bytes::from(format!("[{raw}]"));
+        // Asked for its cost whatever its client asked: its tenant's spend
+        // counts it (cut out of the events of a client that did not ask).
+        let body = match wants_cost {
+            true => Bytes::from(format!("[{raw}]")),
+            false => {
+                let add = crate::protocol::Added {
+                    cost: true,
+                    ..Default::default()
+                };
+                Bytes::from(format!("[{}]", checked.task.into_payload(&uuid, add)))
+            }
+        };
         let deadline = Instant::now() + self.inner.task_timeout;
         let counters = &self.inner.intake.table().counters;
         let upstream = match self.inner.rest.post_stream(body, deadline, counters).await {
@@ -120,6 +139,7 @@ impl RunwareEndpoint {
             tail: Vec::new(),
             done: !events,
             ended: false,
+            costs: CostReader::new(wants_cost),
             task_type: task_type.to_string(),
             uuid,
             timeout: self.inner.task_timeout,
@@ -284,6 +304,9 @@ struct Relay {
     done: bool,
     /// Nothing more is relayed.
     ended: bool,
+    /// Reads the stream's cost from its events, and cuts it out for a
+    /// client that did not ask for it.
+    costs: CostReader,
     task_type: String,
     uuid: TaskUuid,
     timeout: Duration,
@@ -315,7 +338,14 @@ impl Relay {
                         continue;
                     };
                     self.saw(&data);
-                    return Some((Ok(Frame::data(data)), self));
+                    let (out, cost) = self.costs.relay(&data);
+                    if let Some(usd) = cost {
+                        self.slot.cost(usd);
+                    }
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(Frame::data(out)), self));
                 }
                 Some(Err(_)) | None if !self.done => {
                     self.ended = true;
@@ -326,7 +356,12 @@ impl Relay {
                 }
                 _ => {
                     self.slot.completed();
-                    return None;
+                    self.ended = true;
+                    let rest = self.costs.rest();
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    return Some((Ok(Frame::data(rest)), self));
                 }
             }
         }
@@ -341,8 +376,9 @@ impl Relay {
         self.tail.drain(..keep);
     }
 
-    /// An error event in Runware's shape, ending the client's stream.
-    fn error_event(&self, code: &str, message: String) -> Frame<Bytes> {
+    /// An error event in Runware's shape, ending the client's stream: what
+    /// is held of an event before it goes first.
+    fn error_event(&mut self, code: &str, message: String) -> Frame<Bytes> {
         let e = RunwareError {
             code: code.into(),
             message: format!("task {}: {message}", self.uuid),
@@ -350,6 +386,106 @@ impl Relay {
             task_uuid: Some(self.uuid.to_string()),
             ..RunwareError::default()
         };
-        Frame::data(Bytes::from(format!("data: {}\n\n", errors_frame(&[e]))))
+        let mut out = self.costs.rest().to_vec();
+        out.extend_from_slice(format!("data: {}\n\n", errors_frame(&[e])).as_bytes());
+        Frame::data(Bytes::from(out))
+    }
+}
+
+/// Most of one event held back to read its cost: a longer one goes on as
+/// it comes, unread.
+const MAX_HELD_EVENT: usize = 1 << 20;
+
+/// A stream's events as they come, each whole: the `cost` of an event
+/// that has one is read, and cut out for a client that did not ask for
+/// it; every other byte goes on as it came.
+#[derive(Debug)]
+pub(crate) struct CostReader {
+    wants_cost: bool,
+    /// The start of an event not complete yet.
+    held: Vec<u8>,
+}
+
+impl CostReader {
+    pub(crate) fn new(wants_cost: bool) -> Self {
+        CostReader {
+            wants_cost,
+            held: Vec::new(),
+        }
+    }
+
+    /// What of `data` (after what was held) goes on now, every event whole,
+    /// and the cost the events in it reported.
+    pub(crate) fn relay(&mut self, data: &[u8]) -> (Bytes, Option<f64>) {
+        self.held.extend_from_slice(data);
+        let Some(end) = self.held.windows(2).rposition(|w| w == b"\n\n") else {
+            if self.held.len() > MAX_HELD_EVENT {
+                return (self.rest(), None);
+            }
+            return (Bytes::new(), None);
+        };
+        let rest = self.held.split_off(end + 2);
+        let whole = std::mem::replace(&mut self.held, rest);
+        if !whole.windows(6).any(|w| w == b"\"cost\"") {
+            return (Bytes::from(whole), None);
+        }
+        let mut cost = None;
+        let mut out = Vec::with_capacity(whole.len());
+        for line in whole.split_inclusive(|b| *b == b'\n') {
+            let json = line.strip_prefix(b"data: ").unwrap_or_default();
+            let text = std::str::from_utf8(json.trim_ascii_end()).unwrap_or_default();
+            let fields: Option<std::collections::HashMap<Cow<'_, str>, &RawValue>> =
+                serde_json::from_str(text).ok();
+            let Some(raw) = fields.as_ref().and_then(|f| f.get("cost").copied()) else {
+                out.extend_from_slice(line);
+                continue;
+            };
+            *cost.get_or_insert(0.0) += crate::protocol::cost_of(raw).unwrap_or(0.0);
+            match crate::protocol::without_cost(text, raw) {
+                Some(cut) if !self.wants_cost => {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(cut.as_bytes());
+                    out.extend_from_slice(&json[text.len()..]);
+                }
+                _ => out.extend_from_slice(line),
+            }
+        }
+        (Bytes::from(out), cost)
+    }
+
+    /// What is held, as it came (the stream ended, or an event is too long
+    /// to hold).
+    pub(crate) fn rest(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.held))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events go on whole, however Runware's chunks cut them; the cost is
+    /// read once and cut out, the rest as it came.
+    #[test]
+    fn events_go_on_whole_their_cost_read_and_cut_for_who_did_not_ask() {
+        let stream = "data: {\"delta\":{\"text\":\"a\"}}\n\ndata: {\"finishReason\":\"stop\", \"cost\":0.25}\n\ndata: [DONE]\n\n";
+        for wants in [false, true] {
+            for cut in 1..stream.len() {
+                let mut r = CostReader::new(wants);
+                let (mut out, mut cost) = (Vec::new(), 0.0);
+                for part in [&stream[..cut], &stream[cut..]] {
+                    let (bytes, c) = r.relay(part.as_bytes());
+                    out.extend_from_slice(&bytes);
+                    cost += c.unwrap_or(0.0);
+                }
+                out.extend_from_slice(&r.rest());
+                let expected = match wants {
+                    true => stream.to_owned(),
+                    false => stream.replace(", \"cost\":0.25", ""),
+                };
+                assert_eq!(String::from_utf8(out).unwrap(), expected, "cut at {cut}");
+                assert_eq!(cost, 0.25);
+            }
+        }
     }
 }

@@ -31,6 +31,7 @@ mod paths;
 mod processes;
 mod report;
 mod scenarios;
+mod tenants;
 
 pub use self::fresh::{FreshRow, StreamRow};
 use self::fresh::{measure_freshness, measure_streams};
@@ -39,6 +40,8 @@ use self::processes::*;
 pub use self::report::table;
 use self::report::*;
 use self::scenarios::*;
+pub use self::tenants::TenantsRow;
+use self::tenants::measure_tenants;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -93,11 +96,14 @@ pub enum Scenario {
     /// Async videos of 12 s and 60 s: time to the result for a client
     /// polling every second, and upstream polls per task.
     Fresh,
+    /// Two tenants: an interactive one's latency while a batch one floods,
+    /// against no flood and against no fairness.
+    Tenants,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Throughput,
         Scenario::Memory,
         Scenario::Idle,
@@ -107,6 +113,7 @@ impl Scenario {
         Scenario::State,
         Scenario::Stream,
         Scenario::Fresh,
+        Scenario::Tenants,
     ];
 }
 
@@ -227,6 +234,8 @@ pub struct Report {
     pub streams: Vec<StreamRow>,
     /// Async results by video length and path.
     pub freshness: Vec<FreshRow>,
+    /// An interactive tenant's latency beside a flooding one.
+    pub tenants: Vec<TenantsRow>,
 }
 
 /// Persisting 10 000 tasks in flight.
@@ -567,9 +576,15 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     } else {
         Vec::new()
     };
+    let tenants = if wanted(Scenario::Tenants) {
+        measure_tenants(config.scenario_limit, &progress).await?
+    } else {
+        Vec::new()
+    };
     Ok(Report {
         streams,
         freshness,
+        tenants,
         rows,
         memory,
         idle_rss_mib: idle_rss,

@@ -161,6 +161,24 @@ pub fn table(r: &Report) -> String {
             ));
         }
     }
+    if !r.tenants.is_empty() {
+        t.push_str("\n| tenants: interactive beside a flood | flood tasks | account workers x task ms | interactive tasks | failed | p50 ms | p99 ms | max ms | flood done s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for row in &r.tenants {
+            t.push_str(&format!(
+                "| {} | {} | {} x {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} |\n",
+                row.mode,
+                row.flood,
+                row.workers,
+                row.task_ms,
+                row.interactive,
+                row.failed,
+                row.p50_ms,
+                row.p99_ms,
+                row.max_ms,
+                row.flood_s
+            ));
+        }
+    }
     if !r.state_writes.is_empty() {
         t.push_str("\n| state: tasks in flight | task JSON bytes | snapshot MB | snapshot ms | flush of 100 new tasks KB | flush ms |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for w in &r.state_writes {

@@ -28,6 +28,8 @@ pub(super) fn measure_state_writes(
                     sent: true,
                     owner: Principal::Tcp,
                     local_session: None,
+                    tenant: None,
+                    wants_cost: None,
                 }
             })
             .collect();

@@ -27,6 +27,7 @@ mod downloads;
 pub mod media;
 mod messages;
 pub mod picture;
+pub mod pricing;
 mod rest;
 pub mod results;
 mod running;
@@ -105,6 +106,8 @@ pub struct SimConfig {
     /// Fault: a streamed text's connection breaks after this many chunks,
     /// before its end.
     pub stream_break_after: Option<u32>,
+    /// What a task costs, reported under `includeCost`.
+    pub pricing: pricing::Pricing,
 }
 
 impl Default for SimConfig {
@@ -125,6 +128,7 @@ impl Default for SimConfig {
             max_message_bytes: 64 << 20,
             stream_token_interval: Duration::from_millis(20),
             stream_break_after: None,
+            pricing: pricing::Pricing::default(),
         }
     }
 }

@@ -70,10 +70,6 @@ pub fn result_item(
     let mut item = Map::new();
     item.insert("taskType".into(), json!(task_type));
     item.insert("taskUUID".into(), json!(task_uuid));
-    let include_cost = task
-        .get("includeCost")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
     match kind {
         Kind::Enhance => {
             let prompt = task.get("prompt").and_then(Value::as_str).unwrap_or("");
@@ -241,9 +237,6 @@ pub fn result_item(
                 task.get("air").cloned().unwrap_or(Value::Null),
             );
         }
-    }
-    if include_cost {
-        item.insert("cost".into(), json!(0.0013));
     }
     Value::Object(item)
 }
@@ -483,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn cost_and_nsfw_flags_come_only_when_asked() {
+    fn nsfw_flags_come_only_when_asked() {
         let plain = result_item(
             Kind::Image,
             "imageInference",
@@ -492,13 +485,12 @@ mod tests {
             0,
             None,
         );
-        assert!(plain.get("cost").is_none() && plain.get("NSFWContent").is_none());
-        let t = obj(json!({"includeCost": true, "checkNSFW": true}));
+        assert!(plain.get("NSFWContent").is_none());
+        let t = obj(json!({"checkNSFW": true}));
         let asked = result_item(Kind::Image, "imageInference", "u1", &t, 0, None);
-        assert!(asked["cost"].as_f64().is_some_and(|c| c > 0.0));
         assert_eq!(asked["NSFWContent"], json!(false));
         let enhanced = result_item(Kind::Enhance, "promptEnhance", "u1", &t, 0, None);
-        assert!(enhanced["cost"].is_number() && enhanced.get("NSFWContent").is_none());
+        assert!(enhanced.get("NSFWContent").is_none());
     }
 
     #[test]
@@ -506,7 +498,7 @@ mod tests {
         let t = obj(json!({"model": "m", "positivePrompt": "p", "includeCost": true}));
         let v = result_item(Kind::Video, "videoInference", "u1", &t, 0, None);
         assert!(v["videoURL"].as_str().unwrap().ends_with(".mp4"));
-        assert!(v["videoUUID"].is_string() && v["seed"].is_u64() && v["cost"].is_number());
+        assert!(v["videoUUID"].is_string() && v["seed"].is_u64());
         let t = obj(json!({"air": "me:1@1"}));
         let steps: Vec<Value> = (0..5)
             .map(|i| {

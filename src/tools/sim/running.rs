@@ -150,6 +150,9 @@ pub(super) fn start_task(
                 index,
                 config.image_bytes,
             );
+            config
+                .pricing
+                .charge(&mut item, plan.kind, &task_type, &task);
             // Its URLs download from the simulator, as Runware's do from
             // Runware.
             let picture = matches!(

@@ -14,6 +14,8 @@ use hyper::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
+use super::pricing::Pricing;
+use super::tasks::Kind;
 use super::{Shared, SimBody, TaskRecord, TaskStatus, bump, lock, results, tasks};
 
 /// The streamed answer to the request's task when it asked for one (a
@@ -71,9 +73,13 @@ pub(super) fn answer(shared: &Arc<Shared>, tasks_asked: &[Value]) -> Option<Resp
                 .map(|b| b.map_err(|never| match never {}).boxed()),
         );
     }
-    let (interval, break_after) = {
+    let (interval, break_after, pricing) = {
         let config = lock(&shared.config);
-        (config.stream_token_interval, config.stream_break_after)
+        (
+            config.stream_token_interval,
+            config.stream_break_after,
+            config.pricing.clone(),
+        )
     };
     lock(&shared.inner).tasks.insert(
         uuid.clone(),
@@ -89,7 +95,7 @@ pub(super) fn answer(shared: &Arc<Shared>, tasks_asked: &[Value]) -> Option<Resp
         },
     );
     bump(shared, |s| s.executions += 1);
-    let chunks = chunks(fields, &uuid);
+    let chunks = chunks(fields, &uuid, &pricing);
     let shared = Arc::clone(shared);
     let body = futures::stream::unfold(0usize, move |sent| {
         let chunk = chunks.get(sent).cloned();
@@ -132,7 +138,7 @@ fn finish(shared: &Shared, uuid: &str) {
 }
 
 /// Every SSE event of the answer to `task`, in order.
-pub fn chunks(task: &Map<String, Value>, uuid: &str) -> Vec<String> {
+pub fn chunks(task: &Map<String, Value>, uuid: &str, pricing: &Pricing) -> Vec<String> {
     let (text, prompt_tokens) = results::answer_text(task, 0);
     let words: Vec<&str> = text.split(' ').collect();
     let mut out: Vec<String> = words
@@ -152,9 +158,7 @@ pub fn chunks(task: &Map<String, Value>, uuid: &str) -> Vec<String> {
     let mut last = json!({"taskType": "textInference", "taskUUID": uuid, "finishReason": "stop",
         "usage": {"promptTokens": prompt_tokens, "completionTokens": completion,
             "totalTokens": prompt_tokens + completion}});
-    if task.get("includeCost").and_then(Value::as_bool) == Some(true) {
-        last["cost"] = json!(0.0001);
-    }
+    pricing.charge(&mut last, Kind::Text, "textInference", task);
     out.push(event(&last));
     out.push("data: [DONE]\n\n".to_owned());
     out
@@ -172,7 +176,7 @@ mod tests {
     fn a_stream_is_deltas_then_the_finish_then_done() {
         let task = json!({"model": "m", "messages": [{"role": "user", "content": "hello there"}],
             "includeCost": true});
-        let chunks = chunks(task.as_object().unwrap(), "u1");
+        let chunks = chunks(task.as_object().unwrap(), "u1", &Pricing::default());
         assert!(
             chunks
                 .iter()
