@@ -20,9 +20,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Each task takes this long on one of the account's workers.
-const TASK: Duration = Duration::from_secs(1);
+const TASK: Duration = Duration::from_millis(100);
 const WORKERS: usize = 2;
-const FLOOD: usize = 100;
+const FLOOD: usize = 2000;
 
 /// An account of `WORKERS` workers, each task taking `TASK`.
 fn account() -> SimConfig {

@@ -42,6 +42,17 @@ async fn default_tenant(client: &mut RunwareClient<tonic::transport::Channel>) -
         .unwrap()
 }
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
@@ -156,6 +167,7 @@ async fn a_thousand_tasks_at_once_spend_no_more_than_the_budget() {
         |c| {
             c.max_in_flight = 2000;
             c.max_in_flight_per_connection = 2000;
+            c.metrics_listen = Some(loopback0());
             c.default_tenant = DefaultTenant {
                 budget: Budget {
                     daily_usd: Some(budget),
@@ -196,6 +208,19 @@ async fn a_thousand_tasks_at_once_spend_no_more_than_the_budget() {
     assert!(close(t.day_usd, budget), "{t:?}");
     assert_eq!(t.budget_refusals["daily_usd"], 990);
     assert_eq!(t.daily_budget_usd, Some(budget));
+
+    // Passing 80 % and then 100 % of the budget: one alert each, and the
+    // spend per task type, in the metrics.
+    let metrics = http_get(h.daemon.metrics_addr.unwrap(), "/metrics").await;
+    for line in [
+        r#"runwared_tenant_budget_alerts_total{tenant="default",budget="daily_usd",percent="80"} 1"#,
+        r#"runwared_tenant_budget_alerts_total{tenant="default",budget="daily_usd",percent="100"} 1"#,
+        r#"runwared_tenant_budget_refusals_total{tenant="default",budget="daily_usd"} 990"#,
+        r#"runwared_tenant_tasks_total{tenant="default",task_type="promptEnhance",model=""} 10"#,
+        r#"runwared_tenant_budget_usd{tenant="default",budget="daily_usd"} 0.002"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // Over Runware's protocol: Runware's answer to a task the account
     // cannot pay for.
