@@ -65,6 +65,14 @@ struct StateFile {
     spend: SavedSpend,
 }
 
+/// A state file's contents, its journal applied.
+struct Replayed {
+    session: Option<String>,
+    tasks: Vec<SavedTask>,
+    owners: Vec<SavedOwner>,
+    spend: SavedSpend,
+}
+
 /// The same, written from borrowed parts: no copy of every payload per write.
 #[derive(Serialize)]
 struct StateFileOut<'a> {
@@ -201,17 +209,13 @@ impl StateStore {
                 "was written with another API key: its session and tasks are not resumed under this one",
             );
         }
-        let mut session = file.session;
-        let mut tasks = file.tasks;
-        let mut owners = file.owners;
-        let mut spend = file.spend;
-        self.replay(
-            file.generation,
-            &mut session,
-            &mut tasks,
-            &mut owners,
-            &mut spend,
-        );
+        let generation = file.generation;
+        let Replayed {
+            session,
+            tasks,
+            owners,
+            spend,
+        } = self.replayed(file);
         let total = tasks.len();
         let tasks: Vec<SavedTask> = tasks
             .into_iter()
@@ -223,7 +227,7 @@ impl StateStore {
                 }
             })
             .collect();
-        self.generation.store(file.generation, Ordering::Release);
+        self.generation.store(generation, Ordering::Release);
         Loaded {
             session: session
                 .filter(|s| protocol::is_session_uuid(s))
@@ -249,29 +253,31 @@ impl StateStore {
         if !ours {
             return None;
         }
-        let (mut session, mut tasks, mut owners, mut spend) =
-            (file.session, file.tasks, file.owners, file.spend);
-        self.replay(
-            file.generation,
-            &mut session,
-            &mut tasks,
-            &mut owners,
-            &mut spend,
-        );
-        Some(spend)
+        Some(self.replayed(file).spend)
+    }
+
+    /// The file's contents with its journal applied.
+    fn replayed(&self, file: StateFile) -> Replayed {
+        let mut state = Replayed {
+            session: file.session,
+            tasks: file.tasks,
+            owners: file.owners,
+            spend: file.spend,
+        };
+        self.replay(file.generation, &mut state);
+        state
     }
 
     /// Applies the snapshot's journal, in order. Replaying is idempotent (a
     /// change may already be in the snapshot); a line that does not parse
     /// (torn by a crash) ends it.
-    fn replay(
-        &self,
-        generation: u64,
-        session: &mut Option<String>,
-        tasks: &mut Vec<SavedTask>,
-        owners: &mut Vec<SavedOwner>,
-        spend: &mut SavedSpend,
-    ) {
+    fn replay(&self, generation: u64, state: &mut Replayed) {
+        let Replayed {
+            session,
+            tasks,
+            owners,
+            spend,
+        } = state;
         let text = match self.read(&self.journal_path(generation)) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,

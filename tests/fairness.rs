@@ -278,13 +278,7 @@ async fn a_capped_task_type_waits_its_turn_and_the_others_go_past() {
     })
     .await;
     h.ready().await;
-    let mut socket = ws::connect(&h).await;
-    ws::send(
-        &mut socket,
-        json!([{"taskType": "authentication", "apiKey": "local"}]),
-    )
-    .await;
-    ws::next(&mut socket).await;
+    let mut socket = ws::authenticated(&h).await;
     let started = Instant::now();
     let image = |i: usize| {
         json!({"taskType": "imageInference", "taskUUID": uuid::Uuid::new_v4().to_string(),

@@ -77,13 +77,7 @@ async fn cost_reaches_only_the_clients_that_asked_and_every_task_is_counted() {
         .unwrap();
     assert_eq!(asked.into_inner().versions[0].cost, Some(ENHANCE_USD));
     // Runware's protocol over a WebSocket.
-    let mut socket = ws::connect(&h).await;
-    ws::send(
-        &mut socket,
-        json!([{"taskType": "authentication", "apiKey": "local"}]),
-    )
-    .await;
-    ws::next(&mut socket).await;
+    let mut socket = ws::authenticated(&h).await;
     for (include, expected) in [
         (None, None),
         (Some(false), None),

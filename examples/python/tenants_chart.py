@@ -10,21 +10,10 @@ The file holds `runwared bench --json` reports, one after another; the
 last one with tenants figures is drawn. Standard library only.
 """
 import argparse
-import json
 import math
 import pathlib
 
-
-def reports(text):
-    """The JSON documents of `text`, one after another (whitespace between)."""
-    decoder, i, out = json.JSONDecoder(), 0, []
-    while True:
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i == len(text):
-            return out
-        doc, i = decoder.raw_decode(text, i)
-        out.append(doc)
+from ratio_chart import reports
 
 
 def rows(docs):

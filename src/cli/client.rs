@@ -335,21 +335,12 @@ pub(super) async fn status(args: StatusArgs) -> CliResult {
                 "name", "in flight", "held bytes"
             );
             for t in &s.tenants {
-                let mut refused: Vec<String> = t
-                    .quota_refusals
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(q, n)| format!("{q} {n}"))
-                    .collect();
-                refused.sort();
-                let refused = if refused.is_empty() {
-                    "none".to_owned()
-                } else {
-                    refused.join(", ")
-                };
                 println!(
-                    "  {:<20} {:>9} {:>12}  {refused}",
-                    t.name, t.in_flight, t.held_bytes
+                    "  {:<20} {:>9} {:>12}  {}",
+                    t.name,
+                    t.in_flight,
+                    t.held_bytes,
+                    refusals(&t.quota_refusals)
                 );
             }
             println!("spend (USD):");
@@ -362,24 +353,13 @@ pub(super) async fn status(args: StatusArgs) -> CliResult {
                     Some(b) => format!("{spent:.4}/{b}"),
                     None => format!("{spent:.4}"),
                 };
-                let mut refused: Vec<String> = t
-                    .budget_refusals
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(b, n)| format!("{b} {n}"))
-                    .collect();
-                refused.sort();
                 println!(
                     "  {:<20} {:>12} {:>12} {:>10.4}  {}",
                     t.name,
                     of(t.day_usd, t.daily_budget_usd),
                     of(t.month_usd, t.monthly_budget_usd),
                     t.reserved_usd,
-                    if refused.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        refused.join(", ")
-                    }
+                    refusals(&t.budget_refusals)
                 );
             }
             println!(
@@ -403,4 +383,18 @@ pub(super) async fn status(args: StatusArgs) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// Refusals by what refused them, those with any, sorted: "none" for none.
+fn refusals(by: &std::collections::HashMap<String, u64>) -> String {
+    let mut refused: Vec<String> = by
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(what, n)| format!("{what} {n}"))
+        .collect();
+    refused.sort();
+    match refused.is_empty() {
+        true => "none".to_owned(),
+        false => refused.join(", "),
+    }
 }

@@ -272,6 +272,16 @@ pub mod ws {
         ws
     }
 
+    /// A socket to the endpoint, authenticated (the daemon takes any key
+    /// when it has no token).
+    pub async fn authenticated(h: &super::Harness) -> Ws {
+        let mut ws = connect(h).await;
+        let auth = serde_json::json!([{"taskType": "authentication", "apiKey": "local"}]);
+        send(&mut ws, auth).await;
+        next(&mut ws).await;
+        ws
+    }
+
     /// Sends one JSON message.
     pub async fn send(ws: &mut Ws, v: serde_json::Value) {
         use futures::SinkExt;
