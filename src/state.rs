@@ -541,6 +541,7 @@ mod tests {
                     failures: 0,
                     usd,
                     priced: 3,
+                    priced_usd: usd,
                 }],
             }],
         };

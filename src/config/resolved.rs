@@ -359,6 +359,18 @@ impl Config {
                 ),
             ));
         }
+        // Each tenant's holders are a principal of their own: two names of
+        // one number would share their results.
+        let mut numbers = std::collections::HashMap::new();
+        for name in &declared[1..] {
+            let number = crate::dispatch::Principal::tenant(name);
+            if let Some(other) = numbers.insert(number, name) {
+                return Err(invalid(
+                    "tenants",
+                    format!("tenants {other:?} and {name:?} would be one principal: rename one"),
+                ));
+            }
+        }
         let token_given = auth_token.is_some() || !tenant_tokens.is_empty();
         // One access model for every TCP listener: a token, unless the
         // address is loopback on a machine of one user (a developer's, or a

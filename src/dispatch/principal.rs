@@ -4,7 +4,9 @@
 use super::*;
 
 /// Who submitted a task: only the same principal may `Attach` to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Principal {
     /// A Unix socket client, by its user id (`SO_PEERCRED`).

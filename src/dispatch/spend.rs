@@ -118,9 +118,13 @@ pub struct SpendRow {
     pub failures: u64,
     /// What they cost, in USD.
     pub usd: f64,
-    /// Those of them that reported a cost (the estimate's divisor).
+    /// Those of them that reported a cost, and what those cost (the
+    /// estimate is their average).
     #[serde(default)]
     pub priced: u64,
+    /// What the tasks that reported a cost cost, in USD.
+    #[serde(default)]
+    pub priced_usd: f64,
 }
 
 /// One tenant's spend as persisted: its rows, and what it spent on the
@@ -206,6 +210,7 @@ struct Figures {
     failures: u64,
     usd: f64,
     priced: u64,
+    priced_usd: f64,
 }
 
 impl Figures {
@@ -216,6 +221,7 @@ impl Figures {
             failures: self.failures + o.failures,
             usd: self.usd + o.usd,
             priced: self.priced + o.priced,
+            priced_usd: self.priced_usd + o.priced_usd,
         }
     }
 }
@@ -312,7 +318,7 @@ impl Book {
         let f = self.rows[row as usize].figures();
         match f.priced {
             0 => self.budget.estimate(),
-            n => f.usd / n as f64,
+            n => f.priced_usd / n as f64,
         }
     }
 }
@@ -483,7 +489,10 @@ impl Ledger {
             row.results += u64::from(results);
             row.failures += u64::from(how == Settled::Failed);
             row.usd += cost;
-            row.priced += u64::from(tag.cost > 0.0);
+            if tag.cost > 0.0 {
+                row.priced += 1;
+                row.priced_usd += tag.cost;
+            }
             let periods = day_and_month(now);
             for (i, kind) in BudgetKind::ALL.into_iter().enumerate() {
                 let limit = book.budget.limit(kind);
@@ -573,6 +582,7 @@ impl Ledger {
                     failures: r.failures,
                     usd: r.usd,
                     priced: r.priced,
+                    priced_usd: r.priced_usd,
                 });
             }
             b.day.at(s.day);
@@ -632,6 +642,7 @@ fn rows_of(b: &Book) -> Vec<SpendRow> {
                 failures: f.failures,
                 usd: f.usd,
                 priced: f.priced,
+                priced_usd: f.priced_usd,
             }
         })
         .collect()
@@ -716,6 +727,9 @@ mod tests {
         let s = &l.usage(now)[1];
         assert_eq!((s.day_usd, s.reserved_usd), (0.5, 0.0));
         assert_eq!(s.rows[0].tasks, 2);
+        // A guess is not an observation: the next estimate is unchanged.
+        l.reserve(1, "videoInference", "v", now).unwrap();
+        assert_eq!(l.usage(now)[1].reserved_usd, 0.5);
     }
 
     #[test]

@@ -418,13 +418,24 @@ impl CostReader {
     /// and the cost the events in it reported.
     pub(crate) fn relay(&mut self, data: &[u8]) -> (Bytes, Option<f64>) {
         self.held.extend_from_slice(data);
-        let Some(end) = self.held.windows(2).rposition(|w| w == b"\n\n") else {
+        // An event ends at a blank line, its lines ended by LF or CRLF.
+        let lf = self
+            .held
+            .windows(2)
+            .rposition(|w| w == b"\n\n")
+            .map(|i| i + 2);
+        let crlf = self
+            .held
+            .windows(3)
+            .rposition(|w| w == b"\n\r\n")
+            .map(|i| i + 3);
+        let Some(end) = lf.max(crlf) else {
             if self.held.len() > MAX_HELD_EVENT {
                 return (self.rest(), None);
             }
             return (Bytes::new(), None);
         };
-        let rest = self.held.split_off(end + 2);
+        let rest = self.held.split_off(end);
         let whole = std::mem::replace(&mut self.held, rest);
         if !whole.windows(6).any(|w| w == b"\"cost\"") {
             return (Bytes::from(whole), None);
@@ -468,8 +479,9 @@ mod tests {
     /// read once and cut out, the rest as it came.
     #[test]
     fn events_go_on_whole_their_cost_read_and_cut_for_who_did_not_ask() {
-        let stream = "data: {\"delta\":{\"text\":\"a\"}}\n\ndata: {\"finishReason\":\"stop\", \"cost\":0.25}\n\ndata: [DONE]\n\n";
-        for wants in [false, true] {
+        let lf = "data: {\"delta\":{\"text\":\"a\"}}\n\ndata: {\"finishReason\":\"stop\", \"cost\":0.25}\n\ndata: [DONE]\n\n";
+        let crlf = lf.replace('\n', "\r\n");
+        for (stream, wants) in [(lf, false), (lf, true), (crlf.as_str(), false)] {
             for cut in 1..stream.len() {
                 let mut r = CostReader::new(wants);
                 let (mut out, mut cost) = (Vec::new(), 0.0);
