@@ -31,6 +31,16 @@ pub fn config(max_message_bytes: usize) -> WebSocketConfig {
         .read_buffer_size(32 * 1024)
 }
 
+/// The settings of a local client's socket at the endpoint: as
+/// [`config`], reading 4 KiB at a time. tungstenite allocates its read
+/// buffer at this size for the socket's life, and a host keeps thousands
+/// of local sockets open, mostly idle; a client's messages are tasks of a
+/// few hundred bytes, and a large one (an input image) grows the buffer
+/// for its length only while it is read.
+pub fn local_config(max_message_bytes: usize) -> WebSocketConfig {
+    config(max_message_bytes).read_buffer_size(4 * 1024)
+}
+
 /// A JSON answer with `status`.
 pub fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -84,8 +94,12 @@ where
     Fut: Future<Output = ()> + Send,
 {
     let accept = derive_accept_key(req.headers().get("sec-websocket-key")?.as_bytes());
+    // The request goes now, not with the socket: its headers are slices of
+    // the connection's read buffer, which would stay for the socket's life.
+    let upgrade = hyper::upgrade::on(&mut req);
+    drop(req);
     tokio::spawn(async move {
-        match hyper::upgrade::on(&mut req).await {
+        match upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),

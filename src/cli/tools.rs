@@ -7,6 +7,10 @@ pub(super) struct BenchArgs {
     /// Concurrent callers to measure (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,16,256,4096")]
     pub(super) concurrency: Vec<usize>,
+    /// Local clients of the clients scenario, each on its own connection
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub(super) clients: Vec<usize>,
     /// Tasks per scenario (C > 1).
     #[arg(long, default_value_t = 20_000)]
     pub(super) tasks: usize,
@@ -137,6 +141,7 @@ pub(super) async fn bench(a: BenchArgs) -> CliResult {
     use runwared::tools::bench::{BenchConfig, run, table};
     let mut config = BenchConfig {
         concurrency: a.concurrency,
+        clients: a.clients,
         tasks: a.tasks,
         tasks_single: a.tasks_single,
         idle: Duration::from_secs(a.idle_seconds),

@@ -193,12 +193,25 @@ pub fn set_wake(sleep: std::pin::Pin<&mut Sleep>, wake: Instant) {
     }
 }
 
+/// Room a stream's batch keeps between wakes: a burst grows it to
+/// [`EVENT_BATCH`] for that wake only, since a host holds thousands of
+/// streams and sockets, mostly idle.
+pub const KEPT_BATCH: usize = 16;
+
+/// An empty batch: it grows as events come (see [`KEPT_BATCH`]).
+pub fn new_batch() -> Vec<(TaskUuid, TaskEvent)> {
+    Vec::new()
+}
+
 /// Waits for the next tagged events (taken into `batch`) or for `sleep`.
 pub async fn wait(
     events: &mut mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>,
     batch: &mut Vec<(TaskUuid, TaskEvent)>,
     sleep: std::pin::Pin<&mut Sleep>,
 ) -> Woken {
+    if batch.is_empty() && batch.capacity() > KEPT_BATCH {
+        *batch = new_batch();
+    }
     tokio::select! {
         n = events.recv_many(batch, EVENT_BATCH) => if n == 0 { Woken::Closed } else { Woken::Events },
         () = sleep => Woken::Deadline,
@@ -216,6 +229,41 @@ mod tests {
     use crate::dispatch::testing::{table, task};
     use crate::dispatch::{TaggedSender, TaskTable};
     use std::sync::Arc;
+
+    /// A burst grows a stream's batch for its wake only: an idle stream
+    /// keeps no room for a burst.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_grows_the_batch_and_the_next_wake_gives_it_back() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let event = || {
+            let item = bytestring::ByteString::from_static("{}");
+            let result = TaskEvent::Result {
+                index: 0,
+                item,
+                last: true,
+            };
+            (TaskUuid::new_v4(), result)
+        };
+        let mut batch = new_batch();
+        let sleep = tokio::time::sleep(NO_DEADLINE);
+        tokio::pin!(sleep);
+        for _ in 0..EVENT_BATCH {
+            tx.send(event()).unwrap();
+        }
+        assert!(matches!(
+            wait(&mut rx, &mut batch, sleep.as_mut()).await,
+            Woken::Events
+        ));
+        assert_eq!(batch.len(), EVENT_BATCH);
+        batch.clear();
+        tx.send(event()).unwrap();
+        assert!(matches!(
+            wait(&mut rx, &mut batch, sleep.as_mut()).await,
+            Woken::Events
+        ));
+        assert_eq!(batch.len(), 1);
+        assert!(batch.capacity() <= KEPT_BATCH, "{}", batch.capacity());
+    }
 
     fn watch(d: &Arc<TaskTable>, events: &TaggedSender) -> Watch {
         d.submit_tagged(task(1), &ClientConnection::default(), events)

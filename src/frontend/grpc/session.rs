@@ -29,7 +29,7 @@ impl RunwareService {
         // this one task turns them into the stream's events.
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut tasks: StreamTasks<SessionTask> = StreamTasks::default();
-        let mut batch = Vec::with_capacity(stream_tasks::EVENT_BATCH);
+        let mut batch = stream_tasks::new_batch();
         let sleep = tokio::time::sleep(stream_tasks::NO_DEADLINE);
         tokio::pin!(sleep);
         // The client finished sending: what is in flight is delivered, then

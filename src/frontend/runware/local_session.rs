@@ -533,7 +533,7 @@ pub(super) async fn forward(
     task_timeout: Duration,
     table: Arc<TaskTable>,
 ) {
-    let mut batch = Vec::with_capacity(stream_tasks::EVENT_BATCH);
+    let mut batch = stream_tasks::new_batch();
     let mut frames = Vec::new();
     let mut owed = Owed::new();
     let sleep = tokio::time::sleep(task_timeout);

@@ -49,7 +49,7 @@ impl RunwareEndpoint {
         stop: watch::Receiver<bool>,
     ) -> Response<Full<Bytes>> {
         let endpoint = self.clone();
-        let config = crate::websocket::config(self.inner.max_message_bytes);
+        let config = crate::websocket::local_config(self.inner.max_message_bytes);
         let run = move |socket| async move {
             endpoint.websocket(socket, client, stop).await;
         };

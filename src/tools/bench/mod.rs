@@ -26,6 +26,7 @@ use crate::client::{Target, connect};
 use crate::pb;
 use crate::protocol::{self, Inbound, TaskUuid};
 
+mod clients;
 mod fresh;
 mod paths;
 mod processes;
@@ -33,6 +34,8 @@ mod report;
 mod scenarios;
 mod tenants;
 
+pub use self::clients::ClientsRow;
+use self::clients::measure_clients;
 pub use self::fresh::{FreshRow, StreamRow};
 use self::fresh::{measure_freshness, measure_streams};
 use self::paths::*;
@@ -48,6 +51,8 @@ use self::tenants::measure_tenants;
 pub struct BenchConfig {
     /// The concurrencies of the throughput scenario.
     pub concurrency: Vec<usize>,
+    /// The numbers of local clients of the clients scenario.
+    pub clients: Vec<usize>,
     /// Tasks per scenario (fewer at C=1, where each waits for the last).
     pub tasks: usize,
     /// Tasks per run at a concurrency of 1.
@@ -99,11 +104,15 @@ pub enum Scenario {
     /// Two tenants: an interactive one's latency while a batch one floods,
     /// against no flood and against no fairness.
     Tenants,
+    /// Many local clients, each on its own connection: the daemon's memory
+    /// per connection idle and busy, its CPU per task, the clients'
+    /// latency against direct.
+    Clients,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Throughput,
         Scenario::Memory,
         Scenario::Idle,
@@ -114,6 +123,7 @@ impl Scenario {
         Scenario::Stream,
         Scenario::Fresh,
         Scenario::Tenants,
+        Scenario::Clients,
     ];
 }
 
@@ -121,6 +131,7 @@ impl Default for BenchConfig {
     fn default() -> Self {
         BenchConfig {
             concurrency: vec![1, 16, 256, 4096],
+            clients: vec![1000],
             tasks: 20_000,
             tasks_single: 2_000,
             scenario_limit: Duration::from_secs(120),
@@ -236,6 +247,8 @@ pub struct Report {
     pub freshness: Vec<FreshRow>,
     /// An interactive tenant's latency beside a flooding one.
     pub tenants: Vec<TenantsRow>,
+    /// Many local clients, by door and number.
+    pub clients: Vec<ClientsRow>,
 }
 
 /// Persisting 10 000 tasks in flight.
@@ -581,7 +594,13 @@ pub async fn run(config: BenchConfig, progress: impl Fn(&str)) -> std::io::Resul
     } else {
         Vec::new()
     };
+    let clients = if wanted(Scenario::Clients) {
+        measure_clients(&config.clients, config.scenario_limit, ticks, &progress).await?
+    } else {
+        Vec::new()
+    };
     Ok(Report {
+        clients,
         streams,
         freshness,
         tenants,

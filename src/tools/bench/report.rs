@@ -161,6 +161,27 @@ pub fn table(r: &Report) -> String {
             ));
         }
     }
+    if !r.clients.is_empty() {
+        t.push_str("\n| clients | door | idle KiB per connection | busy KiB per connection | daemon CPU µs per task | p50 ms | p99 ms | failed |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        for row in &r.clients {
+            let latency = |v: f64| match row.door {
+                "grpc" => "-".to_owned(),
+                _ => format!("{v:.0}"),
+            };
+            t.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                row.clients,
+                row.door,
+                opt(row.idle_kib_per_connection),
+                opt(row.busy_kib_per_connection),
+                opt(row.daemon_cpu_us_per_task),
+                latency(row.p50_ms),
+                latency(row.p99_ms),
+                row.failed
+            ));
+        }
+    }
     if !r.tenants.is_empty() {
         t.push_str("\n| tenants: interactive beside a flood | flood tasks | account workers x task ms | interactive tasks | failed | p50 ms | p99 ms | max ms | flood done s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
         for row in &r.tenants {
