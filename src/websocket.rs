@@ -34,9 +34,9 @@ pub fn config(max_message_bytes: usize) -> WebSocketConfig {
 /// The settings of a local client's socket at the endpoint: as
 /// [`config`], reading 4 KiB at a time. tungstenite allocates its read
 /// buffer at this size for the socket's life, and a host keeps thousands
-/// of local sockets open, mostly idle; a client's messages are tasks of a
-/// few hundred bytes, and a large one (an input image) grows the buffer
-/// for its length only while it is read.
+/// of local sockets open, mostly idle, and a client's messages are tasks
+/// of a few hundred bytes. A large one (an input image) grows the buffer to
+/// its length, which tungstenite then keeps for the socket.
 pub fn local_config(max_message_bytes: usize) -> WebSocketConfig {
     config(max_message_bytes).read_buffer_size(4 * 1024)
 }
