@@ -220,6 +220,16 @@ async fn a_tenants_token_makes_a_tcp_client_that_tenants() {
     assert_eq!(status, 200, "{answer}");
     let (status, _) = post_json(addr, &body, Some("not-a-token-at-all")).await;
     assert_eq!(status, 401);
+    // A wrong key on a socket is refused, and counted, once.
+    use runwared::counters::Counter;
+    let refused = || h.daemon.table.counters.get(Counter::Unauthenticated);
+    let before = refused();
+    let mut wrong = ws::connect(&h).await;
+    let auth = serde_json::json!([{"taskType": "authentication", "apiKey": "not-a-token-at-all"}]);
+    ws::send(&mut wrong, auth).await;
+    let answer = ws::next(&mut wrong).await;
+    assert_eq!(answer["errors"][0]["code"], "invalidApiKey", "{answer}");
+    assert_eq!(refused() - before, 1);
 
     let status = h
         .client

@@ -199,7 +199,12 @@ impl RunwareEndpoint {
                                 reply(errors_frame(&[self.key_refused()]));
                                 continue;
                             }
-                            _ => {}
+                            Ok(_) => {}
+                            Err(e) => {
+                                // Refused (and counted) once.
+                                reply(errors_frame(&[e]));
+                                continue;
+                            }
                         }
                         drop(key);
                         match self.authenticate_resuming(&task, principal, &session).await {
