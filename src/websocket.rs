@@ -4,6 +4,12 @@
 //! request (upgrade, bearer token, dry run).
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -16,7 +22,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 /// A socket accepted through [`upgrade`].
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<SpillReads<TokioIo<Upgraded>>>;
 
 /// The WebSocket settings of the daemon, upstream and at its endpoint:
 /// messages up to `max_message_bytes`, and reads of at most 32 KiB at a
@@ -32,13 +38,136 @@ pub fn config(max_message_bytes: usize) -> WebSocketConfig {
 }
 
 /// The settings of a local client's socket at the endpoint: as
-/// [`config`], reading 4 KiB at a time. tungstenite allocates its read
+/// [`config`], reading 512 bytes at a time. tungstenite allocates its read
 /// buffer at this size for the socket's life, and a host keeps thousands
 /// of local sockets open, mostly idle, and a client's messages are tasks
-/// of a few hundred bytes. A large one (an input image) grows the buffer to
-/// its length, which tungstenite then keeps for the socket.
+/// of a few hundred bytes; [`SpillReads`] keeps a larger message from
+/// costing a read of the socket per 512 bytes. A large message (an input
+/// image) grows tungstenite's buffer to its length, which it then keeps
+/// for the socket.
+///
+/// Messages are written once 16 KiB are waiting (or at a flush), as the
+/// writer sends large ones in frames of that size: tungstenite's write
+/// buffer, which never shrinks, stays near twice that.
 pub fn local_config(max_message_bytes: usize) -> WebSocketConfig {
-    config(max_message_bytes).read_buffer_size(4 * 1024)
+    config(max_message_bytes)
+        .read_buffer_size(LOCAL_READ_BYTES)
+        .write_buffer_size(LOCAL_WRITE_BYTES)
+}
+
+/// What tungstenite gathers before it writes to a local socket.
+const LOCAL_WRITE_BYTES: usize = 16 * 1024;
+
+/// What tungstenite reads of a local socket at a time.
+const LOCAL_READ_BYTES: usize = 512;
+
+/// What [`SpillReads`] reads of the socket at a time while a message
+/// larger than the reader's slices arrives.
+const SPILL_BYTES: usize = 64 * 1024;
+
+/// A socket read in small slices (a WebSocket's that keeps a small read
+/// buffer) without a read of the socket per slice: once a read fills the
+/// slice it was given, more is likely waiting, and the next read takes up
+/// to [`SPILL_BYTES`] into a spill the slices are served from. The spill
+/// exists only while it holds bytes, or is being filled: an idle socket
+/// holds none.
+#[derive(Debug)]
+pub struct SpillReads<IO> {
+    io: IO,
+    spill: BytesMut,
+    /// The last read of the socket filled what it was given.
+    more: bool,
+}
+
+impl<IO> SpillReads<IO> {
+    /// `io`, read through a spill.
+    pub fn new(io: IO) -> Self {
+        SpillReads {
+            io,
+            spill: BytesMut::new(),
+            more: false,
+        }
+    }
+
+    /// Serves `buf` from the spill, which goes once empty.
+    fn serve(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = self.spill.len().min(buf.remaining());
+        buf.put_slice(&self.spill[..n]);
+        self.spill.advance(n);
+        if self.spill.is_empty() {
+            self.spill = BytesMut::new();
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for SpillReads<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.spill.is_empty() {
+            this.serve(buf);
+            return Poll::Ready(Ok(()));
+        }
+        if !this.more || buf.remaining() >= SPILL_BYTES {
+            let offered = buf.remaining();
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+            this.more = offered > 0 && buf.remaining() == 0;
+            return Poll::Ready(Ok(()));
+        }
+        this.spill.reserve(SPILL_BYTES);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.spill);
+        match read {
+            Poll::Pending => {
+                // Nothing waits after all: the socket may be idle now, and
+                // holds no spill while it is.
+                this.spill = BytesMut::new();
+                this.more = false;
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => {
+                this.spill = BytesMut::new();
+                Poll::Ready(Err(e))
+            }
+            Poll::Ready(Ok(n)) => {
+                this.more = n >= SPILL_BYTES;
+                this.serve(buf);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for SpillReads<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// A JSON answer with `status`.
@@ -102,7 +231,7 @@ where
         match upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    SpillReads::new(TokioIo::new(upgraded)),
                     Role::Server,
                     Some(config),
                 )
@@ -125,7 +254,64 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::is_dry_run;
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Small reads of a large message come from one read of the socket
+    /// per [`SPILL_BYTES`], in order; the spill is gone once served, and
+    /// a small message is read straight into the reader's slice.
+    /// A socket that counts its reads.
+    struct Counted(tokio::io::DuplexStream, usize);
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            ready!(Pin::new(&mut this.0).poll_read(cx, buf))?;
+            this.1 += 1;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn small_reads_of_a_large_message_are_served_from_a_spill() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut reads = SpillReads::new(Counted(server, 0));
+        let message: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        tokio::io::AsyncWriteExt::write_all(&mut client, &message)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut slice = [0u8; LOCAL_READ_BYTES];
+        while got.len() < message.len() {
+            let n = reads.read(&mut slice).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&slice[..n]);
+        }
+        assert_eq!(got, message);
+        let socket_reads = reads.io.1;
+        assert!(
+            socket_reads <= 2 + message.len() / SPILL_BYTES * 2,
+            "{socket_reads} reads of the socket for {} slices",
+            message.len() / LOCAL_READ_BYTES
+        );
+        assert_eq!(reads.spill.capacity(), 0, "nothing kept once served");
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"ping")
+            .await
+            .unwrap();
+        let n = reads.read(&mut slice).await.unwrap();
+        assert_eq!(&slice[..n], b"ping");
+        assert_eq!(reads.spill.capacity(), 0, "a small message needs no spill");
+        drop(client);
+        assert_eq!(
+            reads.read(&mut slice).await.unwrap(),
+            0,
+            "the end, as it came"
+        );
+    }
 
     #[test]
     fn dry_run_is_read_from_the_query() {

@@ -417,6 +417,25 @@ fn check_config_prints_the_effective_settings_without_secrets() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--auth-token-file"));
 }
 
+/// The shipped unit's descriptor limit fits the default connection bound
+/// and the daemon's own descriptors.
+#[test]
+fn the_systemd_unit_fits_the_default_connections() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/runwared.service"
+    ))
+    .unwrap();
+    let limit: u64 = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .expect("LimitNOFILE= is set")
+        .parse()
+        .unwrap();
+    let need = runwared::server::descriptors::needed(runwared::config::DEFAULT_MAX_CONNECTIONS);
+    assert!(limit >= need, "LimitNOFILE={limit} < {need}");
+}
+
 /// The shipped unit's own settings, as systemd runs them (INVOCATION_ID
 /// set): the Unix socket only, because loopback is open to every user of
 /// the host. An administrator who adds a TCP listener there without a

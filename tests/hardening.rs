@@ -397,7 +397,7 @@ async fn idle_tcp_clients_without_the_token_lock_out_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("runwared.sock");
     let h = start(SimConfig::default(), |c| {
-        c.max_connections = 16;
+        c.max_connections = Some(16);
         c.auth_token = runwared::config::BearerToken::new("tok-5150");
         c.unix_socket = Some(socket.clone());
     })

@@ -341,7 +341,7 @@ async fn a_connection_is_held_to_its_streams_and_others_are_served() {
 #[tokio::test(start_paused = true)]
 async fn idle_connections_cannot_crowd_out_clients() {
     let h = start(SimConfig::default(), |c| {
-        c.max_connections = 8;
+        c.max_connections = Some(8);
         c.metrics_listen = Some(loopback0());
         // gRPC alone on TCP: it has the whole bound (two TCP listeners
         // would share it, tests/hardening.rs).

@@ -93,7 +93,8 @@ async fn an_sdk_shaped_client_authenticates_pings_and_gets_every_result() {
     let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
     assert_eq!(texts.len(), 3);
 
-    // imageInference with two base64 results.
+    // imageInference with two base64 results, each larger than a frame
+    // of the daemon's: each message came in frames, joined back.
     let t = uuid();
     send(
         &mut ws,
@@ -105,7 +106,8 @@ async fn an_sdk_shaped_client_authenticates_pings_and_gets_every_result() {
     let items = data_items(&mut ws, 2).await;
     for i in &items {
         assert_eq!(i["taskUUID"], t.as_str());
-        assert!(!i["imageBase64Data"].as_str().unwrap().is_empty(), "{i}");
+        let image = i["imageBase64Data"].as_str().unwrap();
+        assert!(image.len() > 16 * 1024, "{} bytes", image.len());
     }
     assert_eq!(h.sim.executions(&t), 1);
 }

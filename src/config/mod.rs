@@ -45,6 +45,12 @@ pub const DEFAULT_UPSTREAM_URL: &str = "wss://ws-api.runware.ai/v1";
 /// The daemon's default gRPC address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7433";
 
+/// Client connections at most when `max_connections` is unset: room for
+/// ten thousand clients on any one listener when every listener is open
+/// (a Unix socket's quarter kept, two TCP listeners at three quarters
+/// each of the rest).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 18_000;
+
 /// Name of the systemd credential (`LoadCredential=runware-api-key:...`).
 pub const CREDENTIAL_NAME: &str = "runware-api-key";
 
@@ -246,20 +252,18 @@ pub struct Settings {
     pub max_memory_bytes: usize,
     /// Client connections open at once, over every listener; beyond it a
     /// new connection is closed at once. Each holds a file descriptor.
-    #[arg(
-        long,
-        env = "RUNWARED_MAX_CONNECTIONS",
-        value_name = "N",
-        default_value_t = 1024
-    )]
-    pub max_connections: usize,
+    /// Unset: as many as the hard descriptor limit fits, at most
+    /// [`DEFAULT_MAX_CONNECTIONS`]; set, a hard limit too low for it
+    /// refuses the start.
+    #[arg(long, env = "RUNWARED_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Local sessions of Runware-protocol WebSocket clients at once (one
     /// per socket, kept 120 s after a socket with tasks closed).
     #[arg(
         long,
         env = "RUNWARED_MAX_LOCAL_SESSIONS",
         value_name = "N",
-        default_value_t = 4096
+        default_value_t = 16384
     )]
     pub max_local_sessions: usize,
     /// Local sessions of one principal (a Unix user, or every TCP client)
@@ -268,7 +272,7 @@ pub struct Settings {
         long,
         env = "RUNWARED_MAX_LOCAL_SESSIONS_PER_PRINCIPAL",
         value_name = "N",
-        default_value_t = 1024
+        default_value_t = 12288
     )]
     pub max_local_sessions_per_principal: usize,
     /// Bytes queued for one local WebSocket (or kept for its detached

@@ -267,7 +267,7 @@ impl Config {
             ),
             ("max_queued", settings.max_queued),
             ("max_memory_bytes", settings.max_memory_bytes),
-            ("max_connections", settings.max_connections),
+            ("max_connections", settings.max_connections.unwrap_or(1)),
             ("max_local_sessions", settings.max_local_sessions),
             (
                 "max_local_sessions_per_principal",

@@ -109,7 +109,7 @@ pub use self::spend::{
     SavedTenantSpend, SpendRow, TenantSpend, day_and_month,
 };
 pub use self::streams::StreamSlot;
-pub use self::watch::{Empty, Events, TaggedSender, TaskHandle, Watch};
+pub use self::watch::{Empty, Events, TaggedEvents, TaggedSender, TaskHandle, Watch, tagged};
 use self::watch::{Recipient, WatchGuard, events};
 pub use self::window::kind_of;
 use crate::counters::{Counter, Counters};

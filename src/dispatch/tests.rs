@@ -136,7 +136,7 @@ fn ended_tasks_let_go_of_results_without_waiting_for_the_sweep() {
 #[test]
 fn tagged_watches_share_one_channel_and_end_one_by_one() {
     let (d, _q) = setup(Limits::default());
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = super::tagged();
     let a = d
         .submit_tagged(task(2), &ClientConnection::default(), &tx)
         .unwrap();

@@ -7,7 +7,17 @@ use super::*;
 pub(super) type EventSender = futures::channel::mpsc::UnboundedSender<TaskEvent>;
 
 /// A channel shared by many watched tasks, each event tagged with its task.
-pub type TaggedSender = mpsc::UnboundedSender<(TaskUuid, TaskEvent)>;
+pub type TaggedSender = futures::channel::mpsc::UnboundedSender<(TaskUuid, TaskEvent)>;
+
+/// The reading side of a [`TaggedSender`].
+pub type TaggedEvents = futures::channel::mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>;
+
+/// A stream's or a session's tagged channel. Like [`events`], `futures`'
+/// channel: it holds no block of slots while idle, and a host holds
+/// thousands of streams and sessions, mostly idle.
+pub fn tagged() -> (TaggedSender, TaggedEvents) {
+    futures::channel::mpsc::unbounded()
+}
 
 /// Where a watched task's events go.
 pub(super) enum Recipient {
@@ -23,7 +33,7 @@ impl Recipient {
     pub(super) fn send(&self, uuid: TaskUuid, event: &TaskEvent) -> bool {
         match self {
             Recipient::Own(tx) => tx.unbounded_send(event.clone()).is_ok(),
-            Recipient::Tagged { tx, .. } => tx.send((uuid, event.clone())).is_ok(),
+            Recipient::Tagged { tx, .. } => tx.unbounded_send((uuid, event.clone())).is_ok(),
         }
     }
 

@@ -13,10 +13,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
-use crate::dispatch::{TaskEvent, Watch};
+use crate::dispatch::{TaggedEvents, TaskEvent, Watch};
 use crate::protocol::TaskUuid;
 
 /// Most tagged events a stream's reader takes at once.
@@ -205,7 +204,7 @@ pub fn new_batch() -> Vec<(TaskUuid, TaskEvent)> {
 
 /// Waits for the next tagged events (taken into `batch`) or for `sleep`.
 pub async fn wait(
-    events: &mut mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>,
+    events: &mut TaggedEvents,
     batch: &mut Vec<(TaskUuid, TaskEvent)>,
     sleep: std::pin::Pin<&mut Sleep>,
 ) -> Woken {
@@ -213,7 +212,20 @@ pub async fn wait(
         *batch = new_batch();
     }
     tokio::select! {
-        n = events.recv_many(batch, EVENT_BATCH) => if n == 0 { Woken::Closed } else { Woken::Events },
+        first = futures::StreamExt::next(events) => match first {
+            None => Woken::Closed,
+            Some(first) => {
+                batch.push(first);
+                // What else is ready comes in the same wake.
+                while batch.len() < EVENT_BATCH {
+                    match events.try_recv() {
+                        Ok(event) => batch.push(event),
+                        Err(_) => break,
+                    }
+                }
+                Woken::Events
+            }
+        },
         () = sleep => Woken::Deadline,
     }
 }
@@ -234,7 +246,7 @@ mod tests {
     /// keeps no room for a burst.
     #[tokio::test(start_paused = true)]
     async fn a_burst_grows_the_batch_and_the_next_wake_gives_it_back() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = crate::dispatch::tagged();
         let event = || {
             let item = bytestring::ByteString::from_static("{}");
             let result = TaskEvent::Result {
@@ -248,7 +260,7 @@ mod tests {
         let sleep = tokio::time::sleep(NO_DEADLINE);
         tokio::pin!(sleep);
         for _ in 0..EVENT_BATCH {
-            tx.send(event()).unwrap();
+            tx.unbounded_send(event()).unwrap();
         }
         assert!(matches!(
             wait(&mut rx, &mut batch, sleep.as_mut()).await,
@@ -256,7 +268,7 @@ mod tests {
         ));
         assert_eq!(batch.len(), EVENT_BATCH);
         batch.clear();
-        tx.send(event()).unwrap();
+        tx.unbounded_send(event()).unwrap();
         assert!(matches!(
             wait(&mut rx, &mut batch, sleep.as_mut()).await,
             Woken::Events
@@ -273,7 +285,7 @@ mod tests {
     #[test]
     fn deadlines_come_soonest_first_and_ended_tasks_leave_them() {
         let d = table();
-        let (events, _rx) = mpsc::unbounded_channel();
+        let (events, _rx) = crate::dispatch::tagged();
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
         let mut w = StreamTasks::default();
@@ -304,7 +316,7 @@ mod tests {
     #[test]
     fn a_task_expected_before_the_table_has_it_is_found_by_its_first_event() {
         let d = table();
-        let (events, _rx) = mpsc::unbounded_channel();
+        let (events, _rx) = crate::dispatch::tagged();
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
         let mut w = StreamTasks::default();
@@ -371,7 +383,7 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..60)
         ) {
             let d = table();
-            let (events, _rx) = mpsc::unbounded_channel();
+            let (events, _rx) = crate::dispatch::tagged();
             let t0 = Instant::now();
             let mut w = StreamTasks::default();
             // The model: live tasks and their deadlines.

@@ -1,11 +1,15 @@
 //! The file descriptors the daemon may hold: one per client connection
 //! (`max_connections`), the metrics listener's own bound, and its own
 //! (listeners, the upstream socket, the state files, the runtime's).
-//! At start the soft limit is raised toward the hard one; a hard limit
-//! that cannot fit them refuses the start, naming both, rather than let
-//! accepted connections fail later with "too many open files".
+//! At start the soft limit is raised toward the hard one. An unset
+//! `max_connections` is as many as the hard limit fits, at most
+//! [`DEFAULT_MAX_CONNECTIONS`] (lowered with a warning that names the
+//! limit); a set one that the hard limit cannot fit refuses the start,
+//! naming both, rather than let accepted connections fail later with
+//! "too many open files".
 
 use super::StartError;
+use crate::config::DEFAULT_MAX_CONNECTIONS;
 
 /// Descriptors the daemon holds besides its clients' connections.
 pub const OWN_DESCRIPTORS: u64 = 64;
@@ -45,14 +49,42 @@ pub fn needed(max_connections: usize) -> u64 {
     max_connections as u64 + crate::metrics::MAX_CONNECTIONS as u64 + OWN_DESCRIPTORS
 }
 
-/// Makes the soft descriptor limit fit `max_connections`, or says why it
-/// cannot.
-pub fn ensure(max_connections: usize) -> Result<(), StartError> {
+/// Descriptors a hard limit leaves for clients' connections.
+fn room(hard: Option<u64>) -> usize {
+    match hard {
+        None => usize::MAX,
+        Some(hard) => {
+            let own = crate::metrics::MAX_CONNECTIONS as u64 + OWN_DESCRIPTORS;
+            usize::try_from(hard.saturating_sub(own)).unwrap_or(usize::MAX)
+        }
+    }
+}
+
+/// The connection bound for `setting` (`None`: unset) under a hard limit
+/// of `hard`: the setting itself, or the default as far as the limit
+/// allows (at least one, so that a start under a tiny limit is refused by
+/// [`plan`], naming it).
+pub fn bound(setting: Option<usize>, hard: Option<u64>) -> usize {
+    setting.unwrap_or_else(|| DEFAULT_MAX_CONNECTIONS.min(room(hard)).max(1))
+}
+
+/// Resolves `max_connections` and makes the soft descriptor limit fit
+/// it, or says why it cannot.
+pub fn ensure(setting: Option<usize>) -> Result<usize, StartError> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
+    let max_connections = bound(setting, limit.maximum);
+    if setting.is_none() && max_connections < DEFAULT_MAX_CONNECTIONS {
+        tracing::warn!(
+            max_connections,
+            hard_limit = limit.maximum,
+            default = DEFAULT_MAX_CONNECTIONS,
+            "max_connections lowered to what the hard file descriptor limit fits; raise it (LimitNOFILE= under systemd, ulimit -Hn) for more clients"
+        );
+    }
     let need = needed(max_connections);
     match plan(limit.current, limit.maximum, need) {
-        DescriptorPlan::Enough => Ok(()),
+        DescriptorPlan::Enough => Ok(max_connections),
         DescriptorPlan::Raise(to) => {
             let raised = rustix::process::Rlimit {
                 current: Some(to),
@@ -61,7 +93,7 @@ pub fn ensure(max_connections: usize) -> Result<(), StartError> {
             match setrlimit(Resource::Nofile, raised) {
                 Ok(()) => {
                     tracing::info!(from = ?limit.current, to, "raised the file descriptor limit");
-                    Ok(())
+                    Ok(max_connections)
                 }
                 Err(e) => Err(StartError::Descriptors {
                     max_connections,
@@ -106,5 +138,28 @@ mod tests {
             needed(1024),
             1024 + crate::metrics::MAX_CONNECTIONS as u64 + 64
         );
+    }
+
+    #[test]
+    fn an_unset_bound_is_what_the_hard_limit_fits_and_a_set_one_is_kept() {
+        let own = crate::metrics::MAX_CONNECTIONS as u64 + OWN_DESCRIPTORS;
+        assert_eq!(bound(None, None), DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(bound(None, Some(1 << 20)), DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(bound(None, Some(4096)), 4096 - own as usize);
+        // What it lowered to fits.
+        let fitted = bound(None, Some(4096));
+        assert_eq!(
+            plan(Some(1024), Some(4096), needed(fitted)),
+            DescriptorPlan::Raise(4096)
+        );
+        // Nothing left: one, which the plan refuses, naming the limit.
+        assert_eq!(bound(None, Some(10)), 1);
+        assert!(matches!(
+            plan(Some(10), Some(10), needed(1)),
+            DescriptorPlan::TooFew { .. }
+        ));
+        // A set bound is kept, even where it does not fit.
+        assert_eq!(bound(Some(50_000), Some(4096)), 50_000);
+        assert_eq!(bound(Some(8), None), 8);
     }
 }

@@ -307,7 +307,8 @@ impl Daemon {
     /// one takes over from it: its listening sockets now, its tasks once it
     /// has exited ([`tenure`]).
     pub async fn start(mut config: Config) -> Result<Daemon, StartError> {
-        descriptors::ensure(config.max_connections)?;
+        let max_connections = descriptors::ensure(config.max_connections)?;
+        config.max_connections = Some(max_connections);
         let (simulator, key, connector) = upstream_target(&mut config).await?;
         let rest = Arc::new(rest_upstream(&config, &key, connector.as_ref())?);
 
@@ -438,14 +439,11 @@ impl Daemon {
         let tcp_listeners = [listeners.tcp.is_some(), listeners.runware_tcp.is_some()];
         let unix_listeners = [listeners.unix.is_some(), listeners.runware_unix.is_some()];
         let count = |l: [bool; 2]| l.iter().filter(|on| **on).count();
-        let (reserve, tcp_share) = shares(
-            config.max_connections,
-            count(tcp_listeners),
-            count(unix_listeners),
-        );
+        let (reserve, tcp_share) =
+            shares(max_connections, count(tcp_listeners), count(unix_listeners));
         let connections = Arc::new(
             listen::Connections::shared(
-                config.max_connections,
+                max_connections,
                 reserve,
                 tcp_share,
                 Arc::clone(&table.counters),

@@ -27,7 +27,7 @@ impl RunwareService {
         let mut inbound_open = true;
         // The stream's tasks: their events come tagged on one channel, and
         // this one task turns them into the stream's events.
-        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (events_tx, mut events) = crate::dispatch::tagged();
         let mut tasks: StreamTasks<SessionTask> = StreamTasks::default();
         let mut batch = stream_tasks::new_batch();
         let sleep = tokio::time::sleep(stream_tasks::NO_DEADLINE);

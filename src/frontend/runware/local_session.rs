@@ -398,8 +398,8 @@ impl LocalSession {
         held: Held,
         budget: usize,
         kept_bytes: Held,
-    ) -> (Self, mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>) {
-        let (events, rx) = mpsc::unbounded_channel();
+    ) -> (Self, TaggedEvents) {
+        let (events, rx) = crate::dispatch::tagged();
         let session = LocalSession {
             id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into()),
             principal,
@@ -529,7 +529,7 @@ pub(super) async fn sweep_sessions(endpoint: Weak<Shared>) {
 /// the table, for room in the socket's queue or a socket attaching.
 pub(super) async fn forward(
     session: Weak<LocalSession>,
-    mut events: mpsc::UnboundedReceiver<(TaskUuid, TaskEvent)>,
+    mut events: TaggedEvents,
     task_timeout: Duration,
     table: Arc<TaskTable>,
 ) {
@@ -649,7 +649,7 @@ mod tests {
     #[test]
     fn session_tasks_send_each_event_once_and_let_go_of_ended_tasks() {
         let d = table();
-        let (events, _rx) = mpsc::unbounded_channel();
+        let (events, _rx) = crate::dispatch::tagged();
         let later = Instant::now() + Duration::from_secs(60);
         let mut tasks = SessionTasks::default();
         let (mut outbox, mut incoming) = attached(&d, 1 << 20);
@@ -673,7 +673,7 @@ mod tests {
     #[test]
     fn a_failed_task_sends_its_error_with_its_type_unless_the_daemon_stops() {
         let d = table();
-        let (events, _rx) = mpsc::unbounded_channel();
+        let (events, _rx) = crate::dispatch::tagged();
         let mut tasks = SessionTasks::default();
         let (mut outbox, mut incoming) = attached(&d, 1 << 20);
         let failed = |kind| {
@@ -705,7 +705,7 @@ mod tests {
     #[test]
     fn at_the_deadline_a_synchronous_task_gets_the_timeout_error_an_async_one_nothing() {
         let d = table();
-        let (events, _rx) = mpsc::unbounded_channel();
+        let (events, _rx) = crate::dispatch::tagged();
         let t0 = Instant::now();
         let at = |s| t0 + Duration::from_secs(s);
         let mut tasks = SessionTasks::default();
@@ -761,7 +761,7 @@ mod tests {
     #[test]
     fn results_past_the_bound_wait_in_the_table_and_go_when_room_comes() {
         let d = table();
-        let (events, _rx) = mpsc::unbounded_channel();
+        let (events, _rx) = crate::dispatch::tagged();
         let later = Instant::now() + Duration::from_secs(60);
         let mut tasks = SessionTasks::default();
         let (mut outbox, mut incoming) = attached(&d, 10);

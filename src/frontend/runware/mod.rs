@@ -62,7 +62,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -79,8 +79,8 @@ use super::stream_tasks::{self, Released, StreamTasks, Woken};
 use crate::config::{ClientTokens, TokenHolder};
 use crate::counters::Counter;
 use crate::dispatch::{
-    ClientConnection, Held, Principal, SessionTask, SubmitError, TaggedSender, TaskEvent,
-    TaskHandle,
+    ClientConnection, Held, Principal, SessionTask, SubmitError, TaggedEvents, TaggedSender,
+    TaskEvent, TaskHandle,
 };
 use crate::protocol::{RunwareError, TaskFields, TaskObject, TaskUuid};
 use crate::upstream_rest::RestUpstream;

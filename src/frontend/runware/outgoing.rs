@@ -12,7 +12,12 @@
 //! - results are not queued ([`Outgoing::offer`] hands them back): they
 //!   wait in the task table, and the session sends them from there when
 //!   room comes (or on a reconnect).
+//!
+//! The queue is a deque that holds nothing while empty (an idle socket
+//! costs it no block of slots) and gives back what a burst grew.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
 use tokio::sync::Notify;
@@ -55,15 +60,49 @@ impl From<String> for LocalFrame {
     }
 }
 
-/// The sending side of a socket's queue; clones share it.
-#[derive(Clone)]
+/// Slots a queue or a writer's list keeps once empty; past it, what a
+/// burst grew is freed.
+const KEPT_SLOTS: usize = 16;
+
+/// The sending side of a socket's queue; clones share it, and the
+/// writer learns when the last is gone.
 pub(super) struct Outgoing {
-    tx: mpsc::UnboundedSender<LocalFrame>,
     queued: Arc<Queued>,
+}
+
+impl Clone for Outgoing {
+    fn clone(&self) -> Self {
+        self.queued.senders.fetch_add(1, Ordering::AcqRel);
+        Outgoing {
+            queued: Arc::clone(&self.queued),
+        }
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if self.queued.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.queued.ready.notify_one();
+        }
+    }
+}
+
+/// The frames waiting for the writer.
+#[derive(Default)]
+struct Frames {
+    waiting: VecDeque<LocalFrame>,
+    /// The writer is gone: nothing more is queued.
+    closed: bool,
 }
 
 /// What a socket's queue holds, and who waits for room in it.
 pub(super) struct Queued {
+    /// The frames themselves.
+    frames: Mutex<Frames>,
+    /// Senders alive ([`Outgoing`] and its clones).
+    senders: AtomicUsize,
+    /// Woken (one permit) when a frame is queued or the last sender goes.
+    ready: Notify,
     /// Bytes queued and not yet flushed.
     bytes: AtomicUsize,
     /// `max_socket_buffer_bytes`.
@@ -82,6 +121,45 @@ pub(super) struct Queued {
 }
 
 impl Queued {
+    fn frames(&self) -> std::sync::MutexGuard<'_, Frames> {
+        // Nothing panics while holding it; a poisoned lock's frames are
+        // still whole.
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `frame` unless the writer is gone.
+    fn send(&self, frame: LocalFrame) -> Result<(), LocalFrame> {
+        let mut frames = self.frames();
+        if frames.closed {
+            return Err(frame);
+        }
+        frames.waiting.push_back(frame);
+        drop(frames);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next frame, if any; what a burst grew is freed once empty.
+    fn pop(&self) -> Option<LocalFrame> {
+        let mut frames = self.frames();
+        let frame = frames.waiting.pop_front();
+        if frames.waiting.is_empty() && frames.waiting.capacity() > KEPT_SLOTS {
+            frames.waiting = VecDeque::new();
+        }
+        frame
+    }
+
+    /// The writer is gone: what was never taken, in order.
+    fn close(&self) -> VecDeque<LocalFrame> {
+        let mut frames = self.frames();
+        frames.closed = true;
+        std::mem::take(&mut frames.waiting)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.frames().closed
+    }
+
     fn add(&self, n: usize) {
         let before = self.bytes.fetch_add(n, Ordering::AcqRel);
         self.door.add(n);
@@ -132,7 +210,6 @@ pub(super) enum NotQueued {
 /// that dies hands them back ([`Incoming::unwritten`]) rather than losing
 /// them.
 pub(super) struct Incoming {
-    rx: mpsc::UnboundedReceiver<LocalFrame>,
     queued: Arc<Queued>,
     /// Bytes taken from the queue and not yet flushed.
     taken: usize,
@@ -142,8 +219,10 @@ pub(super) struct Incoming {
 
 /// A socket's queue, within `budget` bytes, counted in `door`.
 pub(super) fn outgoing(budget: usize, door: DoorBytes) -> (Outgoing, Incoming) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(Queued {
+        frames: Mutex::default(),
+        senders: AtomicUsize::new(1),
+        ready: Notify::new(),
         bytes: AtomicUsize::new(0),
         budget,
         door,
@@ -153,12 +232,11 @@ pub(super) fn outgoing(budget: usize, door: DoorBytes) -> (Outgoing, Incoming) {
         full: Notify::new(),
     });
     let incoming = Incoming {
-        rx,
         queued: Arc::clone(&queued),
         taken: 0,
         unflushed: Vec::new(),
     };
-    (Outgoing { tx, queued }, incoming)
+    (Outgoing { queued }, incoming)
 }
 
 impl Outgoing {
@@ -168,15 +246,12 @@ impl Outgoing {
     pub(super) fn push(&self, frame: LocalFrame) -> Result<(), LocalFrame> {
         let n = frame.bytes();
         self.queued.add(n);
-        self.tx.send(frame).map_err(|e| {
-            self.queued.sub(n);
-            e.0
-        })
+        self.queued.send(frame).inspect_err(|_| self.queued.sub(n))
     }
 
     /// Queues a result if the queue has room for it.
     pub(super) fn offer(&self, frame: LocalFrame) -> Result<(), NotQueued> {
-        if self.tx.is_closed() {
+        if self.queued.is_closed() {
             return Err(NotQueued::Gone(frame));
         }
         if !self.queued.has_room_for(frame.bytes()) {
@@ -235,7 +310,7 @@ impl Outgoing {
 
     /// Whether `other` is this socket's queue.
     pub(super) fn same_channel(&self, other: &Outgoing) -> bool {
-        self.tx.same_channel(&other.tx)
+        Arc::ptr_eq(&self.queued, &other.queued)
     }
 }
 
@@ -268,13 +343,22 @@ impl Queued {
 impl Incoming {
     /// The next frame, waiting for one; `None` once every sender is gone.
     pub(super) async fn recv(&mut self) -> Option<LocalFrame> {
-        let frame = self.rx.recv().await?;
-        Some(self.took(frame))
+        loop {
+            if let Some(frame) = self.try_recv() {
+                return Some(frame);
+            }
+            if self.queued.senders.load(Ordering::Acquire) == 0 {
+                // A frame sent before the last sender went is still taken.
+                return self.try_recv();
+            }
+            // A frame queued since the check left a permit: no wake is lost.
+            self.queued.ready.notified().await;
+        }
     }
 
     /// The next frame if one is ready.
     pub(super) fn try_recv(&mut self) -> Option<LocalFrame> {
-        let frame = self.rx.try_recv().ok()?;
+        let frame = self.queued.pop()?;
         Some(self.took(frame))
     }
 
@@ -287,15 +371,17 @@ impl Incoming {
     /// What was taken has been written and flushed: counted out.
     pub(super) fn flushed(&mut self) {
         self.unflushed.clear();
+        if self.unflushed.capacity() > KEPT_SLOTS {
+            self.unflushed = Vec::new();
+        }
         self.queued.sub(std::mem::take(&mut self.taken));
     }
 
     /// The socket is done: what it may not have written (taken but not
     /// flushed) and what it never took, in order, counted out.
     pub(super) fn unwritten(mut self) -> Vec<LocalFrame> {
-        self.rx.close();
-        while let Some(frame) = self.try_recv() {
-            drop(frame);
+        for frame in self.queued.close() {
+            self.took(frame);
         }
         let frames = std::mem::take(&mut self.unflushed);
         self.flushed();
@@ -305,8 +391,8 @@ impl Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        self.rx.close();
-        while self.try_recv().is_some() {}
+        let never_taken = self.queued.close();
+        self.taken += never_taken.iter().map(LocalFrame::bytes).sum::<usize>();
         self.flushed();
     }
 }
@@ -352,6 +438,32 @@ mod tests {
         assert!(matches!(out.offer(item(1)), Err(NotQueued::Gone(_))));
         assert!(out.push(item(1)).is_err());
         assert_eq!(door.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_empty_queue_holds_nothing_and_ends_when_its_senders_go() {
+        let (out, mut incoming) = outgoing(1 << 20, DoorBytes::default());
+        assert_eq!(
+            out.queued.frames().waiting.capacity(),
+            0,
+            "nothing until a frame"
+        );
+        let other = out.clone();
+        for _ in 0..1000 {
+            other.push(item(1)).unwrap();
+        }
+        for _ in 0..1000 {
+            incoming.recv().await.unwrap();
+        }
+        incoming.flushed();
+        assert!(out.queued.frames().waiting.capacity() <= KEPT_SLOTS);
+        assert!(incoming.unflushed.capacity() <= KEPT_SLOTS);
+        // A frame sent just before the last sender goes is still taken,
+        // then the queue ends.
+        other.push(item(3)).unwrap();
+        drop((out, other));
+        assert_eq!(incoming.recv().await.map(|f| f.bytes()), Some(3));
+        assert_eq!(incoming.recv().await, None);
     }
 
     #[tokio::test(start_paused = true)]

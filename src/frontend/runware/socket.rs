@@ -453,7 +453,7 @@ impl RunwareEndpoint {
         let events = session.events.clone();
         tokio::spawn(async move {
             while let Some(event) = handle.events.recv().await {
-                if events.send((handle.uuid, event)).is_err() {
+                if events.unbounded_send((handle.uuid, event)).is_err() {
                     break;
                 }
             }

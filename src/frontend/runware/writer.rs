@@ -1,10 +1,47 @@
 //! The one writer per local WebSocket: it joins ready items into messages
 //! and flushes once.
 
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
 use super::*;
 
 /// Largest message the writer builds by joining items.
 pub(super) const JOINED_BYTES: usize = 1 << 20;
+
+/// A larger message goes in frames of this size. tungstenite keeps its
+/// write buffer at the largest size it ever held, for the socket's life:
+/// written whole, one large image would pin its size in every socket that
+/// received one.
+pub(crate) const FRAGMENT_BYTES: usize = 16 * 1024;
+
+/// Feeds `text` as one message: one frame, or, past [`FRAGMENT_BYTES`],
+/// frames of that size (sharing its bytes, not copying them), which every
+/// WebSocket client joins back into the message.
+pub(super) async fn feed_text<S>(sink: &mut S, text: Utf8Bytes) -> bool
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    if text.len() <= FRAGMENT_BYTES {
+        return sink.feed(Message::Text(text)).await.is_ok();
+    }
+    let bytes = Bytes::from(text);
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = (start + FRAGMENT_BYTES).min(bytes.len());
+        let opcode = match start {
+            0 => OpCode::Data(Data::Text),
+            _ => OpCode::Data(Data::Continue),
+        };
+        let frame = Frame::message(bytes.slice(start..end), opcode, end == bytes.len());
+        if sink.feed(Message::Frame(frame)).await.is_err() {
+            return false;
+        }
+        start = end;
+    }
+    true
+}
 
 /// Writes the socket's frames as they come, until its queue closes, the
 /// socket fails or `stop` comes (a client that reads nothing). Returns
@@ -64,9 +101,7 @@ where
                 joined.push_str(&item);
             }
             LocalFrame::Message(message) => {
-                if !feed_joined(sink, &mut joined).await
-                    || sink.feed(Message::Text(message)).await.is_err()
-                {
+                if !feed_joined(sink, &mut joined).await || !feed_text(sink, message).await {
                     return false;
                 }
             }
@@ -95,14 +130,41 @@ where
         return true;
     }
     joined.push_str("]}");
-    sink.feed(Message::Text(std::mem::take(joined).into()))
-        .await
-        .is_ok()
+    feed_text(sink, std::mem::take(joined).into()).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A large message goes in frames of at most [`FRAGMENT_BYTES`], the
+    /// first a text frame, the rest continuations, the last final; joined,
+    /// they are the message.
+    #[tokio::test]
+    async fn a_large_message_goes_in_frames_that_join_back_into_it() {
+        let text: String = (0..FRAGMENT_BYTES * 3 + 100)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let mut sink: Vec<Message> = Vec::new();
+        assert!(feed_text(&mut sink, text.clone().into()).await);
+        assert_eq!(sink.len(), 4);
+        let mut joined = Vec::new();
+        for (i, message) in sink.iter().enumerate() {
+            let Message::Frame(frame) = message else {
+                panic!("a frame: {message:?}")
+            };
+            let expected = if i == 0 { Data::Text } else { Data::Continue };
+            assert_eq!(frame.header().opcode, OpCode::Data(expected));
+            assert_eq!(frame.header().is_final, i == 3);
+            assert!(frame.payload().len() <= FRAGMENT_BYTES);
+            joined.extend_from_slice(frame.payload());
+        }
+        assert_eq!(joined, text.as_bytes());
+        // A small one is one text message.
+        let mut sink: Vec<Message> = Vec::new();
+        assert!(feed_text(&mut sink, "{}".into()).await);
+        assert_eq!(sink, [Message::Text("{}".into())]);
+    }
 
     /// Items of one task ready together go out as one message; another
     /// task's start a new one; whole messages keep their place.
