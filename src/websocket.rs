@@ -257,9 +257,6 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    /// Small reads of a large message come from one read of the socket
-    /// per [`SPILL_BYTES`], in order; the spill is gone once served, and
-    /// a small message is read straight into the reader's slice.
     /// A socket that counts its reads.
     struct Counted(tokio::io::DuplexStream, usize);
 
@@ -276,6 +273,9 @@ mod tests {
         }
     }
 
+    /// Small reads of a large message come from about one read of the socket
+    /// per [`SPILL_BYTES`], in order; the spill is gone once served, and
+    /// a small message is read straight into the reader's slice.
     #[tokio::test]
     async fn small_reads_of_a_large_message_are_served_from_a_spill() {
         let (mut client, server) = tokio::io::duplex(1 << 20);

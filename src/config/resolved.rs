@@ -107,6 +107,10 @@ impl Config {
             .into_iter()
             .map(|(k, v)| {
                 let text = match v {
+                    // Unset, it follows the descriptor limit at start.
+                    serde_json::Value::Null if k == "max_connections" => format!(
+                        "what the hard descriptor limit fits, at most {DEFAULT_MAX_CONNECTIONS}"
+                    ),
                     serde_json::Value::Null => "none".to_owned(),
                     serde_json::Value::String(s) => s,
                     serde_json::Value::Array(a) if a.is_empty() => "none".to_owned(),

@@ -359,6 +359,7 @@ fn describe_prints_every_setting() {
     assert_eq!(value("config"), "none");
     assert_eq!(value("extra_ca"), "none");
     assert_eq!(value("unix_socket_group"), "none");
+    assert!(value("max_connections").contains("descriptor limit"));
     assert_eq!(value("log"), DEFAULT_LOG);
     assert_eq!(value("log_format"), DEFAULT_LOG_FORMAT);
 }
