@@ -83,6 +83,12 @@ pub fn ensure(setting: Option<usize>) -> Result<usize, StartError> {
         );
     }
     let need = needed(max_connections);
+    tracing::info!(
+        max_connections,
+        soft_limit = limit.current,
+        hard_limit = limit.maximum,
+        "client connections at most"
+    );
     match plan(limit.current, limit.maximum, need) {
         DescriptorPlan::Enough => Ok(max_connections),
         DescriptorPlan::Raise(to) => {
