@@ -38,25 +38,29 @@ pub fn config(max_message_bytes: usize) -> WebSocketConfig {
 }
 
 /// The settings of a local client's socket at the endpoint: as
-/// [`config`], reading 512 bytes at a time. tungstenite allocates its read
-/// buffer at this size for the socket's life, and a host keeps thousands
-/// of local sockets open, mostly idle, and a client's messages are tasks
-/// of a few hundred bytes; [`SpillReads`] keeps a larger message from
-/// costing a read of the socket per 512 bytes. A large message (an input
-/// image) grows tungstenite's buffer to its length, which it then keeps
-/// for the socket.
+/// [`config`], reading [`LOCAL_READ_BYTES`] at a time. tungstenite
+/// allocates its read buffer at that size for the socket's life, and a
+/// host keeps thousands of local sockets open, mostly idle, and a client's
+/// messages are tasks of a few hundred bytes; [`SpillReads`] keeps a larger
+/// message from costing a read of the socket per slice. A large message
+/// (an input image) grows tungstenite's buffer to its length, which it
+/// then keeps for the socket.
 ///
-/// Messages are written once 16 KiB are waiting (or at a flush), as the
-/// writer sends large ones in frames of that size: tungstenite's write
-/// buffer, which never shrinks, stays near twice that.
+/// Messages are written once [`LOCAL_WRITE_BYTES`] are waiting (or at a
+/// flush), the size of the frames the writer sends large ones in:
+/// tungstenite's write buffer, which never shrinks, stays within about two
+/// frames.
 pub fn local_config(max_message_bytes: usize) -> WebSocketConfig {
     config(max_message_bytes)
         .read_buffer_size(LOCAL_READ_BYTES)
         .write_buffer_size(LOCAL_WRITE_BYTES)
 }
 
-/// What tungstenite gathers before it writes to a local socket.
-const LOCAL_WRITE_BYTES: usize = 16 * 1024;
+/// What tungstenite gathers before it writes to a local socket, and the
+/// largest frame written to one: a larger message goes in frames of this
+/// size, as tungstenite keeps its write buffer at the largest size it ever
+/// held, for the socket's life.
+pub const LOCAL_WRITE_BYTES: usize = 16 * 1024;
 
 /// What tungstenite reads of a local socket at a time.
 const LOCAL_READ_BYTES: usize = 512;

@@ -10,11 +10,10 @@ use super::*;
 /// Largest message the writer builds by joining items.
 pub(super) const JOINED_BYTES: usize = 1 << 20;
 
-/// A larger message goes in frames of this size. tungstenite keeps its
-/// write buffer at the largest size it ever held, for the socket's life:
-/// written whole, one large image would pin its size in every socket that
+/// A larger message goes in frames of this size: written whole, one large
+/// image would pin its size in the write buffer of every socket that
 /// received one.
-pub(crate) const FRAGMENT_BYTES: usize = 16 * 1024;
+const FRAGMENT_BYTES: usize = crate::websocket::LOCAL_WRITE_BYTES;
 
 /// Feeds `text` as one message: one frame, or, past [`FRAGMENT_BYTES`],
 /// frames of that size (sharing its bytes, not copying them), which every
