@@ -113,8 +113,7 @@ pub const SLICE_MIN_BYTES: usize = 64 << 10;
 /// Keeps `item`: a slice of `frame` when it is large and most of it (the
 /// whole message is then held, and counted), else a copy of its own, so
 /// that a small item never pins a large message.
-pub(super) fn stored_result(item: &RawValue, frame: Option<&ByteString>) -> StoredResult {
-    let text = item.get();
+pub(super) fn stored_result(text: &str, frame: Option<&ByteString>) -> StoredResult {
     match frame {
         Some(frame) if text.len() >= SLICE_MIN_BYTES && text.len() * 2 > frame.len() => {
             StoredResult {

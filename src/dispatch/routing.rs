@@ -180,7 +180,7 @@ impl TaskTable {
         result_id: Option<&str>,
         received: Received,
         ends_answer: bool,
-        cost: Option<(&RawValue, &RawValue)>,
+        cost: Option<(&str, &str)>,
     ) {
         let mut entry = self.tasks.get_mut(&uuid);
         let arriving = ArrivingResult {
@@ -361,10 +361,9 @@ pub(super) enum AnswerEnd {
 /// A result without its `cost` field, for a client that did not ask for
 /// it: a copy with the field cut out, or, when its key is not written
 /// plainly, the item written again without it.
-fn without_cost(item: StoredResult, whole: &RawValue, cost: &RawValue) -> StoredResult {
-    let text = protocol::without_cost(whole.get(), cost).or_else(|| {
-        let mut v: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(whole.get()).ok()?;
+fn without_cost(item: StoredResult, whole: &str, cost: &str) -> StoredResult {
+    let text = protocol::without_cost(whole, cost).or_else(|| {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(whole).ok()?;
         v.remove("cost");
         Some(serde_json::Value::Object(v).to_string())
     });

@@ -34,6 +34,6 @@ pub fn task(expected: u32) -> PreparedTask {
 pub fn push_result(d: &TaskTable, uuid: &TaskUuid, item: &str) {
     let mut frame = String::new();
     d.append_for_send(uuid, &mut frame);
-    let item = RawValue::from_string(item.to_owned()).expect("a JSON item");
-    d.deliver(*uuid, stored_result(&item, None), None, Received::Pushed);
+    serde_json::from_str::<serde::de::IgnoredAny>(item).expect("a JSON item");
+    d.deliver(*uuid, stored_result(item, None), None, Received::Pushed);
 }

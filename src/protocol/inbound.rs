@@ -15,14 +15,14 @@ pub enum Inbound<'a> {
         /// The task it belongs to.
         task: TaskUuid,
         /// The item, as Runware sent it.
-        item: &'a RawValue,
+        item: &'a str,
         /// The result's own id (`imageUUID`, `videoUUID`, ...), if it has
         /// one: the same id twice is a duplicate.
         result_id: Option<Cow<'a, str>>,
         /// How it came: pushed, in a `getResponse` answer, or as a step.
         received: Received,
         /// Its `cost` (USD), as it came, within `item`.
-        cost: Option<&'a RawValue>,
+        cost: Option<&'a str>,
     },
     /// An async-delivery acknowledgement or a `getResponse` "processing"
     /// item: the task is known to the server but this is not a result.
@@ -65,7 +65,7 @@ impl PartialEq for Inbound<'_> {
                     received: q,
                     ..
                 },
-            ) => a == b && x.get() == y.get() && i == j && p == q,
+            ) => a == b && x == y && i == j && p == q,
             (Pending { task: a }, Pending { task: b }) => a == b,
             (TaskError { task: a, error: x }, TaskError { task: b, error: y }) => a == b && x == y,
             (UntargetedError(a), UntargetedError(b)) => a == b,
@@ -86,24 +86,6 @@ pub enum FrameError {
     Empty,
 }
 
-#[derive(Deserialize)]
-pub(super) struct RawFrame<'a> {
-    #[serde(borrow, default)]
-    data: Option<Items<'a>>,
-    #[serde(borrow, default)]
-    errors: Option<Items<'a>>,
-    #[serde(borrow, default)]
-    error: Option<&'a RawValue>,
-    #[serde(rename = "errorId", default)]
-    error_id: Option<serde_json::Value>,
-    #[serde(rename = "errorMessage", default)]
-    error_message: Option<serde_json::Value>,
-}
-
-/// The items of `data` or `errors` as they came, read in the same pass as
-/// the message; `None` when it is not an array.
-pub(super) struct Items<'a>(Option<Vec<&'a RawValue>>);
-
 /// Room made for a message's items before reading them, so that a batch
 /// does not grow its list a doubling at a time.
 pub(super) const ITEMS_AT_FIRST: usize = 16;
@@ -114,55 +96,17 @@ pub(super) const ITEMS_AT_FIRST: usize = 16;
 /// holds stays bounded.
 pub const MAX_ITEMS_PER_MESSAGE: usize = 20_000;
 
-impl<'de: 'a, 'a> Deserialize<'de> for Items<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ItemsVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for ItemsVisitor<'a> {
-            type Value = Items<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of items")
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Items<'a>, A::Error> {
-                // serde_json gives no size hint; a message carries a batch.
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(ITEMS_AT_FIRST));
-                while let Some(item) = seq.next_element::<&'de RawValue>()? {
-                    if items.len() == MAX_ITEMS_PER_MESSAGE {
-                        return Err(de::Error::custom(format_args!(
-                            "more than {MAX_ITEMS_PER_MESSAGE} items in one message"
-                        )));
-                    }
-                    items.push(item);
-                }
-                Ok(Items(Some(items)))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Items<'a>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Items(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Items<'a>, E> {
-                Ok(Items(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Items<'a>, E> {
-                Ok(Items(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Items<'a>, E> {
-                Ok(Items(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Items<'a>, E> {
-                Ok(Items(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Items<'a>, E> {
-                Ok(Items(None))
-            }
-        }
-        d.deserialize_any(ItemsVisitor(std::marker::PhantomData))
-    }
+/// A data item as the scan of its message read it: its text and, when it
+/// is an object whose strings decode, the fields routing needs.
+struct DataItem<'a> {
+    raw: &'a str,
+    head: Option<ItemHead<'a>>,
 }
 
-/// The fields of a data item that routing needs, read without building the
-/// rest of the item: the item's bytes go to the client as they came.
+/// The fields of a data item that routing needs, read in the scan of its
+/// message: the item's bytes go to the client as they came.
 #[derive(Debug, Default)]
-pub(super) struct ItemHead<'a> {
+struct ItemHead<'a> {
     task_uuid: Option<Cow<'a, str>>,
     task_type: Option<Cow<'a, str>>,
     session: Option<Cow<'a, str>>,
@@ -170,7 +114,7 @@ pub(super) struct ItemHead<'a> {
     /// The first `*UUID` field other than taskUUID and the session's.
     result_id: Option<Cow<'a, str>>,
     /// `cost`, as it came (a slice of the item).
-    cost: Option<&'a RawValue>,
+    cost: Option<&'a str>,
     pong: bool,
     error: Option<RunwareError>,
     /// Keys other than taskType, taskUUID and status: an item with none is
@@ -178,85 +122,177 @@ pub(super) struct ItemHead<'a> {
     other_keys: usize,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for ItemHead<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct HeadVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for HeadVisitor<'a> {
-            type Value = ItemHead<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a result item object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ItemHead<'a>, A::Error> {
-                let mut head = ItemHead::default();
-                while let Some(MaybeStr(key)) = map.next_key::<MaybeStr<'de>>()? {
-                    match key.unwrap_or_default().as_ref() {
-                        "taskUUID" => head.task_uuid = map.next_value::<MaybeStr>()?.0,
-                        "taskType" => head.task_type = map.next_value::<MaybeStr>()?.0,
-                        "status" => head.status = map.next_value::<MaybeStr>()?.0,
-                        "connectionSessionUUID" => {
-                            head.session = map.next_value::<MaybeStr>()?.0;
-                            head.other_keys += 1;
-                        }
+/// A string field's text (`None` for any other value); `Err` when a string
+/// does not decode, which makes its item unreadable.
+fn text_of<'a>(v: &Scanned<'a>) -> Result<Option<Cow<'a, str>>, ()> {
+    match v.string {
+        Some(s) => s.text().map(Some).ok_or(()),
+        None => Ok(None),
+    }
+}
+
+impl<'a> ItemHead<'a> {
+    /// Reads the object at the scan's cursor; `Ok(None)` when a key or a
+    /// routing field's string does not decode (the item is then
+    /// unroutable, the message read on).
+    fn scan(scan: &mut Scan<'a>) -> Result<Option<ItemHead<'a>>, ScanError> {
+        let mut head = ItemHead::default();
+        let mut readable = true;
+        scan.object(|scan, key| {
+            let value = scan.value()?;
+            let Some(key) = key.text() else {
+                readable = false;
+                return Ok(());
+            };
+            let text = || text_of(&value);
+            let field = match key.as_ref() {
+                "taskUUID" => text().map(|t| head.task_uuid = t),
+                "taskType" => text().map(|t| head.task_type = t),
+                "status" => text().map(|t| head.status = t),
+                other => {
+                    head.other_keys += 1;
+                    match other {
+                        "connectionSessionUUID" => text().map(|t| head.session = t),
                         "cost" => {
-                            head.cost = Some(map.next_value::<&'de RawValue>()?);
-                            head.other_keys += 1;
+                            head.cost = Some(value.raw);
+                            Ok(())
                         }
                         "pong" => {
-                            head.pong = map.next_value::<serde_json::Value>()? == true;
-                            head.other_keys += 1;
+                            head.pong = value.raw == "true";
+                            Ok(())
                         }
                         "error" => {
-                            head.error = map.next_value::<Option<RunwareError>>().unwrap_or(None);
-                            head.other_keys += 1;
+                            head.error = serde_json::from_str(value.raw).unwrap_or(None);
+                            Ok(())
                         }
                         k if k.ends_with("UUID") && head.result_id.is_none() => {
-                            head.result_id = map.next_value::<MaybeStr>()?.0;
-                            head.other_keys += 1;
+                            text().map(|t| head.result_id = t)
                         }
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            head.other_keys += 1;
-                        }
+                        _ => Ok(()),
                     }
                 }
-                Ok(head)
-            }
-        }
-        d.deserialize_map(HeadVisitor(std::marker::PhantomData))
+            };
+            readable &= field.is_ok();
+            Ok(())
+        })?;
+        Ok(readable.then_some(head))
     }
+}
+
+/// The items of `data` or `errors`; `None` when it is not an array.
+type Items<T> = Option<Vec<T>>;
+
+/// Reads the array of items at the scan's cursor (or, when it is no
+/// array, steps over it), each with `item`.
+fn scan_items<'a, T>(
+    scan: &mut Scan<'a>,
+    mut item: impl FnMut(&mut Scan<'a>) -> Result<T, ScanError>,
+) -> Result<Items<T>, ScanError> {
+    if scan.peek() != Some(b'[') {
+        scan.value()?;
+        return Ok(None);
+    }
+    let mut items = Vec::with_capacity(ITEMS_AT_FIRST);
+    scan.array(|scan| {
+        if items.len() == MAX_ITEMS_PER_MESSAGE {
+            return Err(ScanError::new(format!(
+                "more than {MAX_ITEMS_PER_MESSAGE} items in one message"
+            )));
+        }
+        items.push(item(scan)?);
+        Ok(())
+    })?;
+    Ok(Some(items))
+}
+
+fn data_item<'a>(scan: &mut Scan<'a>) -> Result<DataItem<'a>, ScanError> {
+    if scan.peek() != Some(b'{') {
+        let raw = scan.value()?.raw;
+        return Ok(DataItem { raw, head: None });
+    }
+    let head = scan.record(ItemHead::scan)?;
+    Ok(DataItem {
+        raw: head.0,
+        head: head.1,
+    })
 }
 
 /// Parses one server message into its items, in order. Pure: a bad item
 /// becomes [`Inbound::Unroutable`] and never spoils the rest of the frame.
+/// The message is read once, by [`Scan`]: its items and their routing
+/// fields are found in the same pass.
 pub fn parse_frame(text: &str) -> Result<Vec<Inbound<'_>>, FrameError> {
-    // serde would also read a struct from an array; Runware sends objects.
-    if !text.trim_start().starts_with('{') {
+    let not_json = |e: ScanError| FrameError::NotJson(e.to_string());
+    let mut scan = Scan::new(text);
+    if scan.peek() != Some(b'{') {
         return Err(FrameError::NotJson("expected a JSON object".to_owned()));
     }
-    let frame: RawFrame<'_> =
-        serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
+    let mut data: Option<Items<DataItem<'_>>> = None;
+    let mut errors: Option<Items<&str>> = None;
+    let (mut error, mut error_id, mut error_message) = (None, None, None);
+    let mut duplicate = None;
+    scan.object(|scan, key| {
+        let key = key.text().unwrap_or_default();
+        let once = |seen: bool, duplicate: &mut Option<String>| {
+            if seen {
+                *duplicate = Some(key.to_string());
+            }
+        };
+        match key.as_ref() {
+            "data" => {
+                once(data.is_some(), &mut duplicate);
+                data = Some(scan_items(scan, data_item)?);
+            }
+            "errors" => {
+                once(errors.is_some(), &mut duplicate);
+                errors = Some(scan_items(scan, |scan| Ok(scan.value()?.raw))?);
+            }
+            "error" => {
+                once(error.is_some(), &mut duplicate);
+                error = Some(scan.value()?.raw);
+            }
+            "errorId" => {
+                once(error_id.is_some(), &mut duplicate);
+                error_id = Some(scan.value()?.raw);
+            }
+            "errorMessage" => {
+                once(error_message.is_some(), &mut duplicate);
+                error_message = Some(scan.value()?.raw);
+            }
+            _ => {
+                scan.value()?;
+            }
+        }
+        Ok(())
+    })
+    .map_err(not_json)?;
+    scan.end().map_err(not_json)?;
+    if let Some(key) = duplicate {
+        return Err(FrameError::NotJson(format!("duplicate field `{key}`")));
+    }
     let mut out = Vec::new();
-    if let Some(Items(data)) = frame.data {
+    if let Some(data) = data {
         match data {
             Some(items) => out.extend(items.into_iter().map(classify_data_item)),
             None => out.push(Inbound::Unroutable("`data` is not an array")),
         }
     }
-    if let Some(Items(errors)) = frame.errors {
+    if let Some(errors) = errors {
         match errors {
             Some(items) => out.extend(items.into_iter().map(classify_error_item)),
             None => out.push(Inbound::Unroutable("`errors` is not an array")),
         }
     }
-    if let Some(error) = frame.error {
-        if error.get() == "true" {
+    if let Some(error) = error {
+        if error == "true" {
             // The old shape: {"error": true, "errorId": N, "errorMessage": "..."}.
-            let code = match frame.error_id {
+            let value = |raw: Option<&str>| raw.and_then(|r| serde_json::from_str(r).ok());
+            let code = match value(error_id) {
                 Some(serde_json::Value::String(s)) => s,
                 Some(v) => format!("error{v}"),
                 None => unknown_code(),
             };
-            let message = match frame.error_message {
+            let message = match value(error_message) {
                 Some(serde_json::Value::String(s)) => s,
                 _ => String::new(),
             };
@@ -265,7 +301,7 @@ pub fn parse_frame(text: &str) -> Result<Vec<Inbound<'_>>, FrameError> {
                 message,
                 ..RunwareError::default()
             }));
-        } else if error.get() != "false" && error.get() != "null" {
+        } else if error != "false" && error != "null" {
             out.push(classify_error_item(error));
         }
     }
@@ -275,8 +311,9 @@ pub fn parse_frame(text: &str) -> Result<Vec<Inbound<'_>>, FrameError> {
     Ok(out)
 }
 
-pub(super) fn classify_data_item(item: &RawValue) -> Inbound<'_> {
-    let Ok(head) = serde_json::from_str::<ItemHead<'_>>(item.get()) else {
+fn classify_data_item(item: DataItem<'_>) -> Inbound<'_> {
+    let DataItem { raw: item, head } = item;
+    let Some(head) = head else {
         return Inbound::Unroutable("data item is not an object");
     };
     if head.task_type.as_deref() == Some("authentication") {
@@ -344,8 +381,8 @@ pub enum Received {
     },
 }
 
-pub(super) fn classify_error_item(item: &RawValue) -> Inbound<'_> {
-    let Ok(error) = serde_json::from_str::<RunwareError>(item.get()) else {
+fn classify_error_item(item: &str) -> Inbound<'_> {
+    let Ok(error) = serde_json::from_str::<RunwareError>(item) else {
         return Inbound::Unroutable("error item is not an object");
     };
     match error.task_uuid.as_deref().and_then(TaskUuid::parse_any) {
@@ -380,45 +417,78 @@ pub struct ImageItem<'a> {
     pub rest_json: String,
 }
 
-/// The image fields [`ImageItem::rest_json`] leaves out.
-pub(super) const IMAGE_FIELDS: [&str; 2] = ["imageBase64Data", "imageDataURI"];
-
 impl<'a> ImageItem<'a> {
-    /// `None` if `item` is not a JSON object.
+    /// `None` if `item` is not a JSON object. Read in one scan: the
+    /// image is found, not copied, and the rest written out once.
     pub fn parse(item: &'a str) -> Option<ImageItem<'a>> {
-        let Fields(fields) = serde_json::from_str(item).ok()?;
-        let text = |k: &str| {
-            let raw = fields.iter().find(|(key, _)| key == k)?.1;
-            json_str(raw)
-        };
-        let value = |k: &str| {
-            let raw = fields.iter().find(|(key, _)| key == k)?.1;
-            serde_json::from_str::<serde_json::Value>(raw.get()).ok()
-        };
-        let mut rest_json = String::with_capacity(256);
-        rest_json.push('{');
-        for (key, raw) in fields
-            .iter()
-            .filter(|(k, _)| !IMAGE_FIELDS.contains(&k.as_ref()))
-        {
-            if rest_json.len() > 1 {
-                rest_json.push(',');
-            }
-            rest_json.push_str(&serde_json::Value::from(key.as_ref()).to_string());
-            rest_json.push(':');
-            rest_json.push_str(raw.get());
+        let mut scan = Scan::new(item);
+        if scan.peek() != Some(b'{') {
+            return None;
         }
-        rest_json.push('}');
-        Some(ImageItem {
-            image_uuid: text("imageUUID").unwrap_or_default(),
-            image_url: text("imageURL"),
-            image_base64_data: text("imageBase64Data"),
-            image_data_uri: text("imageDataURI"),
-            seed: value("seed").and_then(|v| v.as_u64()),
-            nsfw_content: value("NSFWContent").and_then(|v| v.as_bool()),
-            cost: value("cost").and_then(|v| v.as_f64()),
-            rest_json,
+        let mut image = ImageItem {
+            rest_json: String::with_capacity(256),
+            ..ImageItem::default()
+        };
+        image.rest_json.push('{');
+        let (mut uuid, mut url, mut base64, mut uri) = (None, None, None, None);
+        let (mut seed, mut nsfw, mut cost) = (None, None, None);
+        let mut readable = true;
+        scan.object(|scan, key| {
+            let value = scan.value()?;
+            let Some(name) = key.text() else {
+                readable = false;
+                return Ok(());
+            };
+            // The first of a key that comes twice is the one read.
+            let first = |slot: &mut Option<Scanned<'a>>| {
+                slot.get_or_insert(value);
+            };
+            match name.as_ref() {
+                "imageBase64Data" => {
+                    first(&mut base64);
+                    return Ok(());
+                }
+                "imageDataURI" => {
+                    first(&mut uri);
+                    return Ok(());
+                }
+                "imageUUID" => first(&mut uuid),
+                "imageURL" => first(&mut url),
+                "seed" => first(&mut seed),
+                "NSFWContent" => first(&mut nsfw),
+                "cost" => first(&mut cost),
+                _ => {}
+            }
+            let rest = &mut image.rest_json;
+            if rest.len() > 1 {
+                rest.push(',');
+            }
+            match key.escaped {
+                false => rest.push_str(key.raw),
+                true => rest.push_str(&serde_json::Value::from(name.as_ref()).to_string()),
+            }
+            rest.push(':');
+            rest.push_str(value.raw);
+            Ok(())
         })
+        .ok()?;
+        scan.end().ok()?;
+        if !readable {
+            return None;
+        }
+        image.rest_json.push('}');
+        let text = |v: Option<Scanned<'a>>| v.and_then(|v| v.text());
+        let value = |v: Option<Scanned<'a>>| {
+            v.and_then(|v| serde_json::from_str::<serde_json::Value>(v.raw).ok())
+        };
+        image.image_uuid = text(uuid).unwrap_or_default();
+        image.image_url = text(url);
+        image.image_base64_data = text(base64);
+        image.image_data_uri = text(uri);
+        image.seed = value(seed).and_then(|v| v.as_u64());
+        image.nsfw_content = value(nsfw).and_then(|v| v.as_bool());
+        image.cost = value(cost).and_then(|v| v.as_f64());
+        Some(image)
     }
 }
 
@@ -437,9 +507,8 @@ pub fn text_item(item: &str) -> (String, Option<f64>) {
 }
 
 /// A result item's cost in USD: its `cost` field, when it is a number.
-pub fn cost_of(cost: &RawValue) -> Option<f64> {
-    cost.get()
-        .parse::<f64>()
+pub fn cost_of(cost: &str) -> Option<f64> {
+    cost.parse::<f64>()
         .ok()
         .filter(|c| c.is_finite() && *c >= 0.0)
 }
@@ -448,10 +517,10 @@ pub fn cost_of(cost: &RawValue) -> Option<f64> {
 /// read from `item` (a slice of it): the rest of the item byte for byte.
 /// `None` when `cost` is not within `item`, or its key is not written
 /// plainly before it.
-pub fn without_cost(item: &str, cost: &RawValue) -> Option<String> {
+pub fn without_cost(item: &str, cost: &str) -> Option<String> {
     let bytes = item.as_bytes();
-    let start = (cost.get().as_ptr() as usize).checked_sub(item.as_ptr() as usize)?;
-    let end = start + cost.get().len();
+    let start = (cost.as_ptr() as usize).checked_sub(item.as_ptr() as usize)?;
+    let end = start + cost.len();
     if end > item.len() {
         return None;
     }
@@ -529,7 +598,7 @@ mod tests {
                 panic!("not a result")
             };
             let cost = cost.expect("a cost");
-            (cost_of(cost), without_cost(item.get(), cost))
+            (cost_of(cost), without_cost(item, cost))
         };
         let first = format!(
             r#"{{"cost":0.0013,"taskType":"imageInference","taskUUID":"{T1}","imageUUID":"i"}}"#
@@ -564,7 +633,7 @@ mod tests {
         let text = format!(r#"{{"taskType":"t","taskUUID":"{T1}","imageUUID":"i","cost":"1"}}"#);
         assert_eq!(cut(&text).0, None);
         // A value from elsewhere is not cut.
-        let other = RawValue::from_string("1".into()).unwrap();
+        let other = String::from("1");
         assert_eq!(without_cost(r#"{"cost":1}"#, &other), None);
     }
 
@@ -608,7 +677,7 @@ mod tests {
         match &items[0] {
             Inbound::Result { task, item, .. } => {
                 assert_eq!(*task, t(T1));
-                assert!(item.get().contains(r#""text":"a""#));
+                assert!(item.contains(r#""text":"a""#));
             }
             other => panic!("{other:?}"),
         }
@@ -621,7 +690,7 @@ mod tests {
             matches!(&parse_frame(&with_id).unwrap()[0], Inbound::Result { result_id: Some(id), .. } if id == "i-1")
         );
         assert!(
-            matches!(&items[2], Inbound::Result { task, item, .. } if *task == t(T1) && item.get().contains("\"b\""))
+            matches!(&items[2], Inbound::Result { task, item, .. } if *task == t(T1) && item.contains("\"b\""))
         );
         match &items[3] {
             Inbound::TaskError { task, error } => {

@@ -29,6 +29,7 @@ mod ids;
 mod inbound;
 mod json;
 mod outbound;
+mod scan;
 mod task;
 
 use self::errors::unknown_code;
@@ -44,7 +45,7 @@ pub use self::outbound::{
     PING_FRAME, auth_frame, finish_batch, get_response_task, is_reserved_task_type, push_task,
     takes_cost,
 };
-use self::task::Fields;
+use self::scan::{Scan, ScanError, Scanned};
 pub use self::task::{
     Added, Field, ObjectError, TaskFields, TaskObject, expected_results, task_type_of,
 };

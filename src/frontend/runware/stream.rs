@@ -451,8 +451,8 @@ impl CostReader {
                 out.extend_from_slice(line);
                 continue;
             };
-            *cost.get_or_insert(0.0) += crate::protocol::cost_of(raw).unwrap_or(0.0);
-            match crate::protocol::without_cost(text, raw) {
+            *cost.get_or_insert(0.0) += crate::protocol::cost_of(raw.get()).unwrap_or(0.0);
+            match crate::protocol::without_cost(text, raw.get()) {
                 Some(cut) if !self.wants_cost => {
                     out.extend_from_slice(b"data: ");
                     out.extend_from_slice(cut.as_bytes());
