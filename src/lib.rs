@@ -72,6 +72,7 @@ pub mod frontend;
 pub mod listen;
 pub mod metrics;
 pub mod notify;
+mod pb_codec;
 pub mod protocol;
 pub mod rate;
 pub mod server;
@@ -87,6 +88,8 @@ pub mod websocket;
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
     tonic::include_proto!("runware.v1");
+
+    pub use crate::pb_codec::SizedCodec;
 
     /// The encoded descriptor set of `proto/`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -109,7 +109,7 @@ async fn run_carries_any_task_type_and_keeps_64_bit_numbers() {
         json!({"taskType": "imageCaption", "inputImage": "b7db282d-2943-4f12-992f-77df3ad3ec71"});
     let items = run_all(&mut h.client, task.to_string()).await;
     assert_eq!(items.len(), 1);
-    let item: Value = serde_json::from_str(&items[0].item_json).unwrap();
+    let item: Value = serde_json::from_slice(&items[0].item_json).unwrap();
     assert_eq!(item["taskType"], "imageCaption");
     assert_eq!(item["taskUUID"], items[0].task_uuid.as_str());
     assert!(item["text"].as_str().unwrap().starts_with("a photo"));
@@ -123,7 +123,7 @@ async fn run_carries_any_task_type_and_keeps_64_bit_numbers() {
     let items = run_all(&mut h.client, task).await;
     assert_eq!(items.len(), 2);
     assert!(items.iter().all(|i| i.task_uuid == uuid));
-    let first: Value = serde_json::from_str(&items[0].item_json).unwrap();
+    let first: Value = serde_json::from_slice(&items[0].item_json).unwrap();
     assert_eq!(first["seed"].as_u64(), Some(9_007_199_254_740_993));
 }
 
@@ -199,7 +199,7 @@ async fn session_interleaves_many_tasks_on_one_stream() {
                     uuids[&ev.request_id], r.task_uuid,
                     "result tagged with its own task"
                 );
-                let item: Value = serde_json::from_str(&r.item_json).unwrap();
+                let item: Value = serde_json::from_slice(&r.item_json).unwrap();
                 assert_eq!(item["taskUUID"], r.task_uuid.as_str());
                 results
                     .entry(ev.request_id.clone())
@@ -839,7 +839,7 @@ async fn batch_session_takes_many_submits_in_one_message_and_answers_in_batches(
                     accepted.insert(ev.task_uuid.clone(), ev.request_id.clone());
                 }
                 Event::Result(r) => {
-                    let item: Value = serde_json::from_str(&r.item_json).unwrap();
+                    let item: Value = serde_json::from_slice(&r.item_json).unwrap();
                     assert_eq!(item["taskUUID"], ev.task_uuid.as_str());
                     let prompt = item["text"].as_str().unwrap().to_owned();
                     texts.entry(ev.request_id.clone()).or_default().push(prompt);
@@ -990,7 +990,7 @@ async fn a_model_upload_with_a_stated_count_ends_at_ready() {
         .into_inner();
     let mut statuses = Vec::new();
     while let Some(r) = stream.next().await {
-        let item: Value = serde_json::from_str(&r.unwrap().item_json).unwrap();
+        let item: Value = serde_json::from_slice(&r.unwrap().item_json).unwrap();
         statuses.push(item["status"].as_str().unwrap().to_owned());
     }
     assert_eq!(statuses.last().map(String::as_str), Some("ready"));

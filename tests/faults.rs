@@ -284,7 +284,7 @@ async fn a_client_that_leaves_can_attach_again_within_the_retention() {
         attached.iter().map(|r| r.index).collect::<Vec<_>>(),
         vec![0, 1, 2, 3]
     );
-    let item: serde_json::Value = serde_json::from_str(&attached[0].item_json).unwrap();
+    let item: serde_json::Value = serde_json::from_slice(&attached[0].item_json).unwrap();
     assert_eq!(
         item["imageUUID"],
         first.image_uuid.as_str(),

@@ -526,7 +526,7 @@ async fn task_details_through_run_are_the_askers_own() {
     let mut stream = owner.run(details).await.unwrap().into_inner();
     let item = stream.next().await.unwrap().unwrap();
     assert!(stream.next().await.is_none(), "one answer");
-    let item: Value = serde_json::from_str(&item.item_json).unwrap();
+    let item: Value = serde_json::from_slice(&item.item_json).unwrap();
     assert_eq!(item["taskType"], "getTaskDetails", "{item}");
     assert_eq!(item["request"][0]["prompt"], "private", "{item}");
     assert_eq!(h.sim.executions(&theirs), 1, "asking ran nothing again");

@@ -15,7 +15,7 @@ use tokio_stream::StreamExt;
 fn items(results: &[pb::RunResult]) -> Vec<Value> {
     results
         .iter()
-        .map(|r| serde_json::from_str(&r.item_json).unwrap())
+        .map(|r| serde_json::from_slice(&r.item_json).unwrap())
         .collect()
 }
 
@@ -124,7 +124,7 @@ async fn a_long_video_is_polled_until_done() {
     assert!(h.stats().executions == 1);
     let attached = attach_all(&mut h.client, &uuid).await;
     assert_eq!(attached.len(), 1);
-    let again: Value = serde_json::from_str(&attached[0].item_json).unwrap();
+    let again: Value = serde_json::from_slice(&attached[0].item_json).unwrap();
     assert_eq!(again["videoURL"], got[0]["videoURL"]);
 }
 

@@ -236,7 +236,7 @@ pub(super) async fn run_task(a: RunArgs) -> CliResult {
         .map_err(explain)?
         .into_inner();
     while let Some(r) = stream.message().await.map_err(explain)? {
-        println!("{}", r.item_json);
+        println!("{}", String::from_utf8_lossy(&r.item_json));
     }
     Ok(())
 }

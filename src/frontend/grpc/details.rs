@@ -54,7 +54,7 @@ impl RunwareService {
         let (tx, rx) = mpsc::channel(items.len());
         for (index, item) in (0u32..).zip(items) {
             // The channel holds every item: nothing waits.
-            let _ = tx.try_send(Ok(run_result(&uuid, index, &item.to_string())));
+            let _ = tx.try_send(Ok(run_result(&uuid, index, &item.to_string().into())));
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytestring::ByteString;
 use hyper::body::Bytes;
 use prost::Message as _;
 use serde_json::{Map, Value, json};

@@ -72,13 +72,14 @@ pub fn failure_status(f: &TaskFailure) -> Status {
 }
 
 /// The typed image message for a result item: the image once (in its
-/// typed field, or decoded into `image_data` when `decode`), and the rest
-/// of the item in `raw_json`.
+/// typed field, as a slice of the item where Runware wrote it without
+/// escapes, or decoded into `image_data` when `decode`), and the rest of
+/// the item in `raw_json`.
 /// `None` if the item is not a JSON object.
 pub fn image_result(
     task_uuid: &TaskUuid,
     index: u32,
-    item: &str,
+    item: &ByteString,
     decode: bool,
 ) -> Option<pb::ImageResult> {
     let image = protocol::ImageItem::parse(item)?;
@@ -97,7 +98,10 @@ pub fn image_result(
     let image_base64_data = match decoded {
         Some(_) => None,
         // Not asked for, or not base64 after all: kept as Runware sent it.
-        None => image.image_base64_data.map(Cow::into_owned),
+        None => image.image_base64_data.map(|b64| match b64 {
+            Cow::Borrowed(b64) => item.as_bytes().slice_ref(b64.as_bytes()),
+            Cow::Owned(b64) => Bytes::from(b64),
+        }),
     };
     Some(pb::ImageResult {
         task_uuid: task_uuid.to_string(),
@@ -114,11 +118,12 @@ pub fn image_result(
     })
 }
 
-pub(super) fn run_result(uuid: &TaskUuid, index: u32, item: &str) -> pb::RunResult {
+/// A result item as it came, shared with the message it came in.
+pub(super) fn run_result(uuid: &TaskUuid, index: u32, item: &ByteString) -> pb::RunResult {
     pb::RunResult {
         task_uuid: uuid.to_string(),
         index,
-        item_json: item.to_owned(),
+        item_json: item.as_bytes().clone(),
     }
 }
 

@@ -39,7 +39,7 @@ pub(super) fn stream_task<T, F>(
     convert: F,
 ) -> impl std::future::Future<Output = ()>
 where
-    F: FnMut(&TaskUuid, u32, &str) -> T,
+    F: FnMut(&TaskUuid, u32, &ByteString) -> T,
 {
     let span = task_span(&handle.uuid);
     stream_task_inner(handle, deadline, tx, convert).instrument(span)
@@ -58,7 +58,7 @@ pub(super) async fn stream_task_inner<T, F>(
     tx: mpsc::Sender<Result<T, Status>>,
     mut convert: F,
 ) where
-    F: FnMut(&TaskUuid, u32, &str) -> T,
+    F: FnMut(&TaskUuid, u32, &ByteString) -> T,
 {
     let mut received = 0;
     loop {

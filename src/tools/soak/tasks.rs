@@ -221,7 +221,7 @@ pub(super) async fn one_task(
                 while let Some(item) = again.next().await {
                     match item {
                         Ok(r) => {
-                            let v: Value = serde_json::from_str(&r.item_json)
+                            let v: Value = serde_json::from_slice(&r.item_json)
                                 .map_err(|e| Violation(e.to_string()))?;
                             let img = pb::ImageResult {
                                 task_uuid: r.task_uuid,
@@ -303,7 +303,7 @@ pub(super) async fn session_task(
             Some(Event::Accepted(_)) => {}
             Some(Event::Result(r)) => {
                 let v: Value =
-                    serde_json::from_str(&r.item_json).map_err(|e| Violation(e.to_string()))?;
+                    serde_json::from_slice(&r.item_json).map_err(|e| Violation(e.to_string()))?;
                 texts.push(v["text"].as_str().unwrap_or_default().to_owned());
             }
             Some(Event::Completed(_)) => {
